@@ -1,0 +1,40 @@
+# make run  - fresh machine to running app (web + Celery worker + beat) on 127.0.0.1:$(PORT)
+# make test - the whole test suite (starts its own PostgreSQL, Redis and OAuth servers)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PORT ?= 8000
+
+.PHONY: run test lint clean
+
+$(VENV)/.run-installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.test-installed: requirements.txt requirements-test.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@ $(VENV)/.run-installed
+
+# Development secrets, generated once and kept: CRYPTOGRAPHY_KEY must not change, or stored secrets are lost.
+.env:
+	@$(PYTHON) -c "import secrets; print('DEBUG=true'); print('SECRET_KEY=' + secrets.token_urlsafe(50)); print('CRYPTOGRAPHY_KEY=' + secrets.token_urlsafe(50))" > .env
+	@echo "Wrote .env with DEBUG=true and fresh SECRET_KEY / CRYPTOGRAPHY_KEY (keep it; see .env.example)."
+
+run: $(VENV)/.run-installed .env
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py sync_providers
+	$(BIN)/python manage.py ensure_admin
+	@echo "Control Room: http://127.0.0.1:$(PORT)/admin/  (health: http://127.0.0.1:$(PORT)/healthz). Ctrl-C stops everything."
+	PATH="$(BIN):$$PATH" CONTROLROOM_PORT=$(PORT) $(BIN)/honcho --procfile Procfile start
+
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) var

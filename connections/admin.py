@@ -1,0 +1,276 @@
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+
+from connections import selectors, services
+from connections.forms import ConnectionForm
+from connections.models import AuditEvent, Connection, OAuthToken
+
+
+class PermissionMixin:
+    """Manage connections may change; View connections may only look."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return selectors.user_can_view_connections(request.user)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return selectors.user_can_manage_connections(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return selectors.user_can_manage_connections(request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return selectors.user_can_manage_connections(request.user)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return selectors.user_can_view_connections(request.user)
+
+
+class TokenInline(PermissionMixin, admin.TabularInline):
+    """Who holds a token and its state; never the token itself."""
+
+    model = OAuthToken
+    extra = 0
+    can_delete = False
+    verbose_name = "token"
+    verbose_name_plural = "Tokens (the values are encrypted and never shown)"
+    fields = ("owner", "status", "scope", "authorized_by", "authorized_at", "refreshed_at", "consecutive_failures", "last_error")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Owner")
+    def owner(self, token: OAuthToken) -> str:
+        return token.user.get_username() if token.user else "Shared"
+
+    @admin.display(description="Status")
+    def status(self, token: OAuthToken) -> str:
+        return str(selectors.token_status(token))
+
+
+@admin.register(Connection)
+class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
+    form = ConnectionForm
+    change_form_template = "admin/connections/connection/change_form.html"
+    list_display = ("name", "slug", "provider", "grant_type", "token_type", "status_column", "last_refresh_column")
+    list_filter = ("provider", "grant_type", "token_type", "is_enabled")
+    search_fields = ("name", "slug", "description", "client_id")
+    filter_horizontal = ("roles",)
+    inlines = [TokenInline]
+    actions = ["refresh_selected"]
+    readonly_fields = ("redirect_uri", "status_display", "last_refresh_display", "last_error_display", "roles_display")
+
+    class Media:
+        js = ("connections/connection_form.js",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
+        return super().get_queryset(request).select_related("provider").prefetch_related("tokens", "roles")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[tuple[str | None, dict]]:
+        placeholders = ConnectionForm().placeholder_field_names if self.has_change_permission(request, obj) else []
+        status = [("Status", {"fields": ("status_display", "last_refresh_display", "last_error_display", "roles_display")})]
+        return [
+            *(status if obj else []),
+            (None, {"fields": ("name", "slug", "description", "is_enabled")}),
+            (
+                "Provider",
+                {
+                    "fields": ("provider", *placeholders, "grant_type", "token_type", "redirect_uri"),
+                    "description": "Register the redirect URI below in the provider's application settings.",
+                },
+            ),
+            ("Application credentials", {"fields": ("client_id", "client_secret")}),
+            (
+                "Endpoints and scopes",
+                {
+                    "fields": ("authorization_url", "token_url", "revocation_url", "scopes", "extra_authorization_params"),
+                    "description": "Leave the URLs blank to use the provider type's, with your placeholders filled in.",
+                },
+            ),
+            ("Tokens", {"fields": ("default_token_lifetime",), "classes": ("collapse",)}),
+            ("Who may use it", {"fields": ("roles",)}),
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Connection | None = None) -> tuple[str, ...]:
+        if self.has_change_permission(request, obj):
+            return self.readonly_fields
+        # View-only users see the same page without the form fields that do not exist for them.
+        return (*self.readonly_fields, *[field for field in ConnectionForm.Meta.fields])
+
+    @admin.display(description="Redirect URI")
+    def redirect_uri(self, obj: Connection | None = None) -> str:
+        return format_html("<code>{}</code>", settings.OAUTH_REDIRECT_URI)
+
+    @admin.display(description="Status")
+    def status_display(self, connection: Connection) -> str:
+        return str(selectors.connection_status(connection))
+
+    @admin.display(description="Status")
+    def status_column(self, connection: Connection) -> str:
+        return str(selectors.connection_status(connection))
+
+    def _latest_token(self, connection: Connection) -> OAuthToken | None:
+        tokens = [token for token in connection.tokens.all()]
+        return max(tokens, key=lambda token: token.updated_at) if tokens else None
+
+    @admin.display(description="Last refresh")
+    def last_refresh_display(self, connection: Connection) -> str:
+        token = self._latest_token(connection)
+        moment = token and (token.refreshed_at or token.authorized_at)
+        if not moment:
+            return "—"
+        ago = selectors.format_duration((timezone.now() - moment).total_seconds())
+        return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S %Z} ({ago} ago)"
+
+    @admin.display(description="Last refresh")
+    def last_refresh_column(self, connection: Connection) -> str:
+        return self.last_refresh_display(connection)
+
+    @admin.display(description="Last error")
+    def last_error_display(self, connection: Connection) -> str:
+        failing = [token for token in connection.tokens.all() if token.last_error]
+        if not failing:
+            return "—"
+        token = max(failing, key=lambda token: token.last_error_at or token.updated_at)
+        when = timezone.localtime(token.last_error_at).strftime("%Y-%m-%d %H:%M:%S") if token.last_error_at else ""
+        return f"{token.last_error} ({when}; {token.consecutive_failures} consecutive failure(s))"
+
+    @admin.display(description="Roles that may use it")
+    def roles_display(self, connection: Connection) -> str:
+        roles = list(connection.roles.all())
+        if not roles:
+            return "No role is invited yet."
+        return format_html_join(", ", "<a href='{}'>{}</a>", ((reverse("admin:auth_group_change", args=[role.pk]), role.name) for role in roles))
+
+    def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        changed = ["client secret (replaced)" if name == "client_secret" else name for name in form.changed_data]
+        services.connection_save_audit(connection=form.instance, actor=request.user, created=not change, changed=changed)
+
+    def _after_save(self, request: HttpRequest, obj: Connection) -> HttpResponse | None:
+        """The extra submit buttons: Save and test connection, Save and connect."""
+        change_url = reverse("admin:connections_connection_change", args=[obj.pk])
+        if "_test" in request.POST:
+            try:
+                self.message_user(request, services.connection_test(connection=obj, actor=request.user), messages.SUCCESS)
+            except services.ConnectionActionError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+            return HttpResponseRedirect(change_url)
+        if "_connect" in request.POST:
+            return self._start_connect(request, obj, change_url)
+        return None
+
+    def _start_connect(self, request: HttpRequest, obj: Connection, return_url: str) -> HttpResponse:
+        if not request.session.session_key:
+            request.session.save()
+        try:
+            url = services.connection_authorize_start(
+                connection=obj,
+                user=request.user,
+                session_key=request.session.session_key or "",
+                return_url=return_url,
+                remote_addr=request.META.get("REMOTE_ADDR"),
+            )
+        except services.ConnectionActionError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(return_url)
+        return HttpResponseRedirect(url)
+
+    def response_add(self, request: HttpRequest, obj: Connection, post_url_continue: str | None = None) -> HttpResponse:
+        return self._after_save(request, obj) or super().response_add(request, obj, post_url_continue)
+
+    def response_change(self, request: HttpRequest, obj: Connection) -> HttpResponse:
+        return self._after_save(request, obj) or super().response_change(request, obj)
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:object_id>/refresh/", wrap(self.refresh_view), name="connections_connection_refresh"),
+            path("<int:object_id>/disconnect/", wrap(self.disconnect_view), name="connections_connection_disconnect"),
+            *super().get_urls(),
+        ]
+
+    def _post_only(self, request: HttpRequest, object_id: int) -> Connection | HttpResponse:
+        if request.method != "POST" or not self.has_change_permission(request):
+            return HttpResponse(status=405 if request.method != "POST" else 403)
+        return get_object_or_404(Connection.objects.select_related("provider"), pk=object_id)
+
+    def refresh_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        connection = self._post_only(request, object_id)
+        if isinstance(connection, HttpResponse):
+            return connection
+        try:
+            self.message_user(request, services.connection_refresh_now(connection=connection, actor=request.user))
+        except services.ConnectionActionError as exc:
+            self.message_user(request, exc.message, messages.WARNING)
+        return redirect("admin:connections_connection_change", object_id)
+
+    def disconnect_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        connection = get_object_or_404(Connection.objects.select_related("provider"), pk=object_id)
+        if not self.has_change_permission(request, connection):
+            return HttpResponse(status=403)
+        if request.method == "POST":
+            try:
+                self.message_user(request, services.connection_disconnect(connection=connection, actor=request.user))
+            except services.ConnectionActionError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+            return redirect("admin:connections_connection_change", object_id)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Disconnect {connection}?",
+            "connection": connection,
+            "opts": self.opts,
+            "token_count": connection.tokens.count(),
+            "revokes": bool(connection.effective_revocation_url),
+        }
+        return TemplateResponse(request, "admin/connections/connection/disconnect_confirmation.html", context)
+
+    @admin.action(description="Refresh now")
+    def refresh_selected(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        if not self.has_change_permission(request):
+            return
+        for connection in queryset.select_related("provider"):
+            try:
+                self.message_user(request, services.connection_refresh_now(connection=connection, actor=request.user))
+            except services.ConnectionActionError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
+    """Append-only: nobody adds, edits or deletes audit events here."""
+
+    list_display = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
+    list_filter = ("outcome", "action", "connection")
+    search_fields = ("actor_label", "connection_label", "detail")
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: AuditEvent | None = None) -> list[str]:
+        return [field.name for field in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

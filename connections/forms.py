@@ -1,0 +1,167 @@
+import json
+import re
+from typing import Any
+
+from django import forms
+from django.utils.text import slugify
+
+from connections import oauth_client
+from connections.models import Connection, TokenType
+from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_scopes
+
+PLACEHOLDER_PREFIX = "placeholder__"
+# A placeholder value becomes part of a host name or path: letters, digits, dots and dashes only, so that a
+# value cannot redirect a URL elsewhere ("evil.example/" or "x@evil").
+PLACEHOLDER_VALUE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
+
+
+def _all_placeholders() -> dict[str, list[str]]:
+    """Placeholder name -> names of the providers whose URLs use it."""
+    used: dict[str, list[str]] = {}
+    for provider in Provider.objects.all():
+        for name in provider.placeholders:
+            used.setdefault(name, []).append(provider.name)
+    return used
+
+
+class ConnectionForm(forms.ModelForm):
+    client_secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown again.",
+    )
+    extra_authorization_params = forms.JSONField(
+        required=False,
+        initial=dict,
+        help_text='Added to the authorization URL, e.g. {"prompt": "consent"}.',
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+    )
+
+    class Meta:
+        model = Connection
+        fields = [
+            "name",
+            "slug",
+            "description",
+            "provider",
+            "grant_type",
+            "token_type",
+            "client_id",
+            "authorization_url",
+            "token_url",
+            "revocation_url",
+            "scopes",
+            "extra_authorization_params",
+            "default_token_lifetime",
+            "is_enabled",
+            "roles",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["slug"].required = False
+        self.fields["slug"].help_text = "Bots ask for tokens by this name. Leave blank to derive it from the name."
+        if self.instance.pk and self.instance.client_secret:
+            self.fields["client_secret"].help_text = (
+                "A secret is stored (encrypted, never shown). Leave blank to keep it; type a new one to replace it."
+            )
+        providers = list(Provider.objects.all())
+        self.fields["provider"].widget.attrs["data-placeholders"] = json.dumps(
+            {str(provider.pk): provider.placeholders for provider in providers}
+        )
+        self.fields["provider"].widget.attrs["data-custom"] = json.dumps(
+            [str(provider.pk) for provider in providers if not provider.authorization_url and not provider.token_url]
+        )
+        for name, provider_names in _all_placeholders().items():
+            self.fields[PLACEHOLDER_PREFIX + name] = forms.CharField(
+                label=f"<{name}>",
+                required=False,
+                initial=self.instance.placeholders.get(name, "") if self.instance.pk else "",
+                help_text=f"Filled into the URLs of {', '.join(provider_names)}.",
+                widget=forms.TextInput(attrs={"class": "placeholder-input", "data-placeholder": name}),
+            )
+
+    @property
+    def placeholder_field_names(self) -> list[str]:
+        return [name for name in self.fields if name.startswith(PLACEHOLDER_PREFIX)]
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data.get("slug") or slugify(self.cleaned_data.get("name") or self.data.get("name", ""))
+        if not slug:
+            raise forms.ValidationError("Give the connection a name made of letters or digits, or a slug.")
+        if Connection.objects.filter(slug=slug).exclude(pk=self.instance.pk).exists():
+            raise forms.ValidationError(f"Another connection already uses the slug {slug!r}.")
+        return slug
+
+    def clean_scopes(self) -> str:
+        return ",".join(split_scopes(self.cleaned_data.get("scopes", "")))
+
+    def clean_extra_authorization_params(self) -> dict[str, str]:
+        value = self.cleaned_data.get("extra_authorization_params") or {}
+        if not isinstance(value, dict) or not all(
+            isinstance(key, str) and isinstance(item, str | int | bool) for key, item in value.items()
+        ):
+            raise forms.ValidationError('Enter a JSON object of names and text values, e.g. {"prompt": "consent"}.')
+        return {key: str(item) for key, item in value.items()}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        provider: Provider | None = cleaned.get("provider")
+        grant_type = cleaned.get("grant_type")
+        if provider is None or not grant_type:
+            return cleaned
+        if grant_type not in provider.grant_types:
+            labels = ", ".join(str(GrantType(grant).label) for grant in provider.grant_types)
+            self.add_error("grant_type", f"{provider} supports: {labels}.")
+        if grant_type == GrantType.CLIENT_CREDENTIALS and cleaned.get("token_type") == TokenType.USER_SPECIFIC:
+            self.add_error("token_type", "Client credentials act as the application, not a user: choose Shared.")
+        # The secret is write-only: a blank field keeps the stored one (it is not a model field of this form).
+        secret = cleaned.get("client_secret", "")
+        if secret:
+            self.instance.client_secret = secret
+        elif not self.instance.client_secret and grant_type != GrantType.AUTHORIZATION_CODE_PKCE:
+            # Only a public client using PKCE may do without a secret (RFC 7636, RFC 8252 8.5).
+            self.add_error("client_secret", "Enter the client secret of the application registered at the provider.")
+        self._clean_placeholders_and_urls(cleaned, provider, grant_type)
+        return cleaned
+
+    def _clean_placeholders_and_urls(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:
+        needed = {
+            name
+            for field, template in (
+                ("authorization_url", provider.authorization_url),
+                ("token_url", provider.token_url),
+                ("revocation_url", provider.revocation_url),
+            )
+            if not cleaned.get(field)
+            for name in PLACEHOLDER_PATTERN.findall(template)
+        }
+        values: dict[str, str] = {}
+        for name in provider.placeholders:
+            value = (cleaned.get(PLACEHOLDER_PREFIX + name) or "").strip()
+            if value and not PLACEHOLDER_VALUE.match(value):
+                self.add_error(PLACEHOLDER_PREFIX + name, "Use letters, digits, dots and dashes only.")
+            elif name in needed and not value:
+                self.add_error(PLACEHOLDER_PREFIX + name, f"{provider} needs <{name}> to build its URLs.")
+            elif value:
+                values[name] = value
+        self.instance.placeholders = values
+        if self.errors:
+            return
+        urls = {
+            "authorization_url": cleaned.get("authorization_url") or provider.authorization_url,
+            "token_url": cleaned.get("token_url") or provider.token_url,
+            "revocation_url": cleaned.get("revocation_url") or provider.revocation_url,
+        }
+        required = ["token_url"] + (["authorization_url"] if grant_type != GrantType.CLIENT_CREDENTIALS else [])
+        for field, template in urls.items():
+            if not template:
+                if field in required:
+                    self.add_error(field, f"{provider} has no preset for this URL: enter it.")
+                continue
+            url = PLACEHOLDER_PATTERN.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+            try:
+                oauth_client.check_url(url)
+            except oauth_client.ProviderError as exc:
+                self.add_error(field, exc.message)

@@ -1,0 +1,40 @@
+import os
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+
+class Command(BaseCommand):
+    help = (
+        "Make sure an administrator exists. Uses DJANGO_SUPERUSER_USERNAME / _EMAIL / _PASSWORD when set; "
+        "otherwise creates 'admin' with a generated password, printed this once."
+    )
+
+    def handle(self, *args: object, **options: object) -> None:
+        user_model = get_user_model()
+        if user_model.objects.filter(is_superuser=True, is_active=True).exists():
+            self.stdout.write("An administrator already exists.")
+            return
+        username = os.environ.get("DJANGO_SUPERUSER_USERNAME", "admin")
+        email = os.environ.get("DJANGO_SUPERUSER_EMAIL", "")
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", "")
+        generated = not password
+        password = password or secrets.token_urlsafe(12)
+        with transaction.atomic():
+            user, _ = user_model.objects.get_or_create(**{user_model.USERNAME_FIELD: username})
+            user.email = email or user.email
+            user.is_staff = user.is_superuser = user.is_active = True
+            user.set_password(password)
+            user.save()
+        if generated:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Created administrator '{username}' with password: {password}\n"
+                    "It is shown only this once; change it with `python manage.py changepassword "
+                    f"{username}`."
+                )
+            )
+        else:
+            self.stdout.write(self.style.SUCCESS(f"Created administrator '{username}' from DJANGO_SUPERUSER_*."))

@@ -1,0 +1,216 @@
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django_cryptography.fields import encrypt
+
+from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_scopes
+
+
+class TokenType(models.TextChoices):
+    SHARED = "shared", "Shared (one token, authorized by an administrator, for unattended bots)"
+    USER_SPECIFIC = "user_specific", "User-specific (each user authorizes their own)"
+
+
+class Connection(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    slug = models.SlugField(max_length=120, unique=True, help_text="Bots ask for tokens by this name.")
+    description = models.TextField(blank=True)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="connections")
+    placeholders = models.JSONField(
+        default=dict, blank=True, help_text="Values for the provider's URL placeholders, e.g. yourinstance."
+    )
+    grant_type = models.CharField(max_length=30, choices=GrantType.choices, default=GrantType.AUTHORIZATION_CODE)
+    token_type = models.CharField(max_length=20, choices=TokenType.choices, default=TokenType.SHARED)
+    client_id = models.CharField(max_length=500)
+    client_secret = encrypt(models.TextField(blank=True))
+    authorization_url = models.CharField(
+        max_length=500, blank=True, help_text="Leave blank to use the provider type's URL."
+    )
+    token_url = models.CharField(max_length=500, blank=True, help_text="Leave blank to use the provider type's URL.")
+    revocation_url = models.CharField(
+        max_length=500, blank=True, help_text="Leave blank to use the provider type's URL, if it has one."
+    )
+    scopes = models.CharField(
+        max_length=2000, blank=True, help_text="Comma-separated, e.g. api,refresh_token,offline_access."
+    )
+    extra_authorization_params = models.JSONField(
+        default=dict, blank=True, help_text='Added to the authorization URL, e.g. {"prompt": "consent"}.'
+    )
+    default_token_lifetime = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds to assume when the provider sends no expires_in."
+    )
+    is_enabled = models.BooleanField(default=True, help_text="A disabled connection gives no tokens to anyone.")
+    roles = models.ManyToManyField(
+        Group, blank=True, related_name="connections", verbose_name="roles invited to use it"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        default_permissions = ()
+        permissions = [
+            ("manage_connections", "Manage connections (create, edit, connect, delete)"),
+            ("view_connections", "View connections and their status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def _fill(self, template: str) -> str:
+        return PLACEHOLDER_PATTERN.sub(lambda match: self.placeholders.get(match.group(1), match.group(0)), template)
+
+    @property
+    def effective_authorization_url(self) -> str:
+        return self.authorization_url or self._fill(self.provider.authorization_url)
+
+    @property
+    def effective_token_url(self) -> str:
+        return self.token_url or self._fill(self.provider.token_url)
+
+    @property
+    def effective_revocation_url(self) -> str:
+        return self.revocation_url or self._fill(self.provider.revocation_url)
+
+    @property
+    def scope_list(self) -> list[str]:
+        return split_scopes(self.scopes if self.scopes.strip() else self.provider.default_scopes)
+
+    @property
+    def uses_authorization_code(self) -> bool:
+        return self.grant_type != GrantType.CLIENT_CREDENTIALS
+
+    @property
+    def uses_pkce(self) -> bool:
+        return self.grant_type == GrantType.AUTHORIZATION_CODE_PKCE
+
+    @property
+    def is_user_specific(self) -> bool:
+        return self.token_type == TokenType.USER_SPECIFIC
+
+    @property
+    def token_lifetime_default(self) -> int:
+        return self.default_token_lifetime or self.provider.default_token_lifetime or settings.DEFAULT_TOKEN_LIFETIME
+
+
+class TokenState(models.TextChoices):
+    ACTIVE = "active", "Connected"
+    REFRESH_FAILING = "refresh_failing", "Refresh failing"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required", "Reauthorization required"
+
+
+class OAuthToken(models.Model):
+    """The tokens of one connection (shared: user is empty) or of one user of a user-specific connection."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="oauth_tokens"
+    )
+    access_token = encrypt(models.TextField())
+    refresh_token = encrypt(models.TextField(blank=True))
+    id_token = encrypt(models.TextField(blank=True))
+    token_type = models.CharField(max_length=40, default="Bearer")
+    scope = models.CharField(max_length=2000, blank=True)
+    extra = models.JSONField(default=dict, blank=True, help_text="Non-secret fields of the token response.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=30, choices=TokenState.choices, default=TokenState.ACTIVE)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, help_text="The last failure, in words.")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    authorized_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    authorized_at = models.DateTimeField(default=timezone.now)
+    refreshed_at = models.DateTimeField(null=True, blank=True)
+    # When the refresh engine should next renew this token; indexed for the beat sweep.
+    next_refresh_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Single flight: whoever holds an unexpired lease is the only one allowed to call the provider.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped on every new access token, so a waiting caller can tell that someone else refreshed.
+    generation = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection"], condition=Q(user__isnull=True), name="one_shared_token_per_connection"
+            ),
+            models.UniqueConstraint(fields=["connection", "user"], name="one_token_per_connection_user"),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.user.get_username() if self.user_id and self.user else "shared"
+        return f"Token of {self.connection} ({owner})"
+
+    def expires_in(self, now: datetime | None = None) -> int | None:
+        if self.expires_at is None:
+            return None
+        return int((self.expires_at - (now or timezone.now())).total_seconds())
+
+    def is_valid(self, now: datetime | None = None, min_validity: int = 0) -> bool:
+        remaining = self.expires_in(now)
+        return remaining is None or remaining > min_validity
+
+
+class AuthorizationRequest(models.Model):
+    """An authorization-code flow in progress: single-use state bound to the browser session that began it."""
+
+    state_digest = models.CharField(max_length=64, unique=True)
+    session_digest = models.CharField(max_length=64)
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    for_user = models.BooleanField(help_text="The user's own token of a user-specific connection.")
+    code_verifier = encrypt(models.TextField(blank=True))
+    return_url = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Authorization of {self.connection} started {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class AuditEvent(models.Model):
+    """Append-only record of what happened to connections and tokens. Never holds a secret."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150, help_text="Who, kept even if the user is deleted.")
+    connection = models.ForeignKey(
+        Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    connection_label = models.CharField(max_length=120, blank=True)
+    action = models.CharField(max_length=40, db_index=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    detail = models.TextField(blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"
+
+
+class BeatHeartbeat(models.Model):
+    """The last time a beat-scheduled task ran on a worker (one row); /healthz reads it."""
+
+    name = models.CharField(max_length=40, unique=True)
+    last_run_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,104 @@
+"""Reads: who may do what with which connection, and the status of connections and tokens in words."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from connections.models import Connection, OAuthToken, TokenState, TokenType
+
+AnyUser = AbstractBaseUser | AnonymousUser
+
+
+def user_can_manage_connections(user: AnyUser) -> bool:
+    return user.is_active and user.has_perm("connections.manage_connections")
+
+
+def user_can_view_connections(user: AnyUser) -> bool:
+    return user_can_manage_connections(user) or (user.is_active and user.has_perm("connections.view_connections"))
+
+
+def user_is_invited(user: AnyUser, connection: Connection) -> bool:
+    """True when one of the user's roles is invited to use the connection."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return connection.roles.filter(user=user).exists()
+
+
+def user_may_authorize(user: AnyUser, connection: Connection) -> bool:
+    """Shared tokens are authorized by administrators; user-specific ones by each invited user for themselves."""
+    if connection.is_user_specific:
+        return user_is_invited(user, connection) or user_can_manage_connections(user)
+    return user_can_manage_connections(user)
+
+
+def user_specific_connections_for(user: AnyUser) -> QuerySet[Connection]:
+    """The user-specific connections the user may authorize a token for (My connections)."""
+    connections = Connection.objects.filter(token_type=TokenType.USER_SPECIFIC).select_related("provider")
+    if not user_can_manage_connections(user):
+        connections = connections.filter(roles__user=user)
+    return connections.distinct().order_by("name")
+
+
+def token_for(connection: Connection, user: AnyUser | None) -> OAuthToken | None:
+    """The shared token, or the given user's own token of a user-specific connection."""
+    tokens = OAuthToken.objects.filter(connection=connection)
+    if connection.is_user_specific:
+        if user is None or not user.is_authenticated:
+            return None
+        return tokens.filter(user=user).first()
+    return tokens.filter(user__isnull=True).first()
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} days"
+
+
+@dataclass(frozen=True)
+class Status:
+    code: str  # not_connected, connected, refresh_failing, reauthorization_required, disabled
+    label: str
+    expires_at: datetime | None = None
+
+    @property
+    def expiry_text(self) -> str:
+        if self.expires_at is None:
+            return ""
+        remaining = (self.expires_at - timezone.now()).total_seconds()
+        if remaining <= 0:
+            return f"expired {format_duration(remaining)} ago"
+        return f"expires in {format_duration(remaining)}"
+
+    def __str__(self) -> str:
+        return f"{self.label}, {self.expiry_text}" if self.expiry_text else self.label
+
+
+def token_status(token: OAuthToken | None) -> Status:
+    if token is None:
+        return Status("not_connected", "Not connected")
+    if token.state == TokenState.REAUTHORIZATION_REQUIRED:
+        return Status("reauthorization_required", "Reauthorization required", token.expires_at)
+    if token.state == TokenState.REFRESH_FAILING:
+        return Status("refresh_failing", "Refresh failing", token.expires_at)
+    return Status("connected", "Connected", token.expires_at)
+
+
+def connection_status(connection: Connection) -> Status:
+    if not connection.is_enabled:
+        return Status("disabled", "Disabled")
+    if not connection.is_user_specific:
+        return token_status(token_for(connection, None))
+    count = connection.tokens.count()
+    if not count:
+        return Status("not_connected", "Not connected (no user has authorized yet)")
+    return Status("connected", f"{count} user{'s' if count != 1 else ''} connected")

@@ -1,0 +1,99 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_POST
+
+from connections import health, selectors, services
+from connections.models import Connection
+
+
+def _remote_addr(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def _safe_next(request: HttpRequest, fallback: str) -> str:
+    candidate = request.POST.get("next", "")
+    if candidate and url_has_allowed_host_and_scheme(candidate, {request.get_host()}, request.is_secure()):
+        return candidate
+    return fallback
+
+
+@require_POST
+@login_required
+def oauth_connect(request: HttpRequest, slug: str) -> HttpResponse:
+    connection = get_object_or_404(Connection.objects.select_related("provider"), slug=slug)
+    fallback = (
+        reverse("my_connections")
+        if connection.is_user_specific and not selectors.user_can_manage_connections(request.user)
+        else reverse("admin:connections_connection_change", args=[connection.pk])
+    )
+    return_url = _safe_next(request, fallback)
+    if not request.session.session_key:
+        request.session.save()
+    try:
+        url = services.connection_authorize_start(
+            connection=connection,
+            user=request.user,
+            session_key=request.session.session_key or "",
+            return_url=return_url,
+            remote_addr=_remote_addr(request),
+        )
+    except services.ConnectionActionError as exc:
+        messages.error(request, exc.message)
+        return redirect(return_url)
+    return HttpResponseRedirect(url)
+
+
+@require_GET
+@never_cache
+def oauth_callback(request: HttpRequest) -> HttpResponse:
+    default_return = reverse("my_connections") if request.user.is_authenticated else reverse("admin:index")
+    try:
+        result = services.connection_authorize_complete(
+            params=request.GET.dict(),
+            session_key=request.session.session_key or "",
+            default_return_url=default_return,
+            remote_addr=_remote_addr(request),
+        )
+    except services.ConnectionActionError as exc:
+        messages.error(request, exc.message)
+        return redirect(exc.return_url or default_return)
+    status = selectors.token_status(result.token)
+    messages.success(request, f"{result.connection} is connected ({status.expiry_text}).")
+    return redirect(result.return_url)
+
+
+@login_required
+def my_connections(request: HttpRequest) -> HttpResponse:
+    rows = [
+        {"connection": connection, "status": selectors.token_status(selectors.token_for(connection, request.user))}
+        for connection in selectors.user_specific_connections_for(request.user)
+    ]
+    return render(
+        request,
+        "connections/my_connections.html",
+        {"rows": rows, "title": "My OAuth connections", "site_header": "Control Room"},
+    )
+
+
+@require_POST
+@login_required
+def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
+    connection = get_object_or_404(Connection, slug=slug)
+    try:
+        message = services.connection_disconnect(connection=connection, actor=request.user, only_user=request.user)
+    except services.ConnectionActionError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, message)
+    return redirect("my_connections")
+
+
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    report = health.health_report()
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

@@ -1,0 +1,28 @@
+"""The Celery app, configured from Django settings (CELERY_* names), with the beat schedule defined in code."""
+
+import os
+
+from celery import Celery
+from celery.signals import beat_init
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlroom.settings")
+
+app = Celery("controlroom")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        settings.BEAT_INTERVAL, sender.signature("connections.tasks.beat_heartbeat"), name="beat heartbeat"
+    )
+
+
+@beat_init.connect
+def announce_beat_start(sender: object, **kwargs: object) -> None:
+    # Interval entries first fire one interval after start; send a heartbeat now so /healthz turns green
+    # as soon as beat and a worker are up.
+    app.send_task("connections.tasks.beat_heartbeat")

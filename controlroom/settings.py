@@ -1,0 +1,259 @@
+"""Settings, all from the environment (django-environ); `.env.example` documents every variable.
+
+A bad value stops start-up with one ImproperlyConfigured sentence; manage.py prints it without a traceback.
+"""
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
+if ENV_FILE and Path(ENV_FILE).is_file():
+    environ.Env.read_env(ENV_FILE)
+
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env.bool("DEBUG", default=False)
+PORT = env.int("PORT", default=8000)
+
+_DEV_ONLY_KEY = "insecure-development-key-never-use-in-production"
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set: set it to a long random string, or set DEBUG=true for development."
+        )
+    SECRET_KEY = _DEV_ONLY_KEY
+
+# Secrets at rest are encrypted under their own key, so that a leaked SECRET_KEY (sessions, CSRF) does not
+# open the vault, and the vault key can be rotated on its own (manage.py rotate_encryption_key).
+CRYPTOGRAPHY_KEY = env.str("CRYPTOGRAPHY_KEY", default="")
+if not CRYPTOGRAPHY_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "CRYPTOGRAPHY_KEY is not set: set it to a long random string and back it up with the database."
+        )
+    CRYPTOGRAPHY_KEY = _DEV_ONLY_KEY + "-cryptography"
+if CRYPTOGRAPHY_KEY == SECRET_KEY and not DEBUG:
+    raise ImproperlyConfigured("CRYPTOGRAPHY_KEY must differ from SECRET_KEY.")
+
+PUBLIC_URL = env.str("PUBLIC_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
+_public = urlsplit(PUBLIC_URL)
+if _public.scheme not in ("http", "https") or not _public.hostname:
+    raise ImproperlyConfigured(f"PUBLIC_URL must be an absolute http(s) URL, not {PUBLIC_URL!r}.")
+OAUTH_REDIRECT_URI = f"{PUBLIC_URL}/oauth/callback/"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[_public.hostname, "127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[f"{_public.scheme}://{_public.netloc}"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "providers",
+    "connections",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "controlroom.urls"
+WSGI_APPLICATION = "controlroom.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_SUPPORTED_DATABASES = {"django.db.backends.sqlite3", "django.db.backends.postgresql"}
+DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'controlroom.sqlite3'}")
+try:
+    _database = env.db_url_config(DATABASE_URL)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is malformed ({exc}).") from None
+if _database.get("ENGINE") not in _SUPPORTED_DATABASES:
+    raise ImproperlyConfigured(
+        "DATABASE_URL must start with postgres:// (postgres://user:password@host:5432/name) or sqlite:/// "
+        "(sqlite:////absolute/path.sqlite3)."
+    )
+if _database["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web server read while the worker writes; the busy timeout makes a writer wait for the lock
+    # instead of failing at once (several processes share the file in the embedded setup).
+    _database["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    _database["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    _database["CONN_HEALTH_CHECKS"] = True
+    _database.setdefault("OPTIONS", {})["connect_timeout"] = 5
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
+    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://, not {REDIS_URL!r}.")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    # A file cache is shared by every process on this machine (web, worker), unlike the per-process
+    # local-memory cache, and needs no server.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache"),
+        }
+    }
+
+# Celery: Redis when REDIS_URL is set; otherwise kombu's filesystem transport under var/, which needs no server
+# and is shared by the processes of one machine.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _queue_dir = VAR_DIR / "celery" / "queue"
+    for _folder in ("queue", "processed", "control"):
+        (VAR_DIR / "celery" / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "store_processed": False,
+        "control_folder": str(VAR_DIR / "celery" / "control"),
+    }
+CELERY_BROKER_CONNECTION_TIMEOUT = 5
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# How often beat wakes up: it records its heartbeat (and, with the refresh engine, sweeps for due tokens).
+BEAT_INTERVAL = env.int("BEAT_INTERVAL", default=30)
+if BEAT_INTERVAL < 1:
+    raise ImproperlyConfigured("BEAT_INTERVAL must be a whole number of seconds, 1 or more.")
+
+# Outbound calls to providers (connections/oauth_client.py is the only module that makes them).
+OUTBOUND_TIMEOUT = env.float("OUTBOUND_TIMEOUT", default=10.0)
+# Hosts that may be reached over plain http (loopback for development); everything else must be https.
+OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
+    "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []
+)
+OUTBOUND_PROXY_URL = env.str("OUTBOUND_PROXY_URL", default="")
+OUTBOUND_PROXY_BYPASS = env.list("OUTBOUND_PROXY_BYPASS", default=[])
+_proxy = urlsplit(OUTBOUND_PROXY_URL)
+if OUTBOUND_PROXY_URL and (_proxy.scheme not in ("http", "https") or not _proxy.hostname):
+    # The value may hold a password, so it is not repeated in the message.
+    raise ImproperlyConfigured("OUTBOUND_PROXY_URL must look like http://[user:password@]host:port.")
+
+# Refresh a token this many seconds before it expires (a provider may override it; never more than half the
+# token's lifetime).
+TOKEN_REFRESH_MARGIN = env.int("TOKEN_REFRESH_MARGIN", default=300)
+# How long a caller waits for another process's refresh of the same token before giving up.
+REFRESH_WAIT_SECONDS = env.float("REFRESH_WAIT_SECONDS", default=15.0)
+
+# How long an authorization started with Connect stays valid (state and PKCE verifier).
+OAUTH_STATE_TTL = env.int("OAUTH_STATE_TTL", default=600)
+# Lifetime assumed for a token whose response has no expires_in, when neither the connection nor its provider
+# says otherwise.
+DEFAULT_TOKEN_LIFETIME = env.int("DEFAULT_TOKEN_LIFETIME", default=3600)
+
+try:
+    _email = env.email_url("EMAIL_URL", default="consolemail://")
+except (ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"EMAIL_URL is malformed ({exc}).") from None
+vars().update(_email)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Control Room <controlroom@localhost>")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "my_connections"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request when it is missing
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# Production hardening: on whenever DEBUG is off, so `manage.py check --deploy` is clean.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
+        # Only behind a TLS-terminating proxy that sets this header itself.
+        SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}.")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # requests-oauthlib and oauthlib log request bodies and token responses at DEBUG: never let them.
+        "requests_oauthlib": {"level": "WARNING"},
+        "oauthlib": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+    },
+}

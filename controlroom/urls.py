@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from connections import views
+
+admin.site.site_header = "Control Room"
+admin.site.site_title = "Control Room"
+admin.site.index_title = "Administration"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(template_name="connections/login.html", extra_context={"title": "Sign in"}),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("oauth/connect/<slug:slug>/", views.oauth_connect, name="oauth_connect"),
+    path("oauth/callback/", views.oauth_callback, name="oauth_callback"),
+    path("connections/mine/", views.my_connections, name="my_connections"),
+    path("connections/mine/<slug:slug>/disconnect/", views.my_connection_disconnect, name="my_connection_disconnect"),
+    path("healthz", views.healthz, name="healthz"),
+]

@@ -1,0 +1,75 @@
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from providers.models import GrantType, Provider
+from providers.services import provider_catalog_read
+
+
+class ProviderForm(forms.ModelForm):
+    docs_url = forms.URLField(required=False, assume_scheme="https")
+    grant_types = forms.MultipleChoiceField(
+        choices=GrantType.choices, widget=forms.CheckboxSelectMultiple, initial=list(GrantType.values)
+    )
+
+    class Meta:
+        model = Provider
+        fields = "__all__"
+
+    def clean_slug(self) -> str:
+        slug = self.cleaned_data["slug"]
+        if slug in {preset["slug"] for preset in provider_catalog_read()}:
+            raise forms.ValidationError("This slug belongs to a certified provider type; choose another.")
+        return slug
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    """Certified presets are shown read-only (the catalog file owns them); custom providers are editable."""
+
+    form = ProviderForm
+    list_display = ("name", "slug", "placeholder_list", "grant_type_list", "client_auth_method", "is_certified")
+    list_filter = ("is_certified", "client_auth_method")
+    search_fields = ("name", "slug")
+    readonly_fields = ("is_certified", "placeholder_list", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "description", "docs_url", "is_certified")}),
+        (
+            "Endpoints",
+            {"fields": ("authorization_url", "token_url", "revocation_url", "placeholder_list")},
+        ),
+        (
+            "Behaviour",
+            {
+                "fields": (
+                    "grant_types",
+                    "client_auth_method",
+                    "default_scopes",
+                    "scope_separator",
+                    "extra_authorization_params",
+                    "default_token_lifetime",
+                    "refresh_margin",
+                )
+            },
+        ),
+        ("History", {"fields": ("created_at", "updated_at")}),
+    )
+
+    @admin.display(description="Placeholders")
+    def placeholder_list(self, provider: Provider) -> str:
+        return ", ".join(f"<{name}>" for name in provider.placeholders) or "—"
+
+    @admin.display(description="Grant types")
+    def grant_type_list(self, provider: Provider) -> str:
+        labels = dict(GrantType.choices)
+        return ", ".join(str(labels.get(grant, grant)) for grant in provider.grant_types)
+
+    def has_change_permission(self, request: HttpRequest, obj: Provider | None = None) -> bool:
+        if obj is not None and obj.is_certified:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Provider | None = None) -> bool:
+        if obj is not None and obj.is_certified:
+            return False
+        return super().has_delete_permission(request, obj)

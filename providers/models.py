@@ -1,0 +1,83 @@
+import re
+
+from django.db import models
+
+PLACEHOLDER_PATTERN = re.compile(r"<([a-z0-9][a-z0-9-]*)>")
+
+
+class GrantType(models.TextChoices):
+    AUTHORIZATION_CODE = "authorization_code", "Authorization Code"
+    AUTHORIZATION_CODE_PKCE = "authorization_code_pkce", "Authorization Code with PKCE"
+    CLIENT_CREDENTIALS = "client_credentials", "Client Credentials"
+
+
+class ClientAuthMethod(models.TextChoices):
+    BASIC = "basic", "HTTP Basic (client_secret_basic)"
+    BODY = "body", "Form body (client_secret_post)"
+
+
+def split_scopes(text: str) -> list[str]:
+    """Scopes are typed comma-separated (as in the seed) or space-separated; both are accepted."""
+    return [scope for scope in re.split(r"[,\s]+", text or "") if scope]
+
+
+class Provider(models.Model):
+    """A provider type: the preset a connection starts from. Certified presets come from catalog.yaml."""
+
+    slug = models.SlugField(unique=True, help_text="Used in files and URLs, e.g. salesforce.")
+    name = models.CharField(max_length=120, unique=True)
+    description = models.TextField(blank=True)
+    authorization_url = models.CharField(
+        max_length=500, blank=True, help_text="May contain placeholders such as <yourinstance> or <tenant>."
+    )
+    token_url = models.CharField(max_length=500, blank=True)
+    revocation_url = models.CharField(
+        max_length=500, blank=True, help_text="RFC 7009 token revocation endpoint, if the provider offers one."
+    )
+    default_scopes = models.CharField(max_length=1000, blank=True, help_text="Comma- or space-separated.")
+    scope_separator = models.CharField(
+        max_length=5, default=" ", help_text="How the provider wants scopes joined (RFC 6749: a space)."
+    )
+    extra_authorization_params = models.JSONField(
+        default=dict, blank=True, help_text='Added to every authorization URL, e.g. {"prompt": "consent"}.'
+    )
+    client_auth_method = models.CharField(
+        max_length=10, choices=ClientAuthMethod.choices, default=ClientAuthMethod.BASIC
+    )
+    grant_types = models.JSONField(default=list, help_text="The grant types this provider supports.")
+    default_token_lifetime = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds to assume when a token response has no expires_in."
+    )
+    refresh_margin = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Refresh this many seconds before expiry (default: the global setting)."
+    )
+    docs_url = models.URLField(blank=True)
+    is_certified = models.BooleanField(
+        default=False, editable=False, help_text="Certified presets come from the catalog and are read-only."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-is_certified", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_custom(self) -> bool:
+        return self.slug == "custom" or not self.is_certified
+
+    @property
+    def placeholders(self) -> list[str]:
+        """Placeholder names in the URL templates, in order of first appearance."""
+        found: list[str] = []
+        for url in (self.authorization_url, self.token_url, self.revocation_url):
+            for name in PLACEHOLDER_PATTERN.findall(url):
+                if name not in found:
+                    found.append(name)
+        return found
+
+    @property
+    def supports_pkce(self) -> bool:
+        return GrantType.AUTHORIZATION_CODE_PKCE in self.grant_types

@@ -1,0 +1,107 @@
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from providers.models import ClientAuthMethod, GrantType, Provider
+
+CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
+
+# The catalog owns these fields of a certified preset; everything else about a row (id, timestamps) is the
+# database's.
+PRESET_FIELDS = (
+    "name",
+    "description",
+    "authorization_url",
+    "token_url",
+    "revocation_url",
+    "default_scopes",
+    "scope_separator",
+    "extra_authorization_params",
+    "client_auth_method",
+    "grant_types",
+    "default_token_lifetime",
+    "refresh_margin",
+    "docs_url",
+)
+PRESET_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "authorization_url": "",
+    "token_url": "",
+    "revocation_url": "",
+    "default_scopes": "",
+    "scope_separator": " ",
+    "extra_authorization_params": {},
+    "client_auth_method": ClientAuthMethod.BASIC,
+    "default_token_lifetime": None,
+    "refresh_margin": None,
+    "docs_url": "",
+}
+
+
+@dataclass
+class CatalogSyncResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # A provider created in the admin under a slug the catalog later adopts is left alone.
+    skipped: list[str] = field(default_factory=list)
+
+
+def provider_catalog_read(*, path: Path = CATALOG_PATH) -> list[dict[str, Any]]:
+    """Parse and check the catalog file; a mistake in it names the preset and the field."""
+    entries = yaml.safe_load(path.read_text())
+    if not isinstance(entries, list):
+        raise ValidationError(f"{path.name} must be a list of presets.")
+    presets: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for position, entry in enumerate(entries, start=1):
+        slug = entry.get("slug") if isinstance(entry, dict) else None
+        where = f"{path.name}, preset {position} ({slug or 'no slug'})"
+        if not slug or slug in seen:
+            raise ValidationError(f"{where}: every preset needs a unique slug.")
+        seen.add(slug)
+        unknown = set(entry) - set(PRESET_FIELDS) - {"slug"}
+        if unknown:
+            raise ValidationError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}.")
+        preset = {**PRESET_DEFAULTS, **{key: value for key, value in entry.items() if key != "slug"}}
+        if not preset.get("name") or not isinstance(preset.get("grant_types"), list):
+            raise ValidationError(f"{where}: name and grant_types (a list) are required.")
+        bad_grants = set(preset["grant_types"]) - set(GrantType.values)
+        if bad_grants:
+            raise ValidationError(f"{where}: unknown grant type(s) {', '.join(sorted(bad_grants))}.")
+        if preset["client_auth_method"] not in ClientAuthMethod.values:
+            raise ValidationError(f"{where}: client_auth_method must be basic or body.")
+        presets.append({"slug": slug, **preset})
+    return presets
+
+
+def provider_catalog_sync(*, path: Path = CATALOG_PATH, using: str = "default") -> CatalogSyncResult:
+    """Create or update the certified presets from the catalog file. Running it again changes nothing."""
+    result = CatalogSyncResult()
+    presets = provider_catalog_read(path=path)
+    with transaction.atomic(using=using):
+        existing = {provider.slug: provider for provider in Provider.objects.using(using).select_for_update()}
+        for preset in presets:
+            slug = preset["slug"]
+            values = {name: preset[name] for name in PRESET_FIELDS}
+            provider = existing.get(slug)
+            if provider is None:
+                Provider.objects.using(using).create(slug=slug, is_certified=True, **values)
+                result.created.append(slug)
+                continue
+            if not provider.is_certified:
+                result.skipped.append(slug)
+                continue
+            changed = [name for name, value in values.items() if getattr(provider, name) != value]
+            if not changed:
+                result.unchanged.append(slug)
+                continue
+            for name in changed:
+                setattr(provider, name, values[name])
+            provider.save(using=using, update_fields=[*changed, "updated_at"])
+            result.updated.append(slug)
+    return result

@@ -1,0 +1,61 @@
+"""Test-control state of the auth server, kept in its SQLite DB so every thread and process
+of the server sees the same faults, options and counters."""
+
+from django.db import models
+from django.db.models import F
+
+COUNTERS = (
+    "token_authorization_code",
+    "token_refresh_token",
+    "token_client_credentials",
+    "token_other",
+    "revocations",
+    "introspections",
+)
+
+
+class ClientFlags(models.Model):
+    """Per-client test flags that DOT's Application has no column for."""
+
+    client_id = models.CharField(max_length=255, unique=True)
+    pkce_required = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.client_id} (pkce_required={self.pkce_required})"
+
+
+class ServerState(models.Model):
+    """Singleton row (pk=1, created by the migration): faults, token options, counters."""
+
+    fault_mode = models.CharField(max_length=32, default="none")
+    fault_remaining = models.IntegerField(null=True, default=None)  # None = until cleared
+    fault_delay = models.FloatField(default=0)
+    fault_grant_types = models.JSONField(null=True, default=None)  # None = every grant type
+    token_extra = models.JSONField(default=dict)
+    omit_expires_in = models.BooleanField(default=False)
+    omit_refresh_token_on_refresh = models.BooleanField(default=False)
+    latency = models.FloatField(default=0)
+
+    token_authorization_code = models.IntegerField(default=0)
+    token_refresh_token = models.IntegerField(default=0)
+    token_client_credentials = models.IntegerField(default=0)
+    token_other = models.IntegerField(default=0)
+    revocations = models.IntegerField(default=0)
+    introspections = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"ServerState(fault={self.fault_mode}, remaining={self.fault_remaining})"
+
+    @classmethod
+    def get(cls) -> "ServerState":
+        return cls.objects.get(pk=1)
+
+    @classmethod
+    def bump(cls, counter: str) -> None:
+        # A single UPDATE ... SET n = n + 1: atomic across threads and processes.
+        cls.objects.filter(pk=1).update(**{counter: F(counter) + 1})
+
+    @classmethod
+    def reset(cls) -> None:
+        fields = {f.name: f.get_default() for f in cls._meta.concrete_fields if not f.primary_key}
+        cls.objects.filter(pk=1).update(**fields)

@@ -1,0 +1,22 @@
+from django.contrib.auth.views import LoginView
+from django.urls import include, path
+
+from tests.authserver import views
+
+urlpatterns = [
+    # Our wrappers come before DOT's include so they win for these three paths.
+    path("o/token/", views.token, name="token"),
+    path("o/revoke_token/", views.revoke, name="revoke-token"),
+    path("o/introspect/", views.introspect, name="introspect"),
+    path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
+    path("accounts/login/", LoginView.as_view(), name="login"),
+    path("api/me", views.MeView.as_view(), name="me"),
+    path("_control/health", views.health),
+    path("_control/clients", views.clients),
+    path("_control/users", views.users),
+    path("_control/fault", views.fault),
+    path("_control/token_extra", views.token_extra),
+    path("_control/token_options", views.token_options),
+    path("_control/stats", views.stats),
+    path("_control/reset", views.reset),
+]

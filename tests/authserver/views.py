@@ -1,0 +1,307 @@
+"""Views of the test auth server: the token endpoint wrapper (faults, options, counters),
+the protected resource /api/me, and the /_control/ API the tests drive it with."""
+
+import hmac
+import json
+import socket
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from oauth2_provider.models import get_application_model
+from oauth2_provider.views import (
+    IntrospectTokenView,
+    ProtectedResourceView,
+    RevokeTokenView,
+    TokenView,
+)
+
+from tests.authserver.models import ClientFlags, ServerState
+
+FAULT_MODES = {
+    "none",
+    "status_500",
+    "html",
+    "timeout",
+    "close",
+    "status_429",
+    "invalid_grant",
+    "not_json_200",
+    "no_access_token",
+}
+GRANT_COUNTERS = {
+    "authorization_code": "token_authorization_code",
+    "refresh_token": "token_refresh_token",
+    "client_credentials": "token_client_credentials",
+}
+
+_dot_token = TokenView.as_view()
+_dot_revoke = RevokeTokenView.as_view()
+_dot_introspect = IntrospectTokenView.as_view()
+
+
+# --- OAuth endpoints -------------------------------------------------------------------------
+
+
+def _take_fault(state: ServerState, grant_type: str) -> str | None:
+    """Return the fault mode to apply to this token request, consuming one use of it."""
+    mode = state.fault_mode
+    if mode == "none":
+        return None
+    if state.fault_grant_types is not None and grant_type not in state.fault_grant_types:
+        return None
+    if state.fault_remaining is None:
+        return mode
+    # Conditional UPDATE: of concurrent requests only `count` ones win a use of the fault.
+    won = ServerState.objects.filter(pk=1, fault_mode=mode, fault_remaining__gt=0).update(
+        fault_remaining=F("fault_remaining") - 1
+    )
+    return mode if won else None
+
+
+def _fault_response(mode: str, request: HttpRequest) -> HttpResponse:
+    if mode == "status_500":
+        return HttpResponse("Internal Server Error", status=500, content_type="text/plain")
+    if mode == "html":
+        body = "<!DOCTYPE html><html><body><h1>Maintenance</h1><p>Back soon.</p></body></html>"
+        return HttpResponse(body, status=200, content_type="text/html; charset=utf-8")
+    if mode == "status_429":
+        response = JsonResponse(
+            {"error": "rate_limited", "error_description": "Too many requests"},
+            status=429,
+        )
+        response["Retry-After"] = "1"
+        return response
+    if mode == "invalid_grant":
+        return JsonResponse(
+            {
+                "error": "invalid_grant",
+                "error_description": "Injected fault: grant is invalid",
+            },
+            status=400,
+        )
+    if mode == "not_json_200":
+        return HttpResponse("this is not json {{{", status=200, content_type="text/plain")
+    if mode == "no_access_token":
+        return JsonResponse({"token_type": "Bearer", "expires_in": 3600})
+    if mode == "close":
+        sock = request.environ.get("gunicorn.socket")
+        if sock is None:
+            return HttpResponse("close fault needs gunicorn", status=500, content_type="text/plain")
+        # Shut the TCP connection down now: the client gets FIN before any response byte.
+        # gunicorn's write of the dummy response below then fails with EPIPE, which it
+        # ignores, and it closes the fd itself (closing it here could hit a reused fd).
+        sock.shutdown(socket.SHUT_RDWR)
+        return HttpResponse(status=204)
+    raise ValueError(mode)
+
+
+@csrf_exempt
+def token(request: HttpRequest) -> HttpResponse:
+    """DOT's TokenView, wrapped with counters, latency, injected faults and response options."""
+    grant_type = request.POST.get("grant_type", "")
+    ServerState.bump(GRANT_COUNTERS.get(grant_type, "token_other"))
+    state = ServerState.get()
+    if state.latency > 0:
+        time.sleep(state.latency)
+    mode = _take_fault(state, grant_type)
+    if mode == "timeout":
+        time.sleep(state.fault_delay)
+    elif mode is not None:
+        return _fault_response(mode, request)
+
+    response = _dot_token(request)
+    if response.status_code != 200:
+        return response
+    data = json.loads(response.content)
+    if "access_token" in data:
+        data.update(state.token_extra or {})
+        if state.omit_expires_in:
+            data.pop("expires_in", None)
+        if grant_type == "refresh_token" and state.omit_refresh_token_on_refresh:
+            # Not rotated (see Validator.rotate_refresh_token) and left out, like Google.
+            data.pop("refresh_token", None)
+    response.content = json.dumps(data).encode()
+    return response
+
+
+@csrf_exempt
+def revoke(request: HttpRequest) -> HttpResponse:
+    ServerState.bump("revocations")
+    return _dot_revoke(request)
+
+
+@csrf_exempt
+def introspect(request: HttpRequest) -> HttpResponse:
+    ServerState.bump("introspections")
+    return _dot_introspect(request)
+
+
+class MeView(ProtectedResourceView):
+    """GET /api/me: who the bearer token belongs to (empty username for client credentials)."""
+
+    def verify_request(self, request: HttpRequest):
+        valid, oauthlib_request = super().verify_request(request)
+        # DOT puts the AccessToken on the oauthlib request only; keep it for get().
+        self.access_token = getattr(oauthlib_request, "access_token", None)
+        return valid, oauthlib_request
+
+    def get(self, request: HttpRequest) -> JsonResponse:
+        token = self.access_token
+        user = token.user
+        return JsonResponse({"username": user.get_username() if user else "", "scope": token.scope})
+
+    def unauthenticated_response(self, request: HttpRequest, oauthlib_request: Any = None):
+        # RFC 6750 answer, like real provider APIs (DOT's default is a bare 403).
+        response = JsonResponse({"error": "invalid_token"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        return response
+
+
+# --- Control API -----------------------------------------------------------------------------
+
+
+class BadRequest(Exception):
+    pass
+
+
+def control(method: str) -> Callable:
+    """Control endpoint: checks X-Control-Key, parses the JSON body, answers JSON."""
+
+    def decorate(view: Callable[[dict], Any]) -> Callable:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest) -> HttpResponse:
+            key = request.headers.get("X-Control-Key", "")
+            if not settings.CONTROL_KEY or not hmac.compare_digest(key, settings.CONTROL_KEY):
+                return JsonResponse({"error": "bad or missing X-Control-Key"}, status=403)
+            if request.method != method:
+                return JsonResponse({"error": f"use {method}"}, status=405)
+            try:
+                body = json.loads(request.body or b"{}")
+                if not isinstance(body, dict):
+                    raise BadRequest("body must be a JSON object")
+                return JsonResponse(view(body))
+            except (BadRequest, ValueError, KeyError, TypeError) as exc:
+                return JsonResponse({"error": f"{type(exc).__name__}: {exc}"}, status=400)
+
+        return wrapper
+
+    return decorate
+
+
+@control("GET")
+def health(body: dict) -> dict:
+    ServerState.get()  # fails (500) until the DB is migrated
+    return {"ok": True}
+
+
+@control("POST")
+def clients(body: dict) -> dict:
+    Application = get_application_model()
+    grant_type = body.get("grant_type", Application.GRANT_AUTHORIZATION_CODE)
+    if grant_type not in (
+        Application.GRANT_AUTHORIZATION_CODE,
+        Application.GRANT_CLIENT_CREDENTIALS,
+    ):
+        raise BadRequest(f"unsupported grant_type {grant_type!r}")
+    client_id = str(body["client_id"])
+    with transaction.atomic():
+        # Replace: deleting the app also drops its grants and tokens.
+        Application.objects.filter(client_id=client_id).delete()
+        Application.objects.create(
+            client_id=client_id,
+            # Plaintext in: DOT hashes it on save and checks it on every token request.
+            client_secret=str(body["client_secret"]),
+            name=str(body.get("name") or client_id),
+            redirect_uris=" ".join(body.get("redirect_uris") or []),
+            client_type=Application.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=grant_type,
+            algorithm="",
+        )
+        ClientFlags.objects.update_or_create(
+            client_id=client_id,
+            defaults={"pkce_required": bool(body.get("pkce_required"))},
+        )
+    return {"client_id": client_id}
+
+
+@control("POST")
+def users(body: dict) -> dict:
+    user, _ = get_user_model().objects.get_or_create(username=str(body["username"]))
+    user.set_password(str(body["password"]))
+    user.save()
+    return {"username": user.get_username()}
+
+
+@control("POST")
+def fault(body: dict) -> dict:
+    mode = body.get("mode", "none")
+    if mode not in FAULT_MODES:
+        raise BadRequest(f"unknown fault mode {mode!r}")
+    count = body.get("count")
+    grant_types = body.get("grant_types")
+    ServerState.objects.filter(pk=1).update(
+        fault_mode=mode,
+        fault_remaining=None if count is None else int(count),
+        fault_delay=float(body.get("delay") or 0),
+        fault_grant_types=None if grant_types is None else [str(g) for g in grant_types],
+    )
+    return {"mode": mode}
+
+
+@control("POST")
+def token_extra(body: dict) -> dict:
+    fields = body.get("fields") or {}
+    if not isinstance(fields, dict):
+        raise BadRequest("fields must be an object")
+    ServerState.objects.filter(pk=1).update(token_extra=fields)
+    return {"fields": fields}
+
+
+@control("POST")
+def token_options(body: dict) -> dict:
+    changes: dict[str, Any] = {}
+    for name in ("omit_expires_in", "omit_refresh_token_on_refresh"):
+        if name in body:
+            changes[name] = bool(body[name])
+    if "latency" in body:
+        changes["latency"] = float(body["latency"] or 0)
+    unknown = set(body) - {
+        "omit_expires_in",
+        "omit_refresh_token_on_refresh",
+        "latency",
+    }
+    if unknown:
+        raise BadRequest(f"unknown options {sorted(unknown)}")
+    if changes:
+        ServerState.objects.filter(pk=1).update(**changes)
+    return changes
+
+
+@control("GET")
+def stats(body: dict) -> dict:
+    s = ServerState.get()
+    return {
+        "token_requests": {
+            "authorization_code": s.token_authorization_code,
+            "refresh_token": s.token_refresh_token,
+            "client_credentials": s.token_client_credentials,
+            "other": s.token_other,
+        },
+        "revocations": s.revocations,
+        "introspections": s.introspections,
+    }
+
+
+@control("POST")
+def reset(body: dict) -> dict:
+    ServerState.reset()
+    return {"ok": True}

@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.exceptions import ValidationError
+
+from providers.models import Provider
+from providers.services import CATALOG_PATH, provider_catalog_sync
+
+pytestmark = pytest.mark.django_db
+
+CERTIFIED_SLUGS = {
+    "genesys",
+    "google-apigee",
+    "google-workspace",
+    "jira",
+    "microsoft-entra",
+    "microsoft-sharepoint",
+    "okta",
+    "salesforce",
+    "servicenow",
+    "custom",
+}
+
+
+def _rows() -> list[dict]:
+    return list(Provider.objects.order_by("slug").values())
+
+
+def test_migrate_loads_the_ten_provider_types():
+    assert set(Provider.objects.values_list("slug", flat=True)) == CERTIFIED_SLUGS
+    assert Provider.objects.filter(is_certified=True).count() == 10
+
+
+def test_loading_the_catalog_twice_changes_nothing():
+    # given the catalog loaded once (by migrate)
+    before = _rows()
+    # when
+    result = provider_catalog_sync()
+    # then
+    assert result.created == [] and result.updated == []
+    assert sorted(result.unchanged) == sorted(CERTIFIED_SLUGS)
+    assert _rows() == before
+
+
+def test_an_edited_preset_updates_its_row_only(tmp_path: Path):
+    entries = yaml.safe_load(CATALOG_PATH.read_text())
+    okta = next(entry for entry in entries if entry["slug"] == "okta")
+    okta["default_scopes"] = "openid,offline_access"
+    okta["default_token_lifetime"] = 900
+    edited = tmp_path / "catalog.yaml"
+    edited.write_text(yaml.safe_dump(entries))
+    salesforce_before = Provider.objects.filter(slug="salesforce").values().get()
+
+    result = provider_catalog_sync(path=edited)
+
+    assert result.updated == ["okta"]
+    okta_row = Provider.objects.get(slug="okta")
+    assert (okta_row.default_scopes, okta_row.default_token_lifetime) == ("openid,offline_access", 900)
+    assert Provider.objects.filter(slug="salesforce").values().get() == salesforce_before
+
+
+def test_a_custom_provider_created_in_the_admin_is_left_alone(tmp_path: Path):
+    custom = Provider.objects.create(
+        slug="acme-idp", name="Acme IdP", token_url="https://idp.acme.test/token", grant_types=["client_credentials"]
+    )
+    entries = yaml.safe_load(CATALOG_PATH.read_text())
+    # Even a catalog that later adopts the same slug does not take the row over.
+    entries.append({"slug": "acme-idp", "name": "Acme (catalog)", "token_url": "https://x", "grant_types": []})
+    adopted = tmp_path / "catalog.yaml"
+    adopted.write_text(yaml.safe_dump(entries))
+
+    result = provider_catalog_sync(path=adopted)
+
+    assert result.skipped == ["acme-idp"]
+    custom.refresh_from_db()
+    assert (custom.name, custom.token_url, custom.is_certified) == ("Acme IdP", "https://idp.acme.test/token", False)
+
+
+def test_seed_urls_and_placeholders():
+    salesforce = Provider.objects.get(slug="salesforce")
+    assert salesforce.authorization_url == "https://<yourinstance>.salesforce.com/services/oauth2/authorize"
+    assert salesforce.token_url == "https://<yourinstance>.salesforce.com/services/oauth2/token"
+    assert salesforce.placeholders == ["yourinstance"]
+    assert Provider.objects.get(slug="microsoft-entra").placeholders == ["tenant"]
+    assert Provider.objects.get(slug="microsoft-sharepoint").placeholders == ["tenant-id"]
+    assert Provider.objects.get(slug="servicenow").token_url == "https://<yourinstance>.service-now.com/oauth_token.do"
+    assert Provider.objects.get(slug="genesys").token_url == "https://login.<yourinstance>.pure.cloud/oauth/token"
+    google = Provider.objects.get(slug="google-workspace")
+    assert google.extra_authorization_params == {"prompt": "consent", "access_type": "offline"}
+    assert Provider.objects.get(slug="custom").placeholders == []
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (lambda entries: entries.append({"slug": "okta", "name": "x", "token_url": "", "grant_types": []}), "unique slug"),
+        (lambda entries: entries[0].update(grant_types=["implicit"]), "unknown grant type"),
+        (lambda entries: entries[0].update(colour="red"), "unknown field"),
+        (lambda entries: entries[0].update(client_auth_method="jwt"), "basic or body"),
+    ],
+)
+def test_a_broken_catalog_names_the_preset_and_changes_nothing(tmp_path: Path, mutation, message):
+    entries = yaml.safe_load(CATALOG_PATH.read_text())
+    mutation(entries)
+    broken = tmp_path / "catalog.yaml"
+    broken.write_text(yaml.safe_dump(entries))
+    before = _rows()
+
+    with pytest.raises(ValidationError, match=message):
+        provider_catalog_sync(path=broken)
+
+    assert _rows() == before

@@ -1,0 +1,354 @@
+"""Launcher and client for the loopback OAuth 2.0 authorization server in tests/authserver.
+
+Importable without Django settings (stdlib + requests only). Typical use::
+
+    server = AuthServer()
+    server.start()
+    server.create_client("cid", "secret", ["http://127.0.0.1:8000/cb"])
+    server.create_user("alice", "pw")
+    ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SETTINGS_MODULE = "tests.authserver.settings"
+
+
+class AuthorizeError(RuntimeError):
+    """The browserless authorize flow stopped on a page it cannot get past (e.g. DOT's
+    error page for an unregistered redirect URI, or a failed login)."""
+
+    def __init__(self, message: str, status_code: int, body: str) -> None:
+        super().__init__(f"{message} (HTTP {status_code}): {body[:800]}")
+        self.status_code = status_code
+        self.body = body
+
+
+class _Forms(HTMLParser):
+    """Collects the forms of a page: their inputs and submit buttons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[dict[str, Any]] = []
+        self._button: dict[str, str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append({"attrs": a, "fields": {}, "buttons": []})
+        elif not self.forms:
+            return
+        elif tag == "input" and a.get("type") not in ("submit", "button") and a.get("name"):
+            self.forms[-1]["fields"][a["name"]] = a.get("value", "")
+        elif tag == "input" and a.get("type") == "submit":
+            self.forms[-1]["buttons"].append({**a, "text": a.get("value", "")})
+        elif tag == "button" and a.get("type", "submit") == "submit":
+            self._button = {**a, "text": ""}
+            self.forms[-1]["buttons"].append(self._button)
+
+    def handle_data(self, data: str) -> None:
+        if self._button is not None:
+            self._button["text"] += data.strip()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "button":
+            self._button = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gunicorn_command(port: int) -> list[str]:
+    options = (
+        "--workers 1 --threads 8 --timeout 120 --graceful-timeout 3"
+        # gunicorn 27 otherwise opens ~/.gunicorn/gunicorn.ctl, shared by every instance.
+        " --no-control-socket"
+        " --access-logfile - --error-logfile - --log-level info"
+    )
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "tests.authserver.wsgi:application",
+        f"--bind=127.0.0.1:{port}",
+        *options.split(),
+    ]
+
+
+class AuthServer:
+    """A real DOT authorization server in its own gunicorn process on 127.0.0.1."""
+
+    def __init__(self, access_token_lifetime: int = 3600, log_dir: str | None = None) -> None:
+        self.access_token_lifetime = access_token_lifetime
+        self.workdir = Path(log_dir or tempfile.mkdtemp(prefix="authserver-"))
+        self.log_path = self.workdir / "authserver.log"
+        self.db_path = self.workdir / "authserver.sqlite3"
+        self.control_key = secrets.token_urlsafe(24)
+        self.port: int | None = None
+        self._proc: subprocess.Popen | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
+            AUTHSERVER_DB=str(self.db_path),
+            AUTHSERVER_CONTROL_KEY=self.control_key,
+            AUTHSERVER_ACCESS_TOKEN_LIFETIME=str(self.access_token_lifetime),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self) -> Self:
+        if self._proc is not None:
+            raise RuntimeError("auth server already started")
+        env = self._env()
+        migrate = subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if migrate.returncode != 0:
+            raise RuntimeError(
+                f"auth server migrate failed (exit {migrate.returncode}):\n{migrate.stdout}\n{migrate.stderr}"
+            )
+        for attempt in range(3):
+            self.port = _free_port()  # may race with another process: retried below
+            # The child keeps its own copy of the log fd; ours can close right away.
+            with open(self.log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    _gunicorn_command(self.port),
+                    cwd=REPO_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if self._wait_healthy(deadline=time.monotonic() + 20):
+                return self
+            exit_code = self._proc.poll()
+            self._terminate()  # keeps the migrated DB for the next attempt
+            if attempt < 2 and "Address already in use" in self._log_tail():
+                continue
+            raise RuntimeError(
+                f"auth server did not come up on {self.url} within 20 s (exit code {exit_code}); "
+                f"log {self.log_path}:\n{self._log_tail()}"
+            )
+        raise AssertionError("unreachable")
+
+    def _wait_healthy(self, deadline: float) -> bool:
+        assert self._proc is not None
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            try:
+                if self._control("GET", "health", check=False).status_code == 200:
+                    return True
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        return False
+
+    def _log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "<no log>"
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it does not exit within 10 s). Idempotent."""
+        self._terminate()
+        # The DB goes with the server; the log stays in workdir for post-mortems.
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+
+    def _terminate(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- URLs --------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("auth server not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.url}/o/authorize/"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/o/token/"
+
+    @property
+    def revoke_url(self) -> str:
+        return f"{self.url}/o/revoke_token/"
+
+    @property
+    def introspect_url(self) -> str:
+        return f"{self.url}/o/introspect/"
+
+    @property
+    def userinfo_url(self) -> str:
+        return f"{self.url}/api/me"
+
+    # --- control API -------------------------------------------------------------------------
+
+    def _control(self, method: str, name: str, body: dict | None = None, check: bool = True):
+        response = requests.request(
+            method,
+            f"{self.url}/_control/{name}",
+            json=body,
+            headers={"X-Control-Key": self.control_key},
+            timeout=10,
+        )
+        if check and response.status_code != 200:
+            raise RuntimeError(f"auth server control {name} failed: HTTP {response.status_code} {response.text}")
+        return response
+
+    def create_client(
+        self,
+        client_id: str,
+        client_secret: str,
+        redirect_uris: list[str],
+        grant_type: str = "authorization-code",
+        pkce_required: bool = False,
+        name: str | None = None,
+    ) -> None:
+        """Create or replace a confidential client ("authorization-code"/"client-credentials")."""
+        self._control(
+            "POST",
+            "clients",
+            {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "redirect_uris": list(redirect_uris),
+                "grant_type": grant_type,
+                "pkce_required": pkce_required,
+                "name": name or client_id,
+            },
+        )
+
+    def create_user(self, username: str, password: str) -> None:
+        self._control("POST", "users", {"username": username, "password": password})
+
+    def set_fault(
+        self,
+        mode: str,
+        count: int | None = None,
+        delay: float = 0,
+        grant_types: list[str] | None = None,
+    ) -> None:
+        """Make the next `count` (None = all, until cleared) /o/token/ requests of
+        `grant_types` (None = any) fail with `mode`."""
+        self._control(
+            "POST",
+            "fault",
+            {
+                "mode": mode,
+                "count": count,
+                "delay": delay,
+                "grant_types": grant_types,
+            },
+        )
+
+    def clear_fault(self) -> None:
+        self.set_fault("none")
+
+    def set_token_extra(self, fields: dict[str, Any]) -> None:
+        self._control("POST", "token_extra", {"fields": fields})
+
+    def set_token_options(self, **opts: Any) -> None:
+        """omit_expires_in: bool, omit_refresh_token_on_refresh: bool, latency: seconds."""
+        self._control("POST", "token_options", opts)
+
+    def stats(self) -> dict[str, Any]:
+        return self._control("GET", "stats").json()
+
+    def reset(self) -> None:
+        self._control("POST", "reset")
+
+    # --- OAuth helpers -----------------------------------------------------------------------
+
+    def whoami(self, access_token: str) -> requests.Response:
+        return requests.get(
+            self.userinfo_url,
+            headers={"Authorization": f"Bearer {access_token}"},
+            timeout=10,
+        )
+
+    def authorize_with_requests(
+        self, authorization_url: str, username: str, password: str, approve: bool = True
+    ) -> str:
+        """Log in and press "Authorize" (or "Cancel" if not approve) like a browser would;
+        return the Location of the redirect that leaves the auth server (the client's
+        redirect URI with code and state, or with error=...), without following it.
+        Raises AuthorizeError if it stops on a page (bad login, DOT's error page)."""
+        session = requests.Session()
+        own_hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
+        url, method, data = authorization_url, "GET", None
+        logged_in = False
+        for _ in range(10):
+            response = session.request(method, url, data=data, allow_redirects=False, timeout=10)
+            if response.is_redirect:
+                target = urljoin(url, response.headers["Location"])
+                if urlsplit(target).netloc not in own_hosts:
+                    return target
+                url, method, data = target, "GET", None
+                continue
+            forms = _Forms()
+            forms.feed(response.text)
+            login = next((f for f in forms.forms if "password" in f["fields"]), None)
+            consent = next((f for f in forms.forms if "client_id" in f["fields"]), None)
+            if response.status_code == 200 and login is not None and not logged_in:
+                form = login
+                data = {**login["fields"], "username": username, "password": password}
+                logged_in = True
+            elif response.status_code == 200 and consent is not None:
+                form = consent
+                data = dict(consent["fields"])
+                if approve:  # "Cancel" posts the form without the "allow" button's field
+                    allow = next(b for b in consent["buttons"] if b.get("name") == "allow")
+                    data["allow"] = allow.get("value", "")
+            else:
+                reason = "login failed" if login is not None else "unexpected page"
+                raise AuthorizeError(reason, response.status_code, response.text)
+            url = urljoin(url, form["attrs"].get("action") or url)
+            method = "POST"
+        raise RuntimeError("authorize flow did not finish within 10 steps")
