@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from connections import selectors, services
-from connections.forms import ConnectionForm
+from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import AuditEvent, Connection, OAuthToken
 
 
@@ -43,7 +43,16 @@ class TokenInline(PermissionMixin, admin.TabularInline):
     can_delete = False
     verbose_name = "token"
     verbose_name_plural = "Tokens (the values are encrypted and never shown)"
-    fields = ("owner", "status", "scope", "authorized_by", "authorized_at", "refreshed_at", "consecutive_failures", "last_error")
+    fields = (
+        "owner",
+        "status",
+        "scope",
+        "authorized_by",
+        "authorized_at",
+        "refreshed_at",
+        "consecutive_failures",
+        "last_error",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -80,8 +89,13 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         return super().get_queryset(request).select_related("provider").prefetch_related("tokens", "roles")
 
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[tuple[str | None, dict]]:
-        placeholders = ConnectionForm().placeholder_field_names if self.has_change_permission(request, obj) else []
-        status = [("Status", {"fields": ("status_display", "last_refresh_display", "last_error_display", "roles_display")})]
+        can_change = self.has_change_permission(request, obj)
+        # View-only users get every field read-only, which would display the secret: it is left out for them.
+        placeholders = ConnectionForm().placeholder_field_names if can_change else []
+        credentials = ("client_id", "client_secret") if can_change else ("client_id",)
+        status = [
+            ("Status", {"fields": ("status_display", "last_refresh_display", "last_error_display", "roles_display")})
+        ]
         return [
             *(status if obj else []),
             (None, {"fields": ("name", "slug", "description", "is_enabled")}),
@@ -92,23 +106,35 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                     "description": "Register the redirect URI below in the provider's application settings.",
                 },
             ),
-            ("Application credentials", {"fields": ("client_id", "client_secret")}),
+            ("Application credentials", {"fields": credentials}),
             (
                 "Endpoints and scopes",
                 {
-                    "fields": ("authorization_url", "token_url", "revocation_url", "scopes", "extra_authorization_params"),
+                    "fields": (
+                        "authorization_url",
+                        "token_url",
+                        "revocation_url",
+                        "scopes",
+                        "extra_authorization_params",
+                    ),
                     "description": "Leave the URLs blank to use the provider type's, with your placeholders filled in.",
                 },
             ),
-            ("Tokens", {"fields": ("default_token_lifetime",), "classes": ("collapse",)}),
+            ("Token lifetime", {"fields": ("default_token_lifetime",), "classes": ("collapse",)}),
             ("Who may use it", {"fields": ("roles",)}),
         ]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Connection | None = None) -> tuple[str, ...]:
-        if self.has_change_permission(request, obj):
-            return self.readonly_fields
-        # View-only users see the same page without the form fields that do not exist for them.
-        return (*self.readonly_fields, *[field for field in ConnectionForm.Meta.fields])
+    def get_form(self, request: HttpRequest, obj: Connection | None = None, change: bool = False, **kwargs: Any):
+        # The form's own fields (one per catalog placeholder, and the write-only secret) must not be copied
+        # onto the model by the model form factory: the form sets them itself.
+        fieldsets = self.get_fieldsets(request, obj)
+        names = [name for _, options in fieldsets for name in options["fields"]]
+        kwargs["fields"] = [
+            name
+            for name in names
+            if not name.startswith(PLACEHOLDER_PREFIX) and name != "client_secret" and name not in self.readonly_fields
+        ]
+        return super().get_form(request, obj, change, **kwargs)
 
     @admin.display(description="Redirect URI")
     def redirect_uri(self, obj: Connection | None = None) -> str:
@@ -153,7 +179,11 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         roles = list(connection.roles.all())
         if not roles:
             return "No role is invited yet."
-        return format_html_join(", ", "<a href='{}'>{}</a>", ((reverse("admin:auth_group_change", args=[role.pk]), role.name) for role in roles))
+        return format_html_join(
+            ", ",
+            "<a href='{}'>{}</a>",
+            ((reverse("admin:auth_group_change", args=[role.pk]), role.name) for role in roles),
+        )
 
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
         if not change:
@@ -163,14 +193,18 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         changed = ["client secret (replaced)" if name == "client_secret" else name for name in form.changed_data]
-        services.connection_save_audit(connection=form.instance, actor=request.user, created=not change, changed=changed)
+        services.connection_save_audit(
+            connection=form.instance, actor=request.user, created=not change, changed=changed
+        )
 
     def _after_save(self, request: HttpRequest, obj: Connection) -> HttpResponse | None:
         """The extra submit buttons: Save and test connection, Save and connect."""
         change_url = reverse("admin:connections_connection_change", args=[obj.pk])
         if "_test" in request.POST:
             try:
-                self.message_user(request, services.connection_test(connection=obj, actor=request.user), messages.SUCCESS)
+                self.message_user(
+                    request, services.connection_test(connection=obj, actor=request.user), messages.SUCCESS
+                )
             except services.ConnectionActionError as exc:
                 self.message_user(request, exc.message, messages.WARNING)
             return HttpResponseRedirect(change_url)

@@ -60,18 +60,21 @@ class ConnectionForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if "provider" not in self.fields:
+            return  # a view-only user's form: every field is read-only
         self.fields["slug"].required = False
         self.fields["slug"].help_text = "Bots ask for tokens by this name. Leave blank to derive it from the name."
         if self.instance.pk and self.instance.client_secret:
-            self.fields["client_secret"].help_text = (
+            self.fields[
+                "client_secret"
+            ].help_text = (
                 "A secret is stored (encrypted, never shown). Leave blank to keep it; type a new one to replace it."
             )
         providers = list(Provider.objects.all())
-        self.fields["provider"].widget.attrs["data-placeholders"] = json.dumps(
+        # The admin wraps the select in a RelatedFieldWidgetWrapper; the attribute belongs on the select itself.
+        select = getattr(self.fields["provider"].widget, "widget", self.fields["provider"].widget)
+        select.attrs["data-placeholders"] = json.dumps(
             {str(provider.pk): provider.placeholders for provider in providers}
-        )
-        self.fields["provider"].widget.attrs["data-custom"] = json.dumps(
-            [str(provider.pk) for provider in providers if not provider.authorization_url and not provider.token_url]
         )
         for name, provider_names in _all_placeholders().items():
             self.fields[PLACEHOLDER_PREFIX + name] = forms.CharField(

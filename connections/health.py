@@ -22,7 +22,9 @@ def check_broker() -> dict[str, Any]:
     from controlroom.celery import app
 
     try:
-        with app.connection_for_write() as conn:
+        # Socket timeouts too: a broker that accepts the connection and then stays silent must not hang us.
+        options = {"socket_timeout": 2, "socket_connect_timeout": 2}
+        with app.connection_for_write(transport_options=options) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001

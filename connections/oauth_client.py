@@ -18,7 +18,7 @@ from requests_oauthlib import OAuth2Session
 # oauthlib's own https check cannot allow the loopback hosts an operator lists; check_url() below replaces it
 # and runs on every request, redirects included. Scope changes by the provider are normal (RFC 6749 5.1).
 os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
-os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = "1"
+os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = "1"  # noqa: S105 - a flag, not a secret
 
 # RFC 6749 5.2 errors that retrying cannot fix: a person must authorize again or fix the connection.
 PERMANENT_ERRORS = frozenset(
@@ -289,9 +289,7 @@ def client_credentials(config: ClientConfig) -> TokenResponse:
     session = _session(config, BackendApplicationClient(config.client_id))
     # fetch_token does not send the session's scope for this grant; it must be passed along (RFC 6749 4.4.2).
     scope = {"scope": list(config.scopes)} if config.scopes else {}
-    token = _call(
-        "client credentials request", session.fetch_token, config.token_url, **_auth_kwargs(config), **scope
-    )
+    token = _call("client credentials request", session.fetch_token, config.token_url, **_auth_kwargs(config), **scope)
     return _token_response(token)
 
 
@@ -317,4 +315,3 @@ def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:
             permanent=False,
             status=response.status_code,
         )
-

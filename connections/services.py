@@ -166,7 +166,9 @@ def connection_authorize_start(
     state = secrets.token_urlsafe(32)
     code_verifier = oauth_client.new_code_verifier() if connection.uses_pkce else ""
     try:
-        url = oauth_client.authorization_url(connection_client_config(connection), state=state, code_verifier=code_verifier)
+        url = oauth_client.authorization_url(
+            connection_client_config(connection), state=state, code_verifier=code_verifier
+        )
     except ProviderError as exc:
         audit_record(action="authorize_start", outcome="failure", connection=connection, actor=user, detail=exc.message)
         raise ConnectionActionError(exc.message) from None
@@ -313,7 +315,7 @@ def _lease_seconds() -> float:
 def _backoff_seconds(failures: int) -> float:
     """Exponential backoff with full jitter, capped at 30 minutes (AWS architecture blog, 'Exponential Backoff
     And Jitter')."""
-    return random.uniform(0.5, 1.0) * min(30 * 60, 15 * 2 ** max(failures - 1, 0))
+    return random.uniform(0.5, 1.0) * min(30 * 60, 15 * 2 ** max(failures - 1, 0))  # noqa: S311 - jitter, not a secret
 
 
 def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse:
@@ -409,7 +411,9 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
             try:
                 response = oauth_client.client_credentials(connection_client_config(connection))
             except ProviderError as exc:
-                audit_record(action="connection_test", outcome="failure", connection=connection, actor=actor, detail=exc.message)
+                audit_record(
+                    action="connection_test", outcome="failure", connection=connection, actor=actor, detail=exc.message
+                )
                 raise ConnectionActionError(f"Test failed: {exc.message}") from None
             with transaction.atomic():
                 token = token_store(connection=connection, user=None, response=response, authorized_by=actor)
@@ -490,7 +494,9 @@ def connection_disconnect(
     return f"Disconnected {connection}: {detail[0].lower()}{detail[1:]}"
 
 
-def connection_save_audit(*, connection: Connection, actor: AbstractBaseUser, created: bool, changed: list[str]) -> None:
+def connection_save_audit(
+    *, connection: Connection, actor: AbstractBaseUser, created: bool, changed: list[str]
+) -> None:
     """Record an admin save; names the changed fields, never their values."""
     audit_record(
         action="connection_create" if created else "connection_update",

@@ -4,7 +4,7 @@ A bad value stops start-up with one ImproperlyConfigured sentence; manage.py pri
 """
 
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -12,6 +12,23 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
+
+
+def _number(name: str, default: float, *, minimum: float = 0, whole: bool = True, unit: str = "seconds") -> float:
+    """A numeric setting; anything else stops start-up with one sentence rather than a traceback."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    expected = f"{name} must be a {'whole number' if whole else 'number'}{' of ' + unit if unit else ''}"
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{expected}, {minimum:g} or more, not {raw!r}.") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{expected}, {minimum:g} or more, not {raw!r}.")
+    return value
+
+
 ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
 if ENV_FILE and Path(ENV_FILE).is_file():
     environ.Env.read_env(ENV_FILE)
@@ -20,7 +37,7 @@ VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
-PORT = env.int("PORT", default=8000)
+PORT = int(_number("PORT", 8000, minimum=1, unit=""))
 
 _DEV_ONLY_KEY = "insecure-development-key-never-use-in-production"
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -49,7 +66,7 @@ if _public.scheme not in ("http", "https") or not _public.hostname:
     raise ImproperlyConfigured(f"PUBLIC_URL must be an absolute http(s) URL, not {PUBLIC_URL!r}.")
 OAUTH_REDIRECT_URI = f"{PUBLIC_URL}/oauth/callback/"
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[_public.hostname, "127.0.0.1", "localhost"])
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=sorted({_public.hostname, "127.0.0.1", "localhost"}))
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[f"{_public.scheme}://{_public.netloc}"])
 
 INSTALLED_APPS = [
@@ -95,15 +112,18 @@ TEMPLATES = [
 
 _SUPPORTED_DATABASES = {"django.db.backends.sqlite3", "django.db.backends.postgresql"}
 DATABASE_URL = env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'controlroom.sqlite3'}")
+_DATABASE_HELP = (
+    "DATABASE_URL must start with postgres:// (postgres://user:password@host:5432/name) or sqlite:/// "
+    "(sqlite:////absolute/path.sqlite3)."
+)
+if urlsplit(DATABASE_URL).scheme not in ("postgres", "postgresql", "pgsql", "sqlite"):
+    raise ImproperlyConfigured(_DATABASE_HELP)
 try:
     _database = env.db_url_config(DATABASE_URL)
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is malformed ({exc}).") from None
 if _database.get("ENGINE") not in _SUPPORTED_DATABASES:
-    raise ImproperlyConfigured(
-        "DATABASE_URL must start with postgres:// (postgres://user:password@host:5432/name) or sqlite:/// "
-        "(sqlite:////absolute/path.sqlite3)."
-    )
+    raise ImproperlyConfigured(_DATABASE_HELP)
 if _database["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server read while the worker writes; the busy timeout makes a writer wait for the lock
     # instead of failing at once (several processes share the file in the embedded setup).
@@ -113,15 +133,27 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 else:
-    _database["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    _database["CONN_MAX_AGE"] = int(_number("DATABASE_CONN_MAX_AGE", 60))
     _database["CONN_HEALTH_CHECKS"] = True
     _database.setdefault("OPTIONS", {})["connect_timeout"] = 5
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
-if REDIS_URL and urlsplit(REDIS_URL).scheme not in ("redis", "rediss", "unix"):
-    raise ImproperlyConfigured(f"REDIS_URL must start with redis://, rediss:// or unix://, not {REDIS_URL!r}.")
+
+
+def _valid_port(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return True
+
+
+# URL values may hold passwords, so the messages below never repeat them.
+_redis = urlsplit(REDIS_URL)
+if REDIS_URL and (_redis.scheme not in ("redis", "rediss", "unix") or not _valid_port(_redis)):
+    raise ImproperlyConfigured("REDIS_URL must look like redis://[:password@]host:6379/0 (or rediss://, unix://).")
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
@@ -150,6 +182,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         "control_folder": str(VAR_DIR / "celery" / "control"),
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # A hung Redis must fail calls rather than block web requests and workers forever.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 5}
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -161,39 +196,44 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # How often beat wakes up: it records its heartbeat (and, with the refresh engine, sweeps for due tokens).
-BEAT_INTERVAL = env.int("BEAT_INTERVAL", default=30)
-if BEAT_INTERVAL < 1:
-    raise ImproperlyConfigured("BEAT_INTERVAL must be a whole number of seconds, 1 or more.")
+BEAT_INTERVAL = int(_number("BEAT_INTERVAL", 30, minimum=1))
 
 # Outbound calls to providers (connections/oauth_client.py is the only module that makes them).
-OUTBOUND_TIMEOUT = env.float("OUTBOUND_TIMEOUT", default=10.0)
+OUTBOUND_TIMEOUT = _number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
 # Hosts that may be reached over plain http (loopback for development); everything else must be https.
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
     "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []
 )
 OUTBOUND_PROXY_URL = env.str("OUTBOUND_PROXY_URL", default="")
 OUTBOUND_PROXY_BYPASS = env.list("OUTBOUND_PROXY_BYPASS", default=[])
-_proxy = urlsplit(OUTBOUND_PROXY_URL)
-if OUTBOUND_PROXY_URL and (_proxy.scheme not in ("http", "https") or not _proxy.hostname):
-    # The value may hold a password, so it is not repeated in the message.
-    raise ImproperlyConfigured("OUTBOUND_PROXY_URL must look like http://[user:password@]host:port.")
+_PROXY_HELP = "OUTBOUND_PROXY_URL must look like http://[user:password@]host:port (password URL-encoded)."
+try:
+    _proxy = urlsplit(OUTBOUND_PROXY_URL)
+except ValueError:
+    raise ImproperlyConfigured(_PROXY_HELP) from None
+if OUTBOUND_PROXY_URL and (
+    _proxy.scheme not in ("http", "https") or not _proxy.hostname or not _valid_port(_proxy) or not _proxy.port
+):
+    raise ImproperlyConfigured(_PROXY_HELP)
 
 # Refresh a token this many seconds before it expires (a provider may override it; never more than half the
 # token's lifetime).
-TOKEN_REFRESH_MARGIN = env.int("TOKEN_REFRESH_MARGIN", default=300)
+TOKEN_REFRESH_MARGIN = int(_number("TOKEN_REFRESH_MARGIN", 300))
 # How long a caller waits for another process's refresh of the same token before giving up.
-REFRESH_WAIT_SECONDS = env.float("REFRESH_WAIT_SECONDS", default=15.0)
+REFRESH_WAIT_SECONDS = _number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
 
 # How long an authorization started with Connect stays valid (state and PKCE verifier).
-OAUTH_STATE_TTL = env.int("OAUTH_STATE_TTL", default=600)
+OAUTH_STATE_TTL = int(_number("OAUTH_STATE_TTL", 600))
 # Lifetime assumed for a token whose response has no expires_in, when neither the connection nor its provider
 # says otherwise.
-DEFAULT_TOKEN_LIFETIME = env.int("DEFAULT_TOKEN_LIFETIME", default=3600)
+DEFAULT_TOKEN_LIFETIME = int(_number("DEFAULT_TOKEN_LIFETIME", 3600))
 
 try:
     _email = env.email_url("EMAIL_URL", default="consolemail://")
-except (ValueError, KeyError) as exc:
-    raise ImproperlyConfigured(f"EMAIL_URL is malformed ({exc}).") from None
+except (ValueError, KeyError, ImproperlyConfigured):
+    raise ImproperlyConfigured(
+        "EMAIL_URL must look like smtp://user:password@host:587, smtp+tls://..., or consolemail:// (the default)."
+    ) from None
 vars().update(_email)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Control Room <controlroom@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
@@ -214,8 +254,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every request when it is missing
+# Outside VAR_DIR, so a volume mounted over the data directory does not hide the files collected at build time.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request when it is missing
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -225,7 +266,8 @@ STORAGES = {
     },
 }
 
-# Production hardening: on whenever DEBUG is off, so `manage.py check --deploy` is clean.
+# Production hardening: on whenever DEBUG is off. `manage.py check --deploy` is clean once SECURE_HSTS_PRELOAD is
+# set to true too (left to the operator: preloading commits the domain to https for months).
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -234,7 +276,9 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    # Load balancers and container health checks probe over plain http.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = int(_number("SECURE_HSTS_SECONDS", 31536000))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
     if env.bool("TRUST_X_FORWARDED_PROTO", default=False):

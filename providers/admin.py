@@ -14,7 +14,22 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = "__all__"
+        fields = (
+            "name",
+            "slug",
+            "description",
+            "docs_url",
+            "authorization_url",
+            "token_url",
+            "revocation_url",
+            "grant_types",
+            "client_auth_method",
+            "default_scopes",
+            "scope_separator",
+            "extra_authorization_params",
+            "default_token_lifetime",
+            "refresh_margin",
+        )
 
     def clean_slug(self) -> str:
         slug = self.cleaned_data["slug"]

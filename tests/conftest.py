@@ -38,7 +38,7 @@ def make_connection(db, authserver: AuthServer, settings):
     def make(
         *,
         grant_type: str = "authorization_code",
-        token_type: str = "shared",
+        token_type: str = "shared",  # noqa: S107 - shared or user_specific, not a secret
         pkce_required: bool = False,
         scopes: str = "read,write",
         register: bool = True,

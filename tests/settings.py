@@ -10,7 +10,7 @@ os.environ.setdefault("CRYPTOGRAPHY_KEY", "tests-only-cryptography-key-abcdefghi
 os.environ.setdefault("VAR_DIR", tempfile.mkdtemp(prefix="controlroom-tests-"))
 os.environ.setdefault("OUTBOUND_TIMEOUT", "5")
 
-from controlroom.settings import *  # noqa: E402,F403
+from controlroom.settings import *  # noqa: F403
 
 # Hashing passwords slowly protects nothing in a test run.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

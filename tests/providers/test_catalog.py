@@ -94,7 +94,10 @@ def test_seed_urls_and_placeholders():
 @pytest.mark.parametrize(
     ("mutation", "message"),
     [
-        (lambda entries: entries.append({"slug": "okta", "name": "x", "token_url": "", "grant_types": []}), "unique slug"),
+        (
+            lambda entries: entries.append({"slug": "okta", "name": "x", "token_url": "", "grant_types": []}),
+            "unique slug",
+        ),
         (lambda entries: entries[0].update(grant_types=["implicit"]), "unknown grant type"),
         (lambda entries: entries[0].update(colour="red"), "unknown field"),
         (lambda entries: entries[0].update(client_auth_method="jwt"), "basic or body"),

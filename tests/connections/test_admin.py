@@ -1,0 +1,272 @@
+"""The connection admin: the form, the write-only secret, the buttons, permissions, and encryption at rest."""
+
+import pytest
+from django.contrib.messages import get_messages
+from django.db import connection as db
+from django.test import Client
+
+from connections.models import AuditEvent, Connection
+from providers.models import Provider
+from tests.conftest import connect, shared_token
+
+pytestmark = pytest.mark.django_db
+
+
+def _messages(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def _form(provider: str, **overrides: str) -> dict[str, str]:
+    data = {
+        "name": "Salesforce prod",
+        "slug": "",
+        "description": "Finance org",
+        "provider": str(Provider.objects.get(slug=provider).pk),
+        "grant_type": "authorization_code",
+        "token_type": "shared",
+        "client_id": "3MVG9-client",
+        "client_secret": "sf-secret-value-123",
+        "authorization_url": "",
+        "token_url": "",
+        "revocation_url": "",
+        "scopes": "api, refresh_token offline_access",
+        "extra_authorization_params": "{}",
+        "default_token_lifetime": "",
+        "is_enabled": "on",
+        "tokens-TOTAL_FORMS": "0",
+        "tokens-INITIAL_FORMS": "0",
+        "tokens-MIN_NUM_FORMS": "0",
+        "tokens-MAX_NUM_FORMS": "1000",
+    }
+    data.update(overrides)
+    return data
+
+
+def test_add_fills_placeholders_into_the_preset_urls(manager_client):
+    response = manager_client.post(
+        "/admin/connections/connection/add/", _form("salesforce", placeholder__yourinstance="acme")
+    )
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    connection = Connection.objects.get(slug="salesforce-prod")
+    assert connection.effective_authorization_url == "https://acme.salesforce.com/services/oauth2/authorize"
+    assert connection.effective_token_url == "https://acme.salesforce.com/services/oauth2/token"
+    assert connection.effective_revocation_url == "https://acme.salesforce.com/services/oauth2/revoke"
+    assert connection.scopes == "api,refresh_token,offline_access"
+    assert connection.client_secret == "sf-secret-value-123"
+    event = AuditEvent.objects.get(action="connection_create")
+    assert "sf-secret-value-123" not in event.detail
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({}, "placeholder__yourinstance", "Salesforce needs <yourinstance>"),
+        ({"placeholder__yourinstance": "evil.example/x"}, "placeholder__yourinstance", "letters, digits"),
+        ({"placeholder__yourinstance": "acme", "client_secret": ""}, "client_secret", "Enter the client secret"),
+        (
+            {"placeholder__yourinstance": "acme", "token_url": "http://acme.example/token"},
+            "token_url",
+            "must use https",
+        ),
+        (
+            {"placeholder__yourinstance": "acme", "extra_authorization_params": "[1, 2]"},
+            "extra_authorization_params",
+            "JSON object",
+        ),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_saves_nothing(manager_client, overrides, field, message):
+    response = manager_client.post("/admin/connections/connection/add/", _form("salesforce", **overrides))
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert message in " ".join(errors.get(field, [])), errors
+    assert not Connection.objects.exists()
+
+
+def test_grant_type_must_be_supported_by_the_provider(manager_client):
+    response = manager_client.post("/admin/connections/connection/add/", _form("jira", grant_type="client_credentials"))
+    assert "Jira supports: Authorization Code" in " ".join(response.context["adminform"].form.errors["grant_type"])
+
+
+def test_custom_provider_asks_for_the_urls(manager_client):
+    response = manager_client.post("/admin/connections/connection/add/", _form("custom"))
+    errors = response.context["adminform"].form.errors
+    assert "enter it" in " ".join(errors["authorization_url"]) and "enter it" in " ".join(errors["token_url"])
+
+
+def test_client_credentials_cannot_be_user_specific(manager_client):
+    response = manager_client.post(
+        "/admin/connections/connection/add/",
+        _form("okta", placeholder__yourinstance="acme", grant_type="client_credentials", token_type="user_specific"),
+    )
+    assert "choose Shared" in " ".join(response.context["adminform"].form.errors["token_type"])
+
+
+def test_secret_is_write_only(manager_client, make_connection):
+    connection = make_connection(register=False)
+    secret = connection.client_secret
+    page = manager_client.get(f"/admin/connections/connection/{connection.pk}/change/").content.decode()
+    assert secret not in page
+    assert "A secret is stored" in page
+    # Saving with the field blank keeps it; typing a new one replaces it.
+    data = _form(
+        "custom",
+        name=connection.name,
+        slug=connection.slug,
+        client_id=connection.client_id,
+        client_secret="",
+        authorization_url=connection.authorization_url,
+        token_url=connection.token_url,
+    )
+    assert manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data).status_code == 302
+    connection.refresh_from_db()
+    assert connection.client_secret == secret
+    data["client_secret"] = "a-brand-new-secret"
+    manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
+    connection.refresh_from_db()
+    assert connection.client_secret == "a-brand-new-secret"
+    assert AuditEvent.objects.filter(action="connection_update", detail__contains="client secret (replaced)").exists()
+
+
+def test_change_page_shows_redirect_uri_status_and_roles(manager_client, make_connection, authserver, settings):
+    from django.contrib.auth.models import Group
+
+    connection = make_connection()
+    connection.roles.add(Group.objects.create(name="Finance bots"))
+    manager_client.get(connect(manager_client, connection, authserver))
+    page = manager_client.get(f"/admin/connections/connection/{connection.pk}/change/").content.decode()
+    assert settings.OAUTH_REDIRECT_URI in page
+    assert "Connected, expires in" in page
+    assert "Finance bots" in page
+    assert "Reconnect" in page and "Refresh now" in page and "Disconnect" in page
+    token = shared_token(connection)
+    assert token.access_token not in page and token.refresh_token not in page
+
+
+def test_save_and_test_fetches_a_client_credentials_token(manager_client, make_connection, authserver):
+    connection = make_connection(grant_type="client_credentials", scopes="read")
+    data = _form(
+        "custom",
+        name=connection.name,
+        slug=connection.slug,
+        grant_type="client_credentials",
+        client_id=connection.client_id,
+        client_secret="",
+        authorization_url=connection.authorization_url,
+        token_url=connection.token_url,
+        revocation_url=connection.revocation_url,
+        scopes="read",
+        _test="Save and test connection",
+    )
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
+    assert any("Test passed" in text for text in _messages(response)), _messages(response)
+    token = shared_token(connection)
+    assert authserver.whoami(token.access_token).json()["username"] == ""
+    assert authserver.stats()["token_requests"]["client_credentials"] == 1
+
+
+def test_save_and_test_reports_bad_client_credentials(manager_client, make_connection, authserver):
+    connection = make_connection(grant_type="client_credentials", client_secret="wrong")
+    data = _form(
+        "custom",
+        name=connection.name,
+        slug=connection.slug,
+        grant_type="client_credentials",
+        client_id=connection.client_id,
+        client_secret="",
+        authorization_url="",
+        token_url=connection.token_url,
+        scopes="read",
+        _test="Save and test connection",
+    )
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
+    assert any("Test failed" in text and "invalid_client" in text for text in _messages(response))
+    assert shared_token(connection) is None
+
+
+def test_save_and_test_on_an_unauthorized_code_connection_says_to_connect(manager_client, make_connection):
+    connection = make_connection(register=False)
+    data = _form(
+        "custom",
+        name=connection.name,
+        slug=connection.slug,
+        client_id=connection.client_id,
+        client_secret="",
+        authorization_url=connection.authorization_url,
+        token_url=connection.token_url,
+        _test="Save and test connection",
+    )
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
+    assert any("Authorization needed: click Connect" in text for text in _messages(response))
+
+
+def test_refresh_now_rotates_the_refresh_token(manager_client, make_connection, authserver):
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    before = shared_token(connection)
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/refresh/")
+    assert any("Refreshed 1 token" in text for text in _messages(response))
+    after = shared_token(connection)
+    assert after.access_token != before.access_token and after.refresh_token != before.refresh_token
+    assert authserver.whoami(after.access_token).status_code == 200
+
+
+def test_refresh_now_failure_keeps_the_token(manager_client, make_connection, authserver):
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    before = shared_token(connection)
+    authserver.set_fault("status_500")
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/refresh/")
+    assert any("HTTP 500" in text and "current token is kept" in text for text in _messages(response))
+    after = shared_token(connection)
+    assert (after.access_token, after.refresh_token) == (before.access_token, before.refresh_token)
+    assert after.state == "refresh_failing" and after.consecutive_failures == 1
+    page = manager_client.get(f"/admin/connections/connection/{connection.pk}/change/").content.decode()
+    assert "Refresh failing" in page and "HTTP 500" in page
+
+
+def test_disconnect_revokes_at_the_provider_and_removes_tokens(manager_client, make_connection, authserver):
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    token = shared_token(connection)
+    confirm = manager_client.get(f"/admin/connections/connection/{connection.pk}/disconnect/")
+    assert "revoked at the provider" in confirm.content.decode()
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/disconnect/")
+    assert any("Disconnected" in text for text in _messages(response))
+    assert shared_token(connection) is None
+    assert authserver.whoami(token.access_token).status_code == 401
+    assert authserver.stats()["revocations"] >= 1
+
+
+def test_view_only_role_sees_but_cannot_change(make_user, make_connection):
+    connection = make_connection(register=False)
+    viewer = make_user(perms=("view_connections",), staff=True)
+    client = Client()
+    client.force_login(viewer)
+    page = client.get(f"/admin/connections/connection/{connection.pk}/change/")
+    assert page.status_code == 200 and "Save and test connection" not in page.content.decode()
+    assert connection.client_secret not in page.content.decode()
+    assert connection.client_id in page.content.decode()
+    assert client.get("/admin/connections/connection/add/").status_code == 403
+    assert client.post(f"/admin/connections/connection/{connection.pk}/refresh/").status_code == 403
+    assert client.post(f"/admin/connections/connection/{connection.pk}/disconnect/").status_code == 403
+    nobody = make_user(staff=True)
+    client.force_login(nobody)
+    assert client.get(f"/admin/connections/connection/{connection.pk}/change/").status_code == 403
+
+
+def test_secrets_are_encrypted_at_rest(manager_client, make_connection, authserver):
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    token = shared_token(connection)
+    with db.cursor() as cursor:
+        cursor.execute("SELECT client_secret FROM connections_connection WHERE id = %s", [connection.pk])
+        (secret_column,) = cursor.fetchone()
+        cursor.execute(
+            "SELECT access_token, refresh_token, id_token FROM connections_oauthtoken WHERE id = %s", [token.pk]
+        )
+        token_columns = cursor.fetchone()
+    raw = b"".join(bytes(column) for column in (secret_column, *token_columns))
+    for plaintext in (connection.client_secret, token.access_token, token.refresh_token):
+        assert plaintext.encode() not in raw
+    assert len(bytes(secret_column)) > len(connection.client_secret)

@@ -1,0 +1,115 @@
+"""Running manage.py, gunicorn and Celery as real processes, the way an operator does."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Enough of the environment for Python and the tools to run; nothing of the test run's own configuration
+# (DATABASE_URL, REDIS_URL, DEBUG, keys), so each test states exactly what the process sees.
+_KEPT_VARIABLES = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ", "SYSTEMROOT")
+
+
+def minimal_env(var_dir: Path, **variables: str) -> dict[str, str]:
+    env = {name: os.environ[name] for name in _KEPT_VARIABLES if name in os.environ}
+    env.update(ENV_FILE="", VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1", DJANGO_SETTINGS_MODULE="controlroom.settings")
+    env.update(variables)
+    return env
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound once by the kernel, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"({path.name}: no output)"
+    return f"--- last lines of {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Processes:
+    """Server processes started by one test; stop_all() always runs (fixture finalizer)."""
+
+    log_dir: Path
+    started: dict[str, tuple[subprocess.Popen[bytes], Path]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.started[name] = (process, log_path)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(log_tail(log_path) for _, log_path in self.started.values())
+
+    def stop_all(self) -> None:
+        for process, _ in self.started.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process, _ in self.started.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, logs: str = "", seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with code {process.returncode} before listening.\n{logs}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within {seconds:g} s.\n{logs}")
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    text: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def http_get(port: int, path: str, timeout: float) -> Answer:
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        text = response.read().decode(errors="replace")
+        return Answer(response.status, dict(response.getheaders()), text, time.monotonic() - started)
+    finally:
+        conn.close()

@@ -1,0 +1,200 @@
+"""/healthz: database, broker and beat, each checked for real (the test run's PostgreSQL and Redis, closed ports).
+
+Outages are real too: a gunicorn process is started with its database or broker pointed at a port where
+nothing answers, and /healthz is asked over HTTP.
+"""
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.utils import timezone
+
+from connections.models import BeatHeartbeat
+from connections.services import beat_heartbeat_record
+from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, wait_for_port
+
+pytestmark = pytest.mark.django_db
+
+
+def _assert_never_cached(cache_control: str) -> None:
+    directives = {part.strip() for part in cache_control.split(",")}
+    assert {"no-cache", "no-store", "must-revalidate", "max-age=0"} <= directives, cache_control
+
+
+def _heartbeat_aged(seconds: float) -> None:
+    beat_heartbeat_record()
+    BeatHeartbeat.objects.update(last_run_at=timezone.now() - timedelta(seconds=seconds))
+
+
+def test_the_test_run_checks_a_real_broker():
+    # The broker checks below mean something only against the Redis the test run started.
+    assert django_settings.CELERY_BROKER_URL == os.environ["REDIS_URL"]
+    assert django_settings.CELERY_BROKER_URL.startswith("redis://")
+
+
+def test_healthz_is_ok_with_database_broker_and_a_fresh_heartbeat(client):
+    # given
+    beat_heartbeat_record()
+
+    # when
+    response = client.get("/healthz")
+
+    # then
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["broker"]["ok"] is True
+    assert body["checks"]["beat"]["ok"] is True
+    assert body["checks"]["beat"]["last_run"]
+    _assert_never_cached(response["Cache-Control"])
+
+
+def test_healthz_is_503_when_beat_never_ran(client):
+    # given no heartbeat at all
+    assert not BeatHeartbeat.objects.exists()
+
+    # when
+    response = client.get("/healthz")
+
+    # then
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "error"
+    assert body["checks"]["beat"]["ok"] is False
+    assert body["checks"]["database"]["ok"] is True
+    assert body["checks"]["broker"]["ok"] is True
+    _assert_never_cached(response["Cache-Control"])
+
+
+@pytest.mark.parametrize(("age", "healthy"), [(25, True), (31, False), (3600, False)])
+def test_beat_is_healthy_only_within_three_intervals(client, settings, age: int, healthy: bool):
+    # given a 10-second beat whose last heartbeat is `age` seconds old (limit: 3 x 10 s)
+    settings.BEAT_INTERVAL = 10
+    _heartbeat_aged(age)
+
+    # when
+    response = client.get("/healthz")
+
+    # then
+    body = response.json()
+    assert body["checks"]["beat"]["ok"] is healthy, body
+    assert response.status_code == (200 if healthy else 503)
+    if not healthy:
+        assert body["checks"]["beat"]["error"].startswith("beat last ran")
+
+
+def _serve(processes: Processes, tmp_path: Path, **variables: str) -> int:
+    """Start the web app (gunicorn, as in production) with these variables; return its port."""
+    port = closed_port()
+    process = processes.start(
+        "gunicorn",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "controlroom.wsgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--timeout",
+            "60",
+            "--graceful-timeout",
+            "2",
+            "--no-control-socket",
+        ],
+        # DEBUG=true on purpose: an unhandled error would render Django's debug page, traceback and settings.
+        env=minimal_env(tmp_path, DEBUG="true", **variables),
+    )
+    wait_for_port(port, process, "gunicorn", logs=processes.logs())
+    return port
+
+
+def _healthz(processes: Processes, port: int, timeout: float = 15) -> Answer:
+    try:
+        return http_get(port, "/healthz", timeout=timeout)
+    except TimeoutError:
+        pytest.fail(f"/healthz did not answer within {timeout:g} s.\n{processes.logs()}")
+
+
+def test_healthz_is_503_when_the_database_is_unreachable(processes: Processes, tmp_path: Path):
+    # given the web app pointed at a PostgreSQL port where nothing listens, with a password in the URL
+    password = "db-pass-4f0c1"
+    port = _serve(
+        processes,
+        tmp_path,
+        DATABASE_URL=f"postgres://postgres:{password}@127.0.0.1:{closed_port()}/controlroom",
+        REDIS_URL=os.environ["REDIS_URL"],
+    )
+
+    # when
+    answer = _healthz(processes, port)
+
+    # then
+    logs = processes.logs()
+    assert answer.status == 503, f"{answer.text}\n{logs}"
+    body = answer.json()
+    assert body["status"] == "error"
+    assert body["checks"]["database"]["ok"] is False
+    assert body["checks"]["broker"]["ok"] is True
+    assert body["checks"]["beat"]["ok"] is False
+    assert "Traceback" not in answer.text
+    assert password not in answer.text
+    assert password not in logs
+    assert answer.seconds < 10, f"/healthz took {answer.seconds:.1f} s"
+    _assert_never_cached(answer.headers["Cache-Control"])
+
+
+def test_healthz_is_503_quickly_when_the_broker_port_is_closed(processes: Processes, tmp_path: Path):
+    # given the web app with a working database and its broker at a Redis port where nothing listens
+    port = _serve(
+        processes,
+        tmp_path,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'web.sqlite3'}",
+        REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
+    )
+
+    # when
+    answer = _healthz(processes, port)
+
+    # then
+    assert answer.status == 503, f"{answer.text}\n{processes.logs()}"
+    body = answer.json()
+    assert body["checks"]["broker"]["ok"] is False
+    assert body["checks"]["database"]["ok"] is True
+    assert "Traceback" not in answer.text
+    assert answer.seconds < 5, f"/healthz took {answer.seconds:.1f} s"
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel's backlog) but never says a word, like a hung server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+def test_healthz_does_not_hang_on_a_broker_that_never_answers(processes: Processes, tmp_path: Path, silent_port: int):
+    # given the broker accepts the connection and then hangs
+    port = _serve(
+        processes,
+        tmp_path,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'web.sqlite3'}",
+        REDIS_URL=f"redis://127.0.0.1:{silent_port}/0",
+    )
+
+    # when
+    answer = _healthz(processes, port, timeout=10)
+
+    # then a load balancer's probe still gets an answer, and it says the broker is down
+    assert answer.status == 503, answer.text
+    assert answer.json()["checks"]["broker"]["ok"] is False
+    assert answer.seconds < 10, f"/healthz took {answer.seconds:.1f} s"
