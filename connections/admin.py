@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 from connections import selectors, services
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import AuditEvent, Connection, OAuthToken
+from connections.views import start_authorization
 
 
 class PermissionMixin:
@@ -209,24 +210,8 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                 self.message_user(request, exc.message, messages.WARNING)
             return HttpResponseRedirect(change_url)
         if "_connect" in request.POST:
-            return self._start_connect(request, obj, change_url)
+            return start_authorization(request, obj, change_url)
         return None
-
-    def _start_connect(self, request: HttpRequest, obj: Connection, return_url: str) -> HttpResponse:
-        if not request.session.session_key:
-            request.session.save()
-        try:
-            url = services.connection_authorize_start(
-                connection=obj,
-                user=request.user,
-                session_key=request.session.session_key or "",
-                return_url=return_url,
-                remote_addr=request.META.get("REMOTE_ADDR"),
-            )
-        except services.ConnectionActionError as exc:
-            self.message_user(request, exc.message, messages.ERROR)
-            return HttpResponseRedirect(return_url)
-        return HttpResponseRedirect(url)
 
     def response_add(self, request: HttpRequest, obj: Connection, post_url_continue: str | None = None) -> HttpResponse:
         return self._after_save(request, obj) or super().response_add(request, obj, post_url_continue)

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -99,7 +99,7 @@ def refresh_margin(connection: Connection, lifetime: int) -> int:
     return min(margin, lifetime // 2)
 
 
-def _expiry(connection: Connection, response: TokenResponse) -> tuple[timezone.datetime, timezone.datetime]:
+def _expiry(connection: Connection, response: TokenResponse) -> tuple[datetime, datetime]:
     lifetime = response.expires_in if response.expires_in and response.expires_in > 0 else None
     lifetime = lifetime or connection.token_lifetime_default
     now = timezone.now()
@@ -477,21 +477,18 @@ def connection_disconnect(
                     oauth_client.revoke(config, token=value, token_type_hint=hint)
                 except ProviderError as exc:
                     problems.append(exc.message)
+    if problems:
+        detail = f"Tokens removed; revocation at the provider failed: {problems[0]}"
+    elif config.revocation_url:
+        detail = "Tokens revoked at the provider and removed."
+    else:
+        detail = "Tokens removed; the provider offers no revocation endpoint, so the grant may live on there."
     with transaction.atomic():
         OAuthToken.objects.filter(pk__in=[token.pk for token in tokens]).delete()
-        if problems:
-            detail = f"Tokens removed; revocation failed: {problems[0]}"
-        elif config.revocation_url:
-            detail = "Tokens revoked at the provider and removed."
-        else:
-            detail = "Tokens removed (the provider offers no revocation endpoint)."
         audit_record(action="disconnect", outcome="success", connection=connection, actor=actor, detail=detail)
     if problems:
-        return (
-            f"Disconnected {connection}: the stored tokens were removed, but revocation at the provider failed "
-            f"({problems[0]}) — revoke the grant there by hand."
-        )
-    return f"Disconnected {connection}: {detail[0].lower()}{detail[1:]}"
+        return f"Disconnected {connection}. {detail} Revoke the grant at the provider by hand."
+    return f"Disconnected {connection}. {detail}"
 
 
 def connection_save_audit(

@@ -31,7 +31,11 @@ def oauth_connect(request: HttpRequest, slug: str) -> HttpResponse:
         if connection.is_user_specific and not selectors.user_can_manage_connections(request.user)
         else reverse("admin:connections_connection_change", args=[connection.pk])
     )
-    return_url = _safe_next(request, fallback)
+    return start_authorization(request, connection, _safe_next(request, fallback))
+
+
+def start_authorization(request: HttpRequest, connection: Connection, return_url: str) -> HttpResponse:
+    """Send the browser to the provider, or back to return_url with the reason it cannot go."""
     if not request.session.session_key:
         request.session.save()
     try:

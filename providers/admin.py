@@ -8,6 +8,10 @@ from providers.services import provider_catalog_read
 
 class ProviderForm(forms.ModelForm):
     docs_url = forms.URLField(required=False, assume_scheme="https")
+    # Usually a single space, which a stripping, required field would reject.
+    scope_separator = forms.CharField(
+        required=False, strip=False, max_length=5, initial=" ", help_text="Blank means a space (RFC 6749 3.3)."
+    )
     grant_types = forms.MultipleChoiceField(
         choices=GrantType.choices, widget=forms.CheckboxSelectMultiple, initial=list(GrantType.values)
     )
@@ -30,6 +34,9 @@ class ProviderForm(forms.ModelForm):
             "default_token_lifetime",
             "refresh_margin",
         )
+
+    def clean_scope_separator(self) -> str:
+        return self.cleaned_data.get("scope_separator") or " "
 
     def clean_slug(self) -> str:
         slug = self.cleaned_data["slug"]

@@ -42,6 +42,22 @@ def _form(provider: str, **overrides: str) -> dict[str, str]:
     return data
 
 
+def _edit_form(connection: Connection, **overrides: str) -> dict[str, str]:
+    """The change form as the admin would post it for a connection made by make_connection."""
+    values = {
+        "name": connection.name,
+        "slug": connection.slug,
+        "grant_type": connection.grant_type,
+        "client_id": connection.client_id,
+        "client_secret": "",
+        "authorization_url": connection.authorization_url,
+        "token_url": connection.token_url,
+        "revocation_url": connection.revocation_url,
+        "scopes": connection.scopes,
+    }
+    return _form("custom", **{**values, **overrides})
+
+
 def test_add_fills_placeholders_into_the_preset_urls(manager_client):
     response = manager_client.post(
         "/admin/connections/connection/add/", _form("salesforce", placeholder__yourinstance="acme")
@@ -109,15 +125,7 @@ def test_secret_is_write_only(manager_client, make_connection):
     assert secret not in page
     assert "A secret is stored" in page
     # Saving with the field blank keeps it; typing a new one replaces it.
-    data = _form(
-        "custom",
-        name=connection.name,
-        slug=connection.slug,
-        client_id=connection.client_id,
-        client_secret="",
-        authorization_url=connection.authorization_url,
-        token_url=connection.token_url,
-    )
+    data = _edit_form(connection)
     assert manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data).status_code == 302
     connection.refresh_from_db()
     assert connection.client_secret == secret
@@ -145,19 +153,7 @@ def test_change_page_shows_redirect_uri_status_and_roles(manager_client, make_co
 
 def test_save_and_test_fetches_a_client_credentials_token(manager_client, make_connection, authserver):
     connection = make_connection(grant_type="client_credentials", scopes="read")
-    data = _form(
-        "custom",
-        name=connection.name,
-        slug=connection.slug,
-        grant_type="client_credentials",
-        client_id=connection.client_id,
-        client_secret="",
-        authorization_url=connection.authorization_url,
-        token_url=connection.token_url,
-        revocation_url=connection.revocation_url,
-        scopes="read",
-        _test="Save and test connection",
-    )
+    data = _edit_form(connection, _test="Save and test connection")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
     assert any("Test passed" in text for text in _messages(response)), _messages(response)
     token = shared_token(connection)
@@ -167,18 +163,7 @@ def test_save_and_test_fetches_a_client_credentials_token(manager_client, make_c
 
 def test_save_and_test_reports_bad_client_credentials(manager_client, make_connection, authserver):
     connection = make_connection(grant_type="client_credentials", client_secret="wrong")
-    data = _form(
-        "custom",
-        name=connection.name,
-        slug=connection.slug,
-        grant_type="client_credentials",
-        client_id=connection.client_id,
-        client_secret="",
-        authorization_url="",
-        token_url=connection.token_url,
-        scopes="read",
-        _test="Save and test connection",
-    )
+    data = _edit_form(connection, authorization_url="", scopes="read", _test="Save and test connection")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
     assert any("Test failed" in text and "invalid_client" in text for text in _messages(response))
     assert shared_token(connection) is None
@@ -186,16 +171,7 @@ def test_save_and_test_reports_bad_client_credentials(manager_client, make_conne
 
 def test_save_and_test_on_an_unauthorized_code_connection_says_to_connect(manager_client, make_connection):
     connection = make_connection(register=False)
-    data = _form(
-        "custom",
-        name=connection.name,
-        slug=connection.slug,
-        client_id=connection.client_id,
-        client_secret="",
-        authorization_url=connection.authorization_url,
-        token_url=connection.token_url,
-        _test="Save and test connection",
-    )
+    data = _edit_form(connection, _test="Save and test connection")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
     assert any("Authorization needed: click Connect" in text for text in _messages(response))
 
@@ -270,3 +246,17 @@ def test_secrets_are_encrypted_at_rest(manager_client, make_connection, authserv
     for plaintext in (connection.client_secret, token.access_token, token.refresh_token):
         assert plaintext.encode() not in raw
     assert len(bytes(secret_column)) > len(connection.client_secret)
+
+
+def test_client_authentication_in_the_form_body_as_the_provider_says(make_connection, authserver):
+    from django.contrib.auth.models import User
+
+    from connections.services import connection_test
+
+    body_provider = Provider.objects.create(
+        slug="acme-body", name="Acme (form body auth)", grant_types=["client_credentials"], client_auth_method="body"
+    )
+    connection = make_connection(grant_type="client_credentials", provider=body_provider, authorization_url="")
+    message = connection_test(connection=connection, actor=User.objects.create(username="tester"))
+    assert message.startswith("Test passed")
+    assert authserver.stats()["token_requests"]["client_credentials"] == 1
