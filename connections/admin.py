@@ -1,10 +1,15 @@
+import csv
 from typing import Any
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.widgets import FilteredSelectMultiple
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -12,8 +17,9 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from connections import selectors, services
+from connections.bot_keys import bot_key_create, bot_key_revoke
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
-from connections.models import AuditEvent, Connection, OAuthToken
+from connections.models import AuditEvent, BotKey, Connection, OAuthToken, Role
 from connections.views import start_authorization
 
 
@@ -183,7 +189,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         return format_html_join(
             ", ",
             "<a href='{}'>{}</a>",
-            ((reverse("admin:auth_group_change", args=[role.pk]), role.name) for role in roles),
+            ((reverse("admin:connections_role_change", args=[role.pk]), role.name) for role in roles),
         )
 
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
@@ -275,12 +281,14 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
-    """Append-only: nobody adds, edits or deletes audit events here."""
+    """Append-only: nobody adds, edits or deletes audit events here. Export CSV downloads the filtered list."""
 
     list_display = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
-    list_filter = ("outcome", "action", "connection")
+    list_filter = ("outcome", "action", "connection", ("actor", admin.RelatedOnlyFieldListFilter))
     search_fields = ("actor_label", "connection_label", "detail")
     date_hierarchy = "created_at"
+    change_list_template = "admin/connections/auditevent/change_list.html"
+    csv_fields = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
 
     def get_readonly_fields(self, request: HttpRequest, obj: AuditEvent | None = None) -> list[str]:
         return [field.name for field in AuditEvent._meta.fields]
@@ -293,3 +301,196 @@ class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_urls(self) -> list:
+        export = path("export.csv", self.admin_site.admin_view(self.export_csv), name="connections_auditevent_export")
+        return [export, *super().get_urls()]
+
+    def export_csv(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        # The same filters, search and date drill-down as the list page the link was on.
+        events = self.get_changelist_instance(request).get_queryset(request)
+        response = StreamingHttpResponse(
+            _csv_rows(events.iterator(chunk_size=2000), self.csv_fields), content_type="text/csv; charset=utf-8"
+        )
+        response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%d-%H%M%S}.csv"'
+        return response
+
+
+def _csv_rows(events: Any, fields: tuple[str, ...]) -> Any:
+    buffer = _Echo()
+    writer = csv.writer(buffer)
+    yield writer.writerow(fields)
+    for event in events:
+        yield writer.writerow([_csv_safe(getattr(event, name)) for name in fields])
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_safe(value: object) -> str:
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value if value is not None else "")
+    # Spreadsheets run cells starting with these as formulas (CSV injection, OWASP).
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
+
+
+FEATURE_PERMISSIONS = {
+    "manage_connections": "Manage connections (create, edit, connect, delete)",
+    "view_connections": "View connections and their status",
+}
+
+
+class RoleForm(forms.ModelForm):
+    feature_permissions = forms.MultipleChoiceField(
+        choices=list(FEATURE_PERMISSIONS.items()), widget=forms.CheckboxSelectMultiple, required=False
+    )
+    members = forms.ModelMultipleChoiceField(
+        queryset=get_user_model().objects.order_by("username"),
+        required=False,
+        widget=FilteredSelectMultiple("members", is_stacked=False),
+    )
+    invited_connections = forms.ModelMultipleChoiceField(
+        queryset=Connection.objects.order_by("name"),
+        required=False,
+        widget=FilteredSelectMultiple("connections", is_stacked=False),
+        help_text="Bots whose users hold this role get tokens for these connections.",
+    )
+
+    class Meta:
+        model = Role
+        fields = ("name",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            held = self.instance.permissions.filter(content_type__app_label="connections")
+            self.fields["feature_permissions"].initial = [p.codename for p in held if p.codename in FEATURE_PERMISSIONS]
+            self.fields["members"].initial = self.instance.user_set.all()
+            self.fields["invited_connections"].initial = self.instance.connections.all()
+
+
+@admin.register(Role)
+class RoleAdmin(admin.ModelAdmin):
+    """Roles are Django groups, shown with what matters here: feature permissions, members, connections."""
+
+    form = RoleForm
+    list_display = ("name", "permission_list", "member_count", "connection_list")
+    search_fields = ("name",)
+    fields = ("name", "feature_permissions", "members", "invited_connections")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Role]:
+        return super().get_queryset(request).prefetch_related("permissions", "connections", "user_set")
+
+    @admin.display(description="Feature permissions")
+    def permission_list(self, role: Role) -> str:
+        held = [
+            FEATURE_PERMISSIONS[p.codename].split(" (")[0]
+            for p in role.permissions.all()
+            if p.codename in FEATURE_PERMISSIONS
+        ]
+        return ", ".join(held) or "—"
+
+    @admin.display(description="Members")
+    def member_count(self, role: Role) -> int:
+        return len(role.user_set.all())
+
+    @admin.display(description="Connections it may use")
+    def connection_list(self, role: Role) -> str:
+        return ", ".join(connection.name for connection in role.connections.all()) or "—"
+
+    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        services.role_update(
+            role=form.instance,
+            feature_permissions=form.cleaned_data["feature_permissions"],
+            members=list(form.cleaned_data["members"]),
+            connections=list(form.cleaned_data["invited_connections"]),
+            actor=request.user,
+        )
+
+
+class BotKeyAddForm(forms.ModelForm):
+    expires_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3650, help_text="Leave blank for a key that never expires."
+    )
+
+    class Meta:
+        model = BotKey
+        fields = ("user", "name")
+
+
+@admin.register(BotKey)
+class BotKeyAdmin(admin.ModelAdmin):
+    """Keys are created here or with `manage.py botkey create`; the raw key is shown once, then only its id."""
+
+    list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used_at", "last_used_from")
+    list_filter = ("revoked_at", "expires_at")
+    search_fields = ("name", "key_id", "user__username")
+    actions = ["revoke_selected"]
+    readonly_fields = (
+        "user",
+        "name",
+        "key_id",
+        "state",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+        "last_used_from",
+    )
+
+    def get_form(self, request: HttpRequest, obj: BotKey | None = None, change: bool = False, **kwargs: Any):
+        if obj is None:
+            kwargs["form"] = BotKeyAddForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: BotKey | None = None) -> list[str] | tuple[str, ...]:
+        return ("user", "name", "expires_days") if obj is None else self.readonly_fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: BotKey | None = None) -> tuple[str, ...]:
+        return () if obj is None else self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a key is never edited; it is revoked and replaced
+
+    @admin.display(description="State")
+    def state(self, key: BotKey) -> str:
+        if key.revoked_at:
+            return "Revoked"
+        return "Active" if key.is_active else "Expired"
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        if request.method != "POST":
+            return super().add_view(request, form_url, extra_context)
+        form = BotKeyAddForm(request.POST)
+        if not self.has_add_permission(request) or not form.is_valid():
+            return super().add_view(request, form_url, extra_context)
+        key, raw = bot_key_create(
+            user=form.cleaned_data["user"],
+            name=form.cleaned_data["name"],
+            expires_days=form.cleaned_data["expires_days"],
+            created_by=request.user,
+        )
+        # Rendered, not redirected: the raw key must not travel through the session or a messages cookie.
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "key": key,
+            "raw_key": raw,
+            "title": "Bot key created",
+        }
+        response = TemplateResponse(request, "admin/connections/botkey/created.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> None:
+        revoked = sum(bot_key_revoke(key=key, actor=request.user) for key in queryset.select_related("user"))
+        self.message_user(request, f"Revoked {revoked} key(s).")
+
+
+admin.site.unregister(Group)

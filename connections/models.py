@@ -214,3 +214,40 @@ class BeatHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Role(Group):
+    """A role is a Django group: its members get its feature permissions and may use the connections it is
+    invited to."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "role"
+
+
+class BotKey(models.Model):
+    """A bot runner's API key. Only a digest is stored; the raw key is shown once, when it is created."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="bot_keys")
+    name = models.CharField(max_length=120, help_text="What the key is for, e.g. the bot or machine using it.")
+    key_id = models.CharField(max_length=16, unique=True, editable=False, help_text="The key's public part.")
+    digest = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_from = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "bot key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_id}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())

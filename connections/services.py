@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import Permission
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -27,6 +28,7 @@ from connections.models import (
     BeatHeartbeat,
     Connection,
     OAuthToken,
+    Role,
     TokenState,
 )
 from connections.oauth_client import ClientConfig, ProviderError, TokenResponse
@@ -506,3 +508,31 @@ def connection_save_audit(
 
 def beat_heartbeat_record() -> None:
     BeatHeartbeat.objects.update_or_create(name="beat", defaults={"last_run_at": timezone.now()})
+
+
+def role_update(
+    *,
+    role: Role,
+    feature_permissions: list[str],
+    members: list[AbstractBaseUser],
+    connections: list[Connection],
+    actor: AbstractBaseUser,
+) -> None:
+    """Set a role's feature permissions, members and invited connections (other permissions are kept)."""
+    wanted = set(feature_permissions)
+    feature_codenames = {"manage_connections", "view_connections"}
+    with transaction.atomic():
+        current = role.permissions.filter(content_type__app_label="connections", codename__in=feature_codenames)
+        role.permissions.remove(*[permission for permission in current if permission.codename not in wanted])
+        role.permissions.add(
+            *Permission.objects.filter(content_type__app_label="connections", codename__in=wanted & feature_codenames)
+        )
+        role.user_set.set(members)
+        role.connections.set(connections)
+        audit_record(
+            action="role_update",
+            outcome="success",
+            actor=actor,
+            detail=f"Role {role.name}: permissions {sorted(wanted) or 'none'}; {len(members)} member(s); "
+            f"connections {[connection.slug for connection in connections] or 'none'}.",
+        )

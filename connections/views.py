@@ -3,11 +3,12 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from connections import health, selectors, services
+from connections import health, issuing, selectors, services
 from connections.models import Connection
 
 
@@ -95,6 +96,29 @@ def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
     else:
         messages.success(request, message)
     return redirect("my_connections")
+
+
+@require_GET
+def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
+    """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'."""
+    try:
+        issued = issuing.token_request(
+            authorization=request.headers.get("Authorization", ""),
+            slug=slug,
+            params=request.GET.dict(),
+            remote_addr=_remote_addr(request),
+        )
+        response = JsonResponse(issued.as_json(timezone.now()))
+    except issuing.TokenRequestError as exc:
+        response = JsonResponse({"error": exc.error, "detail": exc.detail}, status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        if exc.status == 401:
+            response["WWW-Authenticate"] = 'Bearer realm="controlroom"'
+    # The body may hold an access token: no cache, browser or proxy, may keep it (RFC 6749 5.1).
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    return response
 
 
 @never_cache

@@ -222,6 +222,9 @@ TOKEN_REFRESH_MARGIN = int(_number("TOKEN_REFRESH_MARGIN", 300))
 # How long a caller waits for another process's refresh of the same token before giving up.
 REFRESH_WAIT_SECONDS = _number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
 
+# Token endpoint requests allowed per bot key per minute (0: no limit); more get 429 with Retry-After.
+TOKEN_RATE_LIMIT_PER_MINUTE = int(_number("TOKEN_RATE_LIMIT_PER_MINUTE", 600, unit="requests"))
+
 # How long an authorization started with Connect stays valid (state and PKCE verifier).
 OAUTH_STATE_TTL = int(_number("OAUTH_STATE_TTL", 600))
 # Lifetime assumed for a token whose response has no expires_in, when neither the connection nor its provider

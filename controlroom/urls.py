@@ -20,5 +20,6 @@ urlpatterns = [
     path("oauth/callback/", views.oauth_callback, name="oauth_callback"),
     path("connections/mine/", views.my_connections, name="my_connections"),
     path("connections/mine/<slug:slug>/disconnect/", views.my_connection_disconnect, name="my_connection_disconnect"),
+    path("api/v1/connections/<str:slug>/token", views.connection_token, name="connection_token"),
     path("healthz", views.healthz, name="healthz"),
 ]

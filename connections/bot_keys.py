@@ -1,0 +1,96 @@
+"""Bot keys: created for a bot runner, shown once, stored as a SHA-256 digest, revocable, optionally expiring.
+
+Format: `crk_<key id>_<secret>`. The prefix lets secret scanners spot a leaked key; the key id finds the row
+without a scan; the secret has 256 bits of entropy, so a fast digest is enough (as GitHub and zulip do).
+"""
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from connections.models import BotKey
+from connections.services import audit_record
+
+KEY_PREFIX = "crk_"
+# Writing last-used on every call would turn each token request into a write; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def bot_key_create(
+    *,
+    user: AbstractBaseUser,
+    name: str,
+    expires_days: int | None = None,
+    created_by: AbstractBaseUser | None = None,
+) -> tuple[BotKey, str]:
+    """Returns the key row and the raw key, which is never stored and cannot be shown again."""
+    if expires_days is not None and expires_days < 1:
+        raise ValueError("expires_days must be 1 or more.")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        key = BotKey.objects.create(
+            user=user,
+            name=name,
+            key_id=key_id,
+            digest=_digest(secret),
+            created_by=created_by,
+            expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+        )
+        audit_record(
+            action="bot_key_create",
+            outcome="success",
+            actor=created_by,
+            actor_label="" if created_by else "command line",
+            detail=f"Key {key_id} '{name}' for {user.get_username()}"
+            + (f", expires in {expires_days} days." if expires_days else ", no expiry."),
+        )
+    return key, f"{KEY_PREFIX}{key_id}_{secret}"
+
+
+def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> bool:
+    """Revoke a key; returns False when it was already revoked."""
+    with transaction.atomic():
+        revoked = BotKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if revoked:
+            audit_record(
+                action="bot_key_revoke",
+                outcome="success",
+                actor=actor,
+                actor_label="" if actor else "command line",
+                detail=f"Key {key.key_id} '{key.name}' of {key.user.get_username()}",
+            )
+    return bool(revoked)
+
+
+class BotKeyRejected(Exception):
+    """The presented key cannot be used; the message says why, in words safe to show the caller."""
+
+
+def bot_key_authenticate(raw_key: str, *, remote_addr: str | None = None) -> BotKey:
+    """The active key matching raw_key, with its user loaded."""
+    key_id, _, secret = raw_key.removeprefix(KEY_PREFIX).partition("_")
+    key = None
+    if raw_key.startswith(KEY_PREFIX) and secret:
+        key = BotKey.objects.select_related("user").filter(key_id=key_id).first()
+    if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
+        raise BotKeyRejected("The bot key is not valid.")
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise BotKeyRejected("This bot key was revoked.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise BotKeyRejected("This bot key has expired.")
+    if not key.user.is_active:
+        raise BotKeyRejected("The bot key's user is deactivated.")
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        BotKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_from=remote_addr)
+    return key

@@ -1,0 +1,221 @@
+"""The token endpoint's logic: from a bot key and a connection slug to a valid access token, or an error code.
+
+Error codes and statuses are DESIGN.md's contract. Every answer writes one audit event, never the token.
+"""
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from connections import oauth_client, services
+from connections.bot_keys import BotKeyRejected, bot_key_authenticate
+from connections.models import BotKey, Connection, OAuthToken, TokenState
+from connections.oauth_client import ProviderError
+
+MAX_MIN_VALIDITY = 24 * 3600
+TRUE_VALUES, FALSE_VALUES = {"true", "1", "yes"}, {"false", "0", "no", ""}
+
+
+class TokenRequestError(Exception):
+    def __init__(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.retry_after = status, error, detail, retry_after
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    connection: str
+    access_token: str
+    token_type: str
+    expires_at: datetime | None
+    scope: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self, now: datetime) -> dict[str, Any]:
+        expires_in = None if self.expires_at is None else max(0, int((self.expires_at - now).total_seconds()))
+        return {
+            "connection": self.connection,
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_at": self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.expires_at else None,
+            "expires_in": expires_in,
+            "scope": self.scope,
+            "extra": self.extra,
+        }
+
+
+def _parse_params(params: Mapping[str, str]) -> tuple[int, bool]:
+    raw_validity = params.get("min_validity", "60")
+    try:
+        min_validity = int(raw_validity)
+    except ValueError:
+        min_validity = -1
+    if not 0 <= min_validity <= MAX_MIN_VALIDITY:
+        raise TokenRequestError(400, "bad_request", f"min_validity must be whole seconds from 0 to {MAX_MIN_VALIDITY}.")
+    raw_force = params.get("force_refresh", "false").lower()
+    if raw_force not in TRUE_VALUES | FALSE_VALUES:
+        raise TokenRequestError(400, "bad_request", "force_refresh must be true or false.")
+    return min_validity, raw_force in TRUE_VALUES
+
+
+def _check_rate(key: BotKey) -> None:
+    limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
+    if not limit:
+        return
+    window = int(time.time() // 60)
+    counter = f"token-rate:{key.key_id}:{window}"
+    cache.add(counter, 0, timeout=120)
+    try:
+        count = cache.incr(counter)
+    except ValueError:  # the entry expired between add and incr
+        count = 1
+    if count > limit:
+        retry_after = max(1, math.ceil((window + 1) * 60 - time.time()))
+        raise TokenRequestError(
+            429, "rate_limited", f"This key may ask for {limit} tokens a minute; retry shortly.", retry_after
+        )
+
+
+def _connection_for(key: BotKey, slug: str) -> Connection:
+    invited = Connection.roles.through.objects.filter(connection=OuterRef("pk"), group__user=key.user_id)
+    connection = (
+        Connection.objects.select_related("provider").annotate(invited=Exists(invited)).filter(slug=slug).first()
+    )
+    if connection is None:
+        raise TokenRequestError(404, "not_found", f"No connection is named {slug!r}.")
+    if not connection.invited:
+        raise TokenRequestError(
+            403, "forbidden", f"None of the roles of {key.user.get_username()} is invited to use {slug}."
+        )
+    if not connection.is_enabled:
+        raise TokenRequestError(403, "forbidden", f"{slug} is disabled by an administrator.")
+    return connection
+
+
+def _stored_token(connection: Connection, key: BotKey) -> OAuthToken | None:
+    owner = {"user": key.user} if connection.is_user_specific else {"user__isnull": True}
+    # The refresh and ID tokens are not needed to answer; not loading them saves their decryption.
+    return OAuthToken.objects.filter(connection=connection, **owner).defer("refresh_token", "id_token").first()
+
+
+def _first_client_credentials_token(connection: Connection) -> OAuthToken:
+    """A client-credentials connection needs no person to authorize it: its first token is fetched here."""
+    try:
+        response = oauth_client.client_credentials(services.connection_client_config(connection))
+    except ProviderError as exc:
+        raise _provider_failure(exc, None) from None
+    try:
+        return services.token_store(connection=connection, user=None, response=response)
+    except IntegrityError:  # another process stored the first token at the same moment: keep theirs
+        return OAuthToken.objects.get(connection=connection, user__isnull=True)
+
+
+def _provider_failure(exc: ProviderError, token: OAuthToken | None) -> TokenRequestError:
+    if exc.permanent:
+        return TokenRequestError(
+            409,
+            "reauthorization_required",
+            f"The provider rejected the grant ({exc.error}): an administrator or the user must authorize again.",
+        )
+    retry_after = _retry_after(token) if token is not None else 30
+    return TokenRequestError(
+        503,
+        "provider_unavailable",
+        f"The provider is unavailable and no valid token is left: {exc.message}",
+        retry_after,
+    )
+
+
+def _retry_after(token: OAuthToken) -> int:
+    if token.next_refresh_at is None:
+        return 30
+    return max(1, math.ceil((token.next_refresh_at - timezone.now()).total_seconds()))
+
+
+def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, force_refresh: bool) -> OAuthToken:
+    if token.state == TokenState.REAUTHORIZATION_REQUIRED:
+        raise TokenRequestError(
+            409, "reauthorization_required", f"{connection.slug} must be authorized again: {token.last_error}"
+        )
+    if not force_refresh and token.is_valid(min_validity=min_validity):
+        return token
+    in_backoff = (
+        token.state == TokenState.REFRESH_FAILING and token.next_refresh_at and token.next_refresh_at > timezone.now()
+    )
+    if in_backoff:
+        if token.is_valid():
+            return token  # refreshes are failing, but this token still works
+        raise TokenRequestError(
+            424,
+            "refresh_backoff",
+            f"Recent refreshes of {connection.slug} failed ({token.last_error}) and the token has expired.",
+            _retry_after(token),
+        )
+    try:
+        # The generation read at the start of this request: a refresh that finished since then is ours to take.
+        return services.token_refresh(token=token, actor_label="token endpoint", min_generation=token.generation)
+    except ProviderError as exc:
+        token.refresh_from_db()
+        if not exc.permanent and token.is_valid():
+            return token
+        raise _provider_failure(exc, token) from None
+
+
+def token_request(
+    *, authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None = None
+) -> IssuedToken:
+    """Answer one bot's request for a token. Raises TokenRequestError for every refusal."""
+    key: BotKey | None = None
+    connection: Connection | None = None
+    outcome, detail = "failure", ""
+    try:
+        scheme, _, raw_key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not raw_key.strip():
+            raise TokenRequestError(401, "invalid_key", "Send the bot key as 'Authorization: Bearer <key>'.")
+        try:
+            key = bot_key_authenticate(raw_key.strip(), remote_addr=remote_addr)
+        except BotKeyRejected as exc:
+            raise TokenRequestError(401, "invalid_key", str(exc)) from None
+        _check_rate(key)
+        min_validity, force_refresh = _parse_params(params)
+        connection = _connection_for(key, slug)
+        token = _stored_token(connection, key)
+        if token is None and not connection.uses_authorization_code:
+            token = _first_client_credentials_token(connection)
+        if token is None:
+            who = f"{key.user.get_username()} has" if connection.is_user_specific else "nobody has"
+            raise TokenRequestError(
+                409, "not_connected", f"{connection.slug} is not connected: {who} authorized it yet."
+            )
+        token = _fresh_token(connection, token, min_validity, force_refresh)
+        outcome, detail = "success", f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
+        return IssuedToken(
+            connection=connection.slug,
+            access_token=token.access_token,
+            token_type=token.token_type or "Bearer",
+            expires_at=token.expires_at,
+            scope=token.scope,
+            extra=token.extra,
+        )
+    except TokenRequestError as exc:
+        detail = f"{exc.status} {exc.error}: {exc.detail}"
+        raise
+    finally:
+        services.audit_record(
+            action="token_request",
+            outcome=outcome,
+            connection=connection,
+            actor=key.user if key else None,
+            actor_label=f"{key.user.get_username()} (key {key.key_id})" if key else "unknown key",
+            detail=detail if connection or not slug else f"{detail} [{slug[:60]}]",
+            remote_addr=remote_addr,
+        )
