@@ -192,9 +192,9 @@ def token_request(
         if token is None and not connection.uses_authorization_code:
             token = _first_client_credentials_token(connection)
         if token is None:
-            who = f"{key.user.get_username()} has" if connection.is_user_specific else "nobody has"
+            who = key.user.get_username() if connection.is_user_specific else "nobody"
             raise TokenRequestError(
-                409, "not_connected", f"{connection.slug} is not connected: {who} authorized it yet."
+                409, "not_connected", f"{connection.slug} is not connected: {who} has not authorized it yet."
             )
         token = _fresh_token(connection, token, min_validity, force_refresh)
         outcome, detail = "success", f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
