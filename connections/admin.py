@@ -57,6 +57,7 @@ class TokenInline(PermissionMixin, admin.TabularInline):
         "authorized_by",
         "authorized_at",
         "refreshed_at",
+        "next_refresh_at",
         "consecutive_failures",
         "last_error",
     )
@@ -81,13 +82,30 @@ class TokenInline(PermissionMixin, admin.TabularInline):
 class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
     form = ConnectionForm
     change_form_template = "admin/connections/connection/change_form.html"
-    list_display = ("name", "slug", "provider", "grant_type", "token_type", "status_column", "last_refresh_column")
+    list_display = (
+        "name",
+        "slug",
+        "provider",
+        "grant_type",
+        "token_type",
+        "status_column",
+        "last_refresh_column",
+        "next_refresh_column",
+        "failures_column",
+    )
     list_filter = ("provider", "grant_type", "token_type", "is_enabled")
     search_fields = ("name", "slug", "description", "client_id")
     filter_horizontal = ("roles",)
     inlines = [TokenInline]
     actions = ["refresh_selected"]
-    readonly_fields = ("redirect_uri", "status_display", "last_refresh_display", "last_error_display", "roles_display")
+    readonly_fields = (
+        "redirect_uri",
+        "status_display",
+        "last_refresh_display",
+        "next_refresh_display",
+        "last_error_display",
+        "roles_display",
+    )
 
     class Media:
         js = ("connections/connection_form.js",)
@@ -171,6 +189,22 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
     @admin.display(description="Last refresh")
     def last_refresh_column(self, connection: Connection) -> str:
         return self.last_refresh_display(connection)
+
+    @admin.display(description="Next refresh")
+    def next_refresh_column(self, connection: Connection) -> str:
+        due = [token.next_refresh_at for token in connection.tokens.all() if token.next_refresh_at]
+        if not due:
+            return "—"
+        remaining = (min(due) - timezone.now()).total_seconds()
+        return f"in {selectors.format_duration(remaining)}" if remaining > 0 else "due now"
+
+    @admin.display(description="Next refresh")
+    def next_refresh_display(self, connection: Connection) -> str:
+        return self.next_refresh_column(connection)
+
+    @admin.display(description="Failures in a row")
+    def failures_column(self, connection: Connection) -> int:
+        return max((token.consecutive_failures for token in connection.tokens.all()), default=0)
 
     @admin.display(description="Last error")
     def last_error_display(self, connection: Connection) -> str:

@@ -128,6 +128,7 @@ class OAuthToken(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     authorized_at = models.DateTimeField(default=timezone.now)
+    obtained_at = models.DateTimeField(default=timezone.now, help_text="When the current access token was issued.")
     refreshed_at = models.DateTimeField(null=True, blank=True)
     # When the refresh engine should next renew this token; indexed for the beat sweep.
     next_refresh_at = models.DateTimeField(null=True, blank=True, db_index=True)

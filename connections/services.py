@@ -139,6 +139,7 @@ def token_store(
         token.lease_owner = ""
         token.lease_expires_at = None
         token.generation += 1
+        token.obtained_at = timezone.now()
         if authorized_by is not None:
             token.authorized_by = authorized_by
             token.authorized_at = timezone.now()
@@ -334,29 +335,62 @@ def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse
 
 
 def _record_refresh_failure(token: OAuthToken, exc: ProviderError, actor_label: str) -> OAuthToken:
+    """Keep the token, note the failure, and schedule the next try (transient) or stop trying (permanent)."""
+    connection = token.connection
+    now = timezone.now()
     with transaction.atomic():
         fields = {
             "last_error": exc.message,
-            "last_error_at": timezone.now(),
+            "last_error_at": now,
             "consecutive_failures": F("consecutive_failures") + 1,
             "lease_owner": "",
             "lease_expires_at": None,
         }
+        tokens = OAuthToken.objects.filter(pk=token.pk)
+        became_permanent = 0
         if exc.permanent:
-            fields.update(state=TokenState.REAUTHORIZATION_REQUIRED, next_refresh_at=None)
+            # Only the change into this state notifies, so however many callers fail, managers hear it once.
+            became_permanent = tokens.exclude(state=TokenState.REAUTHORIZATION_REQUIRED).update(
+                state=TokenState.REAUTHORIZATION_REQUIRED, next_refresh_at=None, **fields
+            )
+            if not became_permanent:
+                tokens.update(**fields)  # already waiting for a person: only the latest error is noted
         else:
             delay = _backoff_seconds(token.consecutive_failures + 1)
-            fields.update(state=TokenState.REFRESH_FAILING, next_refresh_at=timezone.now() + timedelta(seconds=delay))
-        OAuthToken.objects.filter(pk=token.pk).update(**fields)
+            tokens.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay), **fields)
         audit_record(
             action="token_refresh",
             outcome="failure",
-            connection=token.connection,
+            connection=connection,
             actor_label=actor_label,
             detail=f"{'Permanent' if exc.permanent else 'Transient'} failure: {exc.message}",
         )
-    token.refresh_from_db()
+        token.refresh_from_db()
+        owner = f" (the token of {token.user.get_username()})" if token.user_id else ""
+        if exc.permanent and became_permanent:
+            _notify_on_commit(
+                "reauthorization_required",
+                connection,
+                f"{connection} needs to be authorized again",
+                f"The provider rejected the refresh of {connection}{owner}: {exc.message}\n\n"
+                "Bots get no token for it until someone authorizes it again (Connect / Re-authorize).",
+            )
+        elif not exc.permanent and token.consecutive_failures == settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+            _notify_on_commit(
+                "refresh_failing",
+                connection,
+                f"Refreshing {connection} keeps failing",
+                f"{token.consecutive_failures} refreshes of {connection}{owner} failed in a row; the last: "
+                f"{exc.message}\n\nThe current token is served while it is valid, and refreshing is retried "
+                "with backoff. You will get a notice when it works again.",
+            )
     return token
+
+
+def _notify_on_commit(event: str, connection: Connection, subject: str, message: str) -> None:
+    from connections.notifications import notify_managers
+
+    transaction.on_commit(lambda: notify_managers(event=event, connection=connection, subject=subject, message=message))
 
 
 def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:
@@ -390,7 +424,7 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
     except ProviderError as exc:
         _record_refresh_failure(token, exc, actor_label)
         raise
-    recovered = token.state != TokenState.ACTIVE
+    failures = token.consecutive_failures
     with transaction.atomic():
         token = token_store(connection=connection, user=token.user, response=response)
         audit_record(
@@ -398,9 +432,49 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
             outcome="success",
             connection=connection,
             actor_label=actor_label,
-            detail="Recovered after failures." if recovered else "",
+            detail=f"Recovered after {failures} failure(s)." if failures else "",
         )
+        if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+            _notify_on_commit(
+                "refresh_recovered",
+                connection,
+                f"Refreshing {connection} works again",
+                f"{connection} was refreshed successfully after {failures} failures in a row.",
+            )
     return token
+
+
+def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, int]]:
+    """The beat sweep: claim the tokens due for refresh and return (token id, generation) pairs to queue.
+
+    Due means due before the next sweep, so no token waits a whole interval past its refresh time. Claiming
+    moves the next refresh time a lease length ahead: a queued task that is lost (a worker killed) is queued
+    again after that, and a sweep meanwhile does not queue it twice.
+    """
+    now = now or timezone.now()
+    cutoff = now + timedelta(seconds=settings.BEAT_INTERVAL)
+    due = list(
+        OAuthToken.objects.filter(next_refresh_at__lte=cutoff, connection__is_enabled=True)
+        .order_by("next_refresh_at")
+        .values_list("id", "generation")[: settings.REFRESH_SWEEP_BATCH]
+    )
+    if due:
+        OAuthToken.objects.filter(pk__in=[token_id for token_id, _ in due], next_refresh_at__lte=cutoff).update(
+            next_refresh_at=now + timedelta(seconds=_lease_seconds())
+        )
+    return due
+
+
+def token_refresh_scheduled(*, token_id: int, generation: int) -> None:
+    """A queued refresh: renew the token unless someone did since it was queued. Failures are recorded, not
+    raised: the sweep retries them on the backoff schedule."""
+    token = OAuthToken.objects.select_related("connection__provider", "user").filter(pk=token_id).first()
+    if token is None or token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
+        return
+    try:
+        token_refresh(token=token, actor_label="refresh worker", min_generation=generation)
+    except ProviderError as exc:
+        logger.warning("Refresh of %s failed: %s", token.connection.slug, exc.message)
 
 
 def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:

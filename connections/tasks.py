@@ -7,3 +7,18 @@ from connections import services
 def beat_heartbeat() -> None:
     """Scheduled by beat, run by a worker: proves beat, the broker and a worker all work (/healthz)."""
     services.beat_heartbeat_record()
+
+
+@shared_task(name="connections.tasks.refresh_sweep", ignore_result=True)
+def refresh_sweep() -> int:
+    """Scheduled by beat: queue one refresh task per token due before the next sweep."""
+    due = services.token_refresh_claim_due()
+    for token_id, generation in due:
+        refresh_token.delay(token_id, generation)
+    return len(due)
+
+
+@shared_task(name="connections.tasks.refresh_token", ignore_result=True)
+def refresh_token(token_id: int, generation: int) -> None:
+    """Refresh one token. Retries are the sweep's job (on the token's backoff schedule), not Celery's."""
+    services.token_refresh_scheduled(token_id=token_id, generation=generation)

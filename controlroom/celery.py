@@ -19,6 +19,10 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
     sender.add_periodic_task(
         settings.BEAT_INTERVAL, sender.signature("connections.tasks.beat_heartbeat"), name="beat heartbeat"
     )
+    # Each sweep is cheap (one indexed query) and queues a task per token due before the next sweep.
+    sender.add_periodic_task(
+        settings.BEAT_INTERVAL, sender.signature("connections.tasks.refresh_sweep"), name="token refresh sweep"
+    )
 
 
 @beat_init.connect

@@ -222,6 +222,17 @@ TOKEN_REFRESH_MARGIN = int(_number("TOKEN_REFRESH_MARGIN", 300))
 # How long a caller waits for another process's refresh of the same token before giving up.
 REFRESH_WAIT_SECONDS = _number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
 
+# After this many refresh failures in a row the managers are told (a recovery notice follows when it heals).
+REFRESH_FAILURE_NOTIFY_THRESHOLD = int(_number("REFRESH_FAILURE_NOTIFY_THRESHOLD", 3, minimum=1, unit="failures"))
+# The beat sweep queues at most this many refreshes per run; the rest wait for the next run.
+REFRESH_SWEEP_BATCH = int(_number("REFRESH_SWEEP_BATCH", 1000, minimum=1, unit="tokens"))
+# Optional webhook told about reauthorization needed, sustained failures and recoveries (JSON, signed with
+# HMAC-SHA256 under NOTIFY_WEBHOOK_SECRET in the X-ControlRoom-Signature header).
+NOTIFY_WEBHOOK_URL = env.str("NOTIFY_WEBHOOK_URL", default="")
+NOTIFY_WEBHOOK_SECRET = env.str("NOTIFY_WEBHOOK_SECRET", default="")
+if NOTIFY_WEBHOOK_URL and urlsplit(NOTIFY_WEBHOOK_URL).scheme not in ("http", "https"):
+    raise ImproperlyConfigured("NOTIFY_WEBHOOK_URL must be an http(s) URL.")
+
 # Token endpoint requests allowed per bot key per minute (0: no limit); more get 429 with Retry-After.
 TOKEN_RATE_LIMIT_PER_MINUTE = int(_number("TOKEN_RATE_LIMIT_PER_MINUTE", 600, unit="requests"))
 
@@ -238,6 +249,7 @@ except (ValueError, KeyError, ImproperlyConfigured):
         "EMAIL_URL must look like smtp://user:password@host:587, smtp+tls://..., or consolemail:// (the default)."
     ) from None
 vars().update(_email)
+EMAIL_TIMEOUT = 10
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Control Room <controlroom@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
