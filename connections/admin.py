@@ -119,7 +119,18 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         placeholders = ConnectionForm().placeholder_field_names if can_change else []
         credentials = ("client_id", "client_secret") if can_change else ("client_id",)
         status = [
-            ("Status", {"fields": ("status_display", "last_refresh_display", "last_error_display", "roles_display")})
+            (
+                "Status",
+                {
+                    "fields": (
+                        "status_display",
+                        "last_refresh_display",
+                        "next_refresh_display",
+                        "last_error_display",
+                        "roles_display",
+                    )
+                },
+            )
         ]
         return [
             *(status if obj else []),

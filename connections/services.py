@@ -448,8 +448,8 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     """The beat sweep: claim the tokens due for refresh and return (token id, generation) pairs to queue.
 
     Due means due before the next sweep, so no token waits a whole interval past its refresh time. Claiming
-    moves the next refresh time a lease length ahead: a queued task that is lost (a worker killed) is queued
-    again after that, and a sweep meanwhile does not queue it twice.
+    moves the next refresh time a lease length past that: the sweeps in between do not queue it twice, and a
+    task that is lost (its worker killed) is queued again after that.
     """
     now = now or timezone.now()
     cutoff = now + timedelta(seconds=settings.BEAT_INTERVAL)
@@ -460,7 +460,7 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     )
     if due:
         OAuthToken.objects.filter(pk__in=[token_id for token_id, _ in due], next_refresh_at__lte=cutoff).update(
-            next_refresh_at=now + timedelta(seconds=_lease_seconds())
+            next_refresh_at=cutoff + timedelta(seconds=_lease_seconds())
         )
     return due
 
