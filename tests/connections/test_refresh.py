@@ -173,7 +173,7 @@ def test_the_webhook_is_signed(connected, authserver, settings):
     received: list[tuple[dict, bytes]] = []
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append((dict(self.headers), body))
             self.send_response(204)
