@@ -6,6 +6,7 @@ without a scan; the secret has 256 bits of entropy, so a fast digest is enough (
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from connections.models import BotKey
 from connections.services import audit_record
 
 KEY_PREFIX = "crk_"
+KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 # Writing last-used on every call would turn each token request into a write; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
@@ -80,7 +82,7 @@ def bot_key_authenticate(raw_key: str, *, remote_addr: str | None = None) -> Bot
     """The active key matching raw_key, with its user loaded."""
     key_id, _, secret = raw_key.removeprefix(KEY_PREFIX).partition("_")
     key = None
-    if raw_key.startswith(KEY_PREFIX) and secret:
+    if raw_key.startswith(KEY_PREFIX) and KEY_ID_PATTERN.fullmatch(key_id) and secret:
         key = BotKey.objects.select_related("user").filter(key_id=key_id).first()
     if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
         raise BotKeyRejected("The bot key is not valid.")

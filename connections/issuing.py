@@ -4,6 +4,7 @@ Error codes and statuses are DESIGN.md's contract. Every answer writes one audit
 """
 
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from connections.models import BotKey, Connection, OAuthToken, TokenState
 from connections.oauth_client import ProviderError
 
 MAX_MIN_VALIDITY = 24 * 3600
+SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
 TRUE_VALUES, FALSE_VALUES = {"true", "1", "yes"}, {"false", "0", "no", ""}
 
 
@@ -86,6 +88,8 @@ def _check_rate(key: BotKey) -> None:
 
 
 def _connection_for(key: BotKey, slug: str) -> Connection:
+    if not SLUG_PATTERN.fullmatch(slug):  # nothing else can name a connection; don't query for it
+        raise TokenRequestError(404, "not_found", "No connection has that name.")
     invited = Connection.roles.through.objects.filter(connection=OuterRef("pk"), group__user=key.user_id)
     connection = (
         Connection.objects.select_related("provider").annotate(invited=Exists(invited)).filter(slug=slug).first()
@@ -215,7 +219,7 @@ def token_request(
             outcome=outcome,
             connection=connection,
             actor=key.user if key else None,
-            actor_label=f"{key.user.get_username()} (key {key.key_id})" if key else "unknown key",
-            detail=detail if connection or not slug else f"{detail} [{slug[:60]}]",
+            actor_label=f"{key.user.get_username()[:120]} (key {key.key_id})" if key else "unknown key",
+            detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
             remote_addr=remote_addr,
         )

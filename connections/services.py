@@ -65,14 +65,15 @@ def audit_record(
     detail: str = "",
     remote_addr: str | None = None,
 ) -> AuditEvent:
+    # Details quote what callers and providers sent; PostgreSQL text cannot hold NUL characters.
     return AuditEvent.objects.create(
         action=action,
         outcome=outcome,
         connection=connection,
         connection_label=connection.slug if connection else "",
         actor=actor if actor is not None and actor.pk else None,
-        actor_label=actor_label or _label(actor),
-        detail=detail,
+        actor_label=(actor_label or _label(actor)).replace("\x00", "")[:150],
+        detail=detail.replace("\x00", ""),
         remote_addr=remote_addr or None,
     )
 
