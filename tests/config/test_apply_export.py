@@ -125,16 +125,24 @@ def test_dry_run_prints_the_plan_and_writes_nothing(config):
     ("edit", "problem"),
     [
         (("provider: salesforce", "provider: salesfroce"), "provider 'salesfroce' is not a provider type"),
-        (("placeholders: {yourinstance: acme}\n    grant_type: authorization_code_pkce", "grant_type: authorization_code_pkce"),
-         "placeholders.yourinstance: Salesforce needs <yourinstance>"),
+        (
+            ("placeholders: {yourinstance: acme}\n    grant_type: authorization_code_pkce", "grant_type: authorization_code"),
+            "placeholders.yourinstance: Salesforce needs <yourinstance>",
+        ),
         (("users: [finance-bot]", "users: [finance-bot, ghost]"), "user 'ghost' is neither in the users section"),
         (("grant_type: authorization_code_pkce", "grant_type: implicit"), "grant_type: Select a valid choice"),
-        (("name: Okta service", "name: Okta service\n    slug: salesforce-prod"), "slug salesforce-prod is used by another"),
+        (
+            ("name: Okta service", "name: Okta service\n    slug: salesforce-prod"),
+            "slug salesforce-prod is used by another",
+        ),
         (("client_secret_env: SF_CLIENT_SECRET", "client_secret_env: MISSING_SECRET"),
          "the environment variable MISSING_SECRET (client_secret_env) is not set"),
         (("client_secret_file: okta.secret", "client_secret_file: nowhere.secret"), "cannot read client_secret_file"),
         (("client_secret_env: SF_CLIENT_SECRET", "client_secret: hunter2"), "client_secret is written inline"),
-        (("permissions: [view_connections]", "permissions: [admin_everything]"), "unknown permission 'admin_everything'"),
+        (
+            ("permissions: [view_connections]", "permissions: [admin_everything]"),
+            "unknown permission 'admin_everything'",
+        ),
         (("connections: [salesforce-prod]", "connections: [no-such]"), "connection 'no-such' is neither"),
         (("token_type: shared", "token_type: personal"), "token_type: Select a valid choice"),
         (("description: Finance org", "descripton: Finance org"), "unknown key(s) descripton"),
