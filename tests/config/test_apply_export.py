@@ -126,9 +126,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(config):
     [
         (("provider: salesforce", "provider: salesfroce"), "provider 'salesfroce' is not a provider type"),
         (
-            ("placeholders: {yourinstance: acme}\n    grant_type: authorization_code_pkce", "grant_type: authorization_code"),
-            "placeholders.yourinstance: Salesforce needs <yourinstance>",
+            ("placeholders: {yourinstance: acme}\n    grant_type: authorization_code_pkce", "grant_type: implicit"),
+            "grant_type: Select a valid choice",
         ),
+        (("placeholders: {yourinstance: acme}\n    grant", "grant"), "placeholders.yourinstance: Salesforce needs"),
         (("users: [finance-bot]", "users: [finance-bot, ghost]"), "user 'ghost' is neither in the users section"),
         (("grant_type: authorization_code_pkce", "grant_type: implicit"), "grant_type: Select a valid choice"),
         (
