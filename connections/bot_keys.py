@@ -83,7 +83,13 @@ def bot_key_authenticate(raw_key: str, *, remote_addr: str | None = None) -> Bot
     key_id, _, secret = raw_key.removeprefix(KEY_PREFIX).partition("_")
     key = None
     if raw_key.startswith(KEY_PREFIX) and KEY_ID_PATTERN.fullmatch(key_id) and secret:
-        key = BotKey.objects.select_related("user").filter(key_id=key_id).first()
+        columns = ("key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at")
+        key = (
+            BotKey.objects.select_related("user")
+            .only(*columns, "user__username", "user__is_active")
+            .filter(key_id=key_id)
+            .first()
+        )
     if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
         raise BotKeyRejected("The bot key is not valid.")
     now = timezone.now()

@@ -75,11 +75,11 @@ def _check_rate(key: BotKey) -> None:
         return
     window = int(time.time() // 60)
     counter = f"token-rate:{key.key_id}:{window}"
-    cache.add(counter, 0, timeout=120)
     try:
+        count = cache.incr(counter)  # one round trip in the common case: the window's counter exists
+    except ValueError:
+        cache.add(counter, 0, timeout=120)  # first call of this window (add is a no-op if another process won)
         count = cache.incr(counter)
-    except ValueError:  # the entry expired between add and incr
-        count = 1
     if count > limit:
         retry_after = max(1, math.ceil((window + 1) * 60 - time.time()))
         raise TokenRequestError(
@@ -91,8 +91,12 @@ def _connection_for(key: BotKey, slug: str) -> Connection:
     if not SLUG_PATTERN.fullmatch(slug):  # nothing else can name a connection; don't query for it
         raise TokenRequestError(404, "not_found", "No connection has that name.")
     invited = Connection.roles.through.objects.filter(connection=OuterRef("pk"), group__user=key.user_id)
+    # Only the columns this answer needs: a refresh loads the rest (provider, secret) when it happens.
     connection = (
-        Connection.objects.select_related("provider").annotate(invited=Exists(invited)).filter(slug=slug).first()
+        Connection.objects.only("slug", "is_enabled", "token_type", "grant_type")
+        .annotate(invited=Exists(invited))
+        .filter(slug=slug)
+        .first()
     )
     if connection is None:
         raise TokenRequestError(404, "not_found", f"No connection is named {slug!r}.")
@@ -108,7 +112,12 @@ def _connection_for(key: BotKey, slug: str) -> Connection:
 def _stored_token(connection: Connection, key: BotKey) -> OAuthToken | None:
     owner = {"user": key.user} if connection.is_user_specific else {"user__isnull": True}
     # The refresh and ID tokens are not needed to answer; not loading them saves their decryption.
-    return OAuthToken.objects.filter(connection=connection, **owner).defer("refresh_token", "id_token").first()
+    return (
+        OAuthToken.objects.filter(connection=connection, **owner)
+        .only("access_token", "token_type", "scope", "extra", "expires_at", "state", "generation", "next_refresh_at",
+              "last_error", "connection", "user")
+        .first()
+    )  # fmt: skip
 
 
 def _first_client_credentials_token(connection: Connection) -> OAuthToken:

@@ -135,7 +135,13 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _database["CONN_MAX_AGE"] = int(_number("DATABASE_CONN_MAX_AGE", 60))
     _database["CONN_HEALTH_CHECKS"] = True
-    _database.setdefault("OPTIONS", {})["connect_timeout"] = 5
+    _database["OPTIONS"] = {
+        "connect_timeout": 5,
+        # Prepared statements: PostgreSQL plans the hot queries (the token endpoint's) once per connection
+        # instead of on every request. Needs PgBouncer 1.21+ in transaction mode, if PgBouncer is used.
+        "server_side_binding": True,
+        "prepare_threshold": 5,
+    }
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
