@@ -59,6 +59,9 @@ if not CRYPTOGRAPHY_KEY:
     CRYPTOGRAPHY_KEY = _DEV_ONLY_KEY + "-cryptography"
 if CRYPTOGRAPHY_KEY == SECRET_KEY and not DEBUG:
     raise ImproperlyConfigured("CRYPTOGRAPHY_KEY must differ from SECRET_KEY.")
+# Keys secrets may still be encrypted under, newest first: after changing CRYPTOGRAPHY_KEY, list the old one here
+# and run `manage.py rotate_encryption_key` to re-encrypt everything under the new key.
+CRYPTOGRAPHY_KEY_PREVIOUS = env.list("CRYPTOGRAPHY_KEY_PREVIOUS", default=[])
 
 PUBLIC_URL = env.str("PUBLIC_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
 _public = urlsplit(PUBLIC_URL)
@@ -210,6 +213,9 @@ OUTBOUND_TIMEOUT = _number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
     "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []
 )
+# Refuse provider URLs that resolve to private, loopback or link-local addresses (SSRF protection). Off by
+# default because on-premises identity providers live on private networks.
+OUTBOUND_BLOCK_PRIVATE_ADDRESSES = env.bool("OUTBOUND_BLOCK_PRIVATE_ADDRESSES", default=False)
 OUTBOUND_PROXY_URL = env.str("OUTBOUND_PROXY_URL", default="")
 OUTBOUND_PROXY_BYPASS = env.list("OUTBOUND_PROXY_BYPASS", default=[])
 _PROXY_HELP = "OUTBOUND_PROXY_URL must look like http://[user:password@]host:port (password URL-encoded)."
