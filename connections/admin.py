@@ -468,8 +468,11 @@ class BotKeyAddForm(forms.ModelForm):
 
 
 @admin.register(BotKey)
-class BotKeyAdmin(admin.ModelAdmin):
-    """Keys are created here or with `manage.py botkey create`; the raw key is shown once, then only its id."""
+class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
+    """Keys are created here or with `manage.py botkey create`; the raw key is shown once, then only its id.
+
+    Those who manage connections create and revoke keys; those who view connections see them (never the secret).
+    """
 
     list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used_at", "last_used_from")
     list_filter = ("revoked_at", "expires_at")
@@ -532,7 +535,10 @@ class BotKeyAdmin(admin.ModelAdmin):
         response["Cache-Control"] = "no-store"
         return response
 
-    @admin.action(description="Revoke selected keys")
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        return selectors.user_can_manage_connections(request.user)
+
+    @admin.action(description="Revoke selected keys", permissions=["manage"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> None:
         revoked = sum(bot_key_revoke(key=key, actor=request.user) for key in queryset.select_related("user"))
         self.message_user(request, f"Revoked {revoked} key(s).")

@@ -1,0 +1,41 @@
+"""Log redaction: whatever a library or a mistake puts in a log line, tokens and keys do not reach the output.
+
+requests-oauthlib and oauthlib log whole token responses at DEBUG (settings cap them at WARNING as well); this
+formatter is the second line of defence and also covers tracebacks and exception messages.
+"""
+
+import logging
+import re
+
+REDACTED = "[redacted]"
+
+# Values that must never be printed, recognised by their shape or by the name they travel under.
+_PATTERNS = [
+    # Control Room bot keys: crk_<key id>_<secret>; the key id alone is not a secret and stays readable.
+    (re.compile(r"\b(crk_[0-9a-f]{12}_)[A-Za-z0-9_\-]+"), r"\1" + REDACTED),
+    # Authorization headers: Bearer and Basic credentials.
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{8,}"), r"\1 " + REDACTED),
+    # name=value and "name": "value" pairs of OAuth secrets, in form bodies, query strings, JSON and reprs.
+    (
+        re.compile(
+            r"(?i)([\"']?\b(?:access_token|refresh_token|id_token|client_secret|code_verifier|code|password|"
+            r"assertion|token)[\"']?\s*[=:]\s*[\"']?)([^\"'&\s,}]+)"
+        ),
+        r"\1" + REDACTED,
+    ),
+    # The userinfo of URLs (proxy credentials, database passwords).
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@/\s]+@"), r"\1" + REDACTED + "@"),
+]
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats as usual, then redacts the whole line, traceback included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))

@@ -1,0 +1,126 @@
+"""No secret in a log line, a page, an error body or an audit record, even with every logger at DEBUG."""
+
+import copy
+import io
+import logging
+import logging.config
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.test import Client
+
+from connections import services
+from connections.bot_keys import bot_key_create
+from connections.models import AuditEvent, OAuthToken
+from controlroom.logging import redact
+from tests.conftest import PROVIDER_USER
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def debug_logs():
+    """The project's own logging configuration, with every logger (requests-oauthlib's too) at DEBUG; its
+    console handler writes into a buffer the test reads."""
+    config = copy.deepcopy(settings.LOGGING)
+    config["root"]["level"] = "DEBUG"
+    for logger in config["loggers"].values():
+        logger["level"] = "DEBUG"
+    buffer = io.StringIO()
+    config["handlers"]["console"]["stream"] = buffer
+    logging.config.dictConfig(config)
+    yield buffer
+    logging.config.dictConfig(settings.LOGGING)
+
+
+def test_the_whole_flow_leaks_no_secret(debug_logs, make_connection, manager_client, authserver):
+    secrets: set[str] = set()
+    seen: list[str] = []
+    token_answers: list[str] = []  # 200s of the token endpoint: the access token is their point, nothing else
+
+    def look(response) -> None:
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        seen.append(body.decode(errors="replace"))
+        seen.append(str(response.headers))
+
+    # connect, with PKCE, through the real server
+    connection = make_connection(grant_type="authorization_code_pkce", pkce_required=True)
+    secrets.add(connection.client_secret)
+    response = manager_client.post(f"/oauth/connect/{connection.slug}/")
+    look(response)
+    callback = authserver.authorize_with_requests(response["Location"], *PROVIDER_USER)
+    secrets.add(parse_qs(urlsplit(callback).query)["code"][0])
+    look(manager_client.get(f"/oauth/callback/?{urlsplit(callback).query}"))
+    token = OAuthToken.objects.get(connection=connection)
+    secrets |= {token.access_token, token.refresh_token}
+
+    # a bot fetches it, forces a refresh, and hits errors
+    role = Group.objects.create(name="Bots")
+    connection.roles.add(role)
+    bot = role.user_set.create(username="bot")
+    _, raw_key = bot_key_create(user=bot, name="leak test")
+    secrets.add(raw_key)
+    bot_client = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    url = f"/api/v1/connections/{connection.slug}/token"
+    token_answers.append(bot_client.get(url).content.decode())
+    token_answers.append(bot_client.get(url, {"force_refresh": "true"}).content.decode())
+    token.refresh_from_db()
+    secrets |= {token.access_token, token.refresh_token}
+    assert token.access_token in token_answers[-1]
+    look(bot_client.get(url, {"min_validity": "oops"}))
+    look(Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}x").get(url))
+    # refresh failures, transient then permanent
+    authserver.set_fault("status_500")
+    with pytest.raises(services.oauth_client.ProviderError):
+        services.token_refresh(token=token, actor_label="test")
+    authserver.set_fault("invalid_grant")
+    with pytest.raises(services.oauth_client.ProviderError):
+        services.token_refresh(token=OAuthToken.objects.get(pk=token.pk), actor_label="test")
+    look(bot_client.get(url, {"force_refresh": "true"}))
+
+    # the pages an administrator looks at
+    for page in (
+        f"/admin/connections/connection/{connection.pk}/change/",
+        "/admin/connections/connection/",
+        "/admin/connections/auditevent/",
+        "/admin/connections/auditevent/export.csv",
+        "/admin/connections/botkey/",
+    ):
+        look(manager_client.get(page))
+
+    logs = debug_logs.getvalue()
+    assert "DEBUG" in logs and "requests_oauthlib" in logs  # the noisy loggers really were on
+    audit = "\n".join(AuditEvent.objects.values_list("detail", flat=True))
+    for secret in secrets:
+        assert len(secret) >= 8
+        assert secret not in logs, f"a secret reached the logs: {secret[:4]}…"
+        assert secret not in audit
+        for text in seen:
+            assert secret not in text
+    for answer in token_answers:
+        for secret in secrets - {token.access_token} - {answer.split('"access_token": "')[1].split('"')[0]}:
+            assert secret not in answer
+
+
+@pytest.mark.parametrize(
+    ("line", "hidden"),
+    [
+        ("Obtained token {'access_token': 'abc123xyz789', 'refresh_token': 'r3fr3sh-t0k3n'}", ["abc123xyz789", "r3fr3sh-t0k3n"]),
+        ("body=grant_type=refresh_token&refresh_token=r3fr3sh-t0k3n&client_secret=s3cr3t-v4lue", ["r3fr3sh-t0k3n", "s3cr3t-v4lue"]),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", ["eyJhbGciOiJIUzI1NiJ9.payload.sig"]),
+        ("key crk_0123456789ab_Zm9vYmFyYmF6cXV4cXV1eA used", ["Zm9vYmFyYmF6cXV4cXV1eA"]),
+        ("proxy http://user:pr0xy-pass@proxy.example:3128", ["pr0xy-pass"]),
+        ('{"code": "auth-c0de-123", "code_verifier": "v3rifier-abc"}', ["auth-c0de-123", "v3rifier-abc"]),
+    ],
+)  # fmt: skip
+def test_redact_hides_secrets_by_shape_and_by_name(line, hidden):
+    redacted = redact(line)
+    for secret in hidden:
+        assert secret not in redacted
+    assert "[redacted]" in redacted
+    assert (
+        redact("GET /api/v1/connections/salesforce-prod/token 200")
+        == "GET /api/v1/connections/salesforce-prod/token 200"
+    )
