@@ -109,7 +109,9 @@ class TokenState(models.TextChoices):
 class OAuthToken(models.Model):
     """The tokens of one connection (shared: user is empty) or of one user of a user-specific connection."""
 
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="tokens")
+    # No index of its own: the (connection, user) unique constraint's index serves lookups by connection, and
+    # every index is one more write per refresh.
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="tokens", db_index=False)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="oauth_tokens"
     )
