@@ -394,6 +394,17 @@ def _notify_on_commit(event: str, connection: Connection, subject: str, message:
     transaction.on_commit(lambda: notify_managers(event=event, connection=connection, subject=subject, message=message))
 
 
+def _raise_if_failed_since(token: OAuthToken, started: datetime) -> None:
+    """Someone else's refresh failed while we waited: share their result rather than ask the provider again
+    (a rejected refresh token must not be presented once per waiting caller)."""
+    if token.last_error_at and token.last_error_at >= started:
+        raise ProviderError(
+            token.last_error,
+            error="shared_failure",
+            permanent=token.state == TokenState.REAUTHORIZATION_REQUIRED,
+        )
+
+
 def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:
     """Get a new access token for `token`, with a lease so only one process calls the provider at a time.
 
@@ -404,11 +415,13 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
     connection = token.connection
     seen_generation = token.generation if min_generation is None else min_generation
     owner = uuid.uuid4().hex
+    started = timezone.now()
     deadline = time.monotonic() + settings.REFRESH_WAIT_SECONDS
     while not _try_lease(token.pk, owner, _lease_seconds()):
         token.refresh_from_db()
         if token.generation > seen_generation:
             return token
+        _raise_if_failed_since(token, started)
         if time.monotonic() > deadline:
             raise ProviderError(
                 "Another process is refreshing this token and has not finished; try again shortly.",
@@ -417,9 +430,11 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
             )
         time.sleep(0.05)
     token.refresh_from_db()
-    if token.generation > seen_generation:
+    if token.generation > seen_generation or (token.last_error_at and token.last_error_at >= started):
         OAuthToken.objects.filter(pk=token.pk, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
-        return token
+        if token.generation > seen_generation:
+            return token
+        _raise_if_failed_since(token, started)
     try:
         response = _fetch_new_token(connection, token)
     except ProviderError as exc:

@@ -196,3 +196,28 @@ def test_the_webhook_is_signed(connected, authserver, settings):
     assert headers["X-ControlRoom-Signature"] == expected
     payload = json.loads(body)
     assert (payload["event"], payload["connection"]) == ("reauthorization_required", connected.slug)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fault", ["status_500", "invalid_grant"])
+def test_concurrent_callers_share_a_failed_refresh(connected, authserver, fault):
+    authserver.set_token_options(latency=1)
+    authserver.set_fault(fault, grant_types=["refresh_token"])
+    token = shared_token(connected)
+
+    def refresh(_: int) -> str:
+        try:
+            mine = OAuthToken.objects.select_related("connection__provider").get(pk=token.pk)
+            services.token_refresh(token=mine, actor_label="thread", min_generation=token.generation)
+        except ProviderError as exc:
+            return exc.message
+        finally:
+            db_connections.close_all()
+        return "refreshed"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(refresh, range(8)))
+    assert "refreshed" not in outcomes
+    # One call reached the provider; everyone else read its result instead of presenting the token again.
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
+    assert shared_token(connected).consecutive_failures == 1

@@ -1,0 +1,245 @@
+"""What the refresh engine does when the provider misbehaves, with a real worker and beat (sweeping every second)
+against the loopback authorization server and its injected faults.
+
+Transient faults (5xx, timeout, connection closed, HTML instead of JSON): the current token is served while it
+is valid, the state is `refresh_failing`, retries back off instead of following every sweep, and the token
+recovers once the provider does. A rejected grant (invalid_grant) is permanent: `reauthorization_required`,
+one notification, no more calls to the provider.
+"""
+
+from datetime import timedelta
+
+import pytest
+import requests
+from django.utils import timezone
+
+from connections.models import OAuthToken
+from tests.conftest import connect, shared_token
+from tests.refresh.stack import Stack, get_token, in_threads, refresh_requests
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BEAT_INTERVAL = 1
+OUTBOUND_TIMEOUT = 3
+BACKOFF_WATCH = 5  # seconds of sweeps watched while the token backs off
+CALLERS = 8
+EXPECTED_ERROR = {
+    "status_500": "answered HTTP 500",
+    "timeout": f"did not answer the token refresh within {OUTBOUND_TIMEOUT} seconds",
+    "close": "Could not reach the provider",
+    "html": "text/html instead of JSON",
+}
+
+
+@pytest.fixture
+def connected(make_connection, manager_client, authserver, bot):
+    """A shared authorization-code connection, authorized at the loopback server, the bot's role invited."""
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    bot.invite(connection)
+    return connection
+
+
+@pytest.fixture
+def stack(make_stack, notified_manager) -> Stack:
+    """One worker and beat; a manager with an email address, so notifications have somewhere to go."""
+    started = make_stack(redis_db=13, BEAT_INTERVAL=BEAT_INTERVAL, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT)
+    started.worker()
+    started.beat()
+    return started
+
+
+def make_due(token: OAuthToken, *, expires_in: int = 40) -> None:
+    """Still valid for a while, but past its refresh time."""
+    now = timezone.now()
+    OAuthToken.objects.filter(pk=token.pk).update(
+        expires_at=now + timedelta(seconds=expires_in), next_refresh_at=now - timedelta(seconds=1)
+    )
+
+
+def skip_backoff(token: OAuthToken) -> None:
+    # To keep the test fast: the backoff time was observed (and asserted) already; move it to now instead of
+    # waiting the 7.5 s to 30 min it lasts, so the next sweep retries.
+    OAuthToken.objects.filter(pk=token.pk).update(next_refresh_at=timezone.now())
+
+
+def fetch(token: OAuthToken) -> OAuthToken:
+    return OAuthToken.objects.get(pk=token.pk)
+
+
+@pytest.mark.parametrize("mode", ["status_500", "timeout", "close", "html"])
+def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, stack, connected, authserver, bot):
+    # given a valid token due for refresh, and a provider failing every refresh with `mode`
+    if mode == "timeout":
+        # The fault sleeps, then the server still processes the refresh, after the client gave up. With
+        # rotation that would spend the stored refresh token (the rotation hazard, not this test's subject):
+        # the provider here keeps refresh tokens, as Google does.
+        authserver.set_token_options(omit_refresh_token_on_refresh=True)
+    authserver.set_fault(mode, delay=OUTBOUND_TIMEOUT + 2, grant_types=["refresh_token"])
+    before = shared_token(connected)
+    make_due(before)
+
+    # when the sweep's refresh fails
+    failing = stack.wait_until(
+        lambda: (token := fetch(before)).state == "refresh_failing" and token, 20, f"a refresh failing with {mode}"
+    )
+
+    # then the failure is recorded, the token kept, the next try scheduled later
+    assert failing.consecutive_failures >= 1
+    assert EXPECTED_ERROR[mode] in failing.last_error, failing.last_error
+    assert (failing.access_token, failing.refresh_token, failing.generation) == (
+        before.access_token,
+        before.refresh_token,
+        before.generation,
+    )
+    assert failing.next_refresh_at > timezone.now()
+    assert failing.next_refresh_at - failing.last_error_at > timedelta(seconds=2 * BEAT_INTERVAL)
+    assert failing.lease_owner == ""
+
+    # and the token endpoint keeps serving the current token, without calling the provider again
+    seen = refresh_requests(authserver)
+    for params in ({}, {"min_validity": "0"}):
+        response = get_token(bot.raw_key, connected.slug, **params)
+        assert response.status_code == 200, response.content
+        assert response.json()["access_token"] == before.access_token
+        assert 0 < response.json()["expires_in"] <= 40
+    if mode != "timeout":  # (a late-processed refresh replaces the access token at this provider)
+        assert authserver.whoami(before.access_token).status_code == 200
+    assert refresh_requests(authserver) == seen
+
+    # and the sweeps that follow respect the backoff: no refresh request per sweep
+    sweeps_before, requests_before = stack.sweeps_sent(), refresh_requests(authserver)
+    stack.sleep(BACKOFF_WATCH, "the token backs off")
+    sweeps = stack.sweeps_sent() - sweeps_before
+    retries = refresh_requests(authserver) - requests_before
+    assert sweeps >= BACKOFF_WATCH // BEAT_INTERVAL - 2, stack.logs()
+    assert retries <= 1 < sweeps, f"{retries} refresh requests in {sweeps} sweeps\n{stack.logs()}"
+    assert fetch(before).state == "refresh_failing"
+
+    # when the provider heals and the backoff time comes
+    authserver.clear_fault()
+    requests_before = refresh_requests(authserver)
+    skip_backoff(before)
+    recovered = stack.wait_until(
+        lambda: (token := fetch(before)).generation > before.generation and token, 20, "the refresh to recover"
+    )
+
+    # then the token is new and works, the state active, the failures forgotten
+    assert refresh_requests(authserver) == requests_before + 1, stack.logs()
+    assert (recovered.state, recovered.consecutive_failures, recovered.last_error) == ("active", 0, "")
+    assert recovered.access_token != before.access_token
+    assert recovered.expires_at > timezone.now() + timedelta(minutes=50)
+    assert authserver.whoami(recovered.access_token).json()["username"] == "alice"
+    response = get_token(bot.raw_key, connected.slug)
+    assert response.status_code == 200 and response.json()["access_token"] == recovered.access_token
+    # one or two failures are not a sustained failure (threshold 3), so nobody was bothered
+    assert stack.mail_subjects() == []
+
+
+def test_invalid_grant_needs_reauthorization_and_notifies_once(stack, connected, authserver, bot):
+    # given a due token whose grant the provider now rejects
+    authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
+    before = shared_token(connected)
+    make_due(before)
+
+    # when the sweep's task and several bots run into the rejection at about the same time
+    answers = in_threads([lambda: get_token(bot.raw_key, connected.slug) for _ in range(5)], workers=5)
+    rejected = stack.wait_until(
+        lambda: (token := fetch(before)).state == "reauthorization_required" and token,
+        20,
+        "the state to become reauthorization_required",
+    )
+
+    # then every bot is told to have the connection authorized again
+    for answer in answers:
+        assert answer.status_code == 409, answer.content
+        assert answer.json()["error"] == "reauthorization_required"
+    assert "invalid_grant" in rejected.last_error
+    assert rejected.next_refresh_at is None and rejected.lease_owner == ""
+    assert rejected.access_token == before.access_token and rejected.refresh_token == before.refresh_token
+
+    # and from then on nothing reaches the provider: not the sweeps, not the bots, not even force_refresh
+    seen = refresh_requests(authserver)
+    sweeps_before = stack.sweeps_sent()
+    for params in ({}, {"min_validity": "0"}, {"force_refresh": "true"}):
+        response = get_token(bot.raw_key, connected.slug, **params)
+        assert response.status_code == 409, response.content
+        assert response.json()["error"] == "reauthorization_required"
+    stack.sleep(4, "sweeps run over the rejected token")
+    assert stack.sweeps_sent() - sweeps_before >= 2, stack.logs()
+    assert refresh_requests(authserver) == seen, stack.logs()
+    assert fetch(before).state == "reauthorization_required"
+
+    # and the managers got exactly one email about it
+    mails = stack.mails()
+    assert [str(mail["Subject"]) for mail in mails] == [f"[Control Room] {connected} needs to be authorized again"]
+    assert mails[0]["To"] == "ops@example.com"
+    assert "invalid_grant" in mails[0].get_payload()
+
+
+@pytest.mark.parametrize("mode", ["status_500", "invalid_grant"])
+def test_concurrent_callers_share_one_failed_refresh(mode, make_stack, connected, authserver, bot):
+    # given a due token, a provider that fails refreshes slowly, and bots going through real web processes
+    stack = make_stack(redis_db=14, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT)
+    port = stack.web(workers=2, threads=8)
+    url = f"http://127.0.0.1:{port}/api/v1/connections/{connected.slug}/token"
+    assert requests.get(url, timeout=30).status_code == 401  # warm up
+    authserver.set_token_options(latency=0.5)  # a real race window
+    authserver.set_fault(mode, grant_types=["refresh_token"])
+    before = shared_token(connected)
+    make_due(before)
+
+    # when bots ask at once (the token expires within their min_validity, so each wants a refresh)
+    answers = in_threads(
+        [lambda: requests.get(url, headers={"Authorization": f"Bearer {bot.raw_key}"}, timeout=60)] * CALLERS,
+        workers=CALLERS,
+    )
+
+    # then single flight holds for failures too: one refresh request; the others wait and read its result
+    statuses = sorted(answer.status_code for answer in answers)
+    expected_status = 409 if mode == "invalid_grant" else 200
+    assert statuses == [expected_status] * CALLERS, [answer.text[:200] for answer in answers]
+    assert refresh_requests(authserver) == 1, (
+        f"{refresh_requests(authserver)} refresh requests reached the provider for {CALLERS} concurrent callers "
+        f"(expected 1: the waiters should read the failure their lease holder recorded)\n{stack.logs()}"
+    )
+
+
+def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_manager, connected, authserver):
+    # given notifications after two failures in a row, and a provider failing the next two refreshes
+    stack = make_stack(
+        redis_db=15, BEAT_INTERVAL=BEAT_INTERVAL, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT, REFRESH_FAILURE_NOTIFY_THRESHOLD=2
+    )
+    stack.worker()
+    stack.beat()
+    authserver.set_fault("status_500", count=2, grant_types=["refresh_token"])
+    before = shared_token(connected)
+    make_due(before)
+
+    # when one refresh fails: not yet a sustained failure
+    stack.wait_until(lambda: fetch(before).consecutive_failures == 1, 20, "the first failure")
+    stack.sleep(1, "no email is sent after one failure")
+    assert stack.mail_subjects() == []
+
+    # when the second fails
+    skip_backoff(before)
+    stack.wait_until(lambda: fetch(before).consecutive_failures == 2, 20, "the second failure")
+    stack.wait_until(lambda: stack.mail_subjects(), 10, "the 'keeps failing' email")
+    assert stack.mail_subjects() == [f"[Control Room] Refreshing {connected} keeps failing"]
+
+    # when the next refresh succeeds (the fault is used up)
+    skip_backoff(before)
+    recovered = stack.wait_until(
+        lambda: (token := fetch(before)).generation > before.generation and token, 20, "the recovery"
+    )
+    stack.wait_until(lambda: len(stack.mail_subjects()) == 2, 10, "the 'works again' email")
+    stack.sleep(2, "no further email is sent")
+
+    # then exactly one notice each way, and three refresh requests in all
+    assert stack.mail_subjects() == [
+        f"[Control Room] Refreshing {connected} keeps failing",
+        f"[Control Room] Refreshing {connected} works again",
+    ]
+    assert all(mail["To"] == "ops@example.com" for mail in stack.mails())
+    assert (recovered.state, recovered.consecutive_failures) == ("active", 0)
+    assert refresh_requests(authserver) == 3, stack.logs()

@@ -1,0 +1,114 @@
+"""Soak: 60-second tokens stay valid for five minutes of wall time with only beat and one worker running, each
+refreshed once per cycle: nothing refreshed in a loop, nothing missed.
+
+REFRESH_SOAK_SECONDS shortens (or lengthens) the run for local work; the default is the issue's 300.
+"""
+
+import os
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from connections.models import AuditEvent, Connection
+from tests.conftest import PROVIDER_USER, connect
+from tests.refresh.stack import Stack, get_token, loopback_connection, token_of
+from tests.support.authserver import AuthServer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SOAK_SECONDS = int(os.environ.get("REFRESH_SOAK_SECONDS", "300"))
+LIFETIME = 60  # the refresh margin is capped at half of it: each token is refreshed ~30 s after it was issued
+POLL = 2
+BEAT_INTERVAL = 2
+# One refresh per token per ~30 s cycle; for 300 s, 8 to 14.
+EXPECTED_REFRESHES = range(max(0, SOAK_SECONDS // 30 - 2), SOAK_SECONDS // 30 + 4 + 1)
+
+
+@pytest.fixture
+def short_lived_server():
+    server = AuthServer(access_token_lifetime=LIFETIME).start()
+    try:
+        server.create_user(*PROVIDER_USER)
+        yield server
+    finally:
+        server.stop()
+
+
+def check_token(stack: Stack, server: AuthServer, connection: Connection, raw_key: str) -> float:
+    """The stored token is unexpired and accepted, and so is the one the endpoint serves. Returns the seconds the
+    stored token had left."""
+    for _ in range(3):
+        stored = token_of(connection)
+        left = (stored.expires_at - timezone.now()).total_seconds()
+        assert left > 0, f"the stored token of {connection.slug} expired {-left:.1f} s ago\n{stack.logs()}"
+        response = get_token(raw_key, connection.slug, min_validity="0")
+        assert response.status_code == 200, f"{response.content}\n{stack.logs()}"
+        body = response.json()
+        assert body["expires_in"] > 0, body
+        stored_ok = server.whoami(stored.access_token).status_code == 200
+        served_ok = server.whoami(body["access_token"]).status_code == 200
+        if stored_ok and served_ok:
+            return left
+        # This provider revokes an access token when its refresh token is used (DOT): a refresh that landed
+        # between reading the token and checking it explains a refusal. Anything else is a failure.
+        if token_of(connection).generation == stored.generation:
+            pytest.fail(
+                f"the provider refused the token of {connection.slug} (stored accepted: {stored_ok}, served "
+                f"accepted: {served_ok}) though it was not refreshed meanwhile\n{stack.logs()}"
+            )
+    pytest.fail(f"the token of {connection.slug} kept changing under the check\n{stack.logs()}")
+
+
+def test_sixty_second_tokens_stay_valid_through_the_soak(make_stack, short_lived_server, manager_client, bot):
+    # given an authorization-code connection and a client-credentials one at a server issuing 60-second tokens
+    server = short_lived_server
+    code = loopback_connection(server, number=1)
+    manager_client.get(connect(manager_client, code, server))
+    machine = loopback_connection(server, number=2, grant_type="client_credentials")
+    bot.invite(code)
+    bot.invite(machine)
+    assert get_token(bot.raw_key, machine.slug).status_code == 200  # its first token
+    connections = (code, machine)
+    first = {connection.pk: token_of(connection) for connection in connections}
+    assert all(60 - 5 < token.expires_in() <= 60 for token in first.values())
+    # and only beat and one worker running
+    stack = make_stack(redis_db=10, BEAT_INTERVAL=BEAT_INTERVAL, OUTBOUND_TIMEOUT=5)
+    stack.worker()
+    stack.beat()
+    started_at = timezone.now()
+    stats_before = server.stats()["token_requests"]
+
+    # when five minutes pass, the tokens checked every two seconds
+    least_left = float("inf")
+    polls = 0
+    deadline = time.monotonic() + SOAK_SECONDS
+    while time.monotonic() < deadline:
+        tick = time.monotonic()
+        stack.check_alive("the soak ran")
+        for connection in connections:
+            least_left = min(least_left, check_token(stack, server, connection, bot.raw_key))
+        polls += 1
+        time.sleep(max(0.0, POLL - (time.monotonic() - tick)))
+
+    # then each token was refreshed once per cycle, by the worker, ahead of its expiry
+    stats = server.stats()["token_requests"]
+    refreshes = {
+        code.pk: stats["refresh_token"] - stats_before["refresh_token"],
+        machine.pk: stats["client_credentials"] - stats_before["client_credentials"],
+    }
+    report = f"refreshes {refreshes}, {polls} polls, least time left {least_left:.1f} s\n{stack.logs()}"
+    assert polls >= SOAK_SECONDS // POLL // 2, report
+    for connection in connections:
+        assert refreshes[connection.pk] in EXPECTED_REFRESHES, f"{connection.slug}: {report}"
+        token = token_of(connection)
+        assert token.generation - first[connection.pk].generation == refreshes[connection.pk], report
+        assert (token.state, token.consecutive_failures) == ("active", 0), report
+        events = AuditEvent.objects.filter(connection=connection, action="token_refresh", created_at__gte=started_at)
+        assert set(events.values_list("outcome", "actor_label")) <= {("success", "refresh worker")}, report
+        assert events.count() == refreshes[connection.pk], report
+    assert stats["authorization_code"] == stats_before["authorization_code"]
+    # Refreshed ~30 s before expiry, so a token never got close to it.
+    assert least_left > LIFETIME / 4, report
+    assert timezone.now() - started_at >= timedelta(seconds=SOAK_SECONDS)
