@@ -75,7 +75,7 @@ def check_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname in settings.OUTBOUND_HTTP_ALLOWED_HOSTS:
+    if parts.scheme == "http" and parts.hostname and _allowed_host(parts.hostname):
         return
     raise ProviderError(
         f"Refused to call {parts.scheme}://{parts.hostname or ''}: provider URLs must use https "
@@ -258,7 +258,7 @@ class _PolicySession(OAuth2Session):
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         check_url(request.url or "")
-        pass
+        check_destination(request.url or "")
         kwargs["proxies"] = proxies_for(request.url or "")
         kwargs["timeout"] = settings.OUTBOUND_TIMEOUT
         # On a redirect hop requests puts the proxy credentials into this header (rebuild_proxies), even when the

@@ -64,6 +64,7 @@ if CRYPTOGRAPHY_KEY == SECRET_KEY and not DEBUG:
 # Keys secrets may still be encrypted under, newest first: after changing CRYPTOGRAPHY_KEY, list the old one here
 # and run `manage.py rotate_encryption_key` to re-encrypt everything under the new key.
 CRYPTOGRAPHY_KEY_PREVIOUS = env.list("CRYPTOGRAPHY_KEY_PREVIOUS", default=[])
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 
 PUBLIC_URL = env.str("PUBLIC_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
 _public = urlsplit(PUBLIC_URL)
