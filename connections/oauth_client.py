@@ -271,6 +271,13 @@ class _PolicySession(OAuth2Session):
             raise _proxy_auth_error()
         return response
 
+    def get_redirect_target(self, response: requests.Response) -> str | None:
+        # Token and revocation endpoints answer directly (RFC 6749 3.2, RFC 7009 2); following a 307/308 would
+        # send the code, the refresh token or the client secret on to wherever the redirect points.
+        if response.request is not None and response.request.method == "POST":
+            return None
+        return super().get_redirect_target(response)
+
 
 def _check_token_response(response: requests.Response) -> requests.Response:
     """Turn what oauthlib would misread (5xx pages, HTML, rate limits) into a ProviderError."""
