@@ -12,6 +12,7 @@ from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_sco
 PLACEHOLDER_PREFIX = "placeholder__"
 # A placeholder value becomes part of a host name or path: letters, digits, dots and dashes only, so that a
 # value cannot redirect a URL elsewhere ("evil.example/" or "x@evil").
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 PLACEHOLDER_VALUE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 
 
@@ -24,6 +25,50 @@ def _all_placeholders() -> dict[str, list[str]]:
     return used
 
 
+def _has_unstorable_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return bool(UNSTORABLE.search(value))
+    if isinstance(value, dict):
+        return any(_has_unstorable_text(key) or _has_unstorable_text(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_unstorable_text(item) for item in value)
+    return False
+
+
+class SafeJSONField(forms.JSONField):
+    """JSON that PostgreSQL can store and Python can parse without blowing up: bounded, no NUL, no surrogates."""
+
+    MAX_LENGTH = 10_000
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and len(value) > self.MAX_LENGTH:
+            raise forms.ValidationError(f"Keep this under {self.MAX_LENGTH} characters.")
+        try:
+            return super().to_python(value)
+        except (ValueError, RecursionError):  # huge integers, absurd nesting
+            raise forms.ValidationError("Enter valid JSON.") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # Parsed again to show the form after an error: the same limits apply.
+        if isinstance(data, str) and len(data) > self.MAX_LENGTH:
+            return forms.fields.InvalidJSONInput(data)
+        try:
+            return super().bound_data(data, initial)
+        except (ValueError, RecursionError):
+            return forms.fields.InvalidJSONInput(data)
+
+    def prepare_value(self, value: Any) -> Any:
+        # Shown again after an error: escaped, so a lone surrogate from "\ud800" cannot break the page's encoding.
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, ensure_ascii=True, cls=self.encoder)
+
+    def validate(self, value: Any) -> None:
+        super().validate(value)
+        if _has_unstorable_text(value):
+            raise forms.ValidationError("Text here cannot contain NUL or lone surrogate characters.")
+
+
 class ConnectionForm(forms.ModelForm):
     client_secret = forms.CharField(
         required=False,
@@ -31,7 +76,7 @@ class ConnectionForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Stored encrypted and never shown again.",
     )
-    extra_authorization_params = forms.JSONField(
+    extra_authorization_params = SafeJSONField(
         required=False,
         initial=dict,
         help_text='Added to the authorization URL, e.g. {"prompt": "consent"}.',
@@ -130,40 +175,33 @@ class ConnectionForm(forms.ModelForm):
         return cleaned
 
     def _clean_placeholders_and_urls(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:
-        needed = {
-            name
-            for field, template in (
-                ("authorization_url", provider.authorization_url),
-                ("token_url", provider.token_url),
-                ("revocation_url", provider.revocation_url),
-            )
-            if not cleaned.get(field)
-            for name in PLACEHOLDER_PATTERN.findall(template)
+        templates = {
+            field: cleaned.get(field) or getattr(provider, field)
+            for field in ("authorization_url", "token_url", "revocation_url")
         }
+        needed = {name for template in templates.values() for name in PLACEHOLDER_PATTERN.findall(template)}
         values: dict[str, str] = {}
-        for name in provider.placeholders:
-            value = (cleaned.get(PLACEHOLDER_PREFIX + name) or "").strip()
-            if value and not PLACEHOLDER_VALUE.match(value):
-                self.add_error(PLACEHOLDER_PREFIX + name, "Use letters, digits, dots and dashes only.")
+        for name in sorted(needed | set(provider.placeholders)):
+            field = PLACEHOLDER_PREFIX + name
+            value = (cleaned.get(field) or "").strip()
+            if field not in self.fields:
+                self.add_error(None, f"<{name}> is not a placeholder any provider type uses: write the value itself.")
+            elif value and not PLACEHOLDER_VALUE.match(value):
+                self.add_error(field, "Use letters, digits, dots and dashes only.")
             elif name in needed and not value:
-                self.add_error(PLACEHOLDER_PREFIX + name, f"{provider} needs <{name}> to build its URLs.")
+                self.add_error(field, f"{provider} needs <{name}> to build its URLs.")
             elif value:
                 values[name] = value
         self.instance.placeholders = values
         if self.errors:
             return
-        urls = {
-            "authorization_url": cleaned.get("authorization_url") or provider.authorization_url,
-            "token_url": cleaned.get("token_url") or provider.token_url,
-            "revocation_url": cleaned.get("revocation_url") or provider.revocation_url,
-        }
         required = ["token_url"] + (["authorization_url"] if grant_type != GrantType.CLIENT_CREDENTIALS else [])
-        for field, template in urls.items():
+        for field, template in templates.items():
             if not template:
                 if field in required:
                     self.add_error(field, f"{provider} has no preset for this URL: enter it.")
                 continue
-            url = PLACEHOLDER_PATTERN.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+            url = PLACEHOLDER_PATTERN.sub(lambda match: values[match.group(1)], template)
             try:
                 oauth_client.check_url(url)
             except oauth_client.ProviderError as exc:

@@ -67,17 +67,18 @@ class Connection(models.Model):
     def _fill(self, template: str) -> str:
         return PLACEHOLDER_PATTERN.sub(lambda match: self.placeholders.get(match.group(1), match.group(0)), template)
 
+    # A typed URL may use placeholders too; either way what is called is exactly what the form checked.
     @property
     def effective_authorization_url(self) -> str:
-        return self.authorization_url or self._fill(self.provider.authorization_url)
+        return self._fill(self.authorization_url or self.provider.authorization_url)
 
     @property
     def effective_token_url(self) -> str:
-        return self.token_url or self._fill(self.provider.token_url)
+        return self._fill(self.token_url or self.provider.token_url)
 
     @property
     def effective_revocation_url(self) -> str:
-        return self.revocation_url or self._fill(self.provider.revocation_url)
+        return self._fill(self.revocation_url or self.provider.revocation_url)
 
     @property
     def scope_list(self) -> list[str]:

@@ -72,7 +72,11 @@ class TokenResponse:
 
 def check_url(url: str) -> None:
     """https only, except hosts the operator allows over http (loopback in development)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 - raises ValueError for a malformed bracketed host
+    except ValueError:
+        raise ProviderError("This is not a valid URL.", error="invalid_url", permanent=True) from None
     if parts.scheme == "https" and parts.hostname:
         return
     if parts.scheme == "http" and parts.hostname and _allowed_host(parts.hostname):

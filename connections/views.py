@@ -18,7 +18,13 @@ def _remote_addr(request: HttpRequest) -> str | None:
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
     candidate = request.POST.get("next", "")
-    if candidate and url_has_allowed_host_and_scheme(candidate, {request.get_host()}, request.is_secure()):
+    # Kept with the flow (at most 500 characters) and later redirected to: a short local path, nothing else.
+    if (
+        candidate
+        and len(candidate) <= 500
+        and candidate.isprintable()
+        and url_has_allowed_host_and_scheme(candidate, {request.get_host()}, request.is_secure())
+    ):
         return candidate
     return fallback
 
