@@ -48,14 +48,21 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a file, Python puts bench/ on sys.path, not the root that holds the tests package.
-sys.path.insert(0, str(REPO_ROOT))
+# Run as a file, Python puts bench/ on sys.path, not the root that holds the bench and tests packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pytest  # noqa: E402
 
-from tests.support import servers  # noqa: E402
-from tests.support.authserver import AuthServer  # noqa: E402
+from bench.common import (
+    REPO_ROOT,
+    SetupError,
+    app_environment,
+    create_database,
+    postgres_directory,
+    run_main,
+    run_step,
+)
+from tests.support import servers
+from tests.support.authserver import AuthServer
 
 TARGET_MS = 50.0
 DATABASE_NAME = "controlroom_refresh_bench"
@@ -64,10 +71,6 @@ POOLS = (("solo", 1), ("prefork", 4))
 POLL_SECONDS = 0.05
 ID_LIST = re.compile(r"ANY \('\{[0-9,]*\}'::bigint\[\]\)")
 SYNTHETIC_PROVIDER = "https://login.example.invalid/oauth2"  # never called: these tokens are moved out of reach
-
-
-class SetupError(Exception):
-    """The run could not start; nothing was measured."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -85,48 +88,6 @@ def parse_args() -> argparse.Namespace:
 
 
 # --- servers and processes ------------------------------------------------------------------------------------
-
-
-def create_database(server_url: str) -> str:
-    """start_postgres() names a database it does not create; make a fresh one for this run."""
-    import psycopg
-
-    base = server_url.rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {DATABASE_NAME}")
-    return f"{base}/{DATABASE_NAME}"
-
-
-def postgres_directory(database_url: str) -> Path | None:
-    """start_postgres() leaves its data directory in /tmp and does not say which; find it by the socket the
-    running server holds for our port (the server removes that socket when it stops, so look while it runs)."""
-    port = urlsplit(database_url).port
-    found = list(Path(tempfile.gettempdir()).glob(f"controlroom-pg-*/.s.PGSQL.{port}"))
-    return found[0].parent if len(found) == 1 else None
-
-
-def app_environment(*, database_url: str, redis_url: str, workdir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="controlroom.settings",
-        PYTHONPATH=str(REPO_ROOT),
-        ENV_FILE="",  # a developer's .env must not change what is measured
-        DEBUG="false",  # production: DEBUG would also keep every query of the worker in memory
-        SECRET_KEY=secrets.token_urlsafe(50),
-        CRYPTOGRAPHY_KEY=secrets.token_urlsafe(50),
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        OUTBOUND_HTTP_ALLOWED_HOSTS="127.0.0.1",  # the loopback auth server speaks plain http
-        VAR_DIR=str(workdir / "var"),
-        STATIC_ROOT=str(workdir / "static"),
-    )
-    return env
-
-
-def run_step(what: str, command: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SetupError(f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
 
 
 def start_worker(env: dict[str, str], pool: str, concurrency: int, log: Path) -> subprocess.Popen:
@@ -809,9 +770,12 @@ def main() -> int:
         print("Starting PostgreSQL and Redis ...", flush=True)
         postgres_url = servers.start_postgres()
         postgres_dir = postgres_directory(postgres_url)
-        database_url = create_database(postgres_url)
+        database_url = create_database(postgres_url, DATABASE_NAME)
         redis_url = servers.start_redis()
-        env = app_environment(database_url=database_url, redis_url=redis_url, workdir=workdir)
+        # The loopback authorization server speaks plain http.
+        env = app_environment(
+            database_url=database_url, redis_url=redis_url, workdir=workdir, OUTBOUND_HTTP_ALLOWED_HOSTS="127.0.0.1"
+        )
         print("Migrating ...", flush=True)
         run_step("migrate", [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], {**env, "DEBUG": "true"})
 
@@ -873,11 +837,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\nInterrupted; everything this run started is stopped.", file=sys.stderr)
-        sys.exit(130)
-    except (SetupError, pytest.UsageError, subprocess.CalledProcessError) as exc:  # UsageError: a server
-        print(f"Set-up failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

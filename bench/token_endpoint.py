@@ -34,7 +34,6 @@ import json
 import multiprocessing
 import os
 import resource
-import secrets
 import shutil
 import signal
 import subprocess
@@ -48,13 +47,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a file, Python puts bench/ on sys.path, not the root that holds the tests package.
-sys.path.insert(0, str(REPO_ROOT))
+# Run as a file, Python puts bench/ on sys.path, not the root that holds the bench and tests packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pytest  # noqa: E402
 
-from tests.support import servers  # noqa: E402
+from bench.common import (
+    REPO_ROOT,
+    SetupError,
+    app_environment,
+    create_database,
+    postgres_directory,
+    run_main,
+    run_step,
+)
+from tests.support import servers
 
 TARGET_RATIO = 0.7
 WARM_UP_SECONDS = 3
@@ -79,10 +85,6 @@ function done(summary, latency, requests)
     not_ok + e.connect + e.read + e.write + e.timeout))
 end
 """
-
-
-class SetupError(Exception):
-    """The run could not start; nothing was measured."""
 
 
 @dataclass
@@ -122,47 +124,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
     return parser.parse_args()
-
-
-def create_database(server_url: str) -> str:
-    """start_postgres() names a database it does not create; make a fresh one for this run."""
-    import psycopg
-
-    base = server_url.rsplit("/", 1)[0]
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as connection:
-        connection.execute("CREATE DATABASE controlroom_bench")
-    return f"{base}/controlroom_bench"
-
-
-def app_environment(
-    *, database_url: str, redis_url: str, port: int, workdir: Path, rate_limit: int, database_options: str
-) -> dict:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="bench.settings",
-        PYTHONPATH=str(REPO_ROOT),
-        ENV_FILE="",  # a developer's .env must not change what is measured
-        DEBUG="false",  # production: DEBUG would also keep every query in memory
-        SECRET_KEY=secrets.token_urlsafe(50),
-        CRYPTOGRAPHY_KEY=secrets.token_urlsafe(50),
-        DATABASE_URL=database_url,
-        REDIS_URL=redis_url,
-        SECURE_SSL_REDIRECT="false",  # plain http on loopback; a redirect would be measured as a failure
-        ALLOWED_HOSTS="127.0.0.1",
-        PUBLIC_URL=f"http://127.0.0.1:{port}",
-        TOKEN_RATE_LIMIT_PER_MINUTE=str(rate_limit),
-        VAR_DIR=str(workdir / "var"),
-        STATIC_ROOT=str(workdir / "static"),
-        BENCH_DATABASE_OPTIONS=database_options,
-    )
-    return env
-
-
-def run_step(what: str, command: list[str], env: dict) -> str:
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SetupError(f"{what} failed (exit {done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return done.stdout
 
 
 def start_gunicorn(*, env: dict, port: int, workers: int, log: Path) -> subprocess.Popen:
@@ -335,12 +296,6 @@ def stop(process: subprocess.Popen | None) -> None:
         process.wait(timeout=10)
 
 
-def postgres_directory(database_url: str) -> Path | None:
-    """start_postgres() does not say where its cluster lives; ours holds the socket of our port."""
-    port = database_url.rsplit(":", 1)[1].split("/", 1)[0]
-    return next((found.parent for found in Path(tempfile.gettempdir()).glob(f"controlroom-pg-*/.s.PGSQL.{port}")), None)
-
-
 @dataclass
 class PreparedApp:
     env: dict  # the environment the app's processes run with
@@ -361,16 +316,19 @@ def prepared_app(*, rate_limit: int, database_options: str = "") -> Iterator[Pre
         print("Starting PostgreSQL and Redis ...", flush=True)
         server_url = servers.start_postgres()
         postgres_dir = postgres_directory(server_url)
-        database_url = create_database(server_url)
+        database_url = create_database(server_url, "controlroom_bench")
         redis_url = servers.start_redis()
         port = servers.free_port()
         env = app_environment(
             database_url=database_url,
             redis_url=redis_url,
-            port=port,
             workdir=workdir,
-            rate_limit=rate_limit,
-            database_options=database_options,
+            DJANGO_SETTINGS_MODULE="bench.settings",  # adds the bare view (and the prototypes) to the real app
+            SECURE_SSL_REDIRECT="false",  # plain http on loopback; a redirect would be measured as a failure
+            ALLOWED_HOSTS="127.0.0.1",
+            PUBLIC_URL=f"http://127.0.0.1:{port}",
+            TOKEN_RATE_LIMIT_PER_MINUTE=str(rate_limit),
+            BENCH_DATABASE_OPTIONS=database_options,
         )
         print("Migrating and seeding ...", flush=True)
         run_step("migrate", [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], env)
@@ -487,11 +445,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\nInterrupted; everything this run started is stopped.", file=sys.stderr)
-        sys.exit(130)
-    except (SetupError, pytest.UsageError, subprocess.CalledProcessError) as exc:  # UsageError: a server
-        print(f"Set-up failed: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)
