@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from connections import selectors, services
 from connections.bot_keys import bot_key_create, bot_key_revoke
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
-from connections.models import AuditEvent, BotKey, Connection, OAuthToken, Role
+from connections.models import FEATURE_PERMISSIONS, AuditEvent, BotKey, Connection, OAuthToken, Role
 from connections.views import start_authorization
 
 
@@ -88,9 +88,9 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         "provider",
         "grant_type",
         "token_type",
-        "status_column",
-        "last_refresh_column",
-        "next_refresh_column",
+        "status_display",
+        "last_refresh_display",
+        "next_refresh_display",
         "failures_column",
     )
     list_filter = ("provider", "grant_type", "token_type", "is_enabled")
@@ -180,10 +180,6 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
     def status_display(self, connection: Connection) -> str:
         return str(selectors.connection_status(connection))
 
-    @admin.display(description="Status")
-    def status_column(self, connection: Connection) -> str:
-        return str(selectors.connection_status(connection))
-
     def _latest_token(self, connection: Connection) -> OAuthToken | None:
         tokens = [token for token in connection.tokens.all()]
         return max(tokens, key=lambda token: token.updated_at) if tokens else None
@@ -197,21 +193,13 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         ago = selectors.format_duration((timezone.now() - moment).total_seconds())
         return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S %Z} ({ago} ago)"
 
-    @admin.display(description="Last refresh")
-    def last_refresh_column(self, connection: Connection) -> str:
-        return self.last_refresh_display(connection)
-
     @admin.display(description="Next refresh")
-    def next_refresh_column(self, connection: Connection) -> str:
+    def next_refresh_display(self, connection: Connection) -> str:
         due = [token.next_refresh_at for token in connection.tokens.all() if token.next_refresh_at]
         if not due:
             return "—"
         remaining = (min(due) - timezone.now()).total_seconds()
         return f"in {selectors.format_duration(remaining)}" if remaining > 0 else "due now"
-
-    @admin.display(description="Next refresh")
-    def next_refresh_display(self, connection: Connection) -> str:
-        return self.next_refresh_column(connection)
 
     @admin.display(description="Failures in a row")
     def failures_column(self, connection: Connection) -> int:
@@ -380,12 +368,6 @@ def _csv_safe(value: object) -> str:
     text = value.isoformat() if hasattr(value, "isoformat") else str(value if value is not None else "")
     # Spreadsheets run cells starting with these as formulas (CSV injection, OWASP).
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-FEATURE_PERMISSIONS = {
-    "manage_connections": "Manage connections (create, edit, connect, delete)",
-    "view_connections": "View connections and their status",
-}
 
 
 class RoleForm(forms.ModelForm):

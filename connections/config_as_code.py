@@ -15,16 +15,15 @@ from typing import Any
 import yaml
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils.text import slugify
 
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
-from connections.models import Connection
-from connections.services import audit_record
+from connections.models import FEATURE_PERMISSIONS, Connection
+from connections.services import audit_record, role_update
 from providers.models import Provider, split_scopes
 
-FEATURE_PERMISSIONS = ("manage_connections", "view_connections")
 USER_KEYS = {"username", "email", "first_name", "last_name"}
 ROLE_KEYS = {"name", "permissions", "users", "connections"}
 CONNECTION_KEYS = {
@@ -339,7 +338,8 @@ def config_plan(text: str, *, base_dir: Path) -> Plan:
 
 
 def config_apply(plan: Plan, *, actor: AbstractBaseUser | None = None) -> None:
-    """Write a checked plan in one transaction, with an audit event per created or updated object."""
+    """Write a checked plan in one transaction, with an audit event per created or updated object (roles get
+    theirs from role_update)."""
     user_model = get_user_model()
     actions = {(change.kind, change.name): change for change in plan.changes}
     with transaction.atomic():
@@ -352,18 +352,20 @@ def config_apply(plan: Plan, *, actor: AbstractBaseUser | None = None) -> None:
             account.save()
         for form, _ in plan.connections:
             form.save()
-        permissions = {
-            p.codename: p
-            for p in Permission.objects.filter(codename__in=FEATURE_PERMISSIONS, content_type__app_label="connections")
-        }
         for role_values in plan.roles:
+            if actions[("role", role_values["name"])].action == "unchanged":
+                continue
             role, _ = Group.objects.get_or_create(name=role_values["name"])
-            kept = role.permissions.exclude(codename__in=FEATURE_PERMISSIONS, content_type__app_label="connections")
-            role.permissions.set([*kept, *(permissions[name] for name in role_values["permissions"])])
-            role.user_set.set(user_model.objects.filter(username__in=role_values["users"]))
-            role.connections.set(Connection.objects.filter(slug__in=role_values["connections"]))
+            role_update(
+                role=role,
+                feature_permissions=role_values["permissions"],
+                members=list(user_model.objects.filter(username__in=role_values["users"])),
+                connections=list(Connection.objects.filter(slug__in=role_values["connections"])),
+                actor=actor,
+                actor_label="" if actor else "apply_config",
+            )
         for change in actions.values():
-            if change.action == "unchanged":
+            if change.action == "unchanged" or change.kind == "role":  # role_update recorded those
                 continue
             connection = Connection.objects.filter(slug=change.name).first() if change.kind == "connection" else None
             audit_record(

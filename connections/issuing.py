@@ -13,11 +13,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from connections import oauth_client, services
+from connections import services
 from connections.bot_keys import BotKeyRejected, bot_key_authenticate
 from connections.models import BotKey, Connection, OAuthToken, TokenState
 from connections.oauth_client import ProviderError
@@ -120,18 +119,6 @@ def _stored_token(connection: Connection, key: BotKey) -> OAuthToken | None:
     )  # fmt: skip
 
 
-def _first_client_credentials_token(connection: Connection) -> OAuthToken:
-    """A client-credentials connection needs no person to authorize it: its first token is fetched here."""
-    try:
-        response = oauth_client.client_credentials(services.connection_client_config(connection))
-    except ProviderError as exc:
-        raise _provider_failure(exc, None) from None
-    try:
-        return services.token_store(connection=connection, user=None, response=response)
-    except IntegrityError:  # another process stored the first token at the same moment: keep theirs
-        return OAuthToken.objects.get(connection=connection, user__isnull=True)
-
-
 def _provider_failure(exc: ProviderError, token: OAuthToken | None) -> TokenRequestError:
     if exc.permanent:
         return TokenRequestError(
@@ -203,7 +190,10 @@ def token_request(
         connection = _connection_for(key, slug)
         token = _stored_token(connection, key)
         if token is None and not connection.uses_authorization_code:
-            token = _first_client_credentials_token(connection)
+            try:
+                token = services.client_credentials_token_obtain(connection=connection)
+            except ProviderError as exc:
+                raise _provider_failure(exc, None) from None
         if token is None:
             who = key.user.get_username() if connection.is_user_specific else "nobody"
             raise TokenRequestError(

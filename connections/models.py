@@ -9,6 +9,12 @@ from django_cryptography.fields import encrypt
 
 from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_scopes
 
+# The feature permissions a role carries (codename: label); Django permissions of the Connection model.
+FEATURE_PERMISSIONS = {
+    "manage_connections": "Manage connections (create, edit, connect, delete)",
+    "view_connections": "View connections and their status",
+}
+
 
 class TokenType(models.TextChoices):
     SHARED = "shared", "Shared (one token, authorized by an administrator, for unattended bots)"
@@ -56,10 +62,7 @@ class Connection(models.Model):
     class Meta:
         ordering = ["name"]
         default_permissions = ()
-        permissions = [
-            ("manage_connections", "Manage connections (create, edit, connect, delete)"),
-            ("view_connections", "View connections and their status"),
-        ]
+        permissions = list(FEATURE_PERMISSIONS.items())
 
     def __str__(self) -> str:
         return self.name

@@ -17,12 +17,13 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Permission
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from connections import oauth_client, selectors
 from connections.models import (
+    FEATURE_PERMISSIONS,
     AuditEvent,
     AuthorizationRequest,
     BeatHeartbeat,
@@ -118,6 +119,19 @@ def token_store(
     authorized_by: AbstractBaseUser | None = None,
 ) -> OAuthToken:
     """Write a new access token with its refresh token in one write; keep what the response leaves out."""
+    try:
+        return _token_write(connection, user, response, authorized_by)
+    except IntegrityError:
+        # Another process stored this connection's first token at the same moment; now there is a row to update.
+        return _token_write(connection, user, response, authorized_by)
+
+
+def _token_write(
+    connection: Connection,
+    user: AbstractBaseUser | None,
+    response: TokenResponse,
+    authorized_by: AbstractBaseUser | None,
+) -> OAuthToken:
     expires_at, next_refresh_at = _expiry(connection, response)
     owner = user if connection.is_user_specific else None
     with transaction.atomic():
@@ -394,15 +408,16 @@ def _notify_on_commit(event: str, connection: Connection, subject: str, message:
     transaction.on_commit(lambda: notify_managers(event=event, connection=connection, subject=subject, message=message))
 
 
-def _raise_if_failed_since(token: OAuthToken, started: datetime) -> None:
+def _failed_since(token: OAuthToken, started: datetime) -> bool:
+    return bool(token.last_error_at and token.last_error_at >= started)
+
+
+def _shared_failure(token: OAuthToken) -> ProviderError:
     """Someone else's refresh failed while we waited: share their result rather than ask the provider again
     (a rejected refresh token must not be presented once per waiting caller)."""
-    if token.last_error_at and token.last_error_at >= started:
-        raise ProviderError(
-            token.last_error,
-            error="shared_failure",
-            permanent=token.state == TokenState.REAUTHORIZATION_REQUIRED,
-        )
+    return ProviderError(
+        token.last_error, error="shared_failure", permanent=token.state == TokenState.REAUTHORIZATION_REQUIRED
+    )
 
 
 def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:
@@ -421,7 +436,8 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
         token.refresh_from_db()
         if token.generation > seen_generation:
             return token
-        _raise_if_failed_since(token, started)
+        if _failed_since(token, started):
+            raise _shared_failure(token)
         if time.monotonic() > deadline:
             raise ProviderError(
                 "Another process is refreshing this token and has not finished; try again shortly.",
@@ -430,11 +446,12 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
             )
         time.sleep(0.05)
     token.refresh_from_db()
-    if token.generation > seen_generation or (token.last_error_at and token.last_error_at >= started):
+    if token.generation > seen_generation or _failed_since(token, started):
+        # Settled while we took the lease: give it back and share that result.
         OAuthToken.objects.filter(pk=token.pk, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
         if token.generation > seen_generation:
             return token
-        _raise_if_failed_since(token, started)
+        raise _shared_failure(token)
     try:
         response = _fetch_new_token(connection, token)
     except ProviderError as exc:
@@ -493,6 +510,24 @@ def token_refresh_scheduled(*, token_id: int, generation: int) -> None:
         logger.warning("Refresh of %s failed: %s", token.connection.slug, exc.message)
 
 
+def client_credentials_token_obtain(
+    *, connection: Connection, authorized_by: AbstractBaseUser | None = None
+) -> OAuthToken:
+    """A client-credentials connection needs no person to authorize it: fetch and store a token now."""
+    response = oauth_client.client_credentials(connection_client_config(connection))
+    with transaction.atomic():
+        token = token_store(connection=connection, user=None, response=response, authorized_by=authorized_by)
+        audit_record(
+            action="token_obtain",
+            outcome="success",
+            connection=connection,
+            actor=authorized_by,
+            actor_label="" if authorized_by else "token endpoint",
+            detail="Client credentials token fetched.",
+        )
+    return token
+
+
 def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
     """Save and test connection: prove the credentials work now. Returns a sentence for the admin."""
     if not connection.is_enabled:
@@ -501,15 +536,12 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
         token = selectors.token_for(connection, None)
         if token is None:
             try:
-                response = oauth_client.client_credentials(connection_client_config(connection))
+                token = client_credentials_token_obtain(connection=connection, authorized_by=actor)
             except ProviderError as exc:
                 audit_record(
                     action="connection_test", outcome="failure", connection=connection, actor=actor, detail=exc.message
                 )
                 raise ConnectionActionError(f"Test failed: {exc.message}") from None
-            with transaction.atomic():
-                token = token_store(connection=connection, user=None, response=response, authorized_by=actor)
-                audit_record(action="connection_test", outcome="success", connection=connection, actor=actor)
             return f"Test passed: the provider issued an access token ({selectors.token_status(token).expiry_text})."
     elif connection.is_user_specific:
         token = selectors.token_for(connection, actor)
@@ -606,23 +638,22 @@ def role_update(
     feature_permissions: list[str],
     members: list[AbstractBaseUser],
     connections: list[Connection],
-    actor: AbstractBaseUser,
+    actor: AbstractBaseUser | None,
+    actor_label: str = "",
 ) -> None:
     """Set a role's feature permissions, members and invited connections (other permissions are kept)."""
-    wanted = set(feature_permissions)
-    feature_codenames = {"manage_connections", "view_connections"}
+    wanted = set(feature_permissions) & set(FEATURE_PERMISSIONS)
     with transaction.atomic():
-        current = role.permissions.filter(content_type__app_label="connections", codename__in=feature_codenames)
-        role.permissions.remove(*[permission for permission in current if permission.codename not in wanted])
-        role.permissions.add(
-            *Permission.objects.filter(content_type__app_label="connections", codename__in=wanted & feature_codenames)
-        )
+        features = Permission.objects.filter(content_type__app_label="connections", codename__in=FEATURE_PERMISSIONS)
+        role.permissions.remove(*[permission for permission in features if permission.codename not in wanted])
+        role.permissions.add(*[permission for permission in features if permission.codename in wanted])
         role.user_set.set(members)
         role.connections.set(connections)
         audit_record(
             action="role_update",
             outcome="success",
             actor=actor,
+            actor_label=actor_label,
             detail=f"Role {role.name}: permissions {sorted(wanted) or 'none'}; {len(members)} member(s); "
             f"connections {[connection.slug for connection in connections] or 'none'}.",
         )

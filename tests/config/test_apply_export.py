@@ -91,7 +91,8 @@ def test_apply_on_an_empty_database(config):
     assert list(role.permissions.values_list("codename", flat=True)) == ["view_connections"]
     bot = User.objects.get(username="finance-bot")
     assert bot.email == "finance-bot@example.com" and not bot.has_usable_password()
-    assert AuditEvent.objects.filter(action="config_create").count() == 4
+    assert AuditEvent.objects.filter(action="config_create").count() == 3  # a user and two connections
+    assert AuditEvent.objects.filter(action="role_update", actor_label="apply_config").count() == 1
 
 
 def test_applying_twice_changes_nothing(config):
