@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--database-options", default="", help="JSON merged into the database OPTIONS")
     parser.add_argument(
         "--profile",
-        choices=("token", "prototype", "prototype-no-audit", "bare"),
+        choices=("token", "prototype", "prototype-no-audit", "prototype-cached", "bare"),
         default="token",
         help="the URL to run under cProfile (default token; the prototypes are bench/prototype.py)",
     )
@@ -148,7 +148,7 @@ def main() -> None:
 
         print(f"\nMean per request over {args.requests} requests, test client, one process:")
         paths = {"bare": BARE_PATH, "token": token_path}
-        for variant in ("prototype", "prototype-no-audit"):  # bench/prototype.py
+        for variant in ("prototype", "prototype-no-audit", "prototype-cached"):  # bench/prototype.py
             paths[variant] = f"/bench/{variant}/{app.slug}/token"
             get(paths[variant])  # a first call may take the real view to write last-used
         for name, path in paths.items():

@@ -118,3 +118,71 @@ def token_prototype(request: HttpRequest, slug: str) -> HttpResponse:
 @require_GET
 def token_prototype_no_audit(request: HttpRequest, slug: str) -> HttpResponse:
     return _token(request, slug, audit=False)
+
+
+# --- cached variant: no SQL on a hit; one Redis round trip (Lua) checks the generation, counts, queues audit.
+FAST_LUA = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return -1 end
+local count = tonumber(redis.call('GET', KEYS[2]) or '0')
+if count >= tonumber(ARGV[2]) then return -2 end
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 120, 'NX')
+return redis.call('RPUSH', KEYS[3], ARGV[3])
+"""
+_grants: dict = {}
+_script = None
+
+
+_conn = None
+
+
+def _run_script(keys, args):
+    global _conn
+    if _conn is None:
+        _conn = redis.Redis.from_url(settings.REDIS_URL).connection_pool.make_connection()
+        _conn.send_command("SCRIPT", "LOAD", FAST_LUA)
+        _conn.read_response()
+    _conn.send_command("EVALSHA", _sha, len(keys), *keys, *args)
+    return _conn.read_response()
+
+
+_sha = hashlib.sha1(FAST_LUA.encode()).hexdigest()
+
+
+def _cached(request: HttpRequest, slug: str) -> HttpResponse:
+    raw = request.META.get("HTTP_AUTHORIZATION", "")
+    if not raw.startswith("Bearer crk_") or request.GET:
+        return views.connection_token(request, slug)
+    key_id, _, secret = raw[11:].partition("_")
+    grant = _grants.get((key_id, slug))
+    if grant is None:
+        _run_script([], [])  if False else None
+        r = redis.Redis.from_url(settings.REDIS_URL)
+        generation = r.get("grant-gen") or b"0"
+        with connection.cursor() as cursor:
+            cursor.execute(FAST_PATH_SQL, [slug, key_id])
+            row = cursor.fetchone()
+        plain = OAuthToken._meta.get_field("access_token").from_db_value(row[12], None, connection)
+        (key_id_, digest, revoked_at, key_expires_at, last_used_at, user_pk, username, user_active) = row[:8]
+        (connection_pk, slug_, enabled, invited, access_token, token_type, scope, extra, expires_at, state) = row[8:]
+        body_prefix = json.dumps({"connection": slug, "access_token": plain, "token_type": token_type or "Bearer",
+            "expires_at": expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if expires_at else None})[:-1]
+        body_suffix = json.dumps({"scope": scope, "extra": json.loads(extra) if isinstance(extra, str) else extra})[1:]
+        grant = _grants[(key_id, slug)] = (generation.decode(), digest, expires_at.timestamp(), body_prefix, body_suffix, user_pk, connection_pk)
+    generation, digest, expires_ts, body_prefix, body_suffix, user_pk, connection_pk = grant
+    now = time.time()
+    if not hmac.compare_digest(digest, hashlib.sha256(secret.encode()).hexdigest()) or expires_ts - now <= 60:
+        return views.connection_token(request, slug)
+    event = f'[{now},{user_pk},"{key_id}",{connection_pk},"{request.META.get("REMOTE_ADDR")}"]'
+    counter = cache.make_key(f"token-rate:{key_id}:{int(now // 60)}")
+    if _run_script(["grant-gen", counter, "audit-queue"], [generation, settings.TOKEN_RATE_LIMIT_PER_MINUTE, event]) < 0:
+        return views.connection_token(request, slug)
+    response = HttpResponse(f'{body_prefix}, "expires_in": {int(expires_ts - now)}, {body_suffix}', content_type="application/json")
+    response["Cache-Control"] = "no-store"
+    response["Pragma"] = "no-cache"
+    return response
+
+
+@require_GET
+def token_prototype_cached(request: HttpRequest, slug: str) -> HttpResponse:
+    return _cached(request, slug)

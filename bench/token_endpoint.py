@@ -385,7 +385,7 @@ def main() -> int:
             base = f"http://127.0.0.1:{app.port}"
             urls = {"token": f"{base}/api/v1/connections/{app.slug}/token", "bare": f"{base}{BARE_PATH}"}
             if args.prototype:
-                for variant in ("prototype", "prototype-no-audit"):
+                for variant in ("prototype", "prototype-no-audit", "prototype-cached"):
                     urls[variant] = f"{base}/bench/{variant}/{app.slug}/token"
             wait_until_serving(urls["bare"], gunicorn, log)
             answer = check_answer(urls["token"], app.authorization, app.access_token)

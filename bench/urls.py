@@ -4,7 +4,7 @@ JSON endpoint), and the token endpoint prototypes of bench/prototype.py."""
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from bench.prototype import token_prototype, token_prototype_no_audit
+from bench.prototype import token_prototype, token_prototype_cached, token_prototype_no_audit
 from controlroom.urls import urlpatterns as app_urlpatterns
 
 
@@ -18,4 +18,5 @@ urlpatterns = [
     path("bench/bare", bare, name="bench_bare"),
     path("bench/prototype/<str:slug>/token", token_prototype),
     path("bench/prototype-no-audit/<str:slug>/token", token_prototype_no_audit),
+    path("bench/prototype-cached/<str:slug>/token", token_prototype_cached),
 ]

@@ -14,6 +14,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from connections import token_cache
 from connections.models import BotKey
 from connections.services import audit_record
 
@@ -23,7 +24,7 @@ KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
-def _digest(secret: str) -> str:
+def secret_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -44,7 +45,7 @@ def bot_key_create(
             user=user,
             name=name,
             key_id=key_id,
-            digest=_digest(secret),
+            digest=secret_digest(secret),
             created_by=created_by,
             expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
         )
@@ -64,6 +65,7 @@ def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> boo
     with transaction.atomic():
         revoked = BotKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if revoked:
+            token_cache.grants_changed()
             audit_record(
                 action="bot_key_revoke",
                 outcome="success",
@@ -90,7 +92,7 @@ def bot_key_authenticate(raw_key: str, *, remote_addr: str | None = None) -> Bot
             .filter(key_id=key_id)
             .first()
         )
-    if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
+    if key is None or not hmac.compare_digest(key.digest, secret_digest(secret)):
         raise BotKeyRejected("The bot key is not valid.")
     now = timezone.now()
     if key.revoked_at is not None:
@@ -101,4 +103,5 @@ def bot_key_authenticate(raw_key: str, *, remote_addr: str | None = None) -> Bot
         raise BotKeyRejected("The bot key's user is deactivated.")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         BotKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_from=remote_addr)
+        key.last_used_at = now
     return key

@@ -1,8 +1,11 @@
 """The token endpoint's logic: from a bot key and a connection slug to a valid access token, or an error code.
 
 Error codes and statuses are DESIGN.md's contract. Every answer writes one audit event, never the token.
+A request like one this process has just answered is answered from memory (connections.token_cache); the
+first, and every refusal, refresh or change, goes the full way through the database.
 """
 
+import hmac
 import math
 import re
 import time
@@ -16,9 +19,9 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from connections import services
-from connections.bot_keys import BotKeyRejected, bot_key_authenticate
-from connections.models import BotKey, Connection, OAuthToken, TokenState
+from connections import services, token_cache
+from connections.bot_keys import KEY_PREFIX, LAST_USED_RESOLUTION, BotKeyRejected, bot_key_authenticate, secret_digest
+from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
 from connections.oauth_client import ProviderError
 
 MAX_MIN_VALIDITY = 24 * 3600
@@ -73,7 +76,7 @@ def _check_rate(key: BotKey) -> None:
     if not limit:
         return
     window = int(time.time() // 60)
-    counter = f"token-rate:{key.key_id}:{window}"
+    counter = token_cache.rate_counter(key.key_id, window)
     try:
         count = cache.incr(counter)  # one round trip in the common case: the window's counter exists
     except ValueError:
@@ -170,10 +173,59 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
         raise _provider_failure(exc, token) from None
 
 
+def _answer_from_grant(
+    authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None
+) -> IssuedToken | None:
+    """The answer kept from an earlier request, or None when the full path must answer this one."""
+    scheme, _, raw_key = authorization.partition(" ")
+    key_id, _, secret = raw_key.strip().removeprefix(KEY_PREFIX).partition("_")
+    now = timezone.now()
+    grant = token_cache.grant_find(key_id, slug, now) if scheme.lower() == "bearer" and secret else None
+    if grant is None:
+        return None
+    try:
+        min_validity, force_refresh = _parse_params(params)
+    except TokenRequestError:
+        return None
+    usable = (
+        not force_refresh
+        and hmac.compare_digest(grant.digest, secret_digest(secret))
+        and (grant.key_expires_at is None or grant.key_expires_at > now)
+        and now - grant.last_used_at <= LAST_USED_RESOLUTION  # else the full path writes last-used
+        and token_valid_for(grant.token_expires_at, now, min_validity)
+    )
+    event = {**grant.audit, "created_at": now.isoformat(), "remote_addr": remote_addr}
+    if usable and token_cache.grant_use(grant, window=int(now.timestamp() // 60), event=event):
+        return grant.answer
+    return None
+
+
+def _grant_remember(key: BotKey, token: OAuthToken, answer: IssuedToken, audit: dict, counters: tuple | None) -> None:
+    if counters is None or token.state != TokenState.ACTIVE:
+        return
+    grant = token_cache.Grant(
+        key_id=key.key_id,
+        digest=key.digest,
+        key_expires_at=key.expires_at,
+        last_used_at=key.last_used_at,
+        token_expires_at=token.expires_at,
+        answer=answer,
+        audit=audit,
+        counters=counters,
+        stored_at=timezone.now(),
+    )
+    token_cache.grant_remember(grant)
+
+
 def token_request(
     *, authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None = None
 ) -> IssuedToken:
     """Answer one bot's request for a token. Raises TokenRequestError for every refusal."""
+    answer = _answer_from_grant(authorization, slug, params, remote_addr)
+    if answer is not None:
+        return answer
+    # Read before the database: a change committed after this read moves them, and the grant dies with it.
+    counters = token_cache.counters(slug) if SLUG_PATTERN.fullmatch(slug) else None
     key: BotKey | None = None
     connection: Connection | None = None
     outcome, detail = "failure", ""
@@ -201,7 +253,7 @@ def token_request(
             )
         token = _fresh_token(connection, token, min_validity, force_refresh)
         outcome, detail = "success", f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
-        return IssuedToken(
+        answer = IssuedToken(
             connection=connection.slug,
             access_token=token.access_token,
             token_type=token.token_type or "Bearer",
@@ -213,7 +265,7 @@ def token_request(
         detail = f"{exc.status} {exc.error}: {exc.detail}"
         raise
     finally:
-        services.audit_record(
+        event = services.audit_record(
             action="token_request",
             outcome=outcome,
             connection=connection,
@@ -222,3 +274,6 @@ def token_request(
             detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
             remote_addr=remote_addr,
         )
+    audit = {field: getattr(event, field) for field in token_cache.AUDIT_FIELDS}
+    _grant_remember(key, token, answer, audit, counters)
+    return answer

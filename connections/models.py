@@ -163,8 +163,12 @@ class OAuthToken(models.Model):
         return int((self.expires_at - (now or timezone.now())).total_seconds())
 
     def is_valid(self, now: datetime | None = None, min_validity: int = 0) -> bool:
-        remaining = self.expires_in(now)
-        return remaining is None or remaining > min_validity
+        return token_valid_for(self.expires_at, now or timezone.now(), min_validity)
+
+
+def token_valid_for(expires_at: datetime | None, now: datetime, min_validity: int = 0) -> bool:
+    """A token without an expiry counts as valid; others must outlive `min_validity` seconds from now."""
+    return expires_at is None or int((expires_at - now).total_seconds()) > min_validity
 
 
 class AuthorizationRequest(models.Model):

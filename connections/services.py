@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Permission
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from connections import oauth_client, selectors
+from connections import oauth_client, selectors, token_cache
 from connections.models import (
     FEATURE_PERMISSIONS,
     AuditEvent,
@@ -77,6 +78,45 @@ def audit_record(
         detail=detail.replace("\x00", ""),
         remote_addr=remote_addr or None,
     )
+
+
+def audit_queue_drain(*, batch_size: int = 1000) -> int:
+    """Move the audit events the token endpoint queued in Redis (connections.token_cache) into the audit table.
+
+    Returns how many were moved. A drainer that dies after its insert but before removing the batch from the
+    queue leaves it to be inserted again: an event may then appear twice, but is never lost.
+    """
+    if not token_cache.enabled():
+        return 0
+    moved = 0
+    with token_cache.audit_queue_lock() as lock:
+        while lock is not None and (queued := token_cache.audit_queue_peek(batch_size)):
+            AuditEvent.objects.bulk_create(_audit_events(queued))
+            token_cache.audit_queue_remove(len(queued))
+            moved += len(queued)
+            lock.reacquire()
+    return moved
+
+
+def _audit_events(queued: list[dict]) -> list[AuditEvent]:
+    # A user or connection deleted since its event was queued: the event stays, with its labels.
+    users = set(
+        get_user_model().objects.filter(pk__in={event["actor_id"] for event in queued}).values_list("pk", flat=True)
+    )
+    connections = set(
+        Connection.objects.filter(pk__in={event["connection_id"] for event in queued}).values_list("pk", flat=True)
+    )
+    return [
+        AuditEvent(
+            **{
+                **event,
+                "created_at": datetime.fromisoformat(event["created_at"]),
+                "actor_id": event["actor_id"] if event["actor_id"] in users else None,
+                "connection_id": event["connection_id"] if event["connection_id"] in connections else None,
+            }
+        )
+        for event in queued
+    ]
 
 
 def connection_client_config(connection: Connection) -> ClientConfig:
@@ -373,6 +413,7 @@ def _record_refresh_failure(token: OAuthToken, exc: ProviderError, actor_label: 
         else:
             delay = _backoff_seconds(token.consecutive_failures + 1)
             tokens.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay), **fields)
+        token_cache.grants_changed(slug=connection.slug)
         audit_record(
             action="token_refresh",
             outcome="failure",

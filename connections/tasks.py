@@ -22,3 +22,10 @@ def refresh_sweep() -> int:
 def refresh_token(token_id: int, generation: int) -> None:
     """Refresh one token. Retries are the sweep's job (on the token's backoff schedule), not Celery's."""
     services.token_refresh_scheduled(token_id=token_id, generation=generation)
+
+
+@shared_task(name="connections.tasks.audit_queue_drain", ignore_result=True)
+def audit_queue_drain() -> int:
+    """Queued by the token endpoint a second after the first event of a batch, and scheduled by beat in case
+    that message was lost: move the queued audit events into the audit table."""
+    return services.audit_queue_drain()

@@ -109,7 +109,7 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
     """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'."""
     try:
         issued = issuing.token_request(
-            authorization=request.headers.get("Authorization", ""),
+            authorization=request.META.get("HTTP_AUTHORIZATION", ""),
             slug=slug,
             params=request.GET.dict(),
             remote_addr=_remote_addr(request),

@@ -5,15 +5,28 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
+import redis
+from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
+from connections import token_cache
 from connections.models import Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
 
 _counter = itertools.count(1)
 PROVIDER_USER = ("alice", "alice-provider-password")
+
+
+@pytest.fixture(autouse=True)
+def fresh_token_cache() -> Iterator[None]:
+    """Cached grants and queued audit events outlive a test's rolled-back database: none may reach the next."""
+    token_cache._grants.clear()
+    yield
+    token_cache._grants.clear()
+    if token_cache.enabled():
+        redis.Redis.from_url(settings.REDIS_URL).delete(token_cache.audit_queue())
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +123,8 @@ def connect(client: Client, connection: Connection, authserver: AuthServer, *, a
 
 def shared_token(connection: Connection) -> OAuthToken | None:
     return OAuthToken.objects.filter(connection=connection, user__isnull=True).first()
+
+
+def get_token(raw_key: str | None, slug: str, **params: str):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {raw_key}"} if raw_key else {}
+    return Client().get(f"/api/v1/connections/{slug}/token", params, **headers)

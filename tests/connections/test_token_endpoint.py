@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from connections.bot_keys import bot_key_create
 from connections.models import AuditEvent, BotKey, OAuthToken
-from tests.conftest import connect, shared_token
+from tests.conftest import connect, get_token, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -18,31 +18,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _fresh_rate_counters():
     cache.clear()
-
-
-@pytest.fixture
-def bot(make_user):
-    """A bot runner in a role, and its key."""
-    role = Group.objects.create(name="Finance bots")
-    user = make_user("finance-bot", roles=(role,))
-    key, raw = bot_key_create(user=user, name="finance runner")
-    return user, role, key, raw
-
-
-@pytest.fixture
-def connected(make_connection, manager_client, authserver, bot):
-    """A shared authorization-code connection, authorized, and invited to the bot's role."""
-    connection = make_connection()
-    authserver.set_token_extra({"instance_url": "https://acme.my.example"})
-    manager_client.get(connect(manager_client, connection, authserver))
-    authserver.set_token_extra({})
-    connection.roles.add(bot[1])
-    return connection
-
-
-def get_token(raw_key: str | None, slug: str, **params: str):
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {raw_key}"} if raw_key else {}
-    return Client().get(f"/api/v1/connections/{slug}/token", params, **headers)
 
 
 def _error(response) -> str:
