@@ -3,7 +3,9 @@
     .venv/bin/python bench/profile_token.py [--requests 500] [--rate-limit N]
 
 Same database, data and settings as bench/token_endpoint.py, but in this one process through Django's test
-client (full middleware, no gunicorn), so the figures hold only the app's work. The step timings call
+client (full middleware, no gunicorn), so the figures hold only the app's work. "token" is the endpoint as bots
+meet it (repeated requests are answered from memory, connections.token_cache); "token-full-path" forgets what
+was kept before each request, so every one goes through the database. The step timings call
 connections.issuing's private steps one by one; if they are renamed, that section says so and is skipped.
 """
 
@@ -112,9 +114,9 @@ def main() -> None:
     parser.add_argument("--database-options", default="", help="JSON merged into the database OPTIONS")
     parser.add_argument(
         "--profile",
-        choices=("token", "prototype", "prototype-no-audit", "prototype-cached", "bare"),
+        choices=("token", "token-full-path", "bare"),
         default="token",
-        help="the URL to run under cProfile (default token; the prototypes are bench/prototype.py)",
+        help="the URL to run under cProfile (default token)",
     )
     args = parser.parse_args()
     with prepared_app(rate_limit=args.rate_limit, database_options=args.database_options) as app:
@@ -127,37 +129,39 @@ def main() -> None:
         from django.test import Client
         from django.test.utils import CaptureQueriesContext
 
+        from connections import token_cache
+
         client = Client(SERVER_NAME="127.0.0.1", HTTP_AUTHORIZATION=app.authorization)
         token_path = f"/api/v1/connections/{app.slug}/token"
+        paths = {"bare": BARE_PATH, "token": token_path, "token-full-path": token_path}
 
-        def get(path: str) -> None:
-            response = client.get(path)
+        def get(name: str) -> None:
+            if name == "token-full-path":
+                token_cache._process().grants.clear()  # nothing kept: this request goes through the database
+            response = client.get(paths[name])
             if response.status_code != 200:
-                raise SystemExit(f"{path} answered {response.status_code}: {response.content[:300]!r}")
+                raise SystemExit(f"{name} answered {response.status_code}: {response.content[:300]!r}")
 
         for _ in range(20):  # connections opened, caches filled, last-used written
-            get(token_path)
-            get(BARE_PATH)
+            get("token-full-path")
+            get("bare")
 
         with CaptureQueriesContext(connection) as queries:
-            get(token_path)
-        print(f"\nSQL of one token request ({len(queries)} queries; CONN_HEALTH_CHECKS adds an uncounted SELECT 1):")
+            get("token-full-path")
+        print(f"\nSQL of one token request through the database ({len(queries)} queries; CONN_HEALTH_CHECKS adds an")
+        print("uncounted SELECT 1):")
         for query in queries:
             print(f"  {query['sql'][:160]}")
         explain_queries([query["sql"] for query in queries if query["sql"].startswith("SELECT")], args.requests)
 
         print(f"\nMean per request over {args.requests} requests, test client, one process:")
-        paths = {"bare": BARE_PATH, "token": token_path}
-        for variant in ("prototype", "prototype-no-audit", "prototype-cached"):  # bench/prototype.py
-            paths[variant] = f"/bench/{variant}/{app.slug}/token"
-            get(paths[variant])  # a first call may take the real view to write last-used
-        for name, path in paths.items():
+        for name in paths:
             with CaptureQueriesContext(connection) as queries:
-                get(path)
+                get(name)
             statements = len(queries)  # now: the next request's request_started signal empties the log
             started, cpu_started = time.perf_counter(), time.process_time()
             for _ in range(args.requests):
-                get(path)
+                get(name)
             wall = (time.perf_counter() - started) / args.requests
             cpu = (time.process_time() - cpu_started) / args.requests
             print(f"  {name:20} {wall * 1e3:6.2f} ms wall, {cpu * 1e3:6.2f} ms CPU here, {statements} SQL statements")
@@ -168,12 +172,12 @@ def main() -> None:
         profile = cProfile.Profile(time.process_time)
         profile.enable()
         for _ in range(args.requests):
-            get(paths[args.profile])
+            get(args.profile)
         profile.disable()
         stats = pstats.Stats(profile)
         print(f"\nCPU of this process per {args.profile} request, by step of the app's code (cProfile, µs):")
         for (filename, _, function), row in sorted(stats.stats.items(), key=lambda item: -item[1][3]):
-            ours = "/connections/" in filename or filename.endswith("prototype.py")
+            ours = "/connections/" in filename
             if ours and "/site-packages/" not in filename and row[3] / args.requests > 20e-6:
                 print(f"  {row[3] / args.requests * 1e6:8.0f}  {function} ({Path(filename).name})")
         for order, title in (("cumulative", "with what they call"), ("tottime", "of their own")):

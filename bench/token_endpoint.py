@@ -1,7 +1,7 @@
 """Throughput of GET /api/v1/connections/<slug>/token against a bare Django JSON view, on this machine.
 
     .venv/bin/python bench/token_endpoint.py [--seconds 15] [--workers 4] [--concurrency 8]
-        [--prototype] [--database-options JSON] [--rate-limit N] [--client auto|wrk|python]
+        [--database-options JSON] [--rate-limit N] [--client auto|wrk|python]
 
 What it runs, all thrown away afterwards (also on Ctrl-C):
 - PostgreSQL and Redis from tests/support/servers.py, as the scaled-out deployment uses (DATABASE_URL,
@@ -12,6 +12,8 @@ What it runs, all thrown away afterwards (also on Ctrl-C):
 - one gunicorn (sync workers, no access log) serving bench.settings: the production settings with DEBUG off,
   plus /bench/bare, a view answering {"ok": true} without touching the database or the cache. Both URLs go
   through the same gunicorn, middleware and settings, so their ratio is the cost of the endpoint's own work;
+- one Celery worker (solo pool), which writes the audit events the endpoint queues into the audit table: that
+  work is part of every answer, so its CPU is counted, and the run checks that every answer got its event;
 - wrk on loopback (a multi-process Python client when wrk is missing): a warm-up, then the same duration and
   concurrency for each URL.
 
@@ -23,9 +25,9 @@ The database runs with fsync off (tests' settings), so commits are cheaper here 
 Prints requests per second, p50 and p99 for both URLs, and token/bare (target 0.7 or more); then the CPU
 each request cost gunicorn, PostgreSQL, Redis and the client, read from /proc, and what other processes
 used meanwhile. On a shared machine another job lowers throughput, not this run's CPU per request, so the
-ratio is printed by CPU too. --prototype adds bench/prototype.py's sketch of a cheaper endpoint;
---database-options tries database OPTIONS (e.g. server-side binding) without touching the app.
-Exits 1 if any response was not a 200 (or a connection failed), 2 if the set-up failed.
+ratio is printed by CPU too. --database-options tries database OPTIONS (e.g. server-side binding) without
+touching the app. Exits 1 if any response was not a 200 (or a connection failed) or an answer has no audit
+event, 2 if the set-up failed.
 """
 
 import argparse
@@ -117,11 +119,6 @@ def parse_args() -> argparse.Namespace:
         default="",
         help='JSON merged into the database OPTIONS, e.g. \'{"server_side_binding": true, "prepare_threshold": 5}\'',
     )
-    parser.add_argument(
-        "--prototype",
-        action="store_true",
-        help="also measure bench/prototype.py's sketch of a cheaper endpoint, with and without the audit row",
-    )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
     return parser.parse_args()
 
@@ -143,6 +140,29 @@ def start_gunicorn(*, env: dict, port: int, workers: int, log: Path) -> subproce
     ]
     # Its own session: Ctrl-C reaches only this script, which then stops gunicorn in order.
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
+
+
+def start_worker(*, env: dict, log: Path) -> subprocess.Popen:
+    # One process is plenty for the audit drain, and keeps its CPU easy to read.
+    command = [sys.executable, "-m", "celery", "--app", "controlroom", "worker", "--pool=solo", "--loglevel=warning"]
+    command += ["--without-gossip", "--without-mingle", f"--logfile={log}"]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
+
+
+def wait_for_audit_events(database_url: str, *, at_least: int, seconds: float = 60) -> int:
+    """The number of token_request audit events, once it reaches at_least or stops growing for 5 s."""
+    import psycopg
+
+    deadline, last, unchanged_since = time.monotonic() + seconds, -1, time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while True:
+            query = "SELECT count(*) FROM connections_auditevent WHERE action = 'token_request'"
+            count = connection.execute(query).fetchone()[0]
+            if count != last:
+                last, unchanged_since = count, time.monotonic()
+            if count >= at_least or time.monotonic() - unchanged_since > 5 or time.monotonic() > deadline:
+                return count
+            time.sleep(0.5)
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, log: Path, seconds: float = 30) -> None:
@@ -323,7 +343,7 @@ def prepared_app(*, rate_limit: int, database_options: str = "") -> Iterator[Pre
             database_url=database_url,
             redis_url=redis_url,
             workdir=workdir,
-            DJANGO_SETTINGS_MODULE="bench.settings",  # adds the bare view (and the prototypes) to the real app
+            DJANGO_SETTINGS_MODULE="bench.settings",  # adds the bare view to the real app
             SECURE_SSL_REDIRECT="false",  # plain http on loopback; a redirect would be measured as a failure
             ALLOWED_HOSTS="127.0.0.1",
             PUBLIC_URL=f"http://127.0.0.1:{port}",
@@ -344,7 +364,7 @@ def prepared_app(*, rate_limit: int, database_options: str = "") -> Iterator[Pre
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-CPU_PARTS = ("app", "postgres", "redis", "client")
+CPU_PARTS = ("app", "worker", "postgres", "redis", "client")
 
 
 def cpu_cost(result: Result) -> float:
@@ -376,7 +396,7 @@ def main() -> int:
     # SIGTERM (a CI timeout) must run the clean-up below as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    gunicorn: subprocess.Popen | None = None
+    gunicorn = worker = None
     with prepared_app(rate_limit=args.rate_limit, database_options=args.database_options) as app:
         try:
             print(f"Starting gunicorn: {args.workers} sync workers on 127.0.0.1:{app.port} ...", flush=True)
@@ -384,21 +404,14 @@ def main() -> int:
             gunicorn = start_gunicorn(env=app.env, port=app.port, workers=args.workers, log=log)
             base = f"http://127.0.0.1:{app.port}"
             urls = {"token": f"{base}/api/v1/connections/{app.slug}/token", "bare": f"{base}{BARE_PATH}"}
-            if args.prototype:
-                for variant in ("prototype", "prototype-no-audit", "prototype-cached"):
-                    urls[variant] = f"{base}/bench/{variant}/{app.slug}/token"
+            worker = start_worker(env=app.env, log=app.workdir / "worker.log")
             wait_until_serving(urls["bare"], gunicorn, log)
-            answer = check_answer(urls["token"], app.authorization, app.access_token)
-            for name in urls.keys() - {"token", "bare"}:
-                # A prototype must give the same answer (expires_in may have ticked by a second meanwhile).
-                other = check_answer(urls[name], app.authorization, app.access_token)
-                if {**other, "expires_in": 0} != {**answer, "expires_in": 0}:
-                    raise SetupError(f"{name} answers differently:\n{other}\n{answer}")
+            check_answer(urls["token"], app.authorization, app.access_token)
 
             script = app.workdir / "bench.lua"
             script.write_text(WRK_SCRIPT)
 
-            roots = {"app": gunicorn.pid, **app.pids}
+            roots = {"app": gunicorn.pid, "worker": worker.pid, **app.pids}
 
             def load(name: str, seconds: float) -> Result:
                 before, started = cpu_snapshot(roots), time.monotonic()
@@ -416,10 +429,15 @@ def main() -> int:
             print(f"Load: {client}, {args.concurrency} connections, {WARM_UP_SECONDS} s warm-up, then ", end="")
             print(f"{args.seconds:g} s per URL ...", flush=True)
             # Warm-up: every worker opens its database and Redis connections and fills its caches.
-            warm_up_failures = sum(load(name, WARM_UP_SECONDS).failures for name in urls)
+            warm_up = {name: load(name, WARM_UP_SECONDS) for name in urls}
             results = {name: load(name, args.seconds) for name in urls}
+            stop(gunicorn)  # its workers report what they answered last as they exit
+            # One answer by hand, then two runs of wrk, each of which may leave its last requests unanswered.
+            answered = 1 + warm_up["token"].requests + results["token"].requests
+            audited = wait_for_audit_events(app.env["DATABASE_URL"], at_least=answered)
         finally:
             stop(gunicorn)
+            stop(worker)
 
     cores = os.cpu_count()
     usable = len(os.sched_getaffinity(0))
@@ -437,9 +455,13 @@ def main() -> int:
             verdict = "meets" if ratio >= TARGET_RATIO else "is BELOW"
             by_cpu = cpu_cost(results["bare"]) / cpu_cost(results[name]) if cpu_cost(results[name]) else 0.0
             print(f"{name}/bare: {ratio:.2f} ({verdict} the {TARGET_RATIO} target); by CPU per request: {by_cpu:.2f}")
-    failures = warm_up_failures + sum(result.failures for result in results.values())
+    print(f"Audit: {audited} token_request events in the audit table for {answered} answers counted by the client.")
+    failures = sum(result.failures for result in [*warm_up.values(), *results.values()])
     if failures:
         print(f"FAILED: {failures} responses were not 200 (warm-up included); these figures mean nothing.")
+        return 1
+    if audited < answered:
+        print(f"FAILED: {answered - audited} answers have no audit event.")
         return 1
     return 0
 

@@ -77,11 +77,15 @@ def _check_rate(key: BotKey) -> None:
         return
     window = int(time.time() // 60)
     counter = token_cache.rate_counter(key.key_id, window)
+    # This request, and those this process answered from memory and has not reported yet.
+    delta = 1 + token_cache.rate_unreported(key.key_id, window)
     try:
-        count = cache.incr(counter)  # one round trip in the common case: the window's counter exists
+        count = cache.incr(counter, delta)  # one round trip in the common case: the window's counter exists
     except ValueError:
-        cache.add(counter, 0, timeout=120)  # first call of this window (add is a no-op if another process won)
-        count = cache.incr(counter)
+        # The first call of this window (add is a no-op if another process won).
+        cache.add(counter, 0, timeout=token_cache.RATE_COUNTER_SECONDS)
+        count = cache.incr(counter, delta)
+    token_cache.rate_total_seen(key.key_id, window, count)
     if count > limit:
         retry_after = max(1, math.ceil((window + 1) * 60 - time.time()))
         raise TokenRequestError(
@@ -194,13 +198,15 @@ def _answer_from_grant(
         and now - grant.last_used_at <= LAST_USED_RESOLUTION  # else the full path writes last-used
         and token_valid_for(grant.token_expires_at, now, min_validity)
     )
+    if not usable:
+        return None
     event = {**grant.audit, "created_at": now.isoformat(), "remote_addr": remote_addr}
-    if usable and token_cache.grant_use(grant, window=int(now.timestamp() // 60), event=event):
-        return grant.answer
-    return None
+    return grant.answer if token_cache.grant_use(grant, window=int(now.timestamp() // 60), event=event) else None
 
 
-def _grant_remember(key: BotKey, token: OAuthToken, answer: IssuedToken, audit: dict, counters: tuple | None) -> None:
+def _grant_remember(
+    key: BotKey, token: OAuthToken, answer: IssuedToken, audit: dict[str, Any], counters: tuple[str, str] | None
+) -> None:
     if counters is None or token.state != TokenState.ACTIVE:
         return
     grant = token_cache.Grant(

@@ -1,24 +1,30 @@
-"""The token endpoint's common case from memory: no SQL, one Redis round trip.
+"""The token endpoint's common case from memory: no SQL and no network call in the request.
 
 The common case is a key that was just answered asking again for the same connection while its token is still
 valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a Grant.
 A grant is good while two counters in Redis are where they were before the full path read the database: one for
 keys, users, roles, invitations and connection settings, one per connection for its tokens. Every write to those
-rows moves a counter, now and again after it commits (signals below; services for their UPDATEs), so the next
-request after a revocation or a refresh sees it.
+rows moves a counter, now and again after it commits (signals below; services for their UPDATEs).
 
-Serving a grant runs one Lua script, atomically: check both counters, count the request for the key's rate limit
-and queue the audit event. A Celery task moves queued events into the audit table (services.audit_queue_drain).
-Anything the script refuses, and everything else, is answered by the full path. Without Redis (the embedded
-default) there is no cache and every request takes the full path.
+Each web process reports to Redis every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread: it learns
+which counters moved, adds the requests it answered to each key's rate counter, and queues their audit events
+(a Celery task moves them into the audit table: services.audit_queue_drain). So a change made in one process
+reaches the others within that interval; a key's rate limit may be overshot by what the other processes
+answered in it; and a process killed with SIGKILL loses the audit events of its last interval (a normal exit
+reports them). A process that has not heard from Redis for ten intervals answers nothing from memory until
+it has.
+
+Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. Without
+Redis (the embedded default) nothing is kept and every request takes the full path.
 """
 
+import atexit
 import functools
-import hashlib
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,38 +39,16 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
-from redis.exceptions import NoScriptError
 from redis.lock import Lock
 
 from connections.models import BotKey, Connection, OAuthToken
 
 logger = logging.getLogger(__name__)
 
+STALE_INTERVALS = 10  # reports missed before a process stops answering from memory
 MAX_GRANTS = 10_000  # about 2 kB each; a process that reaches this starts afresh
-# A counter move lost while Redis was unreachable is healed after this long, whatever happens.
-MAX_GRANT_AGE = timedelta(seconds=60)
-
-# KEYS: identity counter, the connection's token counter, the key's rate counter of this minute, audit queue.
-# ARGV: the two counters as the grant saw them, the rate limit (0: none), the audit event (JSON).
-# Returns -1 if a counter moved, -2 if the key reached its limit (both: nothing counted, nothing queued),
-# else the queue's length.
-USE_GRANT_SCRIPT = """
-local seen = redis.call('MGET', KEYS[1], KEYS[2])
-if (seen[1] or '0') ~= ARGV[1] or (seen[2] or '0') ~= ARGV[2] then return -1 end
-local limit = tonumber(ARGV[3])
-if limit > 0 then
-  local count = redis.call('INCR', KEYS[3])
-  if count == 1 then redis.call('EXPIRE', KEYS[3], 120) end
-  if count > limit then
-    redis.call('DECR', KEYS[3])
-    return -2
-  end
-end
-return redis.call('RPUSH', KEYS[4], ARGV[4])
-"""
-# EVALSHA sends 40 characters instead of the script; EVAL, once, puts the script into Redis's cache.
-USE_GRANT_SHA = hashlib.sha1(USE_GRANT_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
-COUNTER_MOVED = -1
+MAX_GRANT_AGE = timedelta(seconds=60)  # a grant is read from the database again at least this often
+RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then Redis drops it
 # What a queued audit event holds, besides its time and address (AuditEvent's own field names).
 AUDIT_FIELDS = ("actor_id", "actor_label", "connection_id", "connection_label", "action", "outcome", "detail")
 
@@ -79,45 +63,16 @@ class Grant:
     last_used_at: datetime
     token_expires_at: datetime | None
     answer: Any  # issuing.IssuedToken
-    audit: dict[str, Any]  # the AuditEvent fields of a successful answer, but its time
-    counters: tuple[str, str]
+    audit: dict[str, Any]  # the AuditEvent fields of a successful answer, but its time and address
+    counters: tuple[str, str]  # (identity, token) counters as read before the database
     stored_at: datetime
-
-
-_grants: dict[tuple[str, str], Grant] = {}
-_clients: dict[int, redis.Redis] = {}  # by process id: a connection must not be shared across a fork
-_hot_lock = threading.Lock()
 
 
 def enabled() -> bool:
     return bool(settings.REDIS_URL)
 
 
-def _redis() -> redis.Redis:
-    client = _clients.get(os.getpid())
-    if client is None:
-        client = redis.Redis.from_url(
-            settings.REDIS_URL, single_connection_client=True, socket_timeout=2, socket_connect_timeout=2
-        )
-        _clients.clear()
-        _clients[os.getpid()] = client
-    return client
-
-
-def _hot_command(*args: Any) -> Any:
-    """One command on this process's connection, for the endpoint's hot path. redis-py's execute_command spends
-    more on its bookkeeping (pool, retries, command inspection) than the round trip costs."""
-    connection = _redis().connection
-    with _hot_lock:
-        try:
-            connection.send_command(*args)
-            return connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()  # the next command connects again
-            raise
-
-
-# Redis key names: the cache's own naming (prefix, version), worked out once, as the hot path needs them each time.
+# Redis key names: the cache's own naming (prefix, version), worked out once.
 @functools.cache
 def _identity_counter() -> str:
     return cache.make_key("grants:identity")
@@ -126,11 +81,6 @@ def _identity_counter() -> str:
 @functools.lru_cache(maxsize=MAX_GRANTS)
 def _token_counter(slug: str) -> str:
     return cache.make_key(f"grants:token:{slug}")
-
-
-@functools.lru_cache(maxsize=MAX_GRANTS)
-def _rate_counter(key_id: str, window: int) -> str:
-    return cache.make_key(rate_counter(key_id, window))
 
 
 def rate_counter(key_id: str, window: int) -> str:
@@ -143,53 +93,177 @@ def audit_queue() -> str:
     return cache.make_key("audit-queue")
 
 
+class _Process:
+    """What one process keeps. A forked child starts afresh: a connection, a thread and unreported events must
+    not be shared with its parent."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        self.grants: dict[tuple[str, str], Grant] = {}
+        self.counters: dict[str, str] = {}  # counter key -> value at the last report
+        self.reported_at = float("-inf")  # time.monotonic() of the last report Redis answered
+        self.events: list[str] = []  # audit events not yet reported
+        self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet reported
+        self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count in Redis when last reported
+        self.lock = threading.Lock()  # guards the buffers; held only for moments
+        self.report_lock = threading.Lock()  # one report at a time
+        self.thread: threading.Thread | None = None
+
+    def report(self) -> bool:
+        """Send what was answered, learn the counters; False (and everything kept for next time) if Redis failed."""
+        with self.report_lock:
+            started = time.monotonic()
+            with self.lock:
+                events, self.events = self.events, []
+                unreported, self.unreported = self.unreported, {}
+            watched = [_identity_counter(), *{_token_counter(slug) for _, slug in list(self.grants)}]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.mget(watched)
+            for (key_id, window), count in unreported.items():
+                pipe.incrby(cache.make_key(rate_counter(key_id, window)), count)
+                pipe.expire(cache.make_key(rate_counter(key_id, window)), RATE_COUNTER_SECONDS)
+            if events:
+                pipe.rpush(audit_queue(), *events)
+            try:
+                results = pipe.execute()
+            except redis.RedisError:
+                with self.lock:
+                    self.events[:0] = events
+                    for window_key, count in unreported.items():
+                        self.unreported[window_key] = self.unreported.get(window_key, 0) + count
+                logger.warning("Redis did not answer the token cache's report; it is kept for the next.")
+                return False
+            self.counters = {key: (value or b"0").decode() for key, value in zip(watched, results[0], strict=True)}
+            current = int(time.time() // 60)
+            with self.lock:
+                self.totals = {
+                    window_key: total for window_key, total in self.totals.items() if window_key[1] >= current
+                }
+                self.totals.update(zip(unreported, results[1 : 1 + 2 * len(unreported) : 2], strict=True))
+            self.reported_at = started
+        if events and results[-1] == len(events):
+            _queue_drain_soon()  # the queue was empty: nobody has asked for a drain yet
+        return True
+
+    def report_forever(self) -> None:
+        while _state is self:  # until this process state is replaced (reset)
+            time.sleep(settings.TOKEN_CACHE_SYNC_SECONDS)
+            try:
+                self.report()
+            except Exception:  # a thread that dies silently would stop the cache; log and go on
+                logger.exception("The token cache's report failed.")
+
+    def start_reporting(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.report_forever, name="token-cache-report", daemon=True)
+            self.thread.start()
+
+
+_state: _Process | None = None
+
+
+def _process() -> _Process:
+    global _state
+    state = _state
+    if state is None or state.pid != os.getpid():
+        state = _state = _Process()
+    return state
+
+
+def report() -> bool:
+    """Report this process's answers now (the thread does it every TOKEN_CACHE_SYNC_SECONDS)."""
+    if _state is None or _state.pid != os.getpid():
+        return True
+    return _state.report()
+
+
+@atexit.register
+def _report_at_exit() -> None:
+    # gunicorn workers exit normally on a restart, a scale-down or a timeout: what they answered is reported.
+    if _state is not None and _state.pid == os.getpid() and (_state.events or _state.unreported):
+        _state.report()
+
+
+def reset() -> None:
+    """Forget everything this process keeps, unreported events included (tests; a fork does it by itself)."""
+    global _state
+    state = _state
+    if state is not None:
+        with state.report_lock, state.lock:
+            state.events.clear()
+            state.unreported.clear()
+            _state = None
+
+
 def counters(slug: str) -> tuple[str, str] | None:
     """The counters a grant for `slug` depends on, read before the database; None when there is no cache."""
     if not enabled():
         return None
     try:
-        identity, token = _redis().mget(_identity_counter(), _token_counter(slug))
+        identity, token = _process().redis.mget(_identity_counter(), _token_counter(slug))
     except redis.RedisError:
         return None
     return (identity or b"0").decode(), (token or b"0").decode()
 
 
 def grant_remember(grant: Grant) -> None:
-    if len(_grants) >= MAX_GRANTS:
-        _grants.clear()
-    _grants[(grant.key_id, grant.answer.connection)] = grant
+    state = _process()
+    if len(state.grants) >= MAX_GRANTS:
+        state.grants.clear()
+    slug = grant.answer.connection
+    # Until the next report, take the counters as this grant read them a moment ago.
+    state.counters.setdefault(_identity_counter(), grant.counters[0])
+    state.counters.setdefault(_token_counter(slug), grant.counters[1])
+    state.grants[(grant.key_id, slug)] = grant
+    state.start_reporting()
 
 
 def grant_find(key_id: str, slug: str, now: datetime) -> Grant | None:
-    grant = _grants.get((key_id, slug))
+    if _state is None:
+        return None
+    grants = _process().grants
+    grant = grants.get((key_id, slug))
     if grant is not None and now - grant.stored_at > MAX_GRANT_AGE:
-        del _grants[(key_id, slug)]
+        grants.pop((key_id, slug), None)
         return None
     return grant
 
 
 def grant_use(grant: Grant, *, window: int, event: dict[str, Any]) -> bool:
-    """Count the request and queue its audit event if the grant still holds and the key is under its limit."""
-    try:
-        keys = (
-            _identity_counter(),
-            _token_counter(grant.answer.connection),
-            _rate_counter(grant.key_id, window),
-            audit_queue(),
-        )
-        arguments = (*grant.counters, settings.TOKEN_RATE_LIMIT_PER_MINUTE, json.dumps(event))
-        try:
-            result = _hot_command("EVALSHA", USE_GRANT_SHA, len(keys), *keys, *arguments)
-        except NoScriptError:  # first use on this Redis, or it restarted
-            result = _hot_command("EVAL", USE_GRANT_SCRIPT, len(keys), *keys, *arguments)
-    except redis.RedisError:
-        logger.warning("Redis did not answer the token cache; the full path answers instead.", exc_info=True)
+    """Count the request and keep its audit event, if the grant still holds and the key is under its limit."""
+    state = _process()
+    stale = time.monotonic() - state.reported_at > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS
+    if stale and not state.report():
         return False
-    if result == COUNTER_MOVED:
-        _grants.pop((grant.key_id, grant.answer.connection), None)
-    if result == 1:
-        _queue_drain_soon()  # the queue was empty: nobody has asked for a drain yet
-    return result > 0
+    slug = grant.answer.connection
+    if (state.counters.get(_identity_counter()), state.counters.get(_token_counter(slug))) != grant.counters:
+        state.grants.pop((grant.key_id, slug), None)
+        return False
+    limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
+    with state.lock:
+        if limit:
+            window_key = (grant.key_id, window)
+            unreported = state.unreported.get(window_key, 0)
+            if state.totals.get(window_key, 0) + unreported >= limit:
+                return False  # the full path counts it in Redis and answers 429 if it is over
+            state.unreported[window_key] = unreported + 1
+        state.events.append(json.dumps(event))
+    return True
+
+
+def rate_unreported(key_id: str, window: int) -> int:
+    """Take the requests of a key answered from memory and not yet reported: the full path adds them to its count."""
+    if _state is None or _state.pid != os.getpid():
+        return 0
+    with _state.lock:
+        return _state.unreported.pop((key_id, window), 0)
+
+
+def rate_total_seen(key_id: str, window: int, total: int) -> None:
+    if _state is not None and _state.pid == os.getpid():
+        with _state.lock:
+            _state.totals[(key_id, window)] = total
 
 
 def _queue_drain_soon() -> None:
@@ -203,28 +277,31 @@ def _queue_drain_soon() -> None:
 
 
 def grants_changed(*, slug: str | None = None) -> None:
-    """Invalidate the grants of every process: all of them (slug None), or those of one connection's tokens."""
+    """Invalidate grants: all of them (slug None), or those of one connection's tokens."""
     if not enabled():
         return
     counter = _identity_counter() if slug is None else _token_counter(slug)
-    # Now, for reads later in this transaction; and after commit, since a grant stored meanwhile may have been
-    # read from the rows as they were before this write.
+    state = _process()
+    for grant_key in [grant_key for grant_key in state.grants if slug is None or grant_key[1] == slug]:
+        state.grants.pop(grant_key, None)  # this process: at once
+    # Other processes: when they next report. Moved now, for reads later in this transaction; and again after
+    # commit, since a grant stored meanwhile may have been read from the rows as they were before this write.
     _counter_move(counter)
     transaction.on_commit(lambda: _counter_move(counter))
 
 
 def _counter_move(counter: str) -> None:
     try:
-        _redis().incr(counter)
+        _process().redis.incr(counter)
     except redis.RedisError:
-        logger.error("Redis did not answer: grants are stale until they expire (%s).", MAX_GRANT_AGE, exc_info=True)
+        logger.error("Redis did not answer: other processes keep their grants up to %s.", MAX_GRANT_AGE, exc_info=True)
 
 
 @contextmanager
 def audit_queue_lock() -> Iterator[Lock | None]:
     """One drainer at a time (None: another holds it). A drainer that dies frees it within a minute; one that
     lives calls reacquire() between batches to keep it."""
-    lock = _redis().lock(cache.make_key("audit-queue-drain"), timeout=60, blocking=False)
+    lock = _process().redis.lock(cache.make_key("audit-queue-drain"), timeout=60, blocking=False)
     acquired = lock.acquire()
     try:
         yield lock if acquired else None
@@ -234,12 +311,12 @@ def audit_queue_lock() -> Iterator[Lock | None]:
 
 
 def audit_queue_peek(count: int) -> list[dict[str, Any]]:
-    return [json.loads(item) for item in _redis().lrange(audit_queue(), 0, count - 1)]
+    return [json.loads(item) for item in _process().redis.lrange(audit_queue(), 0, count - 1)]
 
 
 def audit_queue_remove(count: int) -> None:
     # Events are only appended at the tail while the single drainer removes from the head.
-    _redis().ltrim(audit_queue(), count, -1)
+    _process().redis.ltrim(audit_queue(), count, -1)
 
 
 # What grants depend on. QuerySet.update sends no signal: services that update these rows call grants_changed.

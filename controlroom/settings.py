@@ -270,6 +270,9 @@ if NOTIFY_WEBHOOK_URL and urlsplit(NOTIFY_WEBHOOK_URL).scheme not in ("http", "h
 
 # Token endpoint requests allowed per bot key per minute (0: no limit); more get 429 with Retry-After.
 TOKEN_RATE_LIMIT_PER_MINUTE = int(_number("TOKEN_RATE_LIMIT_PER_MINUTE", 600, unit="requests"))
+# With Redis, each web process answers repeated token requests from memory and reports to Redis this often:
+# the longest a change (a revoked key, a refreshed token) takes to reach the other web processes.
+TOKEN_CACHE_SYNC_SECONDS = _number("TOKEN_CACHE_SYNC_SECONDS", 0.05, minimum=0.001, whole=False)
 
 # How long an authorization started with Connect stays valid (state and PKCE verifier).
 OAUTH_STATE_TTL = int(_number("OAUTH_STATE_TTL", 600))

@@ -22,9 +22,9 @@ PROVIDER_USER = ("alice", "alice-provider-password")
 @pytest.fixture(autouse=True)
 def fresh_token_cache() -> Iterator[None]:
     """Cached grants and queued audit events outlive a test's rolled-back database: none may reach the next."""
-    token_cache._grants.clear()
+    token_cache.reset()
     yield
-    token_cache._grants.clear()
+    token_cache.reset()
     if token_cache.enabled():
         redis.Redis.from_url(settings.REDIS_URL).delete(token_cache.audit_queue())
 

@@ -1,7 +1,6 @@
 """The token endpoint's answers from memory (connections.token_cache): the same answers as the full path, no
 SQL, and every change that matters seen by the very next request."""
 
-import os
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -31,7 +30,7 @@ def warm(bot, connection) -> dict:
     assert first.status_code == 200, first.content
     second = get_token(bot[3], connection.slug)
     assert second.status_code == 200
-    assert (bot[2].key_id, connection.slug) in token_cache._grants
+    assert (bot[2].key_id, connection.slug) in token_cache._process().grants
     return second.json()
 
 
@@ -50,6 +49,7 @@ def test_answers_from_memory_are_audited_like_the_others(connected, bot):
         assert get_token(bot[3], connected.slug).status_code == 200
     assert AuditEvent.objects.filter(action="token_request").count() == 1
     # when
+    assert token_cache.report()
     assert services.audit_queue_drain() == 3
     # then: four identical events but for their time, in order
     events = list(AuditEvent.objects.filter(action="token_request").order_by("created_at", "id"))
@@ -66,6 +66,7 @@ def test_queued_events_outlive_a_deleted_user_and_connection(connected, bot):
     slug = connected.slug
     bot[0].delete()
     connected.delete()
+    assert token_cache.report()
     assert services.audit_queue_drain() == 1
     event = AuditEvent.objects.filter(action="token_request").latest("id")
     assert (event.actor, event.connection, event.actor_label, event.connection_label) == (None, None, label, slug)
@@ -180,8 +181,10 @@ def test_last_used_is_still_written_once_a_minute(connected, bot):
     warm(bot, connected)
     stale = timezone.now() - timedelta(minutes=5)
     type(bot[2]).objects.filter(pk=bot[2].pk).update(last_used_at=stale)
-    grant = token_cache._grants[(bot[2].key_id, connected.slug)]
-    token_cache._grants[(bot[2].key_id, connected.slug)] = type(grant)(**{**vars(grant), "last_used_at": stale})
+    grant = token_cache._process().grants[(bot[2].key_id, connected.slug)]
+    token_cache._process().grants[(bot[2].key_id, connected.slug)] = type(grant)(
+        **{**vars(grant), "last_used_at": stale}
+    )
     assert get_token(bot[3], connected.slug).status_code == 200
     bot[2].refresh_from_db()
     assert bot[2].last_used_at > stale
@@ -195,7 +198,10 @@ def test_user_specific_grants_are_each_users_own(make_connection, make_user, aut
     for name in ("agent-a", "agent-b"):
         user = make_user(name, roles=(role,))
         OAuthToken.objects.create(
-            connection=connection, user=user, access_token=f"token-of-{name}", expires_at=timezone.now() + timedelta(hours=1)
+            connection=connection,
+            user=user,
+            access_token=f"token-of-{name}",
+            expires_at=timezone.now() + timedelta(hours=1),
         )
         tokens[name] = bot_key_create(user=user, name=name)[1]
     for _ in range(3):
@@ -205,10 +211,10 @@ def test_user_specific_grants_are_each_users_own(make_connection, make_user, aut
 
 def test_without_redis_the_full_path_answers(connected, bot, monkeypatch):
     warm(bot, connected)
-    # Redis gone after start-up: this process's connection now points at a closed port.
-    closed = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
-    closed.connection = closed.connection_pool.make_connection()  # as a single-connection client holds one
-    monkeypatch.setitem(token_cache._clients, os.getpid(), closed)
+    # Redis gone after start-up: this process's connection points at a closed port, and its last report is old.
+    state = token_cache._process()
+    monkeypatch.setattr(state, "redis", redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1))
+    monkeypatch.setattr(state, "reported_at", float("-inf"))
     before = AuditEvent.objects.filter(action="token_request").count()
     response = get_token(bot[3], connected.slug)
     assert response.status_code == 200

@@ -8,6 +8,7 @@ import pytest
 import redis
 from django.contrib.auth.models import Group, User
 
+from connections import token_cache
 from connections.bot_keys import bot_key_create
 from tests.refresh.stack import Bot, ProcessGroups, Stack, database_url_for_processes, redis_database
 
@@ -45,6 +46,10 @@ def make_stack(transactional_db, tmp_path: Path, settings) -> Iterator[Callable[
         for name, value in overrides.items():
             env[name] = str(value)
             setattr(settings, name, value)
+        # This process's Redis too: what a test changes here must reach the web processes' token cache.
+        settings.REDIS_URL = broker_url
+        settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": broker_url}}
+        token_cache.reset()
         settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
         settings.EMAIL_FILE_PATH = str(mail_dir)
         stack = Stack(

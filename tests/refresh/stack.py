@@ -167,6 +167,13 @@ class Stack:
         self.expected_dead.add(name)
         self.processes.kill_group(name)
 
+    def stop(self, name: str, seconds: float = 15) -> None:
+        """SIGTERM, as a deployment stops a process, and wait for it to exit."""
+        self.expected_dead.add(name)
+        process, _ = self.processes.started[name]
+        _signal_group(process, signal.SIGTERM)
+        process.wait(timeout=seconds)
+
     # --- looking -----------------------------------------------------------------------------
 
     def log(self, name: str) -> str:
