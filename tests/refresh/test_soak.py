@@ -43,6 +43,7 @@ def check_token(stack: Stack, server: AuthServer, connection: Connection, raw_ke
         stored = token_of(connection)
         left = (stored.expires_at - timezone.now()).total_seconds()
         assert left > 0, f"the stored token of {connection.slug} expired {-left:.1f} s ago\n{stack.logs()}"
+        asked_at = timezone.now()
         response = get_token(raw_key, connection.slug, min_validity="0")
         assert response.status_code == 200, f"{response.content}\n{stack.logs()}"
         body = response.json()
@@ -59,7 +60,7 @@ def check_token(stack: Stack, server: AuthServer, connection: Connection, raw_ke
         deadline = time.monotonic() + 5
         while token_of(connection).generation == stored.generation and time.monotonic() < deadline:
             time.sleep(0.2)
-        just_replaced = timezone.now() - stored.obtained_at < timedelta(seconds=1)
+        just_replaced = asked_at - stored.obtained_at < timedelta(seconds=1)
         if token_of(connection).generation == stored.generation and not just_replaced:
             pytest.fail(
                 f"the provider refused the token of {connection.slug} (stored accepted: {stored_ok}, served "
