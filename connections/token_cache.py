@@ -39,7 +39,9 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
+from redis.backoff import NoBackoff
 from redis.lock import Lock
+from redis.retry import Retry
 
 from connections.models import BotKey, Connection, OAuthToken
 
@@ -93,13 +95,19 @@ def audit_queue() -> str:
     return cache.make_key("audit-queue")
 
 
+def redis_client(url: str) -> redis.Redis:
+    # Fail fast: with Redis away the full path answers, so a request must not wait out redis-py's default
+    # retries with backoff (seconds) first.
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
+
+
 class _Process:
     """What one process keeps. A forked child starts afresh: a connection, a thread and unreported events must
     not be shared with its parent."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+        self.redis = redis_client(settings.REDIS_URL)
         self.grants: dict[tuple[str, str], Grant] = {}
         self.counters: dict[str, str] = {}  # counter key -> value at the last report
         self.reported_at = float("-inf")  # time.monotonic() of the last report Redis answered
@@ -109,6 +117,7 @@ class _Process:
         self.lock = threading.Lock()  # guards the buffers; held only for moments
         self.report_lock = threading.Lock()  # one report at a time
         self.thread: threading.Thread | None = None
+        self.failing = False  # the last report failed: say so once, not every interval
 
     def report(self) -> bool:
         """Send what was answered, learn the counters; False (and everything kept for next time) if Redis failed."""
@@ -132,8 +141,13 @@ class _Process:
                     self.events[:0] = events
                     for window_key, count in unreported.items():
                         self.unreported[window_key] = self.unreported.get(window_key, 0) + count
-                logger.warning("Redis did not answer the token cache's report; it is kept for the next.")
+                if not self.failing:
+                    logger.warning("Redis does not answer the token cache's reports; the full path answers meanwhile.")
+                self.failing = True
                 return False
+            if self.failing:
+                logger.warning("Redis answers the token cache's reports again.")
+            self.failing = False
             self.counters = {key: (value or b"0").decode() for key, value in zip(watched, results[0], strict=True)}
             current = int(time.time() // 60)
             with self.lock:
