@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group, User
 
 from connections import token_cache
 from connections.bot_keys import bot_key_create
+from tests.conftest import connect
 from tests.refresh.stack import Bot, ProcessGroups, Stack, database_url_for_processes, redis_database
 
 
@@ -77,3 +78,12 @@ def bot(transactional_db) -> Bot:
 def notified_manager(transactional_db) -> User:
     """Notifications go to managers with an email address; a superuser is one."""
     return User.objects.create_superuser("ops", "ops@example.com", "pw")
+
+
+@pytest.fixture
+def connected(make_connection, manager_client, authserver, bot):
+    """A shared authorization-code connection, authorized at the loopback server, the bot's role invited."""
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    bot.invite(connection)
+    return connection

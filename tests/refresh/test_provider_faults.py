@@ -14,7 +14,7 @@ import requests
 from django.utils import timezone
 
 from connections.models import OAuthToken
-from tests.conftest import connect, shared_token
+from tests.conftest import shared_token
 from tests.refresh.stack import Stack, get_token, in_threads, refresh_requests
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,15 +29,6 @@ EXPECTED_ERROR = {
     "close": "Could not reach the provider",
     "html": "text/html instead of JSON",
 }
-
-
-@pytest.fixture
-def connected(make_connection, manager_client, authserver, bot):
-    """A shared authorization-code connection, authorized at the loopback server, the bot's role invited."""
-    connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
-    bot.invite(connection)
-    return connection
 
 
 @pytest.fixture

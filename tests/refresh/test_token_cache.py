@@ -7,7 +7,6 @@ import requests
 
 from connections.bot_keys import bot_key_revoke
 from connections.models import AuditEvent, BotKey
-from tests.conftest import connect
 from tests.refresh.stack import in_threads
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -17,14 +16,6 @@ WEB_PROCESSES = 3
 
 def audited(outcome: str) -> int:
     return AuditEvent.objects.filter(action="token_request", outcome=outcome).count()
-
-
-@pytest.fixture
-def connected(make_connection, manager_client, authserver, bot):
-    connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
-    bot.invite(connection)
-    return connection
 
 
 def ask(url: str, raw_key: str, times: int) -> list[int]:
