@@ -200,8 +200,7 @@ def _answer_from_grant(
     )
     if not usable:
         return None
-    event = {**grant.audit, "created_at": now.isoformat(), "remote_addr": remote_addr}
-    return grant.answer if token_cache.grant_use(grant, window=int(now.timestamp() // 60), event=event) else None
+    return grant.answer if token_cache.grant_use(grant, now=now, remote_addr=remote_addr) else None
 
 
 def _grant_remember(

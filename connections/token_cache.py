@@ -111,7 +111,7 @@ class _Process:
         self.grants: dict[tuple[str, str], Grant] = {}
         self.counters: dict[str, str] = {}  # counter key -> value at the last report
         self.reported_at = float("-inf")  # time.monotonic() of the last report Redis answered
-        self.events: list[str] = []  # audit events not yet reported
+        self.events: list[tuple[Grant, datetime, str | None]] = []  # answers not yet audited: grant, time, address
         self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet reported
         self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count in Redis when last reported
         self.lock = threading.Lock()  # guards the buffers; held only for moments
@@ -130,10 +130,11 @@ class _Process:
             pipe = self.redis.pipeline(transaction=False)
             pipe.mget(watched)
             for (key_id, window), count in unreported.items():
-                pipe.incrby(cache.make_key(rate_counter(key_id, window)), count)
-                pipe.expire(cache.make_key(rate_counter(key_id, window)), RATE_COUNTER_SECONDS)
+                counter = cache.make_key(rate_counter(key_id, window))
+                pipe.incrby(counter, count)
+                pipe.expire(counter, RATE_COUNTER_SECONDS)
             if events:
-                pipe.rpush(audit_queue(), *events)
+                pipe.rpush(audit_queue(), *(_audit_event(*event) for event in events))
             try:
                 results = pipe.execute()
             except redis.RedisError:
@@ -244,8 +245,8 @@ def grant_find(key_id: str, slug: str, now: datetime) -> Grant | None:
     return grant
 
 
-def grant_use(grant: Grant, *, window: int, event: dict[str, Any]) -> bool:
-    """Count the request and keep its audit event, if the grant still holds and the key is under its limit."""
+def grant_use(grant: Grant, *, now: datetime, remote_addr: str | None) -> bool:
+    """Count the request and keep it to be audited, if the grant still holds and the key is under its limit."""
     state = _process()
     stale = time.monotonic() - state.reported_at > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS
     if stale and not state.report():
@@ -257,13 +258,17 @@ def grant_use(grant: Grant, *, window: int, event: dict[str, Any]) -> bool:
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
         if limit:
-            window_key = (grant.key_id, window)
+            window_key = (grant.key_id, int(now.timestamp() // 60))
             unreported = state.unreported.get(window_key, 0)
             if state.totals.get(window_key, 0) + unreported >= limit:
                 return False  # the full path counts it in Redis and answers 429 if it is over
             state.unreported[window_key] = unreported + 1
-        state.events.append(json.dumps(event))
+        state.events.append((grant, now, remote_addr))  # made into JSON by the report, off the request's path
     return True
+
+
+def _audit_event(grant: Grant, created_at: datetime, remote_addr: str | None) -> str:
+    return json.dumps({**grant.audit, "created_at": created_at.isoformat(), "remote_addr": remote_addr})
 
 
 def rate_unreported(key_id: str, window: int) -> int:
