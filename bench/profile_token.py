@@ -35,21 +35,25 @@ def step_timings(slug: str, authorization: str, times: int) -> None:
     """Each step of issuing.token_request on its own, plus what its SQL costs to build and to run."""
     from django.db import connection
 
-    from connections import issuing, services
-    from connections.bot_keys import bot_key_authenticate
+    from connections import audit, issuing
+    from connections.bot_keys import bot_key_authenticate, presented_key
     from connections.models import BotKey, Connection, OAuthToken
 
-    raw_key = authorization.removeprefix("Bearer ")
+    presented = presented_key(authorization)
     try:
-        key = bot_key_authenticate(raw_key)
+        key = bot_key_authenticate(presented)
         conn = issuing._connection_for(key, slug)
         steps: dict[str, Callable[[], object]] = {
-            "bot_key_authenticate (1 SELECT)": lambda: bot_key_authenticate(raw_key),
+            "bot_key_authenticate (1 SELECT)": lambda: bot_key_authenticate(presented),
             "_check_rate (2 Redis calls)": lambda: issuing._check_rate(key),
             "_connection_for (1 SELECT)": lambda: issuing._connection_for(key, slug),
             "_stored_token (1 SELECT)": lambda: issuing._stored_token(conn, key),
-            "audit_record (1 INSERT)": lambda: services.audit_record(
-                action="token_request", outcome="success", connection=conn, actor=key.user, detail="bench"
+            "audit_record (1 INSERT)": lambda: audit.audit_record(
+                action=audit.Action.TOKEN_REQUEST,
+                outcome=audit.Outcome.SUCCESS,
+                connection=conn,
+                actor=key.user,
+                detail="bench",
             ),
         }
     except AttributeError as exc:
@@ -137,7 +141,7 @@ def main() -> None:
 
         def get(name: str) -> None:
             if name == "token-full-path":
-                token_cache._process().grants.clear()  # nothing kept: this request goes through the database
+                token_cache._process().answers.clear()  # nothing kept: this request goes through the database
             response = client.get(paths[name])
             if response.status_code != 200:
                 raise SystemExit(f"{name} answered {response.status_code}: {response.content[:300]!r}")

@@ -11,13 +11,13 @@ What it runs, all thrown away afterwards (also on Ctrl-C or SIGTERM):
   get_db_prep_save, as the ORM writes it: no ciphertext is reused. next_refresh_at: --due-fraction of them
   overdue by up to 10 minutes (a backlog), 1% awaiting re-authorization (no refresh time), the rest spread
   over the next 24 hours; 1% of the connections are disabled. Then VACUUM ANALYZE.
-- The due-token query: connections.services.token_refresh_claim_due is called once under
+- The due-token query: connections.refresh.token_refresh_claim_due is called once under
   CaptureQueriesContext (in a transaction rolled back afterwards) to get the SELECT exactly as the sweep sends
   it; that SQL is then timed --runs times as is, and again with enable_indexscan and enable_bitmapscan off
   (the baseline: the same query with no index to use), with EXPLAIN ANALYZE of both. The whole claim
   (SELECT + UPDATE) is timed too, each call rolled back.
 - One refresh taken apart: an extra connection refreshed 20 times straight at the provider (oauth_client),
-  then 20 times through the worker's task body in this process (services.token_refresh_scheduled), and the
+  then 20 times through the worker's task body in this process (refresh.token_refresh_scheduled), and the
   SQL statements of one refresh.
 - Refreshes per second: the loopback AuthServer (tests/support/authserver.py) with --latency on its token
   endpoint; --refresh-tokens connections registered there and authorized through the real authorization-code
@@ -317,7 +317,7 @@ def time_due_query(runs: int) -> QueryFigures:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from connections import services
+    from connections import refresh
     from connections.models import OAuthToken
 
     now = timezone.now()
@@ -325,7 +325,7 @@ def time_due_query(runs: int) -> QueryFigures:
         next_refresh_at__lte=now + timedelta(seconds=settings.BEAT_INTERVAL), connection__is_enabled=True
     ).count()
     with transaction.atomic(), CaptureQueriesContext(connection) as captured:
-        services.token_refresh_claim_due(now=now)
+        refresh.token_refresh_claim_due(now=now)
         transaction.set_rollback(True)
     statements = [query["sql"] for query in captured.captured_queries]
     selects = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
@@ -355,7 +355,7 @@ def time_due_query(runs: int) -> QueryFigures:
     for run in range(runs + 3):
         with transaction.atomic():
             started = time.perf_counter()
-            due = services.token_refresh_claim_due()
+            due = refresh.token_refresh_claim_due()
             elapsed = (time.perf_counter() - started) * 1e3
             transaction.set_rollback(True)
         if run >= 3:
@@ -410,7 +410,7 @@ def authorize_bench_connections(server: AuthServer, count: int) -> list[int]:
     from django.conf import settings
     from django.contrib.auth.models import User
 
-    from connections import services
+    from connections import authorization
     from connections.models import Connection
     from providers.models import GrantType, Provider
 
@@ -434,11 +434,11 @@ def authorize_bench_connections(server: AuthServer, count: int) -> list[int]:
             scopes="read,write",
         )
         session_key = secrets.token_urlsafe(24)
-        url = services.connection_authorize_start(
+        url = authorization.connection_authorize_start(
             connection=connection, user=admin, session_key=session_key, return_url="/"
         )
         location = server.authorize_with_requests(url, *PROVIDER_USER)
-        result = services.connection_authorize_complete(
+        result = authorization.connection_authorize_complete(
             params=dict(parse_qsl(urlsplit(location).query)), session_key=session_key, default_return_url="/"
         )
         token_ids.append(result.token.pk)
@@ -468,7 +468,7 @@ class Probe:
 
     provider_zero_ms: float  # direct oauth_client.refresh calls with no added latency: the auth server's own work
     provider_ms: float  # the same with --latency: what a refresh costs the provider side
-    in_process_ms: float  # services.token_refresh_scheduled: the worker's task body, without Celery
+    in_process_ms: float  # refresh.token_refresh_scheduled: the worker's task body, without Celery
     duplicate_ms: float  # the same for a task queued for a generation already refreshed (a no-op)
     queries: list[str]  # the SQL statements of one refresh
     duplicate_queries: list[str]
@@ -479,12 +479,12 @@ def probe_one_refresh(server: AuthServer, connection_id: int, latency: float, ti
     from django.db import connection as db
     from django.test.utils import CaptureQueriesContext
 
-    from connections import oauth_client, services
+    from connections import oauth_client, refresh, tokens
     from connections.models import Connection, OAuthToken
 
     connection = Connection.objects.select_related("provider").get(pk=connection_id)
     token = OAuthToken.objects.get(connection=connection, user__isnull=True)
-    config = services.connection_client_config(connection)
+    config = tokens.connection_client_config(connection)
     refresh_token, response = token.refresh_token, None
 
     def provider_calls() -> float:
@@ -501,14 +501,14 @@ def probe_one_refresh(server: AuthServer, connection_id: int, latency: float, ti
     provider_zero = provider_calls()
     server.set_token_options(latency=latency)
     provider = provider_calls()
-    services.token_store(connection=connection, user=None, response=response)
+    tokens.token_store(connection=connection, user=None, response=response)
 
     def generation() -> int:
         return OAuthToken.objects.filter(pk=token.pk).values_list("generation", flat=True).get()
 
     def task_body(queued_generation: int) -> float:
         started = time.perf_counter()
-        services.token_refresh_scheduled(token_id=token.pk, generation=queued_generation)
+        refresh.token_refresh_scheduled(token_id=token.pk, generation=queued_generation)
         return (time.perf_counter() - started) * 1e3
 
     in_process, duplicate = [], []
@@ -522,9 +522,9 @@ def probe_one_refresh(server: AuthServer, connection_id: int, latency: float, ti
             raise SetupError("a task queued for an already refreshed generation refreshed again")
     before = generation()
     with CaptureQueriesContext(db) as captured:
-        services.token_refresh_scheduled(token_id=token.pk, generation=before)
+        refresh.token_refresh_scheduled(token_id=token.pk, generation=before)
     with CaptureQueriesContext(db) as captured_duplicate:
-        services.token_refresh_scheduled(token_id=token.pk, generation=before)
+        refresh.token_refresh_scheduled(token_id=token.pk, generation=before)
     return Probe(
         provider_zero,
         provider,

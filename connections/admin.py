@@ -1,11 +1,8 @@
-import csv
+from collections.abc import Callable
 from typing import Any
 
-from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.widgets import FilteredSelectMultiple
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.forms import ModelForm
@@ -16,9 +13,10 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from connections import selectors, services
+from connections import audit, selectors, services
 from connections.bot_keys import bot_key_create, bot_key_revoke
-from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
+from connections.errors import ConnectionActionError
+from connections.forms import PLACEHOLDER_PREFIX, BotKeyAddForm, ConnectionForm, RoleForm
 from connections.models import FEATURE_PERMISSIONS, AuditEvent, BotKey, Connection, OAuthToken, Role
 from connections.views import start_authorization
 
@@ -180,39 +178,22 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
     def status_display(self, connection: Connection) -> str:
         return str(selectors.connection_status(connection))
 
-    def _latest_token(self, connection: Connection) -> OAuthToken | None:
-        tokens = [token for token in connection.tokens.all()]
-        return max(tokens, key=lambda token: token.updated_at) if tokens else None
-
+    # The list columns; each reads the prefetched tokens (get_queryset), never a query per row.
     @admin.display(description="Last refresh")
     def last_refresh_display(self, connection: Connection) -> str:
-        token = self._latest_token(connection)
-        moment = token and (token.refreshed_at or token.authorized_at)
-        if not moment:
-            return "—"
-        ago = selectors.format_duration((timezone.now() - moment).total_seconds())
-        return f"{timezone.localtime(moment):%Y-%m-%d %H:%M:%S %Z} ({ago} ago)"
+        return selectors.token_summary(connection).last_refresh_text
 
     @admin.display(description="Next refresh")
     def next_refresh_display(self, connection: Connection) -> str:
-        due = [token.next_refresh_at for token in connection.tokens.all() if token.next_refresh_at]
-        if not due:
-            return "—"
-        remaining = (min(due) - timezone.now()).total_seconds()
-        return f"in {selectors.format_duration(remaining)}" if remaining > 0 else "due now"
+        return selectors.token_summary(connection).next_refresh_text
 
     @admin.display(description="Failures in a row")
     def failures_column(self, connection: Connection) -> int:
-        return max((token.consecutive_failures for token in connection.tokens.all()), default=0)
+        return selectors.token_summary(connection).consecutive_failures
 
     @admin.display(description="Last error")
     def last_error_display(self, connection: Connection) -> str:
-        failing = [token for token in connection.tokens.all() if token.last_error]
-        if not failing:
-            return "—"
-        token = max(failing, key=lambda token: token.last_error_at or token.updated_at)
-        when = timezone.localtime(token.last_error_at).strftime("%Y-%m-%d %H:%M:%S") if token.last_error_at else ""
-        return f"{token.last_error} ({when}; {token.consecutive_failures} consecutive failure(s))"
+        return selectors.token_summary(connection).last_error_text
 
     @admin.display(description="Roles that may use it")
     def roles_display(self, connection: Connection) -> str:
@@ -237,16 +218,18 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             connection=form.instance, actor=request.user, created=not change, changed=changed
         )
 
+    def _report(self, request: HttpRequest, action: Callable[[], str]) -> None:
+        """Run an admin action (a service call) and show its sentence, or why it could not be done."""
+        try:
+            self.message_user(request, action(), messages.SUCCESS)
+        except ConnectionActionError as exc:
+            self.message_user(request, exc.message, messages.WARNING)
+
     def _after_save(self, request: HttpRequest, obj: Connection) -> HttpResponse | None:
         """The extra submit buttons: Save and test connection, Save and connect."""
         change_url = reverse("admin:connections_connection_change", args=[obj.pk])
         if "_test" in request.POST:
-            try:
-                self.message_user(
-                    request, services.connection_test(connection=obj, actor=request.user), messages.SUCCESS
-                )
-            except services.ConnectionActionError as exc:
-                self.message_user(request, exc.message, messages.WARNING)
+            self._report(request, lambda: services.connection_test(connection=obj, actor=request.user))
             return HttpResponseRedirect(change_url)
         if "_connect" in request.POST:
             return start_authorization(request, obj, change_url)
@@ -275,10 +258,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         connection = self._post_only(request, object_id)
         if isinstance(connection, HttpResponse):
             return connection
-        try:
-            self.message_user(request, services.connection_refresh_now(connection=connection, actor=request.user))
-        except services.ConnectionActionError as exc:
-            self.message_user(request, exc.message, messages.WARNING)
+        self._report(request, lambda: services.connection_refresh_now(connection=connection, actor=request.user))
         return redirect("admin:connections_connection_change", object_id)
 
     def disconnect_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
@@ -286,10 +266,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         if not self.has_change_permission(request, connection):
             return HttpResponse(status=403)
         if request.method == "POST":
-            try:
-                self.message_user(request, services.connection_disconnect(connection=connection, actor=request.user))
-            except services.ConnectionActionError as exc:
-                self.message_user(request, exc.message, messages.WARNING)
+            self._report(request, lambda: services.connection_disconnect(connection=connection, actor=request.user))
             return redirect("admin:connections_connection_change", object_id)
         context = {
             **self.admin_site.each_context(request),
@@ -306,10 +283,9 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         if not self.has_change_permission(request):
             return
         for connection in queryset.select_related("provider"):
-            try:
-                self.message_user(request, services.connection_refresh_now(connection=connection, actor=request.user))
-            except services.ConnectionActionError as exc:
-                self.message_user(request, exc.message, messages.WARNING)
+            self._report(
+                request, lambda c=connection: services.connection_refresh_now(connection=c, actor=request.user)
+            )
 
 
 @admin.register(AuditEvent)
@@ -345,58 +321,11 @@ class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
         # The same filters, search and date drill-down as the list page the link was on.
         events = self.get_changelist_instance(request).get_queryset(request)
         response = StreamingHttpResponse(
-            _csv_rows(events.iterator(chunk_size=2000), self.csv_fields), content_type="text/csv; charset=utf-8"
+            audit.audit_csv_lines(events.iterator(chunk_size=2000), self.csv_fields),
+            content_type="text/csv; charset=utf-8",
         )
         response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%d-%H%M%S}.csv"'
         return response
-
-
-def _csv_rows(events: Any, fields: tuple[str, ...]) -> Any:
-    buffer = _Echo()
-    writer = csv.writer(buffer)
-    yield writer.writerow(fields)
-    for event in events:
-        yield writer.writerow([_csv_safe(getattr(event, name)) for name in fields])
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def _csv_safe(value: object) -> str:
-    text = value.isoformat() if hasattr(value, "isoformat") else str(value if value is not None else "")
-    # Spreadsheets run cells starting with these as formulas (CSV injection, OWASP).
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
-
-
-class RoleForm(forms.ModelForm):
-    feature_permissions = forms.MultipleChoiceField(
-        choices=list(FEATURE_PERMISSIONS.items()), widget=forms.CheckboxSelectMultiple, required=False
-    )
-    members = forms.ModelMultipleChoiceField(
-        queryset=get_user_model().objects.order_by("username"),
-        required=False,
-        widget=FilteredSelectMultiple("members", is_stacked=False),
-    )
-    invited_connections = forms.ModelMultipleChoiceField(
-        queryset=Connection.objects.order_by("name"),
-        required=False,
-        widget=FilteredSelectMultiple("connections", is_stacked=False),
-        help_text="Bots whose users hold this role get tokens for these connections.",
-    )
-
-    class Meta:
-        model = Role
-        fields = ("name",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            held = self.instance.permissions.filter(content_type__app_label="connections")
-            self.fields["feature_permissions"].initial = [p.codename for p in held if p.codename in FEATURE_PERMISSIONS]
-            self.fields["members"].initial = self.instance.user_set.all()
-            self.fields["invited_connections"].initial = self.instance.connections.all()
 
 
 @admin.register(Role)
@@ -437,16 +366,6 @@ class RoleAdmin(admin.ModelAdmin):
             connections=list(form.cleaned_data["invited_connections"]),
             actor=request.user,
         )
-
-
-class BotKeyAddForm(forms.ModelForm):
-    expires_days = forms.IntegerField(
-        required=False, min_value=1, max_value=3650, help_text="Leave blank for a key that never expires."
-    )
-
-    class Meta:
-        model = BotKey
-        fields = ("user", "name")
 
 
 @admin.register(BotKey)

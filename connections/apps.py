@@ -6,4 +6,6 @@ class ConnectionsConfig(AppConfig):
     verbose_name = "OAuth connections"
 
     def ready(self) -> None:
-        from connections import token_cache  # noqa: F401 - connects the signals that invalidate cached grants
+        from connections import signals
+
+        signals.connect()

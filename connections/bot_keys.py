@@ -4,28 +4,24 @@ Format: `crk_<key id>_<secret>`. The prefix lets secret scanners spot a leaked k
 without a scan; the secret has 256 bits of entropy, so a fast digest is enough (as GitHub and zulip do).
 """
 
-import hashlib
 import hmac
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from connections import token_cache
-from connections.models import BotKey
-from connections.services import audit_record
+from connections import signals
+from connections.audit import Action, Outcome, audit_record
+from connections.models import BotKey, sha256_digest
 
 KEY_PREFIX = "crk_"
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 # Writing last-used on every call would turn each token request into a write; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-
-
-def secret_digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def bot_key_create(
@@ -45,13 +41,13 @@ def bot_key_create(
             user=user,
             name=name,
             key_id=key_id,
-            digest=secret_digest(secret),
+            digest=sha256_digest(secret),
             created_by=created_by,
             expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
         )
         audit_record(
-            action="bot_key_create",
-            outcome="success",
+            action=Action.BOT_KEY_CREATE,
+            outcome=Outcome.SUCCESS,
             actor=created_by,
             actor_label="" if created_by else "command line",
             detail=f"Key {key_id} '{name}' for {user.get_username()}"
@@ -65,10 +61,10 @@ def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> boo
     with transaction.atomic():
         revoked = BotKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if revoked:
-            token_cache.grants_changed()
+            signals.identity_rows_changed()  # an UPDATE sends no signal
             audit_record(
-                action="bot_key_revoke",
-                outcome="success",
+                action=Action.BOT_KEY_REVOKE,
+                outcome=Outcome.SUCCESS,
                 actor=actor,
                 actor_label="" if actor else "command line",
                 detail=f"Key {key.key_id} '{key.name}' of {key.user.get_username()}",
@@ -80,19 +76,43 @@ class BotKeyRejected(Exception):
     """The presented key cannot be used; the message says why, in words safe to show the caller."""
 
 
-def bot_key_authenticate(raw_key: str, *, remote_addr: str | None = None) -> BotKey:
-    """The active key matching raw_key, with its user loaded."""
+@dataclass(frozen=True)
+class PresentedKey:
+    """A bot key as a caller presented it, in the shape of a key; whether it is a real one is not known yet."""
+
+    key_id: str
+    secret: str
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.secret)
+
+    def matches(self, digest: str) -> bool:
+        return hmac.compare_digest(digest, self.digest)
+
+
+def presented_key(authorization: str) -> PresentedKey:
+    """The bot key of an `Authorization: Bearer crk_<key id>_<secret>` header; BotKeyRejected if there is none."""
+    scheme, _, raw_key = authorization.partition(" ")
+    raw_key = raw_key.strip()
+    if scheme.lower() != "bearer" or not raw_key:
+        raise BotKeyRejected("Send the bot key as 'Authorization: Bearer <key>'.")
     key_id, _, secret = raw_key.removeprefix(KEY_PREFIX).partition("_")
-    key = None
-    if raw_key.startswith(KEY_PREFIX) and KEY_ID_PATTERN.fullmatch(key_id) and secret:
-        columns = ("key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at")
-        key = (
-            BotKey.objects.select_related("user")
-            .only(*columns, "user__username", "user__is_active")
-            .filter(key_id=key_id)
-            .first()
-        )
-    if key is None or not hmac.compare_digest(key.digest, secret_digest(secret)):
+    if not raw_key.startswith(KEY_PREFIX) or not KEY_ID_PATTERN.fullmatch(key_id) or not secret:
+        raise BotKeyRejected("The bot key is not valid.")
+    return PresentedKey(key_id=key_id, secret=secret)
+
+
+def bot_key_authenticate(presented: PresentedKey, *, remote_addr: str | None = None) -> BotKey:
+    """The active key matching the presented one, with its user loaded."""
+    columns = ("key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at")
+    key = (
+        BotKey.objects.select_related("user")
+        .only(*columns, "user__username", "user__is_active")
+        .filter(key_id=presented.key_id)
+        .first()
+    )
+    if key is None or not presented.matches(key.digest):
         raise BotKeyRejected("The bot key is not valid.")
     now = timezone.now()
     if key.revoked_at is not None:

@@ -1,4 +1,4 @@
-"""Configuration as code: users, roles and connections from a YAML file (DESIGN.md "Commands"), and back.
+"""Configuration as code: users, roles and connections from a YAML file (README "Configuration as code"), and back.
 
 Apply checks the whole file first and writes nothing when anything is wrong, naming every problem with its
 place in the file (line and path). Connections are validated by the admin's own form, so a file and a person in
@@ -19,9 +19,10 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils.text import slugify
 
+from connections.audit import Action, Outcome, audit_record
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import FEATURE_PERMISSIONS, Connection
-from connections.services import audit_record, role_update
+from connections.services import role_update
 from providers.models import Provider, split_scopes
 
 USER_KEYS = {"username", "email", "first_name", "last_name"}
@@ -369,8 +370,8 @@ def config_apply(plan: Plan, *, actor: AbstractBaseUser | None = None) -> None:
                 continue
             connection = Connection.objects.filter(slug=change.name).first() if change.kind == "connection" else None
             audit_record(
-                action=f"config_{change.action}",
-                outcome="success",
+                action=Action(f"config_{change.action}"),
+                outcome=Outcome.SUCCESS,
                 connection=connection,
                 actor=actor,
                 actor_label="" if actor else "apply_config",

@@ -3,10 +3,12 @@ import re
 from typing import Any
 
 from django import forms
+from django.contrib.admin.widgets import FilteredSelectMultiple
+from django.contrib.auth import get_user_model
 from django.utils.text import slugify
 
-from connections import oauth_client
-from connections.models import Connection, TokenType
+from connections import outbound
+from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role, TokenType
 from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_scopes
 
 PLACEHOLDER_PREFIX = "placeholder__"
@@ -203,6 +205,45 @@ class ConnectionForm(forms.ModelForm):
                 continue
             url = PLACEHOLDER_PATTERN.sub(lambda match: values[match.group(1)], template)
             try:
-                oauth_client.check_url(url)
-            except oauth_client.ProviderError as exc:
+                outbound.check_url(url)
+            except outbound.ProviderError as exc:
                 self.add_error(field, exc.message)
+
+
+class RoleForm(forms.ModelForm):
+    feature_permissions = forms.MultipleChoiceField(
+        choices=list(FEATURE_PERMISSIONS.items()), widget=forms.CheckboxSelectMultiple, required=False
+    )
+    members = forms.ModelMultipleChoiceField(
+        queryset=get_user_model().objects.order_by("username"),
+        required=False,
+        widget=FilteredSelectMultiple("members", is_stacked=False),
+    )
+    invited_connections = forms.ModelMultipleChoiceField(
+        queryset=Connection.objects.order_by("name"),
+        required=False,
+        widget=FilteredSelectMultiple("connections", is_stacked=False),
+        help_text="Bots whose users hold this role get tokens for these connections.",
+    )
+
+    class Meta:
+        model = Role
+        fields = ("name",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            held = self.instance.permissions.filter(content_type__app_label="connections")
+            self.fields["feature_permissions"].initial = [p.codename for p in held if p.codename in FEATURE_PERMISSIONS]
+            self.fields["members"].initial = self.instance.user_set.all()
+            self.fields["invited_connections"].initial = self.instance.connections.all()
+
+
+class BotKeyAddForm(forms.ModelForm):
+    expires_days = forms.IntegerField(
+        required=False, min_value=1, max_value=3650, help_text="Leave blank for a key that never expires."
+    )
+
+    class Meta:
+        model = BotKey
+        fields = ("user", "name")

@@ -1,11 +1,10 @@
 """The token endpoint's logic: from a bot key and a connection slug to a valid access token, or an error code.
 
-Error codes and statuses are DESIGN.md's contract. Every answer writes one audit event, never the token.
-A request like one this process has just answered is answered from memory (connections.token_cache); the
-first, and every refusal, refresh or change, goes the full way through the database.
+Error codes and statuses are the contract in connections/openapi.yaml. Every answer writes one audit event, never
+the token. A request like one this process has just answered is answered from memory (connections.token_cache);
+the first, and every refusal, refresh or change, goes the full way through the database.
 """
 
-import hmac
 import math
 import re
 import time
@@ -19,10 +18,17 @@ from django.core.cache import cache
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from connections import services, token_cache
-from connections.bot_keys import KEY_PREFIX, LAST_USED_RESOLUTION, BotKeyRejected, bot_key_authenticate, secret_digest
+from connections import audit_queue, token_cache
+from connections.audit import Action, Outcome, audit_record
+from connections.bot_keys import (
+    LAST_USED_RESOLUTION,
+    BotKeyRejected,
+    bot_key_authenticate,
+    presented_key,
+)
 from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
 from connections.oauth_client import ProviderError
+from connections.refresh import client_credentials_token_obtain, token_refresh
 
 MAX_MIN_VALIDITY = 24 * 3600
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
@@ -93,8 +99,8 @@ def _check_rate(key: BotKey) -> None:
         )
 
 
-def _connection_for(key: BotKey, slug: str) -> Connection:
-    if not SLUG_PATTERN.fullmatch(slug):  # nothing else can name a connection; don't query for it
+def _connection_for(key: BotKey, slug: str | None) -> Connection:
+    if slug is None:  # not a slug's shape: nothing can be named so, and the database is not asked
         raise TokenRequestError(404, "not_found", "No connection has that name.")
     invited = Connection.roles.through.objects.filter(connection=OuterRef("pk"), group__user=key.user_id)
     # Only the columns this answer needs: a refresh loads the rest (provider, secret) when it happens.
@@ -169,7 +175,7 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
         )
     try:
         # The generation read at the start of this request: a refresh that finished since then is ours to take.
-        return services.token_refresh(token=token, actor_label="token endpoint", min_generation=token.generation)
+        return token_refresh(token=token, actor_label="token endpoint", min_generation=token.generation)
     except ProviderError as exc:
         token.refresh_from_db()
         if not exc.permanent and token.is_valid():
@@ -177,15 +183,17 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
         raise _provider_failure(exc, token) from None
 
 
-def _answer_from_grant(
+def _answer_from_cache(
     authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None
 ) -> IssuedToken | None:
     """The answer kept from an earlier request, or None when the full path must answer this one."""
-    scheme, _, raw_key = authorization.partition(" ")
-    key_id, _, secret = raw_key.strip().removeprefix(KEY_PREFIX).partition("_")
+    try:
+        presented = presented_key(authorization)
+    except BotKeyRejected:
+        return None
     now = timezone.now()
-    grant = token_cache.grant_find(key_id, slug, now) if scheme.lower() == "bearer" and secret else None
-    if grant is None:
+    cached = token_cache.find(presented.key_id, slug, now)
+    if cached is None:
         return None
     try:
         min_validity, force_refresh = _parse_params(params)
@@ -193,22 +201,22 @@ def _answer_from_grant(
         return None
     usable = (
         not force_refresh
-        and hmac.compare_digest(grant.digest, secret_digest(secret))
-        and (grant.key_expires_at is None or grant.key_expires_at > now)
-        and now - grant.last_used_at <= LAST_USED_RESOLUTION  # else the full path writes last-used
-        and token_valid_for(grant.token_expires_at, now, min_validity)
+        and presented.matches(cached.digest)
+        and (cached.key_expires_at is None or cached.key_expires_at > now)
+        and now - cached.last_used_at <= LAST_USED_RESOLUTION  # else the full path writes last-used
+        and token_valid_for(cached.token_expires_at, now, min_validity)
     )
     if not usable:
         return None
-    return grant.answer if token_cache.grant_use(grant, now=now, remote_addr=remote_addr) else None
+    return cached.answer if token_cache.use(cached, now=now, remote_addr=remote_addr) else None
 
 
-def _grant_remember(
+def _answer_remember(
     key: BotKey, token: OAuthToken, answer: IssuedToken, audit: dict[str, Any], counters: tuple[str, str] | None
 ) -> None:
     if counters is None or token.state != TokenState.ACTIVE:
         return
-    grant = token_cache.Grant(
+    cached = token_cache.CachedAnswer(
         key_id=key.key_id,
         digest=key.digest,
         key_expires_at=key.expires_at,
@@ -219,45 +227,49 @@ def _grant_remember(
         counters=counters,
         stored_at=timezone.now(),
     )
-    token_cache.grant_remember(grant)
+    token_cache.remember(cached)
+
+
+def _token_to_give(connection: Connection, key: BotKey, min_validity: int, force_refresh: bool) -> OAuthToken:
+    """The stored token (obtained first for client credentials), refreshed if it would not last long enough."""
+    token = _stored_token(connection, key)
+    if token is None and not connection.uses_authorization_code:
+        try:
+            token = client_credentials_token_obtain(connection=connection)
+        except ProviderError as exc:
+            raise _provider_failure(exc, None) from None
+    if token is None:
+        who = key.user.get_username() if connection.is_user_specific else "nobody"
+        raise TokenRequestError(
+            409, "not_connected", f"{connection.slug} is not connected: {who} has not authorized it yet."
+        )
+    return _fresh_token(connection, token, min_validity, force_refresh)
 
 
 def token_request(
     *, authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None = None
 ) -> IssuedToken:
     """Answer one bot's request for a token. Raises TokenRequestError for every refusal."""
-    answer = _answer_from_grant(authorization, slug, params, remote_addr)
+    answer = _answer_from_cache(authorization, slug, params, remote_addr)
     if answer is not None:
         return answer
-    # Read before the database: a change committed after this read moves them, and the grant dies with it.
-    counters = token_cache.counters(slug) if SLUG_PATTERN.fullmatch(slug) else None
+    # Read before the database: a change committed after this read moves them, and the cached answer dies with it.
+    possible_slug = slug if SLUG_PATTERN.fullmatch(slug) else None
+    counters = token_cache.counters(slug) if possible_slug else None
     key: BotKey | None = None
     connection: Connection | None = None
-    outcome, detail = "failure", ""
+    outcome, detail = Outcome.FAILURE, ""
     try:
-        scheme, _, raw_key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not raw_key.strip():
-            raise TokenRequestError(401, "invalid_key", "Send the bot key as 'Authorization: Bearer <key>'.")
         try:
-            key = bot_key_authenticate(raw_key.strip(), remote_addr=remote_addr)
+            key = bot_key_authenticate(presented_key(authorization), remote_addr=remote_addr)
         except BotKeyRejected as exc:
             raise TokenRequestError(401, "invalid_key", str(exc)) from None
         _check_rate(key)
         min_validity, force_refresh = _parse_params(params)
-        connection = _connection_for(key, slug)
-        token = _stored_token(connection, key)
-        if token is None and not connection.uses_authorization_code:
-            try:
-                token = services.client_credentials_token_obtain(connection=connection)
-            except ProviderError as exc:
-                raise _provider_failure(exc, None) from None
-        if token is None:
-            who = key.user.get_username() if connection.is_user_specific else "nobody"
-            raise TokenRequestError(
-                409, "not_connected", f"{connection.slug} is not connected: {who} has not authorized it yet."
-            )
-        token = _fresh_token(connection, token, min_validity, force_refresh)
-        outcome, detail = "success", f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
+        connection = _connection_for(key, possible_slug)
+        token = _token_to_give(connection, key, min_validity, force_refresh)
+        outcome = Outcome.SUCCESS
+        detail = f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
         answer = IssuedToken(
             connection=connection.slug,
             access_token=token.access_token,
@@ -270,8 +282,8 @@ def token_request(
         detail = f"{exc.status} {exc.error}: {exc.detail}"
         raise
     finally:
-        event = services.audit_record(
-            action="token_request",
+        event = audit_record(
+            action=Action.TOKEN_REQUEST,
             outcome=outcome,
             connection=connection,
             actor=key.user if key else None,
@@ -279,6 +291,6 @@ def token_request(
             detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
             remote_addr=remote_addr,
         )
-    audit = {field: getattr(event, field) for field in token_cache.AUDIT_FIELDS}
-    _grant_remember(key, token, answer, audit, counters)
+    audit = {field: getattr(event, field) for field in audit_queue.EVENT_FIELDS}
+    _answer_remember(key, token, answer, audit, counters)
     return answer

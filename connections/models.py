@@ -1,3 +1,4 @@
+import hashlib
 from datetime import datetime
 
 from django.conf import settings
@@ -14,6 +15,11 @@ FEATURE_PERMISSIONS = {
     "manage_connections": "Manage connections (create, edit, connect, delete)",
     "view_connections": "View connections and their status",
 }
+
+
+def sha256_digest(value: str) -> str:
+    """What is stored of a secret that is only ever compared, never given back: bot keys, OAuth state, sessions."""
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 class TokenType(models.TextChoices):
@@ -196,6 +202,22 @@ class AuditEvent(models.Model):
         SUCCESS = "success", "Success"
         FAILURE = "failure", "Failure"
 
+    class Action(models.TextChoices):
+        AUTHORIZE_START = "authorize_start", "Authorization started"
+        AUTHORIZE_CALLBACK = "authorize_callback", "Authorization answered"
+        TOKEN_REQUEST = "token_request", "Token requested by a bot"
+        TOKEN_REFRESH = "token_refresh", "Token refreshed"
+        TOKEN_OBTAIN = "token_obtain", "Token obtained (client credentials)"
+        CONNECTION_CREATE = "connection_create", "Connection created"
+        CONNECTION_UPDATE = "connection_update", "Connection changed"
+        CONNECTION_TEST = "connection_test", "Connection tested"
+        DISCONNECT = "disconnect", "Disconnected"
+        ROLE_UPDATE = "role_update", "Role changed"
+        BOT_KEY_CREATE = "bot_key_create", "Bot key created"
+        BOT_KEY_REVOKE = "bot_key_revoke", "Bot key revoked"
+        CONFIG_CREATE = "config_create", "Created by apply_config"
+        CONFIG_UPDATE = "config_update", "Changed by apply_config"
+
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -205,7 +227,7 @@ class AuditEvent(models.Model):
         Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
     )
     connection_label = models.CharField(max_length=120, blank=True)
-    action = models.CharField(max_length=40, db_index=True)
+    action = models.CharField(max_length=40, choices=Action.choices, db_index=True)
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     detail = models.TextField(blank=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)

@@ -53,6 +53,51 @@ def token_for(connection: Connection, user: AnyUser | None) -> OAuthToken | None
     return tokens.filter(user__isnull=True).first()
 
 
+@dataclass(frozen=True)
+class TokenSummary:
+    """What the connection list shows of a connection's tokens (all of them, for a user-specific one)."""
+
+    last_refresh_at: datetime | None  # of the token written last
+    next_refresh_at: datetime | None  # the earliest due
+    consecutive_failures: int  # the most of any token
+    last_failure: OAuthToken | None  # the token that failed last
+
+    @property
+    def last_refresh_text(self) -> str:
+        if not self.last_refresh_at:
+            return "—"
+        ago = format_duration((timezone.now() - self.last_refresh_at).total_seconds())
+        return f"{timezone.localtime(self.last_refresh_at):%Y-%m-%d %H:%M:%S %Z} ({ago} ago)"
+
+    @property
+    def next_refresh_text(self) -> str:
+        if not self.next_refresh_at:
+            return "—"
+        remaining = (self.next_refresh_at - timezone.now()).total_seconds()
+        return f"in {format_duration(remaining)}" if remaining > 0 else "due now"
+
+    @property
+    def last_error_text(self) -> str:
+        token = self.last_failure
+        if token is None:
+            return "—"
+        when = timezone.localtime(token.last_error_at).strftime("%Y-%m-%d %H:%M:%S") if token.last_error_at else ""
+        return f"{token.last_error} ({when}; {token.consecutive_failures} consecutive failure(s))"
+
+
+def token_summary(connection: Connection) -> TokenSummary:
+    """Works on prefetched tokens (the admin list prefetches them), so a list page costs no query per row."""
+    tokens = list(connection.tokens.all())
+    latest = max(tokens, key=lambda token: token.updated_at, default=None)
+    failing = [token for token in tokens if token.last_error]
+    return TokenSummary(
+        last_refresh_at=latest and (latest.refreshed_at or latest.authorized_at),
+        next_refresh_at=min((token.next_refresh_at for token in tokens if token.next_refresh_at), default=None),
+        consecutive_failures=max((token.consecutive_failures for token in tokens), default=0),
+        last_failure=max(failing, key=lambda token: token.last_error_at or token.updated_at, default=None),
+    )
+
+
 def format_duration(seconds: float) -> str:
     seconds = int(abs(seconds))
     if seconds < 90:

@@ -1,14 +1,14 @@
 """The token endpoint's common case from memory: no SQL and no network call in the request.
 
 The common case is a key that was just answered asking again for the same connection while its token is still
-valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a Grant.
-A grant is good while two counters in Redis are where they were before the full path read the database: one for
-keys, users, roles, invitations and connection settings, one per connection for its tokens. Every write to those
-rows moves a counter, now and again after it commits (signals below; services for their UPDATEs).
+valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a CachedAnswer.
+A cached answer is good while two counters in Redis are where they were before the full path read the database:
+one for keys, users, roles, invitations and connection settings, one per connection for its tokens. Every write
+to those rows moves a counter, now and again after it commits (connections.signals says which writes).
 
 Each web process reports to Redis every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread: it learns
 which counters moved, adds the requests it answered to each key's rate counter, and queues their audit events
-(a Celery task moves them into the audit table: services.audit_queue_drain). So a change made in one process
+(connections.audit_queue; a Celery task moves them into the audit table). So a change made in one process
 reaches the others within that interval; a key's rate limit may be overshot by what the other processes
 answered in it; and a process killed with SIGKILL loses the audit events of its last interval (a normal exit
 reports them). A process that has not heard from Redis for ten intervals answers nothing from memory until
@@ -16,6 +16,8 @@ it has.
 
 Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. Without
 Redis (the embedded default) nothing is kept and every request takes the full path.
+
+Pure infrastructure: it imports no models, and knows the answers it keeps only as opaque values.
 """
 
 import atexit
@@ -25,39 +27,28 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save
-from django.dispatch import receiver
-from redis.backoff import NoBackoff
-from redis.lock import Lock
-from redis.retry import Retry
 
-from connections.models import BotKey, Connection, OAuthToken
+from connections import audit_queue, redis_connection
 
 logger = logging.getLogger(__name__)
 
 STALE_INTERVALS = 10  # reports missed before a process stops answering from memory
-MAX_GRANTS = 10_000  # about 2 kB each; a process that reaches this starts afresh
-MAX_GRANT_AGE = timedelta(seconds=60)  # a grant is read from the database again at least this often
+MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afresh
+MAX_ANSWER_AGE = timedelta(seconds=60)  # an answer is read from the database again at least this often
 RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then Redis drops it
-# What a queued audit event holds, besides its time and address (AuditEvent's own field names).
-AUDIT_FIELDS = ("actor_id", "actor_label", "connection_id", "connection_label", "action", "outcome", "detail")
 
 
 @dataclass(frozen=True)
-class Grant:
-    """What answering one key for one connection needs, as the full path found it."""
+class CachedAnswer:
+    """What answering one key for one connection again needs, as the full path found it."""
 
     key_id: str
     digest: str
@@ -65,13 +56,12 @@ class Grant:
     last_used_at: datetime
     token_expires_at: datetime | None
     answer: Any  # issuing.IssuedToken
-    audit: dict[str, Any]  # the AuditEvent fields of a successful answer, but its time and address
+    audit: dict[str, Any]  # audit_queue.EVENT_FIELDS of a successful answer
     counters: tuple[str, str]  # (identity, token) counters as read before the database
     stored_at: datetime
 
 
-def enabled() -> bool:
-    return bool(settings.REDIS_URL)
+enabled = redis_connection.enabled
 
 
 # Redis key names: the cache's own naming (prefix, version), worked out once.
@@ -80,7 +70,7 @@ def _identity_counter() -> str:
     return cache.make_key("grants:identity")
 
 
-@functools.lru_cache(maxsize=MAX_GRANTS)
+@functools.lru_cache(maxsize=MAX_ANSWERS)
 def _token_counter(slug: str) -> str:
     return cache.make_key(f"grants:token:{slug}")
 
@@ -90,28 +80,17 @@ def rate_counter(key_id: str, window: int) -> str:
     return f"token-rate:{key_id}:{window}"
 
 
-@functools.cache
-def audit_queue() -> str:
-    return cache.make_key("audit-queue")
-
-
-def redis_client(url: str) -> redis.Redis:
-    # Fail fast: with Redis away the full path answers, so a request must not wait out redis-py's default
-    # retries with backoff (seconds) first.
-    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, retry=Retry(NoBackoff(), 1))
-
-
 class _Process:
     """What one process keeps. A forked child starts afresh: a connection, a thread and unreported events must
     not be shared with its parent."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.redis = redis_client(settings.REDIS_URL)
-        self.grants: dict[tuple[str, str], Grant] = {}
+        self.redis = redis_connection.client()
+        self.answers: dict[tuple[str, str], CachedAnswer] = {}
         self.counters: dict[str, str] = {}  # counter key -> value at the last report
         self.reported_at = float("-inf")  # time.monotonic() of the last report Redis answered
-        self.events: list[tuple[Grant, datetime, str | None]] = []  # answers not yet audited: grant, time, address
+        self.events: list[tuple[CachedAnswer, datetime, str | None]] = []  # not yet audited: answer, time, address
         self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet reported
         self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count in Redis when last reported
         self.lock = threading.Lock()  # guards the buffers; held only for moments
@@ -126,7 +105,7 @@ class _Process:
             with self.lock:
                 events, self.events = self.events, []
                 unreported, self.unreported = self.unreported, {}
-            watched = [_identity_counter(), *{_token_counter(slug) for _, slug in list(self.grants)}]
+            watched = [_identity_counter(), *{_token_counter(slug) for _, slug in list(self.answers)}]
             pipe = self.redis.pipeline(transaction=False)
             pipe.mget(watched)
             for (key_id, window), count in unreported.items():
@@ -134,7 +113,7 @@ class _Process:
                 pipe.incrby(counter, count)
                 pipe.expire(counter, RATE_COUNTER_SECONDS)
             if events:
-                pipe.rpush(audit_queue(), *(_audit_event(*event) for event in events))
+                audit_queue.push(pipe, [_audit_event(*event) for event in events])
             try:
                 results = pipe.execute()
             except redis.RedisError:
@@ -158,7 +137,7 @@ class _Process:
                 self.totals.update(zip(unreported, results[1 : 1 + 2 * len(unreported) : 2], strict=True))
             self.reported_at = started
         if events and results[-1] == len(events):
-            _queue_drain_soon()  # the queue was empty: nobody has asked for a drain yet
+            audit_queue.drain_soon()  # the queue was empty: nobody has asked for a drain yet
         return True
 
     def report_forever(self) -> None:
@@ -212,7 +191,7 @@ def reset() -> None:
 
 
 def counters(slug: str) -> tuple[str, str] | None:
-    """The counters a grant for `slug` depends on, read before the database; None when there is no cache."""
+    """The counters an answer for `slug` depends on, read before the database; None when there is no cache."""
     if not enabled():
         return None
     try:
@@ -222,53 +201,53 @@ def counters(slug: str) -> tuple[str, str] | None:
     return (identity or b"0").decode(), (token or b"0").decode()
 
 
-def grant_remember(grant: Grant) -> None:
+def remember(cached: CachedAnswer) -> None:
     state = _process()
-    if len(state.grants) >= MAX_GRANTS:
-        state.grants.clear()
-    slug = grant.answer.connection
-    # Until the next report, take the counters as this grant read them a moment ago.
-    state.counters.setdefault(_identity_counter(), grant.counters[0])
-    state.counters.setdefault(_token_counter(slug), grant.counters[1])
-    state.grants[(grant.key_id, slug)] = grant
+    if len(state.answers) >= MAX_ANSWERS:
+        state.answers.clear()
+    slug = cached.answer.connection
+    # Until the next report, take the counters as this answer read them a moment ago.
+    state.counters.setdefault(_identity_counter(), cached.counters[0])
+    state.counters.setdefault(_token_counter(slug), cached.counters[1])
+    state.answers[(cached.key_id, slug)] = cached
     state.start_reporting()
 
 
-def grant_find(key_id: str, slug: str, now: datetime) -> Grant | None:
+def find(key_id: str, slug: str, now: datetime) -> CachedAnswer | None:
     if _state is None:
         return None
-    grants = _process().grants
-    grant = grants.get((key_id, slug))
-    if grant is not None and now - grant.stored_at > MAX_GRANT_AGE:
-        grants.pop((key_id, slug), None)
+    answers = _process().answers
+    cached = answers.get((key_id, slug))
+    if cached is not None and now - cached.stored_at > MAX_ANSWER_AGE:
+        answers.pop((key_id, slug), None)
         return None
-    return grant
+    return cached
 
 
-def grant_use(grant: Grant, *, now: datetime, remote_addr: str | None) -> bool:
-    """Count the request and keep it to be audited, if the grant still holds and the key is under its limit."""
+def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool:
+    """Count the request and keep it to be audited, if the answer still holds and the key is under its limit."""
     state = _process()
     stale = time.monotonic() - state.reported_at > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS
     if stale and not state.report():
         return False
-    slug = grant.answer.connection
-    if (state.counters.get(_identity_counter()), state.counters.get(_token_counter(slug))) != grant.counters:
-        state.grants.pop((grant.key_id, slug), None)
+    slug = cached.answer.connection
+    if (state.counters.get(_identity_counter()), state.counters.get(_token_counter(slug))) != cached.counters:
+        state.answers.pop((cached.key_id, slug), None)
         return False
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
         if limit:
-            window_key = (grant.key_id, int(now.timestamp() // 60))
+            window_key = (cached.key_id, int(now.timestamp() // 60))
             unreported = state.unreported.get(window_key, 0)
             if state.totals.get(window_key, 0) + unreported >= limit:
                 return False  # the full path counts it in Redis and answers 429 if it is over
             state.unreported[window_key] = unreported + 1
-        state.events.append((grant, now, remote_addr))  # made into JSON by the report, off the request's path
+        state.events.append((cached, now, remote_addr))  # made into JSON by the report, off the request's path
     return True
 
 
-def _audit_event(grant: Grant, created_at: datetime, remote_addr: str | None) -> str:
-    return json.dumps({**grant.audit, "created_at": created_at.isoformat(), "remote_addr": remote_addr})
+def _audit_event(cached: CachedAnswer, created_at: datetime, remote_addr: str | None) -> str:
+    return json.dumps({**cached.audit, "created_at": created_at.isoformat(), "remote_addr": remote_addr})
 
 
 def rate_unreported(key_id: str, window: int) -> int:
@@ -285,26 +264,16 @@ def rate_total_seen(key_id: str, window: int, total: int) -> None:
             _state.totals[(key_id, window)] = total
 
 
-def _queue_drain_soon() -> None:
-    from connections.tasks import audit_queue_drain
-
-    try:
-        # A second's delay gathers what arrives meanwhile into the same batch.
-        audit_queue_drain.apply_async(countdown=1)
-    except Exception:  # the broker is down: beat's periodic drain picks the events up later
-        logger.warning("Could not queue the audit drain; the periodic drain will do it.", exc_info=True)
-
-
-def grants_changed(*, slug: str | None = None) -> None:
-    """Invalidate grants: all of them (slug None), or those of one connection's tokens."""
+def invalidate(*, slug: str | None = None) -> None:
+    """Forget cached answers: all of them (slug None), or those of one connection's tokens."""
     if not enabled():
         return
     counter = _identity_counter() if slug is None else _token_counter(slug)
     state = _process()
-    for grant_key in [grant_key for grant_key in state.grants if slug is None or grant_key[1] == slug]:
-        state.grants.pop(grant_key, None)  # this process: at once
+    for answer_key in [answer_key for answer_key in state.answers if slug is None or answer_key[1] == slug]:
+        state.answers.pop(answer_key, None)  # this process: at once
     # Other processes: when they next report. Moved now, for reads later in this transaction; and again after
-    # commit, since a grant stored meanwhile may have been read from the rows as they were before this write.
+    # commit, since an answer cached meanwhile may have been read from the rows as they were before this write.
     _counter_move(counter)
     transaction.on_commit(lambda: _counter_move(counter))
 
@@ -313,52 +282,6 @@ def _counter_move(counter: str) -> None:
     try:
         _process().redis.incr(counter)
     except redis.RedisError:
-        logger.error("Redis did not answer: other processes keep their grants up to %s.", MAX_GRANT_AGE, exc_info=True)
-
-
-@contextmanager
-def audit_queue_lock() -> Iterator[Lock | None]:
-    """One drainer at a time (None: another holds it). A drainer that dies frees it within a minute; one that
-    lives calls reacquire() between batches to keep it."""
-    lock = _process().redis.lock(cache.make_key("audit-queue-drain"), timeout=60, blocking=False)
-    acquired = lock.acquire()
-    try:
-        yield lock if acquired else None
-    finally:
-        if acquired:
-            lock.release()
-
-
-def audit_queue_peek(count: int) -> list[dict[str, Any]]:
-    return [json.loads(item) for item in _process().redis.lrange(audit_queue(), 0, count - 1)]
-
-
-def audit_queue_remove(count: int) -> None:
-    # Events are only appended at the tail while the single drainer removes from the head.
-    _process().redis.ltrim(audit_queue(), count, -1)
-
-
-# What grants depend on. QuerySet.update sends no signal: services that update these rows call grants_changed.
-@receiver([post_save, post_delete], sender=BotKey)
-@receiver([post_save, post_delete], sender=Connection)
-@receiver(post_delete, sender=Group)  # its invitations and memberships go with it, with no m2m signal
-@receiver(m2m_changed, sender=Connection.roles.through)
-@receiver(m2m_changed, sender=get_user_model().groups.through)
-def _identity_changed(**kwargs: Any) -> None:
-    grants_changed()
-
-
-@receiver([post_save, post_delete], sender=get_user_model())
-def _user_changed(update_fields: frozenset[str] | None = None, **kwargs: Any) -> None:
-    if update_fields != frozenset({"last_login"}):  # a login changes nothing a grant holds
-        grants_changed()
-
-
-@receiver(post_save, sender=OAuthToken)
-def _token_saved(instance: OAuthToken, **kwargs: Any) -> None:
-    grants_changed(slug=instance.connection.slug)
-
-
-@receiver(post_delete, sender=OAuthToken)
-def _token_deleted(**kwargs: Any) -> None:
-    grants_changed()  # its connection may be going too, so its slug may not be readable any more
+        logger.error(
+            "Redis did not answer: other processes keep their cached answers up to %s.", MAX_ANSWER_AGE, exc_info=True
+        )

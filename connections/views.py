@@ -1,3 +1,4 @@
+from celery import current_app
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -8,7 +9,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from connections import health, issuing, selectors, services
+from connections import authorization, health, issuing, selectors, services
+from connections.errors import ConnectionActionError
 from connections.models import Connection
 
 
@@ -46,14 +48,14 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
     if not request.session.session_key:
         request.session.save()
     try:
-        url = services.connection_authorize_start(
+        url = authorization.connection_authorize_start(
             connection=connection,
             user=request.user,
             session_key=request.session.session_key or "",
             return_url=return_url,
             remote_addr=_remote_addr(request),
         )
-    except services.ConnectionActionError as exc:
+    except ConnectionActionError as exc:
         messages.error(request, exc.message)
         return redirect(return_url)
     return HttpResponseRedirect(url)
@@ -64,13 +66,13 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
 def oauth_callback(request: HttpRequest) -> HttpResponse:
     default_return = reverse("my_connections") if request.user.is_authenticated else reverse("admin:index")
     try:
-        result = services.connection_authorize_complete(
+        result = authorization.connection_authorize_complete(
             params=request.GET.dict(),
             session_key=request.session.session_key or "",
             default_return_url=default_return,
             remote_addr=_remote_addr(request),
         )
-    except services.ConnectionActionError as exc:
+    except ConnectionActionError as exc:
         messages.error(request, exc.message)
         return redirect(exc.return_url or default_return)
     status = selectors.token_status(result.token)
@@ -97,7 +99,7 @@ def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
     connection = get_object_or_404(Connection, slug=slug)
     try:
         message = services.connection_disconnect(connection=connection, actor=request.user, only_user=request.user)
-    except services.ConnectionActionError as exc:
+    except ConnectionActionError as exc:
         messages.error(request, exc.message)
     else:
         messages.success(request, message)
@@ -129,5 +131,5 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
 
 @never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
-    report = health.health_report()
+    report = health.health_report(current_app)
     return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
-from connections import token_cache
+from connections import audit_queue, refresh, token_cache
 from connections.models import Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
@@ -26,7 +26,7 @@ def fresh_token_cache() -> Iterator[None]:
     yield
     token_cache.reset()
     if token_cache.enabled():
-        redis.Redis.from_url(settings.REDIS_URL).delete(token_cache.audit_queue())
+        redis.Redis.from_url(settings.REDIS_URL).delete(audit_queue.key())
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +123,11 @@ def connect(client: Client, connection: Connection, authserver: AuthServer, *, a
 
 def shared_token(connection: Connection) -> OAuthToken | None:
     return OAuthToken.objects.filter(connection=connection, user__isnull=True).first()
+
+
+def refresh_shared_token(connection: Connection) -> OAuthToken:
+    """Refresh the shared token now, as Refresh now or a worker would."""
+    return refresh.token_refresh(token=shared_token(connection), actor_label="test")
 
 
 def get_token(raw_key: str | None, slug: str, **params: str):

@@ -1,4 +1,5 @@
-"""apply_config / export_config: the DESIGN.md YAML, idempotent, all-or-nothing, secrets by reference only."""
+"""apply_config / export_config: the YAML of the README's "Configuration as code", idempotent, all-or-nothing,
+secrets by reference only."""
 
 from io import StringIO
 from pathlib import Path

@@ -1,19 +1,15 @@
 """Fixtures of the token endpoint's tests: a bot runner in a role with its key, and a connection it may use."""
 
 import pytest
-from django.contrib.auth.models import Group
 
-from connections.bot_keys import bot_key_create
 from tests.conftest import connect
+from tests.support.bots import Bot, make_bot
 
 
 @pytest.fixture
-def bot(make_user):
+def bot(db) -> Bot:
     """A bot runner in a role, and its key."""
-    role = Group.objects.create(name="Finance bots")
-    user = make_user("finance-bot", roles=(role,))
-    key, raw = bot_key_create(user=user, name="finance runner")
-    return user, role, key, raw
+    return make_bot("finance-bot", "Finance bots", "finance runner")
 
 
 @pytest.fixture
@@ -23,5 +19,5 @@ def connected(make_connection, manager_client, authserver, bot):
     authserver.set_token_extra({"instance_url": "https://acme.my.example"})
     manager_client.get(connect(manager_client, connection, authserver))
     authserver.set_token_extra({})
-    connection.roles.add(bot[1])
+    bot.invite(connection)
     return connection

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from connections.bot_keys import bot_key_create
 from connections.oauth_client import TokenResponse
-from connections.services import token_store
+from connections.tokens import token_store
 
 pytestmark = pytest.mark.django_db
 

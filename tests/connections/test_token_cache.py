@@ -10,9 +10,11 @@ from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.utils import timezone
 
-from connections import services, token_cache
+from connections import audit, redis_connection, services, token_cache
 from connections.bot_keys import bot_key_create, bot_key_revoke
 from connections.models import AuditEvent, OAuthToken
+from connections.oauth_client import ProviderError
+from connections.refresh import token_refresh
 from tests.conftest import get_token, shared_token
 
 pytestmark = pytest.mark.django_db
@@ -25,18 +27,18 @@ def _fresh_rate_counters():
 
 def warm(bot, connection) -> dict:
     """Two answers: the first through the database, the second from memory; returns the second's body."""
-    first = get_token(bot[3], connection.slug)
+    first = get_token(bot.raw_key, connection.slug)
     assert first.status_code == 200, first.content
-    second = get_token(bot[3], connection.slug)
+    second = get_token(bot.raw_key, connection.slug)
     assert second.status_code == 200
-    assert (bot[2].key_id, connection.slug) in token_cache._process().grants
+    assert (bot.key.key_id, connection.slug) in token_cache._process().answers
     return second.json()
 
 
 def test_a_repeated_request_is_answered_from_memory_with_the_same_answer(connected, bot, django_assert_num_queries):
-    first = get_token(bot[3], connected.slug)
+    first = get_token(bot.raw_key, connected.slug)
     with django_assert_num_queries(0):
-        second = get_token(bot[3], connected.slug)
+        second = get_token(bot.raw_key, connected.slug)
     assert second.status_code == 200 and second["Cache-Control"] == "no-store"
     assert {**second.json(), "expires_in": 0} == {**first.json(), "expires_in": 0}
     assert second.json()["access_token"] == shared_token(connected).access_token
@@ -45,59 +47,59 @@ def test_a_repeated_request_is_answered_from_memory_with_the_same_answer(connect
 def test_answers_from_memory_are_audited_like_the_others(connected, bot):
     # given: one answer through the database (audited at once) and three from memory (queued)
     for _ in range(4):
-        assert get_token(bot[3], connected.slug).status_code == 200
+        assert get_token(bot.raw_key, connected.slug).status_code == 200
     assert AuditEvent.objects.filter(action="token_request").count() == 1
     # when
     assert token_cache.report()
-    assert services.audit_queue_drain() == 3
+    assert audit.audit_queue_drain() == 3
     # then: four identical events but for their time, in order
     events = list(AuditEvent.objects.filter(action="token_request").order_by("created_at", "id"))
     fields = ("actor_id", "actor_label", "connection_id", "connection_label", "outcome", "detail", "remote_addr")
     assert len({tuple(getattr(event, name) for name in fields) for event in events}) == 1
-    assert events[0].actor == bot[0] and events[0].connection == connected and events[0].remote_addr == "127.0.0.1"
+    assert events[0].actor == bot.user and events[0].connection == connected and events[0].remote_addr == "127.0.0.1"
     assert [event.created_at for event in events] == sorted(event.created_at for event in events)
-    assert services.audit_queue_drain() == 0
+    assert audit.audit_queue_drain() == 0
 
 
 def test_queued_events_outlive_a_deleted_user_and_connection(connected, bot):
     warm(bot, connected)
-    label = f"finance-bot (key {bot[2].key_id})"
+    label = f"finance-bot (key {bot.key.key_id})"
     slug = connected.slug
-    bot[0].delete()
+    bot.user.delete()
     connected.delete()
     assert token_cache.report()
-    assert services.audit_queue_drain() == 1
+    assert audit.audit_queue_drain() == 1
     event = AuditEvent.objects.filter(action="token_request").latest("id")
     assert (event.actor, event.connection, event.actor_label, event.connection_label) == (None, None, label, slug)
 
 
 def _revoke(bot, connection):
-    bot_key_revoke(key=bot[2])
+    bot_key_revoke(key=bot.key)
 
 
 def _delete_key(bot, connection):
-    bot[2].delete()
+    bot.key.delete()
 
 
 def _deactivate_user(bot, connection):
-    bot[0].is_active = False
-    bot[0].save()
+    bot.user.is_active = False
+    bot.user.save()
 
 
 def _leave_role(bot, connection):
-    bot[0].groups.remove(bot[1])
+    bot.user.groups.remove(bot.role)
 
 
 def _uninvite_role(bot, connection):
-    connection.roles.remove(bot[1])
+    connection.roles.remove(bot.role)
 
 
 def _uninvite_from_the_role_side(bot, connection):
-    bot[1].connections.clear()
+    bot.role.connections.clear()
 
 
 def _delete_role(bot, connection):
-    Group.objects.get(pk=bot[1].pk).delete()
+    Group.objects.get(pk=bot.role.pk).delete()
 
 
 def _disable_connection(bot, connection):
@@ -110,9 +112,9 @@ def _disconnect(bot, connection):
 
 
 def _key_expires(bot, connection):
-    bot[2].expires_at = timezone.now() + timedelta(seconds=1)
-    bot[2].save()
-    assert get_token(bot[3], connection.slug).status_code == 200  # still valid for a moment
+    bot.key.expires_at = timezone.now() + timedelta(seconds=1)
+    bot.key.save()
+    assert get_token(bot.raw_key, connection.slug).status_code == 200  # still valid for a moment
     time.sleep(1.1)
 
 
@@ -135,14 +137,14 @@ def test_the_next_request_after_a_change_sees_it(connected, bot, change):
     make_change, status, error = CHANGES[change]
     warm(bot, connected)
     make_change(bot, connected)
-    response = get_token(bot[3], connected.slug)
+    response = get_token(bot.raw_key, connected.slug)
     assert (response.status_code, response.json().get("error")) == (status, error)
 
 
 def test_a_token_refreshed_elsewhere_is_served_at_once(connected, bot, authserver):
     before = warm(bot, connected)["access_token"]
-    services.token_refresh(token=shared_token(connected), actor_label="another process")
-    after = get_token(bot[3], connected.slug).json()["access_token"]
+    token_refresh(token=shared_token(connected), actor_label="another process")
+    after = get_token(bot.raw_key, connected.slug).json()["access_token"]
     assert after != before and after == shared_token(connected).access_token
     assert authserver.whoami(after).status_code == 200
 
@@ -150,43 +152,43 @@ def test_a_token_refreshed_elsewhere_is_served_at_once(connected, bot, authserve
 def test_a_rejected_refresh_elsewhere_is_seen_at_once(connected, bot, authserver):
     warm(bot, connected)
     authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
-    with pytest.raises(services.ProviderError):
-        services.token_refresh(token=shared_token(connected), actor_label="beat")
-    response = get_token(bot[3], connected.slug)
+    with pytest.raises(ProviderError):
+        token_refresh(token=shared_token(connected), actor_label="beat")
+    response = get_token(bot.raw_key, connected.slug)
     assert (response.status_code, response.json()["error"]) == (409, "reauthorization_required")
 
 
 @pytest.mark.parametrize("params", [{"min_validity": "3600"}, {"force_refresh": "true"}])
 def test_refreshes_asked_for_take_the_full_path(connected, bot, authserver, params):
     before = warm(bot, connected)["access_token"]
-    response = get_token(bot[3], connected.slug, **params)
+    response = get_token(bot.raw_key, connected.slug, **params)
     assert response.status_code == 200 and response.json()["access_token"] != before
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
 
 def test_a_wrong_secret_with_a_known_key_id_is_refused(connected, bot):
     warm(bot, connected)
-    key_id = bot[2].key_id
+    key_id = bot.key.key_id
     response = get_token(f"crk_{key_id}_{'x' * 43}", connected.slug)
     assert (response.status_code, response.json()["error"]) == (401, "invalid_key")
 
 
 def test_the_rate_limit_counts_answers_from_memory(connected, bot, settings):
     settings.TOKEN_RATE_LIMIT_PER_MINUTE = 3
-    assert [get_token(bot[3], connected.slug).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert [get_token(bot.raw_key, connected.slug).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
 def test_last_used_is_still_written_once_a_minute(connected, bot):
     warm(bot, connected)
     stale = timezone.now() - timedelta(minutes=5)
-    type(bot[2]).objects.filter(pk=bot[2].pk).update(last_used_at=stale)
-    grant = token_cache._process().grants[(bot[2].key_id, connected.slug)]
-    token_cache._process().grants[(bot[2].key_id, connected.slug)] = type(grant)(
+    type(bot.key).objects.filter(pk=bot.key.pk).update(last_used_at=stale)
+    grant = token_cache._process().answers[(bot.key.key_id, connected.slug)]
+    token_cache._process().answers[(bot.key.key_id, connected.slug)] = type(grant)(
         **{**vars(grant), "last_used_at": stale}
     )
-    assert get_token(bot[3], connected.slug).status_code == 200
-    bot[2].refresh_from_db()
-    assert bot[2].last_used_at > stale
+    assert get_token(bot.raw_key, connected.slug).status_code == 200
+    bot.key.refresh_from_db()
+    assert bot.key.last_used_at > stale
 
 
 def test_user_specific_grants_are_each_users_own(make_connection, make_user, authserver):
@@ -212,12 +214,12 @@ def test_without_redis_the_full_path_answers(connected, bot, monkeypatch, caplog
     warm(bot, connected)
     # Redis gone after start-up: this process's connection points at a closed port, and its last report is old.
     state = token_cache._process()
-    monkeypatch.setattr(state, "redis", token_cache.redis_client("redis://127.0.0.1:1/0"))
+    monkeypatch.setattr(state, "redis", redis_connection.connect("redis://127.0.0.1:1/0"))
     monkeypatch.setattr(state, "reported_at", float("-inf"))
     before = AuditEvent.objects.filter(action="token_request").count()
     for _ in range(3):
         started = time.monotonic()
-        assert get_token(bot[3], connected.slug).status_code == 200
+        assert get_token(bot.raw_key, connected.slug).status_code == 200
         assert time.monotonic() - started < 3  # no waiting out retries with backoff (about 8 s each before)
     # Answered by the full path, which wrote its audit events itself; the outage is logged once, not per request.
     assert AuditEvent.objects.filter(action="token_request").count() == before + 3

@@ -15,8 +15,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
+from connections.health import beat_heartbeat_record
 from connections.models import BeatHeartbeat
-from connections.services import beat_heartbeat_record
 from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, wait_for_port
 
 pytestmark = pytest.mark.django_db

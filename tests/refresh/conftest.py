@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 
 from connections import token_cache
-from connections.bot_keys import bot_key_create
 from tests.conftest import connect
-from tests.refresh.stack import Bot, ProcessGroups, Stack, database_url_for_processes, redis_database
+from tests.refresh.stack import ProcessGroups, Stack, database_url_for_processes, redis_database
+from tests.support.bots import Bot, make_bot
 
 
 @pytest.fixture
@@ -67,11 +67,7 @@ def make_stack(transactional_db, tmp_path: Path, settings) -> Iterator[Callable[
 
 @pytest.fixture
 def bot(transactional_db) -> Bot:
-    role = Group.objects.create(name="Refresh bots")
-    user = User.objects.create_user("refresh-bot")
-    user.groups.add(role)
-    _, raw_key = bot_key_create(user=user, name="refresh tests")
-    return Bot(user=user, role=role, raw_key=raw_key)
+    return make_bot("refresh-bot", "Refresh bots", "refresh tests")
 
 
 @pytest.fixture

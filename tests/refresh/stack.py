@@ -22,7 +22,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 from celery import Celery
-from django.contrib.auth.models import Group, User
 from django.db import connection as db_connection
 from django.db import connections
 from django.test import Client
@@ -238,16 +237,6 @@ class Stack:
                 client.send_task(name, args=list(args), connection=conn)
         finally:
             client.close()
-
-
-@dataclass
-class Bot:
-    user: User
-    role: Group
-    raw_key: str
-
-    def invite(self, connection: Connection) -> None:
-        connection.roles.add(self.role)
 
 
 def get_token(raw_key: str, slug: str, **params: str):

@@ -30,6 +30,26 @@ def relay(authserver):
         yield started
 
 
+def assert_refreshed_once(authserver, connection, before, refreshed, logs: str) -> None:
+    assert refreshed.generation == before.generation + 1
+    assert refreshed.access_token != before.access_token
+    assert refreshed.refresh_token and refreshed.refresh_token != before.refresh_token
+    assert (refreshed.state, refreshed.consecutive_failures, refreshed.last_error) == ("active", 0, "")
+    assert (refreshed.lease_owner, refreshed.lease_expires_at) == ("", None)
+    assert refreshed.expires_at > timezone.now() + timedelta(minutes=50)
+    assert authserver.whoami(refreshed.access_token).json()["username"] == "alice"
+    refreshes = AuditEvent.objects.filter(connection=connection, action="token_refresh")
+    assert list(refreshes.values_list("outcome", "actor_label")) == [("success", "refresh worker")], logs
+
+
+def assert_a_forced_refresh_works(authserver, bot, connection, old: tuple[str, str]) -> None:
+    response = get_token(bot.raw_key, connection.slug, force_refresh="true")
+    assert response.status_code == 200, response.content
+    assert response.json()["access_token"] not in old
+    assert authserver.whoami(response.json()["access_token"]).status_code == 200
+    assert refresh_requests(authserver) == 2
+
+
 def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
     make_stack, make_connection, manager_client, authserver, bot, relay
 ):
@@ -39,6 +59,7 @@ def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
     bot.invite(connection)
     before = shared_token(connection)
     assert before is not None and before.refresh_token
+    before_values = (before.access_token, before.refresh_token)
     forwarded_before = relay.snapshot().forwarded  # the code exchange
     stack = make_stack(redis_db=12, BEAT_INTERVAL=2, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT)
     stack.worker("worker-1", pool="prefork", concurrency=1)
@@ -48,11 +69,11 @@ def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
     relay.delay = HOLD
     OAuthToken.objects.filter(pk=before.pk).update(next_refresh_at=timezone.now() - timedelta(seconds=1))
 
-    def leased_and_in_flight():
-        token = OAuthToken.objects.get(pk=before.pk)
-        return relay.snapshot().holding == 1 and token.lease_owner and token
-
-    leased = stack.wait_until(leased_and_in_flight, 20, "worker-1 to take the lease and send its refresh")
+    leased = stack.wait_until(
+        lambda: relay.snapshot().holding == 1 and (token := OAuthToken.objects.get(pk=before.pk)).lease_owner and token,
+        20,
+        "worker-1 to take the lease and send its refresh",
+    )
     stack.kill("worker-1")
     stack.wait_until(lambda: relay.snapshot().dropped == 1, 10, "the relay to see the killed worker's socket close")
 
@@ -61,11 +82,7 @@ def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
     assert relay.snapshot().forwarded == forwarded_before
     stuck = OAuthToken.objects.get(pk=before.pk)
     assert stuck.lease_owner == leased.lease_owner and stuck.lease_expires_at > timezone.now()
-    assert (stuck.generation, stuck.access_token, stuck.refresh_token) == (
-        before.generation,
-        before.access_token,
-        before.refresh_token,
-    )
+    assert (stuck.generation, stuck.access_token, stuck.refresh_token) == (before.generation, *before_values)
     # and bots are still served the current token meanwhile
     response = get_token(bot.raw_key, connection.slug, min_validity="0")
     assert response.status_code == 200 and response.json()["access_token"] == before.access_token
@@ -83,25 +100,13 @@ def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
         "the next attempt (a sweep re-queues the lost task) to refresh the token",
     )
 
-    # then one refresh succeeded: new access token, refresh token rotated once, state active, lease released
+    # then one refresh succeeded, by worker-2: new access token, refresh token rotated once, lease released
     logs = stack.logs()
     assert refresh_requests(authserver) == 1, logs
     assert "connections.tasks.refresh_token" in stack.log("worker-1"), logs  # it was worker-1's task that died
     assert stack.count_in_log("worker-2", "succeeded") >= 1, logs
     assert relay.snapshot().forwarded == forwarded_before + 1
-    assert refreshed.generation == before.generation + 1
-    assert refreshed.access_token != before.access_token
-    assert refreshed.refresh_token and refreshed.refresh_token != before.refresh_token
-    assert (refreshed.state, refreshed.consecutive_failures, refreshed.last_error) == ("active", 0, "")
-    assert (refreshed.lease_owner, refreshed.lease_expires_at) == ("", None)
-    assert refreshed.expires_at > timezone.now() + timedelta(minutes=50)
-    assert authserver.whoami(refreshed.access_token).json()["username"] == "alice"
-    refreshes = AuditEvent.objects.filter(connection=connection, action="token_refresh")
-    assert list(refreshes.values_list("outcome", "actor_label")) == [("success", "refresh worker")], logs
+    assert_refreshed_once(authserver, connection, before, refreshed, logs)
 
     # and nothing is lost: the stored refresh token is the live one (a forced refresh through it works)
-    response = get_token(bot.raw_key, connection.slug, force_refresh="true")
-    assert response.status_code == 200, response.content
-    assert response.json()["access_token"] not in (before.access_token, refreshed.access_token)
-    assert authserver.whoami(response.json()["access_token"]).status_code == 200
-    assert refresh_requests(authserver) == 2
+    assert_a_forced_refresh_works(authserver, bot, connection, old=(before.access_token, refreshed.access_token))

@@ -13,13 +13,14 @@ regression tests at the end.
 
 import json
 import re
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.contrib.messages import constants as message_levels
 from django.contrib.messages import get_messages
 from django.db import transaction
@@ -30,9 +31,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from connections import issuing, oauth_client, services
+from connections import issuing, oauth_client, outbound, tokens
 from connections.bot_keys import bot_key_create, bot_key_revoke
-from connections.models import AuditEvent, AuthorizationRequest, BotKey, Connection, OAuthToken
+from connections.models import AuditEvent, AuthorizationRequest, BotKey, Connection, OAuthToken, sha256_digest
 from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider
 from tests.conftest import connect, shared_token
 
@@ -180,29 +181,9 @@ CALLBACK_KEYS = ["state", "code", "error", "error_description", "error_uri", "is
 OAUTH_ERRORS = ["access_denied", "invalid_request", "server_error", "temporarily_unavailable", "invalid_scope", ""]
 
 
-def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
-    make_connection, make_user, manager_client, authserver
-):
-    # given a connected connection, so a rejected answer has a token it could damage
-    connection = make_connection()
-    callback = connect(manager_client, connection, authserver)
-    used_state = parse_qs(urlsplit(callback).query)["state"][0]
-    assert manager_client.get(callback).status_code == 302
-    assert shared_token(connection) is not None
-    # and flows in every state: pending in this browser, pending in another one, expired, already used
-    stranger = make_user(perms=("manage_connections",), staff=True)
-    clients = {"owner": manager_client, "stranger": _quiet_client(stranger), "anonymous": _quiet_client()}
-    manager_client.raise_request_exception = False
-    pending_state = _start_flow(manager_client, connection)
-    stranger_state = _start_flow(clients["stranger"], connection)
-    expired_state = _start_flow(manager_client, connection)
-    AuthorizationRequest.objects.filter(state_digest=services._digest(expired_state)).update(
-        expires_at=timezone.now() - timedelta(minutes=1)
-    )
-    genuine = {("owner", pending_state), ("stranger", stranger_state)}
-    known_states = [pending_state, stranger_state, expired_state, used_state]
-    secrets = {connection.client_secret, *(value for row in _token_rows() for value in row[3:5])}
-    exchanges = authserver.stats()["token_requests"]["authorization_code"]
+def _callback_queries(known_states: list[str], *, pending: list[str]) -> st.SearchStrategy[str]:
+    """Callback query strings: fuzzed ones around the known states and near misses of them, and answers that
+    carry a pending flow's own state last (the value Django reads), with anything else around it."""
 
     def near_misses(state: str) -> st.SearchStrategy[str]:
         return st.one_of(
@@ -224,16 +205,59 @@ def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
         QUERY_MODES,
         RAW_TAILS,
     )
-
-    # answers that carry a flow's own state last (the value Django reads), with anything else around it
     flow_answers = st.builds(
         lambda before, state, mode: _encode_query([*before, ("state", state)], mode, b""),
         st.lists(st.tuples(st.sampled_from(["code", "code", "error", "error_description", "iss"]), values), max_size=3),
-        st.sampled_from([pending_state, stranger_state]),
+        st.sampled_from(pending),
         QUERY_MODES,
     )
-    queries = st.one_of(fuzzed_queries, flow_answers)
+    return st.one_of(fuzzed_queries, flow_answers)
 
+
+def _assert_only_the_answered_flow_used(before: dict, after: dict, answered_state: str | None) -> None:
+    """A genuine answer uses up its own flow; nothing else about any flow changes."""
+    assert after.keys() == before.keys()
+    for pk, (digest, session, used_at, expires_at) in before.items():
+        if answered_state is not None and digest == sha256_digest(answered_state):
+            assert used_at is None and after[pk][2] is not None, "a genuine answer must use up its state"
+        else:
+            assert after[pk] == (digest, session, used_at, expires_at), "a rejected answer used up a flow"
+
+
+def _assert_sent_home_with_one_error(response, query: str, secrets: set[str]) -> None:
+    assert response.status_code == 302, (response.status_code, query)
+    assert _is_local_redirect(response["Location"]), response["Location"]
+    messages = _messages(response)
+    assert len(messages) == 1 and messages[0].level == message_levels.ERROR, messages
+    assert str(messages[0]).strip()
+    assert not any(secret in str(messages[0]) for secret in secrets)
+
+
+def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
+    make_connection, make_user, manager_client, authserver
+):
+    # given a connected connection, so a rejected answer has a token it could damage
+    connection = make_connection()
+    callback = connect(manager_client, connection, authserver)
+    used_state = parse_qs(urlsplit(callback).query)["state"][0]
+    assert manager_client.get(callback).status_code == 302
+    assert shared_token(connection) is not None
+    # and flows in every state: pending in this browser, pending in another one, expired, already used
+    stranger = make_user(perms=("manage_connections",), staff=True)
+    clients = {"owner": manager_client, "stranger": _quiet_client(stranger), "anonymous": _quiet_client()}
+    manager_client.raise_request_exception = False
+    pending_state = _start_flow(manager_client, connection)
+    stranger_state = _start_flow(clients["stranger"], connection)
+    expired_state = _start_flow(manager_client, connection)
+    AuthorizationRequest.objects.filter(state_digest=sha256_digest(expired_state)).update(
+        expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    genuine = {("owner", pending_state), ("stranger", stranger_state)}
+    known_states = [pending_state, stranger_state, expired_state, used_state]
+    secrets = {connection.client_secret, *(value for row in _token_rows() for value in row[3:5])}
+    exchanges = authserver.stats()["token_requests"]["authorization_code"]
+
+    queries = _callback_queries(known_states, pending=[pending_state, stranger_state])
     seen = {"genuine": 0, "rejected": 0}
 
     @given(who=st.sampled_from(sorted(clients)), query=queries)
@@ -247,24 +271,13 @@ def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
                 assert response.status_code == 400 and (_token_rows(), _flow_rows()) == (tokens, flows)
                 return
             # then it is sent somewhere on this site with one error message, never a server error
-            assert response.status_code == 302, (response.status_code, query)
-            assert _is_local_redirect(response["Location"]), response["Location"]
-            messages = _messages(response)
-            assert len(messages) == 1 and messages[0].level == message_levels.ERROR, messages
-            assert str(messages[0]).strip()
-            assert not any(secret in str(messages[0]) for secret in secrets)
+            _assert_sent_home_with_one_error(response, query, secrets)
             # and nothing stored changed, except that a genuine answer used up its flow
             assert _token_rows() == tokens
             was_genuine = (who, response.wsgi_request.GET.get("state")) in genuine
             seen["genuine" if was_genuine else "rejected"] += 1
-            after = _flow_rows()
-            assert after.keys() == flows.keys()
-            for pk, (digest, session, used_at, expires_at) in flows.items():
-                mine = was_genuine and digest == services._digest(response.wsgi_request.GET["state"])
-                if mine:
-                    assert used_at is None and after[pk][2] is not None, "a genuine answer must use up its state"
-                else:
-                    assert after[pk] == (digest, session, used_at, expires_at), "a rejected answer used up a flow"
+            answered = response.wsgi_request.GET["state"] if was_genuine else None
+            _assert_only_the_answered_flow_used(flows, _flow_rows(), answered)
             # and exactly one audit event tells what happened, without a secret or a NUL
             events = list(AuditEvent.objects.filter(pk__gt=last_event))
             assert [(e.action, e.outcome) for e in events] == [("authorize_callback", "failure")], events
@@ -354,13 +367,27 @@ def _clean_params(params: dict[str, str]) -> bool:
     return in_range and force in {"true", "false", "1", "0", ""}
 
 
-def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
-    make_connection, make_user, manager_client, authserver
-):
-    # given connections in the states a bot can meet, and keys that work and keys that must not
+@dataclass
+class EndpointWorld:
+    """Connections in the states a bot can meet, and keys that work and keys that must not."""
+
+    bot: User
+    by_name: dict[str, Connection]
+    slugs: dict[str, str]  # slug -> name in by_name
+    valid: str
+    other: str  # a working key whose user no role invites anywhere
+    revoked: str
+    expired: str
+    working: dict[str, User]  # raw key -> its user
+    key_pks: dict[str, int]
+    client_secrets: set[str]
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+def _endpoint_world(make_connection, make_user, manager_client, authserver) -> EndpointWorld:
     role = Group.objects.create(name="Fuzzed bots")
     bot = make_user("fuzz-bot", roles=(role,))
-    outsider = make_user("outsider-bot")  # a working key, but no role invites it anywhere
+    outsider = make_user("outsider-bot")
 
     def invited(**fields: object) -> Connection:
         connection = make_connection(**fields)
@@ -376,7 +403,6 @@ def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
         "disabled": invited(register=False, is_enabled=False),
         "private": make_connection(register=False),
     }
-    slugs = {connection.slug: name for name, connection in by_name.items()}
     _, valid = bot_key_create(user=bot, name="valid")
     _, other = bot_key_create(user=outsider, name="outsider")
     revoked_key, revoked = bot_key_create(user=bot, name="revoked")
@@ -384,19 +410,32 @@ def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
     expired_key, expired = bot_key_create(user=bot, name="expired", expires_days=1)
     BotKey.objects.filter(pk=expired_key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     working = {valid: bot, other: outsider}
-    key_pks = {raw: BotKey.objects.get(key_id=raw.split("_")[1]).pk for raw in working}
-    key_id = valid.split("_")[1]
-    client_secrets = {connection.client_secret for connection in by_name.values()}
+    return EndpointWorld(
+        bot=bot,
+        by_name=by_name,
+        slugs={connection.slug: name for name, connection in by_name.items()},
+        valid=valid,
+        other=other,
+        revoked=revoked,
+        expired=expired,
+        working=working,
+        key_pks={raw: BotKey.objects.get(key_id=raw.split("_")[1]).pk for raw in working},
+        client_secrets={connection.client_secret for connection in by_name.values()},
+    )
 
+
+def _endpoint_headers(world: EndpointWorld) -> tuple[st.SearchStrategy, st.SearchStrategy]:
+    """(headers with a working key, headers with anything else)."""
+    valid, key_id = world.valid, world.valid.split("_")[1]
     keys = st.one_of(
-        st.sampled_from([valid, valid, other, revoked, expired]),
+        st.sampled_from([valid, valid, world.other, world.revoked, world.expired]),
         st.sampled_from([valid.upper(), valid[:-1], valid + "x", valid.replace("crk_", "CRK_"), valid[4:]]),
         st.builds(lambda secret: f"crk_{key_id}_{secret}", hostile_text(50)),
         st.builds(lambda tail: "crk_" + tail, hostile_text(60)),
         text_values(60),
     )
-    working_headers = st.sampled_from([f"Bearer {valid}", f"bearer {valid}", f"Bearer  {valid} ", f"Bearer {other}"])
-    hostile_headers = st.one_of(
+    working = st.sampled_from([f"Bearer {valid}", f"bearer {valid}", f"Bearer  {valid} ", f"Bearer {world.other}"])
+    hostile = st.one_of(
         st.none(),
         text_values(80),
         st.builds(
@@ -407,24 +446,32 @@ def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
             st.sampled_from(["", " ", "\t", "\x00", "x", "\xa0", "\u3000", "\n"]),
         ),
     )
+    return working, hostile
+
+
+def _endpoint_paths(world: EndpointWorld) -> st.SearchStrategy[str]:
+    slugs = sorted(world.slugs)
     slug_values = st.one_of(
-        st.sampled_from(sorted(slugs)),
-        st.sampled_from(sorted(slugs)),
-        st.sampled_from(sorted(slugs)),
-        st.sampled_from(sorted(slugs)).flatmap(
+        st.sampled_from(slugs),
+        st.sampled_from(slugs),
+        st.sampled_from(slugs),
+        st.sampled_from(slugs).flatmap(
             lambda slug: st.sampled_from([slug.upper(), slug + " ", slug + "\x00", slug + "%", "..", slug[:-1] + "é"])
         ),
         st.sampled_from(["a" * 120, "a" * 121, "-", "_", "no-such-connection"]),
         text_values(40).filter(bool),
     )
-    clean_paths = st.sampled_from([f"/api/v1/connections/{slug}/token" for slug in sorted(slugs)])
+    clean_paths = st.sampled_from([f"/api/v1/connections/{slug}/token" for slug in slugs])
     fuzzed_paths = st.builds(
         lambda slug, safe, tail: f"/api/v1/connections/{quote(slug, safe=safe)}{tail}",
         slug_values,
         st.sampled_from(["", "%", "%.;,~!$'()*+=:@"]),
         st.sampled_from(["/token"] * 6 + ["/token/", "/TOKEN", "/token%00", "//token"]),
     )
-    paths = st.one_of(clean_paths, clean_paths, fuzzed_paths)
+    return st.one_of(clean_paths, clean_paths, fuzzed_paths)
+
+
+def _endpoint_queries() -> st.SearchStrategy[str]:
     clean_params = st.lists(
         st.one_of(
             st.tuples(st.just("min_validity"), st.integers(0, issuing.MAX_MIN_VALIDITY).map(str)),
@@ -445,85 +492,108 @@ def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
         ),
         max_size=4,
     )
-    queries = st.one_of(
+    return st.one_of(
         st.builds(_encode_query, clean_params, st.just("form"), st.just(b"")),
         st.builds(_encode_query, fuzzed_params, QUERY_MODES, RAW_TAILS),
     )
-    statuses: dict[int, int] = {}
 
+
+def _assert_contract_shape(world: EndpointWorld, response, stored_secrets: set[str]) -> dict:
+    """JSON, never cached, and an error is exactly {error, detail} with the status of its code."""
+    assert response["Content-Type"] == "application/json"
+    assert response["Cache-Control"] == "no-store"
+    body = json.loads(response.content)
+    text = response.content.decode()
+    assert not any(secret in text for secret in world.client_secrets | {world.valid, world.other, world.revoked})
+    assert world.expired not in text
+    if response.status_code != 200:
+        assert set(body) == {"error", "detail"}, body
+        assert ERROR_STATUS.get(body["error"]) == response.status_code, body
+        assert isinstance(body["detail"], str) and body["detail"].strip()
+        assert not any(secret in text for secret in stored_secrets | {row[3] for row in _token_rows()})
+        if body["error"] in {"rate_limited", "refresh_backoff", "provider_unavailable"}:
+            assert response["Retry-After"].isdigit(), body
+    return body
+
+
+def _assert_the_contracts_answer(world: EndpointWorld, response, body: dict, owner: User | None, slug: str) -> None:
+    sent = response.wsgi_request
+    if owner is None:
+        assert body.get("error") == "invalid_key" and response["WWW-Authenticate"], body
+    elif _clean_params(sent.GET.dict()):
+        name = world.slugs.get(slug) if owner == world.bot else ("private" if slug in world.slugs else None)
+        expected = {
+            None: "not_found",
+            "ready": None,
+            "pending": "not_connected",
+            "mine": "not_connected",
+            "disabled": "forbidden",
+            "private": "forbidden",
+        }[name]
+        assert body.get("error") == expected, (slug, body)
+    elif not re.search(r"[0-9]", sent.GET.get("min_validity", "60") or "x"):
+        assert body.get("error") == "bad_request", body
+
+
+def _assert_only_allowed_writes(world, response, body, slug, tokens, key_rows, used_key: int | None) -> None:
+    """Only a successful request, or a refresh it attempted, changed a token; a key row changes only by its
+    last use, and only when it authenticated."""
+    if response.status_code == 200:
+        assert body["connection"] == slug and "refresh_token" not in body
+        assert body["access_token"] == shared_token(world.by_name["ready"]).access_token
+        assert not any(row[4] and row[4] in response.content.decode() for row in _token_rows())
+    if response.status_code != 200 and body.get("error") not in REFRESH_OUTCOMES:
+        assert _token_rows() == tokens, body
+    after = _key_rows()
+    assert after.keys() == key_rows.keys()
+    for pk, row in key_rows.items():
+        if pk == used_key:
+            assert after[pk][:6] == row[:6], "the key was changed beyond its last use"
+        else:
+            assert after[pk] == row, "a refused or unused key was written to"
+
+
+def _ask_token_endpoint(world: EndpointWorld, path: str, header: str | None, query: str) -> None:
+    extra = {"QUERY_STRING": query}
+    if header is not None:
+        extra["HTTP_AUTHORIZATION"] = _latin1(header.encode())
+    with transaction.atomic():  # kept on success: the provider rotated whatever a refresh renewed
+        tokens, key_rows = _token_rows(), _key_rows()
+        stored_secrets = {value for row in tokens for value in row[3:5] if value}
+        response = _send(_quiet_client(), "get", path, **extra)
+        assert response.status_code != 500, (path, header, query)
+        world.statuses[response.status_code] = world.statuses.get(response.status_code, 0) + 1
+        if _too_many_fields(query):
+            assert response.status_code == 400 and (_token_rows(), _key_rows()) == (tokens, key_rows)
+            return
+        try:
+            match = resolve(response.wsgi_request.path_info)
+        except Resolver404:
+            match = None
+        if match is None or match.url_name != "connection_token":
+            # not the endpoint at all (a '/' in the slug, another suffix): Django's 404, nothing touched
+            assert response.status_code == 404
+            assert (_token_rows(), _key_rows()) == (tokens, key_rows)
+            return
+        body = _assert_contract_shape(world, response, stored_secrets)
+        scheme, _, raw_key = response.wsgi_request.headers.get("Authorization", "").partition(" ")
+        owner = world.working.get(raw_key.strip()) if scheme.lower() == "bearer" else None
+        _assert_the_contracts_answer(world, response, body, owner, match.kwargs["slug"])
+        used = world.key_pks[raw_key.strip()] if owner is not None else None
+        _assert_only_allowed_writes(world, response, body, match.kwargs["slug"], tokens, key_rows, used)
+
+
+def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
+    make_connection, make_user, manager_client, authserver
+):
+    # given connections in the states a bot can meet, and keys that work and keys that must not
+    world = _endpoint_world(make_connection, make_user, manager_client, authserver)
+    working_headers, hostile_headers = _endpoint_headers(world)
+    paths, queries = _endpoint_paths(world), _endpoint_queries()
+
+    # when anything is asked, then the contract's answer comes, and only what it allows is written
     def ask(path: str, header: str | None, query: str) -> None:
-        extra = {"QUERY_STRING": query}
-        if header is not None:
-            extra["HTTP_AUTHORIZATION"] = _latin1(header.encode())
-        with transaction.atomic():  # kept on success: the provider rotated whatever a refresh renewed
-            tokens, key_rows = _token_rows(), _key_rows()
-            stored_secrets = {value for row in tokens for value in row[3:5] if value}
-            response = _send(_quiet_client(), "get", path, **extra)
-            assert response.status_code != 500, (path, header, query)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-            if _too_many_fields(query):
-                assert response.status_code == 400 and (_token_rows(), _key_rows()) == (tokens, key_rows)
-                return
-            try:
-                match = resolve(response.wsgi_request.path_info)
-            except Resolver404:
-                match = None
-            if match is None or match.url_name != "connection_token":
-                # not the endpoint at all (a '/' in the slug, another suffix): Django's 404, nothing touched
-                assert response.status_code == 404
-                assert (_token_rows(), _key_rows()) == (tokens, key_rows)
-                return
-            # then: JSON, never cached, and an error is exactly {error, detail} with the status of its code
-            assert response["Content-Type"] == "application/json"
-            assert response["Cache-Control"] == "no-store"
-            body = json.loads(response.content)
-            text = response.content.decode()
-            assert not any(secret in text for secret in client_secrets | {valid, other, revoked, expired})
-            sent = response.wsgi_request
-            scheme, _, raw_key = sent.headers.get("Authorization", "").partition(" ")
-            owner = working.get(raw_key.strip()) if scheme.lower() == "bearer" else None
-            slug = match.kwargs["slug"]
-            if response.status_code != 200:
-                assert set(body) == {"error", "detail"}, body
-                assert ERROR_STATUS.get(body["error"]) == response.status_code, body
-                assert isinstance(body["detail"], str) and body["detail"].strip()
-                assert not any(secret in text for secret in stored_secrets | {row[3] for row in _token_rows()})
-                if body["error"] in {"rate_limited", "refresh_backoff", "provider_unavailable"}:
-                    assert response["Retry-After"].isdigit(), body
-            # and the answer is the one the contract gives for what was received
-            if owner is None:
-                assert body.get("error") == "invalid_key" and response["WWW-Authenticate"], body
-            elif _clean_params(sent.GET.dict()):
-                name = slugs.get(slug) if owner == bot else ("private" if slug in slugs else None)
-                expected = {
-                    None: "not_found",
-                    "ready": None,
-                    "pending": "not_connected",
-                    "mine": "not_connected",
-                    "disabled": "forbidden",
-                    "private": "forbidden",
-                }[name]
-                assert body.get("error") == expected, (slug, body)
-            elif not re.search(r"[0-9]", sent.GET.get("min_validity", "60") or "x"):
-                assert body.get("error") == "bad_request", body
-            # and only a successful request, or a refresh it attempted, changed a token
-            error = body.get("error")
-            if response.status_code == 200:
-                assert body["connection"] == slug and "refresh_token" not in body
-                current = shared_token(by_name["ready"])
-                assert body["access_token"] == current.access_token
-                assert not any(row[4] and row[4] in text for row in _token_rows())
-            if response.status_code != 200 and error not in REFRESH_OUTCOMES:
-                assert _token_rows() == tokens, body
-            # and a key row changes only by its last use, and only when it authenticated
-            used = key_pks[raw_key.strip()] if owner is not None else None
-            after = _key_rows()
-            assert after.keys() == key_rows.keys()
-            for pk, row in key_rows.items():
-                if pk == used:
-                    assert after[pk][:6] == row[:6], "the key was changed beyond its last use"
-                else:
-                    assert after[pk] == row, "a refused or unused key was written to"
+        _ask_token_endpoint(world, path, header, query)
 
     # A working key reaches every answer past authentication; anything else must stop at it.
     as_bot = given(path=paths, header=working_headers, query=queries)(ask)
@@ -531,7 +601,7 @@ def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
     settings(FUZZ, max_examples=300)(as_bot)()
     settings(FUZZ, max_examples=300)(as_anyone)()
 
-    assert {200, 401, 403, 404, 409, 400} <= set(statuses), statuses
+    assert {200, 401, 403, 404, 409, 400} <= set(world.statuses), world.statuses
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -645,31 +715,32 @@ URL_FIELDS = ("authorization_url", "token_url", "revocation_url")
 UNSTORABLE_JSON_TEXT = re.compile(r"\\u(0000|d[89a-f][0-9a-f]{2})", re.IGNORECASE)  # NUL, lone surrogates
 
 
+# What every connection form posts, but for the fields a case sets (the token inline's management form included).
+COMMON_FORM = {
+    "description": "",
+    "client_id": "fuzz-client",
+    "client_secret": "fuzz-secret",
+    "authorization_url": "",
+    "token_url": "",
+    "revocation_url": "",
+    "scopes": "read,write",
+    "extra_authorization_params": "{}",
+    "default_token_lifetime": "",
+    "is_enabled": "on",
+    "token_type": "shared",
+    "grant_type": "authorization_code",
+    "tokens-TOTAL_FORMS": "0",
+    "tokens-INITIAL_FORMS": "0",
+    "tokens-MIN_NUM_FORMS": "0",
+    "tokens-MAX_NUM_FORMS": "1000",
+}
+
+
 def _base_forms(existing: dict[str, Connection]) -> dict[str, dict[str, Any]]:
     def provider(slug: str) -> str:
         return str(Provider.objects.get(slug=slug).pk)
 
-    management = {
-        "tokens-TOTAL_FORMS": "0",
-        "tokens-INITIAL_FORMS": "0",
-        "tokens-MIN_NUM_FORMS": "0",
-        "tokens-MAX_NUM_FORMS": "1000",
-    }
-    common = {
-        "description": "",
-        "client_id": "fuzz-client",
-        "client_secret": "fuzz-secret",
-        "authorization_url": "",
-        "token_url": "",
-        "revocation_url": "",
-        "scopes": "read,write",
-        "extra_authorization_params": "{}",
-        "default_token_lifetime": "",
-        "is_enabled": "on",
-        "token_type": "shared",
-        "grant_type": "authorization_code",
-        **management,
-    }
+    common = COMMON_FORM
     forms = {
         "add custom": {
             **common,
@@ -728,7 +799,7 @@ def _check_accepted(connection: Connection, posted_secret: Any, secret_before: s
         assert not PLACEHOLDER_PATTERN.search(url), f"the {label} URL still holds a placeholder: {url!r}"
         if url or label in required:
             try:
-                oauth_client.check_url(url)
+                outbound.check_url(url)
             except oauth_client.ProviderError as exc:
                 pytest.fail(f"accepted a {label} URL the client refuses: {url!r} ({exc.message})")
     assert set(connection.placeholders) <= set(provider.placeholders), connection.placeholders
@@ -739,7 +810,7 @@ def _check_accepted(connection: Connection, posted_secret: Any, secret_before: s
     typed = posted_secret.strip() if isinstance(posted_secret, str) else ""
     assert connection.client_secret == (typed or secret_before or ""), "the stored secret is not the one typed"
     if connection.uses_authorization_code:  # the URL Connect sends the browser to can be built
-        oauth_client.authorization_url(services.connection_client_config(connection), state="s")
+        oauth_client.authorization_url(tokens.connection_client_config(connection), state="s")
 
 
 def test_connection_admin_form_never_crashes_and_stores_only_what_it_accepts(make_connection, manager_client):

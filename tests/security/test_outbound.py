@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.contrib.messages import get_messages
 
-from connections import oauth_client, services
+from connections import oauth_client, refresh, services
+from connections import outbound as outbound_policy
 from connections.models import AuditEvent, OAuthToken, TokenState
 from connections.oauth_client import ClientConfig, ProviderError
 from tests.conftest import connect, shared_token
@@ -250,7 +251,7 @@ def test_the_whole_flow_goes_through_the_proxy_with_its_credentials(
     token = shared_token(connection)
     assert token is not None
     # A refresh.
-    refreshed = services.token_refresh(token=token, actor_label="test")
+    refreshed = refresh.token_refresh(token=token, actor_label="test")
     assert refreshed.generation == token.generation + 1 and refreshed.access_token != token.access_token
     # Client credentials.
     machine = make_connection(grant_type="client_credentials")
@@ -301,7 +302,7 @@ def test_a_wrong_proxy_password_is_a_clear_error_and_changes_nothing(
 
     # A refresh: a ProviderError that says the proxy refused authentication.
     with pytest.raises(ProviderError) as caught:
-        services.token_refresh(token=before, actor_label="test")
+        refresh.token_refresh(token=before, actor_label="test")
     message = caught.value.message
     assert message == (
         f"The outbound proxy 127.0.0.1:{proxy.port} refused authentication (HTTP 407 Proxy Authentication "
@@ -382,7 +383,7 @@ def test_a_bypassed_provider_gets_the_whole_flow_directly(outbound, proxy, make_
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     connection = make_connection()
     manager_client.get(connect(manager_client, connection, authserver))
-    services.token_refresh(token=shared_token(connection), actor_label="test")
+    refresh.token_refresh(token=shared_token(connection), actor_label="test")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/disconnect/")
     assert any("Tokens revoked at the provider and removed." in text for text in _messages(response))
     assert authserver.stats()["token_requests"]["authorization_code"] == 1
@@ -501,7 +502,7 @@ def test_block_private_refuses_a_host_if_any_of_its_addresses_is_private(outboun
         oauth_client.client_credentials(_config(tls_server.url("/token", host="auth.example")))
     assert caught.value.error == "blocked_address"
     assert "resolves to a private address" in caught.value.message
-    oauth_client.check_destination("https://public.example/token")  # all public: allowed
+    outbound_policy.check_destination("https://public.example/token")  # all public: allowed
     assert tls_server.hits == []
 
 
@@ -577,4 +578,4 @@ def test_block_private_refuses_a_host_it_cannot_resolve(outbound, fake_dns):
     ],
 )
 def test_blocked_kind(address, kind):
-    assert oauth_client.blocked_kind(address) == kind
+    assert outbound_policy.blocked_kind(address) == kind

@@ -11,9 +11,10 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.test import Client
 
-from connections import services
 from connections.bot_keys import bot_key_create
 from connections.models import AuditEvent, OAuthToken
+from connections.oauth_client import ProviderError
+from connections.refresh import token_refresh
 from controlroom.logging import redact
 from tests.conftest import PROVIDER_USER
 
@@ -73,11 +74,11 @@ def test_the_whole_flow_leaks_no_secret(debug_logs, make_connection, manager_cli
     look(Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}x").get(url))
     # refresh failures, transient then permanent
     authserver.set_fault("status_500")
-    with pytest.raises(services.oauth_client.ProviderError):
-        services.token_refresh(token=token, actor_label="test")
+    with pytest.raises(ProviderError):
+        token_refresh(token=token, actor_label="test")
     authserver.set_fault("invalid_grant")
-    with pytest.raises(services.oauth_client.ProviderError):
-        services.token_refresh(token=OAuthToken.objects.get(pk=token.pk), actor_label="test")
+    with pytest.raises(ProviderError):
+        token_refresh(token=OAuthToken.objects.get(pk=token.pk), actor_label="test")
     look(bot_client.get(url, {"force_refresh": "true"}))
 
     # the pages an administrator looks at
@@ -92,15 +93,22 @@ def test_the_whole_flow_leaks_no_secret(debug_logs, make_connection, manager_cli
 
     logs = debug_logs.getvalue()
     assert "DEBUG" in logs and "requests_oauthlib" in logs  # the noisy loggers really were on
+    assert_nothing_leaked(secrets, logs=logs, pages=seen, token_answers=token_answers, current=token.access_token)
+
+
+def assert_nothing_leaked(
+    secrets: set[str], *, logs: str, pages: list[str], token_answers: list[str], current: str
+) -> None:
+    """No secret in the logs, the audit log or a page; a token answer holds its own access token and no other."""
     audit = "\n".join(AuditEvent.objects.values_list("detail", flat=True))
     for secret in secrets:
         assert len(secret) >= 8
         assert secret not in logs, f"a secret reached the logs: {secret[:4]}…"
         assert secret not in audit
-        for text in seen:
+        for text in pages:
             assert secret not in text
     for answer in token_answers:
-        for secret in secrets - {token.access_token} - {answer.split('"access_token": "')[1].split('"')[0]}:
+        for secret in secrets - {current} - {answer.split('"access_token": "')[1].split('"')[0]}:
             assert secret not in answer
 
 

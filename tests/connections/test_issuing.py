@@ -29,7 +29,7 @@ def _error(response) -> str:
 
 
 def test_a_bot_gets_a_valid_token(connected, bot, authserver):
-    response = get_token(bot[3], connected.slug)
+    response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     body = response.json()
@@ -50,26 +50,27 @@ def test_a_bot_gets_a_valid_token(connected, bot, authserver):
     event = AuditEvent.objects.filter(action="token_request").latest("id")
     assert (event.outcome, event.connection, event.remote_addr) == ("success", connected, "127.0.0.1")
     assert "finance-bot" in event.actor_label and token.access_token not in event.detail
-    assert BotKey.objects.get(pk=bot[2].pk).last_used_at is not None
+    assert BotKey.objects.get(pk=bot.key.pk).last_used_at is not None
 
 
 def test_min_validity_refreshes_a_token_that_expires_too_soon(connected, bot, authserver):
     OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() + timedelta(seconds=30))
     before = shared_token(connected)
-    response = get_token(bot[3], connected.slug, min_validity="60")
+    response = get_token(bot.raw_key, connected.slug, min_validity="60")
     assert response.status_code == 200
     assert response.json()["access_token"] != before.access_token
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
     # The same call with a lower bar takes the token as it is.
     assert (
-        get_token(bot[3], connected.slug, min_validity="10").json()["access_token"] == response.json()["access_token"]
+        get_token(bot.raw_key, connected.slug, min_validity="10").json()["access_token"]
+        == response.json()["access_token"]
     )
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
 
 def test_force_refresh(connected, bot, authserver):
-    first = get_token(bot[3], connected.slug).json()["access_token"]
-    second = get_token(bot[3], connected.slug, force_refresh="true").json()["access_token"]
+    first = get_token(bot.raw_key, connected.slug).json()["access_token"]
+    second = get_token(bot.raw_key, connected.slug, force_refresh="true").json()["access_token"]
     assert first != second and authserver.whoami(second).status_code == 200
 
 
@@ -92,7 +93,7 @@ def test_invalid_keys_get_401(connected, header, detail):
 
 
 def test_revoked_expired_and_deactivated_keys_get_401(connected, bot):
-    user, _, key, raw = bot
+    user, key, raw = bot.user, bot.key, bot.raw_key
     key.revoked_at = timezone.now()
     key.save()
     assert "revoked" in get_token(raw, connected.slug).json()["detail"]
@@ -108,43 +109,43 @@ def test_revoked_expired_and_deactivated_keys_get_401(connected, bot):
 
 
 def test_a_tampered_key_is_refused(connected, bot):
-    raw = bot[3]
+    raw = bot.raw_key
     assert get_token(raw[:-1] + ("A" if raw[-1] != "A" else "B"), connected.slug).status_code == 401
 
 
 def test_forbidden_without_an_invited_role(make_connection, bot):
     connection = make_connection(register=False)
-    response = get_token(bot[3], connection.slug)
+    response = get_token(bot.raw_key, connection.slug)
     assert response.status_code == 403 and _error(response) == "forbidden"
 
 
 def test_disabled_connection_is_forbidden(connected, bot):
     connected.is_enabled = False
     connected.save()
-    response = get_token(bot[3], connected.slug)
+    response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 403 and "disabled" in response.json()["detail"]
 
 
 def test_unknown_connection_is_404(bot):
-    response = get_token(bot[3], "no-such-connection")
+    response = get_token(bot.raw_key, "no-such-connection")
     assert response.status_code == 404 and _error(response) == "not_found"
 
 
 def test_never_authorized_is_409_not_connected(make_connection, bot):
     connection = make_connection(register=False)
-    connection.roles.add(bot[1])
-    response = get_token(bot[3], connection.slug)
+    connection.roles.add(bot.role)
+    response = get_token(bot.raw_key, connection.slug)
     assert response.status_code == 409 and _error(response) == "not_connected"
 
 
 def test_rejected_refresh_token_is_409_reauthorization_required(connected, bot, authserver):
     OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() - timedelta(seconds=5))
     authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
-    response = get_token(bot[3], connected.slug)
+    response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 409 and _error(response) == "reauthorization_required"
     assert shared_token(connected).state == "reauthorization_required"
     # From then on nothing is retried until someone authorizes again.
-    assert get_token(bot[3], connected.slug).json()["error"] == "reauthorization_required"
+    assert get_token(bot.raw_key, connected.slug).json()["error"] == "reauthorization_required"
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
 
@@ -152,13 +153,13 @@ def test_provider_down_and_token_expired_is_503_then_424_during_backoff(connecte
     OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() - timedelta(seconds=5))
     before = shared_token(connected)
     authserver.set_fault("status_500")
-    response = get_token(bot[3], connected.slug)
+    response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 503 and _error(response) == "provider_unavailable"
     assert int(response["Retry-After"]) >= 1
     after = shared_token(connected)
     assert after.refresh_token == before.refresh_token and after.state == "refresh_failing"
     # While backing off, callers are told when to come back instead of hammering the provider.
-    response = get_token(bot[3], connected.slug)
+    response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 424 and _error(response) == "refresh_backoff"
     assert int(response["Retry-After"]) >= 1
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
@@ -168,19 +169,19 @@ def test_provider_down_but_token_still_valid_serves_the_current_token(connected,
     OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() + timedelta(seconds=30))
     before = shared_token(connected)
     authserver.set_fault("timeout", delay=7)
-    response = get_token(bot[3], connected.slug, min_validity="60")
+    response = get_token(bot.raw_key, connected.slug, min_validity="60")
     assert response.status_code == 200 and response.json()["access_token"] == before.access_token
     assert shared_token(connected).state == "refresh_failing"
 
 
 def test_rate_limit_per_key(connected, bot, make_user, settings):
     settings.TOKEN_RATE_LIMIT_PER_MINUTE = 2
-    assert [get_token(bot[3], connected.slug).status_code for _ in range(2)] == [200, 200]
-    response = get_token(bot[3], connected.slug)
+    assert [get_token(bot.raw_key, connected.slug).status_code for _ in range(2)] == [200, 200]
+    response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 429 and _error(response) == "rate_limited"
     assert 1 <= int(response["Retry-After"]) <= 60
     # Another key of another bot is counted on its own.
-    _, other = bot_key_create(user=make_user(roles=(bot[1],)), name="other")
+    _, other = bot_key_create(user=make_user(roles=(bot.role,)), name="other")
     assert get_token(other, connected.slug).status_code == 200
 
 
@@ -189,12 +190,12 @@ def test_rate_limit_per_key(connected, bot, make_user, settings):
     [{"min_validity": "-1"}, {"min_validity": "abc"}, {"min_validity": "999999"}, {"force_refresh": "maybe"}],
 )
 def test_bad_parameters_are_400(connected, bot, params):
-    response = get_token(bot[3], connected.slug, **params)
+    response = get_token(bot.raw_key, connected.slug, **params)
     assert response.status_code == 400 and _error(response) == "bad_request"
 
 
 def test_only_get_is_allowed(connected, bot):
-    response = Client().post(f"/api/v1/connections/{connected.slug}/token", HTTP_AUTHORIZATION=f"Bearer {bot[3]}")
+    response = Client().post(f"/api/v1/connections/{connected.slug}/token", HTTP_AUTHORIZATION=f"Bearer {bot.raw_key}")
     assert response.status_code == 405
 
 
@@ -218,10 +219,10 @@ def test_user_specific_tokens_are_the_key_owners_own(make_connection, make_user,
 
 def test_client_credentials_connections_fetch_their_first_token(make_connection, bot, authserver):
     connection = make_connection(grant_type="client_credentials", scopes="read")
-    connection.roles.add(bot[1])
-    response = get_token(bot[3], connection.slug)
+    connection.roles.add(bot.role)
+    response = get_token(bot.raw_key, connection.slug)
     assert response.status_code == 200
     assert authserver.whoami(response.json()["access_token"]).status_code == 200
     # Later calls reuse it until it is due.
-    assert get_token(bot[3], connection.slug).json()["access_token"] == response.json()["access_token"]
+    assert get_token(bot.raw_key, connection.slug).json()["access_token"] == response.json()["access_token"]
     assert authserver.stats()["token_requests"]["client_credentials"] == 1

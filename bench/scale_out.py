@@ -1,0 +1,37 @@
+"""The scaled-out deployment's figures: 2 web processes, 3 Celery workers and beat keeping 1,000 sixty-second
+tokens fresh on this machine, with bots asking for tokens throughout.
+
+    .venv/bin/python bench/scale_out.py [--seconds 180]
+
+Runs the scenario of tests/deploy/scale_out.py through its test (tests/deploy/test_scale_out.py, which starts the
+throwaway PostgreSQL, Redis and authorization server and checks correctness), for --seconds, and prints what the
+test leaves out because it depends on the machine's speed: refreshes a second, refreshes per token against the
+bounds a correct engine keeps on an idle machine, the share of each worker, task times, sweep sizes, lateness,
+token-endpoint latency, and the CPU each role used. Exits with pytest's code: 0 when the run was correct.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=180, help="how long beat runs (default 180)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scale-out-") as workdir:
+        figures = Path(workdir) / "figures.txt"
+        env = {**os.environ, "SCALE_OUT_SECONDS": str(args.seconds), "SCALE_OUT_FIGURES": str(figures)}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/deploy/test_scale_out.py"]
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, check=False)
+        print(figures.read_text() if figures.exists() else "\nThe run stopped before its figures were made.")
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

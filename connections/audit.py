@@ -1,0 +1,114 @@
+"""The audit log: recording an event (in the caller's transaction), draining the events the token endpoint
+answered from memory (connections.audit_queue) into the audit table, and exporting events as CSV."""
+
+import csv
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import connection as db_connection
+from django.db import transaction
+
+from connections import audit_queue, redis_connection
+from connections.models import AuditEvent, Connection
+
+Action = AuditEvent.Action
+Outcome = AuditEvent.Outcome
+
+
+def user_label(user: AbstractBaseUser | None) -> str:
+    return user.get_username() if user is not None else "system"
+
+
+def audit_record(
+    *,
+    action: Action,
+    outcome: Outcome,
+    connection: Connection | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+    detail: str = "",
+    remote_addr: str | None = None,
+) -> AuditEvent:
+    # Details quote what callers and providers sent; PostgreSQL text cannot hold NUL characters.
+    return AuditEvent.objects.create(
+        action=action,
+        outcome=outcome,
+        connection=connection,
+        connection_label=connection.slug if connection else "",
+        actor=actor if actor is not None and actor.pk else None,
+        actor_label=(actor_label or user_label(actor)).replace("\x00", "")[:150],
+        detail=detail.replace("\x00", ""),
+        remote_addr=remote_addr or None,
+    )
+
+
+def audit_queue_drain(*, batch_size: int = 1000) -> int:
+    """Move the audit events the token endpoint queued in Redis (connections.audit_queue) into the audit table.
+
+    Returns how many were moved. A drainer that dies after its insert but before removing the batch from the
+    queue leaves it to be inserted again: an event may then appear twice, but is never lost.
+    """
+    if not redis_connection.enabled():
+        return 0
+    moved = 0
+    with audit_queue.drain_lock() as lock:
+        while lock is not None and (queued := audit_queue.peek(batch_size)):
+            _audit_events_insert(queued)
+            audit_queue.remove(len(queued))
+            moved += len(queued)
+            lock.reacquire()
+    return moved
+
+
+QUEUED_AUDIT_FIELDS = ("created_at", *audit_queue.EVENT_FIELDS, "remote_addr")
+
+
+def _audit_events_insert(queued: list[dict]) -> None:
+    """One executemany for a batch of queued events. bulk_create would prepare every field of every row in
+    Python, four times the cost of this (bench/token_endpoint.py counts it in each answer); these values are
+    plain already, and only the two that need it are adapted to the database by its backend's own hooks."""
+    # A user or connection deleted since its event was queued: the event stays, with its labels.
+    users = set(
+        get_user_model().objects.filter(pk__in={event["actor_id"] for event in queued}).values_list("pk", flat=True)
+    )
+    connections = set(
+        Connection.objects.filter(pk__in={event["connection_id"] for event in queued}).values_list("pk", flat=True)
+    )
+    ops = db_connection.ops
+    rows = [
+        {
+            **event,
+            "created_at": ops.adapt_datetimefield_value(datetime.fromisoformat(event["created_at"])),
+            "actor_id": event["actor_id"] if event["actor_id"] in users else None,
+            "connection_id": event["connection_id"] if event["connection_id"] in connections else None,
+            "remote_addr": ops.adapt_ipaddressfield_value(event["remote_addr"]),
+        }
+        for event in queued
+    ]
+    columns = ", ".join(ops.quote_name(AuditEvent._meta.get_field(name).column) for name in QUEUED_AUDIT_FIELDS)
+    placeholders = ", ".join(["%s"] * len(QUEUED_AUDIT_FIELDS))
+    sql = f"INSERT INTO {ops.quote_name(AuditEvent._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
+    with transaction.atomic(), db_connection.cursor() as cursor:
+        cursor.executemany(sql, [[row[name] for name in QUEUED_AUDIT_FIELDS] for row in rows])
+
+
+def audit_csv_lines(events: Iterable[AuditEvent], fields: tuple[str, ...]) -> Iterator[str]:
+    """The events as CSV lines, one at a time, for a streamed download."""
+    buffer = _Echo()
+    writer = csv.writer(buffer)
+    yield writer.writerow(fields)
+    for event in events:
+        yield writer.writerow([_csv_safe(getattr(event, name)) for name in fields])
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_safe(value: object) -> str:
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value if value is not None else "")
+    # Spreadsheets run cells starting with these as formulas (CSV injection, OWASP).
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text
