@@ -1,6 +1,7 @@
 """The authorization-code flow: start it (single-use state bound to the session, PKCE) and complete it at the
 callback (check the state, exchange the code, store the tokens)."""
 
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,13 +13,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections import oauth_client, selectors
-from connections.audit import Action, Outcome, audit_record
+from connections.audit import (
+    Action,
+    Outcome,
+    audit_record,
+    failed_authentication_count,
+    failed_authentication_recorded_alone,
+)
 from connections.errors import ConnectionActionError
 from connections.models import AuthorizationRequest, Connection, OAuthToken, sha256_digest
-from connections.oauth_client import ProviderError
-from connections.tokens import connection_client_config, token_store
+from connections.oauth_client import ProviderError, provider_text
+from connections.tokens import connection_client_config, token_store_replacing, token_values_revoke
 
-MAX_PROVIDER_TEXT = 200
+logger = logging.getLogger(__name__)
 
 
 def connection_authorize_start(
@@ -84,58 +91,107 @@ class AuthorizationResult:
     return_url: str
 
 
+def _flow_failure(message: str, request: AuthorizationRequest, remote_addr: str | None) -> ConnectionActionError:
+    audit_record(
+        action=Action.AUTHORIZE_CALLBACK,
+        outcome=Outcome.FAILURE,
+        connection=request.connection,
+        actor=request.user,
+        detail=message,
+        remote_addr=remote_addr,
+    )
+    return ConnectionActionError(message, return_url=request.return_url)
+
+
+def _anonymous_failure(message: str, return_url: str, remote_addr: str | None) -> ConnectionActionError:
+    """An answer no flow of ours started: counted per address, recorded one by one only for the first few."""
+    failures = failed_authentication_count(where="oauth-callback", remote_addr=remote_addr)
+    if failed_authentication_recorded_alone(failures):
+        audit_record(
+            action=Action.AUTHORIZE_CALLBACK,
+            outcome=Outcome.FAILURE,
+            actor_label="anonymous browser",
+            detail=message,
+            remote_addr=remote_addr,
+        )
+    return ConnectionActionError(message, return_url=return_url)
+
+
+def _flow_problem(request: AuthorizationRequest, session_key: str) -> str:
+    """Why this flow cannot be completed from this browser now ("" if it can)."""
+    if request.used_at is not None:
+        return "This authorization answer was already used; it cannot be replayed. Start again."
+    if request.expires_at < timezone.now():
+        return f"This authorization took longer than {settings.OAUTH_STATE_TTL // 60} minutes and expired. Start again."
+    if not session_key or request.session_digest != sha256_digest(session_key):
+        return "This authorization was started in another browser session; finish it in the browser that began it."
+    return ""
+
+
+def _answer_problem(request: AuthorizationRequest, params: Mapping[str, str]) -> str:
+    """Why the provider's answer cannot be used ("" if it can)."""
+    connection, error = request.connection, params.get("error", "")
+    if error == "access_denied":
+        return f"Authorization of {connection} was cancelled at the provider (access_denied)."
+    if error:
+        description = provider_text(params.get("error_description", ""))
+        return f"The provider refused to authorize {connection}: {provider_text(error)[:50]}" + (
+            f" ({description})." if description else "."
+        )
+    issuer = params.get("iss")
+    if issuer is not None and connection.issuer and issuer != connection.issuer:
+        # RFC 9207: several providers share our redirect URI; this answer comes from another one (mix-up attack).
+        return (
+            f"This answer names the issuer {provider_text(issuer)!r}, not {connection}'s issuer "
+            f"{connection.issuer!r}: it is not used. Start again."
+        )
+    if not params.get("code"):
+        return "The provider's answer carried no authorization code. Start again."
+    return _changed_since(request)
+
+
+def _changed_since(request: AuthorizationRequest) -> str:
+    """The connection as it is now must still allow what the flow started for: a user-specific authorization
+    must not become the shared token every bot receives."""
+    connection, reasons = request.connection, []
+    if not connection.is_enabled:
+        reasons.append("it is disabled")
+    if not connection.uses_authorization_code:
+        reasons.append("it no longer uses the authorization code grant")
+    if request.for_user != connection.is_user_specific:
+        reasons.append("its token type changed")
+    if not selectors.user_may_authorize(request.user, connection):
+        reasons.append(f"{request.user.get_username()} may no longer authorize it")
+    if not reasons:
+        return ""
+    return f"{connection} was changed while you were authorizing it ({'; '.join(reasons)}): nothing was stored."
+
+
 def _claim_authorization_request(
     params: Mapping[str, str], session_key: str, default_return_url: str, remote_addr: str | None
 ) -> AuthorizationRequest:
     """Find the flow this callback belongs to and use it up; any doubt ends the flow with a clear message."""
-
-    def fail(message: str, request: AuthorizationRequest | None = None) -> ConnectionActionError:
-        audit_record(
-            action=Action.AUTHORIZE_CALLBACK,
-            outcome=Outcome.FAILURE,
-            connection=request.connection if request else None,
-            actor=request.user if request else None,
-            actor_label="" if request else "anonymous browser",
-            detail=message,
-            remote_addr=remote_addr,
-        )
-        return ConnectionActionError(message, return_url=request.return_url if request else default_return_url)
-
     state = params.get("state", "")
     if not state:
-        raise fail("The provider's answer carried no state, so it cannot be trusted. Start again with Connect.")
+        message = "The provider's answer carried no state, so it cannot be trusted. Start again with Connect."
+        raise _anonymous_failure(message, default_return_url, remote_addr)
     request = (
         AuthorizationRequest.objects.select_related("connection__provider", "user")
         .filter(state_digest=sha256_digest(state))
         .first()
     )
     if request is None:
-        raise fail("This authorization answer is unknown (no flow was started with its state). Start again.")
-    if request.used_at is not None:
-        raise fail("This authorization answer was already used; it cannot be replayed. Start again.", request)
-    if request.expires_at < timezone.now():
-        minutes = settings.OAUTH_STATE_TTL // 60
-        raise fail(f"This authorization took longer than {minutes} minutes and expired. Start again.", request)
-    if not session_key or request.session_digest != sha256_digest(session_key):
-        raise fail(
-            "This authorization was started in another browser session; finish it in the browser that began it.",
-            request,
-        )
+        message = "This authorization answer is unknown (no flow was started with its state). Start again."
+        raise _anonymous_failure(message, default_return_url, remote_addr)
+    if problem := _flow_problem(request, session_key):
+        raise _flow_failure(problem, request, remote_addr)
     claimed = AuthorizationRequest.objects.filter(pk=request.pk, used_at__isnull=True).update(used_at=timezone.now())
     if not claimed:
-        raise fail("This authorization answer was already used; it cannot be replayed. Start again.", request)
-    error = params.get("error", "")
-    if error == "access_denied":
-        raise fail(f"Authorization of {request.connection} was cancelled at the provider (access_denied).", request)
-    if error:
-        description = params.get("error_description", "")[:MAX_PROVIDER_TEXT]
-        raise fail(
-            f"The provider refused to authorize {request.connection}: {error[:50]}"
-            + (f" ({description})." if description else "."),
-            request,
+        raise _flow_failure(
+            "This authorization answer was already used; it cannot be replayed. Start again.", request, remote_addr
         )
-    if not params.get("code"):
-        raise fail("The provider's answer carried no authorization code. Start again.", request)
+    if problem := _answer_problem(request, params):
+        raise _flow_failure(problem, request, remote_addr)
     return request
 
 
@@ -161,12 +217,10 @@ def connection_authorize_complete(
         raise ConnectionActionError(
             f"Could not connect {connection}: {exc.message} Nothing stored was changed.", return_url=request.return_url
         ) from None
+    owner = request.user if request.for_user else None
     with transaction.atomic():
-        token = token_store(
-            connection=connection,
-            user=request.user if request.for_user else None,
-            response=response,
-            authorized_by=request.user,
+        token, replaced = token_store_replacing(
+            connection=connection, user=owner, response=response, authorized_by=request.user
         )
         audit_record(
             action=Action.AUTHORIZE_CALLBACK,
@@ -176,4 +230,8 @@ def connection_authorize_complete(
             detail=f"Authorized; scope: {token.scope or 'none reported'}.",
             remote_addr=remote_addr,
         )
+    # The grant this one replaces is nobody's any more: end it at the provider too. Its access token is left
+    # to expire (a bot may hold it for a moment yet); most providers end it with the refresh token anyway.
+    for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
+        logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)
     return AuthorizationResult(connection=connection, token=token, return_url=request.return_url)

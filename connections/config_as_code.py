@@ -29,7 +29,7 @@ USER_KEYS = {"username", "email", "first_name", "last_name"}
 ROLE_KEYS = {"name", "permissions", "users", "connections"}
 CONNECTION_KEYS = {
     "name", "slug", "description", "provider", "placeholders", "authorization_url", "token_url", "revocation_url",
-    "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
+    "issuer", "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
     "extra_authorization_params", "default_token_lifetime", "enabled",
 }  # fmt: skip
 LINE = "__line__"
@@ -187,6 +187,7 @@ def _connection_form_data(item: dict[str, Any], provider: Provider, secret: str 
         "authorization_url": item.get("authorization_url") or "",
         "token_url": item.get("token_url") or "",
         "revocation_url": item.get("revocation_url") or "",
+        "issuer": item.get("issuer") or "",
         "scopes": ",".join(_scope_list(item.get("scopes"))),
         "extra_authorization_params": json.dumps(_plain(item.get("extra_authorization_params") or {})),
         "default_token_lifetime": item.get("default_token_lifetime") or "",
@@ -219,6 +220,7 @@ def _connection_values(connection: Connection) -> dict[str, Any]:
         "authorization_url": connection.authorization_url,
         "token_url": connection.token_url,
         "revocation_url": connection.revocation_url,
+        "issuer": connection.issuer,
         "scopes": connection.scopes,
         "extra_authorization_params": connection.extra_authorization_params,
         "default_token_lifetime": connection.default_token_lifetime,
@@ -411,7 +413,7 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
     }
     if connection.placeholders:
         item["placeholders"] = dict(connection.placeholders)
-    for key in ("authorization_url", "token_url", "revocation_url"):
+    for key in ("authorization_url", "token_url", "revocation_url", "issuer"):
         if getattr(connection, key):  # only overrides; otherwise the preset applies
             item[key] = getattr(connection, key)
     item.update(grant_type=connection.grant_type, token_type=connection.token_type, client_id=connection.client_id)

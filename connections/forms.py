@@ -1,6 +1,7 @@
 import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib.admin.widgets import FilteredSelectMultiple
@@ -98,6 +99,7 @@ class ConnectionForm(forms.ModelForm):
             "authorization_url",
             "token_url",
             "revocation_url",
+            "issuer",
             "scopes",
             "extra_authorization_params",
             "default_token_lifetime",
@@ -143,6 +145,18 @@ class ConnectionForm(forms.ModelForm):
         if Connection.objects.filter(slug=slug).exclude(pk=self.instance.pk).exists():
             raise forms.ValidationError(f"Another connection already uses the slug {slug!r}.")
         return slug
+
+    def clean_issuer(self) -> str:
+        issuer = self.cleaned_data.get("issuer", "").strip()
+        if not issuer:
+            return ""
+        try:
+            outbound.check_url(issuer)
+        except outbound.ProviderError as exc:
+            raise forms.ValidationError(exc.message) from None
+        if urlsplit(issuer).query or urlsplit(issuer).fragment:
+            raise forms.ValidationError("An issuer identifier has no query or fragment (RFC 8414 2).")
+        return issuer
 
     def clean_scopes(self) -> str:
         return ",".join(split_scopes(self.cleaned_data.get("scopes", "")))

@@ -19,7 +19,13 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from connections import audit_queue, token_cache
-from connections.audit import Action, Outcome, audit_record
+from connections.audit import (
+    Action,
+    Outcome,
+    audit_record,
+    failed_authentication_count,
+    failed_authentication_recorded_alone,
+)
 from connections.bot_keys import (
     LAST_USED_RESOLUTION,
     BotKeyRejected,
@@ -28,7 +34,7 @@ from connections.bot_keys import (
 )
 from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
 from connections.oauth_client import ProviderError
-from connections.refresh import client_credentials_token_obtain, token_refresh
+from connections.refresh import TokenGone, client_credentials_token_obtain, token_refresh
 
 MAX_MIN_VALIDITY = 24 * 3600
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
@@ -39,6 +45,7 @@ class TokenRequestError(Exception):
     def __init__(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail, self.retry_after = status, error, detail, retry_after
+        self.audited = True  # False: a failed authentication counted rather than recorded (connections.audit)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,31 @@ def _parse_params(params: Mapping[str, str]) -> tuple[int, bool]:
     return min_validity, raw_force in TRUE_VALUES
 
 
+def _seconds_left_in_this_minute() -> int:
+    return max(1, math.ceil(60 - time.time() % 60))
+
+
+def _authenticate(authorization: str, remote_addr: str | None) -> BotKey:
+    """The presented key, or a TokenRequestError: 401, or 429 once this address has failed too often this minute
+    (counted before the answer, so a flood costs one cache increment each; a working key is never refused)."""
+    try:
+        return bot_key_authenticate(presented_key(authorization), remote_addr=remote_addr)
+    except BotKeyRejected as exc:
+        failures = failed_authentication_count(where="token-endpoint", remote_addr=remote_addr)
+        limit = settings.TOKEN_AUTH_FAILURES_PER_MINUTE
+        if limit and failures > limit:
+            error = TokenRequestError(
+                429,
+                "rate_limited",
+                "Too many failed authentications from this address; retry shortly with a valid key.",
+                _seconds_left_in_this_minute(),
+            )
+        else:
+            error = TokenRequestError(401, "invalid_key", str(exc))
+        error.audited = failed_authentication_recorded_alone(failures)
+        raise error from None
+
+
 def _check_rate(key: BotKey) -> None:
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     if not limit:
@@ -93,9 +125,11 @@ def _check_rate(key: BotKey) -> None:
         count = cache.incr(counter, delta)
     token_cache.rate_total_seen(key.key_id, window, count)
     if count > limit:
-        retry_after = max(1, math.ceil((window + 1) * 60 - time.time()))
         raise TokenRequestError(
-            429, "rate_limited", f"This key may ask for {limit} tokens a minute; retry shortly.", retry_after
+            429,
+            "rate_limited",
+            f"This key may ask for {limit} tokens a minute; retry shortly.",
+            _seconds_left_in_this_minute(),
         )
 
 
@@ -164,7 +198,8 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
     in_backoff = (
         token.state == TokenState.REFRESH_FAILING and token.next_refresh_at and token.next_refresh_at > timezone.now()
     )
-    if in_backoff:
+    # A forced refresh asks the provider whatever the backoff says: the bot's token was just refused.
+    if in_backoff and not force_refresh:
         if token.is_valid():
             return token  # refreshes are failing, but this token still works
         raise TokenRequestError(
@@ -173,11 +208,17 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
             f"Recent refreshes of {connection.slug} failed ({token.last_error}) and the token has expired.",
             _retry_after(token),
         )
+    gone = TokenRequestError(409, "not_connected", f"{connection.slug} was disconnected meanwhile.")
     try:
         # The generation read at the start of this request: a refresh that finished since then is ours to take.
         return token_refresh(token=token, actor_label="token endpoint", min_generation=token.generation)
+    except TokenGone:
+        raise gone from None
     except ProviderError as exc:
-        token.refresh_from_db()
+        try:
+            token.refresh_from_db()
+        except OAuthToken.DoesNotExist:
+            raise gone from None
         if not exc.permanent and token.is_valid():
             return token
         raise _provider_failure(exc, token) from None
@@ -192,7 +233,7 @@ def _answer_from_cache(
     except BotKeyRejected:
         return None
     now = timezone.now()
-    cached = token_cache.find(presented.key_id, slug, now)
+    cached = token_cache.find(presented.key_id, slug)
     if cached is None:
         return None
     try:
@@ -225,7 +266,6 @@ def _answer_remember(
         answer=answer,
         audit=audit,
         counters=counters,
-        stored_at=timezone.now(),
     )
     token_cache.remember(cached)
 
@@ -258,12 +298,9 @@ def token_request(
     counters = token_cache.counters(slug) if possible_slug else None
     key: BotKey | None = None
     connection: Connection | None = None
-    outcome, detail = Outcome.FAILURE, ""
+    outcome, detail, audited = Outcome.FAILURE, "", True
     try:
-        try:
-            key = bot_key_authenticate(presented_key(authorization), remote_addr=remote_addr)
-        except BotKeyRejected as exc:
-            raise TokenRequestError(401, "invalid_key", str(exc)) from None
+        key = _authenticate(authorization, remote_addr)
         _check_rate(key)
         min_validity, force_refresh = _parse_params(params)
         connection = _connection_for(key, possible_slug)
@@ -279,18 +316,19 @@ def token_request(
             extra=token.extra,
         )
     except TokenRequestError as exc:
-        detail = f"{exc.status} {exc.error}: {exc.detail}"
+        detail, audited = f"{exc.status} {exc.error}: {exc.detail}", exc.audited
         raise
     finally:
-        event = audit_record(
-            action=Action.TOKEN_REQUEST,
-            outcome=outcome,
-            connection=connection,
-            actor=key.user if key else None,
-            actor_label=f"{key.user.get_username()[:120]} (key {key.key_id})" if key else "unknown key",
-            detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
-            remote_addr=remote_addr,
-        )
+        if audited:  # False: a failed authentication counted with others (connections.audit)
+            event = audit_record(
+                action=Action.TOKEN_REQUEST,
+                outcome=outcome,
+                connection=connection,
+                actor=key.user if key else None,
+                actor_label=f"{key.user.get_username()[:120]} (key {key.key_id})" if key else "unknown key",
+                detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
+                remote_addr=remote_addr,
+            )
     audit = {field: getattr(event, field) for field in audit_queue.EVENT_FIELDS}
     _answer_remember(key, token, answer, audit, counters)
     return answer

@@ -46,6 +46,12 @@ class Connection(models.Model):
     revocation_url = models.CharField(
         max_length=500, blank=True, help_text="Leave blank to use the provider type's URL, if it has one."
     )
+    issuer = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The authorization server's issuer identifier. When set, an authorization answer that names "
+        "another issuer (RFC 9207 iss) is refused.",
+    )
     scopes = models.CharField(
         max_length=2000, blank=True, help_text="Comma-separated, e.g. api,refresh_token,offline_access."
     )
@@ -129,7 +135,7 @@ class OAuthToken(models.Model):
     refresh_token = encrypt(models.TextField(blank=True))
     id_token = encrypt(models.TextField(blank=True))
     token_type = models.CharField(max_length=40, default="Bearer")
-    scope = models.CharField(max_length=2000, blank=True)
+    scope = models.TextField(blank=True, help_text="As the provider granted it, space-separated.")
     extra = models.JSONField(default=dict, blank=True, help_text="Non-secret fields of the token response.")
     expires_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=30, choices=TokenState.choices, default=TokenState.ACTIVE)
@@ -211,12 +217,14 @@ class AuditEvent(models.Model):
         CONNECTION_CREATE = "connection_create", "Connection created"
         CONNECTION_UPDATE = "connection_update", "Connection changed"
         CONNECTION_TEST = "connection_test", "Connection tested"
+        CONNECTION_DELETE = "connection_delete", "Connection deleted"
         DISCONNECT = "disconnect", "Disconnected"
         ROLE_UPDATE = "role_update", "Role changed"
         BOT_KEY_CREATE = "bot_key_create", "Bot key created"
         BOT_KEY_REVOKE = "bot_key_revoke", "Bot key revoked"
         CONFIG_CREATE = "config_create", "Created by apply_config"
         CONFIG_UPDATE = "config_update", "Changed by apply_config"
+        AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -237,6 +245,23 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"
+
+
+class FailedAuthenticationWindow(models.Model):
+    """A minute in which one address failed to authenticate more often than the audit log records one by one;
+    a scheduled task writes one event with the count once the minute is over (connections.audit)."""
+
+    where = models.CharField(max_length=40)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    window_start = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["where", "remote_addr", "window_start"], name="one_window_per_address")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.remote_addr} {self.window_start:%Y-%m-%d %H:%M}"
 
 
 class BeatHeartbeat(models.Model):

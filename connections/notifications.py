@@ -1,4 +1,5 @@
-"""Tell the people who manage connections when a token needs them: Django email, plus an optional webhook.
+"""Tell the people who manage connections when a token needs them: Django email, plus an optional webhook sent
+under the outbound policy (connections.outbound).
 
 The webhook body is JSON, signed with HMAC-SHA256 under NOTIFY_WEBHOOK_SECRET in the X-ControlRoom-Signature
 header (`sha256=<hex>`), as GitHub signs its webhooks, so the receiver can check where it came from.
@@ -17,6 +18,7 @@ from django.core.mail import send_mail
 from django.db.models import Q
 from django.utils import timezone
 
+from connections import outbound
 from connections.models import Connection
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,17 @@ def notify_managers(*, event: str, connection: Connection, subject: str, message
         headers = {"Content-Type": "application/json"}
         if settings.NOTIFY_WEBHOOK_SECRET:
             headers["X-ControlRoom-Signature"] = sign(body, settings.NOTIFY_WEBHOOK_SECRET)
-        try:
-            requests.post(settings.NOTIFY_WEBHOOK_URL, data=body, headers=headers, timeout=settings.OUTBOUND_TIMEOUT)
-        except requests.RequestException as exc:
-            logger.warning("Could not deliver the webhook %r for %s: %s", event, connection.slug, type(exc).__name__)
+        _webhook_post(event, connection, body, headers)
+
+
+def _webhook_post(event: str, connection: Connection, body: bytes, headers: dict[str, str]) -> None:
+    # Through the outbound policy, like a provider call: the proxy, https only, the SSRF guard, the deadline.
+    try:
+        response = outbound.policy_session().post(settings.NOTIFY_WEBHOOK_URL, data=body, headers=headers)
+    except outbound.ProviderError as exc:
+        logger.warning("Could not deliver the webhook %r for %s: %s", event, connection.slug, exc.message)
+    except requests.RequestException as exc:
+        logger.warning("Could not deliver the webhook %r for %s: %s", event, connection.slug, type(exc).__name__)
+    else:
+        if not 200 <= response.status_code < 300:
+            logger.warning("The webhook answered HTTP %s to %r for %s", response.status_code, event, connection.slug)

@@ -5,6 +5,8 @@ Services build a ClientConfig from a connection and call the functions below; th
 a ProviderError that says, in words, what went wrong and whether retrying can help.
 """
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,8 +60,80 @@ class TokenResponse:
     extra: dict[str, Any]
 
 
-def _check_token_response(response: requests.Response) -> requests.Response:
-    """Turn what oauthlib would misread (5xx pages, HTML, rate limits) into a ProviderError."""
+MAX_LIFETIME = 10 * 365 * 24 * 3600  # an expires_in beyond this is taken as this (a datetime must hold it)
+MAX_SCOPE_LENGTH = 10_000
+MAX_EXTRA_BYTES = 10_000  # the non-secret fields kept besides the standard ones, as JSON
+MAX_PROVIDER_TEXT = 200  # what is kept of text a provider wrote (error_description): it goes into logs and emails
+
+
+def provider_text(text: object) -> str:
+    """Text a provider (or a browser) sent, fit to quote: printable, and short."""
+    cleaned = "".join(char if char.isprintable() else " " for char in str(text))
+    return cleaned[:MAX_PROVIDER_TEXT] + ("…" if len(cleaned) > MAX_PROVIDER_TEXT else "")
+
+
+def _lifetime(value: object) -> int | None:
+    """expires_in as whole seconds: numbers as strings or with fractions are fine; anything else is no value."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 1:
+        return None
+    return int(min(seconds, MAX_LIFETIME))
+
+
+def _storable(value: object) -> bool:
+    """JSON that PostgreSQL can keep: no NUL character and no lone surrogate anywhere."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\\u0000" not in text
+
+
+def _usable_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The token answer as oauthlib and the database can take it: odd but usable values made plain, unusable
+    ones dropped (a missing expires_in gets the default lifetime, a missing scope keeps the stored one)."""
+    usable = {key: value for key, value in body.items() if isinstance(key, str) and _storable({key: value})}
+    for name in ("access_token", "refresh_token", "id_token"):
+        if name in usable and not isinstance(usable[name], str):
+            usable.pop(name)
+    lifetime = _lifetime(usable.pop("expires_in", None))
+    usable.pop("expires_at", None)  # computed from expires_in; a provider's own may be anything
+    if lifetime is not None:
+        usable["expires_in"] = lifetime
+    scope = usable.pop("scope", None)
+    if isinstance(scope, list | tuple) and all(isinstance(item, str) for item in scope):
+        scope = " ".join(scope)
+    if isinstance(scope, str) and _storable(scope):
+        usable["scope"] = scope[:MAX_SCOPE_LENGTH]
+    token_type = usable.get("token_type")
+    if not (isinstance(token_type, str) and 0 < len(token_type) <= 40 and token_type.isprintable()):
+        usable["token_type"] = "Bearer"  # noqa: S105 - the usual type, not a secret
+    return usable
+
+
+class _TokenAnswers:
+    """The compliance hook of one session: checks the token URL's answer before oauthlib reads it, makes it
+    usable, and keeps the refresh token it carries so that a failure later in the call does not lose it."""
+
+    def __init__(self) -> None:
+        self.refresh_token = ""
+
+    def __call__(self, response: requests.Response) -> requests.Response:
+        body = _json_object(response)
+        if isinstance(body.get("refresh_token"), str) and _storable(body["refresh_token"]):
+            self.refresh_token = body["refresh_token"]
+        response._content = json.dumps(_usable_body(body)).encode()  # what oauthlib reads next
+        return response
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    """The answer's JSON object, or a ProviderError for what oauthlib would misread (5xx, HTML, rate limits)."""
     status = response.status_code
     if status == 429 or status >= 500:
         raise ProviderError(
@@ -71,7 +145,7 @@ def _check_token_response(response: requests.Response) -> requests.Response:
     try:
         body = response.json()
     except ValueError:
-        content_type = response.headers.get("Content-Type", "unknown").split(";")[0]
+        content_type = provider_text(response.headers.get("Content-Type", "unknown").split(";")[0])
         raise ProviderError(
             f"The provider's token URL answered HTTP {status} with {content_type} instead of JSON.",
             error="invalid_response",
@@ -92,13 +166,14 @@ def _check_token_response(response: requests.Response) -> requests.Response:
             permanent=False,
             status=status,
         )
-    return response
+    return body
 
 
 def _session(config: ClientConfig, client: WebApplicationClient | BackendApplicationClient) -> OAuth2Session:
     session = policy_session(client=client, redirect_uri=config.redirect_uri or None, scope=list(config.scopes) or None)
+    session.token_answers = _TokenAnswers()
     for hook in ("access_token_response", "refresh_token_response"):
-        session.register_compliance_hook(hook, _check_token_response)
+        session.register_compliance_hook(hook, session.token_answers)
     return session
 
 
@@ -108,19 +183,39 @@ def _auth_kwargs(config: ClientConfig) -> dict[str, Any]:
     return {"auth": requests.auth.HTTPBasicAuth(config.client_id, config.client_secret)}
 
 
+def _token_call(what: str, session: OAuth2Session, func: Any, *args: Any, **kwargs: Any) -> TokenResponse:
+    """Call the token URL through oauthlib; any failure is a ProviderError that carries the refresh token the
+    answer brought, if it brought one (the provider has rotated to it: it must be kept)."""
+    try:
+        return _token_response(_call(what, func, *args, **kwargs))
+    except ProviderError as exc:
+        exc.refresh_token = exc.refresh_token or session.token_answers.refresh_token
+        raise
+
+
+def _timeout_error(what: str) -> ProviderError:
+    return ProviderError(
+        f"The provider did not answer the {what} within {settings.OUTBOUND_TIMEOUT:g} seconds.",
+        error="timeout",
+        permanent=False,
+    )
+
+
 def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         return func(*args, **kwargs)
-    except ProviderError:
+    except ProviderError as exc:
+        if exc.error == "timeout":  # the call's deadline (connections.outbound), said of this call
+            raise _timeout_error(what) from None
         raise
     except OAuth2Error as exc:
         if exc.error == "missing_token" or type(exc).__name__ == "MissingTokenError":
             raise ProviderError(
                 f"The provider's {what} response has no access_token.", error="invalid_response", permanent=False
             ) from None
-        description = f" ({exc.description})" if exc.description else ""
+        description = f" ({provider_text(exc.description)})" if exc.description else ""
         raise ProviderError(
-            f"The provider refused the {what}: {exc.error}{description}.",
+            f"The provider refused the {what}: {provider_text(exc.error)[:50]}{description}.",
             error=exc.error,
             permanent=exc.error in PERMANENT_ERRORS,
             status=exc.status_code,
@@ -128,11 +223,7 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except requests.exceptions.ProxyError as exc:
         raise proxy_error(what, exc) from None
     except requests.Timeout:
-        raise ProviderError(
-            f"The provider did not answer the {what} within {settings.OUTBOUND_TIMEOUT:g} seconds.",
-            error="timeout",
-            permanent=False,
-        ) from None
+        raise _timeout_error(what) from None
     except requests.ConnectionError:
         raise ProviderError(
             f"Could not reach the provider for the {what} (connection refused, closed or DNS failure).",
@@ -143,6 +234,12 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise ProviderError(
             f"The {what} request failed: {type(exc).__name__}.", error="request_failed", permanent=False
         ) from None
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # oauthlib reading an answer it cannot use
+        raise ProviderError(
+            f"The provider's {what} response could not be read ({type(exc).__name__}).",
+            error="invalid_response",
+            permanent=False,
+        ) from None
 
 
 def _token_response(token: dict[str, Any]) -> TokenResponse:
@@ -151,26 +248,20 @@ def _token_response(token: dict[str, Any]) -> TokenResponse:
         raise ProviderError(
             "The provider's token response has no access_token.", error="invalid_response", permanent=False
         )
-    scope = token.get("scope") or ""
-    if isinstance(scope, list | tuple):
-        scope = " ".join(scope)
-    expires_in = token.get("expires_in")
-    try:
-        expires_in = int(expires_in) if expires_in not in (None, "") else None
-    except (TypeError, ValueError):
-        expires_in = None
     extra = {
         key: value
         for key, value in token.items()
         if key not in STANDARD_FIELDS and not any(word in key.lower() for word in SECRET_WORDS)
     }
+    if len(json.dumps(extra)) > MAX_EXTRA_BYTES:
+        extra = {key: value for key, value in extra.items() if len(json.dumps(value)) <= 200}
     return TokenResponse(
         access_token=access_token,
         refresh_token=str(token.get("refresh_token") or ""),
         id_token=str(token.get("id_token") or ""),
         token_type=str(token.get("token_type") or "Bearer"),
-        scope=str(scope),
-        expires_in=expires_in,
+        scope=" ".join(token["scope"]) if isinstance(token.get("scope"), list) else str(token.get("scope") or ""),
+        expires_in=_lifetime(token.get("expires_in")),
         extra=extra,
     )
 
@@ -196,15 +287,15 @@ def authorization_url(config: ClientConfig, *, state: str, code_verifier: str = 
 def exchange_code(config: ClientConfig, *, code: str, code_verifier: str = "") -> TokenResponse:
     session = _session(config, WebApplicationClient(config.client_id))
     extra = {"code_verifier": code_verifier} if code_verifier else {}
-    token = _call(
+    return _token_call(
         "authorization code exchange",
+        session,
         session.fetch_token,
         config.token_url,
         code=code,
         **_auth_kwargs(config),
         **extra,
     )
-    return _token_response(token)
 
 
 def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
@@ -215,23 +306,24 @@ def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
     body_credentials = (
         {"client_id": config.client_id, "client_secret": config.client_secret} if "auth" not in auth else {}
     )
-    token = _call(
+    return _token_call(
         "token refresh",
+        session,
         session.refresh_token,
         config.token_url,
         refresh_token=refresh_token,
         auth=auth.get("auth"),
         **body_credentials,
     )
-    return _token_response(token)
 
 
 def client_credentials(config: ClientConfig) -> TokenResponse:
     session = _session(config, BackendApplicationClient(config.client_id))
     # fetch_token does not send the session's scope for this grant; it must be passed along (RFC 6749 4.4.2).
     scope = {"scope": list(config.scopes)} if config.scopes else {}
-    token = _call("client credentials request", session.fetch_token, config.token_url, **_auth_kwargs(config), **scope)
-    return _token_response(token)
+    return _token_call(
+        "client credentials request", session, session.fetch_token, config.token_url, **_auth_kwargs(config), **scope
+    )
 
 
 def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:

@@ -1,23 +1,41 @@
 """The outbound policy every call to a provider passes: https only (except hosts the operator allows), the SSRF
-guard, the forward proxy, and the timeout. connections.oauth_client builds its sessions here; so does anything
-else that calls out on an operator's behalf.
+guard, the forward proxy, a hard deadline on the whole call with a bounded answer, and never a call while a
+database transaction is open. connections.oauth_client builds its sessions here; so does anything else that
+calls out on an operator's behalf (the notification webhook).
 """
 
+import contextvars
 import ipaddress
+import logging
 import re
 import socket
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from django.conf import settings
+from django.db import connections as db_connections
 from requests_oauthlib import OAuth2Session
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+logger = logging.getLogger(__name__)
+
+# A token, revocation or discovery answer is a few kilobytes; anything this large is not one.
+MAX_RESPONSE_BYTES = 1024 * 1024
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+
 
 class ProviderError(Exception):
-    """A provider call failed. `message` is a sentence for a person and never contains a secret."""
+    """A provider call failed. `message` is a sentence for a person and never contains a secret.
+
+    `refresh_token`: a new refresh token the failed answer still carried. The provider has rotated to it, so it
+    must be kept even though the rest of the answer was unusable.
+    """
 
     def __init__(self, message: str, *, error: str, permanent: bool, status: int | None = None) -> None:
         super().__init__(message)
@@ -25,6 +43,7 @@ class ProviderError(Exception):
         self.error = error
         self.permanent = permanent
         self.status = status
+        self.refresh_token = ""
 
 
 def check_url(url: str) -> None:
@@ -67,24 +86,40 @@ def _allowed_host(host: str) -> bool:
     return host in {allowed.strip("[]").rstrip(".").lower() for allowed in settings.OUTBOUND_HTTP_ALLOWED_HOSTS}
 
 
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries and reaches (mapped, 6to4, NAT64), which is what gets called."""
+    if ip.version == 4:
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def blocked_kind(address: str) -> str:
-    """Why an IP address may not be called with OUTBOUND_BLOCK_PRIVATE_ADDRESSES on ("" if it may)."""
+    """Why an IP address may not be called with OUTBOUND_BLOCK_PRIVATE_ADDRESSES on ("" if it may): only global
+    unicast addresses may, judged by the IPv4 address an IPv6 one carries, if it carries one."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    ip = _embedded_ipv4(ip) or ip
+    site_local = ip.version == 6 and ip.is_site_local  # fec0::/10: deprecated, still routed in some networks
+    if ip.is_global and not ip.is_multicast and not site_local:
+        return ""
     for kind, flag in (
         ("an unspecified", ip.is_unspecified),
         ("a loopback", ip.is_loopback),
         ("a link-local", ip.is_link_local),
         ("a multicast", ip.is_multicast),
+        ("a site-local", site_local),
         ("a private", ip.is_private),
         ("a reserved", ip.is_reserved),
-        # e.g. 100.64.0.0/10 (carrier-grade NAT, some clouds' metadata services): neither private nor public.
-        ("a non-public", not ip.is_global),
     ):
         if flag:
             return kind
-    return ""
+    # e.g. 100.64.0.0/10 (carrier-grade NAT, some clouds' metadata services): neither private nor public.
+    return "a non-public"
 
 
 def _blocked_error(scheme: str, host: str, kind: str) -> ProviderError:
@@ -119,13 +154,91 @@ def check_destination(url: str) -> None:
             raise _blocked_error(parts.scheme, host, kind)
 
 
-class _AddressGuard:
-    """Mixin for urllib3 connections: refuse a blocked peer address right after the TCP connect."""
+# --- The hard deadline ----------------------------------------------------------------------------------------------
+#
+# requests' timeouts apply per socket operation and per address tried: a provider that sends its answer a byte at
+# a time, each within the read timeout, could hold a call (and the refresh lease) for ever. Each call therefore
+# gets one deadline, OUTBOUND_TIMEOUT after it starts: a watchdog shuts its sockets down when it passes, and a
+# connection that is only established after it is closed before a byte is sent. Name resolution cannot be
+# interrupted (the system resolver's own timeout applies), but nothing reaches the provider after the deadline.
+
+
+class CallInTransaction(RuntimeError):
+    """A provider was about to be called while a database transaction was open (a programming error)."""
+
+
+@dataclass
+class _Call:
+    deadline: float  # time.monotonic()
+    expired: bool = False
+    sockets: list[socket.socket] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self.lock:
+            if not self.expired and self.remaining() > 0:
+                self.sockets.append(sock)
+                return
+        sock.close()
+        raise _deadline_error()
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            for sock in self.sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes whatever is blocked on it
+                except OSError:
+                    pass  # closed already
+
+
+_current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("outbound_call", default=None)
+
+
+def _deadline_error() -> ProviderError:
+    return ProviderError(
+        f"The provider did not answer within {settings.OUTBOUND_TIMEOUT:g} seconds.", error="timeout", permanent=False
+    )
+
+
+def _refuse_inside_a_transaction() -> None:
+    """A provider call holds what the transaction locked for as long as the provider takes, and a refresh token
+    the provider rotates is lost if the transaction then rolls back. The test runner's own transaction is not
+    one: Django marks it."""
+    open_blocks = [
+        block
+        for connection in db_connections.all(initialized_only=True)
+        for block in connection.atomic_blocks
+        if not getattr(block, "_from_testcase", False)
+    ]
+    if not open_blocks:
+        return
+    if settings.OUTBOUND_RAISE_IN_TRANSACTION:
+        raise CallInTransaction("A provider is being called inside a database transaction; call it outside.")
+    logger.error("A provider is being called inside a database transaction; it should be called outside.")
+
+
+class _DeadlineConnection:
+    """Mixin for urllib3 connections: each new socket is watched by the current call's deadline."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        call = _current_call.get()
+        if call is not None:
+            call.watch(sock)
+        return sock
+
+
+class _AddressGuard(_DeadlineConnection):
+    """Mixin for direct urllib3 connections: refuse a blocked peer address right after the TCP connect."""
 
     host: str
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
+        sock = super()._new_conn()
         if settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES and not _allowed_host(self.host):
             kind = blocked_kind(sock.getpeername()[0])
             if kind:
@@ -134,31 +247,51 @@ class _AddressGuard:
         return sock
 
 
-class _GuardedHTTPConnection(_AddressGuard, HTTPConnection):
-    pass
+def _pool_classes(guard: type) -> dict[str, type]:
+    http = type("HTTPConnection", (guard, HTTPConnection), {})
+    https = type("HTTPSConnection", (guard, HTTPSConnection), {})
+    return {
+        "http": type("HTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("HTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+    }
 
 
-class _GuardedHTTPSConnection(_AddressGuard, HTTPSConnection):
-    pass
-
-
-class _GuardedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
+_DIRECT_POOLS = _pool_classes(_AddressGuard)
+_PROXY_POOLS = _pool_classes(_DeadlineConnection)
 
 
 class _GuardedAdapter(requests.adapters.HTTPAdapter):
-    """Direct connections get _AddressGuard; connections to the forward proxy (proxy_manager_for) do not."""
+    """Direct connections get the address guard; connections to the forward proxy do not (the proxy resolves and
+    connects). Both are watched by the call's deadline."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _GuardedHTTPConnectionPool,
-            "https": _GuardedHTTPSConnectionPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = _DIRECT_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager.pool_classes_by_scheme = _PROXY_POOLS
+        return manager
+
+
+def _read_bounded(response: requests.Response, call: _Call) -> None:
+    """Read the whole answer now, at most MAX_RESPONSE_BYTES of it, within the call's deadline."""
+    chunks, size = [], 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            response.close()
+            raise ProviderError(
+                f"The provider's answer was too large (over {MAX_RESPONSE_BYTES // 1024} KiB); it is not a token "
+                "response.",
+                error="invalid_response",
+                permanent=False,
+                status=response.status_code,
+            )
+        chunks.append(chunk)
+    if call.expired:
+        raise _deadline_error()  # an answer cut short by the watchdog can look complete
+    response._content = b"".join(chunks)  # what requests keeps once it has read the body itself
 
 
 # --- The forward proxy ------------------------------------------------------------------------------------------------
@@ -215,13 +348,35 @@ def proxies_for(url: str) -> dict[str, str]:
 
 
 class PolicySession(OAuth2Session):
-    """Every request, including each redirect hop, passes the URL policy and gets the timeout and proxy."""
+    """Every request, including each redirect hop, passes the URL policy and gets the proxy, and each call (a
+    request with its redirects) one deadline and a bounded answer. Never inside a database transaction."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        _refuse_inside_a_transaction()
+        call = _Call(deadline=time.monotonic() + settings.OUTBOUND_TIMEOUT)
+        context = _current_call.set(call)
+        watchdog = threading.Timer(settings.OUTBOUND_TIMEOUT, call.expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return super().request(*args, **kwargs)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            if call.expired or call.remaining() <= 0:  # the watchdog, or a socket timeout at the deadline
+                raise _deadline_error() from None
+            raise
+        finally:
+            watchdog.cancel()
+            _current_call.reset(context)
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         check_url(request.url or "")
         check_destination(request.url or "")
+        call = _current_call.get() or _Call(deadline=time.monotonic() + settings.OUTBOUND_TIMEOUT)
+        if call.remaining() <= 0:
+            raise _deadline_error()
         kwargs["proxies"] = proxies_for(request.url or "")
-        kwargs["timeout"] = settings.OUTBOUND_TIMEOUT
+        kwargs["timeout"] = min(settings.OUTBOUND_TIMEOUT, call.remaining())
+        kwargs["stream"] = True  # read below, bounded
         # On a redirect hop requests puts the proxy credentials into this header (rebuild_proxies), even when the
         # new host bypasses the proxy: it would go to the provider in clear. urllib3 adds it itself for the proxy.
         request.headers.pop("Proxy-Authorization", None)
@@ -230,6 +385,7 @@ class PolicySession(OAuth2Session):
             # Plain-http requests through the proxy get its 407 as their response (https ones get a ProxyError).
             response.close()
             raise proxy_auth_error()
+        _read_bounded(response, call)
         return response
 
     def get_redirect_target(self, response: requests.Response) -> str | None:

@@ -1,8 +1,11 @@
-"""The refresh engine: a lease so one process calls the provider per expiring token (single flight), failure
-classes with backoff and notifications, the beat sweep that claims due tokens, and the scheduled refresh.
+"""The refresh engine: a lease so one process calls the provider per expiring token (single flight), fenced writes
+of the outcome, failure classes with backoff and notifications, the beat sweep that claims due tokens, and the
+scheduled refresh.
 
-Rules kept here: no database transaction is open during a call to a provider; a failure never discards a
-token that still works or a refresh token that was not replaced; every outcome writes an audit event.
+Rules kept here: no database transaction is open during a call to a provider; an outcome is written only while
+the row is still what the refresher leased (a disconnect, a re-authorization or a newer refresh wins, and a late
+result is revoked at the provider); a failure never discards a token that still works or a refresh token the
+provider rotated to; every outcome writes an audit event.
 """
 
 import logging
@@ -22,22 +25,27 @@ from connections.audit import Action, Outcome, audit_record
 from connections.models import Connection, OAuthToken, TokenState
 from connections.notifications import notify_managers
 from connections.oauth_client import ProviderError, TokenResponse
-from connections.tokens import connection_client_config, token_store
+from connections.tokens import (
+    Fence,
+    connection_client_config,
+    token_store,
+    token_store_refreshed,
+    token_values_revoke,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def _try_lease(token_id: int, owner: str, seconds: float) -> bool:
-    now = timezone.now()
-    return bool(
-        OAuthToken.objects.filter(pk=token_id)
-        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
-        .update(lease_owner=owner, lease_expires_at=now + timedelta(seconds=seconds))
-    )
+class TokenGone(ProviderError):
+    """The token was disconnected while someone waited for it or refreshed it."""
+
+    def __init__(self) -> None:
+        super().__init__("The token was disconnected meanwhile.", error="disconnected", permanent=True)
 
 
-def _lease_seconds() -> float:
-    # Longer than the slowest provider call (connect + read timeouts), so a live holder never loses it.
+def lease_seconds() -> float:
+    # A provider call ends by its deadline (OUTBOUND_TIMEOUT, connections.outbound): the lease outlives it, and
+    # the database work around it, so a live holder never loses it.
     return 2 * settings.OUTBOUND_TIMEOUT + 5
 
 
@@ -45,6 +53,30 @@ def backoff_seconds(failures: int) -> float:
     """Exponential backoff with full jitter, capped at 30 minutes (AWS architecture blog, 'Exponential Backoff
     And Jitter')."""
     return random.uniform(0.5, 1.0) * min(30 * 60, 15 * 2 ** max(failures - 1, 0))  # noqa: S311 - jitter, not a secret
+
+
+def token_lease_take(token: OAuthToken, owner: str) -> Fence | None:
+    """Take the token's lease if nobody holds it: the Fence its outcome will be written under."""
+    now = timezone.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    taken = OAuthToken.objects.filter(free, pk=token.pk).update(
+        lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds())
+    )
+    if not taken:
+        return None
+    generation = OAuthToken.objects.filter(pk=token.pk, lease_owner=owner).values_list("generation", flat=True)
+    return Fence(token.pk, owner, generation[0]) if generation else None
+
+
+def _lease_give_back(fence: Fence) -> None:
+    fence.rows().update(lease_owner="", lease_expires_at=None)
+
+
+def _current(token: OAuthToken) -> OAuthToken:
+    current = OAuthToken.objects.select_related("connection__provider", "user").filter(pk=token.pk).first()
+    if current is None:
+        raise TokenGone()
+    return current
 
 
 def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse:
@@ -60,30 +92,64 @@ def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse
     return oauth_client.refresh(config, refresh_token=token.refresh_token)
 
 
-def _record_refresh_failure(token: OAuthToken, exc: ProviderError, actor_label: str) -> OAuthToken:
-    """Keep the token, note the failure, and schedule the next try (transient) or stop trying (permanent)."""
+def token_refresh_complete(
+    *, fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str
+) -> OAuthToken | None:
+    """Store a refresh's result under its fence; None when the fence was lost (the result is then revoked at
+    the provider: nobody holds its tokens)."""
+    connection, failures = token.connection, token.consecutive_failures
+    with transaction.atomic():
+        stored = token_store_refreshed(fence=fence, connection=connection, response=response)
+        if stored is not None:
+            audit_record(
+                action=Action.TOKEN_REFRESH,
+                outcome=Outcome.SUCCESS,
+                connection=connection,
+                actor_label=actor_label,
+                detail=f"Recovered after {failures} failure(s)." if failures else "",
+            )
+            if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+                _notify_on_commit(
+                    "refresh_recovered",
+                    connection,
+                    f"Refreshing {connection} works again",
+                    f"{connection} was refreshed successfully after {failures} failures in a row.",
+                )
+    if stored is None:
+        logger.warning(
+            "A refresh of %s finished after the token was disconnected, authorized again or refreshed by another "
+            "process; its result is dropped and revoked at the provider.",
+            connection.slug,
+        )
+        dropped = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
+        for problem in token_values_revoke(connection, dropped):
+            logger.warning("Could not revoke the dropped result of a refresh of %s: %s", connection.slug, problem)
+    return stored
+
+
+def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, actor_label: str) -> bool:
+    """Keep the token, note the failure under the fence, and schedule the next try (transient) or stop trying
+    (permanent). False when the fence was lost: a newer grant is not the one that failed."""
     connection = token.connection
     now = timezone.now()
+    fields = {
+        "last_error": exc.message,
+        "last_error_at": now,
+        "consecutive_failures": F("consecutive_failures") + 1,
+        "lease_owner": "",
+        "lease_expires_at": None,
+    }
+    if exc.refresh_token:
+        fields["refresh_token"] = exc.refresh_token  # the provider rotated to it: the old one is spent
+    if exc.permanent:
+        fields.update(state=TokenState.REAUTHORIZATION_REQUIRED, next_refresh_at=None)
+    else:
+        delay = backoff_seconds(token.consecutive_failures + 1)
+        fields.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay))
     with transaction.atomic():
-        fields = {
-            "last_error": exc.message,
-            "last_error_at": now,
-            "consecutive_failures": F("consecutive_failures") + 1,
-            "lease_owner": "",
-            "lease_expires_at": None,
-        }
-        tokens = OAuthToken.objects.filter(pk=token.pk)
-        became_permanent = 0
-        if exc.permanent:
-            # Only the change into this state notifies, so however many callers fail, managers hear it once.
-            became_permanent = tokens.exclude(state=TokenState.REAUTHORIZATION_REQUIRED).update(
-                state=TokenState.REAUTHORIZATION_REQUIRED, next_refresh_at=None, **fields
-            )
-            if not became_permanent:
-                tokens.update(**fields)  # already waiting for a person: only the latest error is noted
-        else:
-            delay = backoff_seconds(token.consecutive_failures + 1)
-            tokens.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay), **fields)
+        if not fence.rows().update(**fields):
+            logger.info("A failed refresh of %s was superseded meanwhile; its failure is not recorded.", token.pk)
+            return False
         signals.token_rows_changed(connection.slug)
         audit_record(
             action=Action.TOKEN_REFRESH,
@@ -92,26 +158,31 @@ def _record_refresh_failure(token: OAuthToken, exc: ProviderError, actor_label: 
             actor_label=actor_label,
             detail=f"{'Permanent' if exc.permanent else 'Transient'} failure: {exc.message}",
         )
-        token.refresh_from_db()
-        owner = f" (the token of {token.user.get_username()})" if token.user_id else ""
-        if exc.permanent and became_permanent:
-            _notify_on_commit(
-                "reauthorization_required",
-                connection,
-                f"{connection} needs to be authorized again",
-                f"The provider rejected the refresh of {connection}{owner}: {exc.message}\n\n"
-                "Bots get no token for it until someone authorizes it again (Connect / Re-authorize).",
-            )
-        elif not exc.permanent and token.consecutive_failures == settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
-            _notify_on_commit(
-                "refresh_failing",
-                connection,
-                f"Refreshing {connection} keeps failing",
-                f"{token.consecutive_failures} refreshes of {connection}{owner} failed in a row; the last: "
-                f"{exc.message}\n\nThe current token is served while it is valid, and refreshing is retried "
-                "with backoff. You will get a notice when it works again.",
-            )
-    return token
+        _notify_failure(token, exc)
+    return True
+
+
+def _notify_failure(token: OAuthToken, exc: ProviderError) -> None:
+    """The change into 'reauthorization required' notifies once; a transient failure when it becomes sustained."""
+    connection, failures = token.connection, token.consecutive_failures + 1
+    owner = f" (the token of {token.user.get_username()})" if token.user_id else ""
+    if exc.permanent and token.state != TokenState.REAUTHORIZATION_REQUIRED:
+        _notify_on_commit(
+            "reauthorization_required",
+            connection,
+            f"{connection} needs to be authorized again",
+            f"The provider rejected the refresh of {connection}{owner}: {exc.message}\n\n"
+            "Bots get no token for it until someone authorizes it again (Connect / Re-authorize).",
+        )
+    elif not exc.permanent and failures == settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+        _notify_on_commit(
+            "refresh_failing",
+            connection,
+            f"Refreshing {connection} keeps failing",
+            f"{failures} refreshes of {connection}{owner} failed in a row; the last: {exc.message}\n\n"
+            "The current token is served while it is valid, and refreshing is retried with backoff. You will get "
+            "a notice when it works again.",
+        )
 
 
 def _notify_on_commit(event: str, connection: Connection, subject: str, message: str) -> None:
@@ -130,24 +201,16 @@ def _shared_failure(token: OAuthToken) -> ProviderError:
     )
 
 
-def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:
-    """Get a new access token for `token`, with a lease so only one process calls the provider at a time.
-
-    A caller that finds someone else refreshing waits for them and takes their result. When `min_generation`
-    is given, a token already newer than it counts as fresh (the caller's request began before that refresh).
-    Raises ProviderError when the provider call fails; the stored token is kept either way.
-    """
-    connection = token.connection
-    seen_generation = token.generation if min_generation is None else min_generation
-    owner = uuid.uuid4().hex
+def _lease_or_settled(token: OAuthToken, seen_generation: int, owner: str) -> tuple[Fence, OAuthToken] | OAuthToken:
+    """The lease and the row as leased, or the token someone else refreshed meanwhile (their failure is raised)."""
     started = timezone.now()
     deadline = time.monotonic() + settings.REFRESH_WAIT_SECONDS
-    while not _try_lease(token.pk, owner, _lease_seconds()):
-        token.refresh_from_db()
-        if token.generation > seen_generation:
-            return token
-        if _failed_since(token, started):
-            raise _shared_failure(token)
+    while (fence := token_lease_take(token, owner)) is None:
+        current = _current(token)
+        if current.generation > seen_generation:
+            return current
+        if _failed_since(current, started):
+            raise _shared_failure(current)
         if time.monotonic() > deadline:
             raise ProviderError(
                 "Another process is refreshing this token and has not finished; try again shortly.",
@@ -155,36 +218,38 @@ def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | 
                 permanent=False,
             )
         time.sleep(0.05)
-    token.refresh_from_db()
-    if token.generation > seen_generation or _failed_since(token, started):
-        # Settled while we took the lease: give it back and share that result.
-        OAuthToken.objects.filter(pk=token.pk, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
-        if token.generation > seen_generation:
-            return token
-        raise _shared_failure(token)
+    current = _current(token)
+    if current.generation > seen_generation or _failed_since(current, started):
+        _lease_give_back(fence)  # settled while we took the lease: share that result
+        if current.generation > seen_generation:
+            return current
+        raise _shared_failure(current)
+    return fence, current
+
+
+def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:
+    """Get a new access token for `token`, with a lease so only one process calls the provider at a time.
+
+    A caller that finds someone else refreshing waits for them and takes their result. When `min_generation`
+    is given, a token already newer than it counts as fresh (the caller's request began before that refresh).
+    Raises ProviderError when the provider call fails (TokenGone when the token was disconnected meanwhile);
+    the stored token is kept either way.
+    """
+    seen_generation = token.generation if min_generation is None else min_generation
+    leased = _lease_or_settled(token, seen_generation, owner=uuid.uuid4().hex)
+    if isinstance(leased, OAuthToken):
+        return leased
+    fence, token = leased
     try:
-        response = _fetch_new_token(connection, token)
+        response = _fetch_new_token(token.connection, token)
     except ProviderError as exc:
-        _record_refresh_failure(token, exc, actor_label)
+        token_refresh_fail(fence=fence, token=token, exc=exc, actor_label=actor_label)
         raise
-    failures = token.consecutive_failures
-    with transaction.atomic():
-        token = token_store(connection=connection, user=token.user, response=response)
-        audit_record(
-            action=Action.TOKEN_REFRESH,
-            outcome=Outcome.SUCCESS,
-            connection=connection,
-            actor_label=actor_label,
-            detail=f"Recovered after {failures} failure(s)." if failures else "",
-        )
-        if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
-            _notify_on_commit(
-                "refresh_recovered",
-                connection,
-                f"Refreshing {connection} works again",
-                f"{connection} was refreshed successfully after {failures} failures in a row.",
-            )
-    return token
+    except BaseException:
+        _lease_give_back(fence)  # nothing known about the outcome: the next caller tries
+        raise
+    stored = token_refresh_complete(fence=fence, token=token, response=response, actor_label=actor_label)
+    return stored if stored is not None else _current(token)
 
 
 def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, int]]:
@@ -203,7 +268,7 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     )
     if due:
         OAuthToken.objects.filter(pk__in=[token_id for token_id, _ in due], next_refresh_at__lte=cutoff).update(
-            next_refresh_at=cutoff + timedelta(seconds=_lease_seconds())
+            next_refresh_at=cutoff + timedelta(seconds=lease_seconds())
         )
     return due
 

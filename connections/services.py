@@ -1,17 +1,24 @@
-"""The administrator's actions on connections and roles: Save and test, Refresh now, Disconnect, the audit of
-an admin save, and a role's permissions, members and invitations. The admin and apply_config call these."""
+"""The administrator's actions on connections and roles: Save and test, Refresh now, Disconnect, Delete, the
+audit of an admin save, and a role's permissions, members and invitations. The admin and apply_config call
+these; each calls providers outside any database transaction."""
 
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Permission
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
-from connections import oauth_client, selectors
+from connections import selectors
 from connections.audit import Action, Outcome, audit_record, user_label
 from connections.errors import ConnectionActionError
 from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
 from connections.oauth_client import ProviderError
-from connections.refresh import client_credentials_token_obtain, token_refresh
-from connections.tokens import connection_client_config
+from connections.refresh import client_credentials_token_obtain, lease_seconds, token_refresh
+from connections.tokens import token_values_revoke
 
 
 def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
@@ -76,35 +83,61 @@ def connection_disconnect(
     tokens = connection.tokens.all()
     if only_user is not None:
         tokens = tokens.filter(user=only_user)
-    tokens = list(tokens)
+    tokens = _tokens_taken_over(list(tokens.values_list("pk", flat=True)))
     if not tokens:
         raise ConnectionActionError(f"{connection} has no stored token to disconnect.")
-    config = connection_client_config(connection)
-    problems: list[str] = []
-    if config.revocation_url:
-        for token in tokens:
-            # Revoking the refresh token first ends the whole grant at most providers (RFC 7009 2.1).
-            for value, hint in ((token.refresh_token, "refresh_token"), (token.access_token, "access_token")):
-                if not value:
-                    continue
-                try:
-                    oauth_client.revoke(config, token=value, token_type_hint=hint)
-                except ProviderError as exc:
-                    problems.append(exc.message)
-    if problems:
-        detail = f"Tokens removed; revocation at the provider failed: {problems[0]}"
-    elif config.revocation_url:
-        detail = "Tokens revoked at the provider and removed."
-    else:
-        detail = "Tokens removed; the provider offers no revocation endpoint, so the grant may live on there."
+    detail, revoked_all = _tokens_revoke(connection, tokens)
     with transaction.atomic():
         OAuthToken.objects.filter(pk__in=[token.pk for token in tokens]).delete()
         audit_record(
             action=Action.DISCONNECT, outcome=Outcome.SUCCESS, connection=connection, actor=actor, detail=detail
         )
-    if problems:
+    if not revoked_all:
         return f"Disconnected {connection}. {detail} Revoke the grant at the provider by hand."
     return f"Disconnected {connection}. {detail}"
+
+
+def _tokens_taken_over(token_ids: list[int]) -> list[OAuthToken]:
+    """Take the tokens' lease for the disconnect and move their generation: a refresh in flight can no longer
+    write its result (connections.tokens.Fence), and none starts. Read after that, so that what is revoked is
+    what is stored, a refresh that just landed included."""
+    calls = 2 * len(token_ids) + 1  # revocations, each ending by its deadline
+    until = timezone.now() + timedelta(seconds=calls * settings.OUTBOUND_TIMEOUT + lease_seconds())
+    OAuthToken.objects.filter(pk__in=token_ids).update(
+        lease_owner=f"disconnect-{uuid.uuid4().hex}"[:64],
+        lease_expires_at=until,
+        generation=F("generation") + 1,
+        next_refresh_at=None,
+    )
+    return list(OAuthToken.objects.filter(pk__in=token_ids))
+
+
+def _tokens_revoke(connection: Connection, tokens: list[OAuthToken]) -> tuple[str, bool]:
+    """Revoke the tokens at the provider; returns a sentence for the audit log and whether all went."""
+    if not connection.effective_revocation_url:
+        return "Tokens removed; the provider offers no revocation endpoint, so the grant may live on there.", False
+    pairs = [((token.refresh_token, "refresh_token"), (token.access_token, "access_token")) for token in tokens]
+    problems = token_values_revoke(connection, [pair for token_pairs in pairs for pair in token_pairs])
+    if problems:
+        return f"Tokens removed; revocation at the provider failed: {problems[0]}", False
+    return "Tokens revoked at the provider and removed.", True
+
+
+def connection_delete(*, connection: Connection, actor: AbstractBaseUser) -> str:
+    """Delete a connection: its tokens are revoked at the provider first (outside any transaction), then the
+    connection goes, with an audit event that outlives it."""
+    tokens = _tokens_taken_over(list(connection.tokens.values_list("pk", flat=True)))
+    detail = _tokens_revoke(connection, tokens)[0] if tokens else "No token was stored."
+    with transaction.atomic():
+        audit_record(
+            action=Action.CONNECTION_DELETE,
+            outcome=Outcome.SUCCESS,
+            connection=connection,
+            actor=actor,
+            detail=f"Deleted. {detail}",
+        )
+        connection.delete()
+    return f"Deleted {connection}. {detail}"
 
 
 def connection_save_audit(
@@ -112,7 +145,7 @@ def connection_save_audit(
 ) -> None:
     """Record an admin save; names the changed fields, never their values."""
     audit_record(
-        action=Action.CONNECTION_CREATE if created else "connection_update",
+        action=Action.CONNECTION_CREATE if created else Action.CONNECTION_UPDATE,
         outcome=Outcome.SUCCESS,
         connection=connection,
         actor=actor,

@@ -26,6 +26,12 @@ def refresh_token(token_id: int, generation: int) -> None:
     refresh.token_refresh_scheduled(token_id=token_id, generation=generation)
 
 
+@shared_task(name="connections.tasks.audit_failed_authentications_summarize", ignore_result=True)
+def audit_failed_authentications_summarize() -> int:
+    """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
+    return audit.audit_failed_authentications_summarize()
+
+
 @shared_task(name="connections.tasks.audit_queue_drain", ignore_result=True)
 def audit_queue_drain() -> int:
     """Queued by the token endpoint a second after the first event of a batch, and scheduled by beat in case

@@ -2,9 +2,12 @@
 
 The common case is a key that was just answered asking again for the same connection while its token is still
 valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a CachedAnswer.
-A cached answer is good while two counters in Redis are where they were before the full path read the database:
-one for keys, users, roles, invitations and connection settings, one per connection for its tokens. Every write
-to those rows moves a counter, now and again after it commits (connections.signals says which writes).
+A cached answer is good while two counters in Redis hold the values they held before the full path read the
+database: one for keys, users, roles, invitations and connection settings, one per connection for its tokens.
+Every write to those rows moves a counter, now and again after it commits (connections.signals says which
+writes). A counter's values never repeat (each is random, also the first after Redis lost its data), so no
+restart brings an old answer back; a move Redis missed is made again at the next report, and a process that
+could not report forgets what it kept (it may have missed moves meanwhile).
 
 Each web process reports to Redis every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread: it learns
 which counters moved, adds the requests it answered to each key's rate counter, and queues their audit events
@@ -12,7 +15,7 @@ which counters moved, adds the requests it answered to each key's rate counter, 
 reaches the others within that interval; a key's rate limit may be overshot by what the other processes
 answered in it; and a process killed with SIGKILL loses the audit events of its last interval (a normal exit
 reports them). A process that has not heard from Redis for ten intervals answers nothing from memory until
-it has.
+it has. An answer is read from the database again at least once a minute, by the monotonic clock.
 
 Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. Without
 Redis (the embedded default) nothing is kept and every request takes the full path.
@@ -25,10 +28,11 @@ import functools
 import json
 import logging
 import os
+import secrets
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -42,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 STALE_INTERVALS = 10  # reports missed before a process stops answering from memory
 MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afresh
-MAX_ANSWER_AGE = timedelta(seconds=60)  # an answer is read from the database again at least this often
+MAX_ANSWER_AGE = 60.0  # seconds (monotonic): an answer is read from the database again at least this often
 RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then Redis drops it
 
 
@@ -58,7 +62,7 @@ class CachedAnswer:
     answer: Any  # issuing.IssuedToken
     audit: dict[str, Any]  # audit_queue.EVENT_FIELDS of a successful answer
     counters: tuple[str, str]  # (identity, token) counters as read before the database
-    stored_at: datetime
+    stored_at: float = field(default_factory=time.monotonic)
 
 
 enabled = redis_connection.enabled
@@ -73,6 +77,25 @@ def _identity_counter() -> str:
 @functools.lru_cache(maxsize=MAX_ANSWERS)
 def _token_counter(slug: str) -> str:
     return cache.make_key(f"grants:token:{slug}")
+
+
+def _new_counter_value() -> str:
+    return secrets.token_hex(8)
+
+
+def _counter_values(client: redis.Redis, keys: list[str], values: list[bytes | None]) -> list[str]:
+    """The counters' values as read; one that Redis does not hold (it restarted without its data) is given a new
+    value first, so that it never equals what an answer cached before the restart holds."""
+    missing = [key for key, value in zip(keys, values, strict=True) if value is None]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for key in missing:
+            pipe.set(key, _new_counter_value(), nx=True)  # whoever comes first sets it; everyone reads that
+        pipe.mget(missing)
+        values = list(values)
+        filled = dict(zip(missing, pipe.execute()[-1], strict=True))
+        values = [filled.get(key, value) for key, value in zip(keys, values, strict=True)]
+    return [value.decode() for value in values]
 
 
 def rate_counter(key_id: str, window: int) -> str:
@@ -93,7 +116,8 @@ class _Process:
         self.events: list[tuple[CachedAnswer, datetime, str | None]] = []  # not yet audited: answer, time, address
         self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet reported
         self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count in Redis when last reported
-        self.lock = threading.Lock()  # guards the buffers; held only for moments
+        self.moves: set[str] = set()  # counters a write could not move: moved again at the next report
+        self.lock = threading.Lock()  # guards the answers and the buffers; held only for moments
         self.report_lock = threading.Lock()  # one report at a time
         self.thread: threading.Thread | None = None
         self.failing = False  # the last report failed: say so once, not every interval
@@ -105,8 +129,11 @@ class _Process:
             with self.lock:
                 events, self.events = self.events, []
                 unreported, self.unreported = self.unreported, {}
-            watched = [_identity_counter(), *{_token_counter(slug) for _, slug in list(self.answers)}]
+                moves, self.moves = self.moves, set()
+                watched = [_identity_counter(), *{_token_counter(slug) for _, slug in self.answers}]
             pipe = self.redis.pipeline(transaction=False)
+            for counter in moves:
+                pipe.set(counter, _new_counter_value())
             pipe.mget(watched)
             for (key_id, window), count in unreported.items():
                 counter = cache.make_key(rate_counter(key_id, window))
@@ -118,6 +145,7 @@ class _Process:
                 results = pipe.execute()
             except redis.RedisError:
                 with self.lock:
+                    self.moves |= moves
                     self.events[:0] = events
                     for window_key, count in unreported.items():
                         self.unreported[window_key] = self.unreported.get(window_key, 0) + count
@@ -125,16 +153,23 @@ class _Process:
                     logger.warning("Redis does not answer the token cache's reports; the full path answers meanwhile.")
                 self.failing = True
                 return False
-            if self.failing:
-                logger.warning("Redis answers the token cache's reports again.")
-            self.failing = False
-            self.counters = {key: (value or b"0").decode() for key, value in zip(watched, results[0], strict=True)}
+            results = results[len(moves) :]
+            try:
+                values = _counter_values(self.redis, watched, results[0])
+            except redis.RedisError:
+                values = [value.decode() if value else "" for value in results[0]]  # "": never a cached value
+            self.counters = dict(zip(watched, values, strict=True))
             current = int(time.time() // 60)
             with self.lock:
+                if self.failing:
+                    # Writes may have failed to move counters meanwhile, in processes that are gone since.
+                    logger.warning("Redis answers the token cache's reports again; cached answers are read afresh.")
+                    self.answers.clear()
                 self.totals = {
                     window_key: total for window_key, total in self.totals.items() if window_key[1] >= current
                 }
                 self.totals.update(zip(unreported, results[1 : 1 + 2 * len(unreported) : 2], strict=True))
+            self.failing = False
             self.reported_at = started
         if events and results[-1] == len(events):
             audit_queue.drain_soon()  # the queue was empty: nobody has asked for a drain yet
@@ -175,7 +210,7 @@ def report() -> bool:
 @atexit.register
 def _report_at_exit() -> None:
     # gunicorn workers exit normally on a restart, a scale-down or a timeout: what they answered is reported.
-    if _state is not None and _state.pid == os.getpid() and (_state.events or _state.unreported):
+    if _state is not None and _state.pid == os.getpid() and (_state.events or _state.unreported or _state.moves):
         _state.report()
 
 
@@ -194,33 +229,36 @@ def counters(slug: str) -> tuple[str, str] | None:
     """The counters an answer for `slug` depends on, read before the database; None when there is no cache."""
     if not enabled():
         return None
+    client, keys = _process().redis, [_identity_counter(), _token_counter(slug)]
     try:
-        identity, token = _process().redis.mget(_identity_counter(), _token_counter(slug))
+        identity, token = _counter_values(client, keys, client.mget(keys))
     except redis.RedisError:
         return None
-    return (identity or b"0").decode(), (token or b"0").decode()
+    return identity, token
 
 
 def remember(cached: CachedAnswer) -> None:
     state = _process()
-    if len(state.answers) >= MAX_ANSWERS:
-        state.answers.clear()
     slug = cached.answer.connection
-    # Until the next report, take the counters as this answer read them a moment ago.
-    state.counters.setdefault(_identity_counter(), cached.counters[0])
-    state.counters.setdefault(_token_counter(slug), cached.counters[1])
-    state.answers[(cached.key_id, slug)] = cached
+    with state.lock:
+        if len(state.answers) >= MAX_ANSWERS:
+            state.answers.clear()
+        # Until the next report, take the counters as this answer read them a moment ago.
+        state.counters.setdefault(_identity_counter(), cached.counters[0])
+        state.counters.setdefault(_token_counter(slug), cached.counters[1])
+        state.answers[(cached.key_id, slug)] = cached
     state.start_reporting()
 
 
-def find(key_id: str, slug: str, now: datetime) -> CachedAnswer | None:
+def find(key_id: str, slug: str) -> CachedAnswer | None:
     if _state is None:
         return None
-    answers = _process().answers
-    cached = answers.get((key_id, slug))
-    if cached is not None and now - cached.stored_at > MAX_ANSWER_AGE:
-        answers.pop((key_id, slug), None)
-        return None
+    state = _process()
+    with state.lock:
+        cached = state.answers.get((key_id, slug))
+        if cached is not None and time.monotonic() - cached.stored_at > MAX_ANSWER_AGE:
+            state.answers.pop((key_id, slug), None)
+            return None
     return cached
 
 
@@ -231,11 +269,11 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
     if stale and not state.report():
         return False
     slug = cached.answer.connection
-    if (state.counters.get(_identity_counter()), state.counters.get(_token_counter(slug))) != cached.counters:
-        state.answers.pop((cached.key_id, slug), None)
-        return False
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
+        if (state.counters.get(_identity_counter()), state.counters.get(_token_counter(slug))) != cached.counters:
+            state.answers.pop((cached.key_id, slug), None)
+            return False
         if limit:
             window_key = (cached.key_id, int(now.timestamp() // 60))
             unreported = state.unreported.get(window_key, 0)
@@ -270,8 +308,9 @@ def invalidate(*, slug: str | None = None) -> None:
         return
     counter = _identity_counter() if slug is None else _token_counter(slug)
     state = _process()
-    for answer_key in [answer_key for answer_key in state.answers if slug is None or answer_key[1] == slug]:
-        state.answers.pop(answer_key, None)  # this process: at once
+    with state.lock:  # other threads of this process add and drop answers meanwhile
+        for answer_key in [answer_key for answer_key in state.answers if slug is None or answer_key[1] == slug]:
+            del state.answers[answer_key]  # this process: at once
     # Other processes: when they next report. Moved now, for reads later in this transaction; and again after
     # commit, since an answer cached meanwhile may have been read from the rows as they were before this write.
     _counter_move(counter)
@@ -279,9 +318,11 @@ def invalidate(*, slug: str | None = None) -> None:
 
 
 def _counter_move(counter: str) -> None:
+    state = _process()
     try:
-        _process().redis.incr(counter)
+        state.redis.set(counter, _new_counter_value())
     except redis.RedisError:
-        logger.error(
-            "Redis did not answer: other processes keep their cached answers up to %s.", MAX_ANSWER_AGE, exc_info=True
-        )
+        logger.error("Redis did not answer; the cached answers' counter is moved at the next report.", exc_info=True)
+        with state.lock:
+            state.moves.add(counter)
+        state.start_reporting()

@@ -1,15 +1,18 @@
 """Storing a token response: expiry and refresh margin, rotation-safe writes, and the client configuration a
 connection hands to connections.oauth_client."""
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from connections import oauth_client
 from connections.models import Connection, OAuthToken, TokenState
-from connections.oauth_client import ClientConfig, TokenResponse
+from connections.oauth_client import ClientConfig, ProviderError, TokenResponse
 
 
 def connection_client_config(connection: Connection) -> ClientConfig:
@@ -44,6 +47,19 @@ def _expiry(connection: Connection, response: TokenResponse) -> tuple[datetime, 
     return expires_at, expires_at - timedelta(seconds=refresh_margin(connection, lifetime))
 
 
+@dataclass(frozen=True)
+class Fence:
+    """A token row as a refresher leased it. A refresh's outcome is written only while the row is still that:
+    a disconnect, a re-authorization or a newer refresh since then wins, and the outcome is dropped."""
+
+    token_id: int
+    lease_owner: str
+    generation: int
+
+    def rows(self) -> QuerySet[OAuthToken]:
+        return OAuthToken.objects.filter(pk=self.token_id, lease_owner=self.lease_owner, generation=self.generation)
+
+
 def token_store(
     *,
     connection: Connection,
@@ -51,47 +67,89 @@ def token_store(
     response: TokenResponse,
     authorized_by: AbstractBaseUser | None = None,
 ) -> OAuthToken:
-    """Write a new access token with its refresh token in one write; keep what the response leaves out."""
+    """Store the tokens of a new grant (an authorization, a client-credentials token) whatever the row held.
+    An in-flight refresh of the old grant loses its lease, so its late result cannot undo this one."""
+    return token_store_replacing(connection=connection, user=user, response=response, authorized_by=authorized_by)[0]
+
+
+def token_store_replacing(
+    *,
+    connection: Connection,
+    user: AbstractBaseUser | None,
+    response: TokenResponse,
+    authorized_by: AbstractBaseUser | None = None,
+) -> tuple[OAuthToken, str]:
+    """token_store, also returning the refresh token the new grant replaced ("" if none, or if it is kept)."""
     try:
-        return _token_write(connection, user, response, authorized_by)
+        return _grant_write(connection, user, response, authorized_by)
     except IntegrityError:
         # Another process stored this connection's first token at the same moment; now there is a row to update.
-        return _token_write(connection, user, response, authorized_by)
+        return _grant_write(connection, user, response, authorized_by)
 
 
-def _token_write(
+def _grant_write(
     connection: Connection,
     user: AbstractBaseUser | None,
     response: TokenResponse,
     authorized_by: AbstractBaseUser | None,
-) -> OAuthToken:
-    expires_at, next_refresh_at = _expiry(connection, response)
+) -> tuple[OAuthToken, str]:
     owner = user if connection.is_user_specific else None
     with transaction.atomic():
         token = OAuthToken.objects.select_for_update().filter(connection=connection, user=owner).first()
         if token is None:
             token = OAuthToken(connection=connection, user=owner, generation=0)
-        token.access_token = response.access_token
-        # A provider that does not rotate sends no refresh token: the one we hold stays valid (RFC 6749 6).
-        token.refresh_token = response.refresh_token or token.refresh_token
-        token.id_token = response.id_token or token.id_token
-        token.token_type = response.token_type
-        token.scope = response.scope or token.scope or " ".join(connection.scope_list)
-        token.extra = {**token.extra, **response.extra}
-        token.expires_at = expires_at
-        token.next_refresh_at = next_refresh_at
-        token.state = TokenState.ACTIVE
-        token.consecutive_failures = 0
-        token.last_error = ""
-        token.last_error_at = None
-        token.lease_owner = ""
-        token.lease_expires_at = None
-        token.generation += 1
-        token.obtained_at = timezone.now()
+        replaced = token.refresh_token
+        _response_apply(token, connection, response)
         if authorized_by is not None:
             token.authorized_by = authorized_by
-            token.authorized_at = timezone.now()
+            token.authorized_at = token.obtained_at
         else:
-            token.refreshed_at = timezone.now()
+            token.refreshed_at = token.obtained_at
+        token.save()
+    return token, replaced if replaced != token.refresh_token else ""
+
+
+def token_store_refreshed(*, fence: Fence, connection: Connection, response: TokenResponse) -> OAuthToken | None:
+    """Store a refresh's result if the row is still what the refresher leased; None (nothing written) if not."""
+    with transaction.atomic():
+        token = fence.rows().select_for_update().first()
+        if token is None:
+            return None
+        _response_apply(token, connection, response)
+        token.refreshed_at = token.obtained_at
         token.save()
     return token
+
+
+def _response_apply(token: OAuthToken, connection: Connection, response: TokenResponse) -> None:
+    """A new access token with its refresh token, in one write; what the response leaves out is kept."""
+    token.access_token = response.access_token
+    # A provider that does not rotate sends no refresh token: the one we hold stays valid (RFC 6749 6).
+    token.refresh_token = response.refresh_token or token.refresh_token
+    token.id_token = response.id_token or token.id_token
+    token.token_type = response.token_type
+    token.scope = response.scope or token.scope or " ".join(connection.scope_list)
+    token.extra = {**token.extra, **response.extra}
+    token.expires_at, token.next_refresh_at = _expiry(connection, response)
+    token.state = TokenState.ACTIVE
+    token.consecutive_failures = 0
+    token.last_error = ""
+    token.last_error_at = None
+    token.lease_owner = ""
+    token.lease_expires_at = None
+    token.generation += 1
+    token.obtained_at = timezone.now()
+
+
+def token_values_revoke(connection: Connection, values: list[tuple[str, str]]) -> list[str]:
+    """Revoke (value, type hint) pairs at the provider (RFC 7009), outside any transaction; the refresh token
+    first, which ends the whole grant at most providers (RFC 7009 2.1). Returns what went wrong, in words."""
+    config = connection_client_config(connection)
+    problems = []
+    for value, hint in values:
+        if value and config.revocation_url:
+            try:
+                oauth_client.revoke(config, token=value, token_type_hint=hint)
+            except ProviderError as exc:
+                problems.append(exc.message)
+    return problems

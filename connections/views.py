@@ -1,7 +1,7 @@
 from celery import current_app
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -34,7 +34,10 @@ def _safe_next(request: HttpRequest, fallback: str) -> str:
 @require_POST
 @login_required
 def oauth_connect(request: HttpRequest, slug: str) -> HttpResponse:
-    connection = get_object_or_404(Connection.objects.select_related("provider"), slug=slug)
+    connection = Connection.objects.select_related("provider").filter(slug=slug).first()
+    # Whether it exists, is disabled or uses client credentials is told only to someone who may authorize it.
+    if connection is None or not selectors.user_may_authorize(request.user, connection):
+        raise Http404("No connection you may authorize has that name.")
     fallback = (
         reverse("my_connections")
         if connection.is_user_specific and not selectors.user_can_manage_connections(request.user)

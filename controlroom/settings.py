@@ -251,6 +251,11 @@ if OUTBOUND_PROXY_URL and (
 ):
     raise ImproperlyConfigured(_PROXY_HELP)
 
+# A provider called inside a database transaction is a programming error (it holds locks for as long as the
+# provider takes, and a rotated refresh token is lost if the transaction rolls back): in development and tests
+# it raises, in production it is logged as an error (connections.outbound).
+OUTBOUND_RAISE_IN_TRANSACTION = DEBUG
+
 # Refresh a token this many seconds before it expires (a provider may override it; never more than half the
 # token's lifetime).
 TOKEN_REFRESH_MARGIN = int(_number("TOKEN_REFRESH_MARGIN", 300))
@@ -270,6 +275,12 @@ if NOTIFY_WEBHOOK_URL and urlsplit(NOTIFY_WEBHOOK_URL).scheme not in ("http", "h
 
 # Token endpoint requests allowed per bot key per minute (0: no limit); more get 429 with Retry-After.
 TOKEN_RATE_LIMIT_PER_MINUTE = int(_number("TOKEN_RATE_LIMIT_PER_MINUTE", 600, unit="requests"))
+# Failed authentications at the token endpoint allowed per client address per minute (0: no limit); more get
+# 429 with Retry-After. A working key is never refused for it.
+TOKEN_AUTH_FAILURES_PER_MINUTE = int(_number("TOKEN_AUTH_FAILURES_PER_MINUTE", 20, unit="failures"))
+# Per address and minute, this many failed authentications (token endpoint, OAuth callback) are audited one by
+# one; the rest are counted and audited as one event when the minute is over.
+AUTH_FAILURES_AUDITED_ONE_BY_ONE = int(_number("AUTH_FAILURES_AUDITED_ONE_BY_ONE", 5, unit="failures"))
 # With Redis, each web process answers repeated token requests from memory and reports to Redis this often:
 # the longest a change (a revoked key, a refreshed token) takes to reach the other web processes.
 TOKEN_CACHE_SYNC_SECONDS = _number("TOKEN_CACHE_SYNC_SECONDS", 0.05, minimum=0.001, whole=False)

@@ -1,6 +1,7 @@
 """Shared fixtures: the loopback authorization server and factories for providers, connections and users."""
 
 import itertools
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -8,6 +9,7 @@ import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
+from django.core.cache import cache
 from django.test import Client
 
 from connections import audit_queue, refresh, token_cache
@@ -21,7 +23,9 @@ PROVIDER_USER = ("alice", "alice-provider-password")
 
 @pytest.fixture(autouse=True)
 def fresh_token_cache() -> Iterator[None]:
-    """Cached grants and queued audit events outlive a test's rolled-back database: none may reach the next."""
+    """Cached answers, counters (rates, failed authentications) and queued audit events outlive a test's
+    rolled-back database: none may reach the next."""
+    cache.clear()
     token_cache.reset()
     yield
     token_cache.reset()
@@ -133,3 +137,13 @@ def refresh_shared_token(connection: Connection) -> OAuthToken:
 def get_token(raw_key: str | None, slug: str, **params: str):
     headers = {"HTTP_AUTHORIZATION": f"Bearer {raw_key}"} if raw_key else {}
     return Client().get(f"/api/v1/connections/{slug}/token", params, **headers)
+
+
+def wait_for(condition, seconds: float, what: str):
+    """Poll `condition` until it returns something true (returned), or fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.02)
+    raise AssertionError(f"waited {seconds} s for {what}")

@@ -14,3 +14,6 @@ from controlroom.settings import *  # noqa: F403
 
 # Hashing passwords slowly protects nothing in a test run.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# pytest-django turns DEBUG off while tests run; a provider call inside a transaction must still fail them.
+OUTBOUND_RAISE_IN_TRANSACTION = True

@@ -11,6 +11,7 @@ COUNTERS = (
     "token_other",
     "revocations",
     "introspections",
+    "refresh_token_reuses",
 )
 
 
@@ -24,6 +25,15 @@ class ClientFlags(models.Model):
         return f"{self.client_id} (pkce_required={self.pkce_required})"
 
 
+class UsedRefreshToken(models.Model):
+    """A refresh token the server has accepted once (and rotated away from): a client must never show it again."""
+
+    token = models.CharField(max_length=255, unique=True)
+
+    def __str__(self) -> str:
+        return "used refresh token"
+
+
 class ServerState(models.Model):
     """Singleton row (pk=1, created by the migration): faults, token options, counters."""
 
@@ -34,7 +44,9 @@ class ServerState(models.Model):
     token_extra = models.JSONField(default=dict)
     omit_expires_in = models.BooleanField(default=False)
     omit_refresh_token_on_refresh = models.BooleanField(default=False)
-    latency = models.FloatField(default=0)
+    latency = models.FloatField(default=0)  # seconds before the request is processed
+    response_delay = models.FloatField(default=0)  # seconds after it is processed, before the answer goes out
+    fault_description = models.TextField(default="")  # the error_description of an invalid_grant fault
 
     token_authorization_code = models.IntegerField(default=0)
     token_refresh_token = models.IntegerField(default=0)
@@ -42,6 +54,7 @@ class ServerState(models.Model):
     token_other = models.IntegerField(default=0)
     revocations = models.IntegerField(default=0)
     introspections = models.IntegerField(default=0)
+    refresh_token_reuses = models.IntegerField(default=0)  # a refresh token presented again after it was used
 
     def __str__(self) -> str:
         return f"ServerState(fault={self.fault_mode}, remaining={self.fault_remaining})"

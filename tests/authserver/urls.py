@@ -18,5 +18,6 @@ urlpatterns = [
     path("_control/token_extra", views.token_extra),
     path("_control/token_options", views.token_options),
     path("_control/stats", views.stats),
+    path("_control/grants", views.grants),
     path("_control/reset", views.reset),
 ]

@@ -13,9 +13,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from oauth2_provider.models import get_application_model
+from oauth2_provider.models import get_access_token_model, get_application_model, get_refresh_token_model
 from oauth2_provider.views import (
     IntrospectTokenView,
     ProtectedResourceView,
@@ -23,7 +24,7 @@ from oauth2_provider.views import (
     TokenView,
 )
 
-from tests.authserver.models import ClientFlags, ServerState
+from tests.authserver.models import ClientFlags, ServerState, UsedRefreshToken
 
 FAULT_MODES = {
     "none",
@@ -35,6 +36,8 @@ FAULT_MODES = {
     "invalid_grant",
     "not_json_200",
     "no_access_token",
+    "drip",  # the real answer, a few bytes at a time, fault_delay seconds apart (each read is quick)
+    "huge",  # 200 with a 20 MB JSON body
 }
 GRANT_COUNTERS = {
     "authorization_code": "token_authorization_code",
@@ -80,13 +83,11 @@ def _fault_response(mode: str, request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = "1"
         return response
     if mode == "invalid_grant":
-        return JsonResponse(
-            {
-                "error": "invalid_grant",
-                "error_description": "Injected fault: grant is invalid",
-            },
-            status=400,
-        )
+        description = ServerState.get().fault_description or "Injected fault: grant is invalid"
+        return JsonResponse({"error": "invalid_grant", "error_description": description}, status=400)
+    if mode == "huge":
+        padding = "x" * (20 * 1024 * 1024)
+        return HttpResponse(f'{{"access_token": "huge", "pad": "{padding}"}}', content_type="application/json")
     if mode == "not_json_200":
         return HttpResponse("this is not json {{{", status=200, content_type="text/plain")
     if mode == "no_access_token":
@@ -103,20 +104,52 @@ def _fault_response(mode: str, request: HttpRequest) -> HttpResponse:
     raise ValueError(mode)
 
 
+def _is_reuse(request: HttpRequest) -> bool:
+    """A refresh token presented again after the server accepted it once (a client must never do that; one that
+    was revoked instead is not counted: revoking is no use)."""
+    return UsedRefreshToken.objects.filter(token=request.POST.get("refresh_token", "")).exists()
+
+
+def _drip(content: bytes, delay: float):
+    for start in range(0, len(content), 16):
+        yield content[start : start + 16]
+        time.sleep(delay)
+
+
 @csrf_exempt
 def token(request: HttpRequest) -> HttpResponse:
     """DOT's TokenView, wrapped with counters, latency, injected faults and response options."""
     grant_type = request.POST.get("grant_type", "")
     ServerState.bump(GRANT_COUNTERS.get(grant_type, "token_other"))
+    if grant_type == "refresh_token" and _is_reuse(request):
+        ServerState.bump("refresh_token_reuses")
     state = ServerState.get()
     if state.latency > 0:
         time.sleep(state.latency)
     mode = _take_fault(state, grant_type)
     if mode == "timeout":
         time.sleep(state.fault_delay)
-    elif mode is not None:
-        return _fault_response(mode, request)
+    elif mode is not None and mode != "drip":
+        return _answer_later(state, grant_type, _fault_response(mode, request))
+    response = _answer_later(state, grant_type, _dot_answer(request, state, grant_type))
+    presented = request.POST.get("refresh_token", "")
+    if grant_type == "refresh_token" and json.loads(response.content).get("refresh_token", presented) != presented:
+        UsedRefreshToken.objects.get_or_create(token=presented)  # rotated: the presented one is used up
+    if mode == "drip":
+        dripping = StreamingHttpResponse(_drip(response.content, state.fault_delay), status=response.status_code)
+        dripping["Content-Type"] = response["Content-Type"]
+        return dripping
+    return response
 
+
+def _answer_later(state: ServerState, grant_type: str, response: HttpResponse) -> HttpResponse:
+    # A refresh processed already (its refresh token rotated), answered only now: the client may be gone meanwhile.
+    if state.response_delay > 0 and grant_type == "refresh_token":
+        time.sleep(state.response_delay)
+    return response
+
+
+def _dot_answer(request: HttpRequest, state: ServerState, grant_type: str) -> HttpResponse:
     response = _dot_token(request)
     if response.status_code != 200:
         return response
@@ -253,6 +286,7 @@ def fault(body: dict) -> dict:
         fault_remaining=None if count is None else int(count),
         fault_delay=float(body.get("delay") or 0),
         fault_grant_types=None if grant_types is None else [str(g) for g in grant_types],
+        fault_description=str(body.get("description") or ""),
     )
     return {"mode": mode}
 
@@ -272,13 +306,10 @@ def token_options(body: dict) -> dict:
     for name in ("omit_expires_in", "omit_refresh_token_on_refresh"):
         if name in body:
             changes[name] = bool(body[name])
-    if "latency" in body:
-        changes["latency"] = float(body["latency"] or 0)
-    unknown = set(body) - {
-        "omit_expires_in",
-        "omit_refresh_token_on_refresh",
-        "latency",
-    }
+    for name in ("latency", "response_delay"):
+        if name in body:
+            changes[name] = float(body[name] or 0)
+    unknown = set(body) - {"omit_expires_in", "omit_refresh_token_on_refresh", "latency", "response_delay"}
     if unknown:
         raise BadRequest(f"unknown options {sorted(unknown)}")
     if changes:
@@ -298,10 +329,23 @@ def stats(body: dict) -> dict:
         },
         "revocations": s.revocations,
         "introspections": s.introspections,
+        "refresh_token_reuses": s.refresh_token_reuses,
+    }
+
+
+@control("POST")
+def grants(body: dict) -> dict:
+    """The tokens of a client the server would still accept: what a client that lost track of one leaves behind."""
+    client = {"application__client_id": str(body["client_id"])}
+    live_access = get_access_token_model().objects.filter(**client, expires__gt=timezone.now())
+    return {
+        "refresh_tokens": get_refresh_token_model().objects.filter(**client, revoked__isnull=True).count(),
+        "access_tokens": live_access.count(),
     }
 
 
 @control("POST")
 def reset(body: dict) -> dict:
     ServerState.reset()
+    UsedRefreshToken.objects.all().delete()
     return {"ok": True}

@@ -1,13 +1,16 @@
 """The connection admin: the form, the write-only secret, the buttons, permissions, and encryption at rest."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from django.contrib.messages import get_messages
 from django.db import connection as db
+from django.db import connections as db_connections
 from django.test import Client
 
 from connections.models import AuditEvent, Connection
 from providers.models import Provider
-from tests.conftest import connect, shared_token
+from tests.conftest import connect, shared_token, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -260,3 +263,50 @@ def test_client_authentication_in_the_form_body_as_the_provider_says(make_connec
     message = connection_test(connection=connection, actor=User.objects.create(username="tester"))
     assert message.startswith("Test passed")
     assert authserver.stats()["token_requests"]["client_credentials"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_save_and_test_calls_the_provider_only_after_the_save_is_committed(manager_client, make_connection, authserver):
+    # given a provider that takes a moment to answer, and an observer on a database connection of its own
+    connection = make_connection(grant_type="client_credentials", scopes="read")
+    authserver.set_token_options(latency=1.5)
+    seen_during_the_call: list[str] = []
+
+    def observe() -> None:
+        try:
+            wait_for(lambda: authserver.stats()["token_requests"]["client_credentials"], 10, "the provider call")
+            seen_during_the_call.append(Connection.objects.get(pk=connection.pk).description)
+        finally:
+            db_connections.close_all()
+
+    # when the administrator changes the connection and clicks Save and test connection
+    with ThreadPoolExecutor(1) as pool:
+        observer = pool.submit(observe)
+        data = _edit_form(connection, description="changed before the test", _test="Save and test connection")
+        response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
+        observer.result(timeout=15)
+
+    # then, while the provider was being called, the change was already committed: no transaction was open
+    assert any("Test passed" in text for text in _messages(response)), _messages(response)
+    assert seen_during_the_call == ["changed before the test"]
+
+
+def test_deleting_a_connection_revokes_its_tokens_and_is_audited(manager_client, make_connection, authserver):
+    # given a connected connection
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    token = shared_token(connection)
+    # when the administrator deletes it, told what that does, and confirms
+    confirm = manager_client.get(f"/admin/connections/connection/{connection.pk}/delete/").content.decode()
+    assert "revoked at the provider first" in confirm
+    # (the list's bulk delete, which would skip the revocation, is not offered)
+    assert "delete_selected" not in manager_client.get("/admin/connections/connection/").content.decode()
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/delete/", {"post": "yes"})
+    # then it is gone, its grant is revoked at the provider, and the audit log says who deleted it
+    assert response.status_code == 302
+    assert not Connection.objects.filter(pk=connection.pk).exists()
+    assert authserver.whoami(token.access_token).status_code == 401
+    assert authserver.live_grants(connection.client_id)["refresh_tokens"] == 0
+    event = AuditEvent.objects.get(action="connection_delete")
+    assert (event.actor_label, event.connection_label) == ("manager", connection.slug)
+    assert "revoked" in event.detail

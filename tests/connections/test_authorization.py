@@ -7,11 +7,13 @@ from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from django.contrib.auth.models import Group
 from django.contrib.messages import get_messages
 from django.test import Client
 from django.utils import timezone
 
-from connections.models import AuditEvent, AuthorizationRequest
+from connections import audit
+from connections.models import AuditEvent, AuthorizationRequest, OAuthToken
 from tests.conftest import connect, shared_token
 
 pytestmark = pytest.mark.django_db
@@ -227,8 +229,8 @@ def test_only_managers_authorize_shared_connections(make_connection, make_user, 
     client = Client()
     client.force_login(viewer)
     response = client.post(f"/oauth/connect/{connection.slug}/")
-    assert not response["Location"].startswith(authserver.url)
-    assert any("not allowed" in text for text in _messages(response))
+    assert response.status_code == 404
+    assert not AuthorizationRequest.objects.exists()
 
 
 def test_connect_requires_post_and_login(make_connection):
@@ -236,3 +238,91 @@ def test_connect_requires_post_and_login(make_connection):
     assert Client().get(f"/oauth/connect/{connection.slug}/").status_code == 405
     response = Client().post(f"/oauth/connect/{connection.slug}/")
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+# --- what a review found (the trust issue) ------------------------------------------------------------------------
+
+
+def _invited_user_client(make_user, connection) -> tuple[Client, object]:
+    role = Group.objects.create(name="Sales bots")
+    connection.roles.add(role)
+    user = make_user("bob", roles=(role,))
+    client = Client()
+    client.force_login(user)
+    return client, role
+
+
+@pytest.mark.parametrize("change", ["made_shared", "disabled", "role_removed", "made_client_credentials"])
+def test_the_callback_checks_again_that_the_flow_may_still_complete(make_connection, make_user, authserver, change):
+    # given a user who started authorizing their own token of a user-specific connection
+    connection = make_connection(token_type="user_specific")
+    client, role = _invited_user_client(make_user, connection)
+    callback = connect(client, connection, authserver)
+    # when, before the provider sends them back, an administrator changes the connection
+    if change == "made_shared":
+        connection.token_type = "shared"
+    elif change == "disabled":
+        connection.is_enabled = False
+    elif change == "made_client_credentials":
+        connection.grant_type = "client_credentials"
+    else:
+        connection.roles.remove(role)
+    connection.save()
+    response = client.get(callback)
+    # then nothing is stored (above all, not a shared token every bot would get), and the user is told why
+    assert not OAuthToken.objects.filter(connection=connection).exists()
+    assert len(_messages(response)) == 1 and "changed" in _messages(response)[0], _messages(response)
+    assert authserver.stats()["token_requests"]["authorization_code"] == 0
+    assert AuditEvent.objects.filter(action="authorize_callback", outcome="failure").exists()
+
+
+def test_an_iss_other_than_the_connections_issuer_is_refused(make_connection, manager_client, authserver):
+    # RFC 9207: with several providers behind one redirect URI, the answer says which one it comes from.
+    connection = make_connection(issuer=authserver.url)
+    callback = connect(manager_client, connection, authserver)
+    response = manager_client.get(f"{callback}&iss=https://evil.example")
+    assert any("evil.example" in text and "issuer" in text for text in _messages(response)), _messages(response)
+    assert shared_token(connection) is None
+    assert authserver.stats()["token_requests"]["authorization_code"] == 0
+    # and the issuer's own answer goes through
+    callback = connect(manager_client, connection, authserver)
+    manager_client.get(f"{callback}&iss={authserver.url}")
+    assert shared_token(connection) is not None
+
+
+def test_unknown_states_at_the_callback_are_audited_in_aggregate(settings):
+    anonymous = Client()
+    for n in range(30):
+        response = anonymous.get("/oauth/callback/", {"state": f"forged-{n}", "code": "whatever"})
+        assert response.status_code == 302
+    assert AuditEvent.objects.filter(action="authorize_callback").count() == settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE
+    audit.audit_failed_authentications_summarize(now=timezone.now() + timedelta(seconds=61))
+    summary = AuditEvent.objects.get(action="authentication_failures")
+    assert "30 failed" in summary.detail and "callback" in summary.detail, summary.detail
+
+
+@pytest.mark.parametrize("kind", ["disabled", "client_credentials", "not_mine", "missing"])
+def test_connect_answers_404_alike_for_a_missing_connection_and_one_the_user_may_not_authorize(
+    make_connection, make_user, kind
+):
+    # An outsider learns nothing: not whether it exists, nor whether it is disabled or uses client credentials.
+    slugs = {
+        "disabled": make_connection(register=False, is_enabled=False).slug,
+        "client_credentials": make_connection(register=False, grant_type="client_credentials").slug,
+        "not_mine": make_connection(register=False).slug,
+        "missing": "no-such-connection",
+    }
+    client = Client()
+    client.force_login(make_user("outsider"))
+    response = client.post(f"/oauth/connect/{slugs[kind]}/")
+    assert response.status_code == 404 and not _messages(response)
+
+
+def test_authorizing_again_ends_the_replaced_grant_at_the_provider(connected, manager_client, authserver):
+    connection, first = connected
+    manager_client.get(connect(manager_client, connection, authserver))
+    second = shared_token(connection)
+    assert second.refresh_token != first.refresh_token
+    # the new grant is the only one the provider still honours: the replaced refresh token cannot be used
+    assert authserver.live_grants(connection.client_id)["refresh_tokens"] == 1
+    assert authserver.whoami(second.access_token).status_code == 200

@@ -8,9 +8,10 @@ from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
+from connections import audit
 from connections.bot_keys import bot_key_create
 from connections.models import AuditEvent, BotKey, OAuthToken
-from tests.conftest import connect, get_token, shared_token
+from tests.conftest import connect, get_token, refresh_shared_token, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -226,3 +227,98 @@ def test_client_credentials_connections_fetch_their_first_token(make_connection,
     # Later calls reuse it until it is due.
     assert get_token(bot.raw_key, connection.slug).json()["access_token"] == response.json()["access_token"]
     assert authserver.stats()["token_requests"]["client_credentials"] == 1
+
+
+# --- what a review found (the trust issue) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"expires_in": "3600.5"},
+        {"expires_in": 3599.9},
+        {"expires_in": 1e30},
+        {"expires_in": True},
+        {"scope": ["read", "write"]},
+        {"scope": 42},
+        {"scope": " ".join(f"scope-{n}" for n in range(400))},
+        {"token_type": "bearer-" * 20},
+        {"unknown": {"nested": ["a", "\x00"]}, "\x00": "nul"},
+    ],
+)
+def test_an_odd_but_usable_token_answer_is_stored_and_its_rotated_refresh_token_kept(connected, bot, authserver, odd):
+    # when the provider's refresh answer is odd but usable
+    authserver.set_token_extra(odd)
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    # then the bot gets the new token, never a server error
+    assert response.status_code == 200, response.content
+    stored = shared_token(connected)
+    assert response.json()["access_token"] == stored.access_token and stored.generation == 2
+    # and the refresh token the provider rotated to is the one kept: the next refresh works with it
+    authserver.set_token_extra({})
+    assert refresh_shared_token(connected).generation == 3
+    assert authserver.stats()["refresh_token_reuses"] == 0
+
+
+def test_a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_unusable(connected, bot, authserver):
+    # when the provider rotates the refresh token but sends no usable access token with it
+    authserver.set_token_extra({"access_token": None})
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    # then the current token is served (still valid), the failure noted
+    assert response.status_code == 200 and response.json()["access_token"] == shared_token(connected).access_token
+    assert shared_token(connected).state == "refresh_failing"
+    # and the rotated refresh token was kept: the next refresh works, no spent token presented
+    authserver.set_token_extra({})
+    assert refresh_shared_token(connected).state == "active"
+    assert authserver.stats()["refresh_token_reuses"] == 0
+
+
+def test_a_providers_error_description_is_capped_wherever_it_goes(connected, bot, authserver, mailoutbox):
+    authserver.set_fault("invalid_grant", grant_types=["refresh_token"], description="tell-" * 2000)
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    assert _error(response) == "reauthorization_required"
+    token = shared_token(connected)
+    assert "tell-tell-" in token.last_error
+    assert len(token.last_error) <= 400 and len(response.json()["detail"]) <= 600
+    assert all(len(detail) <= 800 for detail in AuditEvent.objects.values_list("detail", flat=True))
+
+
+def test_force_refresh_asks_the_provider_even_during_backoff(connected, bot, authserver):
+    # given a refresh that failed a moment ago (a provider 500): the token is in backoff, still valid
+    authserver.set_fault("status_500", count=1, grant_types=["refresh_token"])
+    assert get_token(bot.raw_key, connected.slug, force_refresh="true").status_code == 200
+    assert shared_token(connected).state == "refresh_failing"
+    # when the provider now rejects the grant and a bot forces a refresh (its token was just refused)
+    authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    # then the provider was asked, and its answer is the bot's
+    assert _error(response) == "reauthorization_required", response.json()
+    assert authserver.stats()["token_requests"]["refresh_token"] == 2
+
+
+def test_force_refresh_during_backoff_gets_a_new_token_once_the_provider_works(connected, bot, authserver):
+    authserver.set_fault("status_500", count=1, grant_types=["refresh_token"])
+    old = get_token(bot.raw_key, connected.slug, force_refresh="true").json()["access_token"]
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    assert response.status_code == 200 and response.json()["access_token"] != old
+    assert shared_token(connected).state == "active"
+
+
+def test_failed_authentications_are_throttled_per_address_and_audited_in_aggregate(connected, bot, settings):
+    settings.TOKEN_AUTH_FAILURES_PER_MINUTE = 10
+    # when someone without a key tries 40 times from one address
+    answers = [get_token(f"crk_{n:012x}_guess", connected.slug) for n in range(40)]
+    # then the first ten are told the key is wrong, the rest to slow down
+    assert [answer.status_code for answer in answers] == [401] * 10 + [429] * 30
+    assert _error(answers[-1]) == "rate_limited" and int(answers[-1]["Retry-After"]) >= 1
+    # and the audit log holds a few of them one by one, not forty rows
+    one_by_one = AuditEvent.objects.filter(action="token_request", outcome="failure")
+    assert one_by_one.count() == settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE
+    # and a bot with a working key at the same address is still served
+    assert get_token(bot.raw_key, connected.slug).status_code == 200
+    # and once the minute is over, one event counts them all
+    audit.audit_failed_authentications_summarize(now=timezone.now() + timedelta(seconds=61))
+    summary = AuditEvent.objects.get(action="authentication_failures")
+    assert summary.remote_addr == "127.0.0.1" and "40 failed" in summary.detail, summary.detail
+    audit.audit_failed_authentications_summarize(now=timezone.now() + timedelta(seconds=61))
+    assert AuditEvent.objects.filter(action="authentication_failures").count() == 1

@@ -1,6 +1,9 @@
 """The token endpoint's answers from memory (connections.token_cache): the same answers as the full path, no
 SQL, and every change that matters seen by the very next request."""
 
+import dataclasses
+import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -226,3 +229,79 @@ def test_without_redis_the_full_path_answers(connected, bot, monkeypatch, caplog
     assert [record.getMessage() for record in caplog.records if record.name == "connections.token_cache"] == [
         "Redis does not answer the token cache's reports; the full path answers meanwhile."
     ]
+
+
+# --- what a review found (the trust issue) ------------------------------------------------------------------------
+
+
+def test_a_key_without_its_prefix_is_refused_from_memory_as_by_the_database(connected, bot):
+    warm(bot, connected)
+    response = get_token(bot.raw_key.removeprefix("crk_"), connected.slug)
+    assert (response.status_code, response.json()["error"]) == (401, "invalid_key")
+
+
+def test_invalidating_while_other_threads_cache_answers_never_fails(connected, bot):
+    # given thousands of answers, and four threads caching more, as a web process with --threads 4 does;
+    # the interpreter switches threads as often as it can, so a race shows up at once rather than once a day
+    template = _cached(bot, connected)
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    stop, failures = threading.Event(), []
+
+    def churn(number: int) -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                token_cache.remember(dataclasses.replace(template, key_id=f"{number}-{n % 5000}"))
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            failures.append(exc)
+
+    threads = [threading.Thread(target=churn, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    # when other writes invalidate them, over and over
+    try:
+        for _ in range(200):
+            token_cache.invalidate(slug=connected.slug)
+            token_cache.invalidate()
+    except Exception as exc:  # noqa: BLE001 - a failure here rolls back the write that invalidated
+        failures.append(exc)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(switch_interval)
+    # then nothing ever failed
+    assert failures == []
+
+
+def test_a_cached_answer_is_read_again_after_a_minute_by_the_monotonic_clock(
+    connected, bot, monkeypatch, django_assert_max_num_queries
+):
+    warm(bot, connected)
+    # a minute passes, while the wall clock is set back by as much (NTP, a VM resumed): only the monotonic
+    # clock says how old the answer is
+    moved = time.monotonic() + 61
+    monkeypatch.setattr(token_cache.time, "monotonic", lambda: moved)
+    response = get_token(bot.raw_key, connected.slug)
+    assert response.status_code == 200
+    assert AuditEvent.objects.filter(action="token_request").count() == 2  # the full path wrote its event
+
+
+def test_a_counter_move_redis_missed_is_made_once_redis_answers(connected, bot, monkeypatch, caplog):
+    warm(bot, connected)
+    before = token_cache.counters(connected.slug)
+    # when a key is revoked while Redis does not answer this process
+    state = token_cache._process()
+    monkeypatch.setattr(state, "redis", redis_connection.connect("redis://127.0.0.1:1/0"))
+    bot_key_revoke(key=bot.key)
+    monkeypatch.undo()
+    # then, at its next report, the move is made: other processes hear of the revocation
+    assert token_cache.report()
+    assert token_cache.counters(connected.slug)[0] != before[0]
+
+
+def _cached(bot, connected) -> token_cache.CachedAnswer:
+    warm(bot, connected)
+    return token_cache._process().answers[(bot.key.key_id, connected.slug)]

@@ -35,9 +35,10 @@ def test_fifty_callers_two_workers_and_beat_cost_one_refresh(
     stack.worker("worker-2")
     stack.beat()
     url = f"http://127.0.0.1:{port}/api/v1/connections/{connection.slug}/token"
-    # Warm every web process up (imports, database connection) with answers that cost the provider nothing.
+    # Warm every web process up (imports, database connection) with answers that cost the provider nothing
+    # (refusals: past 20 from one address in a minute they are 429s).
     warm = in_threads([lambda: requests.get(url, timeout=30) for _ in range(24)], workers=24)
-    assert {answer.status_code for answer in warm} == {401}, stack.logs()
+    assert {answer.status_code for answer in warm} <= {401, 429}, stack.logs()
 
     # when the token is expired and due, the provider is slow, and everyone asks at the same moment
     authserver.set_token_options(latency=LATENCY)

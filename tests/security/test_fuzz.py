@@ -24,7 +24,7 @@ from django.contrib.auth.models import Group, User
 from django.contrib.messages import constants as message_levels
 from django.contrib.messages import get_messages
 from django.db import transaction
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import Resolver404, resolve
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -233,6 +233,8 @@ def _assert_sent_home_with_one_error(response, query: str, secrets: set[str]) ->
     assert not any(secret in str(messages[0]) for secret in secrets)
 
 
+# Every failed answer is recorded one by one here (a flood is counted instead: tests/connections).
+@override_settings(AUTH_FAILURES_AUDITED_ONE_BY_ONE=1_000_000)
 def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
     make_connection, make_user, manager_client, authserver
 ):
@@ -263,8 +265,9 @@ def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
     @given(who=st.sampled_from(sorted(clients)), query=queries)
     @settings(FUZZ, max_examples=300)
     def answer(who: str, query: str) -> None:
-        with transaction.atomic():
-            tokens, flows, last_event = _token_rows(), _flow_rows(), _last_event_id()
+        # Not inside a transaction: a genuine answer calls the provider, which is never done inside one.
+        tokens, flows, last_event = _token_rows(), _flow_rows(), _last_event_id()
+        try:
             # when the browser comes back with whatever the query says
             response = _send(clients[who], "get", "/oauth/callback/", QUERY_STRING=query)
             if _too_many_fields(query):
@@ -282,7 +285,10 @@ def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
             events = list(AuditEvent.objects.filter(pk__gt=last_event))
             assert [(e.action, e.outcome) for e in events] == [("authorize_callback", "failure")], events
             assert not any(secret in events[0].detail for secret in secrets)
-            transaction.set_rollback(True)  # every example starts from the same flows
+        finally:  # every example starts from the same flows
+            for pk, (_, _, used_at, _) in flows.items():
+                AuthorizationRequest.objects.filter(pk=pk).update(used_at=used_at)
+            AuditEvent.objects.filter(pk__gt=last_event).delete()
 
     answer()
 
@@ -557,32 +563,34 @@ def _ask_token_endpoint(world: EndpointWorld, path: str, header: str | None, que
     extra = {"QUERY_STRING": query}
     if header is not None:
         extra["HTTP_AUTHORIZATION"] = _latin1(header.encode())
-    with transaction.atomic():  # kept on success: the provider rotated whatever a refresh renewed
-        tokens, key_rows = _token_rows(), _key_rows()
-        stored_secrets = {value for row in tokens for value in row[3:5] if value}
-        response = _send(_quiet_client(), "get", path, **extra)
-        assert response.status_code != 500, (path, header, query)
-        world.statuses[response.status_code] = world.statuses.get(response.status_code, 0) + 1
-        if _too_many_fields(query):
-            assert response.status_code == 400 and (_token_rows(), _key_rows()) == (tokens, key_rows)
-            return
-        try:
-            match = resolve(response.wsgi_request.path_info)
-        except Resolver404:
-            match = None
-        if match is None or match.url_name != "connection_token":
-            # not the endpoint at all (a '/' in the slug, another suffix): Django's 404, nothing touched
-            assert response.status_code == 404
-            assert (_token_rows(), _key_rows()) == (tokens, key_rows)
-            return
-        body = _assert_contract_shape(world, response, stored_secrets)
-        scheme, _, raw_key = response.wsgi_request.headers.get("Authorization", "").partition(" ")
-        owner = world.working.get(raw_key.strip()) if scheme.lower() == "bearer" else None
-        _assert_the_contracts_answer(world, response, body, owner, match.kwargs["slug"])
-        used = world.key_pks[raw_key.strip()] if owner is not None else None
-        _assert_only_allowed_writes(world, response, body, match.kwargs["slug"], tokens, key_rows, used)
+    # Not inside a transaction: a refresh the request makes calls the provider, never done inside one.
+    tokens, key_rows = _token_rows(), _key_rows()
+    stored_secrets = {value for row in tokens for value in row[3:5] if value}
+    response = _send(_quiet_client(), "get", path, **extra)
+    assert response.status_code != 500, (path, header, query)
+    world.statuses[response.status_code] = world.statuses.get(response.status_code, 0) + 1
+    if _too_many_fields(query):
+        assert response.status_code == 400 and (_token_rows(), _key_rows()) == (tokens, key_rows)
+        return
+    try:
+        match = resolve(response.wsgi_request.path_info)
+    except Resolver404:
+        match = None
+    if match is None or match.url_name != "connection_token":
+        # not the endpoint at all (a '/' in the slug, another suffix): Django's 404, nothing touched
+        assert response.status_code == 404
+        assert (_token_rows(), _key_rows()) == (tokens, key_rows)
+        return
+    body = _assert_contract_shape(world, response, stored_secrets)
+    scheme, _, raw_key = response.wsgi_request.headers.get("Authorization", "").partition(" ")
+    owner = world.working.get(raw_key.strip()) if scheme.lower() == "bearer" else None
+    _assert_the_contracts_answer(world, response, body, owner, match.kwargs["slug"])
+    used = world.key_pks[raw_key.strip()] if owner is not None else None
+    _assert_only_allowed_writes(world, response, body, match.kwargs["slug"], tokens, key_rows, used)
 
 
+# A wrong key gets 401 every time here, however often (the per-address limit is tested in tests/connections).
+@override_settings(TOKEN_AUTH_FAILURES_PER_MINUTE=0)
 def test_token_endpoint_never_crashes_never_leaks_and_a_refusal_changes_nothing(
     make_connection, make_user, manager_client, authserver
 ):

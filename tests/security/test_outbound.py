@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from cryptography import x509
@@ -25,10 +26,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from django.contrib.messages import get_messages
+from django.db import transaction
 
 from connections import oauth_client, refresh, services
 from connections import outbound as outbound_policy
-from connections.models import AuditEvent, OAuthToken, TokenState
+from connections.models import AuditEvent, Connection, OAuthToken, TokenState
+from connections.notifications import notify_managers
 from connections.oauth_client import ClientConfig, ProviderError
 from tests.conftest import connect, shared_token
 from tests.support.forward_proxy import ForwardProxy, Seen
@@ -573,9 +576,62 @@ def test_block_private_refuses_a_host_it_cannot_resolve(outbound, fake_dns):
         ("0.0.0.0", "an unspecified"),  # noqa: S104 - an address under test, not a bind
         ("::", "an unspecified"),
         ("100.64.0.1", "a non-public"),
+        ("fec0::1", "a site-local"),  # deprecated, but still routed inside some networks (RFC 3879)
+        ("2002:7f00:1::1", "a loopback"),  # 6to4 carrying 127.0.0.1 (RFC 3056)
+        ("2002:a00:1::1", "a private"),  # 6to4 carrying 10.0.0.1
+        ("64:ff9b::7f00:1", "a loopback"),  # NAT64 carrying 127.0.0.1 (RFC 6052)
+        ("2002:5db8:d822::1", ""),  # 6to4 carrying the public address
         (PUBLIC_IP, ""),
         ("2606:2800:220:1:248:1893:25c8:1946", ""),
     ],
 )
 def test_blocked_kind(address, kind):
     assert outbound_policy.blocked_kind(address) == kind
+
+
+# --- no provider call inside a database transaction ---------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_provider_call_inside_a_transaction_is_refused(outbound, plain_server):
+    # A provider call holds whatever the transaction locked for as long as the provider takes, and a rotated
+    # refresh token is lost if the transaction then rolls back: in tests and DEBUG it is a programming error.
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    with pytest.raises(outbound_policy.CallInTransaction), transaction.atomic():
+        oauth_client.client_credentials(_config(plain_server.url("/token")))
+    assert plain_server.hits == []
+    # Outside a transaction (the test's own does not count) the same call goes out.
+    assert oauth_client.client_credentials(_config(plain_server.url("/token"))).access_token == "tiny-access-token"
+
+
+@pytest.mark.django_db
+def test_in_production_a_provider_call_inside_a_transaction_is_logged_as_an_error(outbound, plain_server, caplog):
+    outbound.OUTBOUND_RAISE_IN_TRANSACTION = False  # as with DEBUG off
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    with transaction.atomic():
+        assert oauth_client.client_credentials(_config(plain_server.url("/token"))).access_token
+    assert [record.levelname for record in caplog.records if "transaction" in record.getMessage()] == ["ERROR"]
+
+
+# --- the notification webhook is an outbound call like the others -------------------------------------------------
+
+
+def test_the_webhook_goes_through_the_proxy(outbound, proxy, plain_server):
+    outbound.OUTBOUND_PROXY_URL = proxy.url()
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    outbound.NOTIFY_WEBHOOK_URL = plain_server.url("/hook")
+    notify_managers_by_webhook_only()
+    assert proxy.seen == [Seen("POST", f"127.0.0.1:{plain_server.server_address[1]}", "/hook")]
+    assert plain_server.paths() == ["/hook"]
+
+
+def test_the_webhook_obeys_the_url_policy(outbound, plain_server, caplog):
+    outbound.NOTIFY_WEBHOOK_URL = plain_server.url("/hook")  # plain http to a host nobody allowed
+    notify_managers_by_webhook_only()
+    assert plain_server.hits == []
+    assert any("must use https" in record.getMessage() for record in caplog.records)
+
+
+def notify_managers_by_webhook_only() -> None:
+    with patch("connections.notifications.manager_emails", return_value=[]):
+        notify_managers(event="token.refresh_failing", connection=Connection(slug="hooked"), subject="s", message="m")

@@ -274,18 +274,14 @@ class AuthServer:
         count: int | None = None,
         delay: float = 0,
         grant_types: list[str] | None = None,
+        description: str = "",
     ) -> None:
         """Make the next `count` (None = all, until cleared) /o/token/ requests of
-        `grant_types` (None = any) fail with `mode`."""
+        `grant_types` (None = any) fail with `mode` (`description`: invalid_grant's error_description)."""
         self._control(
             "POST",
             "fault",
-            {
-                "mode": mode,
-                "count": count,
-                "delay": delay,
-                "grant_types": grant_types,
-            },
+            {"mode": mode, "count": count, "delay": delay, "grant_types": grant_types, "description": description},
         )
 
     def clear_fault(self) -> None:
@@ -295,11 +291,16 @@ class AuthServer:
         self._control("POST", "token_extra", {"fields": fields})
 
     def set_token_options(self, **opts: Any) -> None:
-        """omit_expires_in: bool, omit_refresh_token_on_refresh: bool, latency: seconds."""
+        """omit_expires_in: bool, omit_refresh_token_on_refresh: bool, latency: seconds before the request is
+        processed, response_delay: seconds after it is processed (a refresh token already rotated)."""
         self._control("POST", "token_options", opts)
 
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats").json()
+
+    def live_grants(self, client_id: str) -> dict[str, int]:
+        """{"refresh_tokens": n, "access_tokens": n} the server still accepts for the client."""
+        return self._control("POST", "grants", {"client_id": client_id}).json()
 
     def reset(self) -> None:
         self._control("POST", "reset")

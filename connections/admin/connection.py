@@ -1,43 +1,26 @@
+"""Connections in the admin: the adaptive form, the status columns, Save and test, Connect, Refresh now,
+Disconnect and Delete (each calling a service, outside the admin's transaction where a provider is called)."""
+
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from connections import audit, selectors, services
-from connections.bot_keys import bot_key_create, bot_key_revoke
+from connections import selectors, services
+from connections.admin.permissions import PermissionMixin
 from connections.errors import ConnectionActionError
-from connections.forms import PLACEHOLDER_PREFIX, BotKeyAddForm, ConnectionForm, RoleForm
-from connections.models import FEATURE_PERMISSIONS, AuditEvent, BotKey, Connection, OAuthToken, Role
+from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
+from connections.models import Connection, OAuthToken
 from connections.views import start_authorization
-
-
-class PermissionMixin:
-    """Manage connections may change; View connections may only look."""
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return selectors.user_can_view_connections(request.user)
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return selectors.user_can_manage_connections(request.user)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return selectors.user_can_manage_connections(request.user)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return selectors.user_can_manage_connections(request.user)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return selectors.user_can_view_connections(request.user)
 
 
 class TokenInline(PermissionMixin, admin.TabularInline):
@@ -148,6 +131,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                         "authorization_url",
                         "token_url",
                         "revocation_url",
+                        "issuer",
                         "scopes",
                         "extra_authorization_params",
                     ),
@@ -229,7 +213,8 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         """The extra submit buttons: Save and test connection, Save and connect."""
         change_url = reverse("admin:connections_connection_change", args=[obj.pk])
         if "_test" in request.POST:
-            self._report(request, lambda: services.connection_test(connection=obj, actor=request.user))
+            # Still inside the admin's transaction here: the test calls the provider once it has committed.
+            request.connection_test = lambda: services.connection_test(connection=obj, actor=request.user)
             return HttpResponseRedirect(change_url)
         if "_connect" in request.POST:
             return start_authorization(request, obj, change_url)
@@ -240,6 +225,27 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
 
     def response_change(self, request: HttpRequest, obj: Connection) -> HttpResponse:
         return self._after_save(request, obj) or super().response_change(request, obj)
+
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = super().changeform_view(request, *args, **kwargs)  # the save, in a transaction, committed now
+        if test := getattr(request, "connection_test", None):
+            self._report(request, test)
+        return response
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        """The confirmation page is Django's; the deletion revokes the tokens first, outside any transaction."""
+        connection = self.get_object(request, object_id)
+        if request.method != "POST" or not request.POST.get("post") or connection is None:
+            return super().delete_view(request, object_id, extra_context)
+        if not self.has_delete_permission(request, connection):
+            raise PermissionDenied
+        self._report(request, lambda: services.connection_delete(connection=connection, actor=request.user))
+        return redirect("admin:connections_connection_changelist")
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would delete without revoking; delete one at a time
+        return actions
 
     def get_urls(self) -> list:
         wrap = self.admin_site.admin_view
@@ -286,163 +292,3 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             self._report(
                 request, lambda c=connection: services.connection_refresh_now(connection=c, actor=request.user)
             )
-
-
-@admin.register(AuditEvent)
-class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
-    """Append-only: nobody adds, edits or deletes audit events here. Export CSV downloads the filtered list."""
-
-    list_display = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
-    list_filter = ("outcome", "action", "connection", ("actor", admin.RelatedOnlyFieldListFilter))
-    search_fields = ("actor_label", "connection_label", "detail")
-    date_hierarchy = "created_at"
-    change_list_template = "admin/connections/auditevent/change_list.html"
-    csv_fields = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
-
-    def get_readonly_fields(self, request: HttpRequest, obj: AuditEvent | None = None) -> list[str]:
-        return [field.name for field in AuditEvent._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def get_urls(self) -> list:
-        export = path("export.csv", self.admin_site.admin_view(self.export_csv), name="connections_auditevent_export")
-        return [export, *super().get_urls()]
-
-    def export_csv(self, request: HttpRequest) -> HttpResponse:
-        if not self.has_view_permission(request):
-            return HttpResponse(status=403)
-        # The same filters, search and date drill-down as the list page the link was on.
-        events = self.get_changelist_instance(request).get_queryset(request)
-        response = StreamingHttpResponse(
-            audit.audit_csv_lines(events.iterator(chunk_size=2000), self.csv_fields),
-            content_type="text/csv; charset=utf-8",
-        )
-        response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%d-%H%M%S}.csv"'
-        return response
-
-
-@admin.register(Role)
-class RoleAdmin(admin.ModelAdmin):
-    """Roles are Django groups, shown with what matters here: feature permissions, members, connections."""
-
-    form = RoleForm
-    list_display = ("name", "permission_list", "member_count", "connection_list")
-    search_fields = ("name",)
-    fields = ("name", "feature_permissions", "members", "invited_connections")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Role]:
-        return super().get_queryset(request).prefetch_related("permissions", "connections", "user_set")
-
-    @admin.display(description="Feature permissions")
-    def permission_list(self, role: Role) -> str:
-        held = [
-            FEATURE_PERMISSIONS[p.codename].split(" (")[0]
-            for p in role.permissions.all()
-            if p.codename in FEATURE_PERMISSIONS
-        ]
-        return ", ".join(held) or "—"
-
-    @admin.display(description="Members")
-    def member_count(self, role: Role) -> int:
-        return len(role.user_set.all())
-
-    @admin.display(description="Connections it may use")
-    def connection_list(self, role: Role) -> str:
-        return ", ".join(connection.name for connection in role.connections.all()) or "—"
-
-    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        services.role_update(
-            role=form.instance,
-            feature_permissions=form.cleaned_data["feature_permissions"],
-            members=list(form.cleaned_data["members"]),
-            connections=list(form.cleaned_data["invited_connections"]),
-            actor=request.user,
-        )
-
-
-@admin.register(BotKey)
-class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
-    """Keys are created here or with `manage.py botkey create`; the raw key is shown once, then only its id.
-
-    Those who manage connections create and revoke keys; those who view connections see them (never the secret).
-    """
-
-    list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used_at", "last_used_from")
-    list_filter = ("revoked_at", "expires_at")
-    search_fields = ("name", "key_id", "user__username")
-    actions = ["revoke_selected"]
-    readonly_fields = (
-        "user",
-        "name",
-        "key_id",
-        "state",
-        "created_at",
-        "created_by",
-        "expires_at",
-        "revoked_at",
-        "last_used_at",
-        "last_used_from",
-    )
-
-    def get_form(self, request: HttpRequest, obj: BotKey | None = None, change: bool = False, **kwargs: Any):
-        if obj is None:
-            kwargs["form"] = BotKeyAddForm
-        return super().get_form(request, obj, change, **kwargs)
-
-    def get_fields(self, request: HttpRequest, obj: BotKey | None = None) -> list[str] | tuple[str, ...]:
-        return ("user", "name", "expires_days") if obj is None else self.readonly_fields
-
-    def get_readonly_fields(self, request: HttpRequest, obj: BotKey | None = None) -> tuple[str, ...]:
-        return () if obj is None else self.readonly_fields
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # a key is never edited; it is revoked and replaced
-
-    @admin.display(description="State")
-    def state(self, key: BotKey) -> str:
-        if key.revoked_at:
-            return "Revoked"
-        return "Active" if key.is_active else "Expired"
-
-    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
-        if request.method != "POST":
-            return super().add_view(request, form_url, extra_context)
-        form = BotKeyAddForm(request.POST)
-        if not self.has_add_permission(request) or not form.is_valid():
-            return super().add_view(request, form_url, extra_context)
-        key, raw = bot_key_create(
-            user=form.cleaned_data["user"],
-            name=form.cleaned_data["name"],
-            expires_days=form.cleaned_data["expires_days"],
-            created_by=request.user,
-        )
-        # Rendered, not redirected: the raw key must not travel through the session or a messages cookie.
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "key": key,
-            "raw_key": raw,
-            "title": "Bot key created",
-        }
-        response = TemplateResponse(request, "admin/connections/botkey/created.html", context)
-        response["Cache-Control"] = "no-store"
-        return response
-
-    def has_manage_permission(self, request: HttpRequest) -> bool:
-        return selectors.user_can_manage_connections(request.user)
-
-    @admin.action(description="Revoke selected keys", permissions=["manage"])
-    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> None:
-        revoked = sum(bot_key_revoke(key=key, actor=request.user) for key in queryset.select_related("user"))
-        self.message_user(request, f"Revoked {revoked} key(s).")
-
-
-admin.site.unregister(Group)

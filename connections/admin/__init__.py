@@ -1,0 +1,13 @@
+"""The admin: connections (with their tokens), audit events, roles and bot keys, each in a module of its own."""
+
+from django.contrib import admin
+from django.contrib.auth.models import Group
+
+from connections.admin.audit_event import AuditEventAdmin
+from connections.admin.bot_key import BotKeyAdmin
+from connections.admin.connection import ConnectionAdmin
+from connections.admin.role import RoleAdmin
+
+__all__ = ["AuditEventAdmin", "BotKeyAdmin", "ConnectionAdmin", "RoleAdmin"]
+
+admin.site.unregister(Group)  # shown as a Role, with what matters here
