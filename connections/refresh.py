@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from connections import oauth_client, signals
@@ -55,17 +55,20 @@ def backoff_seconds(failures: int) -> float:
     return random.uniform(0.5, 1.0) * min(30 * 60, 15 * 2 ** max(failures - 1, 0))  # noqa: S311 - jitter, not a secret
 
 
-def token_lease_take(token: OAuthToken, owner: str) -> Fence | None:
-    """Take the token's lease if nobody holds it: the Fence its outcome will be written under."""
+def token_lease_take(token: OAuthToken, owner: str) -> tuple[Fence, OAuthToken] | None:
+    """Take the token's lease if nobody holds it: the Fence its outcome will be written under, and the row as
+    leased (nobody else writes it while the fence holds)."""
     now = timezone.now()
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     taken = OAuthToken.objects.filter(free, pk=token.pk).update(
         lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds())
     )
-    if not taken:
-        return None
-    generation = OAuthToken.objects.filter(pk=token.pk, lease_owner=owner).values_list("generation", flat=True)
-    return Fence(token.pk, owner, generation[0]) if generation else None
+    leased = taken and _rows().filter(pk=token.pk, lease_owner=owner).first()
+    return (Fence(token.pk, owner, leased.generation), leased) if leased else None
+
+
+def _rows() -> QuerySet[OAuthToken]:
+    return OAuthToken.objects.select_related("connection__provider", "user")
 
 
 def _lease_give_back(fence: Fence) -> None:
@@ -73,7 +76,7 @@ def _lease_give_back(fence: Fence) -> None:
 
 
 def _current(token: OAuthToken) -> OAuthToken:
-    current = OAuthToken.objects.select_related("connection__provider", "user").filter(pk=token.pk).first()
+    current = _rows().filter(pk=token.pk).first()
     if current is None:
         raise TokenGone()
     return current
@@ -99,7 +102,7 @@ def token_refresh_complete(
     the provider: nobody holds its tokens)."""
     connection, failures = token.connection, token.consecutive_failures
     with transaction.atomic():
-        stored = token_store_refreshed(fence=fence, connection=connection, response=response)
+        stored = token_store_refreshed(fence=fence, token=token, response=response)
         if stored is not None:
             audit_record(
                 action=Action.TOKEN_REFRESH,
@@ -205,7 +208,7 @@ def _lease_or_settled(token: OAuthToken, seen_generation: int, owner: str) -> tu
     """The lease and the row as leased, or the token someone else refreshed meanwhile (their failure is raised)."""
     started = timezone.now()
     deadline = time.monotonic() + settings.REFRESH_WAIT_SECONDS
-    while (fence := token_lease_take(token, owner)) is None:
+    while (leased := token_lease_take(token, owner)) is None:
         current = _current(token)
         if current.generation > seen_generation:
             return current
@@ -218,13 +221,13 @@ def _lease_or_settled(token: OAuthToken, seen_generation: int, owner: str) -> tu
                 permanent=False,
             )
         time.sleep(0.05)
-    current = _current(token)
+    fence, current = leased
     if current.generation > seen_generation or _failed_since(current, started):
         _lease_give_back(fence)  # settled while we took the lease: share that result
         if current.generation > seen_generation:
             return current
         raise _shared_failure(current)
-    return fence, current
+    return leased
 
 
 def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:

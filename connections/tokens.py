@@ -1,6 +1,7 @@
 """Storing a token response: expiry and refresh margin, rotation-safe writes, and the client configuration a
 connection hands to connections.oauth_client."""
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -10,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from connections import oauth_client
+from connections import oauth_client, signals
 from connections.models import Connection, OAuthToken, TokenState
 from connections.oauth_client import ClientConfig, ProviderError, TokenResponse
 
@@ -109,16 +110,39 @@ def _grant_write(
     return token, replaced if replaced != token.refresh_token else ""
 
 
-def token_store_refreshed(*, fence: Fence, connection: Connection, response: TokenResponse) -> OAuthToken | None:
-    """Store a refresh's result if the row is still what the refresher leased; None (nothing written) if not."""
-    with transaction.atomic():
-        token = fence.rows().select_for_update().first()
-        if token is None:
-            return None
-        _response_apply(token, connection, response)
-        token.refreshed_at = token.obtained_at
-        token.save()
-    return token
+def token_store_refreshed(*, fence: Fence, token: OAuthToken, response: TokenResponse) -> OAuthToken | None:
+    """Store a refresh's result if the row is still what the refresher leased; None (nothing written) if not.
+    `token` is the row as leased: nobody else writes it while the fence holds, so one conditional UPDATE does."""
+    refreshed = copy.copy(token)
+    _response_apply(refreshed, token.connection, response)
+    refreshed.refreshed_at = refreshed.updated_at = refreshed.obtained_at
+    if not fence.rows().update(**{name: getattr(refreshed, name) for name in REFRESH_WRITES}):
+        return None
+    signals.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
+    return refreshed
+
+
+# What a refresh's result changes in the row (_response_apply), and when.
+REFRESH_WRITES = (
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "token_type",
+    "scope",
+    "extra",
+    "expires_at",
+    "next_refresh_at",
+    "state",
+    "consecutive_failures",
+    "last_error",
+    "last_error_at",
+    "lease_owner",
+    "lease_expires_at",
+    "generation",
+    "obtained_at",
+    "refreshed_at",
+    "updated_at",
+)
 
 
 def _response_apply(token: OAuthToken, connection: Connection, response: TokenResponse) -> None:

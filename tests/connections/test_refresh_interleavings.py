@@ -81,10 +81,10 @@ class Interleavings(RuleBasedStateMachine):
 
     def _start(self) -> Flight | None:
         token = shared_token(self.connection)
-        fence = refresh.token_lease_take(token, uuid.uuid4().hex)
-        if fence is None:  # another flight holds the lease: single flight
+        leased = refresh.token_lease_take(token, uuid.uuid4().hex)
+        if leased is None:  # another flight holds the lease: single flight
             return None
-        token = OAuthToken.objects.select_related("connection__provider").get(pk=token.pk)
+        fence, token = leased
         self.flights.append(Flight(fence, token, token.refresh_token, self.grant))
         return self.flights[-1]
 
