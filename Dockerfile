@@ -1,6 +1,6 @@
 # Control Room: one image for the web server, the Celery workers and Celery beat.
 #
-#   docker build -t controlroom .
+#   docker build -t controlroom:1.4.0 .       # tag each build with its release, to roll back to the previous one
 #
 # docker-compose.yml runs it scaled out (PostgreSQL, Redis, web, N workers, one beat); README.md, "Production",
 # explains it. Without compose, the same containers by hand, all with the same environment file:
@@ -15,6 +15,9 @@
 # VAR_DIR — DATABASE_URL (PostgreSQL) and REDIS_URL, so that web, workers and beat share one database and one
 # broker. .env.example lists every variable.
 
+# For a build that can be repeated byte for byte, pin the base image by its digest as well, and move it on purpose
+# (security updates): `docker buildx imagetools inspect python:3.11-slim-bookworm` prints the current one, then
+# FROM python:3.11-slim-bookworm@sha256:<digest>.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,9 +34,10 @@ RUN groupadd --system --gid 10001 controlroom \
 
 WORKDIR /app
 
-# Dependencies first, so that a code change does not reinstall them. requirements.txt pins every one with ==.
-COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# Dependencies first, so that a code change does not reinstall them: every one, the transitive ones too, as the
+# lock file pins it, checked against its hashes (`make lock` regenerates it from requirements.txt).
+COPY requirements.lock .
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # The code stays owned by root: the application cannot change itself. Only VAR_DIR is writable (beat's schedule).
 COPY . .
@@ -49,14 +53,13 @@ USER 10001:10001
 
 EXPOSE 8000
 
-# /healthz answers 200 when the database, the broker and beat are all fine, 503 otherwise (so the web container
-# turns unhealthy while beat or every worker is down: alert on it, do not restart web for it). /healthz is exempt
-# from the https redirect; the check sends PUBLIC_URL's host as Host, to pass ALLOWED_HOSTS.
-# Worker and beat containers serve no HTTP: run them with --no-healthcheck (compose: healthcheck: disable: true).
-HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.parse, urllib.request; host = urllib.parse.urlsplit(os.environ.get('PUBLIC_URL') or 'http://127.0.0.1').netloc; request = urllib.request.Request('http://127.0.0.1:8000/healthz', headers={'Host': host, 'X-Forwarded-Proto': 'https'}); sys.exit(0 if urllib.request.urlopen(request, timeout=8).status == 200 else 1)"]
+# /livez answers 200 while the process serves requests; it does no I/O, so only a stuck or dead web process fails
+# it (the only thing a restart fixes). A load balancer asks /readyz (database and cache); alerting asks /healthz
+# (beat, workers, refresh backlog too). All three are exempt from the https redirect; the check sends PUBLIC_URL's
+# host as Host, to pass ALLOWED_HOSTS. Worker and beat containers serve no HTTP: run them with --no-healthcheck
+# (compose: healthcheck: disable: true).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.parse, urllib.request; host = urllib.parse.urlsplit(os.environ.get('PUBLIC_URL') or 'http://127.0.0.1').netloc; request = urllib.request.Request('http://127.0.0.1:8000/livez', headers={'Host': host, 'X-Forwarded-Proto': 'https'}); sys.exit(0 if urllib.request.urlopen(request, timeout=8).status == 200 else 1)"]
 
-# 3 processes x 4 threads: a request waiting on a slow provider (up to OUTBOUND_TIMEOUT, or REFRESH_WAIT_SECONDS for
-# another process's refresh) holds a thread, not a whole process. No access log: the OAuth callback's query string
-# carries the authorization code.
-CMD ["gunicorn", "controlroom.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4", "--no-control-socket"]
+# The web server; its settings (processes, threads, timeouts, graceful restarts) are in gunicorn.conf.py.
+CMD ["gunicorn", "--config", "gunicorn.conf.py"]

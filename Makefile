@@ -5,17 +5,28 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint clean
+.PHONY: run test lint lock clean
 
-$(VENV)/.run-installed: requirements.txt
+# Installs come from the lock files: every package, the transitive ones too, pinned with its hashes.
+$(VENV)/.run-installed: requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	touch $@
 
-$(VENV)/.test-installed: requirements.txt requirements-test.txt
+$(VENV)/.test-installed: requirements.lock requirements-test.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-test.lock
 	touch $@ $(VENV)/.run-installed
+
+# After changing requirements.txt or requirements-test.txt (the direct dependencies): regenerate both lock files
+# from PyPI, with the hashes of every file PyPI has for each pinned version.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip-tools==7.6.2
+	for input in requirements requirements-test; do \
+		$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
+			--pip-args "--isolated --index-url https://pypi.org/simple" --output-file $$input.lock $$input.txt; \
+	done
 
 # Development secrets, generated once and kept: CRYPTOGRAPHY_KEY must not change, or stored secrets are lost.
 .env:

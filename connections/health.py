@@ -1,13 +1,33 @@
-"""Checks behind /healthz: the database, the Celery broker, and how long ago beat last ran (its heartbeat)."""
+"""Health, three ways, each for its reader:
 
+- liveness (/livez, the container's health check): the process serves requests; no I/O at all.
+- readiness (/readyz, the load balancer's probe): the database and the cache answer, checked at most every few
+  seconds per process. Beat and the workers are not asked: web serves tokens without them for a while.
+- freshness (/healthz, for alerting): the database, the broker, beat's heartbeat, the workers that ran it, and
+  the refresh backlog.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection as db_connection
 from django.utils import timezone
 
-from connections.models import BeatHeartbeat
+from connections.models import BeatHeartbeat, OAuthToken, TokenState
+
+READINESS_SECONDS = 3  # how long a readiness answer is reused: a busy balancer's probes cost one check
+WORKER_PREFIX = "worker:"  # heartbeat rows of the workers that ran beat's heartbeat, by their host name
+
+
+def _failure(what: str, exc: Exception) -> dict[str, Any]:
+    # Reported by type only: a message could quote a URL with its password.
+    return {"ok": False, "error": f"{what} unreachable ({type(exc).__name__})"}
 
 
 def check_database() -> dict[str, Any]:
@@ -15,13 +35,16 @@ def check_database() -> dict[str, Any]:
         with db_connection.cursor() as cursor:
             cursor.execute("SELECT 1")
         return {"ok": True}
-    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy", reported by type only
-        return {"ok": False, "error": f"database unreachable ({type(exc).__name__})"}
+    except Exception as exc:  # noqa: BLE001 - any failure means "not healthy"
+        return _failure("database", exc)
 
 
-def beat_heartbeat_record() -> None:
-    """Run by a worker for each beat heartbeat: proves beat, the broker and a worker all work."""
-    BeatHeartbeat.objects.update_or_create(name="beat", defaults={"last_run_at": timezone.now()})
+def check_cache() -> dict[str, Any]:
+    try:
+        cache.set("readiness-probe", 1, timeout=60)
+        return {"ok": cache.get("readiness-probe") == 1}
+    except Exception as exc:  # noqa: BLE001
+        return _failure("cache", exc)
 
 
 def check_broker(app: Celery) -> dict[str, Any]:
@@ -32,26 +55,99 @@ def check_broker(app: Celery) -> dict[str, Any]:
             conn.ensure_connection(max_retries=1, timeout=2)
         return {"ok": True}
     except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "error": f"broker unreachable ({type(exc).__name__})"}
+        return _failure("broker", exc)
+
+
+def beat_heartbeat_record(*, worker: str = "") -> None:
+    """Run by a worker for each beat heartbeat: proves beat, the broker and that worker all work."""
+    now = timezone.now()
+    BeatHeartbeat.objects.update_or_create(name="beat", defaults={"last_run_at": now})
+    if worker:
+        BeatHeartbeat.objects.update_or_create(name=f"{WORKER_PREFIX}{worker}"[:40], defaults={"last_run_at": now})
+
+
+def _fresh(moment: Any) -> tuple[bool, int]:
+    age = int((timezone.now() - moment).total_seconds())
+    return age <= 3 * settings.BEAT_INTERVAL, age
 
 
 def check_beat() -> dict[str, Any]:
     # Beat is healthy when its heartbeat task ran within three intervals (it also needs the broker and a worker).
-    try:
-        heartbeat = BeatHeartbeat.objects.filter(name="beat").first()
-    except Exception as exc:  # noqa: BLE001
-        return {"ok": False, "error": f"cannot read the heartbeat ({type(exc).__name__})", "last_run": None}
+    heartbeat = BeatHeartbeat.objects.filter(name="beat").first()
     if heartbeat is None:
         return {"ok": False, "error": "beat has not run yet", "last_run": None}
-    age = (timezone.now() - heartbeat.last_run_at).total_seconds()
-    ok = age <= 3 * settings.BEAT_INTERVAL
-    result: dict[str, Any] = {"ok": ok, "last_run": heartbeat.last_run_at.isoformat(), "age_seconds": int(age)}
+    ok, age = _fresh(heartbeat.last_run_at)
+    result: dict[str, Any] = {"ok": ok, "last_run": heartbeat.last_run_at.isoformat(), "age_seconds": age}
     if not ok:
-        result["error"] = f"beat last ran {int(age)} seconds ago (interval {settings.BEAT_INTERVAL} s)"
+        result["error"] = f"beat last ran {age} seconds ago (interval {settings.BEAT_INTERVAL} s)"
     return result
+
+
+def check_workers() -> dict[str, Any]:
+    """The workers that ran beat's heartbeat lately (each heartbeat goes to one of them)."""
+    rows = BeatHeartbeat.objects.filter(name__startswith=WORKER_PREFIX).order_by("-last_run_at")
+    seen = []
+    for row in rows:
+        ok, age = _fresh(row.last_run_at)
+        seen.append({"name": row.name.removeprefix(WORKER_PREFIX), "age_seconds": age, "recent": ok})
+    result: dict[str, Any] = {"ok": any(worker["recent"] for worker in seen), "seen": seen}
+    if not result["ok"]:
+        result["error"] = "no worker has run a heartbeat within three beat intervals"
+    return result
+
+
+def check_refresh_backlog() -> dict[str, Any]:
+    """Tokens that are about to expire, or expired, without having been refreshed: the workers do not keep up
+    (or beat does not sweep). A healthy engine refreshes each well before that."""
+    late = OAuthToken.objects.filter(
+        connection__is_enabled=True,
+        expires_at__lt=timezone.now() + timedelta(seconds=settings.BEAT_INTERVAL),
+    ).exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
+    oldest = late.order_by("expires_at").values_list("expires_at", flat=True).first()
+    count = late.count()
+    result: dict[str, Any] = {"ok": count == 0, "late_tokens": count}
+    if oldest is not None:
+        result["oldest_expires_at"] = oldest.isoformat()
+        result["error"] = f"{count} token(s) expire within one beat interval, or have expired, unrefreshed"
+    return result
+
+
+def _read(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A check that reads tables: one the database cannot answer (not migrated yet, say) fails, in words."""
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "error": f"cannot read it from the database ({type(exc).__name__})"}
 
 
 def health_report(celery_app: Celery) -> dict[str, Any]:
     checks = {"database": check_database(), "broker": check_broker(celery_app)}
-    checks["beat"] = check_beat() if checks["database"]["ok"] else {"ok": False, "error": "database unreachable"}
+    if checks["database"]["ok"]:
+        checks.update(
+            beat=_read(check_beat), workers=_read(check_workers), refresh_backlog=_read(check_refresh_backlog)
+        )
+    else:
+        unread = {"ok": False, "error": "database unreachable"}
+        checks.update(beat=unread, workers=unread, refresh_backlog=unread)
     return {"status": "ok" if all(check["ok"] for check in checks.values()) else "error", "checks": checks}
+
+
+class _Readiness:
+    """The last readiness answer of this process, reused for READINESS_SECONDS."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.checked_at = float("-inf")
+        self.report: dict[str, Any] = {}
+
+    def get(self) -> dict[str, Any]:
+        with self.lock:
+            if time.monotonic() - self.checked_at >= READINESS_SECONDS:
+                checks = {"database": check_database(), "cache": check_cache()}
+                self.report = {"status": "ok" if all(c["ok"] for c in checks.values()) else "error", "checks": checks}
+                self.checked_at = time.monotonic()
+            return self.report
+
+
+READINESS = _Readiness()
+readiness_report = READINESS.get

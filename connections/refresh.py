@@ -49,6 +49,17 @@ def lease_seconds() -> float:
     return 2 * settings.OUTBOUND_TIMEOUT + 5
 
 
+def claim_seconds() -> float:
+    """How long a token the sweep claimed is not claimed again: its task runs within that, or has expired
+    (claim_expiry_seconds) and the token is claimed afresh. So a token is never queued twice."""
+    return lease_seconds() + 2 * settings.BEAT_INTERVAL
+
+
+def claim_expiry_seconds() -> float:
+    """How long a queued refresh may wait for a worker: it expires before its token can be claimed again."""
+    return lease_seconds() + settings.BEAT_INTERVAL / 2
+
+
 def backoff_seconds(failures: int) -> float:
     """Exponential backoff with full jitter, capped at 30 minutes (AWS architecture blog, 'Exponential Backoff
     And Jitter')."""
@@ -204,10 +215,12 @@ def _shared_failure(token: OAuthToken) -> ProviderError:
     )
 
 
-def _lease_or_settled(token: OAuthToken, seen_generation: int, owner: str) -> tuple[Fence, OAuthToken] | OAuthToken:
+def _lease_or_settled(
+    token: OAuthToken, seen_generation: int, owner: str, wait_seconds: float
+) -> tuple[Fence, OAuthToken] | OAuthToken:
     """The lease and the row as leased, or the token someone else refreshed meanwhile (their failure is raised)."""
     started = timezone.now()
-    deadline = time.monotonic() + settings.REFRESH_WAIT_SECONDS
+    deadline = time.monotonic() + wait_seconds
     while (leased := token_lease_take(token, owner)) is None:
         current = _current(token)
         if current.generation > seen_generation:
@@ -230,16 +243,20 @@ def _lease_or_settled(token: OAuthToken, seen_generation: int, owner: str) -> tu
     return leased
 
 
-def token_refresh(*, token: OAuthToken, actor_label: str, min_generation: int | None = None) -> OAuthToken:
+def token_refresh(
+    *, token: OAuthToken, actor_label: str, min_generation: int | None = None, wait_seconds: float | None = None
+) -> OAuthToken:
     """Get a new access token for `token`, with a lease so only one process calls the provider at a time.
 
     A caller that finds someone else refreshing waits for them and takes their result. When `min_generation`
     is given, a token already newer than it counts as fresh (the caller's request began before that refresh).
     Raises ProviderError when the provider call fails (TokenGone when the token was disconnected meanwhile);
-    the stored token is kept either way.
+    the stored token is kept either way. `wait_seconds` (default REFRESH_WAIT_SECONDS): how long to wait for
+    another process's refresh before giving up with error "refresh_in_progress".
     """
     seen_generation = token.generation if min_generation is None else min_generation
-    leased = _lease_or_settled(token, seen_generation, owner=uuid.uuid4().hex)
+    wait = settings.REFRESH_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    leased = _lease_or_settled(token, seen_generation, uuid.uuid4().hex, wait)
     if isinstance(leased, OAuthToken):
         return leased
     fence, token = leased
@@ -259,8 +276,8 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     """The beat sweep: claim the tokens due for refresh and return (token id, generation) pairs to queue.
 
     Due means due before the next sweep, so no token waits a whole interval past its refresh time. Claiming
-    moves the next refresh time a lease length past that: the sweeps in between do not queue it twice, and a
-    task that is lost (its worker killed) is queued again after that.
+    moves the next refresh time claim_seconds() ahead: the sweeps in between do not queue it again, and a task
+    that is lost (its worker killed, or expired in the queue) is queued again after that.
     """
     now = now or timezone.now()
     cutoff = now + timedelta(seconds=settings.BEAT_INTERVAL)
@@ -271,21 +288,25 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     )
     if due:
         OAuthToken.objects.filter(pk__in=[token_id for token_id, _ in due], next_refresh_at__lte=cutoff).update(
-            next_refresh_at=cutoff + timedelta(seconds=lease_seconds())
+            next_refresh_at=now + timedelta(seconds=claim_seconds())
         )
     return due
 
 
-def token_refresh_scheduled(*, token_id: int, generation: int) -> None:
-    """A queued refresh: renew the token unless someone did since it was queued. Failures are recorded, not
-    raised: the sweep retries them on the backoff schedule."""
+def token_refresh_scheduled(*, token_id: int, generation: int, queued_at: datetime | None = None) -> None:
+    """A queued refresh: renew the token unless someone did since it was queued, or tried and failed since (the
+    backoff that failure set rules). Failures are recorded, not raised: the sweep retries them on the backoff
+    schedule. A refresh another process is making is left to it."""
     token = OAuthToken.objects.select_related("connection__provider", "user").filter(pk=token_id).first()
     if token is None or token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
         return
+    if queued_at is not None and token.last_error_at is not None and token.last_error_at >= queued_at:
+        return
     try:
-        token_refresh(token=token, actor_label="refresh worker", min_generation=generation)
+        token_refresh(token=token, actor_label="refresh worker", min_generation=generation, wait_seconds=0)
     except ProviderError as exc:
-        logger.warning("Refresh of %s failed: %s", token.connection.slug, exc.message)
+        log = logger.info if exc.error == "refresh_in_progress" else logger.warning
+        log("Refresh of %s failed: %s", token.connection.slug, exc.message)
 
 
 def client_credentials_token_obtain(

@@ -1,4 +1,7 @@
+import ipaddress
+
 from celery import current_app
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -14,8 +17,21 @@ from connections.errors import ConnectionActionError
 from connections.models import Connection
 
 
-def _remote_addr(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR")
+def client_address(request: HttpRequest) -> str | None:
+    """Who sent the request: REMOTE_ADDR, or behind TRUSTED_PROXY_COUNT proxies that each append the address they
+    got the request from to X-Forwarded-For (nginx's $proxy_add_x_forwarded_for, most load balancers), the
+    address the outermost trusted proxy saw. Read from the right, so a client cannot choose it by sending the
+    header itself (Werkzeug's ProxyFix does the same). Also the address django-axes locks out."""
+    remote = request.META.get("REMOTE_ADDR")
+    proxies = settings.TRUSTED_PROXY_COUNT
+    forwarded = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+    chain = [*forwarded, remote]
+    if not proxies or len(chain) <= proxies:
+        return remote
+    try:
+        return str(ipaddress.ip_address(chain[-(proxies + 1)]))
+    except ValueError:  # a proxy that writes something else is misconfigured: trust nothing it says
+        return remote
 
 
 def _safe_next(request: HttpRequest, fallback: str) -> str:
@@ -56,7 +72,7 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
             user=request.user,
             session_key=request.session.session_key or "",
             return_url=return_url,
-            remote_addr=_remote_addr(request),
+            remote_addr=client_address(request),
         )
     except ConnectionActionError as exc:
         messages.error(request, exc.message)
@@ -73,7 +89,7 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
             params=request.GET.dict(),
             session_key=request.session.session_key or "",
             default_return_url=default_return,
-            remote_addr=_remote_addr(request),
+            remote_addr=client_address(request),
         )
     except ConnectionActionError as exc:
         messages.error(request, exc.message)
@@ -117,7 +133,7 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
             authorization=request.META.get("HTTP_AUTHORIZATION", ""),
             slug=slug,
             params=request.GET.dict(),
-            remote_addr=_remote_addr(request),
+            remote_addr=client_address(request),
         )
         response = JsonResponse(issued.as_json(timezone.now()))
     except issuing.TokenRequestError as exc:
@@ -133,6 +149,20 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
 
 
 @never_cache
+def livez(request: HttpRequest) -> JsonResponse:
+    """The container's health check: this process serves requests. No I/O, so nothing else can fail it."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
+    """The load balancer's probe: the database and the cache answer. Beat and workers down do not fail it."""
+    report = health.readiness_report()
+    return JsonResponse(report, status=200 if report["status"] == "ok" else 503)
+
+
+@never_cache
 def healthz(request: HttpRequest) -> JsonResponse:
+    """For alerting: everything, beat, workers and the refresh backlog included."""
     report = health.health_report(current_app)
     return JsonResponse(report, status=200 if report["status"] == "ok" else 503)

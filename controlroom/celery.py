@@ -1,9 +1,10 @@
 """The Celery app, configured from Django settings (CELERY_* names), with the beat schedule defined in code."""
 
+import logging.config
 import os
 
 from celery import Celery
-from celery.signals import beat_init
+from celery.signals import beat_init, setup_logging
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlroom.settings")
 
@@ -32,6 +33,16 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
     sender.add_periodic_task(
         settings.BEAT_INTERVAL, sender.signature("connections.tasks.audit_queue_drain"), name="audit queue drain"
     )
+
+
+@setup_logging.connect
+def log_as_django_does(**kwargs: object) -> None:
+    """Workers and beat log through Django's LOGGING, redacting formatter included, at LOG_LEVEL. Without this
+    receiver Celery replaces the root logger's handlers with its own, which print a token in clear (and its
+    --loglevel option would apply instead of LOG_LEVEL)."""
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
 
 
 @beat_init.connect

@@ -109,6 +109,12 @@ AXES_FAILURE_LIMIT = int(_number("AXES_FAILURE_LIMIT", 5, minimum=1, unit="attem
 AXES_COOLOFF_TIME = timedelta(minutes=_number("AXES_COOLOFF_MINUTES", 15, minimum=1, unit="minutes"))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# The client's address as TRUSTED_PROXY_COUNT proxies in front of us report it (connections.views.client_address):
+# a lockout must hit the one client, not everyone behind the TLS proxy.
+AXES_CLIENT_IP_CALLABLE = "connections.views.client_address"
+# How many proxies in front of Control Room append the client's address to X-Forwarded-For (the TLS proxy: 1).
+# 0 (the default): the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
+TRUSTED_PROXY_COUNT = int(_number("TRUSTED_PROXY_COUNT", 0, unit="proxies"))
 AXES_LOCKOUT_TEMPLATE = "connections/locked_out.html"
 
 ROOT_URLCONF = "controlroom.urls"
@@ -154,12 +160,21 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
 else:
     _database["CONN_MAX_AGE"] = int(_number("DATABASE_CONN_MAX_AGE", 60))
     _database["CONN_HEALTH_CHECKS"] = True
+    # Safety nets (seconds, 0 = none): a statement that runs away, a wait for a lock (a migration waiting behind
+    # a long transaction would otherwise stall all traffic behind it), a transaction left open by a stuck process.
+    _timeouts = {
+        "statement_timeout": _number("DATABASE_STATEMENT_TIMEOUT", 30, whole=False),
+        "lock_timeout": _number("DATABASE_LOCK_TIMEOUT", 10, whole=False),
+        "idle_in_transaction_session_timeout": _number("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 60, whole=False),
+    }
     _database["OPTIONS"] = {
         "connect_timeout": 5,
         # Prepared statements: PostgreSQL plans the hot queries (the token endpoint's) once per connection
-        # instead of on every request. Needs PgBouncer 1.21+ in transaction mode, if PgBouncer is used.
+        # instead of on every request. Needs PgBouncer 1.21+ in transaction mode, if PgBouncer is used (with
+        # `ignore_startup_parameters = options`, or these timeouts set on the database role instead).
         "server_side_binding": True,
         "prepare_threshold": 5,
+        "options": " ".join(f"-c {name}={int(seconds * 1000)}" for name, seconds in _timeouts.items()),
     }
 DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -181,7 +196,14 @@ if REDIS_URL and (_redis.scheme not in ("redis", "rediss", "unix") or not _valid
     raise ImproperlyConfigured("REDIS_URL must look like redis://[:password@]host:6379/0 (or rediss://, unix://).")
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            # A hung Redis fails a cache call in seconds rather than holding a request for ever.
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
+    }
 else:
     # A file cache is shared by every process on this machine (web, worker), unlike the per-process
     # local-memory cache, and needs no server.
@@ -208,14 +230,22 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(VAR_DIR / "celery" / "control"),
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # A hung Redis must fail calls rather than block web requests and workers forever.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 5}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A hung Redis must fail calls rather than block web requests and workers forever.
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        # With late acknowledgement, a task a worker took but never acknowledged (the worker died) is delivered
+        # again after this long. Tasks take seconds, and none is scheduled further ahead than a second or two.
+        "visibility_timeout": 3600,
+    }
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A prefork child is replaced after this many tasks: whatever a library leaks does not grow for ever.
+CELERY_WORKER_MAX_TASKS_PER_CHILD = 1000
 # Celery's Django integration closes the database connection around every task unless told to reuse it.
 CELERY_DB_REUSE_MAX = 1000
 # Refreshes have their own queue, so the heartbeat and the sweep (default queue, consumed first) are never stuck
@@ -341,7 +371,7 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     # Load balancers and container health checks probe over plain http.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^(healthz|livez|readyz)$"]
     SECURE_HSTS_SECONDS = int(_number("SECURE_HSTS_SECONDS", 31536000))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)

@@ -21,5 +21,7 @@ urlpatterns = [
     path("connections/mine/", views.my_connections, name="my_connections"),
     path("connections/mine/<slug:slug>/disconnect/", views.my_connection_disconnect, name="my_connection_disconnect"),
     path("api/v1/connections/<str:slug>/token", views.connection_token, name="connection_token"),
+    path("livez", views.livez, name="livez"),
+    path("readyz", views.readyz, name="readyz"),
     path("healthz", views.healthz, name="healthz"),
 ]

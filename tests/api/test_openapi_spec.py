@@ -77,7 +77,7 @@ def _codes_for(spec: dict[str, Any], response: dict[str, Any]) -> set[str]:
 
 def test_the_spec_is_valid_openapi_and_describes_the_token_endpoint(spec):
     assert spec["openapi"].startswith("3.")
-    assert set(spec["paths"]) >= {TOKEN_PATH, "/healthz"}
+    assert set(spec["paths"]) >= {TOKEN_PATH, "/healthz", "/readyz", "/livez"}
     operation = spec["paths"][TOKEN_PATH]["get"]
     assert operation["security"] == [{"botKey": []}]
     assert spec["components"]["securitySchemes"]["botKey"]["scheme"] == "bearer"

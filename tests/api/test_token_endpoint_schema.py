@@ -196,10 +196,11 @@ def test_live_token_endpoint_conforms_to_the_spec(world, live_server, settings):
     assert EVERY_STATUS <= set(statuses), f"the run missed some answers: {dict(statuses)}"
 
 
-def test_live_healthz_conforms_to_the_spec(live_server):
-    operation = _load_schema()["/healthz"]["GET"]
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/livez"])
+def test_live_health_endpoints_conform_to_the_spec(live_server, path):
+    operation = _load_schema()[path]["GET"]
     response = operation.Case().call_and_validate(base_url=live_server.url, checks=CHECKS[:5])
-    assert response.json()["checks"]["database"]["ok"] is True
+    assert response.json()["status"] in {"ok", "error"}
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,15 @@
 """The refresh engine (connections.refresh): single flight, the sweep, failure classes, backoff, notifications."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+import redis
 from django.db import connections as db_connections
 from django.utils import timezone
 
-from connections import refresh
+from connections import refresh, tasks
 from connections.models import OAuthToken
 from connections.oauth_client import ProviderError
 from tests.conftest import connect, refresh_shared_token, shared_token
@@ -133,3 +135,46 @@ def test_concurrent_callers_share_a_failed_refresh(connected, authserver, fault)
     # One call reached the provider; everyone else read its result instead of presenting the token again.
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
     assert shared_token(connected).consecutive_failures == 1
+
+
+def test_a_queued_refresh_is_not_queued_again_by_the_sweeps_that_follow(connected, settings):
+    # given a due token, claimed by a sweep
+    token = shared_token(connected)
+    OAuthToken.objects.filter(pk=token.pk).update(next_refresh_at=timezone.now() - timedelta(seconds=1))
+    start = timezone.now()
+    assert refresh.token_refresh_claim_due(now=start) == [(token.pk, token.generation)]
+    # when its task waits in the queue and the next sweeps run, every BEAT_INTERVAL, until the claim lapses
+    interval, claim = settings.BEAT_INTERVAL, refresh.claim_seconds()
+    later = [start + timedelta(seconds=k * interval) for k in range(1, int(claim // interval))]
+    assert later and all(refresh.token_refresh_claim_due(now=moment) == [] for moment in later)
+    # then the queued task expires before the token can be claimed again, and a lost one is replaced after that
+    assert refresh.claim_expiry_seconds() < claim - interval
+    assert refresh.token_refresh_claim_due(now=start + timedelta(seconds=claim)) == [(token.pk, token.generation)]
+
+
+def test_the_sweep_queues_refreshes_that_expire(connected, settings):
+    OAuthToken.objects.update(next_refresh_at=timezone.now() - timedelta(seconds=1))
+    assert tasks.refresh_sweep() == 1
+    (message,) = redis.Redis.from_url(settings.CELERY_BROKER_URL).lrange("refresh", 0, -1)
+    headers = json.loads(message)["headers"]
+    expires = datetime.fromisoformat(headers["expires"])
+    assert headers["task"] == "connections.tasks.refresh_token"
+    assert expires <= timezone.now() + timedelta(seconds=refresh.claim_expiry_seconds())
+
+
+def test_a_queued_refresh_leaves_a_token_that_failed_since_to_its_backoff(connected, authserver):
+    # given a refresh queued a moment ago, then a failed refresh by someone else (a bot, Refresh now)
+    queued_at = timezone.now()
+    authserver.set_fault("status_500", count=1, grant_types=["refresh_token"])
+    with pytest.raises(ProviderError):
+        refresh_shared_token(connected)
+    # when the queued one runs, it does not ask the provider again inside the backoff
+    token = shared_token(connected)
+    refresh.token_refresh_scheduled(token_id=token.pk, generation=token.generation, queued_at=queued_at)
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
+    assert shared_token(connected).state == "refresh_failing"
+
+
+def test_the_refresh_task_ends_before_its_lease_could(settings):
+    assert tasks.refresh_token.soft_time_limit < tasks.refresh_token.time_limit < refresh.lease_seconds()
+    assert settings.CELERY_WORKER_MAX_TASKS_PER_CHILD and settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]

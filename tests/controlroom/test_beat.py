@@ -91,3 +91,6 @@ def test_beat_and_a_worker_keep_the_heartbeat_fresh(
     assert response.status_code == 200, f"{body}\n{processes.logs()}"
     assert body["checks"]["beat"]["ok"] is True
     assert body["checks"]["beat"]["age_seconds"] <= 3 * BEAT_INTERVAL
+    # and the worker that ran it is named
+    assert body["checks"]["workers"]["ok"] is True
+    assert [worker["name"].split("@")[0] for worker in body["checks"]["workers"]["seen"]] == ["celery"]

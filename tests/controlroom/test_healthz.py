@@ -1,4 +1,4 @@
-"""/healthz: database, broker and beat, each checked for real (the test run's PostgreSQL and Redis, closed ports).
+"""/livez, /readyz and /healthz, each checked for real (the test run's PostgreSQL and Redis, closed ports).
 
 Outages are real too: a gunicorn process is started with its database or broker pointed at a port where
 nothing answers, and /healthz is asked over HTTP.
@@ -15,8 +15,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
+from connections import health
 from connections.health import beat_heartbeat_record
-from connections.models import BeatHeartbeat
+from connections.models import BeatHeartbeat, OAuthToken
 from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, wait_for_port
 
 pytestmark = pytest.mark.django_db
@@ -27,8 +28,13 @@ def _assert_never_cached(cache_control: str) -> None:
     assert {"no-cache", "no-store", "must-revalidate", "max-age=0"} <= directives, cache_control
 
 
+@pytest.fixture(autouse=True)
+def _no_reused_readiness():
+    health.READINESS.checked_at = float("-inf")
+
+
 def _heartbeat_aged(seconds: float) -> None:
-    beat_heartbeat_record()
+    beat_heartbeat_record(worker="worker@test")
     BeatHeartbeat.objects.update(last_run_at=timezone.now() - timedelta(seconds=seconds))
 
 
@@ -39,8 +45,8 @@ def test_the_test_run_checks_a_real_broker():
 
 
 def test_healthz_is_ok_with_database_broker_and_a_fresh_heartbeat(client):
-    # given
-    beat_heartbeat_record()
+    # given a heartbeat a worker ran just now
+    beat_heartbeat_record(worker="worker-1@host")
 
     # when
     response = client.get("/healthz")
@@ -53,7 +59,50 @@ def test_healthz_is_ok_with_database_broker_and_a_fresh_heartbeat(client):
     assert body["checks"]["broker"]["ok"] is True
     assert body["checks"]["beat"]["ok"] is True
     assert body["checks"]["beat"]["last_run"]
+    assert body["checks"]["workers"]["seen"][0] | {"age_seconds": 0} == {
+        "name": "worker-1@host",
+        "age_seconds": 0,
+        "recent": True,
+    }
+    assert body["checks"]["refresh_backlog"] == {"ok": True, "late_tokens": 0}
     _assert_never_cached(response["Cache-Control"])
+
+
+def test_livez_answers_without_any_io(client, django_assert_num_queries):
+    with django_assert_num_queries(0):
+        response = client.get("/livez")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    _assert_never_cached(response["Cache-Control"])
+
+
+def test_web_stays_ready_while_beat_and_the_workers_are_down(client):
+    # given no heartbeat: beat, or every worker, has not run for a long time
+    _heartbeat_aged(3600)
+    # when / then: the load balancer keeps sending traffic, while alerting says what is wrong
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.content
+    assert ready.json() == {"status": "ok", "checks": {"database": {"ok": True}, "cache": {"ok": True}}}
+    health = client.get("/healthz").json()
+    assert health["status"] == "error"
+    assert health["checks"]["beat"]["ok"] is False and health["checks"]["workers"]["ok"] is False
+
+
+def test_readyz_reuses_its_answer_for_a_few_seconds(client, django_assert_num_queries):
+    client.get("/readyz")
+    with django_assert_num_queries(0):
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_token_about_to_expire_unrefreshed_shows_in_the_refresh_backlog(client, make_connection):
+    # given a connected token that expires in five seconds, which a working engine refreshes long before
+    beat_heartbeat_record(worker="worker@test")
+    connection = make_connection(register=False)
+    OAuthToken.objects.create(connection=connection, access_token="a", expires_at=timezone.now() + timedelta(seconds=5))
+    # when
+    body = client.get("/healthz").json()
+    # then
+    assert body["status"] == "error"
+    assert body["checks"]["refresh_backlog"]["ok"] is False and body["checks"]["refresh_backlog"]["late_tokens"] == 1
 
 
 def test_healthz_is_503_when_beat_never_ran(client):
@@ -136,8 +185,11 @@ def test_healthz_is_503_when_the_database_is_unreachable(processes: Processes, t
 
     # when
     answer = _healthz(processes, port)
+    live, ready = http_get(port, "/livez", timeout=10), http_get(port, "/readyz", timeout=10)
 
-    # then
+    # then the process is alive (no restart would help), not ready (no traffic), and alerting says why
+    assert live.status == 200 and ready.status == 503, (live.text, ready.text)
+    assert ready.json()["checks"]["database"]["ok"] is False and ready.json()["checks"]["cache"]["ok"] is True
     logs = processes.logs()
     assert answer.status == 503, f"{answer.text}\n{logs}"
     body = answer.json()

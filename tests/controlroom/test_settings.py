@@ -196,3 +196,36 @@ def test_production_settings_pass_check_deploy_without_warnings(tmp_path: Path):
     assert "System check identified no issues (0 silenced)." in output
     assert "WARNING" not in output
     assert "security.W" not in output
+
+
+@pytest.mark.django_db
+def test_postgresql_sessions_carry_statement_lock_and_idle_timeouts():
+    # The test run's own PostgreSQL connection is made with the settings' options: the server says what it got.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        shown = {}
+        for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout"):
+            cursor.execute(f"SHOW {name}")
+            shown[name] = cursor.fetchone()[0]
+    assert shown == {"statement_timeout": "30s", "lock_timeout": "10s", "idle_in_transaction_session_timeout": "1min"}
+
+
+def test_the_database_timeouts_come_from_the_environment(tmp_path: Path):
+    env = minimal_env(
+        tmp_path,
+        DEBUG="true",
+        DATABASE_URL="postgres://user:pw@127.0.0.1:5432/db",
+        DATABASE_LOCK_TIMEOUT="2.5",
+        DATABASE_STATEMENT_TIMEOUT="0",
+    )
+    result = manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.DATABASES['default']['OPTIONS']['options'])",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        "-c statement_timeout=0 -c lock_timeout=2500 -c idle_in_transaction_session_timeout=60000"
+    )

@@ -8,6 +8,7 @@ controlroom/settings.py or a management command reads and that .env.example list
 import importlib
 import json
 import re
+import runpy
 import shlex
 import subprocess
 import sys
@@ -34,7 +35,7 @@ ASSIGNMENT = re.compile(r"[A-Z_][A-Z0-9_]*=.*")
 # The base image's programs the Dockerfile uses (pip's arguments: test_the_image_is_slim_python_311_non_root...).
 SYSTEM_TOOLS = {"groupadd", "useradd", "mkdir", "chown", "pip"}
 # Compose-only values (${...} in docker-compose.yml), not Control Room settings.
-COMPOSE_VARIABLES = {"POSTGRES_PASSWORD"}
+COMPOSE_VARIABLES = {"POSTGRES_PASSWORD", "CONTROLROOM_VERSION"}
 
 
 # --- reading the files --------------------------------------------------------------------------------------------
@@ -162,14 +163,20 @@ def check_manage(arguments: list[str]) -> None:
         pytest.fail(f"manage.py {name} {' '.join(options)}: {exc}")
 
 
+def gunicorn_settings() -> GunicornConfig:
+    """gunicorn.conf.py as gunicorn reads it: an unknown or misspelt setting fails here."""
+    config = GunicornConfig()
+    for name, value in runpy.run_path(str(ROOT / "gunicorn.conf.py")).items():
+        if not name.startswith("__"):
+            assert name in config.settings, f"gunicorn.conf.py: gunicorn has no setting {name!r}"
+            config.set(name, value)
+    return config
+
+
 def check_gunicorn(arguments: list[str]) -> None:
-    try:
-        parsed = GunicornConfig().parser().parse_args(arguments)
-    except SystemExit:
-        pytest.fail(f"gunicorn refuses {arguments}")
-    (application,) = parsed.args
-    module, attribute = application.split(":")
-    assert callable(getattr(importlib.import_module(module), attribute, None)), application
+    assert arguments == ["--config", "gunicorn.conf.py"], f"gunicorn's settings belong in gunicorn.conf.py: {arguments}"
+    module, attribute = gunicorn_settings().wsgi_app.split(":")
+    assert callable(getattr(importlib.import_module(module), attribute, None)), module
 
 
 def check_celery(arguments: list[str]) -> None:
@@ -230,7 +237,7 @@ def test_every_environment_variable_set_is_read_by_the_project_and_listed_in_env
     set_by_image |= {word.split("=", 1)[0] for words in run_lines() for word in words if ASSIGNMENT.fullmatch(word)}
     set_by_compose = {name for service in APP_SERVICES for name in service_environment(service)}
     assert set_by_image >= {"VAR_DIR", "DEBUG", "SECRET_KEY", "CRYPTOGRAPHY_KEY", "ENV_FILE"}
-    assert set_by_compose == {"DATABASE_URL", "REDIS_URL"}
+    assert set_by_compose == {"DATABASE_URL", "REDIS_URL", "DATABASE_LOCK_TIMEOUT", "DATABASE_STATEMENT_TIMEOUT"}
     for name in sorted(set_by_image | set_by_compose):
         if TOOL_VARIABLE.fullmatch(name):
             continue
@@ -248,15 +255,12 @@ def test_every_environment_variable_set_is_read_by_the_project_and_listed_in_env
         assert services()[name]["env_file"] == ".env", name
 
 
-def test_health_checks_ask_healthz_on_the_port_gunicorn_binds():
+def test_the_container_health_check_asks_livez_on_the_port_gunicorn_binds():
     (expose,) = instruction("EXPOSE")
-    command = image_command()
-    bind = command[command.index("--bind") + 1]
-    assert bind == f"0.0.0.0:{expose}"
-    assert services()["web"]["ports"] == [f"{expose}:{expose}"]
+    assert gunicorn_settings().bind == [f"0.0.0.0:{expose}"]
     check = " ".join(healthcheck_command())
-    assert f"http://127.0.0.1:{expose}/healthz" in check
-    assert resolve("/healthz").func.__name__ == "healthz"
+    assert f"http://127.0.0.1:{expose}/livez" in check  # not /healthz: beat down is no reason to restart web
+    assert resolve("/livez").func.__name__ == "livez" and resolve("/readyz").func.__name__ == "readyz"
     # web inherits the image's check; containers that serve no HTTP turn it off
     assert "healthcheck" not in services()["web"]
     for name in ("migrate", "worker", "beat"):
@@ -265,12 +269,46 @@ def test_health_checks_ask_healthz_on_the_port_gunicorn_binds():
         assert services()[name]["healthcheck"]["test"][0] == "CMD", name
 
 
+def test_compose_publishes_web_on_loopback_and_stops_it_gracefully():
+    (expose,) = instruction("EXPOSE")
+    # Only the TLS proxy on the host reaches web: not another machine, around the proxy and its headers.
+    assert services()["web"]["ports"] == [f"127.0.0.1:{expose}:{expose}"]
+    # A stop lets gunicorn finish its requests and report its answers before Docker kills it.
+    assert _seconds(services()["web"]["stop_grace_period"]) > gunicorn_settings().graceful_timeout
+    assert gunicorn_settings().max_requests > 0 and gunicorn_settings().timeout >= 60
+
+
+def test_redis_persists_to_a_volume_and_refuses_writes_rather_than_evicting():
+    command = service_command("redis")
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options == {
+        "--appendonly": "yes",
+        "--appendfsync": "everysec",
+        "--maxmemory": options["--maxmemory"],
+        "--maxmemory-policy": "noeviction",
+    }
+    assert services()["redis"]["volumes"] == ["redis-data:/data"] and "redis-data" in compose()["volumes"]
+
+
+def test_every_service_has_rotated_logs_and_resource_limits():
+    for name, service in services().items():
+        logging = service["logging"]
+        assert logging["driver"] == "json-file" and logging["options"]["max-size"], name
+        limits = service["deploy"]["resources"]["limits"]
+        assert limits["cpus"] and limits["memory"], name
+
+
+def _seconds(duration: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([sm])", duration).groups()
+    return int(number) * (60 if unit == "m" else 1)
+
+
 def test_the_image_is_slim_python_311_non_root_pinned_with_static_files():
     (base,) = instruction("FROM")
     assert base.startswith("python:3.11-slim")
     (user,) = instruction("USER")
     assert user.split(":")[0] not in ("root", "0")
-    assert any(words[:4] == ["pip", "install", "--no-cache-dir", "-r"] for words in run_lines())
+    assert ["pip", "install", "--no-cache-dir", "--require-hashes", "-r", "requirements.lock"] in run_lines()
     collectstatic = ["python", "manage.py", "collectstatic"]
     assert any(words[i : i + 3] == collectstatic for words in run_lines() for i in range(len(words)))
     assert "whitenoise.middleware.WhiteNoiseMiddleware" in settings.MIDDLEWARE
@@ -284,6 +322,41 @@ def test_requirements_are_pinned():
         assert re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[A-Za-z0-9.]+", requirement), requirement
     names = {requirement.split("==")[0].split("[")[0].lower() for requirement in requirements}
     assert {"gunicorn", "whitenoise", "celery", "redis", "psycopg"} <= names
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of each `name==version` line of a requirements or lock file (-r files followed)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip().rstrip("\\").strip()
+        if line.startswith("-r "):
+            pins |= _pins(path.parent / line[3:].strip())
+        elif "==" in line:
+            name, version = line.split("==")
+            pins[name.split("[")[0].lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+@pytest.mark.parametrize("name", ["requirements", "requirements-test"])
+def test_the_lock_file_agrees_with_the_requirements_and_pins_everything_with_hashes(name):
+    direct, locked = _pins(ROOT / f"{name}.txt"), _pins(ROOT / f"{name}.lock")
+    disagree = {
+        package: (version, locked.get(package)) for package, version in direct.items() if locked.get(package) != version
+    }
+    assert not disagree, f"run `make lock`: {disagree}"
+    entries: list[list[str]] = []  # each pinned package with the lines that follow it
+    for line in (ROOT / f"{name}.lock").read_text().splitlines():
+        if re.match(r"[A-Za-z0-9]", line):
+            entries.append([line])
+        elif entries:
+            entries[-1].append(line)
+    assert len(entries) == len(locked) > len(direct)
+    for entry in entries:
+        assert any("--hash=sha256:" in line for line in entry), entry[0]
+    assert "--find-links" not in (ROOT / f"{name}.lock").read_text()  # nothing of the machine it was made on
+    # and every install uses it: make (hence .ci/run) and the image
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"--require-hashes -r {name}.lock" in makefile
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state():

@@ -108,13 +108,15 @@ class Stack:
     def _celery(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "celery", "--app", "controlroom", *args]
 
-    def worker(self, name: str = "worker", *, pool: str = "solo", concurrency: int = 1) -> subprocess.Popen[bytes]:
+    def worker(
+        self, name: str = "worker", *, pool: str = "solo", concurrency: int = 1, loglevel: str = "INFO"
+    ) -> subprocess.Popen[bytes]:
         process = self.processes.start(
             name,
             self._celery(
                 "worker",
                 "--loglevel",
-                "INFO",
+                loglevel,
                 "--pool",
                 pool,
                 "--concurrency",
@@ -130,10 +132,10 @@ class Stack:
         self.wait_for_log(name, " ready.", 60)
         return process
 
-    def beat(self, name: str = "beat") -> subprocess.Popen[bytes]:
+    def beat(self, name: str = "beat", *, loglevel: str = "INFO") -> subprocess.Popen[bytes]:
         schedule = self.tmp / f"{name}-schedule"
         process = self.processes.start(
-            name, self._celery("beat", "--loglevel", "INFO", "--schedule", str(schedule)), self.env
+            name, self._celery("beat", "--loglevel", loglevel, "--schedule", str(schedule)), self.env
         )
         self.wait_for_log(name, "beat: Starting", 60)
         return process

@@ -4,19 +4,21 @@ import copy
 import io
 import logging
 import logging.config
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.test import Client
+from django.utils import timezone
 
 from connections.bot_keys import bot_key_create
 from connections.models import AuditEvent, OAuthToken
 from connections.oauth_client import ProviderError
 from connections.refresh import token_refresh
 from controlroom.logging import redact
-from tests.conftest import PROVIDER_USER
+from tests.conftest import PROVIDER_USER, connect
 
 pytestmark = pytest.mark.django_db
 
@@ -132,3 +134,49 @@ def test_redact_hides_secrets_by_shape_and_by_name(line, hidden):
         redact("GET /api/v1/connections/salesforce-prod/token 200")
         == "GET /api/v1/connections/salesforce-prod/token 200"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_and_beat_log_no_secret_with_every_logger_at_debug(
+    make_stack, make_connection, manager_client, authserver
+):
+    # given a worker and beat with every logger at DEBUG (the libraries that print token bodies too), and a
+    # connection whose token is due
+    stack = make_stack(redis_db=9, BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
+    stack.env.update(DJANGO_SETTINGS_MODULE="tests.debug_logging_settings", LOG_LEVEL="DEBUG")
+    connection = make_connection()
+    manager_client.get(connect(manager_client, connection, authserver))
+    secrets = {connection.client_secret, *_token_values(connection)}
+    stack.worker(loglevel="DEBUG")
+    stack.beat(loglevel="DEBUG")
+    # when the worker refreshes it (a success), then is refused (a permanent failure)
+    _make_due(connection)
+    stack.wait_until(lambda: _generation(connection) > 1, 30, "the worker's refresh")
+    secrets |= _token_values(connection)
+    authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
+    _make_due(connection)
+    stack.wait_until(lambda: _state(connection) == "reauthorization_required", 30, "the refused refresh")
+    stack.processes.stop_all()
+    # then neither printed a secret, though the loggers that would were on
+    worker, beat = stack.log("worker"), stack.log("beat")
+    assert "Response headers were" in worker and "DEBUG" in beat, worker[-3000:]  # requests-oauthlib printed bodies
+    for secret in secrets:
+        assert secret not in worker, f"a secret reached the worker's log: {secret[:4]}…"
+        assert secret not in beat, f"a secret reached beat's log: {secret[:4]}…"
+
+
+def _token_values(connection) -> set[str]:
+    token = OAuthToken.objects.get(connection=connection)
+    return {token.access_token, token.refresh_token}
+
+
+def _make_due(connection) -> None:
+    OAuthToken.objects.filter(connection=connection).update(next_refresh_at=timezone.now() - timedelta(seconds=1))
+
+
+def _generation(connection) -> int:
+    return OAuthToken.objects.get(connection=connection).generation
+
+
+def _state(connection) -> str:
+    return OAuthToken.objects.get(connection=connection).state
