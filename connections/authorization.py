@@ -27,6 +27,8 @@ from connections.tokens import connection_client_config, token_store_replacing, 
 
 logger = logging.getLogger(__name__)
 
+REPLAYED = "This authorization answer was already used; it cannot be replayed. Start again."
+
 
 def connection_authorize_start(
     *,
@@ -91,7 +93,10 @@ class AuthorizationResult:
     return_url: str
 
 
-def _flow_failure(message: str, request: AuthorizationRequest, remote_addr: str | None) -> ConnectionActionError:
+def _flow_failure(
+    message: str, request: AuthorizationRequest, remote_addr: str | None, *, shown: str = ""
+) -> ConnectionActionError:
+    """Audit why the flow ended; the error shows `shown` to the person, or the message itself."""
     audit_record(
         action=Action.AUTHORIZE_CALLBACK,
         outcome=Outcome.FAILURE,
@@ -100,7 +105,7 @@ def _flow_failure(message: str, request: AuthorizationRequest, remote_addr: str 
         detail=message,
         remote_addr=remote_addr,
     )
-    return ConnectionActionError(message, return_url=request.return_url)
+    return ConnectionActionError(shown or message, return_url=request.return_url)
 
 
 def _anonymous_failure(message: str, return_url: str, remote_addr: str | None) -> ConnectionActionError:
@@ -120,7 +125,7 @@ def _anonymous_failure(message: str, return_url: str, remote_addr: str | None) -
 def _flow_problem(request: AuthorizationRequest, session_key: str) -> str:
     """Why this flow cannot be completed from this browser now ("" if it can)."""
     if request.used_at is not None:
-        return "This authorization answer was already used; it cannot be replayed. Start again."
+        return REPLAYED
     if request.expires_at < timezone.now():
         return f"This authorization took longer than {settings.OAUTH_STATE_TTL // 60} minutes and expired. Start again."
     if not session_key or request.session_digest != sha256_digest(session_key):
@@ -187,9 +192,7 @@ def _claim_authorization_request(
         raise _flow_failure(problem, request, remote_addr)
     claimed = AuthorizationRequest.objects.filter(pk=request.pk, used_at__isnull=True).update(used_at=timezone.now())
     if not claimed:
-        raise _flow_failure(
-            "This authorization answer was already used; it cannot be replayed. Start again.", request, remote_addr
-        )
+        raise _flow_failure(REPLAYED, request, remote_addr)  # another callback used it meanwhile
     if problem := _answer_problem(request, params):
         raise _flow_failure(problem, request, remote_addr)
     return request
@@ -206,17 +209,8 @@ def connection_authorize_complete(
             connection_client_config(connection), code=params["code"], code_verifier=request.code_verifier
         )
     except ProviderError as exc:
-        audit_record(
-            action=Action.AUTHORIZE_CALLBACK,
-            outcome=Outcome.FAILURE,
-            connection=connection,
-            actor=request.user,
-            detail=exc.message,
-            remote_addr=remote_addr,
-        )
-        raise ConnectionActionError(
-            f"Could not connect {connection}: {exc.message} Nothing stored was changed.", return_url=request.return_url
-        ) from None
+        shown = f"Could not connect {connection}: {exc.message} Nothing stored was changed."
+        raise _flow_failure(exc.message, request, remote_addr, shown=shown) from None
     owner = request.user if request.for_user else None
     with transaction.atomic():
         token, replaced = token_store_replacing(

@@ -129,6 +129,10 @@ def health_report(celery_app: Celery) -> dict[str, Any]:
     else:
         unread = {"ok": False, "error": "database unreachable"}
         checks.update(beat=unread, workers=unread, refresh_backlog=unread)
+    return _report(checks)
+
+
+def _report(checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"status": "ok" if all(check["ok"] for check in checks.values()) else "error", "checks": checks}
 
 
@@ -143,8 +147,7 @@ class _Readiness:
     def get(self) -> dict[str, Any]:
         with self.lock:
             if time.monotonic() - self.checked_at >= READINESS_SECONDS:
-                checks = {"database": check_database(), "cache": check_cache()}
-                self.report = {"status": "ok" if all(c["ok"] for c in checks.values()) else "error", "checks": checks}
+                self.report = _report({"database": check_database(), "cache": check_cache()})
                 self.checked_at = time.monotonic()
             return self.report
 

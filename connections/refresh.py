@@ -297,10 +297,10 @@ def token_refresh_scheduled(*, token_id: int, generation: int, queued_at: dateti
     """A queued refresh: renew the token unless someone did since it was queued, or tried and failed since (the
     backoff that failure set rules). Failures are recorded, not raised: the sweep retries them on the backoff
     schedule. A refresh another process is making is left to it."""
-    token = OAuthToken.objects.select_related("connection__provider", "user").filter(pk=token_id).first()
+    token = _rows().filter(pk=token_id).first()
     if token is None or token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
         return
-    if queued_at is not None and token.last_error_at is not None and token.last_error_at >= queued_at:
+    if queued_at is not None and _failed_since(token, queued_at):
         return
     try:
         token_refresh(token=token, actor_label="refresh worker", min_generation=generation, wait_seconds=0)
