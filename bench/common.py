@@ -71,3 +71,16 @@ def run_main(main: Callable[[], int]) -> None:
     except (SetupError, pytest.UsageError, subprocess.CalledProcessError) as exc:  # UsageError: a server
         print(f"Set-up failed: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def run_test_for_figures(test_file: str, variables: dict[str, str], figures_variable: str) -> int:
+    """Run one long real-process test (it checks correctness) with `variables` set, and print the figures it
+    writes to the file named by `figures_variable`: what a test must not assert because it depends on the
+    machine's speed. Returns pytest's exit code."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        figures = Path(workdir) / "figures.txt"
+        env = {**os.environ, **variables, figures_variable: str(figures)}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file]
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, check=False)
+        print(figures.read_text() if figures.exists() else "\nThe run stopped before its figures were made.")
+    return result.returncode

@@ -11,26 +11,23 @@ token-endpoint latency, and the CPU each role used. Exits with pytest's code: 0 
 """
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a file, Python puts bench/ on sys.path, not the root that holds the bench and tests packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+from bench.common import run_test_for_figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=180, help="how long beat runs (default 180)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="scale-out-") as workdir:
-        figures = Path(workdir) / "figures.txt"
-        env = {**os.environ, "SCALE_OUT_SECONDS": str(args.seconds), "SCALE_OUT_FIGURES": str(figures)}
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/deploy/test_scale_out.py"]
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, check=False)
-        print(figures.read_text() if figures.exists() else "\nThe run stopped before its figures were made.")
-    return result.returncode
+    return run_test_for_figures(
+        "tests/deploy/test_scale_out.py", {"SCALE_OUT_SECONDS": str(args.seconds)}, "SCALE_OUT_FIGURES"
+    )
 
 
 if __name__ == "__main__":

@@ -224,6 +224,13 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise proxy_error(what, exc) from None
     except requests.Timeout:
         raise _timeout_error(what) from None
+    except requests.exceptions.SSLError:
+        raise ProviderError(
+            f"The provider's TLS certificate for the {what} was not accepted: it is not one this server trusts "
+            "(self-signed, expired, or made for another name). Check the URL; nothing was sent.",
+            error="tls_error",
+            permanent=False,
+        ) from None
     except requests.ConnectionError:
         raise ProviderError(
             f"Could not reach the provider for the {what} (connection refused, closed or DNS failure).",

@@ -1,21 +1,34 @@
-"""Shared fixtures: the loopback authorization server and factories for providers, connections and users."""
+"""Shared fixtures and helpers: the loopback authorization server; factories for connections, users and bots;
+a connection authorized (and connected to a bot); Connect driven through the real server; the token endpoint."""
 
 import itertools
-import time
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import redis
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
+from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.test import Client
+from django.utils import timezone
 
 from connections import audit_queue, refresh, token_cache
 from connections.models import Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
+from tests.support.bots import Bot, make_bot
+from tests.support.stack import (
+    ProcessGroups,
+    RedisDatabases,
+    Stack,
+    database_url_for_processes,
+    poll_until,
+    redis_database,
+)
 
 _counter = itertools.count(1)
 PROVIDER_USER = ("alice", "alice-provider-password")
@@ -33,6 +46,13 @@ def fresh_token_cache() -> Iterator[None]:
         redis.Redis.from_url(settings.REDIS_URL).delete(audit_queue.key())
 
 
+@pytest.fixture
+def one_rate_window(time_machine) -> None:
+    """The wall clock at the start of its minute, still running: per-minute rate counters (connections.issuing)
+    do not roll over in the middle of a test that counts requests."""
+    time_machine.move_to(timezone.now().replace(second=0, microsecond=0), tick=True)
+
+
 @pytest.fixture(scope="session")
 def authserver_process() -> Iterator[AuthServer]:
     server = AuthServer().start()
@@ -48,9 +68,72 @@ def authserver(authserver_process: AuthServer) -> AuthServer:
     return authserver_process
 
 
+@pytest.fixture(scope="session")
+def redis_databases() -> RedisDatabases:
+    """The Redis database numbers of this test run's process stacks, handed out one per stack."""
+    return RedisDatabases()
+
+
+@pytest.fixture
+def make_stack(
+    transactional_db, tmp_path: Path, settings, redis_databases: RedisDatabases
+) -> Iterator[Callable[..., Stack]]:
+    """make_stack(BEAT_INTERVAL=2, OUTBOUND_TIMEOUT=3, ...) -> Stack: real web, worker and beat processes
+    (tests/support/stack.py), on a Redis database no other stack uses.
+
+    The keyword settings go to every process's environment and to this test process's Django settings alike
+    (the test client's token endpoint must behave as the web processes do). Emails of both land as files in
+    stack.mail_dir.
+    """
+    stacks: list[tuple[Stack, int]] = []
+
+    def make(**overrides: float | int | str) -> Stack:
+        redis_db = redis_databases.take()
+        broker_url = redis_database(redis_db)
+        redis.Redis.from_url(broker_url).flushdb()
+        mail_dir = tmp_path / "mail"
+        mail_dir.mkdir(exist_ok=True)
+        var_dir = tmp_path / "var"
+        var_dir.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "ENV_FILE": "",
+            "DJANGO_SETTINGS_MODULE": "controlroom.settings",
+            "DEBUG": "true",  # loopback http provider URLs are allowed only with DEBUG (or an explicit list)
+            "VAR_DIR": str(var_dir),
+            "DATABASE_URL": database_url_for_processes(),
+            "REDIS_URL": broker_url,
+            "CELERY_BROKER_URL": broker_url,
+            "EMAIL_URL": f"filemail:///{mail_dir}",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+        for name, value in overrides.items():
+            env[name] = str(value)
+            setattr(settings, name, value)
+        # This process's Redis too: what a test changes here must reach the web processes' token cache.
+        settings.REDIS_URL = broker_url
+        settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": broker_url}}
+        token_cache.reset()
+        settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+        settings.EMAIL_FILE_PATH = str(mail_dir)
+        stack = Stack(
+            processes=ProcessGroups(log_dir=tmp_path), env=env, tmp=tmp_path, mail_dir=mail_dir, broker_url=broker_url
+        )
+        stacks.append((stack, redis_db))
+        return stack
+
+    yield make
+    for stack, redis_db in stacks:
+        stack.processes.stop_all()
+        redis.Redis.from_url(stack.broker_url).flushdb()
+        redis_databases.give_back(redis_db)  # only now: nothing of this stack can reach the next one
+
+
 @pytest.fixture
 def make_connection(db, authserver: AuthServer, settings):
-    """A connection of the Custom provider type pointing at the loopback server, registered there."""
+    """A connection of the Custom provider type pointing at the loopback server (or at `server`, another
+    AuthServer), registered there."""
 
     def make(
         *,
@@ -59,13 +142,15 @@ def make_connection(db, authserver: AuthServer, settings):
         pkce_required: bool = False,
         scopes: str = "read,write",
         register: bool = True,
+        server: AuthServer | None = None,
         **fields: object,
     ) -> Connection:
+        server = server or authserver
         number = next(_counter)
         client_id = f"client-{number}"
         client_secret = f"client-secret-{number}-s3cr3t"
         if register:
-            authserver.create_client(
+            server.create_client(
                 client_id,
                 client_secret,
                 [settings.OAUTH_REDIRECT_URI],
@@ -80,9 +165,9 @@ def make_connection(db, authserver: AuthServer, settings):
             "token_type": token_type,
             "client_id": client_id,
             "client_secret": client_secret,
-            "authorization_url": authserver.authorize_url,
-            "token_url": authserver.token_url,
-            "revocation_url": authserver.revoke_url,
+            "authorization_url": server.authorize_url,
+            "token_url": server.token_url,
+            "revocation_url": server.revoke_url,
             "scopes": scopes,
             **fields,
         }
@@ -116,6 +201,32 @@ def manager_client(manager) -> Client:
     return client
 
 
+@pytest.fixture
+def bot(db) -> Bot:
+    """A bot runner in a role, and its key."""
+    return make_bot("finance-bot", "Finance bots", "finance runner")
+
+
+@pytest.fixture
+def authorized(make_connection, manager_client, authserver) -> Connection:
+    """A shared authorization-code connection, authorized at the loopback server (its token: shared_token())."""
+    connection = make_connection()
+    authorize(manager_client, connection, authserver)
+    return connection
+
+
+@pytest.fixture
+def connected(make_connection, manager_client, authserver, bot) -> Connection:
+    """A shared authorization-code connection, authorized, and invited to the bot's role. Its token answer
+    carries an extra field, as Salesforce's carries instance_url."""
+    connection = make_connection()
+    authserver.set_token_extra({"instance_url": "https://acme.my.example"})
+    authorize(manager_client, connection, authserver)
+    authserver.set_token_extra({})
+    bot.invite(connection)
+    return connection
+
+
 def connect(client: Client, connection: Connection, authserver: AuthServer, *, approve: bool = True) -> str:
     """Drive Connect through the real server: returns the callback path+query the provider redirected to."""
     response = client.post(f"/oauth/connect/{connection.slug}/")
@@ -123,6 +234,23 @@ def connect(client: Client, connection: Connection, authserver: AuthServer, *, a
     location = authserver.authorize_with_requests(response["Location"], *PROVIDER_USER, approve=approve)
     parts = urlsplit(location)
     return f"{parts.path}?{parts.query}"
+
+
+def authorize(client: Client, connection: Connection, authserver: AuthServer) -> OAuthToken:
+    """Connect through the real server and follow its callback; the token stored (the test fails if Connect did
+    not work: a fixture that goes on without a token proves nothing)."""
+    started = timezone.now()
+    response = client.get(connect(client, connection, authserver))
+    assert response.status_code == 302, response
+    owner = {"user__isnull": True} if connection.token_type == "shared" else {"user": response.wsgi_request.user}
+    token = OAuthToken.objects.filter(connection=connection, authorized_at__gte=started, **owner).first()
+    assert token is not None, f"Connect stored no token for {connection.slug}: {messages_of(response)}"
+    return token
+
+
+def messages_of(response) -> list[str]:
+    """The Django messages a response added (admin notices, errors)."""
+    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def shared_token(connection: Connection) -> OAuthToken | None:
@@ -141,9 +269,6 @@ def get_token(raw_key: str | None, slug: str, **params: str):
 
 def wait_for(condition, seconds: float, what: str):
     """Poll `condition` until it returns something true (returned), or fail after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.02)
+    if result := poll_until(condition, seconds, interval=0.02):
+        return result
     raise AssertionError(f"waited {seconds} s for {what}")

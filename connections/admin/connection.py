@@ -284,10 +284,8 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/connections/connection/disconnect_confirmation.html", context)
 
-    @admin.action(description="Refresh now")
+    @admin.action(description="Refresh now", permissions=["change"])
     def refresh_selected(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
-        if not self.has_change_permission(request):
-            return
         for connection in queryset.select_related("provider"):
             self._report(
                 request, lambda c=connection: services.connection_refresh_now(connection=c, actor=request.user)

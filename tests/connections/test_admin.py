@@ -1,22 +1,22 @@
-"""The connection admin: the form, the write-only secret, the buttons, permissions, and encryption at rest."""
+"""The connection admin: the form, the write-only secret, the buttons, permissions, and encryption at rest.
+
+A refusal is proven by what it leaves behind, not only by its status code: the rows of connections, tokens and
+bot keys, the audit log and the provider's counters are compared before and after, and the same request from an
+administrator is then shown to change them (so the refusal, not a malformed request, is what kept them).
+"""
 
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.contrib.messages import get_messages
 from django.db import connection as db
 from django.db import connections as db_connections
 from django.test import Client
 
-from connections.models import AuditEvent, Connection
+from connections.models import AuditEvent, BotKey, Connection, OAuthToken
 from providers.models import Provider
-from tests.conftest import connect, shared_token, wait_for
+from tests.conftest import authorize, get_token, messages_of, shared_token, wait_for
 
 pytestmark = pytest.mark.django_db
-
-
-def _messages(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def _form(provider: str, **overrides: str) -> dict[str, str]:
@@ -144,7 +144,7 @@ def test_change_page_shows_redirect_uri_status_and_roles(manager_client, make_co
 
     connection = make_connection()
     connection.roles.add(Group.objects.create(name="Finance bots"))
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     page = manager_client.get(f"/admin/connections/connection/{connection.pk}/change/").content.decode()
     assert settings.OAUTH_REDIRECT_URI in page
     assert "Connected, expires in" in page
@@ -158,7 +158,7 @@ def test_save_and_test_fetches_a_client_credentials_token(manager_client, make_c
     connection = make_connection(grant_type="client_credentials", scopes="read")
     data = _edit_form(connection, _test="Save and test connection")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
-    assert any("Test passed" in text for text in _messages(response)), _messages(response)
+    assert any("Test passed" in text for text in messages_of(response)), messages_of(response)
     token = shared_token(connection)
     assert authserver.whoami(token.access_token).json()["username"] == ""
     assert authserver.stats()["token_requests"]["client_credentials"] == 1
@@ -168,7 +168,7 @@ def test_save_and_test_reports_bad_client_credentials(manager_client, make_conne
     connection = make_connection(grant_type="client_credentials", client_secret="wrong")
     data = _edit_form(connection, authorization_url="", scopes="read", _test="Save and test connection")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
-    assert any("Test failed" in text and "invalid_client" in text for text in _messages(response))
+    assert any("Test failed" in text and "invalid_client" in text for text in messages_of(response))
     assert shared_token(connection) is None
 
 
@@ -176,15 +176,15 @@ def test_save_and_test_on_an_unauthorized_code_connection_says_to_connect(manage
     connection = make_connection(register=False)
     data = _edit_form(connection, _test="Save and test connection")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/change/", data)
-    assert any("Authorization needed: click Connect" in text for text in _messages(response))
+    assert any("Authorization needed: click Connect" in text for text in messages_of(response))
 
 
 def test_refresh_now_rotates_the_refresh_token(manager_client, make_connection, authserver):
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     before = shared_token(connection)
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/refresh/")
-    assert any("Refreshed 1 token" in text for text in _messages(response))
+    assert any("Refreshed 1 token" in text for text in messages_of(response))
     after = shared_token(connection)
     assert after.access_token != before.access_token and after.refresh_token != before.refresh_token
     assert authserver.whoami(after.access_token).status_code == 200
@@ -192,11 +192,11 @@ def test_refresh_now_rotates_the_refresh_token(manager_client, make_connection, 
 
 def test_refresh_now_failure_keeps_the_token(manager_client, make_connection, authserver):
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     before = shared_token(connection)
     authserver.set_fault("status_500")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/refresh/")
-    assert any("HTTP 500" in text and "current token is kept" in text for text in _messages(response))
+    assert any("HTTP 500" in text and "current token is kept" in text for text in messages_of(response))
     after = shared_token(connection)
     assert (after.access_token, after.refresh_token) == (before.access_token, before.refresh_token)
     assert after.state == "refresh_failing" and after.consecutive_failures == 1
@@ -206,37 +206,152 @@ def test_refresh_now_failure_keeps_the_token(manager_client, make_connection, au
 
 def test_disconnect_revokes_at_the_provider_and_removes_tokens(manager_client, make_connection, authserver):
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     token = shared_token(connection)
     confirm = manager_client.get(f"/admin/connections/connection/{connection.pk}/disconnect/")
     assert "revoked at the provider" in confirm.content.decode()
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/disconnect/")
-    assert any("Disconnected" in text for text in _messages(response))
+    assert any("Disconnected" in text for text in messages_of(response))
     assert shared_token(connection) is None
     assert authserver.whoami(token.access_token).status_code == 401
     assert authserver.stats()["revocations"] >= 1
 
 
-def test_view_only_role_sees_but_cannot_change(make_user, make_connection):
+def test_view_only_role_sees_the_connection_but_not_its_secret(make_user, make_connection):
+    # given a connection, and a staff user who may view connections but not manage them
     connection = make_connection(register=False)
     viewer = make_user(perms=("view_connections",), staff=True)
     client = Client()
     client.force_login(viewer)
+    # when they open its page
     page = client.get(f"/admin/connections/connection/{connection.pk}/change/")
+    # then they see it, read-only, without the secret (their refusals: test_a_refused_admin_request_changes_nothing)
     assert page.status_code == 200 and "Save and test connection" not in page.content.decode()
     assert connection.client_secret not in page.content.decode()
     assert connection.client_id in page.content.decode()
-    assert client.get("/admin/connections/connection/add/").status_code == 403
-    assert client.post(f"/admin/connections/connection/{connection.pk}/refresh/").status_code == 403
-    assert client.post(f"/admin/connections/connection/{connection.pk}/disconnect/").status_code == 403
+    # and a staff user without View connections does not even see it
     nobody = make_user(staff=True)
     client.force_login(nobody)
     assert client.get(f"/admin/connections/connection/{connection.pk}/change/").status_code == 403
 
 
+def stored_rows() -> dict[str, object]:
+    """What a refused request must leave as it was: every connection, token and bot key row, and the audit log.
+    (test_permission_matrix uses it too.)"""
+    return {
+        "connections": list(Connection.objects.order_by("pk").values()),
+        "invited roles": list(Connection.roles.through.objects.order_by("pk").values_list("connection", "group")),
+        "tokens": list(OAuthToken.objects.order_by("pk").values()),
+        "bot keys": list(BotKey.objects.order_by("pk").values()),
+        "audit events": AuditEvent.objects.count(),
+    }
+
+
+def _bulk_action(action: str, pk: int) -> dict[str, object]:
+    """The list page's action form, as the browser posts it for one selected row."""
+    return {"action": action, "_selected_action": [str(pk)], "index": "0", "select_across": "0"}
+
+
+# Each request as the admin's own pages send it: (client, connected connection, bot) -> response.
+ADMIN_REQUESTS = {
+    "save the add form": lambda client, connection, bot: client.post(
+        "/admin/connections/connection/add/", _form("salesforce", placeholder__yourinstance="acme")
+    ),
+    "save the change form": lambda client, connection, bot: client.post(
+        f"/admin/connections/connection/{connection.pk}/change/",
+        _edit_form(connection, description="changed by a refused request"),
+    ),
+    "confirm the deletion": lambda client, connection, bot: client.post(
+        f"/admin/connections/connection/{connection.pk}/delete/", {"post": "yes"}
+    ),
+    "Refresh now button": lambda client, connection, bot: client.post(
+        f"/admin/connections/connection/{connection.pk}/refresh/"
+    ),
+    "Disconnect button": lambda client, connection, bot: client.post(
+        f"/admin/connections/connection/{connection.pk}/disconnect/"
+    ),
+    "Refresh now list action": lambda client, connection, bot: client.post(
+        "/admin/connections/connection/", _bulk_action("refresh_selected", connection.pk)
+    ),
+    "Revoke bot key list action": lambda client, connection, bot: client.post(
+        "/admin/connections/botkey/", _bulk_action("revoke_selected", bot.key.pk)
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("who", "request_name", "status"),
+    [
+        # A viewer passes the admin's view checks: each change must be refused by its own permission check.
+        ("viewer", "save the add form", 403),
+        ("viewer", "save the change form", 403),
+        ("viewer", "confirm the deletion", 403),
+        ("viewer", "Refresh now button", 403),
+        ("viewer", "Disconnect button", 403),
+        ("viewer", "Refresh now list action", 200),  # not offered to them: the list is shown again
+        ("viewer", "Revoke bot key list action", 200),  # not offered to them: the list is shown again
+        # A staff user whose role is invited to use the connection, without a feature permission: using a
+        # connection is not administering it.
+        *(("invited", name, 403) for name in ADMIN_REQUESTS),
+    ],
+)
+def test_a_refused_admin_request_changes_nothing(
+    who, request_name, status, connected, bot, authserver, make_user, manager_client
+):
+    # given a connected token (stored, valid at the provider, used by a bot) and a staff user who may not do this
+    user = (
+        make_user(perms=("view_connections",), staff=True)
+        if who == "viewer"
+        else make_user(roles=(bot.role,), staff=True)
+    )
+    client = Client()
+    client.force_login(user)
+    send = ADMIN_REQUESTS[request_name]
+    before, provider_before = stored_rows(), authserver.stats()
+
+    # when they send the request the admin's page would send
+    response = send(client, connected, bot)
+
+    # then it is refused, and nothing stored, audited or at the provider changed
+    assert response.status_code == status, response
+    assert not any(
+        text.startswith(("Refreshed", "Disconnected", "Deleted", "Revoked")) for text in messages_of(response)
+    )
+    assert stored_rows() == before
+    assert authserver.stats() == provider_before
+    answer = get_token(bot.raw_key, connected.slug)
+    assert answer.status_code == 200 and answer.json()["access_token"] == shared_token(connected).access_token
+
+    # and the very same request from an administrator does change them: the permission check is what refused it
+    before = stored_rows()
+    assert send(manager_client, connected, bot).status_code in (200, 302)
+    assert stored_rows() != before
+
+
+def test_the_audit_export_is_refused_to_those_who_may_not_view_the_audit_log(connected, bot, make_user, manager_client):
+    # given an audit log that holds the connection's history, and a staff user whose role may use the connection
+    # but who may not view connections (and so not their audit log)
+    outsider = make_user(roles=(bot.role,), staff=True)
+    client = Client()
+    client.force_login(outsider)
+    before = stored_rows()
+
+    # when they ask for the CSV export
+    response = client.get("/admin/connections/auditevent/export.csv")
+
+    # then they are refused, and get none of it
+    assert response.status_code == 403
+    assert not response.streaming and connected.slug.encode() not in response.content
+    assert stored_rows() == before
+    # and the same link gives an administrator the log (the refusal is the permission's, not a broken link)
+    allowed = manager_client.get("/admin/connections/auditevent/export.csv")
+    assert allowed.status_code == 200 and allowed["Content-Type"].startswith("text/csv")
+    assert connected.slug.encode() in b"".join(allowed.streaming_content)
+
+
 def test_secrets_are_encrypted_at_rest(manager_client, make_connection, authserver):
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     token = shared_token(connection)
     with db.cursor() as cursor:
         cursor.execute("SELECT client_secret FROM connections_connection WHERE id = %s", [connection.pk])
@@ -287,14 +402,14 @@ def test_save_and_test_calls_the_provider_only_after_the_save_is_committed(manag
         observer.result(timeout=15)
 
     # then, while the provider was being called, the change was already committed: no transaction was open
-    assert any("Test passed" in text for text in _messages(response)), _messages(response)
+    assert any("Test passed" in text for text in messages_of(response)), messages_of(response)
     assert seen_during_the_call == ["changed before the test"]
 
 
 def test_deleting_a_connection_revokes_its_tokens_and_is_audited(manager_client, make_connection, authserver):
     # given a connected connection
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     token = shared_token(connection)
     # when the administrator deletes it, told what that does, and confirms
     confirm = manager_client.get(f"/admin/connections/connection/{connection.pk}/delete/").content.decode()

@@ -8,30 +8,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.contrib.auth.models import Group
-from django.contrib.messages import get_messages
 from django.test import Client
 from django.utils import timezone
 
 from connections import audit
 from connections.models import AuditEvent, AuthorizationRequest, OAuthToken
-from tests.conftest import connect, shared_token
+from tests.conftest import authorize, connect, messages_of, shared_token
 
 pytestmark = pytest.mark.django_db
-
-
-def _messages(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-@pytest.fixture
-def connected(make_connection, manager_client, authserver):
-    """A shared connection already authorized once, so failures can be checked for losing nothing."""
-    connection = make_connection()
-    response = manager_client.get(connect(manager_client, connection, authserver))
-    assert response.status_code == 302
-    token = shared_token(connection)
-    assert token is not None
-    return connection, token
 
 
 def _assert_token_intact(connection, before, authserver) -> None:
@@ -54,7 +38,7 @@ def test_connect_stores_a_working_token_and_returns_to_the_change_page(make_conn
     # then
     assert response.status_code == 302
     assert response["Location"] == f"/admin/connections/connection/{connection.pk}/change/"
-    assert any("is connected" in text and "expires in" in text for text in _messages(response))
+    assert any("is connected" in text and "expires in" in text for text in messages_of(response))
     token = shared_token(connection)
     assert token.refresh_token and token.user is None
     assert token.scope == "read write"
@@ -94,48 +78,48 @@ def test_a_pkce_required_server_refuses_a_connection_configured_without_pkce(
     location = authserver.authorize_with_requests(response["Location"], "alice", "alice-provider-password")
     parts = urlsplit(location)
     response = manager_client.get(f"{parts.path}?{parts.query}")
-    assert any("refused to authorize" in text for text in _messages(response))
+    assert any("refused to authorize" in text for text in messages_of(response))
     assert shared_token(connection) is None
 
 
-def test_user_cancels_at_the_provider(connected, manager_client, authserver):
-    connection, before = connected
+def test_user_cancels_at_the_provider(authorized, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     response = manager_client.get(connect(manager_client, connection, authserver, approve=False))
-    assert any("cancelled at the provider (access_denied)" in text for text in _messages(response))
+    assert any("cancelled at the provider (access_denied)" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
     assert AuditEvent.objects.filter(connection=connection, outcome="failure", detail__contains="access_denied")
 
 
-def test_provider_returns_another_error(connected, manager_client, authserver):
-    connection, before = connected
+def test_provider_returns_another_error(authorized, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     callback = connect(manager_client, connection, authserver)
     state = parse_qs(urlsplit(callback).query)["state"][0]
     response = manager_client.get(
         "/oauth/callback/", {"state": state, "error": "server_error", "error_description": "Try later"}
     )
-    assert any("refused to authorize" in text and "server_error (Try later)" in text for text in _messages(response))
+    assert any("refused to authorize" in text and "server_error (Try later)" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
-def test_unknown_state(connected, manager_client, authserver):
-    connection, before = connected
+def test_unknown_state(authorized, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     response = manager_client.get("/oauth/callback/", {"state": "forged", "code": "whatever"})
-    assert any("unknown" in text for text in _messages(response))
+    assert any("unknown" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
     assert AuditEvent.objects.filter(action="authorize_callback", outcome="failure", actor_label="anonymous browser")
 
 
 def test_missing_state(manager_client):
     response = manager_client.get("/oauth/callback/", {"code": "abc"})
-    assert any("no state" in text for text in _messages(response))
+    assert any("no state" in text for text in messages_of(response))
 
 
-def test_expired_state(connected, manager_client, authserver):
-    connection, before = connected
+def test_expired_state(authorized, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     callback = connect(manager_client, connection, authserver)
     AuthorizationRequest.objects.filter(used_at__isnull=True).update(expires_at=timezone.now() - timedelta(seconds=1))
     response = manager_client.get(callback)
-    assert any("expired" in text for text in _messages(response))
+    assert any("expired" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
@@ -145,29 +129,29 @@ def test_replayed_state(make_connection, manager_client, authserver):
     manager_client.get(callback)
     first = shared_token(connection)
     response = manager_client.get(callback)
-    assert any("already used" in text for text in _messages(response))
+    assert any("already used" in text for text in messages_of(response))
     _assert_token_intact(connection, first, authserver)
 
 
-def test_state_from_another_session(connected, manager, manager_client, authserver):
-    connection, before = connected
+def test_state_from_another_session(authorized, manager, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     callback = connect(manager_client, connection, authserver)
     other_browser = Client()
     other_browser.force_login(manager)
     response = other_browser.get(callback)
-    assert any("another browser session" in text for text in _messages(response))
+    assert any("another browser session" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
     # The flow is not used up by the wrong browser: the right one can still finish it.
     manager_client.get(callback)
     assert shared_token(connection).generation == before.generation + 1
 
 
-def test_missing_code(connected, manager_client, authserver):
-    connection, before = connected
+def test_missing_code(authorized, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     callback = connect(manager_client, connection, authserver)
     state = parse_qs(urlsplit(callback).query)["state"][0]
     response = manager_client.get("/oauth/callback/", {"state": state})
-    assert any("no authorization code" in text for text in _messages(response))
+    assert any("no authorization code" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
@@ -183,43 +167,43 @@ def test_missing_code(connected, manager_client, authserver):
         ("close", "Could not reach the provider"),
     ],
 )
-def test_token_url_failures_keep_the_stored_token(connected, manager_client, authserver, fault, expected):
-    connection, before = connected
+def test_token_url_failures_keep_the_stored_token(authorized, manager_client, authserver, fault, expected):
+    connection, before = authorized, shared_token(authorized)
     callback = connect(manager_client, connection, authserver)
     authserver.set_fault(fault, grant_types=["authorization_code"])
     response = manager_client.get(callback)
-    messages = _messages(response)
+    messages = messages_of(response)
     assert any(expected in text and "Nothing stored was changed" in text for text in messages), messages
     _assert_token_intact(connection, before, authserver)
     assert AuditEvent.objects.filter(connection=connection, action="authorize_callback", outcome="failure").exists()
 
 
-def test_token_url_timeout(connected, manager_client, authserver, settings):
-    connection, before = connected
+def test_token_url_timeout(authorized, manager_client, authserver, settings):
+    connection, before = authorized, shared_token(authorized)
     settings.OUTBOUND_TIMEOUT = 1
     callback = connect(manager_client, connection, authserver)
     authserver.set_fault("timeout", delay=3, grant_types=["authorization_code"])
     response = manager_client.get(callback)
-    assert any("did not answer" in text and "within 1 seconds" in text for text in _messages(response))
+    assert any("did not answer" in text and "within 1 seconds" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
-def test_wrong_client_secret_is_invalid_client(connected, manager_client, authserver):
-    connection, before = connected
+def test_wrong_client_secret_is_invalid_client(authorized, manager_client, authserver):
+    connection, before = authorized, shared_token(authorized)
     callback = connect(manager_client, connection, authserver)
     connection.client_secret = "not-the-registered-secret"
     connection.save()
     response = manager_client.get(callback)
-    assert any("invalid_client" in text for text in _messages(response))
+    assert any("invalid_client" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
-def test_http_provider_url_is_refused_where_https_is_required(connected, manager_client, authserver, settings):
-    connection, before = connected
+def test_http_provider_url_is_refused_where_https_is_required(authorized, manager_client, authserver, settings):
+    connection, before = authorized, shared_token(authorized)
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
     response = manager_client.post(f"/oauth/connect/{connection.slug}/")
     assert response.status_code == 302 and not response["Location"].startswith(authserver.url)
-    assert any("must use https" in text for text in _messages(response))
+    assert any("must use https" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
@@ -271,7 +255,7 @@ def test_the_callback_checks_again_that_the_flow_may_still_complete(make_connect
     response = client.get(callback)
     # then nothing is stored (above all, not a shared token every bot would get), and the user is told why
     assert not OAuthToken.objects.filter(connection=connection).exists()
-    assert len(_messages(response)) == 1 and "changed" in _messages(response)[0], _messages(response)
+    assert len(messages_of(response)) == 1 and "changed" in messages_of(response)[0], messages_of(response)
     assert authserver.stats()["token_requests"]["authorization_code"] == 0
     assert AuditEvent.objects.filter(action="authorize_callback", outcome="failure").exists()
 
@@ -281,7 +265,7 @@ def test_an_iss_other_than_the_connections_issuer_is_refused(make_connection, ma
     connection = make_connection(issuer=authserver.url)
     callback = connect(manager_client, connection, authserver)
     response = manager_client.get(f"{callback}&iss=https://evil.example")
-    assert any("evil.example" in text and "issuer" in text for text in _messages(response)), _messages(response)
+    assert any("evil.example" in text and "issuer" in text for text in messages_of(response)), messages_of(response)
     assert shared_token(connection) is None
     assert authserver.stats()["token_requests"]["authorization_code"] == 0
     # and the issuer's own answer goes through
@@ -315,13 +299,12 @@ def test_connect_answers_404_alike_for_a_missing_connection_and_one_the_user_may
     client = Client()
     client.force_login(make_user("outsider"))
     response = client.post(f"/oauth/connect/{slugs[kind]}/")
-    assert response.status_code == 404 and not _messages(response)
+    assert response.status_code == 404 and not messages_of(response)
 
 
-def test_authorizing_again_ends_the_replaced_grant_at_the_provider(connected, manager_client, authserver):
-    connection, first = connected
-    manager_client.get(connect(manager_client, connection, authserver))
-    second = shared_token(connection)
+def test_authorizing_again_ends_the_replaced_grant_at_the_provider(authorized, manager_client, authserver):
+    connection, first = authorized, shared_token(authorized)
+    second = authorize(manager_client, connection, authserver)
     assert second.refresh_token != first.refresh_token
     # the new grant is the only one the provider still honours: the replaced refresh token cannot be used
     assert authserver.live_grants(connection.client_id)["refresh_tokens"] == 1

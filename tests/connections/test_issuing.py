@@ -4,21 +4,15 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Group
-from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
 from connections import audit
 from connections.bot_keys import bot_key_create
 from connections.models import AuditEvent, BotKey, OAuthToken
-from tests.conftest import connect, get_token, refresh_shared_token, shared_token
+from tests.conftest import authorize, get_token, refresh_shared_token, shared_token, wait_for
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_counters():
-    cache.clear()
 
 
 def _error(response) -> str:
@@ -169,13 +163,25 @@ def test_provider_down_and_token_expired_is_503_then_424_during_backoff(connecte
 def test_provider_down_but_token_still_valid_serves_the_current_token(connected, bot, authserver):
     OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() + timedelta(seconds=30))
     before = shared_token(connected)
-    authserver.set_fault("timeout", delay=7)
+    # given a provider that answers the next refresh only after the client has given up (OUTBOUND_TIMEOUT 5 s)
+    authserver.set_fault("timeout", count=1, delay=7, grant_types=["refresh_token"])
+    # when a bot asks for more validity than the token has left
     response = get_token(bot.raw_key, connected.slug, min_validity="60")
+    # then it gets the current token, which still works, and the refresh token is kept
     assert response.status_code == 200 and response.json()["access_token"] == before.access_token
-    assert shared_token(connected).state == "refresh_failing"
+    after = shared_token(connected)
+    assert (after.state, after.refresh_token) == ("refresh_failing", before.refresh_token)
+    # But this provider processes the abandoned refresh (rotating the refresh token, revoking the access token)
+    # after the client gave up: the stored refresh token is spent, and no client can know the new one. The next
+    # refresh says so, once, instead of failing transiently for ever.
+    wait_for(lambda: authserver.whoami(before.access_token).status_code != 200, 15, "the abandoned refresh")
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    assert response.status_code == 409 and _error(response) == "reauthorization_required"
+    assert shared_token(connected).state == "reauthorization_required"
+    assert authserver.stats()["refresh_token_reuses"] == 1
 
 
-def test_rate_limit_per_key(connected, bot, make_user, settings):
+def test_rate_limit_per_key(connected, bot, make_user, settings, one_rate_window):
     settings.TOKEN_RATE_LIMIT_PER_MINUTE = 2
     assert [get_token(bot.raw_key, connected.slug).status_code for _ in range(2)] == [200, 200]
     response = get_token(bot.raw_key, connected.slug)
@@ -207,7 +213,7 @@ def test_user_specific_tokens_are_the_key_owners_own(make_connection, make_user,
     agent, other = make_user("agent", roles=(role,)), make_user("other-agent", roles=(role,))
     browser = Client()
     browser.force_login(agent)
-    browser.get(connect(browser, connection, authserver))
+    authorize(browser, connection, authserver)
     _, agent_key = bot_key_create(user=agent, name="agent bot")
     _, other_key = bot_key_create(user=other, name="other bot")
 
@@ -304,7 +310,9 @@ def test_force_refresh_during_backoff_gets_a_new_token_once_the_provider_works(c
     assert shared_token(connected).state == "active"
 
 
-def test_failed_authentications_are_throttled_per_address_and_audited_in_aggregate(connected, bot, settings):
+def test_failed_authentications_are_throttled_per_address_and_audited_in_aggregate(
+    connected, bot, settings, one_rate_window
+):
     settings.TOKEN_AUTH_FAILURES_PER_MINUTE = 10
     # when someone without a key tries 40 times from one address
     answers = [get_token(f"crk_{n:012x}_guess", connected.slug) for n in range(40)]

@@ -10,6 +10,7 @@ from django.utils import timezone
 from connections.bot_keys import bot_key_create
 from connections.oauth_client import TokenResponse
 from connections.tokens import token_store
+from tests.connections.test_admin import stored_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -76,9 +77,12 @@ def test_permission_matrix(role_kind, token_type, key_state, make_user, make_con
     # and the admin answers by feature permission: hidden and refused, not only hidden
     admin = Client()
     admin.force_login(user)
+    before = stored_rows()
     changelist = admin.get("/admin/connections/connection/")
     add = admin.get("/admin/connections/connection/add/")
     refresh = admin.post(f"/admin/connections/connection/{connection.pk}/refresh/")
     assert (changelist.status_code, add.status_code, refresh.status_code) == ADMIN[role_kind]
+    if role_kind != "manage":  # a refused Refresh now touched no token, wrote no audit event
+        assert stored_rows() == before
     index = admin.get("/admin/").content.decode()
     assert ("/admin/connections/connection/" in index) == (role_kind in ("manage", "view"))

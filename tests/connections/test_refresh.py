@@ -12,7 +12,7 @@ from django.utils import timezone
 from connections import refresh, tasks
 from connections.models import OAuthToken
 from connections.oauth_client import ProviderError
-from tests.conftest import connect, refresh_shared_token, shared_token
+from tests.conftest import authorize, refresh_shared_token, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -26,7 +26,7 @@ def manager_with_email(manager):
 
 def test_the_sweep_claims_due_tokens_once(connected, make_connection, manager_client, authserver, settings):
     disabled = make_connection()
-    manager_client.get(connect(manager_client, disabled, authserver))
+    authorize(manager_client, disabled, authserver)
     disabled.is_enabled = False
     disabled.save()
     OAuthToken.objects.update(next_refresh_at=timezone.now() - timedelta(seconds=1))

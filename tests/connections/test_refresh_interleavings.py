@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 from connections import oauth_client, refresh, services, tokens
 from connections.models import OAuthToken, TokenState
 from connections.oauth_client import ProviderError, TokenResponse
-from tests.conftest import connect, shared_token
+from tests.conftest import authorize, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -64,7 +64,7 @@ class Interleavings(RuleBasedStateMachine):
 
     @rule()
     def reauthorize(self) -> None:
-        self.manager_client.get(connect(self.manager_client, self.connection, self.authserver))
+        authorize(self.manager_client, self.connection, self.authserver)
         self.grant += 1
         self.newest = shared_token(self.connection).refresh_token
 

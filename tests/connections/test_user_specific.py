@@ -7,7 +7,7 @@ from django.test import Client
 
 from connections import selectors
 from connections.models import OAuthToken
-from tests.conftest import connect
+from tests.conftest import authorize, connect
 
 pytestmark = pytest.mark.django_db
 
@@ -48,13 +48,13 @@ def test_an_invited_non_staff_user_authorizes_their_own_token(invited, authserve
 def test_nobody_sees_or_uses_another_users_token(invited, authserver, make_connection):
     connection, bob, dave = invited
     bob_client, dave_client = _client(bob), _client(dave)
-    bob_client.get(connect(bob_client, connection, authserver))
+    authorize(bob_client, connection, authserver)
 
     dave_page = dave_client.get("/connections/mine/").content.decode()
     assert "Not connected" in dave_page
     assert selectors.token_for(connection, dave) is None
 
-    dave_client.get(connect(dave_client, connection, authserver))
+    authorize(dave_client, connection, authserver)
     bob_token, dave_token = (selectors.token_for(connection, user) for user in (bob, dave))
     assert bob_token.pk != dave_token.pk and bob_token.access_token != dave_token.access_token
     assert selectors.connection_status(connection).label == "2 users connected"

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.servers import PortTaken, on_a_free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Enough of the environment for Python and the tools to run; nothing of the test run's own configuration
@@ -65,6 +67,14 @@ class Processes:
         self.started[name] = (process, log_path)
         return process
 
+    def log(self, name: str) -> str:
+        return self.started[name][1].read_text(errors="replace")
+
+    def stop(self, name: str) -> None:
+        """Stop `name` (killed if it will not stop) and forget it: the name may be started again."""
+        process, _ = self.started.pop(name)
+        _stop(process)
+
     def logs(self) -> str:
         return "\n".join(log_tail(log_path) for _, log_path in self.started.values())
 
@@ -73,23 +83,46 @@ class Processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process, _ in self.started.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            _stop(process)
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, logs: str = "", seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{what} exited with code {process.returncode} before listening.\n{logs}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within {seconds:g} s.\n{logs}")
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def gunicorn_bind_state(log: str, port: int) -> str:
+    """What gunicorn's log says of binding `port`: "listening", "taken" (another process bound it first; gunicorn
+    retries for 5 s, then exits), or "" (not yet)."""
+    if f"Listening at: http://127.0.0.1:{port} " in log:
+        return "listening"
+    return "taken" if f"Connection in use: ('127.0.0.1', {port})" in log else ""
+
+
+def start_gunicorn(processes: Processes, name: str, argv: list[str], env: dict[str, str], seconds: float = 60) -> int:
+    """Start gunicorn (`argv` without --bind) on a free port; return the port once gunicorn says it listens there,
+    on another port when another process took the first one."""
+
+    def start(port: int) -> int:
+        process = processes.start(name, [*argv, f"--bind=127.0.0.1:{port}"], env)
+        deadline = time.monotonic() + seconds
+        while not (state := gunicorn_bind_state(processes.log(name), port)) and process.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not listen on port {port} within {seconds:g} s.\n{processes.logs()}")
+            time.sleep(0.05)
+        if state == "listening":
+            return port
+        processes.stop(name)
+        if state == "taken":
+            raise PortTaken()
+        raise AssertionError(f"{name} exited with code {process.returncode} before listening.\n{processes.logs()}")
+
+    return on_a_free_port(start)
 
 
 @dataclass
@@ -97,19 +130,17 @@ class Answer:
     status: int
     headers: dict[str, str]
     text: str
-    seconds: float
 
     def json(self) -> Any:
         return json.loads(self.text)
 
 
 def http_get(port: int, path: str, timeout: float) -> Answer:
-    started = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
         text = response.read().decode(errors="replace")
-        return Answer(response.status, dict(response.getheaders()), text, time.monotonic() - started)
+        return Answer(response.status, dict(response.getheaders()), text)
     finally:
         conn.close()

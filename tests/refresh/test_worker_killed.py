@@ -14,9 +14,9 @@ import pytest
 from django.utils import timezone
 
 from connections.models import AuditEvent, OAuthToken
-from tests.conftest import connect, shared_token
-from tests.refresh.stack import get_token, refresh_requests
+from tests.conftest import authorize, get_token, shared_token
 from tests.support.relay import Relay
+from tests.support.stack import refresh_requests
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,13 +55,13 @@ def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
 ):
     # given a connection whose token URL goes through the relay, connected, and one worker and beat
     connection = make_connection(token_url=relay.url("/o/token/"))
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     bot.invite(connection)
     before = shared_token(connection)
     assert before is not None and before.refresh_token
     before_values = (before.access_token, before.refresh_token)
     forwarded_before = relay.snapshot().forwarded  # the code exchange
-    stack = make_stack(redis_db=12, BEAT_INTERVAL=2, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT)
+    stack = make_stack(BEAT_INTERVAL=2, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT)
     stack.worker("worker-1", pool="prefork", concurrency=1)
     stack.beat()
 

@@ -35,7 +35,7 @@ from connections import issuing, oauth_client, outbound, tokens
 from connections.bot_keys import bot_key_create, bot_key_revoke
 from connections.models import AuditEvent, AuthorizationRequest, BotKey, Connection, OAuthToken, sha256_digest
 from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider
-from tests.conftest import connect, shared_token
+from tests.conftest import authorize, connect, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -401,7 +401,7 @@ def _endpoint_world(make_connection, make_user, manager_client, authserver) -> E
         return connection
 
     ready = invited()
-    assert manager_client.get(connect(manager_client, ready, authserver)).status_code == 302
+    authorize(manager_client, ready, authserver)
     by_name = {
         "ready": ready,
         "pending": invited(register=False),

@@ -1,5 +1,5 @@
-"""Outbound calls to providers: the forward proxy (with credentials, bypass list), https only, and the block on
-private addresses (SSRF), on every call and every redirect hop.
+"""Outbound calls to providers: certificates verified, the forward proxy (with credentials, bypass list), https
+only, and the block on private addresses (SSRF), on every call and every redirect hop.
 
 Real servers on loopback: the OAuth server, an authenticating forward proxy, and a tiny token/redirect server
 (plain http or TLS with a certificate made for the run). Names other than localhost come from a fake resolver.
@@ -25,15 +25,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from django.contrib.messages import get_messages
 from django.db import transaction
+from oauthlib.oauth2 import BackendApplicationClient
 
 from connections import oauth_client, refresh, services
 from connections import outbound as outbound_policy
 from connections.models import AuditEvent, Connection, OAuthToken, TokenState
 from connections.notifications import notify_managers
 from connections.oauth_client import ClientConfig, ProviderError
-from tests.conftest import connect, shared_token
+from tests.conftest import authorize, connect, messages_of, shared_token
 from tests.support.forward_proxy import ForwardProxy, Seen
 
 PROXY_USER = "egress"
@@ -45,10 +45,6 @@ PROXY_SECRETS = (
 )
 PUBLIC_IP = "93.184.216.34"
 TLS_NAMES = ("localhost", "auth.example", "rebind.example")
-
-
-def _messages(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def _assert_no_proxy_secret(text: str) -> None:
@@ -161,12 +157,25 @@ def plain_server() -> Iterator[_TinyServer]:
     yield from _serve(None)
 
 
-@pytest.fixture
-def tls_server(certificate, monkeypatch) -> Iterator[_TinyServer]:
-    """A TLS token/redirect server; provider sessions trust its certificate (and nothing else changes)."""
+def _server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     cert_path, key_path = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+@pytest.fixture
+def untrusted_tls_server(certificate) -> Iterator[_TinyServer]:
+    """The same TLS server, with provider sessions left as in production: they verify certificates against the
+    default CA bundle, which does not hold this one (made for the run, signed by itself)."""
+    yield from _serve(_server_context(certificate))
+
+
+@pytest.fixture
+def tls_server(certificate, monkeypatch) -> Iterator[_TinyServer]:
+    """A TLS token/redirect server; provider sessions trust its certificate (and nothing else changes)."""
+    cert_path, _ = certificate
+    context = _server_context(certificate)
     original = oauth_client._session
 
     def session_trusting_the_test_certificate(*args, **kwargs):
@@ -233,6 +242,53 @@ def _config(token_url: str) -> ClientConfig:
     return ClientConfig(client_id="tiny-client", client_secret="tiny-secret", authorization_url="", token_url=token_url)
 
 
+# --- certificates are verified as in production -------------------------------------------------------------------
+
+
+def _verifies_like_production(token_url: str) -> None:
+    """The session a provider call gets checks certificates against requests' own CA bundle (certifi), and
+    ignores REQUESTS_CA_BUNDLE and the like from the environment: nothing here trusts the test certificate."""
+    session = oauth_client._session(_config(token_url), BackendApplicationClient("tiny-client"))
+    assert session.verify is True and session.trust_env is False
+
+
+@pytest.mark.django_db
+def test_a_provider_certificate_nobody_trusts_is_refused_and_nothing_is_stored(
+    outbound, untrusted_tls_server, make_connection, manager_client, authserver
+):
+    # given a connection whose token URL presents a self-signed certificate, verified as production verifies
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]  # the loopback server's (plain http) authorization page
+    token_url = untrusted_tls_server.url("/token", host="localhost")
+    _verifies_like_production(token_url)
+    connection = make_connection(token_url=token_url)
+
+    # when the administrator clicks Connect and approves at the provider
+    response = manager_client.get(connect(manager_client, connection, authserver))
+
+    # then the code exchange is refused with a message for the administrator (its wording: the test below),
+    # the failure is audited, and nothing is stored
+    event = AuditEvent.objects.get(connection=connection, action="authorize_callback")
+    assert event.outcome == "failure" and event.detail
+    assert messages_of(response) == [f"Could not connect {connection}: {event.detail} Nothing stored was changed."]
+    assert not OAuthToken.objects.filter(connection=connection).exists()
+    # and the handshake failed before a byte of the request was sent: the code and the secret never left
+    assert untrusted_tls_server.hits == []
+
+
+def test_the_refusal_of_an_untrusted_certificate_names_the_certificate(outbound, untrusted_tls_server):
+    # given a token URL whose certificate nobody trusts, verified as in production
+    token_url = untrusted_tls_server.url("/token", host="localhost")
+    _verifies_like_production(token_url)
+
+    # when a token is asked for
+    with pytest.raises(ProviderError) as caught:
+        oauth_client.client_credentials(_config(token_url))
+
+    # then the sentence a person reads says what to fix
+    assert caught.value.error == "tls_error" and "certificate" in caught.value.message
+    assert untrusted_tls_server.hits == []
+
+
 # --- the forward proxy -------------------------------------------------------------------------------------------
 
 
@@ -250,7 +306,7 @@ def test_the_whole_flow_goes_through_the_proxy_with_its_credentials(
     # Connect: the authorization code exchange.
     connection = make_connection()
     response = manager_client.get(connect(manager_client, connection, authserver))
-    assert any("is connected" in text for text in _messages(response))
+    assert any("is connected" in text for text in messages_of(response))
     token = shared_token(connection)
     assert token is not None
     # A refresh.
@@ -261,7 +317,7 @@ def test_the_whole_flow_goes_through_the_proxy_with_its_credentials(
     assert services.connection_test(connection=machine, actor=manager).startswith("Test passed")
     # Disconnect: revokes the refresh and the access token.
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/disconnect/")
-    assert any("Tokens revoked at the provider and removed." in text for text in _messages(response))
+    assert any("Tokens revoked at the provider and removed." in text for text in messages_of(response))
     assert shared_token(connection) is None
 
     assert proxy.rejected == []
@@ -296,9 +352,7 @@ def test_a_wrong_proxy_password_is_a_clear_error_and_changes_nothing(
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     outbound.OUTBOUND_PROXY_URL = proxy.url()
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
-    before = shared_token(connection)
-    assert before is not None
+    before = authorize(manager_client, connection, authserver)
     authserver.reset()
     proxy.reset()
     outbound.OUTBOUND_PROXY_URL = proxy.url(password="wrong-" + PROXY_PASSWORD)
@@ -316,8 +370,8 @@ def test_a_wrong_proxy_password_is_a_clear_error_and_changes_nothing(
     response = manager_client.get(connect(manager_client, connection, authserver))
     assert any(
         text.startswith(f"Could not connect {connection}: The outbound proxy") and "Nothing stored was changed" in text
-        for text in _messages(response)
-    ), _messages(response)
+        for text in messages_of(response)
+    ), messages_of(response)
 
     after = shared_token(connection)
     assert (after.access_token, after.refresh_token, after.generation) == (
@@ -385,10 +439,9 @@ def test_a_bypassed_provider_gets_the_whole_flow_directly(outbound, proxy, make_
     outbound.OUTBOUND_PROXY_BYPASS = ["127.0.0.0/8"]
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
-    refresh.token_refresh(token=shared_token(connection), actor_label="test")
+    refresh.token_refresh(token=authorize(manager_client, connection, authserver), actor_label="test")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/disconnect/")
-    assert any("Tokens revoked at the provider and removed." in text for text in _messages(response))
+    assert any("Tokens revoked at the provider and removed." in text for text in messages_of(response))
     assert authserver.stats()["token_requests"]["authorization_code"] == 1
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
     assert authserver.stats()["revocations"] == 2
@@ -463,7 +516,7 @@ def test_block_private_refuses_the_code_exchange_and_stores_nothing(
         token_url=f"https://127.0.0.1:{authserver.port}/o/token/",
     )
     response = manager_client.get(connect(manager_client, connection, authserver))
-    assert _messages(response) == [
+    assert messages_of(response) == [
         f"Could not connect {connection}: Refused to call https://127.0.0.1: it resolves to a loopback address, "
         "and OUTBOUND_BLOCK_PRIVATE_ADDRESSES forbids calling those (list the host in OUTBOUND_HTTP_ALLOWED_HOSTS "
         "to allow it). Nothing stored was changed."
@@ -479,7 +532,7 @@ def test_block_private_lets_hosts_the_operator_allowed_through(outbound, make_co
     outbound.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = True
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     assert shared_token(connection) is not None
     assert authserver.stats()["token_requests"]["authorization_code"] == 1
 

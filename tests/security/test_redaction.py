@@ -18,7 +18,7 @@ from connections.models import AuditEvent, OAuthToken
 from connections.oauth_client import ProviderError
 from connections.refresh import token_refresh
 from controlroom.logging import redact
-from tests.conftest import PROVIDER_USER, connect
+from tests.conftest import PROVIDER_USER, authorize
 
 pytestmark = pytest.mark.django_db
 
@@ -142,10 +142,10 @@ def test_a_worker_and_beat_log_no_secret_with_every_logger_at_debug(
 ):
     # given a worker and beat with every logger at DEBUG (the libraries that print token bodies too), and a
     # connection whose token is due
-    stack = make_stack(redis_db=9, BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
+    stack = make_stack(BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
     stack.env.update(DJANGO_SETTINGS_MODULE="tests.debug_logging_settings", LOG_LEVEL="DEBUG")
     connection = make_connection()
-    manager_client.get(connect(manager_client, connection, authserver))
+    authorize(manager_client, connection, authserver)
     secrets = {connection.client_secret, *_token_values(connection)}
     stack.worker(loglevel="DEBUG")
     stack.beat(loglevel="DEBUG")

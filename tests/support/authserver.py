@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from typing import Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
+
+from tests.support.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_MODULE = "tests.authserver.settings"
@@ -69,12 +70,6 @@ class _Forms(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "button":
             self._button = None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gunicorn_command(port: int) -> list[str]:
@@ -138,7 +133,7 @@ class AuthServer:
                 f"auth server migrate failed (exit {migrate.returncode}):\n{migrate.stdout}\n{migrate.stderr}"
             )
         for attempt in range(3):
-            self.port = _free_port()  # may race with another process: retried below
+            self.port = free_port()  # may race with another process: retried below
             # The child keeps its own copy of the log fd; ours can close right away.
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(

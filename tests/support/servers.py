@@ -3,7 +3,8 @@
 They start before Django reads its settings, which take DATABASE_URL and REDIS_URL from the environment,
 so the test process and every server process the tests start (web, Celery worker, beat) share them.
 TEST_DATABASE_URL / TEST_REDIS_URL point the run at servers of your own instead. A server that cannot start
-fails the run: tests that need PostgreSQL or Redis are never skipped.
+fails the run: tests that need PostgreSQL or Redis are never skipped. Under pytest-xdist (`make test` runs two
+workers) each worker starts servers of its own, so nothing a test does reaches another worker's tests.
 """
 
 import glob
@@ -13,17 +14,37 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 _stops: list = []
+T = TypeVar("T")
 
 
 def free_port() -> int:
+    """A port free on 127.0.0.1 right now. Another process may bind it before the server it is for does: start
+    servers with on_a_free_port(), which tries again on another port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class PortTaken(Exception):
+    """The server could not bind its port: another process took it after free_port() found it free."""
+
+
+def on_a_free_port(start: Callable[[int], T], attempts: int = 3) -> T:
+    """start(port) on a free port; on another one when it raises PortTaken."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start(free_port())
+        except PortTaken:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _wait_for_port(port: int, what: str, seconds: float = 30) -> None:
@@ -55,29 +76,34 @@ def start_postgres() -> str:
     data_dir = Path(tempfile.mkdtemp(prefix="controlroom-pg-"))
     if os.geteuid() == 0:
         shutil.chown(data_dir, "postgres", "postgres")
-    port = free_port()
     subprocess.run(
         _as_postgres_user([initdb, "-D", str(data_dir / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
         check=True,
         capture_output=True,
     )
-    # Durability is worthless for a throwaway cluster; fsync off makes the suite much faster.
-    options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
-    options += "-c full_page_writes=off -c max_connections=300"
-    subprocess.run(
-        _as_postgres_user(
-            [pg_ctl, "-D", str(data_dir / "data"), "-o", options, "-l", str(data_dir / "server.log"), "-w", "start"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    _stops.append(
-        lambda: subprocess.run(
-            _as_postgres_user([pg_ctl, "-D", str(data_dir / "data"), "-m", "immediate", "stop"]), capture_output=True
+    log = data_dir / "server.log"
+
+    def start(port: int) -> str:
+        # Durability is worthless for a throwaway cluster; fsync off makes the suite much faster.
+        options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+        options += "-c full_page_writes=off -c max_connections=300"
+        command = [pg_ctl, "-D", str(data_dir / "data"), "-o", options, "-l", str(log), "-w", "start"]
+        try:
+            subprocess.run(_as_postgres_user(command), check=True, capture_output=True)
+        except subprocess.CalledProcessError:
+            if "could not bind" in log.read_text(errors="replace"):
+                raise PortTaken() from None
+            raise
+        _stops.append(
+            lambda: subprocess.run(
+                _as_postgres_user([pg_ctl, "-D", str(data_dir / "data"), "-m", "immediate", "stop"]),
+                capture_output=True,
+            )
         )
-    )
-    _wait_for_port(port, "PostgreSQL")
-    return f"postgres://postgres@127.0.0.1:{port}/controlroom"
+        _wait_for_port(port, "PostgreSQL")
+        return f"postgres://postgres@127.0.0.1:{port}/controlroom"
+
+    return on_a_free_port(start)
 
 
 def start_redis() -> str:
@@ -86,20 +112,39 @@ def start_redis() -> str:
         raise pytest.UsageError(
             "redis-server not found: install it (apt-get install -y redis-server) or set TEST_REDIS_URL."
         )
-    port = free_port()
-    process = subprocess.Popen(
-        [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _stops.append(lambda: (process.terminate(), process.wait(10)))
-    _wait_for_port(port, "Redis")
-    return f"redis://127.0.0.1:{port}/0"
+    log_path = Path(tempfile.mkdtemp(prefix="controlroom-redis-")) / "redis.log"
+
+    def start(port: int) -> str:
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        # Its own word, not an open port: another process's server could be the one listening there.
+        deadline = time.monotonic() + 30
+        while process.poll() is None and "Ready to accept connections" not in log_path.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise pytest.UsageError(f"Redis did not start on 127.0.0.1:{port} within 30 s.")
+            time.sleep(0.05)
+        if process.poll() is not None:
+            if "Address already in use" in log_path.read_text(errors="replace"):
+                raise PortTaken()
+            raise pytest.UsageError(f"redis-server exited with code {process.returncode}:\n{log_path.read_text()}")
+        _stops.append(lambda: (process.terminate(), process.wait(10)))
+        return f"redis://127.0.0.1:{port}/0"
+
+    return on_a_free_port(start)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
     # tryfirst: before pytest-django's hook imports the settings.
+    if _is_xdist_controller(early_config):
+        return  # it runs no test; each of its workers starts servers of its own
+    if os.environ.get("TEST_REDIS_URL") and "PYTEST_XDIST_WORKER" in os.environ:
+        # The workers would flush and count in each other's Redis databases.
+        raise pytest.UsageError("TEST_REDIS_URL is one server for every xdist worker: run with -n 0.")
     try:
         os.environ["DATABASE_URL"] = os.environ.get("TEST_DATABASE_URL") or start_postgres()
         os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL") or start_redis()
@@ -107,6 +152,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         _stop_all()
         output = (exc.stderr or b"").decode(errors="replace")[-2000:]
         raise pytest.UsageError(f"Could not start a test server: {exc.cmd[0]} failed:\n{output}") from None
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    distributed = getattr(config.known_args_namespace, "numprocesses", None) not in (None, 0)
+    return distributed and "PYTEST_XDIST_WORKER" not in os.environ
 
 
 def _stop_all() -> None:

@@ -2,18 +2,24 @@
 PostgreSQL, the real loopback authorization server.
 
 Every process uses the pytest-django test database (so tests are transactional: the processes see, and write,
-committed rows) and a Redis database number of its own test, flushed before and after, so no task queued by
-another test runs here. Processes start in their own process group; they are always stopped after the test
-(SIGTERM, SIGKILL after 10 s), before the test database is flushed.
+committed rows) and a Redis database number of its own stack (RedisDatabases), flushed before and after, so no
+task queued by another test runs here. Processes start in their own process group; they are always stopped after
+the test (SIGTERM, SIGKILL after 10 s), before the test database is flushed.
+
+Nothing here waits for a fixed time: every wait polls a condition until a deadline (wait_until, poll_until), and a
+run that checks something regularly does it with every().
 """
 
 import email
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +30,14 @@ import pytest
 from celery import Celery
 from django.db import connection as db_connection
 from django.db import connections
-from django.test import Client
 
-from connections.models import Connection, OAuthToken
-from providers.models import Provider
-from tests.controlroom.helpers import REPO_ROOT, Processes, log_tail, wait_for_port
+from tests.controlroom.helpers import REPO_ROOT, Processes, gunicorn_bind_state, log_tail
 from tests.support.authserver import AuthServer
 from tests.support.servers import free_port
 
 T = TypeVar("T")
 MAIL_SEPARATOR = "-" * 79  # what Django's file email backend writes after each message
+PORT_ATTEMPTS = 3  # a free port picked for gunicorn may be taken by another process before gunicorn binds it
 
 
 def database_url_for_processes() -> str:
@@ -47,6 +51,24 @@ def redis_database(number: int) -> str:
     return urlunsplit(urlsplit(os.environ["REDIS_URL"])._replace(path=f"/{number}"))
 
 
+class RedisDatabases:
+    """The Redis database numbers a test run's stacks use, one stack each. The test process's own (REDIS_URL's,
+    0 by default) is never handed out; a number is handed out again only after its stack was stopped and its
+    database flushed (give_back), the least recently used first."""
+
+    def __init__(self, count: int = 16) -> None:  # Redis has 16 databases unless configured otherwise
+        own = int(urlsplit(os.environ["REDIS_URL"]).path.strip("/") or 0)
+        self.free = [number for number in range(count) if number != own]
+
+    def take(self) -> int:
+        if not self.free:
+            pytest.fail("Every Redis database is in use by a stack still running: stop one before making another.")
+        return self.free.pop(0)
+
+    def give_back(self, number: int) -> None:
+        self.free.append(number)
+
+
 class ProcessGroups(Processes):
     """tests.controlroom.helpers.Processes, each process the leader of its own process group, so a worker can
     be SIGKILLed with its pool children (a real crash), and stop_all() reaches every child."""
@@ -55,7 +77,7 @@ class ProcessGroups(Processes):
         if name in self.started:
             raise ValueError(f"a process named {name} was already started")
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:  # a process started again under its name (discard) keeps the earlier lines
             process = subprocess.Popen(
                 argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -65,6 +87,12 @@ class ProcessGroups(Processes):
     def kill_group(self, name: str) -> None:
         process, _ = self.started[name]
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def discard(self, name: str) -> None:
+        """Kill a process that could not start, and forget it: its name may be started again."""
+        process, _ = self.started.pop(name)
+        _signal_group(process, signal.SIGKILL)
         process.wait(timeout=10)
 
     def stop_all(self) -> None:
@@ -102,6 +130,7 @@ class Stack:
     mail_dir: Path
     broker_url: str
     expected_dead: set[str] = field(default_factory=set)
+    workers: list[str] = field(default_factory=list)  # names of the Celery workers started
 
     # --- processes ---------------------------------------------------------------------------
 
@@ -129,6 +158,7 @@ class Stack:
             ),
             self.env,
         )
+        self.workers.append(name)
         self.wait_for_log(name, " ready.", 60)
         return process
 
@@ -141,8 +171,18 @@ class Stack:
         return process
 
     def web(self, name: str = "web", *, workers: int = 3, threads: int = 8) -> int:
-        port = free_port()
-        process = self.processes.start(
+        """One gunicorn web process (a master and its worker processes); returns its port."""
+        return self.webs([name], workers=workers, threads=threads)[name]
+
+    def webs(self, names: Iterable[str], *, workers: int = 1, threads: int = 1) -> dict[str, int]:
+        """Several gunicorn web processes started together, each its own master on its own port, so that a test
+        knows which process answered and can ask each one: {name: port}."""
+        ports = {name: self._gunicorn(name, workers, threads) for name in names}
+        return {name: self._listening(name, port, workers, threads) for name, port in ports.items()}
+
+    def _gunicorn(self, name: str, workers: int, threads: int) -> int:
+        port = free_port()  # free now, but another process may bind it before gunicorn does: see _listening
+        self.processes.start(
             name,
             [
                 sys.executable,
@@ -161,8 +201,21 @@ class Stack:
             ],
             self.env,
         )
-        wait_for_port(port, process, name, self.processes.logs())
         return port
+
+    def _listening(self, name: str, port: int, workers: int, threads: int) -> int:
+        """Wait until gunicorn `name` listens on `port`, as its log says; if another process had taken the port,
+        start it again on a new one (as tests/support/authserver.py does for the authorization server)."""
+        for _ in range(PORT_ATTEMPTS):
+
+            def bound(port: int = port) -> str:
+                return gunicorn_bind_state(self.log(name), port)
+
+            if self.wait_until(bound, 60, f"{name} to bind port {port}", interval=0.05) == "listening":
+                return port
+            self.processes.discard(name)
+            port = self._gunicorn(name, workers, threads)
+        pytest.fail(f"{name} found its port taken {PORT_ATTEMPTS} times in a row.\n{self.logs()}")
 
     def kill(self, name: str) -> None:
         self.expected_dead.add(name)
@@ -184,8 +237,21 @@ class Stack:
     def count_in_log(self, name: str, text: str) -> int:
         return self.log(name).count(text)
 
-    def sweeps_sent(self, beat: str = "beat") -> int:
-        return self.count_in_log(beat, "Sending due task token refresh sweep")
+    def tasks(self, task: str, outcome: str = "succeeded") -> int:
+        """How many connections.tasks.<task> the workers logged as `outcome`: "received" (taken from the queue) or
+        "succeeded" (ended without raising; a refresh records its failures instead of raising)."""
+        pattern = re.compile(rf"Task connections\.tasks\.{task}\[[0-9a-f-]+\] {outcome}\b")
+        return sum(len(pattern.findall(self.log(worker))) for worker in self.workers)
+
+    def sweeps_run(self) -> int:
+        return self.tasks("refresh_sweep")
+
+    def wait_for_sweeps(self, count: int) -> None:
+        """Wait until the workers have run `count` more sweeps. A worker takes tasks in the order they were queued:
+        by then, what was queued before those sweeps has been taken too (and run, by a single solo worker)."""
+        seen, beat_interval = self.sweeps_run(), float(self.env.get("BEAT_INTERVAL", 30))  # 30: the setting's default
+        generous = 30 + 5 * count * beat_interval  # on an idle machine: count x beat_interval
+        self.wait_until(lambda: self.sweeps_run() >= seen + count, generous, f"{count} more sweeps")
 
     def logs(self) -> str:
         return self.processes.logs()
@@ -196,25 +262,22 @@ class Stack:
                 pytest.fail(f"{name} exited with code {process.returncode} while {what}.\n{self.logs()}")
 
     def wait_until(self, condition: Callable[[], T], seconds: float, what: str, interval: float = 0.2) -> T:
-        deadline = time.monotonic() + seconds
-        while True:
+        """Poll `condition` until it returns something true (returned); fail after `seconds`, or as soon as a
+        process dies."""
+
+        def met() -> T:
             value = condition()
-            if value:
-                return value
-            self.check_alive(f"waiting for {what}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"Waited {seconds:g} s for {what}.\n{self.logs()}")
-            time.sleep(interval)
+            if not value:
+                self.check_alive(f"waiting for {what}")
+            return value
+
+        value = poll_until(met, seconds, interval)
+        if not value:
+            pytest.fail(f"Waited {seconds:g} s for {what}.\n{self.logs()}")
+        return value
 
     def wait_for_log(self, name: str, text: str, seconds: float) -> None:
         self.wait_until(lambda: text in self.log(name), seconds, f"{name} to log {text!r}", interval=0.1)
-
-    def sleep(self, seconds: float, what: str) -> None:
-        """Let time pass, failing early if a process dies meanwhile."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.check_alive(what)
-            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
     def mails(self) -> list[email.message.Message]:
         """Every email the processes (and this test process) sent, parsed, oldest file first."""
@@ -241,9 +304,47 @@ class Stack:
             client.close()
 
 
-def get_token(raw_key: str, slug: str, **params: str):
-    """The token endpoint through Django's test client (this process, the test database)."""
-    return Client().get(f"/api/v1/connections/{slug}/token", params, HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+def poll_until(condition: Callable[[], T], seconds: float, interval: float = 0.2) -> T:
+    """Call `condition` every `interval` until it returns something true, or `seconds` have passed; returns its
+    last value (false if time ran out)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def every(interval: float, seconds: float, check: Callable[[], object], stop: threading.Event | None = None) -> int:
+    """Run `check` every `interval` seconds (start to start; at once after one that took longer) until `seconds`
+    have passed or `stop` is set. Returns how many times it ran."""
+    stop = stop or threading.Event()
+    deadline = time.monotonic() + seconds
+    runs = 0
+    while not stop.is_set() and (started := time.monotonic()) < deadline:
+        check()
+        runs += 1
+        stop.wait(max(0.0, min(started + interval, deadline) - time.monotonic()))
+    return runs
+
+
+def refresh_count_bounds(
+    seconds: float, *, cycle: float, beat_interval: float, first_due_within: float, late: float = 0.0
+) -> tuple[int, int]:
+    """(fewest, most) refreshes of one token that a correct engine makes in a window of `seconds`, when a token is
+    due `cycle` seconds after it was issued (its lifetime less its refresh margin), beat sweeps every
+    `beat_interval` seconds, the token is first due within `first_due_within` seconds of the window's start, and a
+    refresh runs at most `late` seconds after the sweep that queued it.
+
+    Most: a sweep claims the tokens due before the next sweep, so a refresh comes at the earliest one beat interval
+    before its due time, and two refreshes of one token are at least cycle - beat_interval apart. Fewest: the first
+    refresh comes by first_due_within + beat_interval + late, each next one at most cycle + beat_interval + late
+    after the one before. Too many is a refresh loop; too few, a refresh missed (or, for a small `late`, a busy
+    machine)."""
+    most = math.floor(seconds / (cycle - beat_interval)) + 1
+    slowest = cycle + beat_interval + late
+    fewest = max(0, 1 + math.floor((seconds - (first_due_within + beat_interval + late)) / slowest))
+    return fewest, most
 
 
 def in_threads(calls: list[Callable[[], T]], workers: int) -> list[T]:
@@ -259,38 +360,5 @@ def in_threads(calls: list[Callable[[], T]], workers: int) -> list[T]:
         return list(pool.map(run, calls))
 
 
-def loopback_connection(
-    server: AuthServer, *, number: int, grant_type: str = "authorization_code", **fields
-) -> Connection:
-    """A Custom-provider connection registered at `server` (any AuthServer, not only the session one)."""
-    from django.conf import settings
-
-    client_id, client_secret = f"refresh-client-{number}", f"refresh-secret-{number}-s3cr3t"
-    server.create_client(
-        client_id,
-        client_secret,
-        [settings.OAUTH_REDIRECT_URI],
-        grant_type="client-credentials" if grant_type == "client_credentials" else "authorization-code",
-    )
-    values: dict[str, Any] = {
-        "name": f"Refresh {number}",
-        "slug": f"refresh-{number}",
-        "provider": Provider.objects.get(slug="custom"),
-        "grant_type": grant_type,
-        "client_id": client_id,
-        "client_secret": client_secret,
-        "authorization_url": server.authorize_url,
-        "token_url": server.token_url,
-        "revocation_url": server.revoke_url,
-        "scopes": "read,write",
-        **fields,
-    }
-    return Connection.objects.create(**values)
-
-
 def refresh_requests(server: AuthServer) -> int:
     return server.stats()["token_requests"]["refresh_token"]
-
-
-def token_of(connection: Connection) -> OAuthToken:
-    return OAuthToken.objects.get(connection=connection, user__isnull=True)
