@@ -40,10 +40,10 @@ run: $(VENV)/.run-installed .env
 	@echo "Control Room: http://127.0.0.1:$(PORT)/admin/  (health: http://127.0.0.1:$(PORT)/healthz). Ctrl-C stops everything."
 	PATH="$(BIN):$$PATH" CONTROLROOM_PORT=$(PORT) $(BIN)/honcho --procfile Procfile start
 
-# Two workers (pytest-xdist), each with its own PostgreSQL, Redis and authorization server; a file's tests stay on
-# one worker. PYTEST_ARGS="-n 0" runs them in this process instead.
+# Two workers (pytest-xdist), each with its own PostgreSQL, Redis and authorization server; the tests that start
+# processes of their own all run on one of them (tests/conftest.py). PYTEST_ARGS="-n 0" runs all in this process.
 test: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .

@@ -173,7 +173,10 @@ def _provider_failure(exc: ProviderError, token: OAuthToken | None) -> TokenRequ
             "reauthorization_required",
             f"The provider rejected the grant ({exc.error}): an administrator or the user must authorize again.",
         )
-    retry_after = _retry_after(token) if token is not None else 30
+    if exc.retry_after:  # the provider said when to ask again
+        retry_after = math.ceil(exc.retry_after)
+    else:
+        retry_after = _retry_after(token) if token is not None else 30
     return TokenRequestError(
         503,
         "provider_unavailable",

@@ -8,7 +8,10 @@ a ProviderError that says, in words, what went wrong and whether retrying can he
 import json
 import math
 import os
+import ssl
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -60,6 +63,9 @@ class TokenResponse:
     extra: dict[str, Any]
 
 
+RATE_LIMITED = "rate_limited"  # the error of a ProviderError for HTTP 429: the provider wants fewer calls
+RETRY_AFTER_DEFAULT = 30  # seconds to wait after a 429 without a usable Retry-After
+RETRY_AFTER_MAX = 3600  # a longer Retry-After is taken as this: a token must not wait past its expiry for it
 MAX_LIFETIME = 10 * 365 * 24 * 3600  # an expires_in beyond this is taken as this (a datetime must hold it)
 MAX_SCOPE_LENGTH = 10_000
 MAX_EXTRA_BYTES = 10_000  # the non-secret fields kept besides the standard ones, as JSON
@@ -132,10 +138,34 @@ class _TokenAnswers:
         return response
 
 
+def retry_after_seconds(value: str) -> float:
+    """A Retry-After header (RFC 9110 10.2.3: seconds, or an HTTP date) as seconds to wait, within bounds; a
+    missing or unreadable one means RETRY_AFTER_DEFAULT."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            seconds = RETRY_AFTER_DEFAULT
+    if not math.isfinite(seconds):
+        seconds = RETRY_AFTER_DEFAULT
+    return float(min(max(math.ceil(seconds), 1), RETRY_AFTER_MAX))
+
+
 def _json_object(response: requests.Response) -> dict[str, Any]:
     """The answer's JSON object, or a ProviderError for what oauthlib would misread (5xx, HTML, rate limits)."""
     status = response.status_code
-    if status == 429 or status >= 500:
+    if status == 429:
+        wait = retry_after_seconds(response.headers.get("Retry-After", ""))
+        raise ProviderError(
+            f"The provider's token URL asked to slow down (HTTP 429); it will be asked again in {wait:g} s.",
+            error=RATE_LIMITED,
+            permanent=False,
+            status=status,
+            retry_after=wait,
+        )
+    if status >= 500:
         raise ProviderError(
             f"The provider's token URL answered HTTP {status}; it will be retried.",
             error="temporarily_unavailable",
@@ -224,13 +254,8 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise proxy_error(what, exc) from None
     except requests.Timeout:
         raise _timeout_error(what) from None
-    except requests.exceptions.SSLError:
-        raise ProviderError(
-            f"The provider's TLS certificate for the {what} was not accepted: it is not one this server trusts "
-            "(self-signed, expired, or made for another name). Check the URL; nothing was sent.",
-            error="tls_error",
-            permanent=False,
-        ) from None
+    except requests.exceptions.SSLError as exc:
+        raise _tls_error(what, exc) from None
     except requests.ConnectionError:
         raise ProviderError(
             f"Could not reach the provider for the {what} (connection refused, closed or DNS failure).",
@@ -247,6 +272,22 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             error="invalid_response",
             permanent=False,
         ) from None
+
+
+def _tls_error(what: str, exc: requests.exceptions.SSLError) -> ProviderError:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__ or (cause.args[0] if cause.args else None)
+        cause = cause if isinstance(cause, BaseException) else None
+    if cause is not None:
+        message = (
+            f"The provider's TLS certificate for the {what} was not accepted: it is not one this server trusts "
+            f"(self-signed, expired, or made for another name: {provider_text(cause.verify_message)}). Check the "
+            "URL; nothing was sent."
+        )
+    else:
+        message = f"The TLS connection to the provider for the {what} failed ({type(exc).__name__})."
+    return ProviderError(message, error="tls_error", permanent=False)
 
 
 def _token_response(token: dict[str, Any]) -> TokenResponse:

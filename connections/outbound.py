@@ -37,12 +37,15 @@ class ProviderError(Exception):
     must be kept even though the rest of the answer was unusable.
     """
 
-    def __init__(self, message: str, *, error: str, permanent: bool, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, error: str, permanent: bool, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.error = error
         self.permanent = permanent
         self.status = status
+        self.retry_after = retry_after  # seconds the provider asked us to wait (HTTP 429 with Retry-After)
         self.refresh_token = ""
 
 

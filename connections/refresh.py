@@ -12,10 +12,12 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import connection as db_connection
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
@@ -74,11 +76,11 @@ def token_lease_take(token: OAuthToken, owner: str) -> tuple[Fence, OAuthToken] 
     taken = OAuthToken.objects.filter(free, pk=token.pk).update(
         lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds())
     )
-    leased = taken and _rows().filter(pk=token.pk, lease_owner=owner).first()
+    leased = taken and token_rows().filter(pk=token.pk, lease_owner=owner).first()
     return (Fence(token.pk, owner, leased.generation), leased) if leased else None
 
 
-def _rows() -> QuerySet[OAuthToken]:
+def token_rows() -> QuerySet[OAuthToken]:
     return OAuthToken.objects.select_related("connection__provider", "user")
 
 
@@ -87,7 +89,7 @@ def _lease_give_back(fence: Fence) -> None:
 
 
 def _current(token: OAuthToken) -> OAuthToken:
-    current = _rows().filter(pk=token.pk).first()
+    current = token_rows().filter(pk=token.pk).first()
     if current is None:
         raise TokenGone()
     return current
@@ -142,8 +144,9 @@ def token_refresh_complete(
 
 
 def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, actor_label: str) -> bool:
-    """Keep the token, note the failure under the fence, and schedule the next try (transient) or stop trying
-    (permanent). False when the fence was lost: a newer grant is not the one that failed."""
+    """Keep the token, note the failure under the fence, and schedule the next try (transient: with backoff;
+    rate limited: when the provider said) or stop trying (permanent). False when the fence was lost: a newer
+    grant is not the one that failed."""
     connection = token.connection
     now = timezone.now()
     fields = {
@@ -155,7 +158,13 @@ def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, a
     }
     if exc.refresh_token:
         fields["refresh_token"] = exc.refresh_token  # the provider rotated to it: the old one is spent
-    if exc.permanent:
+    if exc.error == oauth_client.RATE_LIMITED:
+        # The provider asked for fewer calls: nobody asks it again before it said (the token endpoint's backoff
+        # rule holds too), and it does not count against the token (no failure count, no notification).
+        del fields["consecutive_failures"]
+        delay = exc.retry_after or oauth_client.RETRY_AFTER_DEFAULT
+        fields.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay))
+    elif exc.permanent:
         fields.update(state=TokenState.REAUTHORIZATION_REQUIRED, next_refresh_at=None)
     else:
         delay = backoff_seconds(token.consecutive_failures + 1)
@@ -170,10 +179,17 @@ def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, a
             outcome=Outcome.FAILURE,
             connection=connection,
             actor_label=actor_label,
-            detail=f"{'Permanent' if exc.permanent else 'Transient'} failure: {exc.message}",
+            detail=f"{_failure_kind(exc)}: {exc.message}",
         )
-        _notify_failure(token, exc)
+        if exc.error != oauth_client.RATE_LIMITED:
+            _notify_failure(token, exc)
     return True
+
+
+def _failure_kind(exc: ProviderError) -> str:
+    if exc.error == oauth_client.RATE_LIMITED:
+        return "Rate limited"
+    return "Permanent failure" if exc.permanent else "Transient failure"
 
 
 def _notify_failure(token: OAuthToken, exc: ProviderError) -> None:
@@ -273,7 +289,8 @@ def token_refresh(
 
 
 def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, int]]:
-    """The beat sweep: claim the tokens due for refresh and return (token id, generation) pairs to queue.
+    """The beat sweep's claim: up to REFRESH_SWEEP_BATCH tokens due for refresh, as (token id, generation) pairs
+    to queue. token_refresh_claims() claims them all, batch after batch.
 
     Due means due before the next sweep, so no token waits a whole interval past its refresh time. Claiming
     moves the next refresh time claim_seconds() ahead: the sweeps in between do not queue it again, and a task
@@ -281,6 +298,9 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     """
     now = now or timezone.now()
     cutoff = now + timedelta(seconds=settings.BEAT_INTERVAL)
+    claimed_until = now + timedelta(seconds=claim_seconds())
+    if db_connection.vendor == "postgresql":
+        return _claim_batch_postgresql(cutoff, claimed_until, settings.REFRESH_SWEEP_BATCH)
     due = list(
         OAuthToken.objects.filter(next_refresh_at__lte=cutoff, connection__is_enabled=True)
         .order_by("next_refresh_at")
@@ -288,17 +308,54 @@ def token_refresh_claim_due(*, now: datetime | None = None) -> list[tuple[int, i
     )
     if due:
         OAuthToken.objects.filter(pk__in=[token_id for token_id, _ in due], next_refresh_at__lte=cutoff).update(
-            next_refresh_at=now + timedelta(seconds=claim_seconds())
+            next_refresh_at=claimed_until
         )
     return due
 
 
+def _claim_batch_postgresql(cutoff: datetime, claimed_until: datetime, size: int) -> list[tuple[int, int]]:
+    # One statement a batch. SKIP LOCKED: a row a refresh is writing right now is claimed by the next sweep
+    # rather than waited for (two sweeps, or a sweep and a refresh, never block each other).
+    tokens, connections = OAuthToken._meta.db_table, Connection._meta.db_table
+    with db_connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {tokens} SET next_refresh_at = %s
+            WHERE id IN (
+                SELECT token.id FROM {tokens} token JOIN {connections} conn ON conn.id = token.connection_id
+                WHERE token.next_refresh_at <= %s AND conn.is_enabled
+                ORDER BY token.next_refresh_at LIMIT %s
+                FOR UPDATE OF token SKIP LOCKED
+            )
+            RETURNING id, generation
+            """,  # noqa: S608 - the table names are the models' own; every value is a parameter
+            [claimed_until, cutoff, size],
+        )
+        return [(token_id, generation) for token_id, generation in cursor.fetchall()]
+
+
+def token_refresh_claims(*, now: datetime | None = None) -> Iterator[list[tuple[int, int]]]:
+    """Claim every token due, REFRESH_SWEEP_BATCH at a time, until none is left: the sweep's throughput follows
+    the work, not its configuration."""
+    while batch := token_refresh_claim_due(now=now):
+        yield batch
+        if len(batch) < settings.REFRESH_SWEEP_BATCH:
+            return
+
+
 def token_refresh_scheduled(*, token_id: int, generation: int, queued_at: datetime | None = None) -> None:
-    """A queued refresh: renew the token unless someone did since it was queued, or tried and failed since (the
-    backoff that failure set rules). Failures are recorded, not raised: the sweep retries them on the backoff
-    schedule. A refresh another process is making is left to it."""
-    token = _rows().filter(pk=token_id).first()
-    if token is None or token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
+    """A queued refresh of one token: token_refresh_queued() with its row read now (gone: nothing to do)."""
+    token = token_rows().filter(pk=token_id).first()
+    if token is not None:
+        token_refresh_queued(token=token, generation=generation, queued_at=queued_at)
+
+
+def token_refresh_queued(*, token: OAuthToken, generation: int, queued_at: datetime | None = None) -> None:
+    """A queued refresh of `token` (a row of token_rows() read after it was queued): renew it unless someone did
+    since it was queued, or tried and failed since (the backoff that failure set rules). Failures are recorded,
+    not raised: the sweep retries them on the backoff schedule. A refresh another process is making is left to
+    it."""
+    if token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
         return
     if queued_at is not None and _failed_since(token, queued_at):
         return

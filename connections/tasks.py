@@ -6,7 +6,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from connections import audit, health, refresh
+from connections import audit, health, refresh, refresh_batch
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -17,18 +17,38 @@ def beat_heartbeat(self: Task) -> None:
 
 @shared_task(name="connections.tasks.refresh_sweep", ignore_result=True)
 def refresh_sweep() -> int:
-    """Scheduled by beat: queue one refresh task per token due before the next sweep. Each expires before its
-    token can be claimed again, so a token is never queued twice."""
-    due = refresh.token_refresh_claim_due()
+    """Scheduled by beat: claim every token due before the next sweep and queue them, REFRESH_TASK_SIZE to a
+    task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
     queued_at = timezone.now().isoformat()
-    for token_id, generation in due:
-        refresh_token.apply_async((token_id, generation, queued_at), expires=refresh.claim_expiry_seconds())
-    return len(due)
+    claimed = 0
+    for batch in refresh.token_refresh_claims():
+        for start in range(0, len(batch), settings.REFRESH_TASK_SIZE):
+            pairs = batch[start : start + settings.REFRESH_TASK_SIZE]
+            refresh_tokens.apply_async((pairs, queued_at), expires=refresh.claim_expiry_seconds())
+        claimed += len(batch)
+    return claimed
 
 
-# A refresh takes its lease, one provider call (which ends by OUTBOUND_TIMEOUT) and a few statements: the limits
-# leave room for that, and the hard one ends the task before its lease could lapse (2 x OUTBOUND_TIMEOUT + 5 s).
-# They apply in the prefork pool (the default), not in the solo pool the tests use.
+# A refresh takes its lease, one provider call (which ends by OUTBOUND_TIMEOUT) and a few statements; a task's
+# tokens are refreshed REFRESH_CONCURRENCY at a time. The limits leave room for that, and end a task that hangs
+# (a token whose refresh was cut off keeps its lease until it runs out, and is claimed again after that). They
+# apply in the prefork pool (the default), not in the solo pool the tests use.
+_ROUNDS = -(-settings.REFRESH_TASK_SIZE // settings.REFRESH_CONCURRENCY) + 1
+
+
+@shared_task(
+    name="connections.tasks.refresh_tokens",
+    ignore_result=True,
+    soft_time_limit=_ROUNDS * (settings.OUTBOUND_TIMEOUT + 5),
+    time_limit=_ROUNDS * (2 * settings.OUTBOUND_TIMEOUT + 3),
+)
+def refresh_tokens(pairs: list[list[int]], queued_at: str | None = None) -> None:
+    """Refresh the (token id, generation) pairs a sweep claimed. Retries are the sweep's job (on each token's
+    backoff schedule), not Celery's."""
+    queued = datetime.fromisoformat(queued_at) if queued_at else None
+    refresh_batch.tokens_refresh([(token_id, generation) for token_id, generation in pairs], queued)
+
+
 @shared_task(
     name="connections.tasks.refresh_token",
     ignore_result=True,
@@ -36,9 +56,8 @@ def refresh_sweep() -> int:
     time_limit=2 * settings.OUTBOUND_TIMEOUT + 3,
 )
 def refresh_token(token_id: int, generation: int, queued_at: str | None = None) -> None:
-    """Refresh one token. Retries are the sweep's job (on the token's backoff schedule), not Celery's."""
-    queued = datetime.fromisoformat(queued_at) if queued_at else None
-    refresh.token_refresh_scheduled(token_id=token_id, generation=generation, queued_at=queued)
+    """Refresh one token (what sweeps queued before refresh_tokens existed, and a way to ask for one by hand)."""
+    refresh_tokens([[token_id, generation]], queued_at)
 
 
 @shared_task(name="connections.tasks.audit_failed_authentications_summarize", ignore_result=True)

@@ -2,6 +2,7 @@
 connection hands to connections.oauth_client."""
 
 import copy
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -41,11 +42,16 @@ def refresh_margin(connection: Connection, lifetime: int) -> int:
 
 
 def _expiry(connection: Connection, response: TokenResponse) -> tuple[datetime, datetime]:
+    """(expires at, next refresh at). The refresh comes inside the margin, at a random point of its first
+    REFRESH_JITTER part: tokens issued together (a herd, e.g. after apply_config) are not all due at one moment,
+    and none is refreshed later than (1 - REFRESH_JITTER) x the margin before it expires."""
     lifetime = response.expires_in if response.expires_in and response.expires_in > 0 else None
     lifetime = lifetime or connection.token_lifetime_default
     now = timezone.now()
     expires_at = now + timedelta(seconds=lifetime)
-    return expires_at, expires_at - timedelta(seconds=refresh_margin(connection, lifetime))
+    margin = refresh_margin(connection, lifetime)
+    jitter = random.uniform(0, settings.REFRESH_JITTER * margin)  # noqa: S311 - spreading load, not a secret
+    return expires_at, expires_at - timedelta(seconds=margin - jitter)
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,9 @@ CELERY_DB_REUSE_MAX = 1000
 # behind a backlog of refreshes. A worker started without -Q consumes both.
 CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in ("celery", "refresh")]
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_ROUTES = {"connections.tasks.refresh_token": {"queue": "refresh"}}
+CELERY_TASK_ROUTES = {
+    name: {"queue": "refresh"} for name in ("connections.tasks.refresh_token", "connections.tasks.refresh_tokens")
+}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -294,8 +296,18 @@ REFRESH_WAIT_SECONDS = _number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
 
 # After this many refresh failures in a row the managers are told (a recovery notice follows when it heals).
 REFRESH_FAILURE_NOTIFY_THRESHOLD = int(_number("REFRESH_FAILURE_NOTIFY_THRESHOLD", 3, minimum=1, unit="failures"))
-# The beat sweep queues at most this many refreshes per run; the rest wait for the next run.
+# The beat sweep claims the tokens due this many at a time (one statement on PostgreSQL), until none is left.
 REFRESH_SWEEP_BATCH = int(_number("REFRESH_SWEEP_BATCH", 1000, minimum=1, unit="tokens"))
+# A refresh task takes this many tokens, and a worker process has this many provider calls in flight at once
+# (threads), at most REFRESH_PROVIDER_CONCURRENCY of them to one token host.
+REFRESH_TASK_SIZE = int(_number("REFRESH_TASK_SIZE", 50, minimum=1, unit="tokens"))
+REFRESH_CONCURRENCY = int(_number("REFRESH_CONCURRENCY", 8, minimum=1, unit="threads"))
+REFRESH_PROVIDER_CONCURRENCY = int(_number("REFRESH_PROVIDER_CONCURRENCY", 4, minimum=1, unit="calls"))
+# A token is refreshed at a random point of the first part of its refresh margin (0.1: the first tenth), so
+# tokens issued together are not all due together.
+REFRESH_JITTER = _number("REFRESH_JITTER", 0.1, whole=False, unit="")
+if REFRESH_JITTER > 0.5:
+    raise ImproperlyConfigured(f"REFRESH_JITTER must be a number from 0 to 0.5, not {REFRESH_JITTER:g}.")
 # Optional webhook told about reauthorization needed, sustained failures and recoveries (JSON, signed with
 # HMAC-SHA256 under NOTIFY_WEBHOOK_SECRET in the X-ControlRoom-Signature header).
 NOTIFY_WEBHOOK_URL = env.str("NOTIFY_WEBHOOK_URL", default="")

@@ -4,6 +4,7 @@ a connection authorized (and connected to a bot); Connect driven through the rea
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,7 +18,7 @@ from django.test import Client
 from django.utils import timezone
 
 from connections import audit_queue, refresh, token_cache
-from connections.models import Connection, OAuthToken
+from connections.models import AuditEvent, BotKey, Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
 from tests.support.bots import Bot, make_bot
@@ -31,6 +32,17 @@ from tests.support.stack import (
 )
 
 _counter = itertools.count(1)
+PROCESS_FIXTURES = {"make_stack", "processes"}  # tests that start server processes of their own
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (--dist loadgroup) they run one after another on one worker, so that the CPU one of them
+    # needs is not taken by another; everything else runs on the other worker meanwhile.
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
 PROVIDER_USER = ("alice", "alice-provider-password")
 
 
@@ -48,9 +60,11 @@ def fresh_token_cache() -> Iterator[None]:
 
 @pytest.fixture
 def one_rate_window(time_machine) -> None:
-    """The wall clock at the start of its minute, still running: per-minute rate counters (connections.issuing)
-    do not roll over in the middle of a test that counts requests."""
-    time_machine.move_to(timezone.now().replace(second=0, microsecond=0), tick=True)
+    """The wall clock moved on to the start of the next minute, and running: per-minute rate counters
+    (connections.issuing) do not roll over in the middle of a test that counts requests. Forward, not back: what
+    the test wrote before is not in the future."""
+    next_minute = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
+    time_machine.move_to(next_minute, tick=True)
 
 
 @pytest.fixture(scope="session")
@@ -246,6 +260,17 @@ def authorize(client: Client, connection: Connection, authserver: AuthServer) ->
     token = OAuthToken.objects.filter(connection=connection, authorized_at__gte=started, **owner).first()
     assert token is not None, f"Connect stored no token for {connection.slug}: {messages_of(response)}"
     return token
+
+
+def stored_rows() -> dict[str, object]:
+    """What a refused request must leave as it was: every connection, token and bot key row, and the audit log."""
+    return {
+        "connections": list(Connection.objects.order_by("pk").values()),
+        "invited roles": list(Connection.roles.through.objects.order_by("pk").values_list("connection", "group")),
+        "tokens": list(OAuthToken.objects.order_by("pk").values()),
+        "bot keys": list(BotKey.objects.order_by("pk").values()),
+        "audit events": AuditEvent.objects.count(),
+    }
 
 
 def messages_of(response) -> list[str]:

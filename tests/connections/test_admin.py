@@ -12,9 +12,9 @@ from django.db import connection as db
 from django.db import connections as db_connections
 from django.test import Client
 
-from connections.models import AuditEvent, BotKey, Connection, OAuthToken
+from connections.models import AuditEvent, Connection
 from providers.models import Provider
-from tests.conftest import authorize, get_token, messages_of, shared_token, wait_for
+from tests.conftest import authorize, get_token, messages_of, shared_token, stored_rows, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -233,18 +233,6 @@ def test_view_only_role_sees_the_connection_but_not_its_secret(make_user, make_c
     nobody = make_user(staff=True)
     client.force_login(nobody)
     assert client.get(f"/admin/connections/connection/{connection.pk}/change/").status_code == 403
-
-
-def stored_rows() -> dict[str, object]:
-    """What a refused request must leave as it was: every connection, token and bot key row, and the audit log.
-    (test_permission_matrix uses it too.)"""
-    return {
-        "connections": list(Connection.objects.order_by("pk").values()),
-        "invited roles": list(Connection.roles.through.objects.order_by("pk").values_list("connection", "group")),
-        "tokens": list(OAuthToken.objects.order_by("pk").values()),
-        "bot keys": list(BotKey.objects.order_by("pk").values()),
-        "audit events": AuditEvent.objects.count(),
-    }
 
 
 def _bulk_action(action: str, pk: int) -> dict[str, object]:

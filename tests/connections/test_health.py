@@ -92,7 +92,8 @@ def test_a_heartbeat_records_beat_and_the_worker_that_ran_it_once_each():
 def test_an_unreachable_broker_is_reported_by_type_without_its_url_or_password():
     # given a broker URL with a password, at a port where nothing listens
     password = "broker-pass-91ab"
-    app = Celery("unreachable", broker=f"redis://:{password}@127.0.0.1:{closed_port()}/0")
+    # Not made the current app: /healthz reports on the current one, in every later test of this process too.
+    app = Celery("unreachable", broker=f"redis://:{password}@127.0.0.1:{closed_port()}/0", set_as_current=False)
 
     # when
     broker = health.check_broker(app)

@@ -160,7 +160,9 @@ def test_provider_down_and_token_expired_is_503_then_424_during_backoff(connecte
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
 
-def test_provider_down_but_token_still_valid_serves_the_current_token(connected, bot, authserver):
+def test_a_timed_out_refresh_serves_the_valid_token_and_a_late_rotation_asks_for_reauthorization(
+    connected, bot, authserver
+):
     OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() + timedelta(seconds=30))
     before = shared_token(connected)
     # given a provider that answers the next refresh only after the client has given up (OUTBOUND_TIMEOUT 5 s)

@@ -11,11 +11,12 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.contrib.auth.models import Group, Permission
+from django.utils import timezone
 
 from connections.notifications import manager_emails, notify_managers
 from connections.oauth_client import ProviderError
@@ -136,7 +137,8 @@ def test_the_managers_are_emailed_and_the_webhook_gets_the_event(make_user, make
     ((headers, body),) = hook.received
     assert headers["Content-Type"] == "application/json" and "X-ControlRoom-Signature" not in headers
     payload = json.loads(body)
-    assert datetime.fromisoformat(payload.pop("at"))
+    sent_at = datetime.fromisoformat(payload.pop("at"))
+    assert sent_at.tzinfo is not None and abs(timezone.now() - sent_at) < timedelta(minutes=1)
     assert payload == {
         "event": "refresh_failing",
         "connection": connection.slug,

@@ -10,7 +10,7 @@ from django.utils import timezone
 from connections.bot_keys import bot_key_create
 from connections.oauth_client import TokenResponse
 from connections.tokens import token_store
-from tests.connections.test_admin import stored_rows
+from tests.conftest import stored_rows
 
 pytestmark = pytest.mark.django_db
 

@@ -1,5 +1,6 @@
 """The refresh engine (connections.refresh): single flight, the sweep, failure classes, backoff, notifications."""
 
+import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -156,9 +157,11 @@ def test_the_sweep_queues_refreshes_that_expire(connected, settings):
     OAuthToken.objects.update(next_refresh_at=timezone.now() - timedelta(seconds=1))
     assert tasks.refresh_sweep() == 1
     (message,) = redis.Redis.from_url(settings.CELERY_BROKER_URL).lrange("refresh", 0, -1)
-    headers = json.loads(message)["headers"]
+    headers, body = json.loads(message)["headers"], json.loads(message)["body"]
     expires = datetime.fromisoformat(headers["expires"])
-    assert headers["task"] == "connections.tasks.refresh_token"
+    (pairs, _queued_at), _, _ = json.loads(base64.b64decode(body))
+    token = shared_token(connected)
+    assert (headers["task"], pairs) == ("connections.tasks.refresh_tokens", [[token.pk, token.generation]])
     assert expires <= timezone.now() + timedelta(seconds=refresh.claim_expiry_seconds())
 
 

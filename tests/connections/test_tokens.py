@@ -3,8 +3,11 @@
 from datetime import timedelta
 
 import pytest
+import time_machine
+from django.utils import timezone
 
 from connections import tokens
+from connections.oauth_client import TokenResponse
 from tests.conftest import refresh_shared_token, shared_token
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +40,26 @@ def test_no_expires_in_uses_the_default_lifetime_so_the_token_is_still_refreshed
     token = refresh_shared_token(connected)
     lifetime = (token.expires_at - token.obtained_at).total_seconds()
     assert lifetime == pytest.approx(1200, abs=2)
-    assert token.next_refresh_at == token.expires_at - timedelta(seconds=settings.TOKEN_REFRESH_MARGIN)
+    margin = timedelta(seconds=settings.TOKEN_REFRESH_MARGIN)
+    assert (
+        token.expires_at - margin <= token.next_refresh_at <= token.expires_at - margin * (1 - settings.REFRESH_JITTER)
+    )
+
+
+def test_tokens_issued_together_are_due_at_spread_times_inside_their_margin(make_connection, settings):
+    # given a herd: 200 one-hour tokens stored in the same second (as after apply_config)
+    connection = make_connection(register=False)
+    settings.REFRESH_JITTER = 0.2
+    response = TokenResponse("a", "r", "", "Bearer", "", 3600, {})
+    with time_machine.travel(timezone.now(), tick=False):
+        due = [tokens._expiry(connection, response) for _ in range(200)]
+    # then each is refreshed inside the first fifth of its 5-minute margin, never later, and they are spread
+    # over that minute rather than all due at one moment
+    margin = timedelta(seconds=settings.TOKEN_REFRESH_MARGIN)
+    assert all(expires - margin <= refresh_at <= expires - margin * 0.8 for expires, refresh_at in due)
+    refresh_times = sorted(refresh_at for _, refresh_at in due)
+    assert refresh_times[-1] - refresh_times[0] > margin * 0.15
+    assert len(set(refresh_times)) == 200
 
 
 def test_the_margin_is_never_more_than_half_the_lifetime(make_connection, settings):

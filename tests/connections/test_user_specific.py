@@ -2,12 +2,11 @@
 
 import pytest
 from django.contrib.auth.models import Group
-from django.contrib.messages import get_messages
 from django.test import Client
 
 from connections import selectors
 from connections.models import OAuthToken
-from tests.conftest import authorize, connect
+from tests.conftest import authorize, connect, messages_of
 
 pytestmark = pytest.mark.django_db
 
@@ -61,7 +60,7 @@ def test_nobody_sees_or_uses_another_users_token(invited, authserver, make_conne
 
     # Disconnecting from My connections removes only one's own token.
     response = dave_client.post(f"/connections/mine/{connection.slug}/disconnect/")
-    assert any("Disconnected" in str(message) for message in get_messages(response.wsgi_request))
+    assert any("Disconnected" in text for text in messages_of(response))
     assert selectors.token_for(connection, dave) is None
     assert selectors.token_for(connection, bob) is not None
     assert authserver.whoami(bob_token.access_token).status_code == 200

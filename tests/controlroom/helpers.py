@@ -4,7 +4,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import PortTaken, on_a_free_port
+from tests.support.servers import PortTaken, free_port, gunicorn_bind_state, on_a_free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +40,8 @@ def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.C
 
 
 def closed_port() -> int:
-    """A loopback port nothing listens on (bound once by the kernel, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on (free a moment ago: see tests.support.servers.free_port)."""
+    return free_port()
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -94,14 +91,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
-
-
-def gunicorn_bind_state(log: str, port: int) -> str:
-    """What gunicorn's log says of binding `port`: "listening", "taken" (another process bound it first; gunicorn
-    retries for 5 s, then exits), or "" (not yet)."""
-    if f"Listening at: http://127.0.0.1:{port} " in log:
-        return "listening"
-    return "taken" if f"Connection in use: ('127.0.0.1', {port})" in log else ""
 
 
 def start_gunicorn(processes: Processes, name: str, argv: list[str], env: dict[str, str], seconds: float = 60) -> int:

@@ -217,7 +217,7 @@ def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_ma
     # when one refresh fails: not yet a sustained failure
     stack.wait_until(lambda: fetch(before).consecutive_failures == 1, 20, "the first failure")
     # (an email goes out when the failure commits, before the task that recorded it ends)
-    stack.wait_until(lambda: stack.tasks("refresh_token") >= 1, 10, "the failed refresh's task to end")
+    stack.wait_until(lambda: stack.tasks("refresh_tokens") >= 1, 10, "the failed refresh's task to end")
     assert stack.mail_subjects() == []
 
     # when the second fails

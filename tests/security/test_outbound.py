@@ -268,7 +268,7 @@ def test_a_provider_certificate_nobody_trusts_is_refused_and_nothing_is_stored(
     # then the code exchange is refused with a message for the administrator (its wording: the test below),
     # the failure is audited, and nothing is stored
     event = AuditEvent.objects.get(connection=connection, action="authorize_callback")
-    assert event.outcome == "failure" and event.detail
+    assert event.outcome == "failure" and "TLS certificate" in event.detail, event.detail
     assert messages_of(response) == [f"Could not connect {connection}: {event.detail} Nothing stored was changed."]
     assert not OAuthToken.objects.filter(connection=connection).exists()
     # and the handshake failed before a byte of the request was sent: the code and the secret never left

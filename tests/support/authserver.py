@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, gunicorn_bind_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_MODULE = "tests.authserver.settings"
@@ -143,14 +143,14 @@ class AuthServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-            if self._wait_healthy(deadline=time.monotonic() + 20):
+            if self._wait_healthy(deadline=time.monotonic() + 60):
                 return self
             exit_code = self._proc.poll()
             self._terminate()  # keeps the migrated DB for the next attempt
-            if attempt < 2 and "Address already in use" in self._log_tail():
+            if attempt < 2 and gunicorn_bind_state(self._log_tail(), self.port) == "taken":
                 continue
             raise RuntimeError(
-                f"auth server did not come up on {self.url} within 20 s (exit code {exit_code}); "
+                f"auth server did not come up on {self.url} within 60 s (exit code {exit_code}); "
                 f"log {self.log_path}:\n{self._log_tail()}"
             )
         raise AssertionError("unreachable")

@@ -47,6 +47,25 @@ def on_a_free_port(start: Callable[[int], T], attempts: int = 3) -> T:
     raise AssertionError("unreachable")
 
 
+def gunicorn_bind_state(log: str, port: int) -> str:
+    """What gunicorn's log says of binding `port`: "listening", "taken" (another process bound it first; gunicorn
+    retries for 5 s, then exits), or "" (not yet)."""
+    if f"Listening at: http://127.0.0.1:{port} " in log:
+        return "listening"
+    return "taken" if f"Connection in use: ('127.0.0.1', {port})" in log else ""
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _text_since(path: Path, offset: int) -> str:
+    """What was written to the log at `path` after its first `offset` bytes."""
+    with path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
 def _wait_for_port(port: int, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -88,10 +107,11 @@ def start_postgres() -> str:
         options = f"-p {port} -k {data_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
         options += "-c full_page_writes=off -c max_connections=300"
         command = [pg_ctl, "-D", str(data_dir / "data"), "-o", options, "-l", str(log), "-w", "start"]
+        logged = _size(log)
         try:
             subprocess.run(_as_postgres_user(command), check=True, capture_output=True)
         except subprocess.CalledProcessError:
-            if "could not bind" in log.read_text(errors="replace"):
+            if "could not bind" in _text_since(log, logged):  # this attempt's words, not an earlier one's
                 raise PortTaken() from None
             raise
         _stops.append(
@@ -115,6 +135,7 @@ def start_redis() -> str:
     log_path = Path(tempfile.mkdtemp(prefix="controlroom-redis-")) / "redis.log"
 
     def start(port: int) -> str:
+        logged = _size(log_path)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -123,12 +144,12 @@ def start_redis() -> str:
             )
         # Its own word, not an open port: another process's server could be the one listening there.
         deadline = time.monotonic() + 30
-        while process.poll() is None and "Ready to accept connections" not in log_path.read_text(errors="replace"):
+        while process.poll() is None and "Ready to accept connections" not in _text_since(log_path, logged):
             if time.monotonic() > deadline:
                 raise pytest.UsageError(f"Redis did not start on 127.0.0.1:{port} within 30 s.")
             time.sleep(0.05)
         if process.poll() is not None:
-            if "Address already in use" in log_path.read_text(errors="replace"):
+            if "Address already in use" in _text_since(log_path, logged):
                 raise PortTaken()
             raise pytest.UsageError(f"redis-server exited with code {process.returncode}:\n{log_path.read_text()}")
         _stops.append(lambda: (process.terminate(), process.wait(10)))
@@ -145,6 +166,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     if os.environ.get("TEST_REDIS_URL") and "PYTEST_XDIST_WORKER" in os.environ:
         # The workers would flush and count in each other's Redis databases.
         raise pytest.UsageError("TEST_REDIS_URL is one server for every xdist worker: run with -n 0.")
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        # The controller's settings made one VAR_DIR (tests/settings.py) that every worker would inherit.
+        os.environ["VAR_DIR"] = tempfile.mkdtemp(prefix="controlroom-var-")
     try:
         os.environ["DATABASE_URL"] = os.environ.get("TEST_DATABASE_URL") or start_postgres()
         os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL") or start_redis()
@@ -152,6 +176,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
         _stop_all()
         output = (exc.stderr or b"").decode(errors="replace")[-2000:]
         raise pytest.UsageError(f"Could not start a test server: {exc.cmd[0]} failed:\n{output}") from None
+    except (PortTaken, pytest.UsageError):
+        _stop_all()  # a server started already is not left running
+        raise
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:

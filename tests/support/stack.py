@@ -31,9 +31,9 @@ from celery import Celery
 from django.db import connection as db_connection
 from django.db import connections
 
-from tests.controlroom.helpers import REPO_ROOT, Processes, gunicorn_bind_state, log_tail
+from tests.controlroom.helpers import REPO_ROOT, Processes, log_tail
 from tests.support.authserver import AuthServer
-from tests.support.servers import free_port
+from tests.support.servers import free_port, gunicorn_bind_state
 
 T = TypeVar("T")
 MAIL_SEPARATOR = "-" * 79  # what Django's file email backend writes after each message
@@ -295,7 +295,7 @@ class Stack:
 
     def send_task(self, name: str, *args: Any) -> None:
         """Queue a task by name on this stack's broker, as beat or a web process would."""
-        client = Celery("refresh-tests", broker=self.broker_url)
+        client = Celery("refresh-tests", broker=self.broker_url, set_as_current=False)
         client.conf.broker_connection_retry_on_startup = True
         try:
             with client.connection_for_write() as conn:
