@@ -84,3 +84,38 @@ def run_test_for_figures(test_file: str, variables: dict[str, str], figures_vari
         result = subprocess.run(command, cwd=REPO_ROOT, env=env, check=False)
         print(figures.read_text() if figures.exists() else "\nThe run stopped before its figures were made.")
     return result.returncode
+
+
+class Copier:
+    """COPY rows into a model's table. Values are given by attribute name; each column not given (but the id) takes the
+    field's default. Encrypted and JSON values go through the model field's own get_db_prep_save, so what
+    lands in the table is what the ORM would have written (per-row Fernet ciphertext, JSON)."""
+
+    def __init__(self, model: type, given: list[str], fixed: dict[str, object]) -> None:
+        from django.db import connection
+
+        self.connection = connection
+        fields = list(model._meta.concrete_fields)
+        by_name = {field.attname: field for field in fields}
+        self.columns = [by_name[name].column for name in given]  # the order of the rows' values
+        self.prepare = [
+            by_name[name] if by_name[name].get_internal_type() in ("BinaryField", "JSONField") else None
+            for name in given
+        ]
+        rest = [field for field in fields if field.attname not in given and not field.primary_key]
+        self.columns += [field.column for field in rest]
+        self.constants = tuple(
+            field.get_db_prep_save(fixed[field.attname] if field.attname in fixed else field.get_default(), connection)
+            for field in rest
+        )
+        quote = connection.ops.quote_name
+        self.statement = f"COPY {quote(model._meta.db_table)} ({', '.join(map(quote, self.columns))}) FROM STDIN"
+
+    def write(self, rows: list[tuple]) -> None:
+        with self.connection.cursor() as cursor, cursor.cursor.copy(self.statement) as copy:
+            for row in rows:
+                values = tuple(
+                    field.get_db_prep_save(value, self.connection) if field is not None else value
+                    for field, value in zip(self.prepare, row, strict=True)
+                )
+                copy.write_row(values + self.constants)

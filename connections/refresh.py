@@ -76,11 +76,17 @@ def token_lease_take(token: OAuthToken, owner: str) -> tuple[Fence, OAuthToken] 
     taken = OAuthToken.objects.filter(free, pk=token.pk).update(
         lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds())
     )
-    leased = taken and token_rows().filter(pk=token.pk, lease_owner=owner).first()
-    return (Fence(token.pk, owner, leased.generation), leased) if leased else None
+    leased = taken and OAuthToken.objects.filter(pk=token.pk, lease_owner=owner).first()
+    if not leased:
+        return None
+    # Only the token's own row is read again (it is what the fence is about); its connection, provider type and
+    # owner are the ones the caller read, which spares a refresh a join and a decryption of the client secret.
+    leased.connection, leased.user = token.connection, token.user if token.user_id else None
+    return Fence(token.pk, owner, leased.generation), leased
 
 
 def token_rows() -> QuerySet[OAuthToken]:
+    """Tokens with what a refresh reads of them: the connection, its provider type and the owner."""
     return OAuthToken.objects.select_related("connection__provider", "user")
 
 
