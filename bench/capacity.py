@@ -13,7 +13,8 @@ What it runs, all thrown away afterwards:
   presented twice);
 - beat, and one Celery worker with --workers processes. First for --baseline-minutes as the engine was before
   (one token a task, one refresh at a time: REFRESH_TASK_SIZE=1, REFRESH_CONCURRENCY=1), then for --minutes with
-  the current defaults; each phase after 30 s of warm-up.
+  the current defaults; each phase starts from the same evenly spread schedule (not from the backlog the one
+  before left), and is measured after 30 s of warm-up.
 
 Every 15 s it samples the refreshes the stub answered, the tokens late (past their latest refresh time by more
 than a beat interval) and those expired. At the end of each phase: the sustained rate, the backlog over time,
@@ -180,7 +181,8 @@ def seed(count: int, stub_url: str, lifetime: int, batch: int) -> None:
             obtained = expires_at - timedelta(seconds=lifetime)
             token_rows.append((n, "at-" + secrets.token_urlsafe(24), f"seed-{n}", expires_at, refresh_at, obtained))
         tokens.write(token_rows)
-        print(f"  {numbers[-1]:,} / {count:,}", flush=True)
+        if numbers[-1] % 50_000 == 0 or numbers[-1] == count:
+            print(f"  {numbers[-1]:,} / {count:,}", flush=True)
     with db.cursor() as cursor:
         for model in (Connection, OAuthToken):
             table = model._meta.db_table
@@ -231,6 +233,22 @@ def sample(phase: Phase, started: float) -> None:
         cursor.execute("SELECT id FROM connections_oauthtoken WHERE expires_at < now() LIMIT 10000")
         phase.expired |= {row[0] for row in cursor.fetchall()}
     phase.backlog.append((time.monotonic() - started, late, float(oldest or 0)))
+
+
+def spread_the_schedule(lifetime: int) -> None:
+    """Every token due once in the next cycle, evenly, as if the installation had been running for a while: each
+    phase starts from the same state, not from the backlog the one before left."""
+    from django.db import connection as db
+
+    with db.cursor() as cursor:
+        cursor.execute(
+            "UPDATE connections_oauthtoken SET next_refresh_at = now() + (5 + random() * %s) * interval '1 second', "
+            "lease_owner = '', lease_expires_at = NULL",
+            [lifetime - MARGIN - 5],
+        )
+        expiry = "UPDATE connections_oauthtoken SET expires_at = next_refresh_at + %s * interval '1 second'"
+        cursor.execute(expiry, [MARGIN])
+        cursor.execute("VACUUM ANALYZE connections_oauthtoken")
 
 
 def run_phase(phase: Phase, roles: Roles, stub: subprocess.Popen, stub_url: str) -> Phase:
@@ -284,6 +302,7 @@ def run_phases(args, env, processes, postmaster: int, redis: int, stub_url: str)
         # One provider host for every connection here: its cap would be the bench's limit, not the engine's.
         worker_env = {**env, "REFRESH_PROVIDER_CONCURRENCY": "1000", **overrides}
         print(f"Phase '{name}': {minutes:g} min after {WARM_UP_SECONDS} s of warm-up ...", flush=True)
+        spread_the_schedule(args.lifetime)
         processes["worker"] = start(worker, worker_env, Path(env["VAR_DIR"]).parent / "worker.log")
         pids = {"worker": processes["worker"].pid, "PostgreSQL": postmaster, "Redis": redis}
         roles = Roles(pids | {"beat": processes["beat"].pid})
@@ -302,7 +321,8 @@ def main() -> int:
         postgres_url = servers.start_postgres()
         postgres_dir = postgres_directory(postgres_url)
         database_url, redis_url = create_database(postgres_url, DATABASE_NAME), servers.start_redis()
-        stub_port, lifetime = servers.free_port(), lifetime_for(args.connections, args.rate)
+        stub_port = servers.free_port()
+        lifetime = args.lifetime = lifetime_for(args.connections, args.rate)
         stub_url = f"http://127.0.0.1:{stub_port}"
         stub_command = [sys.executable, "bench/provider_stub.py", str(stub_port), str(lifetime)]
         processes["stub"] = start(stub_command, dict(os.environ), workdir / "stub.log")
