@@ -8,6 +8,7 @@ The default, 90 s, is three 30-second refresh cycles: what the test suite runs. 
 import itertools
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -77,6 +78,30 @@ def check_token(stack: Stack, server: AuthServer, connection: Connection, raw_ke
     pytest.fail(f"the token of {connection.slug} kept changing under the check\n{stack.logs()}")
 
 
+@dataclass
+class Watched:
+    least_left: float = float("inf")  # the least time a token had left when checked
+    checked_at: list[float] = field(default_factory=lambda: [time.monotonic()])
+
+    def unwatched(self) -> float:
+        """The longest stretch no check saw: shorter than a token can be expired without the next check seeing it."""
+        return max(later - earlier for earlier, later in itertools.pairwise(self.checked_at))
+
+
+def watch(stack: Stack, server: AuthServer, connections: tuple[Connection, ...], raw_key: str) -> Watched:
+    """Check the tokens every POLL seconds for SOAK_SECONDS."""
+    watched = Watched()
+
+    def check_tokens() -> None:
+        stack.check_alive("the soak ran")
+        for connection in connections:
+            watched.least_left = min(watched.least_left, check_token(stack, server, connection, raw_key))
+        watched.checked_at.append(time.monotonic())
+
+    every(POLL, SOAK_SECONDS, check_tokens)
+    return watched
+
+
 def test_sixty_second_tokens_stay_valid_through_the_soak(
     make_stack, short_lived_server, make_connection, manager_client, bot
 ):
@@ -99,19 +124,8 @@ def test_sixty_second_tokens_stay_valid_through_the_soak(
     stats_before = server.stats()["token_requests"]
 
     # when the soak's time passes, the tokens checked every two seconds
-    least_left = float("inf")
-    checked_at = [time.monotonic()]
-
-    def check_tokens() -> None:
-        nonlocal least_left
-        stack.check_alive("the soak ran")
-        for connection in connections:
-            least_left = min(least_left, check_token(stack, server, connection, bot.raw_key))
-        checked_at.append(time.monotonic())
-
-    polls = every(POLL, SOAK_SECONDS, check_tokens)
-    # The longest stretch no check saw: shorter than a token can be expired without the next check seeing it.
-    unwatched = max(later - earlier for earlier, later in itertools.pairwise(checked_at))
+    watched = watch(stack, server, connections, bot.raw_key)
+    least_left, polls, unwatched = watched.least_left, len(watched.checked_at) - 1, watched.unwatched()
     stack.processes.stop_all()  # a warm shutdown: a refresh in flight ends, so what the provider counted is stored
 
     # then each token was refreshed once per cycle, by the worker, ahead of its expiry
