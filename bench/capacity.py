@@ -289,16 +289,15 @@ def run_phases(args, env, processes, postmaster: int, redis: int, stub_url: str)
     its own each, beat throughout."""
     celery = [sys.executable, "-m", "celery", "--app", "controlroom"]
     worker = [*celery, "worker", "--pool", "prefork", "--concurrency", str(args.workers), "-Q", "refresh,celery"]
+    one_at_a_time = {"REFRESH_TASK_SIZE": "1", "REFRESH_CONCURRENCY": "1"}
     phases = [
-        ("baseline: one token a task, one at a time", args.baseline_minutes, {"REFRESH_TASK_SIZE": "1"}),
+        ("baseline: one token a task, one at a time", args.baseline_minutes, one_at_a_time),
         ("current engine", args.minutes, {}),
     ]
     results = []
     for name, minutes, overrides in phases:
         if minutes <= 0:
             continue
-        if name.startswith("baseline"):
-            overrides = {**overrides, "REFRESH_CONCURRENCY": "1"}
         # One provider host for every connection here: its cap would be the bench's limit, not the engine's.
         worker_env = {**env, "REFRESH_PROVIDER_CONCURRENCY": "1000", **overrides}
         print(f"Phase '{name}': {minutes:g} min after {WARM_UP_SECONDS} s of warm-up ...", flush=True)
