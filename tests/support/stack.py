@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
+import redis
 from celery import Celery
 from django.db import connection as db_connection
 from django.db import connections
@@ -247,11 +248,22 @@ class Stack:
         return self.tasks("refresh_sweep")
 
     def wait_for_sweeps(self, count: int) -> None:
-        """Wait until the workers have run `count` more sweeps. A worker takes tasks in the order they were queued:
-        by then, what was queued before those sweeps has been taken too (and run, by a single solo worker)."""
+        """Wait until the workers have run `count` more sweeps, and then every refresh task queued so far has
+        ended (the refresh queue is empty and each task taken from it has finished: the sweeps' and the refresh
+        tasks' queues are taken from in turn, not in the order they were filled)."""
         seen, beat_interval = self.sweeps_run(), float(self.env.get("BEAT_INTERVAL", 30))  # 30: the setting's default
         generous = 30 + 5 * count * beat_interval  # on an idle machine: count x beat_interval
         self.wait_until(lambda: self.sweeps_run() >= seen + count, generous, f"{count} more sweeps")
+        self.wait_until(self._refreshes_idle, generous, "the refresh tasks queued so far to end")
+
+    def _refreshes_idle(self) -> bool:
+        queued = redis.Redis.from_url(self.broker_url).llen("refresh")
+        logs = "".join(self.log(worker) for worker in self.workers)
+        task = r"connections\.tasks\.refresh_tokens?\[[0-9a-f-]+\]"
+        taken = len(re.findall(rf"Task {task} received", logs))
+        # Ended: succeeded, raised, or discarded unrun (expired in the queue: logged after "received").
+        ended = len(re.findall(rf"Task {task} (?:succeeded|raised)|Discarding revoked task: {task}", logs))
+        return queued == 0 and taken == ended
 
     def logs(self) -> str:
         return self.processes.logs()
