@@ -5,7 +5,6 @@ URL routing, the view, the ORM on PostgreSQL, the Redis cache and the loopback p
 keys and the slugs are fixed for part of the cases, so the run reaches every answer, not only 401s.
 """
 
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from connections import token_cache
 from connections.bot_keys import bot_key_create, bot_key_revoke
 from connections.models import BotKey, Connection, OAuthToken, TokenState
 from tests.conftest import authorize
+from tests.controlroom.helpers import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,12 +53,6 @@ def _load_schema():
     return schemathesis.openapi.from_path(SPEC, config=CONFIG)
 
 
-def _closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/o/token/"
-
-
 @dataclass
 class World:
     """What the endpoint can answer about: keys, the slugs of connections in every state, and the secrets."""
@@ -76,6 +70,11 @@ class World:
 
 
 LIMITED_MINUTES = 60
+
+
+def closed_token_url() -> str:
+    """A token URL where a connection is refused."""
+    return f"http://127.0.0.1:{closed_port()}/o/token/"
 
 
 @pytest.fixture
@@ -99,7 +98,7 @@ def world(make_connection, make_user, manager_client, authserver) -> World:
         "reauth": connected(),
         "pending": invited(),
         "mine": invited(token_type="user_specific"),  # the bot has not authorized its own token
-        "down": invited(grant_type="client_credentials", register=False, token_url=_closed_port_url()),
+        "down": invited(grant_type="client_credentials", register=False, token_url=closed_token_url()),
         "disabled": invited(is_enabled=False),
         "private": make_connection(),  # exists, but no role of the bot is invited
     }

@@ -4,6 +4,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.servers import PortTaken, free_port, gunicorn_bind_state, on_a_free_port
+from tests.support.servers import PortTaken, gunicorn_bind_state, on_a_free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,9 +40,16 @@ def manage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.C
     )
 
 
+_HELD: list[socket.socket] = []  # bound, never listening, until this process ends
+
+
 def closed_port() -> int:
-    """A loopback port nothing listens on (free a moment ago: see tests.support.servers.free_port)."""
-    return free_port()
+    """A loopback port nothing listens on, and nothing can: this process keeps it bound without listening (a
+    connection to it is refused), so another process cannot take it while a test relies on the refusal."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return sock.getsockname()[1]
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
