@@ -17,6 +17,7 @@ from celery import Celery
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection as db_connection
+from django.db.models import Count, Min
 from django.utils import timezone
 
 from connections.models import BeatHeartbeat, OAuthToken, TokenState
@@ -103,8 +104,8 @@ def check_refresh_backlog() -> dict[str, Any]:
         connection__is_enabled=True,
         expires_at__lt=timezone.now() + timedelta(seconds=settings.BEAT_INTERVAL),
     ).exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
-    oldest = late.order_by("expires_at").values_list("expires_at", flat=True).first()
-    count = late.count()
+    found = late.aggregate(count=Count("id"), oldest=Min("expires_at"))
+    count, oldest = found["count"], found["oldest"]
     result: dict[str, Any] = {"ok": count == 0, "late_tokens": count}
     if oldest is not None:
         result["oldest_expires_at"] = oldest.isoformat()

@@ -153,7 +153,7 @@ def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, a
     """Keep the token, note the failure under the fence, and schedule the next try (transient: with backoff;
     rate limited: when the provider said) or stop trying (permanent). False when the fence was lost: a newer
     grant is not the one that failed."""
-    connection = token.connection
+    connection, rate_limited = token.connection, exc.error == oauth_client.RATE_LIMITED
     now = timezone.now()
     fields = {
         "last_error": exc.message,
@@ -164,7 +164,7 @@ def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, a
     }
     if exc.refresh_token:
         fields["refresh_token"] = exc.refresh_token  # the provider rotated to it: the old one is spent
-    if exc.error == oauth_client.RATE_LIMITED:
+    if rate_limited:
         # The provider asked for fewer calls: nobody asks it again before it said (the token endpoint's backoff
         # rule holds too), and it does not count against the token (no failure count, no notification).
         del fields["consecutive_failures"]
@@ -187,7 +187,7 @@ def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, a
             actor_label=actor_label,
             detail=f"{_failure_kind(exc)}: {exc.message}",
         )
-        if exc.error != oauth_client.RATE_LIMITED:
+        if not rate_limited:
             _notify_failure(token, exc)
     return True
 

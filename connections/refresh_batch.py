@@ -10,7 +10,7 @@ close_old_connections() renews as Django does between requests (DATABASE_CONN_MA
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
@@ -46,7 +46,7 @@ def _provider_slot(token_url: str) -> Iterator[None]:
         yield
 
 
-def tokens_refresh(pairs: list[tuple[int, int]], queued_at: datetime | None) -> None:
+def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -> None:
     """Refresh the (token id, generation) pairs a sweep claimed, several at once. Each token's outcome is
     recorded on it (connections.refresh); none of them raises here."""
     rows = {token.pk: token for token in refresh.token_rows().filter(pk__in=[token_id for token_id, _ in pairs])}

@@ -46,7 +46,7 @@ def refresh_tokens(pairs: list[list[int]], queued_at: str | None = None) -> None
     """Refresh the (token id, generation) pairs a sweep claimed. Retries are the sweep's job (on each token's
     backoff schedule), not Celery's."""
     queued = datetime.fromisoformat(queued_at) if queued_at else None
-    refresh_batch.tokens_refresh([(token_id, generation) for token_id, generation in pairs], queued)
+    refresh_batch.tokens_refresh(pairs, queued)
 
 
 @shared_task(

@@ -32,13 +32,11 @@ from celery import Celery
 from django.db import connection as db_connection
 from django.db import connections
 
-from tests.controlroom.helpers import REPO_ROOT, Processes, log_tail
+from tests.controlroom.helpers import REPO_ROOT, Processes, log_tail, start_gunicorn
 from tests.support.authserver import AuthServer
-from tests.support.servers import free_port, gunicorn_bind_state
 
 T = TypeVar("T")
 MAIL_SEPARATOR = "-" * 79  # what Django's file email backend writes after each message
-PORT_ATTEMPTS = 3  # a free port picked for gunicorn may be taken by another process before gunicorn binds it
 
 
 def database_url_for_processes() -> str:
@@ -78,7 +76,7 @@ class ProcessGroups(Processes):
         if name in self.started:
             raise ValueError(f"a process named {name} was already started")
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("ab") as log:  # a process started again under its name (discard) keeps the earlier lines
+        with log_path.open("ab") as log:  # a process started again under its name keeps the earlier lines
             process = subprocess.Popen(
                 argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -88,12 +86,6 @@ class ProcessGroups(Processes):
     def kill_group(self, name: str) -> None:
         process, _ = self.started[name]
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-    def discard(self, name: str) -> None:
-        """Kill a process that could not start, and forget it: its name may be started again."""
-        process, _ = self.started.pop(name)
-        _signal_group(process, signal.SIGKILL)
         process.wait(timeout=10)
 
     def stop_all(self) -> None:
@@ -176,47 +168,13 @@ class Stack:
         return self.webs([name], workers=workers, threads=threads)[name]
 
     def webs(self, names: Iterable[str], *, workers: int = 1, threads: int = 1) -> dict[str, int]:
-        """Several gunicorn web processes started together, each its own master on its own port, so that a test
-        knows which process answered and can ask each one: {name: port}."""
-        ports = {name: self._gunicorn(name, workers, threads) for name in names}
-        return {name: self._listening(name, port, workers, threads) for name, port in ports.items()}
-
-    def _gunicorn(self, name: str, workers: int, threads: int) -> int:
-        port = free_port()  # free now, but another process may bind it before gunicorn does: see _listening
-        self.processes.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "controlroom.wsgi:application",
-                f"--bind=127.0.0.1:{port}",
-                f"--workers={workers}",
-                f"--threads={threads}",
-                "--timeout=60",
-                "--graceful-timeout=3",
-                # gunicorn 27 otherwise opens ~/.gunicorn/gunicorn.ctl, shared by every instance.
-                "--no-control-socket",
-                "--access-logfile=-",
-                "--error-logfile=-",
-            ],
-            self.env,
-        )
-        return port
-
-    def _listening(self, name: str, port: int, workers: int, threads: int) -> int:
-        """Wait until gunicorn `name` listens on `port`, as its log says; if another process had taken the port,
-        start it again on a new one (as tests/support/authserver.py does for the authorization server)."""
-        for _ in range(PORT_ATTEMPTS):
-
-            def bound(port: int = port) -> str:
-                return gunicorn_bind_state(self.log(name), port)
-
-            if self.wait_until(bound, 60, f"{name} to bind port {port}", interval=0.05) == "listening":
-                return port
-            self.processes.discard(name)
-            port = self._gunicorn(name, workers, threads)
-        pytest.fail(f"{name} found its port taken {PORT_ATTEMPTS} times in a row.\n{self.logs()}")
+        """Several gunicorn web processes, each its own master on its own port, so that a test knows which
+        process answered and can ask each one: {name: port}."""
+        gunicorn = [sys.executable, "-m", "gunicorn", "controlroom.wsgi:application", f"--workers={workers}"]
+        gunicorn += [f"--threads={threads}", "--timeout=60", "--graceful-timeout=3"]
+        # gunicorn 27 otherwise opens ~/.gunicorn/gunicorn.ctl, shared by every instance.
+        gunicorn += ["--no-control-socket", "--access-logfile=-", "--error-logfile=-"]
+        return {name: start_gunicorn(self.processes, name, gunicorn, self.env) for name in names}
 
     def kill(self, name: str) -> None:
         self.expected_dead.add(name)
