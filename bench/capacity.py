@@ -13,8 +13,8 @@ What it runs, all thrown away afterwards:
   presented twice);
 - beat, and one Celery worker with --workers processes. First for --baseline-minutes as the engine was before
   (one token a task, one refresh at a time: REFRESH_TASK_SIZE=1, REFRESH_CONCURRENCY=1), then for --minutes with
-  the current defaults; each phase starts from the same evenly spread schedule (not from the backlog the one
-  before left), and is measured after 30 s of warm-up.
+  the current defaults; each phase starts from the same evenly spread schedule and empty queues (not from the
+  backlog the one before left), and is measured after 30 s of warm-up.
 
 Every 15 s it samples the refreshes the stub answered, the tokens late (past their latest refresh time by more
 than a beat interval) and those expired. At the end of each phase: the sustained rate, the backlog over time,
@@ -301,6 +301,8 @@ def run_phases(args, env, processes, postmaster: int, redis: int, stub_url: str)
         # One provider host for every connection here: its cap would be the bench's limit, not the engine's.
         worker_env = {**env, "REFRESH_PROVIDER_CONCURRENCY": "1000", **overrides}
         print(f"Phase '{name}': {minutes:g} min after {WARM_UP_SECONDS} s of warm-up ...", flush=True)
+        # The phase before may have left refresh tasks queued (a backlog): this phase starts from none.
+        run_step("purge the queues", [*celery, "purge", "-f", "-Q", "refresh,celery"], env)
         spread_the_schedule(args.lifetime)
         processes["worker"] = start(worker, worker_env, Path(env["VAR_DIR"]).parent / "worker.log")
         pids = {"worker": processes["worker"].pid, "PostgreSQL": postmaster, "Redis": redis}

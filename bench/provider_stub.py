@@ -23,6 +23,7 @@ _counts = {"refreshes": 0, "reuses": 0, "other": 0}
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no waiting for an ACK between
     lifetime = 3600
 
     def log_message(self, format: str, *args: object) -> None:

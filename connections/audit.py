@@ -48,6 +48,35 @@ def audit_record(
     )
 
 
+def audit_event_row(
+    *,
+    action: Action,
+    outcome: Outcome,
+    connection: Connection | None = None,
+    actor_label: str = "",
+    detail: str = "",
+) -> dict:
+    """An event of the system's own (no actor, no address) as audit_events_write() takes it: many are written
+    with one statement at the end of a batch of work (a worker's refresh task)."""
+    return {
+        "created_at": timezone.now().isoformat(),
+        "actor_id": None,
+        "actor_label": (actor_label or user_label(None)).replace("\x00", "")[:150],
+        "connection_id": connection.pk if connection else None,
+        "connection_label": connection.slug if connection else "",
+        "action": action,
+        "outcome": outcome,
+        "detail": detail.replace("\x00", ""),
+        "remote_addr": None,
+    }
+
+
+def audit_events_write(rows: list[dict]) -> None:
+    """Write audit_event_row()s with one statement."""
+    if rows:
+        _audit_events_insert(rows)
+
+
 # --- failed authentications: a few recorded one by one, then counted ---------------------------------------------
 #
 # Anyone can present a wrong key or a made-up OAuth state, as often as they like: recording each would let them
@@ -134,12 +163,14 @@ def audit_queue_drain(*, batch_size: int = 1000) -> int:
 
 
 QUEUED_AUDIT_FIELDS = ("created_at", *audit_queue.EVENT_FIELDS, "remote_addr")
+AUDIT_INSERT_CHUNK = 500  # rows a statement
 
 
 def _audit_events_insert(queued: list[dict]) -> None:
-    """One executemany for a batch of queued events. bulk_create would prepare every field of every row in
-    Python, four times the cost of this (bench/token_endpoint.py counts it in each answer); these values are
-    plain already, and only the two that need it are adapted to the database by its backend's own hooks."""
+    """A batch of events with one multi-row INSERT (a chunk of AUDIT_INSERT_CHUNK each). bulk_create would prepare
+    every field of every row in Python, four times the cost of this (bench/token_endpoint.py counts it in each
+    answer); these values are plain already, and only the two that need it are adapted to the database by its
+    backend's own hooks."""
     # A user or connection deleted since its event was queued: the event stays, with its labels.
     users = set(
         get_user_model().objects.filter(pk__in={event["actor_id"] for event in queued}).values_list("pk", flat=True)
@@ -159,10 +190,14 @@ def _audit_events_insert(queued: list[dict]) -> None:
         for event in queued
     ]
     columns = ", ".join(ops.quote_name(AuditEvent._meta.get_field(name).column) for name in QUEUED_AUDIT_FIELDS)
-    placeholders = ", ".join(["%s"] * len(QUEUED_AUDIT_FIELDS))
-    sql = f"INSERT INTO {ops.quote_name(AuditEvent._meta.db_table)} ({columns}) VALUES ({placeholders})"  # noqa: S608
+    row_placeholders = "(" + ", ".join(["%s"] * len(QUEUED_AUDIT_FIELDS)) + ")"
+    table = ops.quote_name(AuditEvent._meta.db_table)
+    # One statement for the database to run, not one per row; a chunk's parameters stay well under SQLite's limit.
     with transaction.atomic(), db_connection.cursor() as cursor:
-        cursor.executemany(sql, [[row[name] for name in QUEUED_AUDIT_FIELDS] for row in rows])
+        for first in range(0, len(rows), AUDIT_INSERT_CHUNK):
+            chunk = rows[first : first + AUDIT_INSERT_CHUNK]
+            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_placeholders] * len(chunk))}"  # noqa: S608
+            cursor.execute(sql, [row[name] for row in chunk for name in QUEUED_AUDIT_FIELDS])
 
 
 def audit_csv_lines(events: Iterable[AuditEvent], fields: tuple[str, ...]) -> Iterator[str]:

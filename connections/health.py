@@ -10,14 +10,15 @@
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection as db_connection
-from django.db.models import Count, Min
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from connections.models import BeatHeartbeat, OAuthToken, TokenState
@@ -97,20 +98,59 @@ def check_workers() -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True)
+class RefreshBacklog:
+    """How far behind the refresh engine is. Overdue: past the refresh time the engine set by more than a beat
+    interval (a working engine refreshes each token before that: the sweep claims it up to one interval early).
+    Expiring: about to expire, or expired, unrefreshed; bots are about to get no token, or get none."""
+
+    overdue: int
+    oldest_overdue_seconds: int
+    expiring: int
+    oldest_expires_at: datetime | None
+
+
+def refresh_backlog() -> RefreshBacklog:
+    """One pass over the tokens a worker should refresh (enabled connections, not waiting for a person)."""
+    now, interval = timezone.now(), timedelta(seconds=settings.BEAT_INTERVAL)
+    expiring, overdue = Q(expires_at__lt=now + interval), Q(refresh_due_at__lt=now - interval)
+    found = (
+        OAuthToken.objects.filter(connection__is_enabled=True)
+        .exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
+        .aggregate(
+            expiring=Count("id", filter=expiring),
+            oldest_expires_at=Min("expires_at", filter=expiring),
+            overdue=Count("id", filter=overdue),
+            oldest_due_at=Min("refresh_due_at", filter=overdue),
+        )
+    )
+    oldest_due_at = found["oldest_due_at"]
+    return RefreshBacklog(
+        overdue=found["overdue"],
+        oldest_overdue_seconds=int((now - oldest_due_at).total_seconds()) if oldest_due_at else 0,
+        expiring=found["expiring"],
+        oldest_expires_at=found["oldest_expires_at"],
+    )
+
+
 def check_refresh_backlog() -> dict[str, Any]:
-    """Tokens that are about to expire, or expired, without having been refreshed: the workers do not keep up
-    (or beat does not sweep). A healthy engine refreshes each well before that."""
-    late = OAuthToken.objects.filter(
-        connection__is_enabled=True,
-        expires_at__lt=timezone.now() + timedelta(seconds=settings.BEAT_INTERVAL),
-    ).exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
-    found = late.aggregate(count=Count("id"), oldest=Min("expires_at"))
-    count, oldest = found["count"], found["oldest"]
-    result: dict[str, Any] = {"ok": count == 0, "late_tokens": count}
-    if oldest is not None:
-        result["oldest_expires_at"] = oldest.isoformat()
-        result["error"] = f"{count} token(s) expire within one beat interval, or have expired, unrefreshed"
+    """Fails when tokens expire unrefreshed; warns while tokens are overdue, before that happens."""
+    backlog = refresh_backlog()
+    result: dict[str, Any] = {"ok": backlog.expiring == 0, "late_tokens": backlog.expiring}
+    result |= {"overdue_tokens": backlog.overdue, "oldest_overdue_seconds": backlog.oldest_overdue_seconds}
+    if backlog.overdue:
+        result["warning"] = refresh_backlog_warning(backlog)
+    if backlog.oldest_expires_at is not None:
+        result["oldest_expires_at"] = backlog.oldest_expires_at.isoformat()
+        result["error"] = f"{backlog.expiring} token(s) expire within one beat interval, or have expired, unrefreshed"
     return result
+
+
+def refresh_backlog_warning(backlog: RefreshBacklog) -> str:
+    return (
+        f"{backlog.overdue} token(s) are past their refresh time, the oldest by {backlog.oldest_overdue_seconds} s: "
+        "the refresh workers do not keep up (README: Scaling workers)."
+    )
 
 
 def _read(check: Callable[[], dict[str, Any]]) -> dict[str, Any]:

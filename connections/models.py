@@ -148,8 +148,11 @@ class OAuthToken(models.Model):
     authorized_at = models.DateTimeField(default=timezone.now)
     obtained_at = models.DateTimeField(default=timezone.now, help_text="When the current access token was issued.")
     refreshed_at = models.DateTimeField(null=True, blank=True)
-    # When the refresh engine should next renew this token; indexed for the beat sweep.
+    # When the refresh engine should next renew this token; indexed for the beat sweep, whose claim moves it on.
     next_refresh_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # When the token was due for its refresh, as the engine set it (the claim does not move it): how far behind
+    # the workers are (connections.health). No index: it is read for alerting, and written by every refresh.
+    refresh_due_at = models.DateTimeField(null=True, blank=True)
     # Single flight: whoever holds an unexpired lease is the only one allowed to call the provider.
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

@@ -4,14 +4,13 @@ database transaction is open. connections.oauth_client builds its sessions here;
 calls out on an operator's behalf (the notification webhook).
 """
 
-import contextvars
 import ipaddress
 import logging
+import os
 import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +21,8 @@ from django.db import connections as db_connections
 from requests_oauthlib import OAuth2Session
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from connections import deadline
 
 logger = logging.getLogger(__name__)
 
@@ -157,48 +158,8 @@ def check_destination(url: str) -> None:
             raise _blocked_error(parts.scheme, host, kind)
 
 
-# --- The hard deadline ----------------------------------------------------------------------------------------------
-#
-# requests' timeouts apply per socket operation and per address tried: a provider that sends its answer a byte at
-# a time, each within the read timeout, could hold a call (and the refresh lease) for ever. Each call therefore
-# gets one deadline, OUTBOUND_TIMEOUT after it starts: a watchdog shuts its sockets down when it passes, and a
-# connection that is only established after it is closed before a byte is sent. Name resolution cannot be
-# interrupted (the system resolver's own timeout applies), but nothing reaches the provider after the deadline.
-
-
 class CallInTransaction(RuntimeError):
     """A provider was about to be called while a database transaction was open (a programming error)."""
-
-
-@dataclass
-class _Call:
-    deadline: float  # time.monotonic()
-    expired: bool = False
-    sockets: list[socket.socket] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self.lock:
-            if not self.expired and self.remaining() > 0:
-                self.sockets.append(sock)
-                return
-        sock.close()
-        raise _deadline_error()
-
-    def expire(self) -> None:
-        with self.lock:
-            self.expired = True
-            for sock in self.sockets:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes whatever is blocked on it
-                except OSError:
-                    pass  # closed already
-
-
-_current_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("outbound_call", default=None)
 
 
 def _deadline_error() -> ProviderError:
@@ -224,18 +185,7 @@ def _refuse_inside_a_transaction() -> None:
     logger.error("A provider is being called inside a database transaction; it should be called outside.")
 
 
-class _DeadlineConnection:
-    """Mixin for urllib3 connections: each new socket is watched by the current call's deadline."""
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()  # type: ignore[misc]
-        call = _current_call.get()
-        if call is not None:
-            call.watch(sock)
-        return sock
-
-
-class _AddressGuard(_DeadlineConnection):
+class _AddressGuard(deadline.DeadlineConnection):
     """Mixin for direct urllib3 connections: refuse a blocked peer address right after the TCP connect."""
 
     host: str
@@ -250,17 +200,38 @@ class _AddressGuard(_DeadlineConnection):
         return sock
 
 
+KEEP_ALIVE_IDLE = 1.0  # seconds a kept-alive connection may have been idle and still be reused
+
+
+class _RecentConnections:
+    """Mixin for urllib3 pools: a kept-alive connection idle for longer than KEEP_ALIVE_IDLE is closed, not
+    reused. Servers close idle connections on their own schedule (gunicorn after 2 s, nginx 75 s, load balancers
+    60 s), and a request sent just as one does is lost without an answer; a refresh must not be sent twice, so
+    it could not be retried. A provider in steady use keeps its connections; a quiet one gets a new one."""
+
+    def _get_conn(self, timeout: float | None = None) -> HTTPConnection:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        if not conn.is_closed and time.monotonic() - getattr(conn, "pooled_at", 0.0) > KEEP_ALIVE_IDLE:
+            conn.close()
+        return conn
+
+    def _put_conn(self, conn: HTTPConnection | None) -> None:
+        if conn is not None:
+            conn.pooled_at = time.monotonic()  # type: ignore[attr-defined]
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
 def _pool_classes(guard: type) -> dict[str, type]:
     http = type("HTTPConnection", (guard, HTTPConnection), {})
     https = type("HTTPSConnection", (guard, HTTPSConnection), {})
     return {
-        "http": type("HTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
-        "https": type("HTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+        "http": type("HTTPConnectionPool", (_RecentConnections, HTTPConnectionPool), {"ConnectionCls": http}),
+        "https": type("HTTPSConnectionPool", (_RecentConnections, HTTPSConnectionPool), {"ConnectionCls": https}),
     }
 
 
 _DIRECT_POOLS = _pool_classes(_AddressGuard)
-_PROXY_POOLS = _pool_classes(_DeadlineConnection)
+_PROXY_POOLS = _pool_classes(deadline.DeadlineConnection)
 
 
 class _GuardedAdapter(requests.adapters.HTTPAdapter):
@@ -277,7 +248,7 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
         return manager
 
 
-def _read_bounded(response: requests.Response, call: _Call) -> None:
+def _read_bounded(response: requests.Response, call: deadline.Call) -> None:
     """Read the whole answer now, at most MAX_RESPONSE_BYTES of it, within the call's deadline."""
     chunks, size = [], 0
     for chunk in response.iter_content(64 * 1024):
@@ -356,25 +327,20 @@ class PolicySession(OAuth2Session):
 
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         _refuse_inside_a_transaction()
-        call = _Call(deadline=time.monotonic() + settings.OUTBOUND_TIMEOUT)
-        context = _current_call.set(call)
-        watchdog = threading.Timer(settings.OUTBOUND_TIMEOUT, call.expire)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            return super().request(*args, **kwargs)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
-            if call.expired or call.remaining() <= 0:  # the watchdog, or a socket timeout at the deadline
+        with deadline.call_deadline(settings.OUTBOUND_TIMEOUT) as call:
+            try:
+                return super().request(*args, **kwargs)
+            except deadline.DeadlinePassed:
                 raise _deadline_error() from None
-            raise
-        finally:
-            watchdog.cancel()
-            _current_call.reset(context)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+                if call.expired or call.remaining() <= 0:  # the watchdog, or a socket timeout at the deadline
+                    raise _deadline_error() from None
+                raise
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         check_url(request.url or "")
         check_destination(request.url or "")
-        call = _current_call.get() or _Call(deadline=time.monotonic() + settings.OUTBOUND_TIMEOUT)
+        call = deadline.current_call() or deadline.Call(deadline=time.monotonic() + settings.OUTBOUND_TIMEOUT)
         if call.remaining() <= 0:
             raise _deadline_error()
         kwargs["proxies"] = proxies_for(request.url or "")
@@ -399,11 +365,29 @@ class PolicySession(OAuth2Session):
         return super().get_redirect_target(response)
 
 
+_adapter_lock = threading.Lock()
+_adapters: dict[int, _GuardedAdapter] = {}  # by pid: a forked child must not share its parent's sockets
+
+
+def _shared_adapter() -> _GuardedAdapter:
+    """The process's connection pools, kept alive between calls: a refresh reuses the TCP (and TLS) connection
+    to its token URL rather than opening one per call. urllib3 pools are thread-safe; a pooled connection the
+    provider has closed is noticed before it is reused."""
+    with _adapter_lock:
+        if os.getpid() not in _adapters:
+            # Pools for up to 100 hosts (the least recently used is closed beyond that), each keeping as many
+            # idle connections as a worker has refresh threads.
+            size = max(10, settings.REFRESH_CONCURRENCY)
+            _adapters[os.getpid()] = _GuardedAdapter(pool_connections=100, pool_maxsize=size)
+        return _adapters[os.getpid()]
+
+
 def policy_session(**oauth2_session_options: Any) -> PolicySession:
     """A session (requests-oauthlib's, so OAuth flows can use it too) under the outbound policy."""
     session = PolicySession(**oauth2_session_options)
     # The operator's proxy settings apply, not the process environment's.
     session.trust_env = False
-    session.mount("http://", _GuardedAdapter())
-    session.mount("https://", _GuardedAdapter())
+    adapter = _shared_adapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     return session

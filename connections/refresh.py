@@ -5,15 +5,18 @@ scheduled refresh.
 Rules kept here: no database transaction is open during a call to a provider; an outcome is written only while
 the row is still what the refresher leased (a disconnect, a re-authorization or a newer refresh wins, and a late
 result is revoked at the provider); a failure never discards a token that still works or a refresh token the
-provider rotated to; every outcome writes an audit event.
+provider rotated to; every outcome writes an audit event, in the same transaction, or for a worker's batch
+(connections.refresh_batch) with one INSERT when the batch ends.
 """
 
 import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -23,7 +26,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from connections import oauth_client, signals
-from connections.audit import Action, Outcome, audit_record
+from connections.audit import Action, Outcome, audit_event_row, audit_record
 from connections.models import Connection, OAuthToken, TokenState
 from connections.notifications import notify_managers
 from connections.oauth_client import ProviderError, TokenResponse
@@ -85,6 +88,32 @@ def token_lease_take(token: OAuthToken, owner: str) -> tuple[Fence, OAuthToken] 
     return Fence(token.pk, owner, leased.generation), leased
 
 
+def tokens_lease_take(token_ids: Sequence[int], owner: str) -> list[tuple[Fence, OAuthToken]]:
+    """Take the lease of each of these tokens that nobody holds, in two statements whatever their number: the
+    Fence each outcome will be written under, and the rows as leased, with what a refresh reads of them."""
+    now = timezone.now()
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    lease_until = now + timedelta(seconds=lease_seconds())
+    OAuthToken.objects.filter(free, pk__in=token_ids).update(lease_owner=owner, lease_expires_at=lease_until)
+    leased = token_rows().filter(pk__in=token_ids, lease_owner=owner)
+    return [(Fence(token.pk, owner, token.generation), token) for token in leased]
+
+
+def tokens_lease_give_back(owner: str, token_ids: Sequence[int]) -> None:
+    if token_ids:
+        OAuthToken.objects.filter(pk__in=token_ids, lease_owner=owner).update(lease_owner="", lease_expires_at=None)
+
+
+def token_lease_keep(fence: Fence, taken_at: float) -> bool:
+    """Before a provider call under a lease taken at `taken_at` (time.monotonic()): the lease must outlast the
+    call (OUTBOUND_TIMEOUT) and the write after it, or a slow call could end after someone else took the lease
+    and presented the same refresh token. A lease held that long already (a batch queued behind a slow
+    provider) is renewed; False if it was lost meanwhile."""
+    if time.monotonic() - taken_at < lease_seconds() - settings.OUTBOUND_TIMEOUT - 5:
+        return True
+    return bool(fence.rows().update(lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds())))
+
+
 def token_rows() -> QuerySet[OAuthToken]:
     """Tokens with what a refresh reads of them: the connection, its provider type and the owner."""
     return OAuthToken.objects.select_related("connection__provider", "user")
@@ -114,16 +143,26 @@ def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse
     return oauth_client.refresh(config, refresh_token=token.refresh_token)
 
 
+def _audit(audit: list[dict] | None, **event: Any) -> None:
+    """Record the event now, or add it to the batch's `audit` (written at the batch's end: audit_events_write)."""
+    if audit is None:
+        audit_record(**event)
+    else:
+        audit.append(audit_event_row(**event))
+
+
 def token_refresh_complete(
-    *, fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str
+    *, fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str, audit: list[dict] | None = None
 ) -> OAuthToken | None:
     """Store a refresh's result under its fence; None when the fence was lost (the result is then revoked at
     the provider: nobody holds its tokens)."""
     connection, failures = token.connection, token.consecutive_failures
-    with transaction.atomic():
+    # With its audit event alongside, an outcome is one transaction; with the event left to the batch, one UPDATE.
+    with transaction.atomic() if audit is None else nullcontext():
         stored = token_store_refreshed(fence=fence, token=token, response=response)
         if stored is not None:
-            audit_record(
+            _audit(
+                audit,
                 action=Action.TOKEN_REFRESH,
                 outcome=Outcome.SUCCESS,
                 connection=connection,
@@ -149,7 +188,9 @@ def token_refresh_complete(
     return stored
 
 
-def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, actor_label: str) -> bool:
+def token_refresh_fail(
+    *, fence: Fence, token: OAuthToken, exc: ProviderError, actor_label: str, audit: list[dict] | None = None
+) -> bool:
     """Keep the token, note the failure under the fence, and schedule the next try (transient: with backoff;
     rate limited: when the provider said) or stop trying (permanent). False when the fence was lost: a newer
     grant is not the one that failed."""
@@ -175,12 +216,14 @@ def token_refresh_fail(*, fence: Fence, token: OAuthToken, exc: ProviderError, a
     else:
         delay = backoff_seconds(token.consecutive_failures + 1)
         fields.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay))
-    with transaction.atomic():
+    fields["refresh_due_at"] = fields["next_refresh_at"]
+    with transaction.atomic() if audit is None else nullcontext():
         if not fence.rows().update(**fields):
             logger.info("A failed refresh of %s was superseded meanwhile; its failure is not recorded.", token.pk)
             return False
         signals.token_rows_changed(connection.slug)
-        audit_record(
+        _audit(
+            audit,
             action=Action.TOKEN_REFRESH,
             outcome=Outcome.FAILURE,
             connection=connection,
@@ -282,15 +325,23 @@ def token_refresh(
     if isinstance(leased, OAuthToken):
         return leased
     fence, token = leased
+    return token_refresh_leased(fence=fence, token=token, actor_label=actor_label)
+
+
+def token_refresh_leased(
+    *, fence: Fence, token: OAuthToken, actor_label: str, audit: list[dict] | None = None
+) -> OAuthToken:
+    """Call the provider for a token whose lease is held, and write the outcome under the fence (its audit
+    event recorded with it, or added to `audit`). Raises ProviderError when the call fails."""
     try:
         response = _fetch_new_token(token.connection, token)
     except ProviderError as exc:
-        token_refresh_fail(fence=fence, token=token, exc=exc, actor_label=actor_label)
+        token_refresh_fail(fence=fence, token=token, exc=exc, actor_label=actor_label, audit=audit)
         raise
     except BaseException:
         _lease_give_back(fence)  # nothing known about the outcome: the next caller tries
         raise
-    stored = token_refresh_complete(fence=fence, token=token, response=response, actor_label=actor_label)
+    stored = token_refresh_complete(fence=fence, token=token, response=response, actor_label=actor_label, audit=audit)
     return stored if stored is not None else _current(token)
 
 
@@ -361,15 +412,24 @@ def token_refresh_queued(*, token: OAuthToken, generation: int, queued_at: datet
     since it was queued, or tried and failed since (the backoff that failure set rules). Failures are recorded,
     not raised: the sweep retries them on the backoff schedule. A refresh another process is making is left to
     it."""
-    if token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
-        return
-    if queued_at is not None and _failed_since(token, queued_at):
+    if not token_refresh_wanted(token, generation=None, queued_at=queued_at):
         return
     try:
         token_refresh(token=token, actor_label="refresh worker", min_generation=generation, wait_seconds=0)
     except ProviderError as exc:
         log = logger.info if exc.error == "refresh_in_progress" else logger.warning
         log("Refresh of %s failed: %s", token.connection.slug, exc.message)
+
+
+def token_refresh_wanted(token: OAuthToken, *, generation: int | None, queued_at: datetime | None) -> bool:
+    """Whether a refresh queued for `token` (claimed at `generation`, queued at `queued_at`) is still to be made:
+    not if the token needs a person, its connection is off, someone renewed it since it was claimed, or tried
+    and failed since it was queued (the backoff that failure set rules)."""
+    if token.state == TokenState.REAUTHORIZATION_REQUIRED or not token.connection.is_enabled:
+        return False
+    if generation is not None and token.generation > generation:
+        return False
+    return queued_at is None or not _failed_since(token, queued_at)
 
 
 def client_credentials_token_obtain(

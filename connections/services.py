@@ -108,6 +108,7 @@ def _tokens_taken_over(token_ids: list[int]) -> list[OAuthToken]:
         lease_expires_at=until,
         generation=F("generation") + 1,
         next_refresh_at=None,
+        refresh_due_at=None,
     )
     return list(OAuthToken.objects.filter(pk__in=token_ids))
 

@@ -312,9 +312,11 @@ def invalidate(*, slug: str | None = None) -> None:
         for answer_key in [answer_key for answer_key in state.answers if slug is None or answer_key[1] == slug]:
             del state.answers[answer_key]  # this process: at once
     # Other processes: when they next report. Moved now, for reads later in this transaction; and again after
-    # commit, since an answer cached meanwhile may have been read from the rows as they were before this write.
+    # commit, since an answer cached meanwhile may have been read from the rows as they were before this write
+    # (outside a transaction the write is committed already: once does).
     _counter_move(counter)
-    transaction.on_commit(lambda: _counter_move(counter))
+    if transaction.get_connection().in_atomic_block:
+        transaction.on_commit(lambda: _counter_move(counter))
 
 
 def _counter_move(counter: str) -> None:

@@ -122,7 +122,13 @@ def token_store_refreshed(*, fence: Fence, token: OAuthToken, response: TokenRes
     refreshed = copy.copy(token)
     _response_apply(refreshed, token.connection, response)
     refreshed.refreshed_at = refreshed.updated_at = refreshed.obtained_at
-    if not fence.rows().update(**{name: getattr(refreshed, name) for name in REFRESH_WRITES}):
+    # Only the columns the refresh changes are written (most keep their value: an id token, the scope, a
+    # refresh token the provider does not rotate). Under the fence the others hold what was leased; key rotation
+    # may have re-encrypted one meanwhile, but not changed its value.
+    changes = {
+        name: getattr(refreshed, name) for name in REFRESH_WRITES if getattr(refreshed, name) != getattr(token, name)
+    }
+    if not fence.rows().update(**changes):
         return None
     signals.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
     return refreshed
@@ -138,6 +144,7 @@ REFRESH_WRITES = (
     "extra",
     "expires_at",
     "next_refresh_at",
+    "refresh_due_at",
     "state",
     "consecutive_failures",
     "last_error",
@@ -161,6 +168,7 @@ def _response_apply(token: OAuthToken, connection: Connection, response: TokenRe
     token.scope = response.scope or token.scope or " ".join(connection.scope_list)
     token.extra = {**token.extra, **response.extra}
     token.expires_at, token.next_refresh_at = _expiry(connection, response)
+    token.refresh_due_at = token.next_refresh_at
     token.state = TokenState.ACTIVE
     token.consecutive_failures = 0
     token.last_error = ""

@@ -15,7 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from connections import selectors, services
+from connections import health, selectors, services
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ConnectionActionError
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
@@ -93,6 +93,12 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
         return super().get_queryset(request).select_related("provider").prefetch_related("tokens", "roles")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # The list is where an administrator looks first: say so there when the workers fall behind.
+        if request.method == "GET" and (backlog := health.refresh_backlog()).overdue:
+            messages.warning(request, health.refresh_backlog_warning(backlog))
+        return super().changelist_view(request, extra_context)
 
     def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[tuple[str | None, dict]]:
         can_change = self.has_change_permission(request, obj)

@@ -6,13 +6,15 @@ administrator is then shown to change them (so the refusal, not a malformed requ
 """
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from django.db import connection as db
 from django.db import connections as db_connections
 from django.test import Client
+from django.utils import timezone
 
-from connections.models import AuditEvent, Connection
+from connections.models import AuditEvent, Connection, OAuthToken
 from providers.models import Provider
 from tests.conftest import authorize, get_token, messages_of, shared_token, stored_rows, wait_for
 
@@ -413,3 +415,16 @@ def test_deleting_a_connection_revokes_its_tokens_and_is_audited(manager_client,
     event = AuditEvent.objects.get(action="connection_delete")
     assert (event.actor_label, event.connection_label) == ("manager", connection.slug)
     assert "revoked" in event.detail
+
+
+def test_the_connection_list_warns_when_refreshes_fall_behind(manager_client, connected, settings):
+    # given a token whose refresh time passed ten minutes ago
+    settings.BEAT_INTERVAL = 30
+    url = "/admin/connections/connection/"
+    assert not [text for text in messages_of(manager_client.get(url)) if "past their refresh time" in text]
+    due_at = timezone.now() - timedelta(minutes=10)
+    OAuthToken.objects.filter(connection=connected).update(refresh_due_at=due_at)
+    # when an administrator opens the list, then it says so, with the age and where to read what to do
+    (warning,) = [text for text in messages_of(manager_client.get(url)) if "past their refresh time" in text]
+    assert warning.startswith("1 token(s) are past their refresh time, the oldest by 60")
+    assert "Scaling workers" in warning

@@ -1,10 +1,14 @@
-"""The audit log (connections.audit): append-only in the admin, exported as CSV with the list's filters."""
+"""The audit log (connections.audit): append-only in the admin, exported as CSV with the list's filters, and a
+worker's batch of events written a few statements in all."""
 
 import csv
 import io
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
+from connections import audit
 from connections.audit import audit_record
 from connections.models import AuditEvent
 
@@ -32,3 +36,31 @@ def test_audit_csv_export_follows_the_filters(admin_client):
     assert rows[0][:5] == ["created_at", "actor_label", "connection_label", "action", "outcome"]
     assert len(rows) == 2 and rows[1][1] == "bot-b"
     assert rows[1][5] == "'=HYPERLINK(evil)"  # defused for spreadsheets
+
+
+def test_a_batch_of_events_is_written_in_chunks_each_one_statement(make_connection, monkeypatch):
+    # given seven events of a worker's batch, one of them for a connection deleted meanwhile, and chunks of three
+    monkeypatch.setattr(audit, "AUDIT_INSERT_CHUNK", 3)
+    kept, deleted = make_connection(register=False), make_connection(register=False)
+    rows = [
+        audit.audit_event_row(
+            action=AuditEvent.Action.TOKEN_REFRESH,
+            outcome=AuditEvent.Outcome.SUCCESS,
+            connection=deleted if number == 6 else kept,
+            actor_label="refresh worker",
+            detail=f"event {number}\x00",
+        )
+        for number in range(7)
+    ]
+    deleted_slug = deleted.slug
+    deleted.delete()
+    # when they are written
+    with CaptureQueriesContext(connection) as queries:
+        audit.audit_events_write(rows)
+    # then three INSERTs wrote them all, in order, the deleted connection's with its label only
+    assert sum(query["sql"].startswith("INSERT") for query in queries) == 3
+    written = list(AuditEvent.objects.order_by("pk").values_list("detail", "connection_id", "connection_label"))
+    assert written == [
+        *[(f"event {number}", kept.pk, kept.slug) for number in range(6)],
+        ("event 6", None, deleted_slug),
+    ]

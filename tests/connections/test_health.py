@@ -38,6 +38,8 @@ def test_the_refresh_backlog_counts_only_tokens_a_worker_should_have_refreshed(m
     assert backlog == {
         "ok": False,
         "late_tokens": 2,
+        "overdue_tokens": 0,
+        "oldest_overdue_seconds": 0,
         "oldest_expires_at": oldest.expires_at.isoformat(),
         "error": "2 token(s) expire within one beat interval, or have expired, unrefreshed",
     }
@@ -46,7 +48,50 @@ def test_the_refresh_backlog_counts_only_tokens_a_worker_should_have_refreshed(m
 def test_an_empty_refresh_backlog_is_ok(make_connection):
     connection = make_connection(register=False)
     OAuthToken.objects.create(connection=connection, access_token="a", expires_at=timezone.now() + timedelta(hours=1))
-    assert health.check_refresh_backlog() == {"ok": True, "late_tokens": 0}
+    assert health.check_refresh_backlog() == {
+        "ok": True,
+        "late_tokens": 0,
+        "overdue_tokens": 0,
+        "oldest_overdue_seconds": 0,
+    }
+
+
+def test_tokens_past_their_refresh_time_warn_before_they_expire(make_connection, settings):
+    # given a 30-second beat, and valid tokens whose refresh time has passed by more or less than an interval
+    settings.BEAT_INTERVAL = 30
+    now = timezone.now()
+
+    def token(due_seconds_ago: float, **fields: object) -> None:
+        connection = make_connection(register=False, is_enabled=fields.pop("is_enabled", True))
+        OAuthToken.objects.create(
+            connection=connection,
+            access_token="a",
+            expires_at=now + timedelta(minutes=5),
+            refresh_due_at=now - timedelta(seconds=due_seconds_ago),
+            # the sweep's claim moves the schedule on; the refresh time stays what the engine set
+            next_refresh_at=now + timedelta(minutes=1),
+            **fields,
+        )
+
+    token(600)  # ten minutes behind
+    token(45)
+    token(10)  # claimed a moment ago: a worker is on it
+    token(600, state=TokenState.REAUTHORIZATION_REQUIRED)  # waits for a person, not a worker
+    token(600, is_enabled=False)
+
+    # when
+    backlog = health.check_refresh_backlog()
+
+    # then it is still ok (nothing expires yet) but warns, with the count and the age of the oldest
+    assert backlog | {"oldest_overdue_seconds": 600} == {
+        "ok": True,
+        "late_tokens": 0,
+        "overdue_tokens": 2,
+        "oldest_overdue_seconds": 600,
+        "warning": backlog["warning"],
+    }
+    assert 600 <= backlog["oldest_overdue_seconds"] <= 605
+    assert backlog["warning"].startswith("2 token(s) are past their refresh time, the oldest by 60")
 
 
 def _ran(name: str, seconds_ago: float) -> None:

@@ -3,7 +3,9 @@ row that is being written; a task's tokens are refreshed concurrently, at most R
 time at one provider; and a provider's 429 slows its refreshes without counting against the token. The figures
 (refreshes a second, CPU per refresh) are bench/'s."""
 
+import re
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from email.utils import format_datetime
@@ -14,7 +16,7 @@ from django.db import transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from connections import oauth_client, refresh, refresh_batch, tasks
+from connections import health, oauth_client, refresh, refresh_batch, tasks
 from connections.models import AuditEvent, OAuthToken, TokenState
 from connections.oauth_client import ProviderError
 from tests.conftest import authorize, get_token, refresh_shared_token, shared_token, wait_for
@@ -105,9 +107,16 @@ def test_a_task_refreshes_its_tokens_each_once_at_the_provider(make_connection, 
     authserver.set_token_options(latency=0.3)
     # when a worker runs the task (twice, as a redelivered message would be)
     pairs = [[token.pk, token.generation] for token in before.values()]
+    with CaptureQueriesContext(db_connection) as queries:  # the task's own; each refresh writes in its thread
+        tasks.refresh_tokens(pairs)
     tasks.refresh_tokens(pairs)
-    tasks.refresh_tokens(pairs)
-    # then each token was refreshed once, its new token works, and each refresh is audited as the worker's
+    # then the batch's leases were taken, and its audit events written, with one statement each
+    found = (re.match(r'(?:\d+ times: )?(\w+)\D*?"(connections_\w+)"', query["sql"]) for query in queries)
+    statements = Counter(statement.groups() for statement in found if statement)  # (verb, first table named)
+    assert statements[("UPDATE", "connections_oauthtoken")] == 1
+    assert statements[("SELECT", "connections_oauthtoken")] == 1
+    assert statements[("INSERT", "connections_auditevent")] == 1
+    # and each token was refreshed once, its new token works, and each refresh is audited as the worker's
     assert authserver.stats()["token_requests"]["refresh_token"] == 6
     assert authserver.stats()["refresh_token_reuses"] == 0
     for connection in connections:
@@ -116,6 +125,44 @@ def test_a_task_refreshes_its_tokens_each_once_at_the_provider(make_connection, 
         assert authserver.whoami(after.access_token).status_code == 200
     events = AuditEvent.objects.filter(action="token_refresh")
     assert sorted(events.values_list("outcome", "actor_label")) == [("success", "refresh worker")] * 6
+
+
+def test_a_lease_held_while_a_batch_waited_is_renewed_before_the_call_or_given_up(make_connection, settings):
+    # given two tokens of a batch whose leases were taken a call's time ago (they waited behind a slow provider)
+    kept, lost = due_tokens(make_connection, 2)
+    leased = {fence.token_id: fence for fence, _ in refresh.tokens_lease_take([kept.pk, lost.pk], "batch")}
+    taken_at = time.monotonic() - settings.OUTBOUND_TIMEOUT
+    # and one of them was taken over meanwhile (its lease ran out and a bot's refresh took it)
+    OAuthToken.objects.filter(pk=lost.pk).update(lease_owner="a-bot", lease_expires_at=timezone.now())
+    # when each is about to be refreshed
+    renewed_from = timezone.now()
+    # then the lease still held is renewed for a whole call and the write after it; the lost one is not called
+    assert refresh.token_lease_keep(leased[kept.pk], taken_at) is True
+    assert OAuthToken.objects.get(pk=kept.pk).lease_expires_at >= renewed_from + timedelta(
+        seconds=refresh.lease_seconds()
+    )
+    assert refresh.token_lease_keep(leased[lost.pk], taken_at) is False
+    assert OAuthToken.objects.get(pk=lost.pk).lease_owner == "a-bot"
+    # and a lease taken a moment ago is used as it is, with no statement
+    with CaptureQueriesContext(db_connection) as queries:
+        assert refresh.token_lease_keep(leased[kept.pk], time.monotonic()) is True
+    assert len(queries) == 0
+
+
+def test_a_claimed_token_stays_overdue_until_a_worker_refreshes_it(connected, authserver, settings):
+    # given a token whose refresh time passed ten minutes ago (the workers fell behind)
+    settings.BEAT_INTERVAL = 30
+    due_at = timezone.now() - timedelta(minutes=10)
+    OAuthToken.objects.filter(connection=connected).update(next_refresh_at=due_at, refresh_due_at=due_at)
+    # when the sweep claims it: its schedule moves on, but it is still overdue
+    (pairs,) = refresh.token_refresh_claims()
+    assert shared_token(connected).next_refresh_at > timezone.now()
+    assert (health.refresh_backlog().overdue, health.refresh_backlog().oldest_overdue_seconds >= 600) == (1, True)
+    # and once a worker has refreshed it, it is not
+    tasks.refresh_tokens(pairs)
+    token = shared_token(connected)
+    assert token.refresh_due_at == token.next_refresh_at > timezone.now()
+    assert health.refresh_backlog().overdue == 0
 
 
 def test_at_most_the_provider_limit_of_calls_are_in_flight_to_one_host(make_connection, settings, monkeypatch):
@@ -131,7 +178,7 @@ def test_at_most_the_provider_limit_of_calls_are_in_flight_to_one_host(make_conn
     peak: Counter[str] = Counter()
     done: list[int] = []
 
-    def refresh_that_waits(*, token: OAuthToken, generation: int, queued_at: object) -> None:
+    def refresh_that_waits(*, token: OAuthToken, **_: object) -> None:
         host = token.connection.effective_token_url.split("/")[2]
         with lock:
             in_flight[host] += 1
@@ -141,7 +188,7 @@ def test_at_most_the_provider_limit_of_calls_are_in_flight_to_one_host(make_conn
             in_flight[host] -= 1
             done.append(token.pk)
 
-    monkeypatch.setattr(refresh, "token_refresh_queued", refresh_that_waits)
+    monkeypatch.setattr(refresh, "token_refresh_leased", refresh_that_waits)
     runner = threading.Thread(target=refresh_batch.tokens_refresh, args=([(t.pk, t.generation) for t in tokens], None))
     runner.start()
     try:

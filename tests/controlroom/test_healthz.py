@@ -66,7 +66,12 @@ def test_healthz_is_ok_with_database_broker_and_a_fresh_heartbeat(client):
         "age_seconds": 0,
         "recent": True,
     }
-    assert body["checks"]["refresh_backlog"] == {"ok": True, "late_tokens": 0}
+    assert body["checks"]["refresh_backlog"] == {
+        "ok": True,
+        "late_tokens": 0,
+        "overdue_tokens": 0,
+        "oldest_overdue_seconds": 0,
+    }
     _assert_never_cached(response["Cache-Control"])
 
 

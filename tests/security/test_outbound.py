@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -664,6 +665,99 @@ def test_in_production_a_provider_call_inside_a_transaction_is_logged_as_an_erro
     with transaction.atomic():
         assert oauth_client.client_credentials(_config(plain_server.url("/token"))).access_token
     assert [record.levelname for record in caplog.records if "transaction" in record.getMessage()] == ["ERROR"]
+
+
+# --- kept-alive connections: reused, and still under the call's deadline -----------------------------------------
+
+
+class _KeepAliveHandler(_TinyHandler):
+    """HTTP/1.1 with keep-alive. From the request numbered `drip_from` on, the answer comes a byte every 0.2 s:
+    each within any read timeout, the whole far past the deadline."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        with self.server.lock:
+            self.server.hits.append(Hit(self.command, self.headers.get("Host", ""), self.path, dict(self.headers)))
+            drip = len(self.server.hits) >= self.server.drip_from
+        body = json.dumps({"access_token": "kept-alive", "token_type": "Bearer", "expires_in": 3600}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not drip:
+            self.wfile.write(body)
+            return
+        for index in range(len(body)):
+            try:
+                self.wfile.write(body[index : index + 1])
+            except OSError:
+                return  # the client gave up, as it should
+            time.sleep(0.2)
+
+    do_POST = _answer
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[_TinyServer]:
+    server = _TinyServer(None)
+    server.RequestHandlerClass = _KeepAliveHandler
+    server.connections, server.drip_from = 0, 1_000_000
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_calls_to_one_provider_reuse_a_kept_alive_connection(outbound, keep_alive_server):
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    config = _config(keep_alive_server.url("/token"))
+    answers = [oauth_client.client_credentials(config).access_token for _ in range(5)]
+    assert answers == ["kept-alive"] * 5
+    assert (len(keep_alive_server.hits), keep_alive_server.connections) == (5, 1)
+
+
+def test_a_connection_idle_for_long_is_not_reused(outbound, keep_alive_server, monkeypatch):
+    # A server closes idle connections when it likes; a refresh sent on one just as it does would be lost.
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    monkeypatch.setattr(outbound_policy, "KEEP_ALIVE_IDLE", 0.3)
+    config = _config(keep_alive_server.url("/token"))
+    oauth_client.client_credentials(config)
+    oauth_client.client_credentials(config)  # at once: the same connection
+    time.sleep(0.5)
+    oauth_client.client_credentials(config)  # after a while: a new one
+    assert (len(keep_alive_server.hits), keep_alive_server.connections) == (3, 2)
+
+
+def test_a_call_on_a_reused_connection_is_cut_at_its_deadline(outbound, keep_alive_server):
+    # given a connection kept alive by a first call, and a provider that then answers a byte at a time
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    outbound.OUTBOUND_TIMEOUT = 1
+    config = _config(keep_alive_server.url("/token"))
+    assert oauth_client.client_credentials(config).access_token == "kept-alive"
+    keep_alive_server.drip_from = 2
+
+    # when the next call goes out on that connection
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as failure:
+        oauth_client.client_credentials(config)
+    took = time.monotonic() - started
+
+    # then the deadline cut it, although no new socket was made for it
+    assert keep_alive_server.connections == 1
+    assert failure.value.error == "timeout" and took < 2.5, (failure.value.message, took)
+    # and the connection it broke is not reused: the next call opens a new one and gets its answer
+    keep_alive_server.drip_from = 1_000_000
+    assert oauth_client.client_credentials(config).access_token == "kept-alive"
+    assert keep_alive_server.connections == 2
 
 
 # --- the notification webhook is an outbound call like the others -------------------------------------------------
