@@ -427,4 +427,4 @@ def test_the_connection_list_warns_when_refreshes_fall_behind(manager_client, co
     # when an administrator opens the list, then it says so, with the age and where to read what to do
     (warning,) = [text for text in messages_of(manager_client.get(url)) if "past their refresh time" in text]
     assert warning.startswith("1 token(s) are past their refresh time, the oldest by 60")
-    assert "Scaling workers" in warning
+    assert "Scaling web and workers" in warning
