@@ -192,10 +192,12 @@ def _audit_events_insert(queued: list[dict]) -> None:
     columns = ", ".join(ops.quote_name(AuditEvent._meta.get_field(name).column) for name in QUEUED_AUDIT_FIELDS)
     row_placeholders = "(" + ", ".join(["%s"] * len(QUEUED_AUDIT_FIELDS)) + ")"
     table = ops.quote_name(AuditEvent._meta.db_table)
-    # One statement for the database to run, not one per row; a chunk's parameters stay well under SQLite's limit.
+    # One statement for the database to run, not one per row.
+    # SQLite allows as few as 999 parameters a statement in some builds; PostgreSQL sets no limit Django knows.
+    chunk_size = min(AUDIT_INSERT_CHUNK, (db_connection.features.max_query_params or 65535) // len(QUEUED_AUDIT_FIELDS))
     with transaction.atomic(), db_connection.cursor() as cursor:
-        for first in range(0, len(rows), AUDIT_INSERT_CHUNK):
-            chunk = rows[first : first + AUDIT_INSERT_CHUNK]
+        for first in range(0, len(rows), chunk_size):
+            chunk = rows[first : first + chunk_size]
             sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_placeholders] * len(chunk))}"  # noqa: S608
             cursor.execute(sql, [row[name] for row in chunk for name in QUEUED_AUDIT_FIELDS])
 

@@ -10,6 +10,7 @@ applies), but nothing reaches the provider after the deadline.
 
 import contextvars
 import heapq
+import logging
 import os
 import socket
 import threading
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 WATCH_GRANULARITY = 0.1  # seconds: how late past its deadline a call may be cut
 
@@ -31,7 +34,11 @@ class Call:
     deadline: float  # time.monotonic()
     expired: bool = False
     ended: bool = False
-    sockets: list[socket.socket] = field(default_factory=list)
+    # The connections the call uses, each as a duplicate of its socket's descriptor, by the original's number.
+    # Shutting a duplicate down ends the connection whatever wraps the socket: TLS takes the original socket
+    # over (detaching it), and TLS's own shutdown would drop the encryption before the socket's. A duplicate is
+    # also never another connection's, even once the original is closed and its number reused.
+    handles: dict[int, socket.socket] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def remaining(self) -> float:
@@ -40,25 +47,37 @@ class Call:
     def watch(self, sock: socket.socket) -> None:
         with self.lock:
             if not self.expired and self.remaining() > 0:
-                self.sockets.append(sock)
+                number = sock.fileno()
+                if number >= 0 and number not in self.handles:  # -1: closed already, nothing to cut
+                    self.handles[number] = socket.socket(fileno=os.dup(number))
                 return
         sock.close()
         raise DeadlinePassed()
 
+    def release(self, sock: socket.socket) -> None:
+        """The connection went back to the pool: it is the next call's to cut, not this one's."""
+        with self.lock:
+            handle = self.handles.pop(sock.fileno(), None)
+        if handle is not None:
+            handle.close()
+
     def expire(self) -> None:
         with self.lock:
             if self.ended:
-                return  # its sockets went back to the pool: they are another call's now
+                return
             self.expired = True
-            for sock in self.sockets:
+            for handle in self.handles.values():
                 try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes whatever is blocked on it
+                    handle.shutdown(socket.SHUT_RDWR)  # wakes whatever is blocked on the connection
                 except OSError:
                     pass  # closed already
 
     def end(self) -> None:
         with self.lock:
-            self.ended, self.sockets = True, []
+            self.ended = True
+            handles, self.handles = list(self.handles.values()), {}
+        for handle in handles:
+            handle.close()
 
 
 class _Watchdog:
@@ -88,7 +107,10 @@ class _Watchdog:
                     # Most calls ended long before their deadline: waking for each would cost more than a call.
                     self.condition.wait(max(self.calls[0][0] - now, WATCH_GRANULARITY) if self.calls else None)
             for call in due:
-                call.expire()
+                try:
+                    call.expire()
+                except Exception:  # the watchdog must outlive any one call: every later deadline depends on it
+                    logger.exception("Could not cut a provider call at its deadline.")
 
 
 _watchdog_lock = threading.Lock()
@@ -118,6 +140,17 @@ def call_deadline(seconds: float) -> Iterator[Call]:
     finally:
         call.end()
         _current.reset(context)
+
+
+class DeadlinePool:
+    """Mixin for urllib3 pools: a connection put back in the pool (its answer read) is no longer the current
+    call's, so the call's deadline cannot cut it while another call uses it."""
+
+    def _put_conn(self, conn: Any) -> None:
+        call = _current.get()
+        if call is not None and conn is not None and conn.sock is not None:
+            call.release(conn.sock)
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 class DeadlineConnection:

@@ -221,12 +221,15 @@ class _RecentConnections:
         super()._put_conn(conn)  # type: ignore[misc]
 
 
+_POOL_MIXINS = (_RecentConnections, deadline.DeadlinePool)
+
+
 def _pool_classes(guard: type) -> dict[str, type]:
     http = type("HTTPConnection", (guard, HTTPConnection), {})
     https = type("HTTPSConnection", (guard, HTTPSConnection), {})
     return {
-        "http": type("HTTPConnectionPool", (_RecentConnections, HTTPConnectionPool), {"ConnectionCls": http}),
-        "https": type("HTTPSConnectionPool", (_RecentConnections, HTTPSConnectionPool), {"ConnectionCls": https}),
+        "http": type("HTTPConnectionPool", (*_POOL_MIXINS, HTTPConnectionPool), {"ConnectionCls": http}),
+        "https": type("HTTPSConnectionPool", (*_POOL_MIXINS, HTTPSConnectionPool), {"ConnectionCls": https}),
     }
 
 

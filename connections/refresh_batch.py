@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.db import connection as db_connection
 
 from connections import refresh
 from connections.audit import audit_events_write
@@ -67,18 +68,26 @@ def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -
         (wanted if keep else settled).append((fence, token))
     refresh.tokens_lease_give_back(owner, [fence.token_id for fence, _ in settled])
     audit: list[dict] = []
+    submitted = {_threads().submit(_refresh_one, fence, token, taken_at, audit): fence for fence, token in wanted}
     try:
         # One wake-up of this thread when all are done, rather than one per token: the refresh threads contend
         # for the interpreter less.
-        futures.wait([_threads().submit(_refresh_one, fence, token, taken_at, audit) for fence, token in wanted])
+        futures.wait(submitted)
     finally:
+        # Stopped early (the task's time limit): the refreshes not begun give their leases back, those under way
+        # end by their deadline, and every outcome written gets its audit event.
+        unstarted = [fence.token_id for future, fence in submitted.items() if future.cancel()]
+        futures.wait(submitted, timeout=settings.OUTBOUND_TIMEOUT + 5)
+        refresh.tokens_lease_give_back(owner, unstarted)
+        close_old_connections()  # this thread's connection sat idle while the batch ran
         audit_events_write(audit)
 
 
 def _connection_checked(batch: str) -> None:
-    """This thread's database connection, renewed if it broke or is too old: once a batch, as Django does once a
-    request (each check costs a round trip to the database, CONN_HEALTH_CHECKS)."""
-    if getattr(_checked, "batch", None) != batch:
+    """This thread's database connection, renewed if it is too old or broke: once a batch, as Django does once a
+    request (each check costs a round trip to the database, CONN_HEALTH_CHECKS), and before any token after an
+    error, so that no provider is called whose answer could not be stored."""
+    if getattr(_checked, "batch", None) != batch or db_connection.errors_occurred:
         close_old_connections()
         _checked.batch = batch
 

@@ -29,11 +29,13 @@ def refresh_sweep() -> int:
     return claimed
 
 
-# A refresh takes its lease, one provider call (which ends by OUTBOUND_TIMEOUT) and a few statements; a task's
-# tokens are refreshed REFRESH_CONCURRENCY at a time. The limits leave room for that, and end a task that hangs
-# (a token whose refresh was cut off keeps its lease until it runs out, and is claimed again after that). They
-# apply in the prefork pool (the default), not in the solo pool the tests use.
-_ROUNDS = -(-settings.REFRESH_TASK_SIZE // settings.REFRESH_CONCURRENCY) + 1
+# A refresh takes one provider call (which ends by OUTBOUND_TIMEOUT) and a few statements; a task's tokens are
+# refreshed REFRESH_CONCURRENCY at a time, and at most REFRESH_PROVIDER_CONCURRENCY at one provider (all of a
+# task's tokens may be at one). The limits leave room for that, and end a task that hangs (a token whose refresh
+# was cut off keeps its lease until it runs out, and is claimed again after that). They apply in the prefork
+# pool (the default), not in the solo pool the tests use.
+_IN_FLIGHT = min(settings.REFRESH_CONCURRENCY, settings.REFRESH_PROVIDER_CONCURRENCY)
+_ROUNDS = -(-settings.REFRESH_TASK_SIZE // _IN_FLIGHT) + 1
 
 
 @shared_task(

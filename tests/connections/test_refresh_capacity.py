@@ -7,16 +7,19 @@ import re
 import threading
 import time
 from collections import Counter
+from concurrent import futures
 from datetime import timedelta
 from email.utils import format_datetime
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import connection as db_connection
 from django.db import transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from connections import health, oauth_client, refresh, refresh_batch, tasks
+from connections.audit import audit_event_row
 from connections.models import AuditEvent, OAuthToken, TokenState
 from connections.oauth_client import ProviderError
 from tests.conftest import authorize, get_token, refresh_shared_token, shared_token, wait_for
@@ -163,6 +166,38 @@ def test_a_claimed_token_stays_overdue_until_a_worker_refreshes_it(connected, au
     token = shared_token(connected)
     assert token.refresh_due_at == token.next_refresh_at > timezone.now()
     assert health.refresh_backlog().overdue == 0
+
+
+def test_a_task_stopped_by_its_time_limit_gives_back_what_it_did_not_begin_and_audits_what_it_did(
+    make_connection, settings, monkeypatch
+):
+    # given one refresh thread and three due tokens, whose refreshes take a moment each
+    settings.REFRESH_CONCURRENCY = 1
+    tokens = due_tokens(make_connection, 3)
+
+    def slow_refresh(*, token: OAuthToken, audit: list[dict], **_: object) -> None:
+        time.sleep(0.3)
+        audit.append(
+            audit_event_row(action=AuditEvent.Action.TOKEN_REFRESH, outcome=AuditEvent.Outcome.SUCCESS, detail="done")
+        )
+
+    monkeypatch.setattr(refresh, "token_refresh_leased", slow_refresh)
+    waits, wait = [], futures.wait
+
+    def wait_stopped_by_the_time_limit(fs, timeout=None):
+        waits.append(timeout)
+        if len(waits) == 1:
+            raise SoftTimeLimitExceeded()  # what Celery raises in the task when its soft time limit passes
+        return wait(fs, timeout)
+
+    monkeypatch.setattr(refresh_batch.futures, "wait", wait_stopped_by_the_time_limit)
+    # when the task is stopped while the first refresh is under way
+    with pytest.raises(SoftTimeLimitExceeded):
+        refresh_batch.tokens_refresh([(token.pk, token.generation) for token in tokens], None)
+    # then the refresh under way ended and was audited, and the two not begun gave their leases back
+    assert list(AuditEvent.objects.values_list("detail", flat=True)) == ["done"]
+    leases = dict(OAuthToken.objects.values_list("pk", "lease_owner"))
+    assert [leases[token.pk] == "" for token in tokens] == [False, True, True]
 
 
 def test_at_most_the_provider_limit_of_calls_are_in_flight_to_one_host(make_connection, settings, monkeypatch):

@@ -705,9 +705,8 @@ class _KeepAliveHandler(_TinyHandler):
     do_POST = _answer
 
 
-@pytest.fixture
-def keep_alive_server() -> Iterator[_TinyServer]:
-    server = _TinyServer(None)
+def _keep_alive(tls: ssl.SSLContext | None) -> Iterator[_TinyServer]:
+    server = _TinyServer(tls)
     server.RequestHandlerClass = _KeepAliveHandler
     server.connections, server.drip_from = 0, 1_000_000
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -715,6 +714,28 @@ def keep_alive_server() -> Iterator[_TinyServer]:
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def keep_alive_server() -> Iterator[_TinyServer]:
+    yield from _keep_alive(None)
+
+
+@pytest.fixture(params=["http", "https"])
+def any_keep_alive_server(request, certificate, monkeypatch) -> Iterator[_TinyServer]:
+    """The keep-alive server in plain http, and in TLS with provider sessions trusting its certificate."""
+    if request.param == "http":
+        yield from _keep_alive(None)
+        return
+    original = oauth_client._session
+
+    def session_trusting_the_test_certificate(*args, **kwargs):
+        session = original(*args, **kwargs)
+        session.verify = str(certificate[0])
+        return session
+
+    monkeypatch.setattr(oauth_client, "_session", session_trusting_the_test_certificate)
+    yield from _keep_alive(_server_context(certificate))
 
 
 def test_calls_to_one_provider_reuse_a_kept_alive_connection(outbound, keep_alive_server):
@@ -737,11 +758,26 @@ def test_a_connection_idle_for_long_is_not_reused(outbound, keep_alive_server, m
     assert (len(keep_alive_server.hits), keep_alive_server.connections) == (3, 2)
 
 
-def test_a_call_on_a_reused_connection_is_cut_at_its_deadline(outbound, keep_alive_server):
-    # given a connection kept alive by a first call, and a provider that then answers a byte at a time
-    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+def test_a_call_on_a_new_connection_is_cut_at_its_deadline(outbound, any_keep_alive_server):
+    # given a provider that answers a byte at a time, each within any read timeout (over TLS too, which takes
+    # the socket over once connected)
+    server = any_keep_alive_server
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
     outbound.OUTBOUND_TIMEOUT = 1
-    config = _config(keep_alive_server.url("/token"))
+    server.drip_from = 1
+    # when a call goes out, then its deadline cuts it
+    started = time.monotonic()
+    with pytest.raises(ProviderError) as failure:
+        oauth_client.client_credentials(_config(server.url("/token", host="localhost")))
+    assert failure.value.error == "timeout" and time.monotonic() - started < 2.5, failure.value.message
+
+
+def test_a_call_on_a_reused_connection_is_cut_at_its_deadline(outbound, any_keep_alive_server):
+    # given a connection kept alive by a first call, and a provider that then answers a byte at a time
+    keep_alive_server = any_keep_alive_server
+    outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+    outbound.OUTBOUND_TIMEOUT = 1
+    config = _config(keep_alive_server.url("/token", host="localhost"))
     assert oauth_client.client_credentials(config).access_token == "kept-alive"
     keep_alive_server.drip_from = 2
 
