@@ -357,16 +357,21 @@ def main() -> int:
         )
         return 0 if not current.expired and not current.reuses else 1
     finally:
-        for process in processes.values():
-            stop(process)
-        if "django" in sys.modules:
-            from django.db import connections
+        tear_down(list(processes.values()), postgres_dir, workdir)
 
-            connections.close_all()
-        servers._stop_all()
-        if postgres_dir is not None:
-            shutil.rmtree(postgres_dir, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+
+def tear_down(processes: list[subprocess.Popen], postgres_dir: Path | None, workdir: Path) -> None:
+    """Stop what a bench run started and remove what it wrote."""
+    for process in processes:
+        stop(process)
+    if "django" in sys.modules:
+        from django.db import connections
+
+        connections.close_all()
+    servers._stop_all()
+    if postgres_dir is not None:
+        shutil.rmtree(postgres_dir, ignore_errors=True)
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

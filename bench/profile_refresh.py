@@ -15,7 +15,6 @@ import cProfile
 import io
 import os
 import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.capacity import cpu_seconds, redis_pid, seed, start, stop
+from bench.capacity import cpu_seconds, redis_pid, seed, start, tear_down
 from bench.common import app_environment, create_database, postgres_directory, run_main, run_step
 from tests.support import servers
 
@@ -211,15 +210,7 @@ def main() -> int:
         profile(due_pairs(args.profile))
         return 0
     finally:
-        stop(stub)
-        if "django" in sys.modules:
-            from django.db import connections
-
-            connections.close_all()
-        servers._stop_all()
-        if postgres_dir is not None:
-            shutil.rmtree(postgres_dir, ignore_errors=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+        tear_down([stub] if stub else [], postgres_dir, workdir)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ class _TinyServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: list[Hit] = []
         self.redirects: dict[str, str] = {}
+        self.connections, self.drip_from = 0, 1_000_000  # counted and used by _KeepAliveHandler
 
     def get_request(self):
         sock, address = super().get_request()
@@ -144,8 +145,9 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def _serve(tls: ssl.SSLContext | None) -> Iterator[_TinyServer]:
+def _serve(tls: ssl.SSLContext | None, handler: type = _TinyHandler) -> Iterator[_TinyServer]:
     server = _TinyServer(tls)
+    server.RequestHandlerClass = handler
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     yield server
@@ -706,14 +708,7 @@ class _KeepAliveHandler(_TinyHandler):
 
 
 def _keep_alive(tls: ssl.SSLContext | None) -> Iterator[_TinyServer]:
-    server = _TinyServer(tls)
-    server.RequestHandlerClass = _KeepAliveHandler
-    server.connections, server.drip_from = 0, 1_000_000
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    yield from _serve(tls, _KeepAliveHandler)
 
 
 @pytest.fixture
