@@ -111,7 +111,7 @@ def token_lease_keep(fence: Fence, taken_at: float) -> bool:
     provider) is renewed; False if it was lost meanwhile."""
     if time.monotonic() - taken_at < lease_seconds() - settings.OUTBOUND_TIMEOUT - 5:
         return True
-    return bool(fence.rows().update(lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds())))
+    return bool(fence.update(lease_expires_at=timezone.now() + timedelta(seconds=lease_seconds())))
 
 
 def token_rows() -> QuerySet[OAuthToken]:
@@ -120,7 +120,7 @@ def token_rows() -> QuerySet[OAuthToken]:
 
 
 def _lease_give_back(fence: Fence) -> None:
-    fence.rows().update(lease_owner="", lease_expires_at=None)
+    fence.update(lease_owner="", lease_expires_at=None)
 
 
 def _current(token: OAuthToken) -> OAuthToken:
