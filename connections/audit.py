@@ -1,20 +1,17 @@
 """The audit log: recording an event (in the caller's transaction), counting failed authentications rather
-than recording each, draining the events the token endpoint answered from memory (connections.audit_queue) into
-the audit table, and exporting events as CSV."""
+than recording each, and exporting events as CSV."""
 
 import csv
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
-from django.db import connection as db_connection
 from django.db import transaction
 from django.utils import timezone
 
-from connections import audit_queue, redis_connection
+from connections import audit_rows
 from connections.models import AuditEvent, Connection, FailedAuthenticationWindow
 
 Action = AuditEvent.Action
@@ -59,7 +56,7 @@ def audit_event_row(
     """An event of the system's own (no actor, no address) as audit_events_write() takes it: many are written
     with one statement at the end of a batch of work (a worker's refresh task)."""
     return {
-        "created_at": timezone.now().isoformat(),
+        "created_at": timezone.now(),
         "actor_id": None,
         "actor_label": (actor_label or user_label(None)).replace("\x00", "")[:150],
         "connection_id": connection.pk if connection else None,
@@ -73,8 +70,7 @@ def audit_event_row(
 
 def audit_events_write(rows: list[dict]) -> None:
     """Write audit_event_row()s with one statement."""
-    if rows:
-        _audit_events_insert(rows)
+    audit_rows.audit_rows_insert(rows)
 
 
 # --- failed authentications: a few recorded one by one, then counted ---------------------------------------------
@@ -142,64 +138,6 @@ def audit_failed_authentications_summarize(*, now: datetime | None = None) -> in
                 continue
         written += 1
     return written
-
-
-def audit_queue_drain(*, batch_size: int = 1000) -> int:
-    """Move the audit events the token endpoint queued in Redis (connections.audit_queue) into the audit table.
-
-    Returns how many were moved. A drainer that dies after its insert but before removing the batch from the
-    queue leaves it to be inserted again: an event may then appear twice, but is never lost.
-    """
-    if not redis_connection.enabled():
-        return 0
-    moved = 0
-    with audit_queue.drain_lock() as lock:
-        while lock is not None and (queued := audit_queue.peek(batch_size)):
-            _audit_events_insert(queued)
-            audit_queue.remove(len(queued))
-            moved += len(queued)
-            lock.reacquire()
-    return moved
-
-
-QUEUED_AUDIT_FIELDS = ("created_at", *audit_queue.EVENT_FIELDS, "remote_addr")
-AUDIT_INSERT_CHUNK = 500  # rows a statement
-
-
-def _audit_events_insert(queued: list[dict]) -> None:
-    """A batch of events with one multi-row INSERT (a chunk of AUDIT_INSERT_CHUNK each). bulk_create would prepare
-    every field of every row in Python, four times the cost of this (bench/token_endpoint.py counts it in each
-    answer); these values are plain already, and only the two that need it are adapted to the database by its
-    backend's own hooks."""
-    # A user or connection deleted since its event was queued: the event stays, with its labels.
-    users = set(
-        get_user_model().objects.filter(pk__in={event["actor_id"] for event in queued}).values_list("pk", flat=True)
-    )
-    connections = set(
-        Connection.objects.filter(pk__in={event["connection_id"] for event in queued}).values_list("pk", flat=True)
-    )
-    ops = db_connection.ops
-    rows = [
-        {
-            **event,
-            "created_at": ops.adapt_datetimefield_value(datetime.fromisoformat(event["created_at"])),
-            "actor_id": event["actor_id"] if event["actor_id"] in users else None,
-            "connection_id": event["connection_id"] if event["connection_id"] in connections else None,
-            "remote_addr": ops.adapt_ipaddressfield_value(event["remote_addr"]),
-        }
-        for event in queued
-    ]
-    columns = ", ".join(ops.quote_name(AuditEvent._meta.get_field(name).column) for name in QUEUED_AUDIT_FIELDS)
-    row_placeholders = "(" + ", ".join(["%s"] * len(QUEUED_AUDIT_FIELDS)) + ")"
-    table = ops.quote_name(AuditEvent._meta.db_table)
-    # One statement for the database to run, not one per row.
-    # SQLite allows as few as 999 parameters a statement in some builds; PostgreSQL sets no limit Django knows.
-    chunk_size = min(AUDIT_INSERT_CHUNK, (db_connection.features.max_query_params or 65535) // len(QUEUED_AUDIT_FIELDS))
-    with transaction.atomic(), db_connection.cursor() as cursor:
-        for first in range(0, len(rows), chunk_size):
-            chunk = rows[first : first + chunk_size]
-            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row_placeholders] * len(chunk))}"  # noqa: S608
-            cursor.execute(sql, [row[name] for row in chunk for name in QUEUED_AUDIT_FIELDS])
 
 
 def audit_csv_lines(events: Iterable[AuditEvent], fields: tuple[str, ...]) -> Iterator[str]:

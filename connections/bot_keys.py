@@ -103,15 +103,10 @@ def presented_key(authorization: str) -> PresentedKey:
     return PresentedKey(key_id=key_id, secret=secret)
 
 
-def bot_key_authenticate(presented: PresentedKey, *, remote_addr: str | None = None) -> BotKey:
-    """The active key matching the presented one, with its user loaded."""
-    columns = ("key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at")
-    key = (
-        BotKey.objects.select_related("user")
-        .only(*columns, "user__username", "user__is_active")
-        .filter(key_id=presented.key_id)
-        .first()
-    )
+def bot_key_check(presented: PresentedKey, key: BotKey | None, *, remote_addr: str | None = None) -> BotKey:
+    """`key` (the row with the presented key's id, its user loaded, as connections.token_request_read reads it;
+    None if none) if it is the presented key and active; notes that it was used (at most once per
+    LAST_USED_RESOLUTION)."""
     if key is None or not presented.matches(key.digest):
         raise BotKeyRejected("The bot key is not valid.")
     now = timezone.now()

@@ -1,8 +1,9 @@
 """The token endpoint's logic: from a bot key and a connection slug to a valid access token, or an error code.
 
 Error codes and statuses are the contract in connections/openapi.yaml. Every answer writes one audit event, never
-the token. A request like one this process has just answered is answered from memory (connections.token_cache);
-the first, and every refusal, refresh or change, goes the full way through the database.
+the token. A request like one this process has just answered is answered from memory (token_from_memory, called
+by connections.middleware); the first, and every refusal, refresh or change, goes the full way through the
+database (token_request).
 """
 
 import math
@@ -14,11 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from connections import audit_queue, token_cache
+from connections import token_cache
 from connections.audit import (
     Action,
     Outcome,
@@ -26,15 +25,11 @@ from connections.audit import (
     failed_authentication_count,
     failed_authentication_recorded_alone,
 )
-from connections.bot_keys import (
-    LAST_USED_RESOLUTION,
-    BotKeyRejected,
-    bot_key_authenticate,
-    presented_key,
-)
+from connections.bot_keys import LAST_USED_RESOLUTION, BotKeyRejected, bot_key_check, presented_key
 from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
 from connections.oauth_client import ProviderError
 from connections.refresh import TokenGone, client_credentials_token_obtain, token_refresh
+from connections.token_request_read import TokenRequestRead, token_request_read
 
 MAX_MIN_VALIDITY = 24 * 3600
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
@@ -88,11 +83,15 @@ def _seconds_left_in_this_minute() -> int:
     return max(1, math.ceil(60 - time.time() % 60))
 
 
-def _authenticate(authorization: str, remote_addr: str | None) -> BotKey:
-    """The presented key, or a TokenRequestError: 401, or 429 once this address has failed too often this minute
-    (counted before the answer, so a flood costs one cache increment each; a working key is never refused)."""
+def _read(authorization: str, slug: str | None, remote_addr: str | None) -> TokenRequestRead:
+    """Everything the answer needs, with the presented key checked; or a TokenRequestError: 401, or 429 once this
+    address has failed too often this minute (counted before the answer, so a flood costs one cache increment
+    each; a working key is never refused)."""
     try:
-        return bot_key_authenticate(presented_key(authorization), remote_addr=remote_addr)
+        presented = presented_key(authorization)
+        read = token_request_read(presented.key_id, slug)
+        bot_key_check(presented, read.key if read else None, remote_addr=remote_addr)
+        return read
     except BotKeyRejected as exc:
         failures = failed_authentication_count(where="token-endpoint", remote_addr=remote_addr)
         limit = settings.TOKEN_AUTH_FAILURES_PER_MINUTE
@@ -114,15 +113,11 @@ def _check_rate(key: BotKey) -> None:
     if not limit:
         return
     window = int(time.time() // 60)
-    counter = token_cache.rate_counter(key.key_id, window)
-    # This request, and those this process answered from memory and has not reported yet.
-    delta = 1 + token_cache.rate_unreported(key.key_id, window)
-    try:
-        count = cache.incr(counter, delta)  # one round trip in the common case: the window's counter exists
-    except ValueError:
-        # The first call of this window (add is a no-op if another process won).
-        cache.add(counter, 0, timeout=token_cache.RATE_COUNTER_SECONDS)
-        count = cache.incr(counter, delta)
+    if token_cache.rate_take(key.key_id, window, limit):
+        return  # no round trip to the cache: the next report counts it
+    # At its limit as far as this process knows: count this request, and those this process has not reported
+    # yet, with the other processes' now.
+    count = token_cache.rate_count(key.key_id, window, 1 + token_cache.rate_unreported(key.key_id, window))
     token_cache.rate_total_seen(key.key_id, window, count)
     if count > limit:
         raise TokenRequestError(
@@ -133,37 +128,19 @@ def _check_rate(key: BotKey) -> None:
         )
 
 
-def _connection_for(key: BotKey, slug: str | None) -> Connection:
-    if slug is None:  # not a slug's shape: nothing can be named so, and the database is not asked
+def _connection_for(read: TokenRequestRead, slug: str | None) -> Connection:
+    if slug is None:  # not a slug's shape: nothing can be named so
         raise TokenRequestError(404, "not_found", "No connection has that name.")
-    invited = Connection.roles.through.objects.filter(connection=OuterRef("pk"), group__user=key.user_id)
-    # Only the columns this answer needs: a refresh loads the rest (provider, secret) when it happens.
-    connection = (
-        Connection.objects.only("slug", "is_enabled", "token_type", "grant_type")
-        .annotate(invited=Exists(invited))
-        .filter(slug=slug)
-        .first()
-    )
+    connection, key = read.connection, read.key
     if connection is None:
         raise TokenRequestError(404, "not_found", f"No connection is named {slug!r}.")
-    if not connection.invited:
+    if not read.invited:
         raise TokenRequestError(
             403, "forbidden", f"None of the roles of {key.user.get_username()} is invited to use {slug}."
         )
     if not connection.is_enabled:
         raise TokenRequestError(403, "forbidden", f"{slug} is disabled by an administrator.")
     return connection
-
-
-def _stored_token(connection: Connection, key: BotKey) -> OAuthToken | None:
-    owner = {"user": key.user} if connection.is_user_specific else {"user__isnull": True}
-    # The refresh and ID tokens are not needed to answer; not loading them saves their decryption.
-    return (
-        OAuthToken.objects.filter(connection=connection, **owner)
-        .only("access_token", "token_type", "scope", "extra", "expires_at", "state", "generation", "next_refresh_at",
-              "last_error", "connection", "user")
-        .first()
-    )  # fmt: skip
 
 
 def _provider_failure(exc: ProviderError, token: OAuthToken | None) -> TokenRequestError:
@@ -227,10 +204,11 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
         raise _provider_failure(exc, token) from None
 
 
-def _answer_from_cache(
-    authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None
+def token_from_memory(
+    *, authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None = None
 ) -> IssuedToken | None:
-    """The answer kept from an earlier request, or None when the full path must answer this one."""
+    """The answer kept from an earlier request (counted and audited like any answer), or None when the full path
+    (token_request) must answer this one."""
     try:
         presented = presented_key(authorization)
     except BotKeyRejected:
@@ -256,10 +234,11 @@ def _answer_from_cache(
 
 
 def _answer_remember(
-    key: BotKey, token: OAuthToken, answer: IssuedToken, audit: dict[str, Any], counters: tuple[str, str] | None
+    read: TokenRequestRead, read_at: float, token: OAuthToken, answer: IssuedToken, audit: dict[str, Any]
 ) -> None:
-    if counters is None or token.state != TokenState.ACTIVE:
+    if token.state != TokenState.ACTIVE or not settings.TOKEN_CACHE_ENABLED:
         return
+    key = read.key
     cached = token_cache.CachedAnswer(
         key_id=key.key_id,
         digest=key.digest,
@@ -268,21 +247,26 @@ def _answer_remember(
         token_expires_at=token.expires_at,
         answer=answer,
         audit=audit,
-        counters=counters,
+        identity=read.identity,
+        read_at=read_at,
+        token_id=token.pk,
+        token_version=(token.generation, token.state),
     )
     token_cache.remember(cached)
 
 
-def _token_to_give(connection: Connection, key: BotKey, min_validity: int, force_refresh: bool) -> OAuthToken:
+def _token_to_give(
+    connection: Connection, read: TokenRequestRead, min_validity: int, force_refresh: bool
+) -> OAuthToken:
     """The stored token (obtained first for client credentials), refreshed if it would not last long enough."""
-    token = _stored_token(connection, key)
+    token = read.token
     if token is None and not connection.uses_authorization_code:
         try:
             token = client_credentials_token_obtain(connection=connection)
         except ProviderError as exc:
             raise _provider_failure(exc, None) from None
     if token is None:
-        who = key.user.get_username() if connection.is_user_specific else "nobody"
+        who = read.key.user.get_username() if connection.is_user_specific else "nobody"
         raise TokenRequestError(
             409, "not_connected", f"{connection.slug} is not connected: {who} has not authorized it yet."
         )
@@ -292,22 +276,20 @@ def _token_to_give(connection: Connection, key: BotKey, min_validity: int, force
 def token_request(
     *, authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None = None
 ) -> IssuedToken:
-    """Answer one bot's request for a token. Raises TokenRequestError for every refusal."""
-    answer = _answer_from_cache(authorization, slug, params, remote_addr)
-    if answer is not None:
-        return answer
-    # Read before the database: a change committed after this read moves them, and the cached answer dies with it.
+    """Answer one bot's request for a token through the database (token_from_memory first, for a request like one
+    just answered). Raises TokenRequestError for every refusal."""
+    read_at = time.monotonic()  # no later than the read the answer may be kept under
     possible_slug = slug if SLUG_PATTERN.fullmatch(slug) else None
-    counters = token_cache.counters(slug) if possible_slug else None
     key: BotKey | None = None
     connection: Connection | None = None
     outcome, detail, audited = Outcome.FAILURE, "", True
     try:
-        key = _authenticate(authorization, remote_addr)
+        read = _read(authorization, possible_slug, remote_addr)
+        key = read.key
         _check_rate(key)
         min_validity, force_refresh = _parse_params(params)
-        connection = _connection_for(key, possible_slug)
-        token = _token_to_give(connection, key, min_validity, force_refresh)
+        connection = _connection_for(read, possible_slug)
+        token = _token_to_give(connection, read, min_validity, force_refresh)
         outcome = Outcome.SUCCESS
         detail = f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
         answer = IssuedToken(
@@ -322,16 +304,33 @@ def token_request(
         detail, audited = f"{exc.status} {exc.error}: {exc.detail}", exc.audited
         raise
     finally:
-        if audited:  # False: a failed authentication counted with others (connections.audit)
-            event = audit_record(
+        # A refusal is written now, in the request (an unexpected error too); False: a failed authentication
+        # counted with others (connections.audit).
+        if outcome != Outcome.SUCCESS and audited:
+            audit_record(
                 action=Action.TOKEN_REQUEST,
                 outcome=outcome,
                 connection=connection,
                 actor=key.user if key else None,
-                actor_label=f"{key.user.get_username()[:120]} (key {key.key_id})" if key else "unknown key",
+                actor_label=_actor_label(key),
                 detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
                 remote_addr=remote_addr,
             )
-    audit = {field: getattr(event, field) for field in audit_queue.EVENT_FIELDS}
-    _answer_remember(key, token, answer, audit, counters)
+    # An answer is written by this process's next report, with those it gives from memory (connections.token_cache).
+    event = {
+        "actor_id": read.key.user.pk,
+        "actor_label": _actor_label(read.key),
+        "connection_id": connection.pk,
+        "connection_label": connection.slug,
+        "action": Action.TOKEN_REQUEST.value,
+        "outcome": Outcome.SUCCESS.value,
+        "detail": detail,
+    }
+    token_cache.audit_later(event, timezone.now(), remote_addr)
+    from_memory = {**event, "detail": f"{detail} {token_cache.FROM_MEMORY}".lstrip()}
+    _answer_remember(read, read_at, token, answer, from_memory)
     return answer
+
+
+def _actor_label(key: BotKey | None) -> str:
+    return f"{key.user.get_username()[:120]} (key {key.key_id})" if key else "unknown key"

@@ -277,6 +277,20 @@ class BeatHeartbeat(models.Model):
         return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}"
 
 
+class AnswerVersion(models.Model):
+    """What the token endpoint's answers from memory depend on besides their token's own row, as a number that
+    only grows: every write to keys, users, roles, invitations or connection settings moves it in its own
+    transaction. Each web process reads it with its tokens' generations (connections.token_cache)."""
+
+    IDENTITY = "identity"
+
+    name = models.CharField(max_length=40, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.value}"
+
+
 class Role(Group):
     """A role is a Django group: its members get its feature permissions and may use the connections it is
     invited to."""

@@ -16,12 +16,12 @@ from connections.models import BotKey, Connection, OAuthToken
 
 def identity_rows_changed() -> None:
     """Keys, users, roles, invitations or connection settings changed: every cached answer may be wrong."""
-    token_cache.invalidate()
+    token_cache.identity_changed()
 
 
 def token_rows_changed(slug: str) -> None:
     """A token of this connection changed: its cached answers may hand out the old one."""
-    token_cache.invalidate(slug=slug)
+    token_cache.token_changed(slug)
 
 
 def _identity_changed(**kwargs: Any) -> None:
@@ -38,7 +38,9 @@ def _token_saved(instance: OAuthToken, **kwargs: Any) -> None:
 
 
 def _token_deleted(**kwargs: Any) -> None:
-    identity_rows_changed()  # its connection may be going too, so its slug may not be readable any more
+    # Other processes see the row gone; this one forgets every answer, as the connection (and so its slug) may be
+    # going too.
+    token_cache.forget_all()
 
 
 def connect() -> None:

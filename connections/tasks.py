@@ -66,10 +66,3 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
     return audit.audit_failed_authentications_summarize()
-
-
-@shared_task(name="connections.tasks.audit_queue_drain", ignore_result=True)
-def audit_queue_drain() -> int:
-    """Queued by the token endpoint a second after the first event of a batch, and scheduled by beat in case
-    that message was lost: move the queued audit events into the audit table."""
-    return audit.audit_queue_drain()

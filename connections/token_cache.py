@@ -1,53 +1,53 @@
 """The token endpoint's common case from memory: no SQL and no network call in the request.
 
 The common case is a key that was just answered asking again for the same connection while its token is still
-valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a CachedAnswer.
-A cached answer is good while two counters in Redis hold the values they held before the full path read the
-database: one for keys, users, roles, invitations and connection settings, one per connection for its tokens.
-Every write to those rows moves a counter, now and again after it commits (connections.signals says which
-writes). A counter's values never repeat (each is random, also the first after Redis lost its data), so no
-restart brings an old answer back; a move Redis missed is made again at the next report, and a process that
-could not report forgets what it kept (it may have missed moves meanwhile).
+valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a
+CachedAnswer, with the versions it was read at: the identity version (models.AnswerVersion), read in the same
+statement as the rows it guards (connections.token_request_read), and the generation and state of the token row
+it gave. Every write that could change an answer
+moves one of them in its own transaction: a write to keys, users, roles, invitations or connection settings
+moves the identity version (connections.signals); every new token moves its row's generation, every failure its
+state, and a disconnect both (then deletes the row). So a cached answer is good while its versions are still
+the database's; nothing outside the database (a Redis restart) can bring an old answer back.
 
-Each web process reports to Redis every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread: it learns
-which counters moved, adds the requests it answered to each key's rate counter, and queues their audit events
-(connections.audit_queue; a Celery task moves them into the audit table). So a change made in one process
-reaches the others within that interval; a key's rate limit may be overshot by what the other processes
-answered in it; and a process killed with SIGKILL loses the audit events of its last interval (a normal exit
-reports them). A process that has not heard from Redis for ten intervals answers nothing from memory until
-it has. An answer is read from the database again at least once a minute, by the monotonic clock.
+Each web process reads those versions every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with
+one SELECT for the identity version and the tokens it holds answers of. The same report writes the audit events
+of the requests it answered from memory, with one INSERT, and adds them to each key's rate counter (Django's
+cache). So a change made in one process reaches the others within that interval; a key's rate limit may be
+overshot by what the other processes answered in it; and a process killed with SIGKILL loses the audit events of
+its last interval (a normal exit reports them). An answer whose versions nobody has read for ten intervals (the
+database did not answer) is not given until they have been. An answer is read from the database again at least
+once a minute, by the monotonic clock.
 
-Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. Without
-Redis (the embedded default) nothing is kept and every request takes the full path.
-
-Pure infrastructure: it imports no models, and knows the answers it keeps only as opaque values.
+Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. The
+embedded SQLite default and PostgreSQL work alike: Redis plays no part.
 """
 
 import atexit
-import functools
-import json
 import logging
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import F
 
-from connections import audit_queue, redis_connection
+from connections import audit_rows
+from connections.models import AnswerVersion, OAuthToken
 
 logger = logging.getLogger(__name__)
 
-STALE_INTERVALS = 10  # reports missed before a process stops answering from memory
+STALE_INTERVALS = 10  # intervals without a report before a process checks on the request itself
 MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afresh
 MAX_ANSWER_AGE = 60.0  # seconds (monotonic): an answer is read from the database again at least this often
-RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then Redis drops it
+RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then the cache drops it
+
+TokenVersion = tuple[int, str]  # a token row's (generation, state)
 
 
 @dataclass(frozen=True)
@@ -60,120 +60,140 @@ class CachedAnswer:
     last_used_at: datetime
     token_expires_at: datetime | None
     answer: Any  # issuing.IssuedToken
-    audit: dict[str, Any]  # audit_queue.EVENT_FIELDS of a successful answer
-    counters: tuple[str, str]  # (identity, token) counters as read before the database
+    audit: dict[str, Any]  # audit_rows.EVENT_FIELDS of an answer from memory
+    identity: int  # the identity version, read with the rows the answer came from
+    read_at: float  # time.monotonic() no later than that read
+    token_id: int
+    token_version: TokenVersion
     stored_at: float = field(default_factory=time.monotonic)
 
 
-enabled = redis_connection.enabled
+def identity_changed() -> None:
+    """Keys, users, roles, invitations or connection settings changed: every cached answer may be wrong. Moved
+    in the writer's transaction, so it is committed with the change or not at all."""
+    _forget(slug=None)
+    versions = AnswerVersion.objects.filter(name=AnswerVersion.IDENTITY)
+    if not versions.update(value=F("value") + 1):
+        # The row is missing (a database flushed by tests): a version read as 0 must move all the same.
+        with transaction.atomic():
+            _, created = AnswerVersion.objects.get_or_create(name=AnswerVersion.IDENTITY, defaults={"value": 1})
+        if not created:
+            versions.update(value=F("value") + 1)
 
 
-# Redis key names: the cache's own naming (prefix, version), worked out once.
-@functools.cache
-def _identity_counter() -> str:
-    return cache.make_key("grants:identity")
+def token_changed(slug: str) -> None:
+    """A token of this connection changed: this process forgets its answers at once. Other processes learn it
+    from the row itself (its generation, its state, or its absence) at their next report."""
+    _forget(slug=slug)
 
 
-@functools.lru_cache(maxsize=MAX_ANSWERS)
-def _token_counter(slug: str) -> str:
-    return cache.make_key(f"grants:token:{slug}")
-
-
-def _new_counter_value() -> str:
-    return secrets.token_hex(8)
-
-
-def _counter_values(client: redis.Redis, keys: list[str], values: list[bytes | None]) -> list[str]:
-    """The counters' values as read; one that Redis does not hold (it restarted without its data) is given a new
-    value first, so that it never equals what an answer cached before the restart holds."""
-    missing = [key for key, value in zip(keys, values, strict=True) if value is None]
-    if missing:
-        pipe = client.pipeline(transaction=False)
-        for key in missing:
-            pipe.set(key, _new_counter_value(), nx=True)  # whoever comes first sets it; everyone reads that
-        pipe.mget(missing)
-        values = list(values)
-        filled = dict(zip(missing, pipe.execute()[-1], strict=True))
-        values = [filled.get(key, value) for key, value in zip(keys, values, strict=True)]
-    return [value.decode() for value in values]
+def forget_all() -> None:
+    """This process's answers, all of them: the others learn what changed from the database."""
+    _forget(slug=None)
 
 
 def rate_counter(key_id: str, window: int) -> str:
-    """A bot key's request count in one minute, a cache key (the full path counts it through Django's cache)."""
+    """A bot key's request count in one minute, a cache key."""
     return f"token-rate:{key_id}:{window}"
 
 
+def rate_count(key_id: str, window: int, requests: int) -> int:
+    """Add requests to a key's count for one minute (Django's cache: Redis when configured); the new count."""
+    counter = rate_counter(key_id, window)
+    try:
+        return cache.incr(counter, requests)  # the common case: the window's counter exists
+    except ValueError:
+        cache.add(counter, 0, timeout=RATE_COUNTER_SECONDS)  # a no-op if another process won
+        return cache.incr(counter, requests)
+
+
+def _versions_read(token_ids: set[int]) -> tuple[int, dict[int, TokenVersion]]:
+    """The identity version and these tokens' versions, with one SELECT (a token deleted is left out)."""
+    quote, ids = connection.ops.quote_name, sorted(token_ids)
+    # Only the models' own table and column names go into the text; every value is a parameter.
+    sql = f"SELECT 0, {quote('value')}, '' FROM {quote(AnswerVersion._meta.db_table)} WHERE {quote('name')} = %s"  # noqa: S608
+    if ids:
+        columns = ", ".join(quote(name) for name in ("id", "generation", "state"))
+        placeholders = ", ".join(["%s"] * len(ids))
+        sql += f" UNION ALL SELECT {columns} FROM {quote(OAuthToken._meta.db_table)} WHERE id IN ({placeholders})"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [AnswerVersion.IDENTITY, *ids])
+        rows = cursor.fetchall()
+    identity = next((value for row_id, value, _ in rows if row_id == 0), 0)
+    return identity, {row_id: (generation, state) for row_id, generation, state in rows if row_id != 0}
+
+
 class _Process:
-    """What one process keeps. A forked child starts afresh: a connection, a thread and unreported events must
-    not be shared with its parent."""
+    """What one process keeps. A forked child starts afresh: a thread and unreported events must not be shared
+    with its parent."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.redis = redis_connection.client()
         self.answers: dict[tuple[str, str], CachedAnswer] = {}
-        self.counters: dict[str, str] = {}  # counter key -> value at the last report
-        self.reported_at = float("-inf")  # time.monotonic() of the last report Redis answered
-        self.events: list[tuple[CachedAnswer, datetime, str | None]] = []  # not yet audited: answer, time, address
-        self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet reported
-        self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count in Redis when last reported
-        self.moves: set[str] = set()  # counters a write could not move: moved again at the next report
+        self.identity = -1  # the identity version as last read (-1: never)
+        self.tokens: dict[int, TokenVersion] = {}  # the versions of the tokens answers are kept for, as last read
+        self.reported_at = float("-inf")  # time.monotonic() when the versions were last read
+        self.events: list[tuple[dict, datetime, str | None]] = []  # not yet written: EVENT_FIELDS, time, address
+        self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet counted
+        self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count when last reported
         self.lock = threading.Lock()  # guards the answers and the buffers; held only for moments
         self.report_lock = threading.Lock()  # one report at a time
         self.thread: threading.Thread | None = None
+        self.closed = False  # the process is exiting: its last report is made at exit, not by the thread
         self.failing = False  # the last report failed: say so once, not every interval
 
     def report(self) -> bool:
-        """Send what was answered, learn the counters; False (and everything kept for next time) if Redis failed."""
+        """Learn the versions, write the audit events, count the requests; False if the database failed (what
+        could not be written is kept for next time)."""
         with self.report_lock:
+            if self.closed and threading.current_thread() is self.thread:
+                return True
             started = time.monotonic()
             with self.lock:
                 events, self.events = self.events, []
                 unreported, self.unreported = self.unreported, {}
-                moves, self.moves = self.moves, set()
-                watched = [_identity_counter(), *{_token_counter(slug) for _, slug in self.answers}]
-            pipe = self.redis.pipeline(transaction=False)
-            for counter in moves:
-                pipe.set(counter, _new_counter_value())
-            pipe.mget(watched)
-            for (key_id, window), count in unreported.items():
-                counter = cache.make_key(rate_counter(key_id, window))
-                pipe.incrby(counter, count)
-                pipe.expire(counter, RATE_COUNTER_SECONDS)
-            if events:
-                audit_queue.push(pipe, [_audit_event(*event) for event in events])
+                watched = {cached.token_id for cached in self.answers.values()}
             try:
-                results = pipe.execute()
-            except redis.RedisError:
-                with self.lock:
-                    self.moves |= moves
-                    self.events[:0] = events
-                    for window_key, count in unreported.items():
-                        self.unreported[window_key] = self.unreported.get(window_key, 0) + count
-                if not self.failing:
-                    logger.warning("Redis does not answer the token cache's reports; the full path answers meanwhile.")
-                self.failing = True
+                identity, tokens = _versions_read(watched)
+                audit_rows.audit_rows_insert([_audit_row(*event) for event in events])
+            except DatabaseError:
+                self._keep(events, unreported)
+                self._failed("The database does not answer the token cache's reports; the full path answers.")
                 return False
-            results = results[len(moves) :]
-            try:
-                values = _counter_values(self.redis, watched, results[0])
-            except redis.RedisError:
-                values = [value.decode() if value else "" for value in results[0]]  # "": never a cached value
-            self.counters = dict(zip(watched, values, strict=True))
-            current = int(time.time() // 60)
             with self.lock:
-                if self.failing:
-                    # Writes may have failed to move counters meanwhile, in processes that are gone since.
-                    logger.warning("Redis answers the token cache's reports again; cached answers are read afresh.")
-                    self.answers.clear()
-                self.totals = {
-                    window_key: total for window_key, total in self.totals.items() if window_key[1] >= current
-                }
-                self.totals.update(zip(unreported, results[1 : 1 + 2 * len(unreported) : 2], strict=True))
+                self.identity = max(self.identity, identity)  # an answer stored meanwhile may have read a newer one
+                self.tokens = {**{key: value for key, value in self.tokens.items() if key not in watched}, **tokens}
+                self.reported_at = started
+            if self.failing:
+                logger.warning("The token cache's reports reach the database again.")
             self.failing = False
-            self.reported_at = started
-        if events and results[-1] == len(events):
-            audit_queue.drain_soon()  # the queue was empty: nobody has asked for a drain yet
+            self._count(unreported)
         return True
+
+    def _count(self, unreported: dict[tuple[str, int], int]) -> None:
+        current = int(time.time() // 60)
+        try:
+            counted = {window_key: rate_count(*window_key, requests) for window_key, requests in unreported.items()}
+        except Exception:  # the cache's own errors (Redis, files) vary by backend; counted at the next report
+            logger.warning("Could not add the requests answered from memory to the rate counters.", exc_info=True)
+            self._keep([], unreported)
+            return
+        with self.lock:
+            self.totals = {window_key: total for window_key, total in self.totals.items() if window_key[1] >= current}
+            self.totals.update(counted)
+
+    def _keep(self, events: list, unreported: dict[tuple[str, int], int]) -> None:
+        with self.lock:
+            self.events[:0] = events
+            for window_key, requests in unreported.items():
+                self.unreported[window_key] = self.unreported.get(window_key, 0) + requests
+
+    def _failed(self, message: str) -> None:
+        if not connection.in_atomic_block:  # never a request's (or a test's) transaction
+            close_old_connections()  # a connection the error broke is opened afresh next time
+        if not self.failing:
+            logger.warning(message, exc_info=True)
+        self.failing = True
 
     def report_forever(self) -> None:
         while _state is self:  # until this process state is replaced (reset)
@@ -210,8 +230,12 @@ def report() -> bool:
 @atexit.register
 def _report_at_exit() -> None:
     # gunicorn workers exit normally on a restart, a scale-down or a timeout: what they answered is reported.
-    if _state is not None and _state.pid == os.getpid() and (_state.events or _state.unreported or _state.moves):
-        _state.report()
+    # After a report the thread has under way (the thread itself is stopped with the interpreter, mid-write
+    # perhaps: so it makes none after this).
+    state = _state
+    if state is not None and state.pid == os.getpid():
+        state.closed = True
+        state.report()
 
 
 def reset() -> None:
@@ -225,28 +249,27 @@ def reset() -> None:
             _state = None
 
 
-def counters(slug: str) -> tuple[str, str] | None:
-    """The counters an answer for `slug` depends on, read before the database; None when there is no cache."""
-    if not enabled():
-        return None
-    client, keys = _process().redis, [_identity_counter(), _token_counter(slug)]
-    try:
-        identity, token = _counter_values(client, keys, client.mget(keys))
-    except redis.RedisError:
-        return None
-    return identity, token
+def _forget(*, slug: str | None) -> None:
+    """This process's answers: all of them (slug None), or those of one connection."""
+    if _state is None or _state.pid != os.getpid():
+        return
+    with _state.lock:  # other threads of this process add and drop answers meanwhile
+        for answer_key in [answer_key for answer_key in _state.answers if slug is None or answer_key[1] == slug]:
+            del _state.answers[answer_key]
 
 
 def remember(cached: CachedAnswer) -> None:
     state = _process()
-    slug = cached.answer.connection
     with state.lock:
         if len(state.answers) >= MAX_ANSWERS:
             state.answers.clear()
-        # Until the next report, take the counters as this answer read them a moment ago.
-        state.counters.setdefault(_identity_counter(), cached.counters[0])
-        state.counters.setdefault(_token_counter(slug), cached.counters[1])
-        state.answers[(cached.key_id, slug)] = cached
+        # Until the next report, take the versions as this answer read them a moment ago, if they are newer: the
+        # identity version only grows, and so does a token's generation.
+        state.identity = max(state.identity, cached.identity)
+        known = state.tokens.get(cached.token_id)
+        if known is None or known[0] < cached.token_version[0]:
+            state.tokens[cached.token_id] = cached.token_version
+        state.answers[(cached.key_id, cached.answer.connection)] = cached
     state.start_reporting()
 
 
@@ -265,31 +288,56 @@ def find(key_id: str, slug: str) -> CachedAnswer | None:
 def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool:
     """Count the request and keep it to be audited, if the answer still holds and the key is under its limit."""
     state = _process()
-    stale = time.monotonic() - state.reported_at > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS
-    if stale and not state.report():
+    heard = max(state.reported_at, cached.read_at)
+    if time.monotonic() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
         return False
-    slug = cached.answer.connection
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
-        if (state.counters.get(_identity_counter()), state.counters.get(_token_counter(slug))) != cached.counters:
-            state.answers.pop((cached.key_id, slug), None)
+        if state.identity != cached.identity or state.tokens.get(cached.token_id) != cached.token_version:
+            state.answers.pop((cached.key_id, cached.answer.connection), None)
             return False
         if limit:
             window_key = (cached.key_id, int(now.timestamp() // 60))
             unreported = state.unreported.get(window_key, 0)
             if state.totals.get(window_key, 0) + unreported >= limit:
-                return False  # the full path counts it in Redis and answers 429 if it is over
+                return False  # the full path counts it and answers 429 if it is over
             state.unreported[window_key] = unreported + 1
-        state.events.append((cached, now, remote_addr))  # made into JSON by the report, off the request's path
+        state.events.append((cached.audit, now, remote_addr))  # made into a row by the report
     return True
 
 
-def _audit_event(cached: CachedAnswer, created_at: datetime, remote_addr: str | None) -> str:
-    return json.dumps({**cached.audit, "created_at": created_at.isoformat(), "remote_addr": remote_addr})
+def audit_later(event: dict[str, Any], created_at: datetime, remote_addr: str | None) -> None:
+    """Have the next report write this audit event (audit_rows.EVENT_FIELDS) with the others: a successful answer
+    of the full path is written as those from memory are, off the request's path."""
+    state = _process()
+    with state.lock:
+        state.events.append((event, created_at, remote_addr))
+    state.start_reporting()
+
+
+def _audit_row(event: dict[str, Any], created_at: datetime, remote_addr: str | None) -> dict[str, Any]:
+    return {**event, "created_at": created_at, "remote_addr": remote_addr}
+
+
+FROM_MEMORY = "(answered from memory)"  # how the audit log tells these answers from the full path's
+
+
+def rate_take(key_id: str, window: int, limit: int) -> bool:
+    """Count one request of the full path in this process, if the key is under its limit as far as this process
+    knows (the count at the last report, and what it answered since): the report adds it to the shared counter,
+    as it does for answers from memory. False: it may be at its limit, and only the shared counter can say."""
+    state = _process()
+    with state.lock:
+        unreported = state.unreported.get((key_id, window), 0)
+        if state.totals.get((key_id, window), 0) + unreported + 1 > limit:
+            return False
+        state.unreported[(key_id, window)] = unreported + 1
+    state.start_reporting()
+    return True
 
 
 def rate_unreported(key_id: str, window: int) -> int:
-    """Take the requests of a key answered from memory and not yet reported: the full path adds them to its count."""
+    """Take the requests of a key answered from memory and not yet counted: the full path adds them to its count."""
     if _state is None or _state.pid != os.getpid():
         return 0
     with _state.lock:
@@ -297,34 +345,6 @@ def rate_unreported(key_id: str, window: int) -> int:
 
 
 def rate_total_seen(key_id: str, window: int, total: int) -> None:
-    if _state is not None and _state.pid == os.getpid():
-        with _state.lock:
-            _state.totals[(key_id, window)] = total
-
-
-def invalidate(*, slug: str | None = None) -> None:
-    """Forget cached answers: all of them (slug None), or those of one connection's tokens."""
-    if not enabled():
-        return
-    counter = _identity_counter() if slug is None else _token_counter(slug)
     state = _process()
-    with state.lock:  # other threads of this process add and drop answers meanwhile
-        for answer_key in [answer_key for answer_key in state.answers if slug is None or answer_key[1] == slug]:
-            del state.answers[answer_key]  # this process: at once
-    # Other processes: when they next report. Moved now, for reads later in this transaction; and again after
-    # commit, since an answer cached meanwhile may have been read from the rows as they were before this write
-    # (outside a transaction the write is committed already: once does).
-    _counter_move(counter)
-    if transaction.get_connection().in_atomic_block:
-        transaction.on_commit(lambda: _counter_move(counter))
-
-
-def _counter_move(counter: str) -> None:
-    state = _process()
-    try:
-        state.redis.set(counter, _new_counter_value())
-    except redis.RedisError:
-        logger.error("Redis did not answer; the cached answers' counter is moved at the next report.", exc_info=True)
-        with state.lock:
-            state.moves.add(counter)
-        state.start_reporting()
+    with state.lock:
+        state.totals[(key_id, window)] = total

@@ -127,7 +127,8 @@ def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
 
 @require_GET
 def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
-    """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'."""
+    """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'. A request
+    like one this process has just answered was answered from memory already (connections.middleware)."""
     try:
         issued = issuing.token_request(
             authorization=request.META.get("HTTP_AUTHORIZATION", ""),
@@ -135,13 +136,25 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
             params=request.GET.dict(),
             remote_addr=client_address(request),
         )
-        response = JsonResponse(issued.as_json(timezone.now()))
+        return token_response(issued)
     except issuing.TokenRequestError as exc:
         response = JsonResponse({"error": exc.error, "detail": exc.detail}, status=exc.status)
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
         if exc.status == 401:
             response["WWW-Authenticate"] = 'Bearer realm="controlroom"'
+        return _not_cached(response)
+
+
+def token_response(issued: issuing.IssuedToken) -> JsonResponse:
+    response = JsonResponse(issued.as_json(timezone.now()))
+    # As CommonMiddleware sets it, which an answer from memory does not pass through: without it the server
+    # would send the body chunked, or close the connection after it.
+    response["Content-Length"] = str(len(response.content))
+    return _not_cached(response)
+
+
+def _not_cached(response: JsonResponse) -> JsonResponse:
     # The body may hold an access token: no cache, browser or proxy, may keep it (RFC 6749 5.1).
     response["Cache-Control"] = "no-store"
     response["Pragma"] = "no-cache"

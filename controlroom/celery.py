@@ -29,10 +29,6 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
         sender.signature("connections.tasks.audit_failed_authentications_summarize"),
         name="failed authentications summary",
     )
-    # The token endpoint asks for a drain of its audit queue itself; this catches a request that was lost.
-    sender.add_periodic_task(
-        settings.BEAT_INTERVAL, sender.signature("connections.tasks.audit_queue_drain"), name="audit queue drain"
-    )
 
 
 @setup_logging.connect

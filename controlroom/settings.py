@@ -90,6 +90,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A bot's repeated token request, answered from memory without the middleware below (connections.middleware).
+    "connections.middleware.TokenFromMemoryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -323,9 +325,12 @@ TOKEN_AUTH_FAILURES_PER_MINUTE = int(_number("TOKEN_AUTH_FAILURES_PER_MINUTE", 2
 # Per address and minute, this many failed authentications (token endpoint, OAuth callback) are audited one by
 # one; the rest are counted and audited as one event when the minute is over.
 AUTH_FAILURES_AUDITED_ONE_BY_ONE = int(_number("AUTH_FAILURES_AUDITED_ONE_BY_ONE", 5, unit="failures"))
-# With Redis, each web process answers repeated token requests from memory and reports to Redis this often:
-# the longest a change (a revoked key, a refreshed token) takes to reach the other web processes.
+# Each web process answers repeated token requests from memory, checks those answers against the database and
+# writes the audit events of every answer this often: the longest a change (a revoked key, a refreshed token)
+# takes to reach the other web processes. Off: every request goes through the database (to measure that path,
+# or to rule the memory out when looking for a fault).
 TOKEN_CACHE_SYNC_SECONDS = _number("TOKEN_CACHE_SYNC_SECONDS", 0.05, minimum=0.001, whole=False)
+TOKEN_CACHE_ENABLED = env.bool("TOKEN_CACHE_ENABLED", default=True)
 
 # How long an authorization started with Connect stays valid (state and PKCE verifier).
 OAUTH_STATE_TTL = int(_number("OAUTH_STATE_TTL", 600))

@@ -10,14 +10,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from django.conf import settings
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
 
-from connections import audit_queue, refresh, token_cache
+from connections import refresh, token_cache
 from connections.models import AuditEvent, BotKey, Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
@@ -47,15 +46,17 @@ PROVIDER_USER = ("alice", "alice-provider-password")
 
 
 @pytest.fixture(autouse=True)
-def fresh_token_cache() -> Iterator[None]:
-    """Cached answers, counters (rates, failed authentications) and queued audit events outlive a test's
-    rolled-back database: none may reach the next."""
+def fresh_token_cache(monkeypatch) -> Iterator[None]:
+    """Cached answers, counters (rates, failed authentications) and unreported audit events outlive a test's
+    rolled-back database: none may reach the next. And no report thread in the test process: its own database
+    connection would not see what the test's transaction holds, so it would find every token gone. Reports run
+    in the request that needs one (token_cache.use) or where the test calls token_cache.report(); the thread
+    itself runs in the web processes of tests/refresh/test_token_cache_across_web_processes.py."""
     cache.clear()
     token_cache.reset()
+    monkeypatch.setattr(token_cache._Process, "start_reporting", lambda self: None)
     yield
     token_cache.reset()
-    if token_cache.enabled():
-        redis.Redis.from_url(settings.REDIS_URL).delete(audit_queue.key())
 
 
 @pytest.fixture

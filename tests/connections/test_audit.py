@@ -38,9 +38,8 @@ def test_audit_csv_export_follows_the_filters(admin_client):
     assert rows[1][5] == "'=HYPERLINK(evil)"  # defused for spreadsheets
 
 
-def test_a_batch_of_events_is_written_in_chunks_each_one_statement(make_connection, monkeypatch):
-    # given seven events of a worker's batch, one of them for a connection deleted meanwhile, and chunks of three
-    monkeypatch.setattr(audit, "AUDIT_INSERT_CHUNK", 3)
+def test_a_batch_of_events_is_written_with_one_statement(make_connection):
+    # given seven events of a worker's batch, one of them for a connection deleted meanwhile
     kept, deleted = make_connection(register=False), make_connection(register=False)
     rows = [
         audit.audit_event_row(
@@ -57,8 +56,9 @@ def test_a_batch_of_events_is_written_in_chunks_each_one_statement(make_connecti
     # when they are written
     with CaptureQueriesContext(connection) as queries:
         audit.audit_events_write(rows)
-    # then three INSERTs wrote them all, in order, the deleted connection's with its label only
-    assert sum(query["sql"].startswith("INSERT") for query in queries) == 3
+    # then one INSERT, sent once for all of them (executemany), wrote them all, in order, the deleted
+    # connection's with its label only
+    assert [query["sql"].split(" INTO ")[0] for query in queries if "INSERT" in query["sql"]] == ["7 times: INSERT"]
     written = list(AuditEvent.objects.order_by("pk").values_list("detail", "connection_id", "connection_label"))
     assert written == [
         *[(f"event {number}", kept.pk, kept.slug) for number in range(6)],

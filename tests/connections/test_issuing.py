@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from connections import audit
+from connections import audit, token_cache
 from connections.bot_keys import bot_key_create
 from connections.models import AuditEvent, BotKey, OAuthToken
 from tests.conftest import authorize, get_token, refresh_shared_token, shared_token, wait_for
@@ -42,6 +42,9 @@ def test_a_bot_gets_a_valid_token(connected, bot, authserver):
     assert token.refresh_token not in response.content.decode()
     assert connected.client_secret not in response.content.decode()
     assert authserver.whoami(body["access_token"]).status_code == 200
+    # written by the process's next report (connections.token_cache), not in the request
+    assert not AuditEvent.objects.filter(action="token_request").exists()
+    assert token_cache.report()
     event = AuditEvent.objects.filter(action="token_request").latest("id")
     assert (event.outcome, event.connection, event.remote_addr) == ("success", connected, "127.0.0.1")
     assert "finance-bot" in event.actor_label and token.access_token not in event.detail

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-import redis
 from django.contrib.auth.models import Group
+from django.db import OperationalError, transaction
+from django.test import Client
 from django.utils import timezone
 
-from connections import audit, redis_connection, services, token_cache
+from connections import services, token_cache
 from connections.bot_keys import bot_key_create, bot_key_revoke
-from connections.models import AuditEvent, OAuthToken
+from connections.models import AnswerVersion, AuditEvent, OAuthToken
 from connections.oauth_client import ProviderError
 from connections.refresh import token_refresh
 from tests.conftest import get_token, shared_token
@@ -43,30 +44,30 @@ def test_a_repeated_request_is_answered_from_memory_with_the_same_answer(connect
 
 
 def test_answers_from_memory_are_audited_like_the_others(connected, bot):
-    # given: one answer through the database (audited at once) and three from memory (queued)
+    # given: one answer through the database and three from memory, their events kept for the next report
     for _ in range(4):
         assert get_token(bot.raw_key, connected.slug).status_code == 200
-    assert AuditEvent.objects.filter(action="token_request").count() == 1
+    assert AuditEvent.objects.filter(action="token_request").count() == 0
     # when
     assert token_cache.report()
-    assert audit.audit_queue_drain() == 3
-    # then: four identical events but for their time, in order
+    # then: four identical events but for their time, in order, and the words that say which came from memory
     events = list(AuditEvent.objects.filter(action="token_request").order_by("created_at", "id"))
-    fields = ("actor_id", "actor_label", "connection_id", "connection_label", "outcome", "detail", "remote_addr")
+    fields = ("actor_id", "actor_label", "connection_id", "connection_label", "outcome", "remote_addr")
     assert len({tuple(getattr(event, name) for name in fields) for event in events}) == 1
+    assert [event.detail for event in events[1:]] == [f"{events[0].detail} (answered from memory)"] * 3
     assert events[0].actor == bot.user and events[0].connection == connected and events[0].remote_addr == "127.0.0.1"
     assert [event.created_at for event in events] == sorted(event.created_at for event in events)
-    assert audit.audit_queue_drain() == 0
+    assert token_cache.report()  # written once
+    assert AuditEvent.objects.filter(action="token_request").count() == 4
 
 
-def test_queued_events_outlive_a_deleted_user_and_connection(connected, bot):
+def test_unreported_events_outlive_a_deleted_user_and_connection(connected, bot):
     warm(bot, connected)
     label = f"finance-bot (key {bot.key.key_id})"
     slug = connected.slug
     bot.user.delete()
     connected.delete()
     assert token_cache.report()
-    assert audit.audit_queue_drain() == 1
     event = AuditEvent.objects.filter(action="token_request").latest("id")
     assert (event.actor, event.connection, event.actor_label, event.connection_label) == (None, None, label, slug)
 
@@ -150,7 +151,7 @@ def test_the_next_request_after_a_change_sees_it(connected, bot, change, time_ma
 
 
 # The two below run in one process, where the refresh evicts this process's cached answer itself; across
-# processes the shared counters carry it (tests/refresh/test_token_cache_across_web_processes.py).
+# processes the token row's generation and state carry it (tests/refresh/test_token_cache_across_web_processes.py).
 def test_a_token_refreshed_by_this_process_is_served_at_once(connected, bot, authserver):
     before = warm(bot, connected)["access_token"]
     token_refresh(token=shared_token(connected), actor_label="another process")
@@ -220,41 +221,34 @@ def test_user_specific_grants_are_each_users_own(make_connection, make_user, aut
             assert get_token(raw, connection.slug).json()["access_token"] == f"token-of-{name}"
 
 
-@dataclasses.dataclass
-class RedisAttempts:
-    connects: int = 0  # to the port watched
-    backoff_waits: list[float] = dataclasses.field(default_factory=list)  # by any Redis client of this process
-
-
-def watch_redis_attempts(monkeypatch, port: int) -> RedisAttempts:
-    attempts, connect = RedisAttempts(), redis.connection.Connection._connect
-
-    def counted(connection: redis.connection.Connection):
-        attempts.connects += connection.port == port
-        return connect(connection)
-
-    monkeypatch.setattr(redis.connection.Connection, "_connect", counted)
-    monkeypatch.setattr(redis.retry, "sleep", attempts.backoff_waits.append)
-    return attempts
-
-
-def test_without_redis_the_full_path_answers(connected, bot, monkeypatch, caplog):
+def test_when_reports_fail_an_answer_is_not_given_from_memory_once_it_is_ten_intervals_old(
+    connected, bot, monkeypatch, caplog
+):
     warm(bot, connected)
-    # Redis gone after start-up: this process's connection points at a closed port, and its last report is old.
-    state = token_cache._process()
-    monkeypatch.setattr(state, "redis", redis_connection.connect("redis://127.0.0.1:1/0"))
-    monkeypatch.setattr(state, "reported_at", float("-inf"))
-    before = AuditEvent.objects.filter(action="token_request").count()
-    attempts = watch_redis_attempts(monkeypatch, port=1)
+    # the database stops answering the reports (not the requests), and each request comes a second after the last
+    monkeypatch.setattr(token_cache, "_versions_read", refused_by_the_database)
+    now = [time.monotonic()]
+    monkeypatch.setattr(token_cache.time, "monotonic", lambda: now[0])
     for _ in range(3):
+        now[0] += 1
         assert get_token(bot.raw_key, connected.slug).status_code == 200
-    # Redis was tried (by the requests and by the report thread), and no retry's backoff was ever waited out.
-    assert attempts.connects > 0 and attempts.backoff_waits == [], attempts
-    # Answered by the full path, which wrote its audit events itself; the outage is logged once, not per request.
-    assert AuditEvent.objects.filter(action="token_request").count() == before + 3
+    # then the full path answered each, their audit events are kept for when a report succeeds, and the failure
+    # was logged once
+    assert answered_by() == ["full path", "memory", "full path", "full path", "full path"]
     assert [record.getMessage() for record in caplog.records if record.name == "connections.token_cache"] == [
-        "Redis does not answer the token cache's reports; the full path answers meanwhile."
+        "The database does not answer the token cache's reports; the full path answers."
     ]
+    # but an answer the full path has just read is as fresh as a report: given from memory until it is as old
+    assert get_token(bot.raw_key, connected.slug).status_code == 200
+    assert answered_by()[-1] == "memory"
+    # and once the database answers the reports again, every event is written
+    monkeypatch.undo()
+    assert token_cache.report()
+    assert AuditEvent.objects.filter(action="token_request").count() == 6
+
+
+def refused_by_the_database(token_ids):
+    raise OperationalError("connection refused")
 
 
 # --- what a review found (the trust issue) ------------------------------------------------------------------------
@@ -289,8 +283,8 @@ def test_invalidating_while_other_threads_cache_answers_never_fails(connected, b
     # when other writes invalidate them, over and over
     try:
         for _ in range(200):
-            token_cache.invalidate(slug=connected.slug)
-            token_cache.invalidate()
+            token_cache.token_changed(connected.slug)
+            token_cache.identity_changed()
     except Exception as exc:  # noqa: BLE001 - a failure here rolls back the write that invalidated
         failures.append(exc)
     finally:
@@ -312,22 +306,75 @@ def test_a_cached_answer_is_read_again_after_a_minute_by_the_monotonic_clock(
     monkeypatch.setattr(token_cache.time, "monotonic", lambda: moved)
     response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 200
-    assert AuditEvent.objects.filter(action="token_request").count() == 2  # the full path wrote its event
+    assert answered_by() == ["full path", "memory", "full path"]
 
 
-def test_a_counter_move_redis_missed_is_made_once_redis_answers(connected, bot, monkeypatch, caplog):
-    warm(bot, connected)
-    before = token_cache.counters(connected.slug)
-    # when a key is revoked while Redis does not answer this process
-    state = token_cache._process()
-    monkeypatch.setattr(state, "redis", redis_connection.connect("redis://127.0.0.1:1/0"))
+def test_the_identity_version_moves_with_the_change_or_not_at_all(connected, bot):
+    before = identity_version()
+    # a revocation rolled back leaves it: answers kept elsewhere stay good
+    with pytest.raises(RuntimeError), transaction.atomic():
+        bot_key_revoke(key=bot.key)
+        raise RuntimeError
+    assert identity_version() == before
+    # one committed moves it
     bot_key_revoke(key=bot.key)
-    monkeypatch.undo()
-    # then, at its next report, the move is made: other processes hear of the revocation
-    assert token_cache.report()
-    assert token_cache.counters(connected.slug)[0] != before[0]
+    assert identity_version() > before
+
+
+def answered_by() -> list[str]:
+    """How each answer this process has not reported yet was given, in order (from its audit event)."""
+    details = [event["detail"] for event, _, _ in token_cache._process().events]
+    return ["memory" if detail.endswith(token_cache.FROM_MEMORY) else "full path" for detail in details]
+
+
+def identity_version() -> int:
+    return AnswerVersion.objects.filter(name=AnswerVersion.IDENTITY).values_list("value", flat=True).first() or 0
 
 
 def _cached(bot, connected) -> token_cache.CachedAnswer:
     warm(bot, connected)
     return token_cache._process().answers[(bot.key.key_id, connected.slug)]
+
+
+def test_an_answer_from_memory_is_the_full_paths_answer_with_the_same_headers(connected, bot, settings):
+    settings.SECURE_HSTS_SECONDS = 3600  # the headers SecurityMiddleware adds apply to both (with https)
+    full, memory = (Client().get(f"/api/v1/connections/{connected.slug}/token", secure=True,
+                                 HTTP_AUTHORIZATION=f"Bearer {bot.raw_key}") for _ in range(2))  # fmt: skip
+    assert answered_by() == ["full path", "memory"]
+    assert {**memory.json(), "expires_in": 0} == {**full.json(), "expires_in": 0}
+    # All but X-Frame-Options, which only a page shown in a browser needs (the middleware skipped adds it).
+    assert dict(memory.headers) == {name: value for name, value in full.headers.items() if name != "X-Frame-Options"}
+    assert memory["Strict-Transport-Security"] == "max-age=3600" and memory["Content-Length"] == full["Content-Length"]
+
+
+@pytest.mark.parametrize(
+    ("path", "is_the_token_endpoint"),
+    [
+        ("/api/v1/connections/salesforce-prod/token", True),
+        ("/api/v1/connections/with%20space/token", True),
+        ("/api/v1/connections/a/b/token", False),
+        ("/api/v1/connections//token", False),
+        ("/api/v1/connections/salesforce-prod/token/", False),
+        ("/api/v1/connections/salesforce-prod/tokens", False),
+    ],
+)
+def test_the_middleware_answers_exactly_the_token_endpoints_paths(path, is_the_token_endpoint):
+    from urllib.parse import unquote
+
+    from django.urls import Resolver404, resolve
+
+    from connections.middleware import TOKEN_PATH
+
+    try:
+        resolved = resolve(unquote(path)).url_name == "connection_token"
+    except Resolver404:
+        resolved = False
+    assert resolved is is_the_token_endpoint
+    assert (TOKEN_PATH.fullmatch(unquote(path)) is not None) is is_the_token_endpoint
+
+
+def test_with_the_memory_off_every_request_takes_the_full_path(connected, bot, settings):
+    settings.TOKEN_CACHE_ENABLED = False
+    for _ in range(3):
+        assert get_token(bot.raw_key, connected.slug).status_code == 200
+    assert answered_by() == ["full path"] * 3

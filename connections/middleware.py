@@ -1,0 +1,37 @@
+"""The token endpoint's answers from memory, given before the middleware a bot's request has no use for.
+
+A bot authenticates with its key in a header: sessions, CSRF, the logged-in user, messages, clickjacking
+headers, django-axes's login lockout and static files play no part in its request. A request this process can
+answer from memory (connections.issuing.token_from_memory) is answered here, right after SecurityMiddleware
+(whose HTTPS redirect and headers still apply), with the same response as the view's; any other request goes
+on through the whole stack to the view.
+"""
+
+import re
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+from connections import issuing
+from connections.views import client_address, token_response
+
+# controlroom/urls.py's "api/v1/connections/<str:slug>/token": <str:...> is anything but a slash.
+TOKEN_PATH = re.compile(r"/api/v1/connections/(?P<slug>[^/]+)/token")
+
+
+class TokenFromMemoryMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        match = TOKEN_PATH.fullmatch(request.path_info) if request.method == "GET" else None
+        if match is not None:
+            issued = issuing.token_from_memory(
+                authorization=request.META.get("HTTP_AUTHORIZATION", ""),
+                slug=match["slug"],
+                params=request.GET.dict(),
+                remote_addr=client_address(request),
+            )
+            if issued is not None:
+                return token_response(issued)
+        return self.get_response(request)
