@@ -13,6 +13,7 @@ import redis
 from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
 from django.core.cache import cache
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -101,6 +102,7 @@ def make_stack(
     stack.mail_dir.
     """
     stacks: list[tuple[Stack, int]] = []
+    sessions_before = database_sessions()
 
     def make(**overrides: float | int | str) -> Stack:
         redis_db = redis_databases.take()
@@ -143,6 +145,16 @@ def make_stack(
         stack.processes.stop_all()
         redis.Redis.from_url(stack.broker_url).flushdb()
         redis_databases.give_back(redis_db)  # only now: nothing of this stack can reach the next one
+    # PostgreSQL ends a dead process's sessions a moment after it died; the test database is dropped at the end
+    # of the run only when no session is left on it.
+    poll_until(lambda: database_sessions() <= sessions_before, 10, interval=0.05)
+
+
+def database_sessions() -> int:
+    """Sessions on the test database, this process's own included."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
 
 
 @pytest.fixture
