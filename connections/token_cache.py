@@ -4,23 +4,24 @@ The common case is a key that was just answered asking again for the same connec
 valid. After each answer of the full path (connections.issuing), the web process keeps that answer as a
 CachedAnswer, with the versions it was read at: the identity version (models.AnswerVersion), read in the same
 statement as the rows it guards (connections.token_request_read), and the generation and state of the token row
-it gave. Every write that could change an answer
-moves one of them in its own transaction: a write to keys, users, roles, invitations or connection settings
-moves the identity version (connections.signals); every new token moves its row's generation, every failure its
-state, and a disconnect both (then deletes the row). So a cached answer is good while its versions are still
-the database's; nothing outside the database (a Redis restart) can bring an old answer back.
+it gave. Every write that could change an answer moves one of them in its own transaction: a write to keys,
+users, roles, invitations or connection settings moves the identity version (connections.signals); every new
+token moves its row's generation, every failure its state, and a disconnect both (then deletes the row). So a
+cached answer is good while its versions are still the database's; nothing outside the database (a Redis
+restart) can bring an old answer back.
 
 Each web process reads those versions every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with
 one SELECT for the identity version and the tokens it holds answers of. The same report writes the audit events
-of the requests it answered from memory, with one INSERT, and adds them to each key's rate counter (Django's
-cache). So a change made in one process reaches the others within that interval; a key's rate limit may be
-overshot by what the other processes answered in it; and a process killed with SIGKILL loses the audit events of
-its last interval (a normal exit reports them). An answer whose versions nobody has read for ten intervals (the
-database did not answer) is not given until they have been. An answer is read from the database again at least
-once a minute, by the monotonic clock.
+of the requests it answered, from memory or by the full path, with one statement, and adds the requests it
+counted itself to each key's rate counter (Django's cache). So a change made in one process reaches the others
+within that interval; a key's rate limit may be overshot by what the other processes answered in it; and a
+process killed with SIGKILL loses the audit events of its last interval (a normal exit reports them). An answer
+whose versions nobody has read for ten intervals (the database did not answer) is not given until they have
+been. An answer is read from the database again at least once a minute, by the monotonic clock.
 
 Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. The
-embedded SQLite default and PostgreSQL work alike: Redis plays no part.
+embedded SQLite default and PostgreSQL work alike: Redis plays no part (but for the rate counters, when it is
+Django's cache).
 """
 
 import atexit
@@ -171,13 +172,14 @@ class _Process:
         return True
 
     def _count(self, unreported: dict[tuple[str, int], int]) -> None:
-        current = int(time.time() // 60)
-        try:
-            counted = {window_key: rate_count(*window_key, requests) for window_key, requests in unreported.items()}
-        except Exception:  # the cache's own errors (Redis, files) vary by backend; counted at the next report
-            logger.warning("Could not add the requests answered from memory to the rate counters.", exc_info=True)
-            self._keep([], unreported)
-            return
+        current, counted, left = int(time.time() // 60), {}, {}
+        for window_key, requests in unreported.items():
+            try:
+                counted[window_key] = rate_count(*window_key, requests)
+            except Exception:  # the cache's own errors (Redis, files) vary by backend; counted at the next report
+                logger.warning("Could not add requests to a key's rate counter.", exc_info=True)
+                left[window_key] = requests
+        self._keep([], left)
         with self.lock:
             self.totals = {window_key: total for window_key, total in self.totals.items() if window_key[1] >= current}
             self.totals.update(counted)
