@@ -19,9 +19,11 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.utils.text import slugify
 
+from connections import discovery
 from connections.audit import Action, Outcome, audit_record
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import FEATURE_PERMISSIONS, Connection
+from connections.outbound import ProviderError
 from connections.services import role_update
 from providers.models import Provider, split_scopes
 
@@ -254,6 +256,12 @@ def _plan_connections(document: dict[str, Any], plan: Plan, base_dir: Path, prob
             continue
         existing = Connection.objects.filter(slug=slug).first()
         data = _connection_form_data({**item, "slug": slug}, provider, secret)
+        if fields := discovery.urls_to_discover(data, provider):
+            try:
+                data.update(discovery.issuer_urls_discover(data["issuer"], fields))
+            except ProviderError as exc:
+                problems.append(f"{where}: issuer: {exc.message}")
+                continue
         form = ConfigConnectionForm(data=data, instance=existing or Connection())
         if not form.is_valid():
             for field_name, errors in form.errors.items():

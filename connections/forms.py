@@ -112,6 +112,10 @@ class ConnectionForm(forms.ModelForm):
         if "provider" not in self.fields:
             return  # a view-only user's form: every field is read-only
         self.fields["slug"].required = False
+        self.fields["issuer"].help_text += (
+            " With an issuer, URLs left blank that the provider type has no preset for are read from its discovery "
+            "document (/.well-known/openid-configuration) when you save."
+        )
         self.fields["slug"].help_text = "Bots ask for tokens by this name. Leave blank to derive it from the name."
         if self.instance.pk and self.instance.client_secret:
             self.fields[

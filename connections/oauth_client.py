@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -398,3 +399,37 @@ def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:
             permanent=False,
             status=response.status_code,
         )
+
+
+def discovery_document(issuer: str) -> dict[str, Any]:
+    """The issuer's metadata: OpenID Connect Discovery 1.0 section 4 (the issuer, then
+    /.well-known/openid-configuration), or where that is missing RFC 8414 section 3 (/.well-known/
+    oauth-authorization-server, then the issuer's path). Not checked here: connections.discovery does that."""
+    parts = urlsplit(issuer)
+    oauth_path = "/.well-known/oauth-authorization-server" + parts.path.rstrip("/")
+    candidates = [issuer.rstrip("/") + "/.well-known/openid-configuration", parts._replace(path=oauth_path).geturl()]
+    session = policy_session()
+    for url in candidates:
+        response = _call("discovery request", session.get, url, headers={"Accept": "application/json"})
+        if response.status_code == 404:
+            continue
+        try:
+            document = response.json() if response.status_code == 200 else None
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            raise ProviderError(
+                f"{provider_text(url)} answered HTTP {response.status_code} without a JSON object: it is not a "
+                "discovery document.",
+                error="invalid_response",
+                permanent=False,
+                status=response.status_code,
+            )
+        return document
+    raise ProviderError(
+        f"{provider_text(issuer)} publishes no discovery document (both {provider_text(candidates[0])} and "
+        f"{provider_text(candidates[1])} answered 404): check the issuer identifier, or enter the URLs.",
+        error="not_found",
+        permanent=False,
+        status=404,
+    )

@@ -9,18 +9,20 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from connections import health, selectors, services
+from connections import discovery, health, selectors, services
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ConnectionActionError
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import Connection, OAuthToken
+from connections.outbound import ProviderError
 from connections.views import start_authorization
+from providers.models import Provider
 
 
 class TokenInline(PermissionMixin, admin.TabularInline):
@@ -233,10 +235,35 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         return self._after_save(request, obj) or super().response_change(request, obj)
 
     def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        object_id = args[0] if args else kwargs.get("object_id")
+        may_save = self.has_change_permission(request) if object_id else self.has_add_permission(request)
+        if request.method == "POST" and may_save:
+            request.POST = self._with_discovered_urls(request)  # before the admin's transaction: a provider call
         response = super().changeform_view(request, *args, **kwargs)  # the save, in a transaction, committed now
         if test := getattr(request, "connection_test", None):
             self._report(request, test)
         return response
+
+    def _with_discovered_urls(self, request: HttpRequest) -> QueryDict:
+        """The form's data with the URLs its issuer's discovery document gives, where the form leaves them blank
+        and the provider type has no preset; the form then validates and shows them as if typed."""
+        provider_pk = request.POST.get("provider", "")
+        provider = Provider.objects.filter(pk=provider_pk).first() if provider_pk.isdigit() else None
+        fields = discovery.urls_to_discover(request.POST, provider)
+        if not fields:
+            return request.POST
+        try:
+            found = discovery.issuer_urls_discover(request.POST["issuer"], fields)
+        except ProviderError as exc:
+            message = f"The URLs could not be discovered from the issuer: {exc.message}"
+            self.message_user(request, message, messages.ERROR)
+            return request.POST
+        data = request.POST.copy()
+        for name, url in found.items():
+            data[name] = url
+        labels = ", ".join(f"{discovery.URL_LABELS[name]}: {url}" for name, url in found.items())
+        self.message_user(request, f"Discovered from the issuer's discovery document: {labels}.", messages.INFO)
+        return data
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         """The confirmation page is Django's; the deletion revokes the tokens first, outside any transaction."""

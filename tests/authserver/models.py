@@ -47,6 +47,9 @@ class ServerState(models.Model):
     latency = models.FloatField(default=0)  # seconds before the request is processed
     response_delay = models.FloatField(default=0)  # seconds after it is processed, before the answer goes out
     fault_description = models.TextField(default="")  # the error_description of an invalid_grant fault
+    # What /o/.well-known/openid-configuration answers differently: {"missing": true} (404), {"document": {...}}
+    # (fields replacing the real ones).
+    discovery = models.JSONField(default=dict)
 
     token_authorization_code = models.IntegerField(default=0)
     token_refresh_token = models.IntegerField(default=0)

@@ -198,6 +198,27 @@ class MeView(ProtectedResourceView):
         return response
 
 
+def discovery(request: HttpRequest, kind: str = "openid") -> HttpResponse:
+    """This server's metadata (RFC 8414's fields; issuer <url>/o), at OpenID Connect Discovery 1.0's address
+    (kind "openid") and at RFC 8414's (kind "oauth")."""
+    changes = ServerState.get().discovery
+    if changes.get("missing") or (kind == "openid" and changes.get("openid_missing")):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    issuer = request.build_absolute_uri("/o")
+    document = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize/",
+        "token_endpoint": f"{issuer}/token/",
+        "revocation_endpoint": f"{issuer}/revoke_token/",
+        "introspection_endpoint": f"{issuer}/introspect/",
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    }
+    return JsonResponse({**document, **changes.get("document", {})})
+
+
 # --- Control API -----------------------------------------------------------------------------
 
 
@@ -315,6 +336,14 @@ def token_options(body: dict) -> dict:
     if changes:
         ServerState.objects.filter(pk=1).update(**changes)
     return changes
+
+
+@control("POST")
+def discovery_document(body: dict) -> dict:
+    if set(body) - {"missing", "openid_missing", "document"} or not isinstance(body.get("document", {}), dict):
+        raise BadRequest("give missing / openid_missing (true/false) and/or document (fields to replace)")
+    ServerState.objects.filter(pk=1).update(discovery=body)
+    return body
 
 
 @control("GET")

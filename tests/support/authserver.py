@@ -216,6 +216,11 @@ class AuthServer:
         return f"{self.url}/o/revoke_token/"
 
     @property
+    def issuer(self) -> str:
+        """Its issuer identifier: /o/.well-known/openid-configuration is its discovery document."""
+        return f"{self.url}/o"
+
+    @property
     def introspect_url(self) -> str:
         return f"{self.url}/o/introspect/"
 
@@ -289,6 +294,11 @@ class AuthServer:
         """omit_expires_in: bool, omit_refresh_token_on_refresh: bool, latency: seconds before the request is
         processed, response_delay: seconds after it is processed (a refresh token already rotated)."""
         self._control("POST", "token_options", opts)
+
+    def set_discovery(self, *, missing: bool = False, openid_missing: bool = False, **fields: Any) -> None:
+        """The discovery document answers 404 at both its addresses (missing) or at OpenID Connect's only
+        (openid_missing: RFC 8414's still answers), or with these fields replacing its own."""
+        self._control("POST", "discovery", {"missing": missing, "openid_missing": openid_missing, "document": fields})
 
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats").json()
