@@ -97,7 +97,12 @@ class Connection(models.Model):
 
     @property
     def scope_list(self) -> list[str]:
-        return split_scopes(self.scopes if self.scopes.strip() else self.provider.default_scopes)
+        if self.scopes.strip():
+            return split_scopes(self.scopes)
+        provider = self.provider
+        if self.grant_type == GrantType.CLIENT_CREDENTIALS and provider.client_credentials_scopes.strip():
+            return split_scopes(provider.client_credentials_scopes)
+        return split_scopes(provider.default_scopes)
 
     @property
     def uses_authorization_code(self) -> bool:

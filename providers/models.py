@@ -35,6 +35,12 @@ class Provider(models.Model):
         max_length=500, blank=True, help_text="RFC 7009 token revocation endpoint, if the provider offers one."
     )
     default_scopes = models.CharField(max_length=1000, blank=True, help_text="Comma- or space-separated.")
+    client_credentials_scopes = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Default scopes for the Client Credentials grant, where they differ (Microsoft accepts only "
+        "<resource>/.default there). Blank: the default scopes.",
+    )
     scope_separator = models.CharField(
         max_length=5, default=" ", help_text="How the provider wants scopes joined (RFC 6749: a space)."
     )

@@ -6,7 +6,7 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from providers.models import ClientAuthMethod, GrantType, Provider
+from providers.models import PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -19,6 +19,7 @@ PRESET_FIELDS = (
     "token_url",
     "revocation_url",
     "default_scopes",
+    "client_credentials_scopes",
     "scope_separator",
     "extra_authorization_params",
     "client_auth_method",
@@ -33,6 +34,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "token_url": "",
     "revocation_url": "",
     "default_scopes": "",
+    "client_credentials_scopes": "",
     "scope_separator": " ",
     "extra_authorization_params": {},
     "client_auth_method": ClientAuthMethod.BASIC,
@@ -75,8 +77,30 @@ def provider_catalog_read(*, path: Path = CATALOG_PATH) -> list[dict[str, Any]]:
             raise ValidationError(f"{where}: unknown grant type(s) {', '.join(sorted(bad_grants))}.")
         if preset["client_auth_method"] not in ClientAuthMethod.values:
             raise ValidationError(f"{where}: client_auth_method must be basic or body.")
+        if problems := _preset_problems(preset):
+            raise ValidationError(f"{where}: {' '.join(problems)}")
         presets.append({"slug": slug, **preset})
     return presets
+
+
+def _preset_problems(preset: dict[str, Any]) -> list[str]:
+    """What a certified preset must hold beyond its field names: https URLs, every placeholder explained in the
+    description (the administrator has to know what to type), a documentation link, and scopes for a grant the
+    preset supports."""
+    problems = []
+    for name in ("authorization_url", "token_url", "revocation_url", "docs_url"):
+        url = preset.get(name) or ""
+        if url and not url.startswith("https://"):
+            problems.append(f"{name} must be an https URL.")
+    if not preset.get("docs_url"):
+        problems.append("docs_url (the provider's own OAuth documentation) is required.")
+    urls = " ".join(preset.get(name) or "" for name in ("authorization_url", "token_url", "revocation_url"))
+    for placeholder in sorted(set(PLACEHOLDER_PATTERN.findall(urls))):
+        if f"<{placeholder}>" not in (preset.get("description") or ""):
+            problems.append(f"<{placeholder}> appears in a URL: its description must say what to fill in.")
+    if preset.get("client_credentials_scopes") and GrantType.CLIENT_CREDENTIALS not in preset["grant_types"]:
+        problems.append("client_credentials_scopes is set, but client_credentials is not among its grant_types.")
+    return problems
 
 
 def provider_catalog_sync(*, path: Path = CATALOG_PATH, using: str = "default") -> CatalogSyncResult:
@@ -105,3 +129,15 @@ def provider_catalog_sync(*, path: Path = CATALOG_PATH, using: str = "default") 
             provider.save(using=using, update_fields=[*changed, "updated_at"])
             result.updated.append(slug)
     return result
+
+
+def provider_catalog_table(*, path: Path = CATALOG_PATH) -> str:
+    """The catalog as the README's Markdown table: name, slug, grant types, placeholders."""
+    labels = dict(GrantType.choices)
+    lines = ["| provider type | slug | grant types | placeholders |", "| --- | --- | --- | --- |"]
+    for preset in provider_catalog_read(path=path):
+        urls = " ".join(preset[name] for name in ("authorization_url", "token_url", "revocation_url"))
+        placeholders = ", ".join(dict.fromkeys(f"`<{name}>`" for name in PLACEHOLDER_PATTERN.findall(urls))) or "—"
+        grants = ", ".join(str(labels[grant]) for grant in preset["grant_types"])
+        lines.append(f"| {preset['name']} | `{preset['slug']}` | {grants} | {placeholders} |")
+    return "\n".join(lines) + "\n"

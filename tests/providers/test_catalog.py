@@ -1,3 +1,5 @@
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -66,7 +68,15 @@ def test_a_custom_provider_created_in_the_admin_is_left_alone(tmp_path: Path):
     )
     entries = yaml.safe_load(CATALOG_PATH.read_text())
     # Even a catalog that later adopts the same slug does not take the row over.
-    entries.append({"slug": "acme-idp", "name": "Acme (catalog)", "token_url": "https://x", "grant_types": []})
+    entries.append(
+        {
+            "slug": "acme-idp",
+            "name": "Acme (catalog)",
+            "token_url": "https://x",
+            "grant_types": [],
+            "docs_url": "https://x",
+        }
+    )
     adopted = tmp_path / "catalog.yaml"
     adopted.write_text(yaml.safe_dump(entries))
 
@@ -114,3 +124,75 @@ def test_a_broken_catalog_names_the_preset_and_changes_nothing(tmp_path: Path, m
         provider_catalog_sync(path=broken)
 
     assert _rows() == before
+
+
+@pytest.mark.parametrize(
+    ("grant_type", "scopes", "sent"),
+    [
+        # Microsoft accepts only <resource>/.default with client credentials (no offline_access, no openid).
+        ("client_credentials", "", ["https://graph.microsoft.com/.default"]),
+        ("authorization_code", "", ["offline_access", "openid", "https://graph.microsoft.com/.default"]),
+        ("client_credentials", "https://vault.azure.net/.default", ["https://vault.azure.net/.default"]),
+    ],
+)
+def test_default_scopes_can_differ_by_grant(grant_type, scopes, sent):
+    from connections.models import Connection
+
+    entra = Provider.objects.get(slug="microsoft-entra")
+    connection = Connection(provider=entra, grant_type=grant_type, scopes=scopes)
+    assert connection.scope_list == sent
+
+
+def test_a_client_credentials_token_is_asked_for_with_the_grants_default_scopes(make_connection, authserver):
+    from connections.refresh import client_credentials_token_obtain
+
+    provider = Provider.objects.create(
+        slug="app-only", name="App only", default_scopes="read,write,offline_access", client_credentials_scopes="read",
+        grant_types=["authorization_code", "client_credentials"],
+    )  # fmt: skip
+    connection = make_connection(grant_type="client_credentials", provider=provider, scopes="")
+    token = client_credentials_token_obtain(connection=connection)
+    assert token.scope == "read"  # the loopback server grants what was asked for
+
+
+MISTAKES = {
+    "a field name with a typo": ({"defualt_scopes": "api"}, "unknown field(s) defualt_scopes"),
+    "a plain-http token URL": ({"token_url": "http://<yourinstance>.okta.com/oauth2/v1/token"}, "https URL"),
+    "a placeholder nobody explains": ({"description": "Okta."}, "<yourinstance> appears in a URL"),
+    "no documentation link": ({"docs_url": ""}, "docs_url"),
+    "an unknown grant type": ({"grant_types": ["password"]}, "unknown grant type(s) password"),
+    "scopes for a grant it lacks": (
+        {"grant_types": ["authorization_code"], "client_credentials_scopes": "x"},
+        "client_credentials_scopes",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_a_mistake_in_the_catalog_is_refused_naming_the_preset(mistake, tmp_path: Path):
+    change, said = MISTAKES[mistake]
+    entries = yaml.safe_load(CATALOG_PATH.read_text())
+    okta = next(entry for entry in entries if entry["slug"] == "okta")
+    okta.update(change)
+    edited = tmp_path / "catalog.yaml"
+    edited.write_text(yaml.safe_dump(entries))
+    with pytest.raises(ValidationError, match=r"preset \d+ \(okta\)") as refused:
+        provider_catalog_sync(path=edited)
+    assert said in str(refused.value)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+TABLE = re.compile(r"(<!-- provider-types:[^\n]*-->\n)(.*?)(<!-- /provider-types -->)", re.DOTALL)
+
+
+def test_the_readmes_table_of_provider_types_is_the_catalogs():
+    from providers.services import provider_catalog_table
+
+    text = README.read_text()
+    match = TABLE.search(text)
+    assert match, "README.md lost its provider-types markers"
+    table = provider_catalog_table()
+    if os.environ.get("UPDATE_README"):
+        README.write_text(text[: match.start(2)] + table + text[match.end(2) :])
+    else:
+        assert match.group(2) == table, "README.md's table of provider types is stale: UPDATE_README=1 make test"
