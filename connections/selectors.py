@@ -135,6 +135,8 @@ def token_status(token: OAuthToken | None) -> Status:
         return Status("reauthorization_required", "Reauthorization required", token.expires_at)
     if token.state == TokenState.REFRESH_FAILING:
         return Status("refresh_failing", "Refresh failing", token.expires_at)
+    if token.expires_at is None:  # the provider's tokens never expire (Provider.tokens_never_expire)
+        return Status("connected", "Connected, no expiry")
     return Status("connected", "Connected", token.expires_at)
 
 

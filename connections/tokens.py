@@ -43,17 +43,30 @@ def refresh_margin(connection: Connection, lifetime: int) -> int:
     return min(margin, lifetime // 2)
 
 
-def _expiry(connection: Connection, response: TokenResponse) -> tuple[datetime, datetime]:
-    """(expires at, next refresh at). The refresh comes inside the margin, at a random point of its first
-    REFRESH_JITTER part: tokens issued together (a herd, e.g. after apply_config) are not all due at one moment,
-    and none is refreshed later than (1 - REFRESH_JITTER) x the margin before it expires."""
+def _expiry(connection: Connection, response: TokenResponse) -> tuple[datetime | None, datetime | None]:
+    """(expires at, next refresh at; None: never). The refresh comes inside the margin, at a random point of its
+    first REFRESH_JITTER part: tokens issued together (a herd, e.g. after apply_config) are not all due at one
+    moment, and none is refreshed later than (1 - REFRESH_JITTER) x the margin before it expires. A provider's
+    refresh tokens that die when idle bring the refresh forward to before they would."""
+    provider, now = connection.provider, timezone.now()
     lifetime = response.expires_in if response.expires_in and response.expires_in > 0 else None
-    lifetime = lifetime or connection.token_lifetime_default
-    now = timezone.now()
-    expires_at = now + timedelta(seconds=lifetime)
-    margin = refresh_margin(connection, lifetime)
+    if lifetime is None and provider.tokens_never_expire:
+        expires_at = next_refresh_at = None
+    else:
+        expires_at = now + timedelta(seconds=lifetime or connection.token_lifetime_default)
+        next_refresh_at = _refresh_before(connection, expires_at, now)
+    idle = provider.refresh_token_max_idle
+    if idle and connection.uses_authorization_code:  # client credentials hold no refresh token
+        before_idle = _refresh_before(connection, now + timedelta(seconds=idle), now)
+        next_refresh_at = before_idle if next_refresh_at is None else min(next_refresh_at, before_idle)
+    return expires_at, next_refresh_at
+
+
+def _refresh_before(connection: Connection, deadline: datetime, now: datetime) -> datetime:
+    """When to refresh, inside the margin before `deadline` (jittered, as _expiry says)."""
+    margin = refresh_margin(connection, int((deadline - now).total_seconds()))
     jitter = random.uniform(0, settings.REFRESH_JITTER * margin)  # noqa: S311 - spreading load, not a secret
-    return expires_at, expires_at - timedelta(seconds=margin - jitter)
+    return deadline - timedelta(seconds=margin - jitter)
 
 
 @dataclass(frozen=True)

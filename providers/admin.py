@@ -34,6 +34,8 @@ class ProviderForm(forms.ModelForm):
             "extra_authorization_params",
             "default_token_lifetime",
             "refresh_margin",
+            "tokens_never_expire",
+            "refresh_token_max_idle",
         )
 
     def clean_scope_separator(self) -> str:
@@ -73,6 +75,8 @@ class ProviderAdmin(admin.ModelAdmin):
                     "extra_authorization_params",
                     "default_token_lifetime",
                     "refresh_margin",
+                    "tokens_never_expire",
+                    "refresh_token_max_idle",
                 )
             },
         ),

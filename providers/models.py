@@ -57,6 +57,17 @@ class Provider(models.Model):
     refresh_margin = models.PositiveIntegerField(
         null=True, blank=True, help_text="Refresh this many seconds before expiry (default: the global setting)."
     )
+    tokens_never_expire = models.BooleanField(
+        default=False,
+        help_text="Its access tokens do not expire: a token answer without expires_in is kept with no expiry and "
+        "no refresh is scheduled for it (instead of assuming the default lifetime).",
+    )
+    refresh_token_max_idle = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds after which an unused refresh token dies: a token is refreshed at least this often "
+        "(within the refresh margin), however long its access token lives.",
+    )
     docs_url = models.URLField(blank=True)
     is_certified = models.BooleanField(
         default=False, editable=False, help_text="Certified presets come from the catalog and are read-only."

@@ -26,6 +26,8 @@ PRESET_FIELDS = (
     "grant_types",
     "default_token_lifetime",
     "refresh_margin",
+    "tokens_never_expire",
+    "refresh_token_max_idle",
     "docs_url",
 )
 PRESET_DEFAULTS: dict[str, Any] = {
@@ -40,6 +42,8 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "client_auth_method": ClientAuthMethod.BASIC,
     "default_token_lifetime": None,
     "refresh_margin": None,
+    "tokens_never_expire": False,
+    "refresh_token_max_idle": None,
     "docs_url": "",
 }
 

@@ -108,7 +108,7 @@ def _token(connection: Connection, **fields: object) -> OAuthToken:
             {"state": TokenState.REAUTHORIZATION_REQUIRED, "expires_in": -300},
             ("reauthorization_required", "Reauthorization required, expired 5 min ago"),
         ),
-        ({"state": TokenState.ACTIVE, "expires_in": None}, ("connected", "Connected")),
+        ({"state": TokenState.ACTIVE, "expires_in": None}, ("connected", "Connected, no expiry")),
         ({"state": TokenState.ACTIVE, "expires_in": 7200, "disabled": True}, ("disabled", "Disabled")),
     ],
 )

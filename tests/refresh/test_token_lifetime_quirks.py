@@ -1,0 +1,87 @@
+"""Provider quirks about token lifetimes, as fields of the provider type, each through connect → token → refresh
+against the loopback authorization server behaving that way:
+
+- tokens_never_expire: a token answer without expires_in is kept with no expiry, and never scheduled;
+- refresh_token_max_idle: a refresh token that dies when unused is refreshed before then, however long the
+  access token lives.
+"""
+
+from concurrent.futures import Future
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from connections import refresh, refresh_batch, selectors
+from providers.models import Provider
+from tests.conftest import authorize, get_token, shared_token
+
+pytestmark = pytest.mark.django_db
+
+
+def provider_type(**quirks) -> Provider:
+    return Provider.objects.create(
+        slug="quirky", name="Quirky", grant_types=["authorization_code", "client_credentials"], **quirks
+    )
+
+
+def claimed_at(now) -> list[int]:
+    return [token_id for token_id, _ in refresh.token_refresh_claim_due(now=now)]
+
+
+@pytest.mark.parametrize("never_expire", [True, False])
+def test_tokens_that_never_expire_are_kept_without_an_expiry_and_never_refreshed(
+    never_expire, make_connection, manager_client, authserver, bot
+):
+    # given a provider whose token answers carry no expires_in
+    authserver.set_token_options(omit_expires_in=True)
+    connection = make_connection(provider=provider_type(tokens_never_expire=never_expire))
+    bot.invite(connection)
+    token = authorize(manager_client, connection, authserver)
+    if not never_expire:  # the control: without the quirk, the default lifetime is assumed and refreshed
+        assert token.expires_at is not None and token.next_refresh_at is not None
+        assert claimed_at(token.expires_at) == [token.pk]
+        return
+    # then the token has no expiry, nothing is scheduled, and it reads so
+    assert (token.expires_at, token.next_refresh_at, token.refresh_due_at) == (None, None, None)
+    assert str(selectors.token_status(token)) == "Connected, no expiry"
+    assert claimed_at(timezone.now() + timedelta(days=3650)) == []
+    # and bots get it, with no expiry
+    body = get_token(bot.raw_key, connection.slug).json()
+    assert (body["access_token"], body["expires_at"], body["expires_in"]) == (token.access_token, None, None)
+    # a refresh asked for by hand still works, and keeps it so
+    refreshed = refresh.token_refresh(token=shared_token(connection), actor_label="test")
+    assert refreshed.access_token != token.access_token and refreshed.expires_at is None
+    assert authserver.whoami(refreshed.access_token).status_code == 200
+
+
+class InThisThread:
+    """The batch's thread pool, run in the test's thread: no thread of the pool keeps a database session open."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+@pytest.mark.django_db(transaction=True)  # the worker's batch renews its database connection between tokens
+def test_a_refresh_token_that_dies_when_idle_is_refreshed_before_it_would(
+    make_connection, manager_client, authserver, monkeypatch
+):
+    monkeypatch.setattr(refresh_batch, "_threads", InThisThread)
+    # given a provider whose access tokens live an hour (the loopback server's) and whose refresh tokens die
+    # after ten minutes unused
+    connection = make_connection(provider=provider_type(refresh_token_max_idle=600))
+    before = timezone.now()
+    token = authorize(manager_client, connection, authserver)
+    # then the refresh is scheduled inside the margin before the ten minutes (at most half of them), not the hour
+    assert before + timedelta(seconds=300) <= token.next_refresh_at <= timezone.now() + timedelta(seconds=600)
+    assert token.expires_at >= before + timedelta(seconds=3500)
+    # and the engine refreshes it then: claimed by the sweep, refreshed by a worker's batch
+    due = refresh.token_refresh_claim_due(now=token.next_refresh_at)
+    assert [token_id for token_id, _ in due] == [token.pk]
+    refresh_batch.tokens_refresh(due, None)
+    refreshed = shared_token(connection)
+    assert refreshed.generation == token.generation + 1 and refreshed.refresh_token != token.refresh_token
+    assert refreshed.next_refresh_at <= timezone.now() + timedelta(seconds=600)
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
