@@ -5,13 +5,9 @@ Services build a ClientConfig from a connection and call the functions below; th
 a ProviderError that says, in words, what went wrong and whether retrying can help.
 """
 
-import json
-import math
 import os
 import ssl
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,8 +17,28 @@ from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error, WebApplicatio
 from requests_oauthlib import OAuth2Session
 
 from connections.outbound import ProviderError, check_url, policy_session, proxy_error
+from connections.token_answers import (
+    RATE_LIMITED,
+    RETRY_AFTER_DEFAULT,
+    RETRY_AFTER_MAX,
+    TokenAnswers,
+    TokenResponse,
+    provider_text,
+    retry_after_seconds,
+    token_response,
+)
 
-__all__ = ["ClientConfig", "ProviderError", "TokenResponse"]
+# What callers use of connections.token_answers through this module.
+__all__ = [
+    "RATE_LIMITED",
+    "RETRY_AFTER_DEFAULT",
+    "RETRY_AFTER_MAX",
+    "ClientConfig",
+    "ProviderError",
+    "TokenResponse",
+    "provider_text",
+    "retry_after_seconds",
+]
 
 # oauthlib's own https check cannot allow the loopback hosts an operator lists; check_url() below replaces it
 # and runs on every request, redirects included. Scope changes by the provider are normal (RFC 6749 5.1).
@@ -33,10 +49,6 @@ os.environ["OAUTHLIB_RELAX_TOKEN_SCOPE"] = "1"  # noqa: S105 - a flag, not a sec
 PERMANENT_ERRORS = frozenset(
     {"invalid_grant", "invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_scope"}
 )
-STANDARD_FIELDS = frozenset(
-    {"access_token", "refresh_token", "id_token", "token_type", "scope", "expires_in", "expires_at"}
-)
-SECRET_WORDS = ("token", "secret", "password", "code", "assertion")
 
 
 @dataclass(frozen=True)
@@ -51,161 +63,24 @@ class ClientConfig:
     extra_authorization_params: dict[str, str] = field(default_factory=dict)
     client_auth_method: str = "basic"
     redirect_uri: str = ""
-
-
-@dataclass(frozen=True)
-class TokenResponse:
-    access_token: str
-    refresh_token: str
-    id_token: str
-    token_type: str
-    scope: str
-    expires_in: int | None
-    extra: dict[str, Any]
-
-
-RATE_LIMITED = "rate_limited"  # the error of a ProviderError for HTTP 429: the provider wants fewer calls
-RETRY_AFTER_DEFAULT = 30  # seconds to wait after a 429 without a usable Retry-After
-RETRY_AFTER_MAX = 3600  # a longer Retry-After is taken as this: a token must not wait past its expiry for it
-MAX_LIFETIME = 10 * 365 * 24 * 3600  # an expires_in beyond this is taken as this (a datetime must hold it)
-MAX_SCOPE_LENGTH = 10_000
-MAX_EXTRA_BYTES = 10_000  # the non-secret fields kept besides the standard ones, as JSON
-MAX_PROVIDER_TEXT = 200  # what is kept of text a provider wrote (error_description): it goes into logs and emails
-
-
-def provider_text(text: object) -> str:
-    """Text a provider (or a browser) sent, fit to quote: printable, and short."""
-    cleaned = "".join(char if char.isprintable() else " " for char in str(text))
-    return cleaned[:MAX_PROVIDER_TEXT] + ("…" if len(cleaned) > MAX_PROVIDER_TEXT else "")
-
-
-def _lifetime(value: object) -> int | None:
-    """expires_in as whole seconds: numbers as strings or with fractions are fine; anything else is no value."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    if not math.isfinite(seconds) or seconds < 1:
-        return None
-    return int(min(seconds, MAX_LIFETIME))
-
-
-def _storable(value: object) -> bool:
-    """JSON that PostgreSQL can keep: no NUL character and no lone surrogate anywhere."""
-    text = json.dumps(value, ensure_ascii=False)
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return "\\u0000" not in text
-
-
-def _usable_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The token answer as oauthlib and the database can take it: odd but usable values made plain, unusable
-    ones dropped (a missing expires_in gets the default lifetime, a missing scope keeps the stored one)."""
-    usable = {key: value for key, value in body.items() if isinstance(key, str) and _storable({key: value})}
-    for name in ("access_token", "refresh_token", "id_token"):
-        if name in usable and not isinstance(usable[name], str):
-            usable.pop(name)
-    lifetime = _lifetime(usable.pop("expires_in", None))
-    usable.pop("expires_at", None)  # computed from expires_in; a provider's own may be anything
-    if lifetime is not None:
-        usable["expires_in"] = lifetime
-    scope = usable.pop("scope", None)
-    if isinstance(scope, list | tuple) and all(isinstance(item, str) for item in scope):
-        scope = " ".join(scope)
-    if isinstance(scope, str) and _storable(scope):
-        usable["scope"] = scope[:MAX_SCOPE_LENGTH]
-    token_type = usable.get("token_type")
-    if not (isinstance(token_type, str) and 0 < len(token_type) <= 40 and token_type.isprintable()):
-        usable["token_type"] = "Bearer"  # noqa: S105 - the usual type, not a secret
-    return usable
-
-
-class _TokenAnswers:
-    """The compliance hook of one session: checks the token URL's answer before oauthlib reads it, makes it
-    usable, and keeps the refresh token it carries so that a failure later in the call does not lose it."""
-
-    def __init__(self) -> None:
-        self.refresh_token = ""
-
-    def __call__(self, response: requests.Response) -> requests.Response:
-        body = _json_object(response)
-        if isinstance(body.get("refresh_token"), str) and _storable(body["refresh_token"]):
-            self.refresh_token = body["refresh_token"]
-        response._content = json.dumps(_usable_body(body)).encode()  # what oauthlib reads next
-        return response
-
-
-def retry_after_seconds(value: str) -> float:
-    """A Retry-After header (RFC 9110 10.2.3: seconds, or an HTTP date) as seconds to wait, within bounds; a
-    missing or unreadable one means RETRY_AFTER_DEFAULT."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            seconds = RETRY_AFTER_DEFAULT
-    if not math.isfinite(seconds):
-        seconds = RETRY_AFTER_DEFAULT
-    return float(min(max(math.ceil(seconds), 1), RETRY_AFTER_MAX))
-
-
-def _json_object(response: requests.Response) -> dict[str, Any]:
-    """The answer's JSON object, or a ProviderError for what oauthlib would misread (5xx, HTML, rate limits)."""
-    status = response.status_code
-    if status == 429:
-        wait = retry_after_seconds(response.headers.get("Retry-After", ""))
-        raise ProviderError(
-            f"The provider's token URL asked to slow down (HTTP 429); it will be asked again in {wait:g} s.",
-            error=RATE_LIMITED,
-            permanent=False,
-            status=status,
-            retry_after=wait,
-        )
-    if status >= 500:
-        raise ProviderError(
-            f"The provider's token URL answered HTTP {status}; it will be retried.",
-            error="temporarily_unavailable",
-            permanent=False,
-            status=status,
-        )
-    try:
-        body = response.json()
-    except ValueError:
-        content_type = provider_text(response.headers.get("Content-Type", "unknown").split(";")[0])
-        raise ProviderError(
-            f"The provider's token URL answered HTTP {status} with {content_type} instead of JSON.",
-            error="invalid_response",
-            permanent=False,
-            status=status,
-        ) from None
-    if not isinstance(body, dict):
-        raise ProviderError(
-            "The provider's token URL answered with JSON that is not an object.",
-            error="invalid_response",
-            permanent=False,
-            status=status,
-        )
-    if status >= 400 and "error" not in body:
-        raise ProviderError(
-            f"The provider's token URL answered HTTP {status} without an OAuth error code.",
-            error="invalid_response",
-            permanent=False,
-            status=status,
-        )
-    return body
+    # Provider quirks (providers.models.Provider): sent with every token request; where the answer's fields are.
+    token_request_params: dict[str, str] = field(default_factory=dict)
+    token_request_headers: dict[str, str] = field(default_factory=dict)
+    token_response_fields: dict[str, str] = field(default_factory=dict)
 
 
 def _session(config: ClientConfig, client: WebApplicationClient | BackendApplicationClient) -> OAuth2Session:
     session = policy_session(client=client, redirect_uri=config.redirect_uri or None, scope=list(config.scopes) or None)
-    session.token_answers = _TokenAnswers()
+    session.token_answers = TokenAnswers(config.token_response_fields)
     for hook in ("access_token_response", "refresh_token_response"):
         session.register_compliance_hook(hook, session.token_answers)
     return session
+
+
+def _quirks(config: ClientConfig) -> dict[str, Any]:
+    """A token request's headers (requests-oauthlib's defaults, and the provider's own) and extra parameters."""
+    headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+    return {"headers": {**headers, **config.token_request_headers}, **config.token_request_params}
 
 
 def _auth_kwargs(config: ClientConfig) -> dict[str, Any]:
@@ -218,7 +93,7 @@ def _token_call(what: str, session: OAuth2Session, func: Any, *args: Any, **kwar
     """Call the token URL through oauthlib; any failure is a ProviderError that carries the refresh token the
     answer brought, if it brought one (the provider has rotated to it: it must be kept)."""
     try:
-        return _token_response(_call(what, func, *args, **kwargs))
+        return token_response(_call(what, func, *args, **kwargs))
     except ProviderError as exc:
         exc.refresh_token = exc.refresh_token or session.token_answers.refresh_token
         raise
@@ -291,30 +166,6 @@ def _tls_error(what: str, exc: requests.exceptions.SSLError) -> ProviderError:
     return ProviderError(message, error="tls_error", permanent=False)
 
 
-def _token_response(token: dict[str, Any]) -> TokenResponse:
-    access_token = token.get("access_token")
-    if not access_token or not isinstance(access_token, str):
-        raise ProviderError(
-            "The provider's token response has no access_token.", error="invalid_response", permanent=False
-        )
-    extra = {
-        key: value
-        for key, value in token.items()
-        if key not in STANDARD_FIELDS and not any(word in key.lower() for word in SECRET_WORDS)
-    }
-    if len(json.dumps(extra)) > MAX_EXTRA_BYTES:
-        extra = {key: value for key, value in extra.items() if len(json.dumps(value)) <= 200}
-    return TokenResponse(
-        access_token=access_token,
-        refresh_token=str(token.get("refresh_token") or ""),
-        id_token=str(token.get("id_token") or ""),
-        token_type=str(token.get("token_type") or "Bearer"),
-        scope=" ".join(token["scope"]) if isinstance(token.get("scope"), list) else str(token.get("scope") or ""),
-        expires_in=_lifetime(token.get("expires_in")),
-        extra=extra,
-    )
-
-
 def new_code_verifier() -> str:
     return WebApplicationClient("").create_code_verifier(64)
 
@@ -344,6 +195,7 @@ def exchange_code(config: ClientConfig, *, code: str, code_verifier: str = "") -
         code=code,
         **_auth_kwargs(config),
         **extra,
+        **_quirks(config),
     )
 
 
@@ -363,6 +215,7 @@ def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
         refresh_token=refresh_token,
         auth=auth.get("auth"),
         **body_credentials,
+        **_quirks(config),
     )
 
 
@@ -371,7 +224,13 @@ def client_credentials(config: ClientConfig) -> TokenResponse:
     # fetch_token does not send the session's scope for this grant; it must be passed along (RFC 6749 4.4.2).
     scope = {"scope": list(config.scopes)} if config.scopes else {}
     return _token_call(
-        "client credentials request", session, session.fetch_token, config.token_url, **_auth_kwargs(config), **scope
+        "client credentials request",
+        session,
+        session.fetch_token,
+        config.token_url,
+        **_auth_kwargs(config),
+        **scope,
+        **_quirks(config),
     )
 
 

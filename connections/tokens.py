@@ -34,6 +34,9 @@ def connection_client_config(connection: Connection) -> ClientConfig:
         },
         client_auth_method=connection.provider.client_auth_method,
         redirect_uri=settings.OAUTH_REDIRECT_URI,
+        token_request_params=connection.provider.token_request_params,
+        token_request_headers=connection.provider.token_request_headers,
+        token_response_fields=connection.provider.token_response_fields,
     )
 
 

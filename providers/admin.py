@@ -34,6 +34,9 @@ class ProviderForm(forms.ModelForm):
             "extra_authorization_params",
             "default_token_lifetime",
             "refresh_margin",
+            "token_request_params",
+            "token_request_headers",
+            "token_response_fields",
             "tokens_never_expire",
             "refresh_token_max_idle",
         )
@@ -75,6 +78,9 @@ class ProviderAdmin(admin.ModelAdmin):
                     "extra_authorization_params",
                     "default_token_lifetime",
                     "refresh_margin",
+                    "token_request_params",
+                    "token_request_headers",
+                    "token_response_fields",
                     "tokens_never_expire",
                     "refresh_token_max_idle",
                 )

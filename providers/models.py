@@ -1,5 +1,6 @@
 import re
 
+from django.core.exceptions import ValidationError
 from django.db import models
 
 PLACEHOLDER_PATTERN = re.compile(r"<([a-z0-9][a-z0-9-]*)>")
@@ -57,6 +58,21 @@ class Provider(models.Model):
     refresh_margin = models.PositiveIntegerField(
         null=True, blank=True, help_text="Refresh this many seconds before expiry (default: the global setting)."
     )
+    token_request_params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Added to every token request (code exchange, refresh, client credentials), e.g. {"audience": '
+        '"api.example.com"}.',
+    )
+    token_request_headers = models.JSONField(
+        default=dict, blank=True, help_text='Added to every token request, e.g. {"Accept": "application/json"}.'
+    )
+    token_response_fields = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the token answer holds a standard field, when not where RFC 6749 puts it: a dotted path, "
+        'e.g. {"access_token": "authed_user.access_token"}.',
+    )
     tokens_never_expire = models.BooleanField(
         default=False,
         help_text="Its access tokens do not expire: a token answer without expires_in is kept with no expiry and "
@@ -81,6 +97,12 @@ class Provider(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        if problems := token_quirk_problems(
+            self.token_request_params, self.token_request_headers, self.token_response_fields
+        ):
+            raise ValidationError(" ".join(problems))
+
     @property
     def is_custom(self) -> bool:
         return self.slug == "custom" or not self.is_certified
@@ -98,3 +120,25 @@ class Provider(models.Model):
     @property
     def supports_pkce(self) -> bool:
         return GrantType.AUTHORIZATION_CODE_PKCE in self.grant_types
+
+
+# What the engine sends itself in a token request (RFC 6749 4.1.3, 4.4.2, 6; RFC 7636): not for a quirk to change.
+RESERVED_TOKEN_PARAMS = frozenset(
+    {"grant_type", "code", "redirect_uri", "client_id", "client_secret", "refresh_token", "scope", "code_verifier"}
+)
+STANDARD_TOKEN_FIELDS = ("access_token", "refresh_token", "id_token", "token_type", "scope", "expires_in")
+
+
+def token_quirk_problems(params: object, headers: object, fields: object) -> list[str]:
+    """What is wrong with a provider type's token-request quirks, in words ([] when nothing)."""
+    problems = []
+    for name, value in (("token_request_params", params), ("token_request_headers", headers)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            problems.append(f"{name} must be an object of names and text values.")
+    if isinstance(params, dict) and (reserved := sorted(set(params) & RESERVED_TOKEN_PARAMS)):
+        problems.append(f"token_request_params cannot set {', '.join(reserved)}: the engine sends those itself.")
+    if not isinstance(fields, dict) or set(fields) - set(STANDARD_TOKEN_FIELDS):
+        problems.append(f"token_response_fields maps some of {', '.join(STANDARD_TOKEN_FIELDS)} to dotted paths.")
+    elif not all(isinstance(path, str) and path and "" not in path.split(".") for path in fields.values()):
+        problems.append("token_response_fields: each path is names joined by dots, e.g. authed_user.access_token.")
+    return problems

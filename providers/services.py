@@ -6,7 +6,7 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from providers.models import PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider
+from providers.models import PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, token_quirk_problems
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -26,6 +26,9 @@ PRESET_FIELDS = (
     "grant_types",
     "default_token_lifetime",
     "refresh_margin",
+    "token_request_params",
+    "token_request_headers",
+    "token_response_fields",
     "tokens_never_expire",
     "refresh_token_max_idle",
     "docs_url",
@@ -42,6 +45,9 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "client_auth_method": ClientAuthMethod.BASIC,
     "default_token_lifetime": None,
     "refresh_margin": None,
+    "token_request_params": {},
+    "token_request_headers": {},
+    "token_response_fields": {},
     "tokens_never_expire": False,
     "refresh_token_max_idle": None,
     "docs_url": "",
@@ -102,6 +108,9 @@ def _preset_problems(preset: dict[str, Any]) -> list[str]:
     for placeholder in sorted(set(PLACEHOLDER_PATTERN.findall(urls))):
         if f"<{placeholder}>" not in (preset.get("description") or ""):
             problems.append(f"<{placeholder}> appears in a URL: its description must say what to fill in.")
+    problems += token_quirk_problems(
+        preset["token_request_params"], preset["token_request_headers"], preset["token_response_fields"]
+    )
     if preset.get("client_credentials_scopes") and GrantType.CLIENT_CREDENTIALS not in preset["grant_types"]:
         problems.append("client_credentials_scopes is set, but client_credentials is not among its grant_types.")
     return problems

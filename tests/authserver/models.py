@@ -50,6 +50,11 @@ class ServerState(models.Model):
     # What /o/.well-known/openid-configuration answers differently: {"missing": true} (404), {"document": {...}}
     # (fields replacing the real ones).
     discovery = models.JSONField(default=dict)
+    # Provider quirks: the token answer nested under this key (Slack v2's authed_user), and request parameters
+    # and headers a token request must carry, else 400 invalid_request.
+    nest_under = models.CharField(max_length=40, default="")
+    require_params = models.JSONField(default=dict)
+    require_headers = models.JSONField(default=dict)
 
     token_authorization_code = models.IntegerField(default=0)
     token_refresh_token = models.IntegerField(default=0)

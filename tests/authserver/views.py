@@ -126,6 +126,10 @@ def token(request: HttpRequest) -> HttpResponse:
     state = ServerState.get()
     if state.latency > 0:
         time.sleep(state.latency)
+    missing = [name for name, value in state.require_params.items() if request.POST.get(name) != value]
+    missing += [name for name, value in state.require_headers.items() if request.headers.get(name) != value]
+    if missing:
+        return JsonResponse({"error": "invalid_request", "error_description": f"missing {missing}"}, status=400)
     mode = _take_fault(state, grant_type)
     if mode == "timeout":
         time.sleep(state.fault_delay)
@@ -135,6 +139,8 @@ def token(request: HttpRequest) -> HttpResponse:
     presented = request.POST.get("refresh_token", "")
     if grant_type == "refresh_token" and json.loads(response.content).get("refresh_token", presented) != presented:
         UsedRefreshToken.objects.get_or_create(token=presented)  # rotated: the presented one is used up
+    if state.nest_under and response.status_code == 200:
+        response.content = json.dumps({"ok": True, state.nest_under: json.loads(response.content)}).encode()
     if mode == "drip":
         dripping = StreamingHttpResponse(_drip(response.content, state.fault_delay), status=response.status_code)
         dripping["Content-Type"] = response["Content-Type"]
@@ -330,7 +336,13 @@ def token_options(body: dict) -> dict:
     for name in ("latency", "response_delay"):
         if name in body:
             changes[name] = float(body[name] or 0)
-    unknown = set(body) - {"omit_expires_in", "omit_refresh_token_on_refresh", "latency", "response_delay"}
+    if "nest_under" in body:
+        changes["nest_under"] = str(body["nest_under"] or "")
+    for name in ("require_params", "require_headers"):
+        if name in body:
+            changes[name] = {str(key): str(value) for key, value in dict(body[name] or {}).items()}
+    known = {"omit_expires_in", "omit_refresh_token_on_refresh", "latency", "response_delay", "nest_under"}
+    unknown = set(body) - known - {"require_params", "require_headers"}
     if unknown:
         raise BadRequest(f"unknown options {sorted(unknown)}")
     if changes:

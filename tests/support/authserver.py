@@ -292,7 +292,9 @@ class AuthServer:
 
     def set_token_options(self, **opts: Any) -> None:
         """omit_expires_in: bool, omit_refresh_token_on_refresh: bool, latency: seconds before the request is
-        processed, response_delay: seconds after it is processed (a refresh token already rotated)."""
+        processed, response_delay: seconds after it is processed (a refresh token already rotated); nest_under:
+        the token answer nested under this key; require_params / require_headers: what a token request must
+        carry, else 400 invalid_request."""
         self._control("POST", "token_options", opts)
 
     def set_discovery(self, *, missing: bool = False, openid_missing: bool = False, **fields: Any) -> None:

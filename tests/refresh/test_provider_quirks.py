@@ -1,9 +1,11 @@
-"""Provider quirks about token lifetimes, as fields of the provider type, each through connect → token → refresh
-against the loopback authorization server behaving that way:
+"""Provider quirks as fields of the provider type, each through connect → token → refresh against the loopback
+authorization server behaving that way (and, where it applies, the same server without the field: no token):
 
 - tokens_never_expire: a token answer without expires_in is kept with no expiry, and never scheduled;
 - refresh_token_max_idle: a refresh token that dies when unused is refreshed before then, however long the
-  access token lives.
+  access token lives;
+- token_request_params / token_request_headers: what every token request must carry;
+- token_response_fields: the answer's fields where the provider keeps them (Slack v2's authed_user).
 """
 
 from concurrent.futures import Future
@@ -85,3 +87,61 @@ def test_a_refresh_token_that_dies_when_idle_is_refreshed_before_it_would(
     assert refreshed.generation == token.generation + 1 and refreshed.refresh_token != token.refresh_token
     assert refreshed.next_refresh_at <= timezone.now() + timedelta(seconds=600)
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
+
+
+# Token-request quirks: (the provider type's fields, how the loopback server behaves).
+REQUEST_QUIRKS = {
+    "a parameter every token request needs (Atlassian's audience)": (
+        {"token_request_params": {"audience": "api.example.com"}},
+        {"require_params": {"audience": "api.example.com"}},
+    ),
+    "a header every token request needs": (
+        {"token_request_headers": {"X-Api-Version": "2"}},
+        {"require_headers": {"X-Api-Version": "2"}},
+    ),
+    "the token nested in the answer (Slack v2's authed_user)": (
+        {
+            "token_response_fields": {
+                name: f"authed_user.{name}" for name in ("access_token", "refresh_token", "expires_in", "scope")
+            }
+        },
+        {"nest_under": "authed_user"},
+    ),
+}
+
+
+@pytest.mark.parametrize("quirk", REQUEST_QUIRKS)
+@pytest.mark.parametrize("as_the_provider_says", [True, False])
+def test_a_token_request_quirk_is_data_of_the_provider_type(
+    quirk, as_the_provider_says, make_connection, manager_client, authserver
+):
+    fields, behaviour = REQUEST_QUIRKS[quirk]
+    authserver.set_token_options(**behaviour)
+    connection = make_connection(provider=provider_type(**(fields if as_the_provider_says else {})))
+    if not as_the_provider_says:  # the control: without the field, the provider's answer is not a token
+        with pytest.raises(AssertionError, match="Connect stored no token"):
+            authorize(manager_client, connection, authserver)
+        return
+    token = authorize(manager_client, connection, authserver)
+    assert token.refresh_token and token.expires_at is not None and token.scope == "read write"
+    assert authserver.whoami(token.access_token).status_code == 200
+    refreshed = refresh.token_refresh(token=shared_token(connection), actor_label="test")
+    assert refreshed.access_token != token.access_token and refreshed.refresh_token != token.refresh_token
+    assert authserver.whoami(refreshed.access_token).status_code == 200
+    assert authserver.stats()["refresh_token_reuses"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"token_request_params": {"grant_type": "password"}}, "cannot set grant_type"),
+        ({"token_request_params": {"audience": 1}}, "names and text values"),
+        ({"token_response_fields": {"acess_token": "a.b"}}, "maps some of access_token"),
+        ({"token_response_fields": {"access_token": "authed_user..access_token"}}, "names joined by dots"),
+    ],
+)
+def test_a_quirk_that_cannot_work_is_refused_when_the_provider_type_is_saved(fields, said):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match=said):
+        Provider(slug="bad", name="Bad", grant_types=["authorization_code"], **fields).full_clean()
