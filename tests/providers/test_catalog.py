@@ -14,6 +14,7 @@ pytestmark = pytest.mark.django_db
 CERTIFIED_SLUGS = {
     "genesys",
     "github",
+    "gitlab",
     "google-apigee",
     "google-workspace",
     "jira",
