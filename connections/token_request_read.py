@@ -80,7 +80,7 @@ def _converters(alias: str, model: type[Model], names: tuple[str, ...]) -> list[
     db = connections[alias]
 
     def converter_of(name: str) -> Callable[[Any], Any]:
-        field = model._meta.get_field(_field(name))
+        field = model._meta.get_field(name)
         column = field.get_col(model._meta.db_table)
         steps = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
 
@@ -99,7 +99,7 @@ def _sql(alias: str) -> str:
     quote = connections[alias].ops.quote_name
 
     def columns(model: type[Model], table: str, names: tuple[str, ...]) -> str:
-        return ", ".join(f"{table}.{quote(model._meta.get_field(_field(name)).column)}" for name in names)
+        return ", ".join(f"{table}.{quote(model._meta.get_field(name).column)}" for name in names)
 
     def table(model: type[Model]) -> str:
         return quote(model._meta.db_table)
@@ -125,8 +125,3 @@ def _sql(alias: str) -> str:
         f"OR (c.{quote('token_type')} <> %s AND t.{quote('user_id')} IS NULL)) "
         f"WHERE k.{quote('key_id')} = %s"
     )
-
-
-def _field(name: str) -> str:
-    """A field's name from the attribute name from_db takes (user_id: the user field)."""
-    return name.removesuffix("_id") if name.endswith("_id") and name != "key_id" else name
