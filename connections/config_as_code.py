@@ -25,16 +25,17 @@ from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import FEATURE_PERMISSIONS, Connection
 from connections.outbound import ProviderError
 from connections.services import role_update
-from providers.models import Provider, split_scopes
+from providers.models import CLIENT_AUTH_METHOD_NAMES, Provider, split_scopes
 
 USER_KEYS = {"username", "email", "first_name", "last_name"}
 ROLE_KEYS = {"name", "permissions", "users", "connections"}
 CONNECTION_KEYS = {
     "name", "slug", "description", "provider", "placeholders", "authorization_url", "token_url", "revocation_url",
     "issuer", "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
-    "extra_authorization_params", "default_token_lifetime", "enabled",
+    "extra_authorization_params", "default_token_lifetime", "enabled", "client_auth_method",
 }  # fmt: skip
 LINE = "__line__"
+CLIENT_AUTH_METHOD_VALUES = {name: method for method, name in CLIENT_AUTH_METHOD_NAMES.items()}
 
 
 class ConfigError(Exception):
@@ -186,6 +187,7 @@ def _connection_form_data(item: dict[str, Any], provider: Provider, secret: str 
         "token_type": item.get("token_type") or "shared",
         "client_id": item.get("client_id") or "",
         "client_secret": secret or "",
+        "client_auth_method": CLIENT_AUTH_METHOD_VALUES.get(str(item.get("client_auth_method") or ""), ""),
         "authorization_url": item.get("authorization_url") or "",
         "token_url": item.get("token_url") or "",
         "revocation_url": item.get("revocation_url") or "",
@@ -219,6 +221,7 @@ def _connection_values(connection: Connection) -> dict[str, Any]:
         "token_type": connection.token_type,
         "client_id": connection.client_id,
         "client_secret": connection.client_secret,
+        "client_auth_method": connection.client_auth_method,
         "authorization_url": connection.authorization_url,
         "token_url": connection.token_url,
         "revocation_url": connection.revocation_url,
@@ -251,17 +254,18 @@ def _plan_connections(document: dict[str, Any], plan: Plan, base_dir: Path, prob
             problems.append(f"{where}: placeholders must be a mapping, e.g. {{yourinstance: acme}}.")
         if "extra_authorization_params" in item and not isinstance(item["extra_authorization_params"], dict):
             problems.append(f"{where}: extra_authorization_params must be a mapping.")
+        if item.get("client_auth_method", "") not in ("", *CLIENT_AUTH_METHOD_VALUES):
+            problems.append(f"{where}: client_auth_method must be one of {', '.join(CLIENT_AUTH_METHOD_VALUES)}.")
         secret = _read_secret(item, where, base_dir, problems)
         if provider is None:
             continue
         existing = Connection.objects.filter(slug=slug).first()
         data = _connection_form_data({**item, "slug": slug}, provider, secret)
-        if fields := discovery.urls_to_discover(data, provider):
-            try:
-                data.update(discovery.issuer_urls_discover(data["issuer"], fields))
-            except ProviderError as exc:
-                problems.append(f"{where}: issuer: {exc.message}")
-                continue
+        try:
+            data.update(discovery.discovered_form_data(data, provider))
+        except ProviderError as exc:
+            problems.append(f"{where}: issuer: {exc.message}")
+            continue
         form = ConfigConnectionForm(data=data, instance=existing or Connection())
         if not form.is_valid():
             for field_name, errors in form.errors.items():
@@ -425,6 +429,8 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
         if getattr(connection, key):  # only overrides; otherwise the preset applies
             item[key] = getattr(connection, key)
     item.update(grant_type=connection.grant_type, token_type=connection.token_type, client_id=connection.client_id)
+    if connection.client_auth_method:
+        item["client_auth_method"] = CLIENT_AUTH_METHOD_NAMES[connection.client_auth_method]
     if connection.client_secret:
         item["client_secret_env"] = secret_variable_name(connection.slug)
     item["scopes"] = connection.scopes

@@ -1,16 +1,18 @@
-"""A connection's URLs from its issuer's discovery document (OpenID Connect Discovery 1.0, RFC 8414), for a
-connection whose provider type has no preset for them and whose administrator gave only the issuer.
+"""A connection's URLs, PKCE methods and client authentication from its issuer's discovery document (OpenID
+Connect Discovery 1.0, RFC 8414): for a connection whose provider type has no preset for its URLs and whose
+administrator gave only the issuer (on save), and for the admin's Discover button (on demand).
 
 Used before a connection is saved (the admin, apply_config) and outside any transaction, as every provider call
 is; what it finds is stored in the connection's URL fields, so nothing depends on the document afterwards.
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from connections import oauth_client
 from connections.outbound import ProviderError, check_url
-from providers.models import GrantType, Provider
+from providers.models import CLIENT_AUTH_METHOD_NAMES, GrantType, Provider
 
 # The connection's URL fields, and the metadata that gives each (RFC 8414 section 2; RFC 7009 for revocation).
 URL_METADATA = {
@@ -32,37 +34,100 @@ def urls_to_discover(data: Mapping[str, Any], provider: Provider | None) -> list
     return [name for name in needed if not (data.get(name) or "").strip() and not getattr(provider, name)]
 
 
-def issuer_urls_discover(issuer: str, fields: list[str]) -> dict[str, str]:
-    """These URL fields from the issuer's discovery document: those it gives (the token URL, and the
-    authorization URL when asked for, must be there). ProviderError, in words for a person, when the document
-    cannot be had or cannot be trusted."""
+@dataclass(frozen=True)
+class Discovered:
+    """What an issuer's discovery document says that a connection can use, checked."""
+
+    urls: dict[str, str]  # URL field -> URL, for those the document gives
+    pkce_methods: list[str] | None  # code_challenge_methods_supported; None when the document does not say
+    client_auth_methods: list[str]  # token_endpoint_auth_methods_supported (RFC 8414's default when absent)
+
+    def client_auth_method_for(self, provider: Provider) -> str | None:
+        """The connection's client authentication for this issuer: "" when the provider type's own method is
+        accepted, else the first accepted method Control Room has, or None when it has none of them."""
+        if CLIENT_AUTH_METHOD_NAMES[provider.client_auth_method] in self.client_auth_methods:
+            return ""
+        return next((m for m, name in CLIENT_AUTH_METHOD_NAMES.items() if name in self.client_auth_methods), None)
+
+    def summary(self) -> str:
+        """The findings in one sentence for a person."""
+        urls = "; ".join(f"{URL_LABELS[name]}: {url}" for name, url in self.urls.items())
+        pkce = "not said" if self.pkce_methods is None else (", ".join(self.pkce_methods) or "none")
+        return f"{urls}. PKCE methods: {pkce}. Client authentication: {', '.join(self.client_auth_methods)}."
+
+
+def issuer_discover(issuer: str) -> Discovered:
+    """Read and check the issuer's discovery document: it must name this issuer and give a token URL, and every
+    URL it gives must pass the outbound policy. ProviderError, in words for a person, when it cannot be had or
+    cannot be trusted."""
     issuer = issuer.strip()
     document = oauth_client.discovery_document(issuer)
     named = document.get("issuer")
     if named != issuer:  # RFC 8414 section 3.3, OpenID Connect Discovery 1.0 section 4.3
-        raise ProviderError(
+        raise _untrusted(
             f"The discovery document of {oauth_client.provider_text(issuer)} names the issuer "
-            f"{oauth_client.provider_text(named)!r}: it must be the same identifier, so it is not used.",
-            error="invalid_response",
-            permanent=False,
+            f"{oauth_client.provider_text(named)!r}: it must be the same identifier, so it is not used."
         )
-    found: dict[str, str] = {}
-    for field in fields:
-        name = URL_METADATA[field]
+    urls: dict[str, str] = {}
+    for field, name in URL_METADATA.items():
         url = document.get(name)
-        if url is None and field == "revocation_url":
-            continue  # optional: a provider without revocation
+        if url is None:
+            continue
         if not isinstance(url, str) or not url:
-            raise ProviderError(
-                f"The discovery document of {oauth_client.provider_text(issuer)} gives no {name}.",
-                error="invalid_response",
-                permanent=False,
-            )
+            raise _untrusted(f"The discovery document of {oauth_client.provider_text(issuer)} gives no {name}.")
         try:
             check_url(url)  # the outbound policy: https, or a host the operator allows
         except ProviderError as exc:
-            raise ProviderError(
-                f"The discovery document's {name} is refused: {exc.message}", error=exc.error, permanent=False
-            ) from None
-        found[field] = url
-    return found
+            raise _untrusted(f"The discovery document's {name} is refused: {exc.message}", error=exc.error) from None
+        urls[field] = url
+    if "token_url" not in urls:
+        raise _untrusted(f"The discovery document of {oauth_client.provider_text(issuer)} gives no token_endpoint.")
+    return Discovered(
+        urls=urls,
+        pkce_methods=_names(document.get("code_challenge_methods_supported")),
+        client_auth_methods=_names(document.get("token_endpoint_auth_methods_supported")) or ["client_secret_basic"],
+    )
+
+
+def discovered_form_data(data: Mapping[str, Any], provider: Provider | None) -> dict[str, str]:
+    """The connection form fields that discovery fills in this form data: the blank URLs (urls_to_discover), and
+    the client authentication when the provider type's is not one the issuer accepts. {} when the data needs no
+    discovery; ProviderError when the document cannot be used for this connection."""
+    fields = urls_to_discover(data, provider)
+    if not fields or provider is None:
+        return {}
+    issuer = str(data["issuer"]).strip()
+    found = issuer_discover(issuer)
+    for field in fields:
+        if field not in found.urls and field != "revocation_url":  # revocation is optional
+            raise _untrusted(
+                f"The discovery document of {oauth_client.provider_text(issuer)} gives no {URL_METADATA[field]}."
+            )
+    if data.get("grant_type") == GrantType.AUTHORIZATION_CODE_PKCE and found.pkce_methods is not None:
+        if "S256" not in found.pkce_methods:
+            raise _untrusted(
+                f"{oauth_client.provider_text(issuer)} does not offer PKCE with S256 (its "
+                f"code_challenge_methods_supported: {', '.join(found.pkce_methods) or 'none'}): choose "
+                "Authorization Code without PKCE."
+            )
+    filled = {field: found.urls[field] for field in fields if field in found.urls}
+    if not data.get("client_auth_method"):
+        method = found.client_auth_method_for(provider)
+        if method is None:
+            raise _untrusted(
+                f"{oauth_client.provider_text(issuer)} accepts only {', '.join(found.client_auth_methods)} at its "
+                f"token URL; Control Room authenticates with {' or '.join(CLIENT_AUTH_METHOD_NAMES.values())}."
+            )
+        if method:
+            filled["client_auth_method"] = method
+    return filled
+
+
+def _names(value: Any) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [str(name) for name in value if isinstance(name, str)]
+
+
+def _untrusted(message: str, error: str = "invalid_response") -> ProviderError:
+    return ProviderError(message, error=error, permanent=False)

@@ -6,11 +6,20 @@ from urllib.parse import urlsplit
 from django import forms
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 from django.utils.text import slugify
 
 from connections import outbound
 from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role, TokenType
-from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_scopes
+from providers.models import (
+    CLIENT_AUTH_METHOD_NAMES,
+    PLACEHOLDER_PATTERN,
+    ClientAuthMethod,
+    GrantType,
+    Provider,
+    ProviderCategory,
+    split_scopes,
+)
 
 PLACEHOLDER_PREFIX = "placeholder__"
 # A placeholder value becomes part of a host name or path: letters, digits, dots and dashes only, so that a
@@ -26,6 +35,39 @@ def _all_placeholders() -> dict[str, list[str]]:
         for name in provider.placeholders:
             used.setdefault(name, []).append(provider.name)
     return used
+
+
+def provider_choices(providers: list[Provider]) -> list[tuple[Any, Any]]:
+    """The provider select's options in groups: Custom and the administrators' own types first, then the
+    catalog's by category, each by name."""
+    labels = dict(ProviderCategory.choices)
+    groups: dict[str, list[tuple[int, str]]] = {"Custom and your own provider types": []}
+    for provider in sorted(providers, key=lambda provider: provider.name.lower()):
+        label = labels.get(provider.category, "Other") if provider.is_certified and provider.slug != "custom" else None
+        groups.setdefault(label or "Custom and your own provider types", []).append((provider.pk, provider.name))
+    ordered = sorted(groups.items(), key=lambda group: (group[0] != "Custom and your own provider types", group[0]))
+    return [("", "---------"), *((label, options) for label, options in ordered if options)]
+
+
+def preset_preview(provider: Provider) -> dict[str, Any]:
+    """What the connection form's script shows of a provider type while the administrator types."""
+    return {
+        "name": provider.name,
+        "description": provider.description,
+        "docs_url": provider.docs_url,
+        "authorization_url": provider.authorization_url,
+        "token_url": provider.token_url,
+        "revocation_url": provider.revocation_url,
+        "default_scopes": " ".join(split_scopes(provider.default_scopes)),
+        # null: the default scopes; "": none with that grant
+        "client_credentials_scopes": None
+        if provider.client_credentials_scopes is None
+        else " ".join(split_scopes(provider.client_credentials_scopes)),
+        "refresh_url": provider.refresh_url,
+        "client_auth_method": CLIENT_AUTH_METHOD_NAMES[provider.client_auth_method],
+        "grant_types": provider.grant_types,
+        "placeholders": provider.placeholders,
+    }
 
 
 def _has_unstorable_text(value: Any) -> bool:
@@ -96,6 +138,7 @@ class ConnectionForm(forms.ModelForm):
             "grant_type",
             "token_type",
             "client_id",
+            "client_auth_method",
             "authorization_url",
             "token_url",
             "revocation_url",
@@ -114,7 +157,7 @@ class ConnectionForm(forms.ModelForm):
         self.fields["slug"].required = False
         self.fields["issuer"].help_text += (
             " With an issuer, URLs left blank that the provider type has no preset for are read from its discovery "
-            "document (/.well-known/openid-configuration) when you save."
+            "document (/.well-known/openid-configuration) when you save, or when you press Discover."
         )
         self.fields["slug"].help_text = "Bots ask for tokens by this name. Leave blank to derive it from the name."
         if self.instance.pk and self.instance.client_secret:
@@ -123,18 +166,20 @@ class ConnectionForm(forms.ModelForm):
             ].help_text = (
                 "A secret is stored (encrypted, never shown). Leave blank to keep it; type a new one to replace it."
             )
+        self.fields["client_auth_method"].choices = [("", "As the provider type does"), *ClientAuthMethod.choices]
+        self.fields["issuer"].widget.attrs["data-discover-url"] = reverse("admin:connections_connection_discover")
         providers = list(Provider.objects.all())
+        self.fields["provider"].choices = provider_choices(providers)
         # The admin wraps the select in a RelatedFieldWidgetWrapper; the attribute belongs on the select itself.
         select = getattr(self.fields["provider"].widget, "widget", self.fields["provider"].widget)
-        select.attrs["data-placeholders"] = json.dumps(
-            {str(provider.pk): provider.placeholders for provider in providers}
-        )
+        presets = {str(provider.pk): preset_preview(provider) for provider in providers}
+        select.attrs["data-presets"] = json.dumps(presets)
         for name, provider_names in _all_placeholders().items():
             self.fields[PLACEHOLDER_PREFIX + name] = forms.CharField(
                 label=f"<{name}>",
                 required=False,
                 initial=self.instance.placeholders.get(name, "") if self.instance.pk else "",
-                help_text=f"Filled into the URLs of {', '.join(provider_names)}.",
+                help_text=f"Filled into the URLs and scopes of {', '.join(provider_names)}.",
                 widget=forms.TextInput(attrs={"class": "placeholder-input", "data-placeholder": name}),
             )
 
@@ -199,7 +244,9 @@ class ConnectionForm(forms.ModelForm):
             field: cleaned.get(field) or getattr(provider, field)
             for field in ("authorization_url", "token_url", "revocation_url")
         }
-        needed = {name for template in templates.values() for name in PLACEHOLDER_PATTERN.findall(template)}
+        templates["refresh_url"] = provider.refresh_url  # the provider type's only
+        scopes = "" if cleaned.get("scopes") else provider.default_scopes_for(grant_type)
+        needed = {name for template in (*templates.values(), scopes) for name in PLACEHOLDER_PATTERN.findall(template)}
         values: dict[str, str] = {}
         for name in sorted(needed | set(provider.placeholders)):
             field = PLACEHOLDER_PREFIX + name
@@ -209,7 +256,7 @@ class ConnectionForm(forms.ModelForm):
             elif value and not PLACEHOLDER_VALUE.match(value):
                 self.add_error(field, "Use letters, digits, dots and dashes only.")
             elif name in needed and not value:
-                self.add_error(field, f"{provider} needs <{name}> to build its URLs.")
+                self.add_error(field, f"{provider} needs <{name}> to build its URLs and scopes.")
             elif value:
                 values[name] = value
         self.instance.placeholders = values
@@ -225,7 +272,7 @@ class ConnectionForm(forms.ModelForm):
             try:
                 outbound.check_url(url)
             except outbound.ProviderError as exc:
-                self.add_error(field, exc.message)
+                self.add_error(field if field in self.fields else None, exc.message)
 
 
 class RoleForm(forms.ModelForm):

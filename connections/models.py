@@ -8,7 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django_cryptography.fields import encrypt
 
-from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider, split_scopes
+from providers.models import PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, split_scopes
 
 # The feature permissions a role carries (codename: label); Django permissions of the Connection model.
 FEATURE_PERMISSIONS = {
@@ -39,6 +39,13 @@ class Connection(models.Model):
     token_type = models.CharField(max_length=20, choices=TokenType.choices, default=TokenType.SHARED)
     client_id = models.CharField(max_length=500)
     client_secret = encrypt(models.TextField(blank=True))
+    client_auth_method = models.CharField(
+        "client authentication",
+        max_length=10,
+        choices=ClientAuthMethod.choices,
+        blank=True,
+        help_text="How the client authenticates at the token URL. Blank: as the provider type does.",
+    )
     authorization_url = models.CharField(
         max_length=500, blank=True, help_text="Leave blank to use the provider type's URL."
     )
@@ -96,13 +103,18 @@ class Connection(models.Model):
         return self._fill(self.revocation_url or self.provider.revocation_url)
 
     @property
+    def effective_refresh_url(self) -> str:
+        return self._fill(self.provider.refresh_url) or self.effective_token_url
+
+    @property
+    def effective_client_auth_method(self) -> str:
+        return self.client_auth_method or self.provider.client_auth_method
+
+    @property
     def scope_list(self) -> list[str]:
         if self.scopes.strip():
             return split_scopes(self.scopes)
-        provider = self.provider
-        if self.grant_type == GrantType.CLIENT_CREDENTIALS and provider.client_credentials_scopes.strip():
-            return split_scopes(provider.client_credentials_scopes)
-        return split_scopes(provider.default_scopes)
+        return split_scopes(self._fill(self.provider.default_scopes_for(self.grant_type)))
 
     @property
     def uses_authorization_code(self) -> bool:

@@ -5,11 +5,12 @@ Services build a ClientConfig from a connection and call the functions below; th
 a ProviderError that says, in words, what went wrong and whether retrying can help.
 """
 
+import json
 import os
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from django.conf import settings
@@ -63,6 +64,8 @@ class ClientConfig:
     extra_authorization_params: dict[str, str] = field(default_factory=dict)
     client_auth_method: str = "basic"
     redirect_uri: str = ""
+    refresh_url: str = ""  # where refresh requests go; blank: the token URL
+    token_request_format: str = "form"  # noqa: S105 - a format, not a secret; "json": requests send a JSON object
     # Provider quirks (providers.models.Provider): sent with every token request; where the answer's fields are.
     token_request_params: dict[str, str] = field(default_factory=dict)
     token_request_headers: dict[str, str] = field(default_factory=dict)
@@ -83,10 +86,37 @@ def _quirks(config: ClientConfig) -> dict[str, Any]:
     return {"headers": {**headers, **config.token_request_headers}, **config.token_request_params}
 
 
-def _auth_kwargs(config: ClientConfig) -> dict[str, Any]:
+class JsonBody(requests.auth.AuthBase):
+    """Sends a token or revocation request's form parameters as one JSON object instead (for a provider whose
+    token URL takes JSON, as Zendesk's does), then applies the client authentication it wraps, if any. An auth
+    hook because requests-oauthlib builds those bodies as forms, and requests calls this on the prepared request."""
+
+    def __init__(self, inner: requests.auth.AuthBase | None) -> None:
+        self.inner = inner
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        body = request.body.decode() if isinstance(request.body, bytes) else request.body or ""
+        request.body = json.dumps(dict(parse_qsl(body, keep_blank_values=True))).encode()
+        request.headers["Content-Type"] = "application/json"
+        return self.inner(request) if self.inner else request
+
+
+def _client_auth(config: ClientConfig) -> tuple[requests.auth.AuthBase | None, dict[str, str]]:
+    """A token or revocation request's client authentication: (the requests auth, the body's credentials)."""
     if config.client_auth_method == "body":
-        return {"include_client_id": True, "client_secret": config.client_secret}
-    return {"auth": requests.auth.HTTPBasicAuth(config.client_id, config.client_secret)}
+        auth, credentials = None, {"client_id": config.client_id, "client_secret": config.client_secret}
+    else:
+        auth, credentials = requests.auth.HTTPBasicAuth(config.client_id, config.client_secret), {}
+    json_body = config.token_request_format == "json"  # noqa: S105 - a format, not a secret
+    return (JsonBody(auth) if json_body else auth), credentials
+
+
+def _fetch_kwargs(config: ClientConfig) -> dict[str, Any]:
+    """_client_auth in OAuth2Session.fetch_token's terms (it adds client_id to the body itself)."""
+    auth, credentials = _client_auth(config)
+    if not credentials:
+        return {"auth": auth}
+    return {"auth": auth, "include_client_id": True, "client_secret": credentials["client_secret"]}
 
 
 def _token_call(what: str, session: OAuth2Session, func: Any, *args: Any, **kwargs: Any) -> TokenResponse:
@@ -193,7 +223,7 @@ def exchange_code(config: ClientConfig, *, code: str, code_verifier: str = "") -
         session.fetch_token,
         config.token_url,
         code=code,
-        **_auth_kwargs(config),
+        **_fetch_kwargs(config),
         **extra,
         **_quirks(config),
     )
@@ -203,17 +233,14 @@ def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
     session = _session(config, WebApplicationClient(config.client_id))
     # Scope is omitted on refresh: the grant keeps its scope (RFC 6749 6), and some providers reject a repeat.
     session.scope = None
-    auth = _auth_kwargs(config)
-    body_credentials = (
-        {"client_id": config.client_id, "client_secret": config.client_secret} if "auth" not in auth else {}
-    )
+    auth, body_credentials = _client_auth(config)
     return _token_call(
         "token refresh",
         session,
         session.refresh_token,
-        config.token_url,
+        config.refresh_url or config.token_url,
         refresh_token=refresh_token,
-        auth=auth.get("auth"),
+        auth=auth,
         **body_credentials,
         **_quirks(config),
     )
@@ -228,7 +255,7 @@ def client_credentials(config: ClientConfig) -> TokenResponse:
         session,
         session.fetch_token,
         config.token_url,
-        **_auth_kwargs(config),
+        **_fetch_kwargs(config),
         **scope,
         **_quirks(config),
     )
@@ -237,12 +264,10 @@ def client_credentials(config: ClientConfig) -> TokenResponse:
 def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:
     """RFC 7009 revocation. The provider answers 200 even for unknown tokens; anything else is an error."""
     session = _session(config, WebApplicationClient(config.client_id))
-    data = {"token": token, "token_type_hint": token_type_hint}
-    auth = _auth_kwargs(config)
-    if "auth" not in auth:
-        data.update(client_id=config.client_id, client_secret=config.client_secret)
+    auth, credentials = _client_auth(config)
+    data = {"token": token, "token_type_hint": token_type_hint, **credentials}
     try:
-        response = session.post(config.revocation_url, data=data, auth=auth.get("auth"))
+        response = session.post(config.revocation_url, data=data, auth=auth)
     except requests.exceptions.ProxyError as exc:
         raise proxy_error("token revocation", exc) from None
     except requests.RequestException as exc:

@@ -95,7 +95,7 @@ def _connection_checked(batch: str) -> None:
 def _refresh_one(fence: Fence, token: OAuthToken, taken_at: float, audit: list[dict]) -> None:
     _connection_checked(fence.lease_owner)
     try:
-        with _provider_slot(token.connection.effective_token_url):
+        with _provider_slot(token.connection.effective_refresh_url):
             if refresh.token_lease_keep(fence, taken_at):
                 refresh.token_refresh_leased(fence=fence, token=token, actor_label="refresh worker", audit=audit)
     except ProviderError as exc:

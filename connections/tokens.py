@@ -32,10 +32,12 @@ def connection_client_config(connection: Connection) -> ClientConfig:
             **connection.provider.extra_authorization_params,
             **connection.extra_authorization_params,
         },
-        client_auth_method=connection.provider.client_auth_method,
+        client_auth_method=connection.effective_client_auth_method,
         redirect_uri=settings.OAUTH_REDIRECT_URI,
         token_request_params=connection.provider.token_request_params,
         token_request_headers=connection.provider.token_request_headers,
+        token_request_format=connection.provider.token_request_format,
+        refresh_url=connection.effective_refresh_url,
         token_response_fields=connection.provider.token_response_fields,
     )
 

@@ -22,10 +22,12 @@ class ProviderForm(forms.ModelForm):
             "name",
             "slug",
             "description",
+            "category",
             "docs_url",
             "authorization_url",
             "token_url",
             "revocation_url",
+            "refresh_url",
             "grant_types",
             "client_auth_method",
             "default_scopes",
@@ -36,6 +38,7 @@ class ProviderForm(forms.ModelForm):
             "refresh_margin",
             "token_request_params",
             "token_request_headers",
+            "token_request_format",
             "token_response_fields",
             "tokens_never_expire",
             "refresh_token_max_idle",
@@ -57,14 +60,14 @@ class ProviderAdmin(admin.ModelAdmin):
 
     form = ProviderForm
     list_display = ("name", "slug", "placeholder_list", "grant_type_list", "client_auth_method", "is_certified")
-    list_filter = ("is_certified", "client_auth_method")
+    list_filter = ("is_certified", "category", "client_auth_method")
     search_fields = ("name", "slug")
     readonly_fields = ("is_certified", "placeholder_list", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("name", "slug", "description", "docs_url", "is_certified")}),
+        (None, {"fields": ("name", "slug", "description", "category", "docs_url", "is_certified")}),
         (
             "Endpoints",
-            {"fields": ("authorization_url", "token_url", "revocation_url", "placeholder_list")},
+            {"fields": ("authorization_url", "token_url", "revocation_url", "refresh_url", "placeholder_list")},
         ),
         (
             "Behaviour",
@@ -80,6 +83,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "refresh_margin",
                     "token_request_params",
                     "token_request_headers",
+                    "token_request_format",
                     "token_response_fields",
                     "tokens_never_expire",
                     "refresh_token_max_idle",

@@ -17,6 +17,27 @@ class ClientAuthMethod(models.TextChoices):
     BODY = "body", "Form body (client_secret_post)"
 
 
+# The same methods by their registered names (RFC 8414 token_endpoint_auth_methods_supported; the YAML files').
+CLIENT_AUTH_METHOD_NAMES = {ClientAuthMethod.BASIC: "client_secret_basic", ClientAuthMethod.BODY: "client_secret_post"}
+
+
+class TokenRequestFormat(models.TextChoices):
+    FORM = "form", "Form (application/x-www-form-urlencoded, RFC 6749)"
+    JSON = "json", "JSON object (application/json)"
+
+
+class ProviderCategory(models.TextChoices):
+    """Groups in the admin's provider type select, so 50+ types stay findable."""
+
+    IDENTITY = "identity", "Identity and single sign-on"
+    COLLABORATION = "collaboration", "Productivity and collaboration"
+    DEVELOPER = "developer", "Developer tools"
+    CUSTOMER = "customer", "CRM, sales and support"
+    FINANCE = "finance", "Finance, ERP, HR and e-signature"
+    COMMERCE = "commerce", "Commerce and payments"
+    SOCIAL = "social", "Social networks"
+
+
 def split_scopes(text: str) -> list[str]:
     """Scopes are typed comma-separated (as in the seed) or space-separated; both are accepted."""
     return [scope for scope in re.split(r"[,\s]+", text or "") if scope]
@@ -28,6 +49,9 @@ class Provider(models.Model):
     slug = models.SlugField(unique=True, help_text="Used in files and URLs, e.g. salesforce.")
     name = models.CharField(max_length=120, unique=True)
     description = models.TextField(blank=True)
+    category = models.CharField(
+        max_length=20, choices=ProviderCategory.choices, blank=True, help_text="Its group in the provider select."
+    )
     authorization_url = models.CharField(
         max_length=500, blank=True, help_text="May contain placeholders such as <yourinstance> or <tenant>."
     )
@@ -35,10 +59,15 @@ class Provider(models.Model):
     revocation_url = models.CharField(
         max_length=500, blank=True, help_text="RFC 7009 token revocation endpoint, if the provider offers one."
     )
+    refresh_url = models.CharField(
+        max_length=500, blank=True, help_text="Where refresh requests go, if not to the token URL (Figma, Adobe Sign)."
+    )
     default_scopes = models.CharField(max_length=1000, blank=True, help_text="Comma- or space-separated.")
-    client_credentials_scopes = models.CharField(
+    # None and "" differ here: None is "the default scopes", "" is "ask for none" (Xero's custom connections).
+    client_credentials_scopes = models.CharField(  # noqa: DJ001
         max_length=1000,
         blank=True,
+        null=True,
         help_text="Default scopes for the Client Credentials grant, where they differ (Microsoft accepts only "
         "<resource>/.default there). Blank: the default scopes.",
     )
@@ -63,6 +92,12 @@ class Provider(models.Model):
         blank=True,
         help_text='Added to every token request (code exchange, refresh, client credentials), e.g. {"audience": '
         '"api.example.com"}.',
+    )
+    token_request_format = models.CharField(
+        max_length=4,
+        choices=TokenRequestFormat.choices,
+        default=TokenRequestFormat.FORM,
+        help_text="How token and revocation requests carry their parameters (RFC 6749: a form).",
     )
     token_request_headers = models.JSONField(
         default=dict, blank=True, help_text='Added to every token request, e.g. {"Accept": "application/json"}.'
@@ -109,13 +144,24 @@ class Provider(models.Model):
 
     @property
     def placeholders(self) -> list[str]:
-        """Placeholder names in the URL templates, in order of first appearance."""
+        """Placeholder names in the URL templates and default scopes, in order of first appearance."""
         found: list[str] = []
-        for url in (self.authorization_url, self.token_url, self.revocation_url):
-            for name in PLACEHOLDER_PATTERN.findall(url):
+        for template in (*self.url_templates, self.default_scopes, self.client_credentials_scopes or ""):
+            for name in PLACEHOLDER_PATTERN.findall(template):
                 if name not in found:
                     found.append(name)
         return found
+
+    @property
+    def url_templates(self) -> tuple[str, ...]:
+        return (self.authorization_url, self.token_url, self.revocation_url, self.refresh_url)
+
+    def default_scopes_for(self, grant_type: str) -> str:
+        """The scopes a connection with this grant asks for when it names none ("" for a grant set to ask for
+        none: client_credentials_scopes is "" rather than None)."""
+        if grant_type == GrantType.CLIENT_CREDENTIALS and self.client_credentials_scopes is not None:
+            return self.client_credentials_scopes
+        return self.default_scopes
 
     @property
     def supports_pkce(self) -> bool:

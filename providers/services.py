@@ -6,7 +6,15 @@ import yaml
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from providers.models import PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, token_quirk_problems
+from providers.models import (
+    PLACEHOLDER_PATTERN,
+    ClientAuthMethod,
+    GrantType,
+    Provider,
+    ProviderCategory,
+    TokenRequestFormat,
+    token_quirk_problems,
+)
 
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
@@ -15,9 +23,11 @@ CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 PRESET_FIELDS = (
     "name",
     "description",
+    "category",
     "authorization_url",
     "token_url",
     "revocation_url",
+    "refresh_url",
     "default_scopes",
     "client_credentials_scopes",
     "scope_separator",
@@ -28,18 +38,24 @@ PRESET_FIELDS = (
     "refresh_margin",
     "token_request_params",
     "token_request_headers",
+    "token_request_format",
     "token_response_fields",
     "tokens_never_expire",
     "refresh_token_max_idle",
     "docs_url",
 )
+URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "refresh_url")
+# Where a <placeholder> may appear: each must be explained in the description.
+TEMPLATE_FIELDS = (*URL_FIELDS, "default_scopes", "client_credentials_scopes")
 PRESET_DEFAULTS: dict[str, Any] = {
     "description": "",
+    "category": "",
     "authorization_url": "",
     "token_url": "",
     "revocation_url": "",
+    "refresh_url": "",
     "default_scopes": "",
-    "client_credentials_scopes": "",
+    "client_credentials_scopes": None,  # None: the default scopes; "": none for that grant
     "scope_separator": " ",
     "extra_authorization_params": {},
     "client_auth_method": ClientAuthMethod.BASIC,
@@ -47,6 +63,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "refresh_margin": None,
     "token_request_params": {},
     "token_request_headers": {},
+    "token_request_format": TokenRequestFormat.FORM,
     "token_response_fields": {},
     "tokens_never_expire": False,
     "refresh_token_max_idle": None,
@@ -87,6 +104,10 @@ def provider_catalog_read(*, path: Path = CATALOG_PATH) -> list[dict[str, Any]]:
             raise ValidationError(f"{where}: unknown grant type(s) {', '.join(sorted(bad_grants))}.")
         if preset["client_auth_method"] not in ClientAuthMethod.values:
             raise ValidationError(f"{where}: client_auth_method must be basic or body.")
+        if preset["token_request_format"] not in TokenRequestFormat.values:
+            raise ValidationError(f"{where}: token_request_format must be form or json.")
+        if preset["category"] not in ["", *ProviderCategory.values]:
+            raise ValidationError(f"{where}: category must be one of {', '.join(ProviderCategory.values)}.")
         if problems := _preset_problems(preset):
             raise ValidationError(f"{where}: {' '.join(problems)}")
         presets.append({"slug": slug, **preset})
@@ -98,22 +119,26 @@ def _preset_problems(preset: dict[str, Any]) -> list[str]:
     description (the administrator has to know what to type), a documentation link, and scopes for a grant the
     preset supports."""
     problems = []
-    for name in ("authorization_url", "token_url", "revocation_url", "docs_url"):
+    for name in (*URL_FIELDS, "docs_url"):
         url = preset.get(name) or ""
         if url and not url.startswith("https://"):
             problems.append(f"{name} must be an https URL.")
     if not preset.get("docs_url"):
         problems.append("docs_url (the provider's own OAuth documentation) is required.")
-    urls = " ".join(preset.get(name) or "" for name in ("authorization_url", "token_url", "revocation_url"))
-    for placeholder in sorted(set(PLACEHOLDER_PATTERN.findall(urls))):
+    for placeholder in _placeholders(preset):
         if f"<{placeholder}>" not in (preset.get("description") or ""):
-            problems.append(f"<{placeholder}> appears in a URL: its description must say what to fill in.")
+            problems.append(f"<{placeholder}> appears in a URL or scope: its description must say what to fill in.")
     problems += token_quirk_problems(
         preset["token_request_params"], preset["token_request_headers"], preset["token_response_fields"]
     )
-    if preset.get("client_credentials_scopes") and GrantType.CLIENT_CREDENTIALS not in preset["grant_types"]:
+    if preset["client_credentials_scopes"] is not None and GrantType.CLIENT_CREDENTIALS not in preset["grant_types"]:
         problems.append("client_credentials_scopes is set, but client_credentials is not among its grant_types.")
     return problems
+
+
+def _placeholders(preset: dict[str, Any]) -> list[str]:
+    text = " ".join(preset.get(name) or "" for name in TEMPLATE_FIELDS)
+    return list(dict.fromkeys(PLACEHOLDER_PATTERN.findall(text)))
 
 
 def provider_catalog_sync(*, path: Path = CATALOG_PATH, using: str = "default") -> CatalogSyncResult:
@@ -145,12 +170,12 @@ def provider_catalog_sync(*, path: Path = CATALOG_PATH, using: str = "default") 
 
 
 def provider_catalog_table(*, path: Path = CATALOG_PATH) -> str:
-    """The catalog as the README's Markdown table: name, slug, grant types, placeholders."""
-    labels = dict(GrantType.choices)
-    lines = ["| provider type | slug | grant types | placeholders |", "| --- | --- | --- | --- |"]
+    """The catalog as the README's Markdown table: name, slug, group, grant types, placeholders."""
+    labels, categories = dict(GrantType.choices), dict(ProviderCategory.choices)
+    lines = ["| provider type | slug | group | grant types | placeholders |", "| --- | --- | --- | --- | --- |"]
     for preset in provider_catalog_read(path=path):
-        urls = " ".join(preset[name] for name in ("authorization_url", "token_url", "revocation_url"))
-        placeholders = ", ".join(dict.fromkeys(f"`<{name}>`" for name in PLACEHOLDER_PATTERN.findall(urls))) or "—"
+        placeholders = ", ".join(f"`<{name}>`" for name in _placeholders(preset)) or "—"
         grants = ", ".join(str(labels[grant]) for grant in preset["grant_types"])
-        lines.append(f"| {preset['name']} | `{preset['slug']}` | {grants} | {placeholders} |")
+        group = categories.get(preset["category"], "—")
+        lines.append(f"| {preset['name']} | `{preset['slug']}` | {group} | {grants} | {placeholders} |")
     return "\n".join(lines) + "\n"

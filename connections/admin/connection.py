@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -22,7 +22,9 @@ from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import Connection, OAuthToken
 from connections.outbound import ProviderError
 from connections.views import start_authorization
-from providers.models import Provider
+from providers.models import CLIENT_AUTH_METHOD_NAMES, Provider
+
+DISCOVERED_LABELS = {**discovery.URL_LABELS, "client_auth_method": "Client authentication"}
 
 
 class TokenInline(PermissionMixin, admin.TabularInline):
@@ -88,6 +90,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         "next_refresh_display",
         "last_error_display",
         "roles_display",
+        "preset_display",
     )
 
     class Media:
@@ -107,6 +110,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         # View-only users get every field read-only, which would display the secret: it is left out for them.
         placeholders = ConnectionForm().placeholder_field_names if can_change else []
         credentials = ("client_id", "client_secret") if can_change else ("client_id",)
+        credentials += ("client_auth_method",)
         status = [
             (
                 "Status",
@@ -127,7 +131,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             (
                 "Provider",
                 {
-                    "fields": ("provider", *placeholders, "grant_type", "token_type", "redirect_uri"),
+                    "fields": ("provider", *placeholders, "preset_display", "grant_type", "token_type", "redirect_uri"),
                     "description": "Register the redirect URI below in the provider's application settings.",
                 },
             ),
@@ -165,6 +169,30 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
     @admin.display(description="Redirect URI")
     def redirect_uri(self, obj: Connection | None = None) -> str:
         return format_html("<code>{}</code>", settings.OAUTH_REDIRECT_URI)
+
+    @admin.display(description="What it will use")
+    def preset_display(self, connection: Connection) -> str:
+        """The URLs, scopes and client authentication this connection uses (its own, else its provider type's
+        with the placeholders filled), and the provider's documentation. The form's script redraws it as the
+        administrator types; this is what a saved connection uses."""
+        if connection.provider_id is None:
+            return "Choose a provider type to see its URLs, scopes and documentation."
+        provider = connection.provider
+        rows = [
+            ("Authorization URL", connection.effective_authorization_url or "—"),
+            ("Token URL", connection.effective_token_url or "—"),
+            ("Revocation URL", connection.effective_revocation_url or "none: tokens are not revoked at the provider"),
+            *([("Refresh URL", connection.effective_refresh_url)] if provider.refresh_url else []),
+            ("Scopes", " ".join(connection.scope_list) or "none asked for"),
+            ("Client authentication", CLIENT_AUTH_METHOD_NAMES[connection.effective_client_auth_method]),
+        ]
+        docs = format_html(' <a href="{}" target="_blank" rel="noopener">Documentation</a>', provider.docs_url)
+        return format_html(
+            '<div class="preset-preview"><p>{}{}</p><table>{}</table></div>',
+            provider.description,
+            docs if provider.docs_url else "",
+            format_html_join("", "<tr><th>{}</th><td><code>{}</code></td></tr>", rows),
+        )
 
     @admin.display(description="Status")
     def status_display(self, connection: Connection) -> str:
@@ -245,23 +273,21 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         return response
 
     def _with_discovered_urls(self, request: HttpRequest) -> QueryDict:
-        """The form's data with the URLs its issuer's discovery document gives, where the form leaves them blank
-        and the provider type has no preset; the form then validates and shows them as if typed."""
-        provider_pk = request.POST.get("provider", "")
-        provider = Provider.objects.filter(pk=provider_pk).first() if provider_pk.isdigit() else None
-        fields = discovery.urls_to_discover(request.POST, provider)
-        if not fields:
-            return request.POST
+        """The form's data with what its issuer's discovery document gives (discovery.discovered_form_data); the
+        form then validates and shows it as if typed."""
         try:
-            found = discovery.issuer_urls_discover(request.POST["issuer"], fields)
+            found = discovery.discovered_form_data(request.POST, self._posted_provider(request))
         except ProviderError as exc:
             message = f"The URLs could not be discovered from the issuer: {exc.message}"
             self.message_user(request, message, messages.ERROR)
             return request.POST
+        if not found:
+            return request.POST
         data = request.POST.copy()
-        for name, url in found.items():
-            data[name] = url
-        labels = ", ".join(f"{discovery.URL_LABELS[name]}: {url}" for name, url in found.items())
+        data.update(found)
+        labels = ", ".join(
+            f"{DISCOVERED_LABELS[name]}: {CLIENT_AUTH_METHOD_NAMES.get(value, value)}" for name, value in found.items()
+        )
         self.message_user(request, f"Discovered from the issuer's discovery document: {labels}.", messages.INFO)
         return data
 
@@ -285,8 +311,40 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         return [
             path("<int:object_id>/refresh/", wrap(self.refresh_view), name="connections_connection_refresh"),
             path("<int:object_id>/disconnect/", wrap(self.disconnect_view), name="connections_connection_disconnect"),
+            path("discover/", wrap(self.discover_view), name="connections_connection_discover"),
             *super().get_urls(),
         ]
+
+    @staticmethod
+    def _posted_provider(request: HttpRequest) -> Provider | None:
+        provider_pk = request.POST.get("provider", "")
+        return Provider.objects.filter(pk=provider_pk).first() if provider_pk.isdigit() else None
+
+    def discover_view(self, request: HttpRequest) -> JsonResponse:
+        """The form's Discover button: the issuer's discovery document, read now and checked, as JSON that the
+        form's script fills the blank fields from (saving still discovers without the script)."""
+        if request.method != "POST":
+            return JsonResponse({"detail": "Use POST."}, status=405)
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            return JsonResponse({"detail": "Only those who may edit connections can discover."}, status=403)
+        issuer = request.POST.get("issuer", "").strip()
+        if not issuer:
+            return JsonResponse({"detail": "Enter the issuer first, e.g. https://login.example.com."}, status=400)
+        provider = self._posted_provider(request)
+        try:
+            found = discovery.issuer_discover(issuer)
+        except ProviderError as exc:
+            return JsonResponse({"detail": f"Nothing discovered: {exc.message}"}, status=400)
+        method = found.client_auth_method_for(provider) if provider else ""
+        return JsonResponse(
+            {
+                "urls": found.urls,
+                "pkce_methods": found.pkce_methods,
+                "client_auth_methods": found.client_auth_methods,
+                "client_auth_method": method,
+                "summary": found.summary(),
+            }
+        )
 
     def _post_only(self, request: HttpRequest, object_id: int) -> Connection | HttpResponse:
         if request.method != "POST" or not self.has_change_permission(request):

@@ -55,6 +55,10 @@ class ServerState(models.Model):
     nest_under = models.CharField(max_length=40, default="")
     require_params = models.JSONField(default=dict)
     require_headers = models.JSONField(default=dict)
+    # Client authentication accepted at the token URL: "basic" or "post" only (else 401 invalid_client), or both.
+    client_auth = models.CharField(max_length=10, default="")
+    json_body = models.BooleanField(default=False)  # token requests are a JSON object, not a form (Zendesk's)
+    refresh_elsewhere = models.BooleanField(default=False)  # refreshes only at /o/refresh/, not /o/token/ (Figma's)
 
     token_authorization_code = models.IntegerField(default=0)
     token_refresh_token = models.IntegerField(default=0)

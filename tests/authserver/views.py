@@ -8,12 +8,13 @@ import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import F
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict, StreamingHttpResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from oauth2_provider.models import get_access_token_model, get_application_model, get_refresh_token_model
@@ -117,13 +118,15 @@ def _drip(content: bytes, delay: float):
 
 
 @csrf_exempt
-def token(request: HttpRequest) -> HttpResponse:
+def token(request: HttpRequest, at_refresh_url: bool = False) -> HttpResponse:
     """DOT's TokenView, wrapped with counters, latency, injected faults and response options."""
+    state = ServerState.get()
+    if refused := _refused_request(request, state, at_refresh_url):
+        return refused
     grant_type = request.POST.get("grant_type", "")
     ServerState.bump(GRANT_COUNTERS.get(grant_type, "token_other"))
     if grant_type == "refresh_token" and _is_reuse(request):
         ServerState.bump("refresh_token_reuses")
-    state = ServerState.get()
     if state.latency > 0:
         time.sleep(state.latency)
     missing = [name for name, value in state.require_params.items() if request.POST.get(name) != value]
@@ -146,6 +149,38 @@ def token(request: HttpRequest) -> HttpResponse:
         dripping["Content-Type"] = response["Content-Type"]
         return dripping
     return response
+
+
+def _json_read(request: HttpRequest, state: ServerState) -> HttpResponse | None:
+    """When this server takes JSON requests: the request's JSON object read into request.POST for DOT, or an
+    error when it is a form."""
+    if not state.json_body:
+        return None
+    try:
+        fields = json.loads(request.body) if request.content_type == "application/json" else None
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        return JsonResponse({"error": "invalid_request", "error_description": "send a JSON object"}, status=400)
+    request.POST = QueryDict(urlencode({name: str(value) for name, value in fields.items()}))
+    return None
+
+
+def _refused_request(request: HttpRequest, state: ServerState, at_refresh_url: bool) -> HttpResponse | None:
+    """A token request in a shape this server is told not to take: a form where it wants JSON, a refresh at the
+    token URL when refreshes have a URL of their own (or anything else at that URL), or the client authentication
+    method it does not accept."""
+    if refused := _json_read(request, state):
+        return refused
+    is_refresh = request.POST.get("grant_type") == "refresh_token"
+    if (state.refresh_elsewhere and is_refresh) != at_refresh_url:
+        description = "refresh at /o/refresh/" if is_refresh else "only refreshes are taken here"
+        return JsonResponse({"error": "unsupported_grant_type", "error_description": description}, status=400)
+    uses_basic = request.headers.get("Authorization", "").startswith("Basic ")
+    if state.client_auth and uses_basic != (state.client_auth == "basic"):
+        description = f"this server authenticates clients by client_secret_{state.client_auth} only"
+        return JsonResponse({"error": "invalid_client", "error_description": description}, status=401)
+    return None
 
 
 def _answer_later(state: ServerState, grant_type: str, response: HttpResponse) -> HttpResponse:
@@ -174,7 +209,7 @@ def _dot_answer(request: HttpRequest, state: ServerState, grant_type: str) -> Ht
 @csrf_exempt
 def revoke(request: HttpRequest) -> HttpResponse:
     ServerState.bump("revocations")
-    return _dot_revoke(request)
+    return _json_read(request, ServerState.get()) or _dot_revoke(request)
 
 
 @csrf_exempt
@@ -330,9 +365,13 @@ def token_extra(body: dict) -> dict:
 @control("POST")
 def token_options(body: dict) -> dict:
     changes: dict[str, Any] = {}
-    for name in ("omit_expires_in", "omit_refresh_token_on_refresh"):
+    for name in ("omit_expires_in", "omit_refresh_token_on_refresh", "json_body", "refresh_elsewhere"):
         if name in body:
             changes[name] = bool(body[name])
+    if "client_auth" in body:
+        if body["client_auth"] not in ("", "basic", "post"):
+            raise BadRequest("client_auth: basic, post, or empty for both")
+        changes["client_auth"] = body["client_auth"]
     for name in ("latency", "response_delay"):
         if name in body:
             changes[name] = float(body[name] or 0)
@@ -342,6 +381,7 @@ def token_options(body: dict) -> dict:
         if name in body:
             changes[name] = {str(key): str(value) for key, value in dict(body[name] or {}).items()}
     known = {"omit_expires_in", "omit_refresh_token_on_refresh", "latency", "response_delay", "nest_under"}
+    known |= {"client_auth", "json_body", "refresh_elsewhere"}
     unknown = set(body) - known - {"require_params", "require_headers"}
     if unknown:
         raise BadRequest(f"unknown options {sorted(unknown)}")

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from connections import oauth_client
 from connections.models import Connection
+from connections.outbound import ProviderError
+from connections.tokens import connection_client_config
 from providers.models import Provider
 from tests.conftest import authorize, messages_of, refresh_shared_token
 from tests.support.authserver import AuthServer
@@ -163,3 +166,88 @@ def test_apply_config_names_a_discovery_failure_and_writes_nothing(tmp_path: Pat
     assert "connections[0] (Discovered): issuer: " in errors.getvalue()
     assert "publishes no discovery document" in errors.getvalue()
     assert not Connection.objects.exists()
+
+
+def test_a_provider_accepting_only_client_secret_post_gets_it_and_the_connection_works(manager_client, registered):
+    registered.set_discovery(token_endpoint_auth_methods_supported=["client_secret_post"])
+    registered.set_token_options(client_auth="post")
+    response = manager_client.post("/admin/connections/connection/add/", issuer_only_form(registered.issuer))
+    assert response.status_code == 302, messages_of(response)
+    assert "Client authentication: client_secret_post" in " ".join(messages_of(response))
+    connection = Connection.objects.get(slug="discovered")
+    assert connection.client_auth_method == "body"  # Custom's own is HTTP Basic, which this server refuses
+    connects_and_refreshes(connection, manager_client, registered)
+    # the control: the same connection with the provider type's HTTP Basic is refused by this server
+    registered.set_token_options(client_auth="basic")
+    with pytest.raises(ProviderError, match=r"invalid_client|client_secret_basic only"):
+        oauth_client.refresh(connection_client_config(connection), refresh_token=connection.tokens.get().refresh_token)
+
+
+@pytest.mark.parametrize(
+    "document, reason",
+    [
+        ({"code_challenge_methods_supported": ["plain"]}, "does not offer PKCE with S256"),
+        ({"token_endpoint_auth_methods_supported": ["private_key_jwt"]}, "accepts only private_key_jwt"),
+    ],
+)
+def test_what_control_room_cannot_do_with_the_issuer_is_said_before_saving(
+    document, reason, manager_client, registered
+):
+    registered.set_discovery(**document)
+    form = {**issuer_only_form(registered.issuer), "grant_type": "authorization_code_pkce"}
+    response = manager_client.post("/admin/connections/connection/add/", form)
+    assert response.status_code == 200 and not Connection.objects.exists()
+    assert reason in " ".join(messages_of(response))
+
+
+def discover(client, issuer: str):
+    custom = Provider.objects.get(slug="custom")
+    return client.post("/admin/connections/connection/discover/", {"issuer": issuer, "provider": custom.pk})
+
+
+def test_the_discover_button_answers_what_the_document_gives_and_saves_nothing(manager_client, registered):
+    registered.set_discovery(token_endpoint_auth_methods_supported=["client_secret_post"])
+    answer = discover(manager_client, registered.issuer).json()
+    assert answer["urls"] == {
+        "authorization_url": registered.authorize_url,
+        "token_url": registered.token_url,
+        "revocation_url": registered.revoke_url,
+    }
+    assert answer["client_auth_methods"] == ["client_secret_post"] and answer["client_auth_method"] == "body"
+    assert "S256" in answer["pkce_methods"]  # django-oauth-toolkit publishes its PKCE methods
+    assert f"Token URL: {registered.token_url}" in answer["summary"]
+    assert not Connection.objects.exists()
+
+
+def test_the_discover_button_says_why_nothing_was_found(manager_client, registered):
+    registered.set_discovery(missing=True)
+    answer = discover(manager_client, registered.issuer)
+    assert answer.status_code == 400 and "publishes no discovery document" in answer.json()["detail"]
+    assert "https" in discover(manager_client, "http://idp.example.com").json()["detail"]
+    assert "Enter the issuer first" in discover(manager_client, " ").json()["detail"]
+
+
+def test_only_those_who_may_edit_connections_can_press_discover(make_user, manager_client, registered):
+    from django.test import Client
+
+    viewer = Client()
+    viewer.force_login(make_user("viewer", perms=("view_connections",), staff=True))
+    assert discover(viewer, registered.issuer).status_code == 403
+    assert manager_client.get("/admin/connections/connection/discover/").status_code == 405
+
+
+def test_apply_config_takes_and_export_writes_the_client_authentication(tmp_path: Path, monkeypatch, registered):
+    monkeypatch.setenv("DISCOVERED_SECRET", CLIENT_SECRET)
+    path = tmp_path / "controlroom.yaml"
+    config = CONFIG.format(issuer=registered.issuer, client_id=CLIENT_ID)
+    path.write_text(config + "    client_auth_method: client_secret_post\n")
+    call_command("apply_config", str(path), stdout=StringIO(), stderr=StringIO())
+    assert Connection.objects.get(slug="discovered").client_auth_method == "body"
+    exported = StringIO()
+    call_command("export_config", stdout=exported)
+    assert "client_auth_method: client_secret_post" in exported.getvalue()
+    path.write_text(config + "    client_auth_method: secret_in_the_url\n")
+    errors = StringIO()
+    with pytest.raises(CommandError):
+        call_command("apply_config", str(path), stdout=StringIO(), stderr=errors)
+    assert "client_auth_method must be one of client_secret_basic, client_secret_post" in errors.getvalue()

@@ -32,6 +32,7 @@ def _custom(**overrides: str) -> dict[str, object]:
         "authorization_url": "https://idp.acme.example/authorize",
         "grant_types": ["authorization_code", "client_credentials"],
         "client_auth_method": "body",
+        "token_request_format": "form",
         "scope_separator": "",
         "extra_authorization_params": "{}",
     }

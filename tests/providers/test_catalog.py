@@ -11,19 +11,16 @@ from providers.services import CATALOG_PATH, provider_catalog_sync
 
 pytestmark = pytest.mark.django_db
 
-CERTIFIED_SLUGS = {
-    "genesys",
-    "github",
-    "gitlab",
-    "google-apigee",
-    "google-workspace",
-    "jira",
-    "microsoft-entra",
-    "microsoft-sharepoint",
-    "okta",
-    "salesforce",
-    "servicenow",
-    "custom",
+# The seed's provider types and those the catalog promises (ISSUE 14's list, less what is not OAuth 2.0 or
+# cannot be confirmed: see the catalog's header).
+PROMISED_SLUGS = {
+    *("genesys", "google-apigee", "google-workspace", "jira", "microsoft-entra", "microsoft-sharepoint", "okta"),
+    *("salesforce", "servicenow", "custom", "github", "gitlab", "bitbucket", "slack", "microsoft-dynamics-365"),
+    *("google", "hubspot", "zoom", "box", "dropbox", "zendesk", "intercom", "docusign", "docusign-demo"),
+    *("adobe-acrobat-sign", "xero", "quickbooks-online", "sage-accounting", "netsuite", "sap-concur", "coupa"),
+    *("shopify", "stripe-connect", "asana", "notion", "linear", "airtable", "smartsheet", "monday", "miro"),
+    *("figma", "confluence", "webex", "calendly", "linkedin", "x", "pipedrive", "zoho", "keycloak", "auth0"),
+    *("pingone", "onelogin", "amazon-cognito"),
 }
 
 
@@ -32,8 +29,9 @@ def _rows() -> list[dict]:
 
 
 def test_migrate_loads_the_catalogs_provider_types():
-    assert set(Provider.objects.values_list("slug", flat=True)) == CERTIFIED_SLUGS
-    assert Provider.objects.filter(is_certified=True).count() == len(CERTIFIED_SLUGS)
+    slugs = set(Provider.objects.values_list("slug", flat=True))
+    assert PROMISED_SLUGS <= slugs and len(slugs) >= 50, PROMISED_SLUGS - slugs
+    assert Provider.objects.filter(is_certified=True).count() == len(slugs)
 
 
 def test_loading_the_catalog_twice_changes_nothing():
@@ -43,7 +41,7 @@ def test_loading_the_catalog_twice_changes_nothing():
     result = provider_catalog_sync()
     # then
     assert result.created == [] and result.updated == []
-    assert sorted(result.unchanged) == sorted(CERTIFIED_SLUGS)
+    assert sorted(result.unchanged) == sorted(Provider.objects.values_list("slug", flat=True))
     assert _rows() == before
 
 
@@ -145,6 +143,34 @@ def test_default_scopes_can_differ_by_grant(grant_type, scopes, sent):
     assert connection.scope_list == sent
 
 
+@pytest.mark.parametrize(
+    ("client_credentials_scopes", "sent"),
+    [(None, ["openid", "offline_access"]), ("", []), ("api", ["api"])],
+)
+def test_client_credentials_scopes_none_means_the_default_scopes_and_blank_means_none(client_credentials_scopes, sent):
+    from connections.models import Connection
+
+    provider = Provider(default_scopes="openid offline_access", client_credentials_scopes=client_credentials_scopes)
+    assert Connection(provider=provider, grant_type="client_credentials", scopes="").scope_list == sent
+    # the other grants keep the default scopes
+    assert Connection(provider=provider, grant_type="authorization_code", scopes="").scope_list == [
+        "openid",
+        "offline_access",
+    ]
+
+
+def test_placeholders_are_filled_in_default_scopes_too():
+    from connections.models import Connection
+
+    dynamics = Provider.objects.get(slug="microsoft-dynamics-365")
+    assert dynamics.placeholders == ["tenant", "environment-host"]
+    values = {"tenant": "acme.example", "environment-host": "acme.crm4.dynamics.com"}
+    connection = Connection(provider=dynamics, placeholders=values, grant_type="client_credentials", scopes="")
+    assert connection.scope_list == ["https://acme.crm4.dynamics.com/.default"]
+    connection.grant_type = "authorization_code"
+    assert connection.scope_list == ["https://acme.crm4.dynamics.com/.default", "offline_access"]
+
+
 def test_a_client_credentials_token_is_asked_for_with_the_grants_default_scopes(make_connection, authserver):
     from connections.refresh import client_credentials_token_obtain
 
@@ -161,6 +187,10 @@ MISTAKES = {
     "a field name with a typo": ({"defualt_scopes": "api"}, "unknown field(s) defualt_scopes"),
     "a plain-http token URL": ({"token_url": "http://<yourinstance>.okta.com/oauth2/v1/token"}, "https URL"),
     "a placeholder nobody explains": ({"description": "Okta."}, "<yourinstance> appears in a URL"),
+    "a scope placeholder nobody explains": ({"default_scopes": "https://<resource>/.default"}, "<resource> appears"),
+    "a plain-http refresh URL": ({"refresh_url": "http://<yourinstance>.okta.com/refresh"}, "refresh_url must be"),
+    "an unknown request format": ({"token_request_format": "xml"}, "token_request_format must be form or json"),
+    "an unknown category": ({"category": "games"}, "category must be one of identity"),
     "no documentation link": ({"docs_url": ""}, "docs_url"),
     "an unknown grant type": ({"grant_types": ["password"]}, "unknown grant type(s) password"),
     "scopes for a grant it lacks": (

@@ -5,7 +5,10 @@ authorization server behaving that way (and, where it applies, the same server w
 - refresh_token_max_idle: a refresh token that dies when unused is refreshed before then, however long the
   access token lives;
 - token_request_params / token_request_headers: what every token request must carry;
-- token_response_fields: the answer's fields where the provider keeps them (Slack v2's authed_user).
+- token_response_fields: the answer's fields where the provider keeps them (Slack v2's authed_user);
+- token_request_format: token and revocation requests as a JSON object (Zendesk's, monday.com's);
+- client_auth_method: the client secret only in the body;
+- refresh_url: refreshes at a URL of their own (Figma's, Adobe Sign's).
 """
 
 from concurrent.futures import Future
@@ -14,7 +17,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from connections import refresh, refresh_batch, selectors
+from connections import refresh, refresh_batch, selectors, services
+from connections.models import Connection
+from connections.outbound import ProviderError
 from providers.models import Provider
 from tests.conftest import authorize, get_token, shared_token
 
@@ -107,6 +112,8 @@ REQUEST_QUIRKS = {
         },
         {"nest_under": "authed_user"},
     ),
+    "token requests as a JSON object (Zendesk's)": ({"token_request_format": "json"}, {"json_body": True}),
+    "the client secret in the body only": ({"client_auth_method": "body"}, {"client_auth": "post"}),
 }
 
 
@@ -129,6 +136,40 @@ def test_a_token_request_quirk_is_data_of_the_provider_type(
     assert refreshed.access_token != token.access_token and refreshed.refresh_token != token.refresh_token
     assert authserver.whoami(refreshed.access_token).status_code == 200
     assert authserver.stats()["refresh_token_reuses"] == 0
+
+
+@pytest.mark.parametrize("json_format", [True, False])
+def test_revocation_is_sent_as_json_where_the_provider_takes_json(
+    json_format, make_connection, manager_client, authserver
+):
+    authserver.set_token_options(json_body=True)
+    connection = make_connection(provider=provider_type(token_request_format="json"))
+    token = authorize(manager_client, connection, authserver)
+    if not json_format:  # the control: the same revocation sent as a form is not taken
+        Provider.objects.filter(slug="quirky").update(token_request_format="form")
+        connection = Connection.objects.select_related("provider").get(pk=connection.pk)
+    services.connection_disconnect(connection=connection, actor=None)
+    assert authserver.stats()["revocations"] == 2  # the refresh token, then the access token
+    assert authserver.whoami(token.access_token).status_code == (401 if json_format else 200)
+
+
+@pytest.mark.parametrize("with_refresh_url", [True, False])
+def test_refreshes_go_to_the_refresh_url_where_the_provider_has_one(
+    with_refresh_url, make_connection, manager_client, authserver
+):
+    # given a provider that takes refreshes only at a URL of their own
+    authserver.set_token_options(refresh_elsewhere=True)
+    fields = {"refresh_url": authserver.refresh_url} if with_refresh_url else {}
+    connection = make_connection(provider=provider_type(**fields))
+    token = authorize(manager_client, connection, authserver)  # the code exchange, at the token URL
+    if not with_refresh_url:  # the control: a refresh at the token URL is refused
+        with pytest.raises(ProviderError, match=r"unsupported_grant_type|refresh at /o/refresh/"):
+            refresh.token_refresh(token=shared_token(connection), actor_label="test")
+        return
+    refreshed = refresh.token_refresh(token=shared_token(connection), actor_label="test")
+    assert refreshed.access_token != token.access_token and refreshed.refresh_token != token.refresh_token
+    assert authserver.whoami(refreshed.access_token).status_code == 200
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
 
 @pytest.mark.parametrize(

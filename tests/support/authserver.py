@@ -212,6 +212,10 @@ class AuthServer:
         return f"{self.url}/o/token/"
 
     @property
+    def refresh_url(self) -> str:
+        return f"{self.url}/o/refresh/"
+
+    @property
     def revoke_url(self) -> str:
         return f"{self.url}/o/revoke_token/"
 
@@ -294,7 +298,9 @@ class AuthServer:
         """omit_expires_in: bool, omit_refresh_token_on_refresh: bool, latency: seconds before the request is
         processed, response_delay: seconds after it is processed (a refresh token already rotated); nest_under:
         the token answer nested under this key; require_params / require_headers: what a token request must
-        carry, else 400 invalid_request."""
+        carry, else 400 invalid_request; client_auth: "basic" or "post", the only client authentication taken
+        (else 401 invalid_client); json_body: token and revocation requests must be a JSON object;
+        refresh_elsewhere: refreshes are taken only at refresh_url (/o/refresh/), and only they."""
         self._control("POST", "token_options", opts)
 
     def set_discovery(self, *, missing: bool = False, openid_missing: bool = False, **fields: Any) -> None:

@@ -1,14 +1,28 @@
-// Connection form: show only the placeholders the chosen provider type needs. Without JavaScript every
-// placeholder field stays visible and the server still checks which ones are required.
+// Connection form: a filter for the provider select; only the placeholders the chosen provider type needs; what
+// the connection will use (its URLs with the placeholders filled as they are typed, scopes, client
+// authentication, the provider's documentation); and the issuer's Discover button. Without JavaScript every
+// placeholder stays visible, the page shows what a saved connection uses, and saving discovers from the issuer.
 "use strict";
 window.addEventListener("load", function () {
   const provider = document.getElementById("id_provider");
-  if (!provider || !provider.dataset.placeholders) {
+  if (!provider || !provider.dataset.presets) {
     return;
   }
-  const byProvider = JSON.parse(provider.dataset.placeholders);
-  function update() {
-    const wanted = byProvider[provider.value] || [];
+  const presets = JSON.parse(provider.dataset.presets);
+  const field = (name) => document.getElementById("id_" + name);
+  const URL_FIELDS = ["authorization_url", "token_url", "revocation_url"];
+
+  function placeholderValue(name) {
+    const input = document.querySelector('input.placeholder-input[data-placeholder="' + name + '"]');
+    return input ? input.value.trim() : "";
+  }
+
+  function fill(template) {
+    return (template || "").replace(/<([a-z0-9][a-z0-9-]*)>/g, (whole, name) => placeholderValue(name) || whole);
+  }
+
+  function showPlaceholders() {
+    const wanted = (presets[provider.value] || {}).placeholders || [];
     document.querySelectorAll("input.placeholder-input").forEach(function (input) {
       const row = input.closest(".form-row");
       if (row) {
@@ -16,6 +30,174 @@ window.addEventListener("load", function () {
       }
     });
   }
-  provider.addEventListener("change", update);
-  update();
+
+  function row(table, label, value) {
+    const tr = table.insertRow();
+    const th = document.createElement("th");
+    th.textContent = label;
+    const code = document.createElement("code");
+    code.textContent = value;
+    tr.append(th);
+    tr.insertCell().append(code);
+  }
+
+  function redrawPreview() {
+    const box = document.querySelector(".field-preset_display .readonly");
+    const chosen = presets[provider.value];
+    if (!box) {
+      return;
+    }
+    box.replaceChildren();
+    if (!chosen) {
+      box.textContent = "Choose a provider type to see its URLs, scopes and documentation.";
+      return;
+    }
+    const about = document.createElement("p");
+    about.textContent = chosen.description + " ";
+    if (chosen.docs_url.startsWith("https://")) {
+      const link = document.createElement("a");
+      link.href = chosen.docs_url;
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.textContent = "Documentation";
+      about.append(link);
+    }
+    const table = document.createElement("table");
+    const urls = {};
+    URL_FIELDS.forEach(function (name) {
+      const input = field(name);
+      urls[name] = (input && input.value.trim()) || fill(chosen[name]);
+      if (input) {
+        input.placeholder = fill(chosen[name]);  // what a blank field means, in the field itself
+      }
+    });
+    const grant = field("grant_type") ? field("grant_type").value : "";
+    // client_credentials_scopes null: the default scopes; "": none with that grant
+    const grantScopes = grant === "client_credentials" ? chosen.client_credentials_scopes : null;
+    const presetScopes = fill(grantScopes === null ? chosen.default_scopes : grantScopes);
+    const scopes = field("scopes");
+    if (scopes) {
+      scopes.placeholder = presetScopes;
+    }
+    const auth = field("client_auth_method");
+    const authText = auth && auth.value ? auth.options[auth.selectedIndex].text : chosen.client_auth_method;
+    row(table, "Authorization URL", urls.authorization_url || "—");
+    row(table, "Token URL", urls.token_url || "—");
+    row(table, "Revocation URL", urls.revocation_url || "none: tokens are not revoked at the provider");
+    if (chosen.refresh_url) {
+      row(table, "Refresh URL", fill(chosen.refresh_url));
+    }
+    row(table, "Scopes", (scopes && scopes.value.trim()) || presetScopes || "none asked for");
+    row(table, "Client authentication", authText);
+    box.append(about, table);
+    if ([...Object.values(urls), presetScopes].some((text) => /<[a-z0-9-]+>/.test(text))) {
+      const missing = document.createElement("p");
+      missing.className = "preset-missing";
+      missing.textContent = "Fill in the <placeholders> above to complete the URLs and scopes.";
+      box.append(missing);
+    }
+  }
+
+  function addProviderFilter() {
+    const filter = document.createElement("input");
+    filter.type = "search";
+    filter.className = "provider-filter";
+    filter.placeholder = "Filter provider types";
+    filter.setAttribute("aria-label", "Filter provider types");
+    provider.before(filter);
+    const original = Array.from(provider.children).map((node) => node.cloneNode(true));
+    filter.addEventListener("input", function () {
+      const words = filter.value.trim().toLowerCase();
+      const selected = provider.value;
+      const keep = (option, group) =>
+        !words || option.value === selected || (option.textContent + " " + group).toLowerCase().includes(words);
+      provider.replaceChildren();
+      original.forEach(function (node) {
+        if (node.tagName !== "OPTGROUP") {
+          provider.append(node.cloneNode(true));
+          return;
+        }
+        const group = node.cloneNode(false);
+        Array.from(node.children).forEach(function (option) {
+          if (keep(option, node.label)) {
+            group.append(option.cloneNode(true));
+          }
+        });
+        if (group.children.length) {
+          provider.append(group);
+        }
+      });
+      provider.value = selected;
+    });
+  }
+
+  function addDiscoverButton() {
+    const issuer = field("issuer");
+    if (!issuer || !issuer.dataset.discoverUrl) {
+      return;
+    }
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "button";
+    button.id = "discover-button";
+    button.textContent = "Discover";
+    const result = document.createElement("div");
+    result.className = "help discover-result";
+    result.setAttribute("role", "status");
+    issuer.after(button);
+    (issuer.closest(".flex-container") || button).after(result);  // below the field, not squeezed beside it
+    button.addEventListener("click", async function () {
+      const body = new FormData();
+      body.append("issuer", issuer.value);
+      body.append("provider", provider.value);
+      const csrf = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+      result.classList.remove("discover-error");
+      result.textContent = "Reading the issuer's discovery document…";
+      let response, answer;
+      try {
+        response = await fetch(issuer.dataset.discoverUrl, {
+          method: "POST", body: body, headers: {"X-CSRFToken": csrf}, credentials: "same-origin",
+        });
+        answer = await response.json();
+      } catch (error) {
+        result.classList.add("discover-error");
+        result.textContent = "Control Room did not answer: " + error.message;
+        return;
+      }
+      if (!response.ok) {
+        result.classList.add("discover-error");
+        result.textContent = answer.detail;
+        return;
+      }
+      Object.entries(answer.urls).forEach(function ([name, url]) {
+        const input = field(name);
+        if (input && !input.value.trim()) {
+          input.value = url;
+        }
+      });
+      const auth = field("client_auth_method");
+      if (auth && !auth.value && answer.client_auth_method) {
+        auth.value = answer.client_auth_method;
+      }
+      let text = "Discovered: " + answer.summary + " Blank fields were filled in; what you typed was kept.";
+      const grant = field("grant_type");
+      if (grant && grant.value === "authorization_code" && (answer.pkce_methods || []).includes("S256")) {
+        text += " It supports PKCE (S256): Authorization Code with PKCE is the safer choice.";
+      }
+      result.textContent = text;
+      redrawPreview();
+    });
+  }
+
+  addProviderFilter();
+  addDiscoverButton();
+  provider.addEventListener("change", function () {
+    showPlaceholders();
+    redrawPreview();
+  });
+  document.querySelectorAll("input.placeholder-input").forEach((input) => input.addEventListener("input", redrawPreview));
+  [...URL_FIELDS, "scopes"].forEach((name) => field(name) && field(name).addEventListener("input", redrawPreview));
+  ["grant_type", "client_auth_method"].forEach((name) => field(name) && field(name).addEventListener("change", redrawPreview));
+  showPlaceholders();
+  redrawPreview();
 });
