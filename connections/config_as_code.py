@@ -7,7 +7,6 @@ the admin are held to the same rules. Secrets are only ever references: `client_
 """
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from django.utils.text import slugify
 
 from connections import discovery
 from connections.audit import Action, Outcome, audit_record
+from connections.config_references import reference_read, variable_name
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.models import FEATURE_PERMISSIONS, Connection
 from connections.outbound import ProviderError
@@ -32,8 +32,11 @@ ROLE_KEYS = {"name", "permissions", "users", "connections"}
 CONNECTION_KEYS = {
     "name", "slug", "description", "provider", "placeholders", "authorization_url", "token_url", "revocation_url",
     "issuer", "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
-    "extra_authorization_params", "default_token_lifetime", "enabled", "client_auth_method",
+    "extra_authorization_params", "default_token_lifetime", "enabled", "client_auth_method", "private_key_env",
+    "private_key_file", "private_key_id", "jwt_subject",
 }  # fmt: skip
+# The form's field a problem names, as the file's key.
+REFERENCE_LABELS = {"client_secret": "client_secret_env", "private_key": "private_key_env", "__all__": "connection"}
 LINE = "__line__"
 CLIENT_AUTH_METHOD_VALUES = {name: method for method, name in CLIENT_AUTH_METHOD_NAMES.items()}
 
@@ -95,38 +98,6 @@ def _unknown_keys(item: dict[str, Any], allowed: set[str], where: str, problems:
         problems.append(f"{where}: unknown key(s) {', '.join(unknown)}.")
 
 
-def _read_secret(item: dict[str, Any], where: str, base_dir: Path, problems: list[str]) -> str | None:
-    """The secret a connection refers to; None when it gives none (keep the stored one)."""
-    if "client_secret" in item:
-        problems.append(
-            f"{where}: client_secret is written inline; secrets are only accepted by reference "
-            "(client_secret_env: NAME or client_secret_file: PATH)."
-        )
-        return None
-    if item.get("client_secret_env") and item.get("client_secret_file"):
-        problems.append(f"{where}: give client_secret_env or client_secret_file, not both.")
-        return None
-    if item.get("client_secret_env"):
-        name = str(item["client_secret_env"])
-        if not os.environ.get(name):
-            problems.append(f"{where}: the environment variable {name} (client_secret_env) is not set or empty.")
-            return None
-        return os.environ[name]
-    if item.get("client_secret_file"):
-        path = Path(str(item["client_secret_file"]))
-        path = path if path.is_absolute() else base_dir / path
-        try:
-            secret = path.read_text().strip()
-        except OSError as exc:
-            problems.append(f"{where}: cannot read client_secret_file {path} ({exc.strerror}).")
-            return None
-        if not secret:
-            problems.append(f"{where}: client_secret_file {path} is empty.")
-            return None
-        return secret
-    return None
-
-
 def config_parse(text: str) -> dict[str, Any]:
     try:
         document = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
@@ -176,7 +147,9 @@ def _scope_list(value: Any) -> list[str]:
     return split_scopes(str(value or ""))
 
 
-def _connection_form_data(item: dict[str, Any], provider: Provider, secret: str | None) -> dict[str, Any]:
+def _connection_form_data(
+    item: dict[str, Any], provider: Provider, secret: str | None, private_key: str | None
+) -> dict[str, Any]:
     placeholders = _plain(item.get("placeholders") or {})
     data: dict[str, Any] = {
         "name": item.get("name") or "",
@@ -187,6 +160,9 @@ def _connection_form_data(item: dict[str, Any], provider: Provider, secret: str 
         "token_type": item.get("token_type") or "shared",
         "client_id": item.get("client_id") or "",
         "client_secret": secret or "",
+        "private_key": private_key or "",
+        "private_key_id": item.get("private_key_id") or "",
+        "jwt_subject": item.get("jwt_subject") or "",
         "client_auth_method": CLIENT_AUTH_METHOD_VALUES.get(str(item.get("client_auth_method") or ""), ""),
         "authorization_url": item.get("authorization_url") or "",
         "token_url": item.get("token_url") or "",
@@ -222,6 +198,9 @@ def _connection_values(connection: Connection) -> dict[str, Any]:
         "client_id": connection.client_id,
         "client_secret": connection.client_secret,
         "client_auth_method": connection.client_auth_method,
+        "private_key": connection.private_key,
+        "private_key_id": connection.private_key_id,
+        "jwt_subject": connection.jwt_subject,
         "authorization_url": connection.authorization_url,
         "token_url": connection.token_url,
         "revocation_url": connection.revocation_url,
@@ -256,11 +235,12 @@ def _plan_connections(document: dict[str, Any], plan: Plan, base_dir: Path, prob
             problems.append(f"{where}: extra_authorization_params must be a mapping.")
         if item.get("client_auth_method", "") not in ("", *CLIENT_AUTH_METHOD_VALUES):
             problems.append(f"{where}: client_auth_method must be one of {', '.join(CLIENT_AUTH_METHOD_VALUES)}.")
-        secret = _read_secret(item, where, base_dir, problems)
+        secret = reference_read(item, "client_secret", where, base_dir, problems)
+        private_key = reference_read(item, "private_key", where, base_dir, problems)
         if provider is None:
             continue
         existing = Connection.objects.filter(slug=slug).first()
-        data = _connection_form_data({**item, "slug": slug}, provider, secret)
+        data = _connection_form_data({**item, "slug": slug}, provider, secret, private_key)
         try:
             data.update(discovery.discovered_form_data(data, provider))
         except ProviderError as exc:
@@ -271,7 +251,7 @@ def _plan_connections(document: dict[str, Any], plan: Plan, base_dir: Path, prob
             for field_name, errors in form.errors.items():
                 key = field_name.removeprefix(PLACEHOLDER_PREFIX)
                 label = f"placeholders.{key}" if field_name.startswith(PLACEHOLDER_PREFIX) else key
-                label = {"client_secret": "client_secret_env", "__all__": "connection"}.get(label, label)
+                label = REFERENCE_LABELS.get(label, label)
                 problems.extend(f"{where}: {label}: {error}" for error in errors)
             continue
         if existing is None:
@@ -412,10 +392,6 @@ def config_export() -> dict[str, Any]:
     }
 
 
-def secret_variable_name(slug: str) -> str:
-    return slug.upper().replace("-", "_") + "_CLIENT_SECRET"
-
-
 def _export_connection(connection: Connection) -> dict[str, Any]:
     item: dict[str, Any] = {
         "name": connection.name,
@@ -432,7 +408,12 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
     if connection.client_auth_method:
         item["client_auth_method"] = CLIENT_AUTH_METHOD_NAMES[connection.client_auth_method]
     if connection.client_secret:
-        item["client_secret_env"] = secret_variable_name(connection.slug)
+        item["client_secret_env"] = variable_name(connection.slug, "client_secret")
+    if connection.private_key:
+        item["private_key_env"] = variable_name(connection.slug, "private_key")
+    for key in ("private_key_id", "jwt_subject"):
+        if getattr(connection, key):
+            item[key] = getattr(connection, key)
     item["scopes"] = connection.scopes
     if connection.extra_authorization_params:
         item["extra_authorization_params"] = dict(connection.extra_authorization_params)

@@ -12,7 +12,7 @@ from typing import Any
 
 from connections import oauth_client
 from connections.outbound import ProviderError, check_url
-from providers.models import CLIENT_AUTH_METHOD_NAMES, GrantType, Provider
+from providers.models import APP_GRANTS, CLIENT_AUTH_METHOD_NAMES, GrantType, Provider
 
 # The connection's URL fields, and the metadata that gives each (RFC 8414 section 2; RFC 7009 for revocation).
 URL_METADATA = {
@@ -29,7 +29,7 @@ def urls_to_discover(data: Mapping[str, Any], provider: Provider | None) -> list
     if not (data.get("issuer") or "").strip() or provider is None:
         return []
     needed = ["token_url", "revocation_url"]
-    if data.get("grant_type") != GrantType.CLIENT_CREDENTIALS:
+    if data.get("grant_type") not in APP_GRANTS:
         needed.insert(0, "authorization_url")
     return [name for name in needed if not (data.get(name) or "").strip() and not getattr(provider, name)]
 

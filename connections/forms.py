@@ -9,9 +9,10 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils.text import slugify
 
-from connections import outbound
+from connections import assertions, outbound
 from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role, TokenType
 from providers.models import (
+    APP_GRANTS,
     CLIENT_AUTH_METHOD_NAMES,
     PLACEHOLDER_PATTERN,
     ClientAuthMethod,
@@ -114,12 +115,27 @@ class SafeJSONField(forms.JSONField):
             raise forms.ValidationError("Text here cannot contain NUL or lone surrogate characters.")
 
 
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never shows a value back, not even the one just posted (the private key)."""
+
+    def format_value(self, value: Any) -> None:
+        return None
+
+
 class ConnectionForm(forms.ModelForm):
     client_secret = forms.CharField(
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Stored encrypted and never shown again.",
+    )
+    private_key = forms.CharField(
+        required=False,
+        strip=True,
+        max_length=20_000,
+        widget=WriteOnlyTextarea(attrs={"rows": 4, "cols": 60, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="For private_key_jwt or the JWT Bearer grant: the PEM private key (RSA or P-256), optionally "
+        "followed by its certificate (Microsoft Entra). Stored encrypted and never shown again.",
     )
     extra_authorization_params = SafeJSONField(
         required=False,
@@ -139,6 +155,8 @@ class ConnectionForm(forms.ModelForm):
             "token_type",
             "client_id",
             "client_auth_method",
+            "private_key_id",
+            "jwt_subject",
             "authorization_url",
             "token_url",
             "revocation_url",
@@ -160,6 +178,12 @@ class ConnectionForm(forms.ModelForm):
             "document (/.well-known/openid-configuration) when you save, or when you press Discover."
         )
         self.fields["slug"].help_text = "Bots ask for tokens by this name. Leave blank to derive it from the name."
+        if self.instance.pk and self.instance.private_key:
+            self.fields[
+                "private_key"
+            ].help_text = (
+                "A private key is stored (encrypted, never shown). Leave blank to keep it; paste one to replace it."
+            )
         if self.instance.pk and self.instance.client_secret:
             self.fields[
                 "client_secret"
@@ -227,17 +251,50 @@ class ConnectionForm(forms.ModelForm):
         if grant_type not in provider.grant_types:
             labels = ", ".join(str(GrantType(grant).label) for grant in provider.grant_types)
             self.add_error("grant_type", f"{provider} supports: {labels}.")
-        if grant_type == GrantType.CLIENT_CREDENTIALS and cleaned.get("token_type") == TokenType.USER_SPECIFIC:
-            self.add_error("token_type", "Client credentials act as the application, not a user: choose Shared.")
-        # The secret is write-only: a blank field keeps the stored one (it is not a model field of this form).
-        secret = cleaned.get("client_secret", "")
-        if secret:
-            self.instance.client_secret = secret
-        elif not self.instance.client_secret and grant_type != GrantType.AUTHORIZATION_CODE_PKCE:
-            # Only a public client using PKCE may do without a secret (RFC 7636, RFC 8252 8.5).
-            self.add_error("client_secret", "Enter the client secret of the application registered at the provider.")
+        if grant_type in APP_GRANTS and cleaned.get("token_type") == TokenType.USER_SPECIFIC:
+            label = GrantType(grant_type).label
+            self.add_error("token_type", f"{label} acts as the application, not each user: choose Shared.")
+        self._clean_credentials(cleaned, provider, grant_type)
         self._clean_placeholders_and_urls(cleaned, provider, grant_type)
         return cleaned
+
+    def _clean_credentials(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:
+        """The secret and the private key are write-only: a blank field keeps the stored one (neither is a model
+        field of this form). A signed assertion needs a private key; most else needs a secret."""
+        if secret := cleaned.get("client_secret", ""):
+            self.instance.client_secret = secret
+        if key := cleaned.get("private_key", ""):
+            try:
+                key = self._key_from_key_file(key, cleaned)
+                assertions.signing_key_load(key)
+            except assertions.KeyProblem as exc:
+                self.add_error("private_key", str(exc))
+            else:
+                self.instance.private_key = key
+        signs = grant_type == GrantType.JWT_BEARER or (
+            (cleaned.get("client_auth_method") or provider.client_auth_method) == ClientAuthMethod.PRIVATE_KEY_JWT
+        )
+        if signs and not self.instance.private_key and "private_key" not in self.errors:
+            self.add_error("private_key", "Enter the PEM private key the provider knows the public half of.")
+        # Only a public client using PKCE (RFC 7636, RFC 8252 8.5) or one that signs may do without a secret.
+        if not self.instance.client_secret and not signs and grant_type != GrantType.AUTHORIZATION_CODE_PKCE:
+            self.add_error("client_secret", "Enter the client secret of the application registered at the provider.")
+
+    @staticmethod
+    def _key_from_key_file(text: str, cleaned: dict[str, Any]) -> str:
+        """The PEM key of what was pasted: a Google service account's JSON key file gives its key, must be the
+        client ID's (its client_email), and gives the key ID when none was typed."""
+        key_file = assertions.key_file_read(text)
+        if key_file is None:
+            return text
+        client_id = cleaned.get("client_id") or ""
+        if key_file["client_email"] and client_id and key_file["client_email"] != client_id:
+            raise assertions.KeyProblem(
+                f"The key file is {key_file['client_email']}'s: enter that as the client ID (it is {client_id})."
+            )
+        if key_file["private_key_id"] and not cleaned.get("private_key_id"):
+            cleaned["private_key_id"] = key_file["private_key_id"]
+        return key_file["private_key"].strip()
 
     def _clean_placeholders_and_urls(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:
         templates = {
@@ -262,7 +319,7 @@ class ConnectionForm(forms.ModelForm):
         self.instance.placeholders = values
         if self.errors:
             return
-        required = ["token_url"] + (["authorization_url"] if grant_type != GrantType.CLIENT_CREDENTIALS else [])
+        required = ["token_url"] + (["authorization_url"] if grant_type not in APP_GRANTS else [])
         for field, template in templates.items():
             if not template:
                 if field in required:

@@ -28,7 +28,7 @@ from connections.audit import (
 from connections.bot_keys import LAST_USED_RESOLUTION, BotKeyRejected, bot_key_check, presented_key
 from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
 from connections.oauth_client import ProviderError
-from connections.refresh import TokenGone, client_credentials_token_obtain, token_refresh
+from connections.refresh import TokenGone, app_token_obtain, token_refresh
 from connections.token_request_read import TokenRequestRead, token_request_read
 
 MAX_MIN_VALIDITY = 24 * 3600
@@ -262,7 +262,7 @@ def _token_to_give(
     token = read.token
     if token is None and not connection.uses_authorization_code:
         try:
-            token = client_credentials_token_obtain(connection=connection)
+            token = app_token_obtain(connection=connection)
         except ProviderError as exc:
             raise _provider_failure(exc, None) from None
     if token is None:

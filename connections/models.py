@@ -8,7 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django_cryptography.fields import encrypt
 
-from providers.models import PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, split_scopes
+from providers.models import APP_GRANTS, PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, split_scopes
 
 # The feature permissions a role carries (codename: label); Django permissions of the Connection model.
 FEATURE_PERMISSIONS = {
@@ -41,10 +41,24 @@ class Connection(models.Model):
     client_secret = encrypt(models.TextField(blank=True))
     client_auth_method = models.CharField(
         "client authentication",
-        max_length=10,
+        max_length=20,
         choices=ClientAuthMethod.choices,
         blank=True,
         help_text="How the client authenticates at the token URL. Blank: as the provider type does.",
+    )
+    private_key = encrypt(models.TextField(blank=True))  # PEM, for signed assertions; write-only like the secret
+    private_key_id = models.CharField(
+        "key ID",
+        max_length=200,
+        blank=True,
+        help_text="Sent as the kid of the signed assertions, if the provider wants one.",
+    )
+    jwt_subject = models.CharField(
+        "JWT subject",
+        max_length=320,
+        blank=True,
+        help_text="JWT Bearer: whom the assertion acts as (its sub), e.g. a Google Workspace user to impersonate or a "
+        "Salesforce username. Blank: the client ID.",
     )
     authorization_url = models.CharField(
         max_length=500, blank=True, help_text="Leave blank to use the provider type's URL."
@@ -107,6 +121,10 @@ class Connection(models.Model):
         return self._fill(self.provider.refresh_url) or self.effective_token_url
 
     @property
+    def effective_assertion_audience(self) -> str:
+        return self._fill(self.provider.assertion_audience) or self.effective_token_url
+
+    @property
     def effective_client_auth_method(self) -> str:
         return self.client_auth_method or self.provider.client_auth_method
 
@@ -118,7 +136,7 @@ class Connection(models.Model):
 
     @property
     def uses_authorization_code(self) -> bool:
-        return self.grant_type != GrantType.CLIENT_CREDENTIALS
+        return self.grant_type not in APP_GRANTS
 
     @property
     def uses_pkce(self) -> bool:

@@ -15,8 +15,10 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from django.conf import settings
 from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error, WebApplicationClient
+from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from requests_oauthlib import OAuth2Session
 
+from connections import assertions
 from connections.outbound import ProviderError, check_url, policy_session, proxy_error
 from connections.token_answers import (
     RATE_LIMITED,
@@ -65,6 +67,12 @@ class ClientConfig:
     client_auth_method: str = "basic"
     redirect_uri: str = ""
     refresh_url: str = ""  # where refresh requests go; blank: the token URL
+    grant_type: str = "authorization_code"
+    # Signed assertions (connections.assertions): the PEM key, its kid, their aud, and the JWT bearer grant's sub.
+    private_key: str = ""
+    private_key_id: str = ""
+    assertion_audience: str = ""
+    jwt_subject: str = ""
     token_request_format: str = "form"  # noqa: S105 - a format, not a secret; "json": requests send a JSON object
     # Provider quirks (providers.models.Provider): sent with every token request; where the answer's fields are.
     token_request_params: dict[str, str] = field(default_factory=dict)
@@ -101,14 +109,48 @@ class JsonBody(requests.auth.AuthBase):
         return self.inner(request) if self.inner else request
 
 
+class NoClientAuth(requests.auth.AuthBase):
+    """No client authentication (the JWT bearer grant's assertion is the credential): given as the auth, it keeps
+    OAuth2Session.fetch_token from adding HTTP Basic with the client ID and an empty secret."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 def _client_auth(config: ClientConfig) -> tuple[requests.auth.AuthBase | None, dict[str, str]]:
-    """A token or revocation request's client authentication: (the requests auth, the body's credentials)."""
+    """A token or revocation request's client authentication: (the requests auth, the body's credentials). A
+    private_key_jwt assertion is signed anew for each request: its jti is good for one use."""
     if config.client_auth_method == "body":
         auth, credentials = None, {"client_id": config.client_id, "client_secret": config.client_secret}
+    elif config.client_auth_method == "private_key_jwt":
+        auth, credentials = None, {"client_id": config.client_id, **_client_assertion(config)}
     else:
         auth, credentials = requests.auth.HTTPBasicAuth(config.client_id, config.client_secret), {}
     json_body = config.token_request_format == "json"  # noqa: S105 - a format, not a secret
     return (JsonBody(auth) if json_body else auth), credentials
+
+
+def _signed(config: ClientConfig, *, subject: str, claims: dict[str, Any] | None = None) -> str:
+    """An assertion signed with the connection's key (iss the client ID, aud the token URL or the provider type's
+    audience); a key that cannot sign is a permanent failure, said without the key."""
+    try:
+        return assertions.assertion_sign(
+            key_pem=config.private_key,
+            key_id=config.private_key_id,
+            issuer=config.client_id,
+            subject=subject,
+            audience=config.assertion_audience or config.token_url,
+            claims=claims,
+        )
+    except assertions.KeyProblem as exc:
+        message = f"The connection's private key cannot sign: {exc}"
+        raise ProviderError(message, error="invalid_key", permanent=True) from None
+
+
+def _client_assertion(config: ClientConfig) -> dict[str, str]:
+    """RFC 7523 section 2.2: the client authenticates with an assertion about itself (sub the client ID)."""
+    assertion = _signed(config, subject=config.client_id)
+    return {"client_assertion_type": assertions.CLIENT_ASSERTION_TYPE, "client_assertion": assertion}
 
 
 def _fetch_kwargs(config: ClientConfig) -> dict[str, Any]:
@@ -116,7 +158,7 @@ def _fetch_kwargs(config: ClientConfig) -> dict[str, Any]:
     auth, credentials = _client_auth(config)
     if not credentials:
         return {"auth": auth}
-    return {"auth": auth, "include_client_id": True, "client_secret": credentials["client_secret"]}
+    return {"auth": auth, "include_client_id": True, **{k: v for k, v in credentials.items() if k != "client_id"}}
 
 
 def _token_call(what: str, session: OAuth2Session, func: Any, *args: Any, **kwargs: Any) -> TokenResponse:
@@ -259,6 +301,37 @@ def client_credentials(config: ClientConfig) -> TokenResponse:
         **scope,
         **_quirks(config),
     )
+
+
+class JwtBearerClient(BackendApplicationClient):
+    """oauthlib's client for RFC 7523 section 2.1: the token request is the grant type and a signed assertion."""
+
+    grant_type = assertions.JWT_BEARER_GRANT
+
+    def prepare_request_body(self, body: str = "", assertion: str = "", **kwargs: Any) -> str:
+        kwargs.pop("code", None)
+        kwargs.pop("redirect_uri", None)
+        return prepare_token_request(self.grant_type, body=body, assertion=assertion, **kwargs)
+
+
+def jwt_bearer(config: ClientConfig) -> TokenResponse:
+    """A token for the assertion's subject (RFC 7523 2.1): iss the client ID, sub the subject to act as (Google
+    service accounts, Salesforce and DocuSign JWT flows), the scopes as its scope claim. Client authentication
+    only where a client secret is stored: the assertion is the credential."""
+    session = _session(config, JwtBearerClient(config.client_id))
+    session.redirect_uri = None
+    claims = {"scope": " ".join(config.scopes)} if config.scopes else {}
+    assertion = _signed(config, subject=config.jwt_subject or config.client_id, claims=claims)
+    client_auth = _fetch_kwargs(config) if config.client_secret else {"auth": NoClientAuth()}
+    return _token_call(
+        "JWT bearer request", session, session.fetch_token, config.token_url, assertion=assertion, **client_auth,
+        **_quirks(config),
+    )  # fmt: skip
+
+
+def app_token(config: ClientConfig) -> TokenResponse:
+    """A new token for a grant with no person and no refresh token: client credentials, or a JWT bearer one."""
+    return jwt_bearer(config) if config.grant_type == "jwt_bearer" else client_credentials(config)
 
 
 def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:

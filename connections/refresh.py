@@ -37,6 +37,7 @@ from connections.tokens import (
     token_store_refreshed,
     token_values_revoke,
 )
+from providers.models import GrantType
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _current(token: OAuthToken) -> OAuthToken:
 def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse:
     config = connection_client_config(connection)
     if not connection.uses_authorization_code:
-        return oauth_client.client_credentials(config)
+        return oauth_client.app_token(config)
     if not token.refresh_token:
         raise ProviderError(
             "The provider gave no refresh token, so this token cannot be renewed: authorize again.",
@@ -432,11 +433,9 @@ def token_refresh_wanted(token: OAuthToken, *, generation: int | None, queued_at
     return queued_at is None or not _failed_since(token, queued_at)
 
 
-def client_credentials_token_obtain(
-    *, connection: Connection, authorized_by: AbstractBaseUser | None = None
-) -> OAuthToken:
-    """A client-credentials connection needs no person to authorize it: fetch and store a token now."""
-    response = oauth_client.client_credentials(connection_client_config(connection))
+def app_token_obtain(*, connection: Connection, authorized_by: AbstractBaseUser | None = None) -> OAuthToken:
+    """A client-credentials or JWT bearer connection needs no person to authorize it: fetch and store a token now."""
+    response = oauth_client.app_token(connection_client_config(connection))
     with transaction.atomic():
         token = token_store(connection=connection, user=None, response=response, authorized_by=authorized_by)
         audit_record(
@@ -445,6 +444,6 @@ def client_credentials_token_obtain(
             connection=connection,
             actor=authorized_by,
             actor_label="" if authorized_by else "token endpoint",
-            detail="Client credentials token fetched.",
+            detail=f"{GrantType(connection.grant_type).label} token fetched.",
         )
     return token

@@ -17,7 +17,7 @@ from connections.audit import Action, Outcome, audit_record, user_label
 from connections.errors import ConnectionActionError
 from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
 from connections.oauth_client import ProviderError
-from connections.refresh import client_credentials_token_obtain, lease_seconds, token_refresh
+from connections.refresh import app_token_obtain, lease_seconds, token_refresh
 from connections.tokens import token_values_revoke
 
 
@@ -29,7 +29,7 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
         token = selectors.token_for(connection, None)
         if token is None:
             try:
-                token = client_credentials_token_obtain(connection=connection, authorized_by=actor)
+                token = app_token_obtain(connection=connection, authorized_by=actor)
             except ProviderError as exc:
                 audit_record(
                     action=Action.CONNECTION_TEST,

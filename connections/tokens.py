@@ -38,6 +38,11 @@ def connection_client_config(connection: Connection) -> ClientConfig:
         token_request_headers=connection.provider.token_request_headers,
         token_request_format=connection.provider.token_request_format,
         refresh_url=connection.effective_refresh_url,
+        grant_type=connection.grant_type,
+        private_key=connection.private_key,
+        private_key_id=connection.private_key_id,
+        assertion_audience=connection.effective_assertion_audience,
+        jwt_subject=connection.jwt_subject,
         token_response_fields=connection.provider.token_response_fields,
     )
 

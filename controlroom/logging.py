@@ -11,6 +11,13 @@ REDACTED = "[redacted]"
 
 # Values that must never be printed, recognised by their shape or by the name they travel under.
 _PATTERNS = [
+    # PEM private keys (a connection's signing key), whole.
+    (
+        re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?(-----END \1PRIVATE KEY-----|$)", re.DOTALL),
+        "-----BEGIN PRIVATE KEY----- " + REDACTED,
+    ),
+    # Signed JWTs (client assertions, JWT bearer assertions, JWT access tokens), by their shape.
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"), REDACTED),
     # Control Room bot keys: crk_<key id>_<secret>; the key id alone is not a secret and stays readable.
     (re.compile(r"\b(crk_[0-9a-f]{12}_)[A-Za-z0-9_\-]+"), r"\1" + REDACTED),
     # Authorization headers: Bearer and Basic credentials.
@@ -19,7 +26,7 @@ _PATTERNS = [
     (
         re.compile(
             r"(?i)([\"']?\b(?:access_token|refresh_token|id_token|client_secret|code_verifier|code|password|"
-            r"assertion|token)[\"']?\s*[=:]\s*[\"']?)([^\"'&\s,}]+)"
+            r"client_assertion|assertion|private_key|device_code|token)[\"']?\s*[=:]\s*[\"']?)([^\"'&\s,}]+)"
         ),
         r"\1" + REDACTED,
     ),

@@ -30,6 +30,7 @@ class ProviderForm(forms.ModelForm):
             "refresh_url",
             "grant_types",
             "client_auth_method",
+            "assertion_audience",
             "default_scopes",
             "client_credentials_scopes",
             "scope_separator",
@@ -75,6 +76,7 @@ class ProviderAdmin(admin.ModelAdmin):
                 "fields": (
                     "grant_types",
                     "client_auth_method",
+                    "assertion_audience",
                     "default_scopes",
                     "client_credentials_scopes",
                     "scope_separator",

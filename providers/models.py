@@ -10,15 +10,26 @@ class GrantType(models.TextChoices):
     AUTHORIZATION_CODE = "authorization_code", "Authorization Code"
     AUTHORIZATION_CODE_PKCE = "authorization_code_pkce", "Authorization Code with PKCE"
     CLIENT_CREDENTIALS = "client_credentials", "Client Credentials"
+    JWT_BEARER = "jwt_bearer", "JWT Bearer (a signed assertion, RFC 7523)"
+
+
+# Grants that act as the application (or whom its assertion names), with no person to authorize and no refresh
+# token: the engine obtains a new token before the old one expires.
+APP_GRANTS = frozenset({GrantType.CLIENT_CREDENTIALS, GrantType.JWT_BEARER})
 
 
 class ClientAuthMethod(models.TextChoices):
     BASIC = "basic", "HTTP Basic (client_secret_basic)"
     BODY = "body", "Form body (client_secret_post)"
+    PRIVATE_KEY_JWT = "private_key_jwt", "Signed JWT (private_key_jwt)"
 
 
 # The same methods by their registered names (RFC 8414 token_endpoint_auth_methods_supported; the YAML files').
-CLIENT_AUTH_METHOD_NAMES = {ClientAuthMethod.BASIC: "client_secret_basic", ClientAuthMethod.BODY: "client_secret_post"}
+CLIENT_AUTH_METHOD_NAMES = {
+    ClientAuthMethod.BASIC: "client_secret_basic",
+    ClientAuthMethod.BODY: "client_secret_post",
+    ClientAuthMethod.PRIVATE_KEY_JWT: "private_key_jwt",
+}
 
 
 class TokenRequestFormat(models.TextChoices):
@@ -68,8 +79,8 @@ class Provider(models.Model):
         max_length=1000,
         blank=True,
         null=True,
-        help_text="Default scopes for the Client Credentials grant, where they differ (Microsoft accepts only "
-        "<resource>/.default there). Blank: the default scopes.",
+        help_text="Default scopes for the grants that act as the application (Client Credentials, JWT Bearer), where "
+        "they differ (Microsoft accepts only <resource>/.default there). Blank: the default scopes.",
     )
     scope_separator = models.CharField(
         max_length=5, default=" ", help_text="How the provider wants scopes joined (RFC 6749: a space)."
@@ -78,7 +89,13 @@ class Provider(models.Model):
         default=dict, blank=True, help_text='Added to every authorization URL, e.g. {"prompt": "consent"}.'
     )
     client_auth_method = models.CharField(
-        max_length=10, choices=ClientAuthMethod.choices, default=ClientAuthMethod.BASIC
+        max_length=20, choices=ClientAuthMethod.choices, default=ClientAuthMethod.BASIC
+    )
+    assertion_audience = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The aud of the signed assertions of private_key_jwt and the JWT Bearer grant, where the provider "
+        "wants other than the token URL (Salesforce: its login URL). Blank: the token URL.",
     )
     grant_types = models.JSONField(default=list, help_text="The grant types this provider supports.")
     default_token_lifetime = models.PositiveIntegerField(
@@ -154,12 +171,12 @@ class Provider(models.Model):
 
     @property
     def url_templates(self) -> tuple[str, ...]:
-        return (self.authorization_url, self.token_url, self.revocation_url, self.refresh_url)
+        return (self.authorization_url, self.token_url, self.revocation_url, self.refresh_url, self.assertion_audience)
 
     def default_scopes_for(self, grant_type: str) -> str:
         """The scopes a connection with this grant asks for when it names none ("" for a grant set to ask for
         none: client_credentials_scopes is "" rather than None)."""
-        if grant_type == GrantType.CLIENT_CREDENTIALS and self.client_credentials_scopes is not None:
+        if grant_type in APP_GRANTS and self.client_credentials_scopes is not None:
             return self.client_credentials_scopes
         return self.default_scopes
 

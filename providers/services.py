@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from providers.models import (
+    APP_GRANTS,
     PLACEHOLDER_PATTERN,
     ClientAuthMethod,
     GrantType,
@@ -33,6 +34,7 @@ PRESET_FIELDS = (
     "scope_separator",
     "extra_authorization_params",
     "client_auth_method",
+    "assertion_audience",
     "grant_types",
     "default_token_lifetime",
     "refresh_margin",
@@ -46,7 +48,7 @@ PRESET_FIELDS = (
 )
 URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "refresh_url")
 # Where a <placeholder> may appear: each must be explained in the description.
-TEMPLATE_FIELDS = (*URL_FIELDS, "default_scopes", "client_credentials_scopes")
+TEMPLATE_FIELDS = (*URL_FIELDS, "assertion_audience", "default_scopes", "client_credentials_scopes")
 PRESET_DEFAULTS: dict[str, Any] = {
     "description": "",
     "category": "",
@@ -59,6 +61,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "scope_separator": " ",
     "extra_authorization_params": {},
     "client_auth_method": ClientAuthMethod.BASIC,
+    "assertion_audience": "",
     "default_token_lifetime": None,
     "refresh_margin": None,
     "token_request_params": {},
@@ -103,7 +106,7 @@ def provider_catalog_read(*, path: Path = CATALOG_PATH) -> list[dict[str, Any]]:
         if bad_grants:
             raise ValidationError(f"{where}: unknown grant type(s) {', '.join(sorted(bad_grants))}.")
         if preset["client_auth_method"] not in ClientAuthMethod.values:
-            raise ValidationError(f"{where}: client_auth_method must be basic or body.")
+            raise ValidationError(f"{where}: client_auth_method must be one of {', '.join(ClientAuthMethod.values)}.")
         if preset["token_request_format"] not in TokenRequestFormat.values:
             raise ValidationError(f"{where}: token_request_format must be form or json.")
         if preset["category"] not in ["", *ProviderCategory.values]:
@@ -131,8 +134,8 @@ def _preset_problems(preset: dict[str, Any]) -> list[str]:
     problems += token_quirk_problems(
         preset["token_request_params"], preset["token_request_headers"], preset["token_response_fields"]
     )
-    if preset["client_credentials_scopes"] is not None and GrantType.CLIENT_CREDENTIALS not in preset["grant_types"]:
-        problems.append("client_credentials_scopes is set, but client_credentials is not among its grant_types.")
+    if preset["client_credentials_scopes"] is not None and not APP_GRANTS & set(preset["grant_types"]):
+        problems.append("client_credentials_scopes is set, but neither client_credentials nor jwt_bearer is a grant.")
     return problems
 
 

@@ -170,6 +170,8 @@ def make_connection(db, authserver: AuthServer, settings):
         scopes: str = "read,write",
         register: bool = True,
         server: AuthServer | None = None,
+        public_key: str = "",
+        key_id: str = "",
         **fields: object,
     ) -> Connection:
         server = server or authserver
@@ -183,6 +185,8 @@ def make_connection(db, authserver: AuthServer, settings):
                 [settings.OAUTH_REDIRECT_URI],
                 grant_type="client-credentials" if grant_type == "client_credentials" else "authorization-code",
                 pkce_required=pkce_required,
+                public_key=public_key,
+                key_id=key_id,
             )
         values = {
             "name": f"Loopback {number}",

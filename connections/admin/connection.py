@@ -109,8 +109,10 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         can_change = self.has_change_permission(request, obj)
         # View-only users get every field read-only, which would display the secret: it is left out for them.
         placeholders = ConnectionForm().placeholder_field_names if can_change else []
+        # The secret and the private key are write-only: not shown even to those who may only view.
         credentials = ("client_id", "client_secret") if can_change else ("client_id",)
-        credentials += ("client_auth_method",)
+        credentials += ("client_auth_method", *(("private_key",) if can_change else ()), "private_key_id")
+        credentials += ("jwt_subject",)
         status = [
             (
                 "Status",
@@ -162,7 +164,9 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         kwargs["fields"] = [
             name
             for name in names
-            if not name.startswith(PLACEHOLDER_PREFIX) and name != "client_secret" and name not in self.readonly_fields
+            if not name.startswith(PLACEHOLDER_PREFIX)
+            and name not in ("client_secret", "private_key")
+            and name not in self.readonly_fields
         ]
         return super().get_form(request, obj, change, **kwargs)
 

@@ -8,6 +8,7 @@ COUNTERS = (
     "token_authorization_code",
     "token_refresh_token",
     "token_client_credentials",
+    "token_jwt_bearer",
     "token_other",
     "revocations",
     "introspections",
@@ -20,6 +21,11 @@ class ClientFlags(models.Model):
 
     client_id = models.CharField(max_length=255, unique=True)
     pkce_required = models.BooleanField(default=False)
+    # Signed assertions (tests.authserver.assertions): the client's public key (PEM) and the kid it must name, and
+    # its secret, which is what DOT is shown once an assertion has authenticated the client.
+    public_key = models.TextField(default="")
+    key_id = models.CharField(max_length=200, default="")
+    secret = models.CharField(max_length=255, default="")
 
     def __str__(self) -> str:
         return f"{self.client_id} (pkce_required={self.pkce_required})"
@@ -32,6 +38,15 @@ class UsedRefreshToken(models.Model):
 
     def __str__(self) -> str:
         return "used refresh token"
+
+
+class UsedAssertion(models.Model):
+    """The jti of an assertion the server has accepted: an assertion is good for one use."""
+
+    jti = models.CharField(max_length=255, unique=True)
+
+    def __str__(self) -> str:
+        return "used assertion"
 
 
 class ServerState(models.Model):
@@ -63,6 +78,7 @@ class ServerState(models.Model):
     token_authorization_code = models.IntegerField(default=0)
     token_refresh_token = models.IntegerField(default=0)
     token_client_credentials = models.IntegerField(default=0)
+    token_jwt_bearer = models.IntegerField(default=0)
     token_other = models.IntegerField(default=0)
     revocations = models.IntegerField(default=0)
     introspections = models.IntegerField(default=0)

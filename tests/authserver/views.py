@@ -25,7 +25,8 @@ from oauth2_provider.views import (
     TokenView,
 )
 
-from tests.authserver.models import ClientFlags, ServerState, UsedRefreshToken
+from tests.authserver.assertions import JWT_BEARER_GRANT, client_assertion_read, jwt_bearer_answer
+from tests.authserver.models import ClientFlags, ServerState, UsedAssertion, UsedRefreshToken
 
 FAULT_MODES = {
     "none",
@@ -44,6 +45,7 @@ GRANT_COUNTERS = {
     "authorization_code": "token_authorization_code",
     "refresh_token": "token_refresh_token",
     "client_credentials": "token_client_credentials",
+    JWT_BEARER_GRANT: "token_jwt_bearer",
 }
 
 _dot_token = TokenView.as_view()
@@ -138,6 +140,8 @@ def token(request: HttpRequest, at_refresh_url: bool = False) -> HttpResponse:
         time.sleep(state.fault_delay)
     elif mode is not None and mode != "drip":
         return _answer_later(state, grant_type, _fault_response(mode, request))
+    if grant_type == JWT_BEARER_GRANT:
+        return jwt_bearer_answer(request)
     response = _answer_later(state, grant_type, _dot_answer(request, state, grant_type))
     presented = request.POST.get("refresh_token", "")
     if grant_type == "refresh_token" and json.loads(response.content).get("refresh_token", presented) != presented:
@@ -170,7 +174,7 @@ def _refused_request(request: HttpRequest, state: ServerState, at_refresh_url: b
     """A token request in a shape this server is told not to take: a form where it wants JSON, a refresh at the
     token URL when refreshes have a URL of their own (or anything else at that URL), or the client authentication
     method it does not accept."""
-    if refused := _json_read(request, state):
+    if refused := _json_read(request, state) or client_assertion_read(request):
         return refused
     is_refresh = request.POST.get("grant_type") == "refresh_token"
     if (state.refresh_elsewhere and is_refresh) != at_refresh_url:
@@ -209,7 +213,7 @@ def _dot_answer(request: HttpRequest, state: ServerState, grant_type: str) -> Ht
 @csrf_exempt
 def revoke(request: HttpRequest) -> HttpResponse:
     ServerState.bump("revocations")
-    return _json_read(request, ServerState.get()) or _dot_revoke(request)
+    return _json_read(request, ServerState.get()) or client_assertion_read(request) or _dot_revoke(request)
 
 
 @csrf_exempt
@@ -323,7 +327,12 @@ def clients(body: dict) -> dict:
         )
         ClientFlags.objects.update_or_create(
             client_id=client_id,
-            defaults={"pkce_required": bool(body.get("pkce_required"))},
+            defaults={
+                "pkce_required": bool(body.get("pkce_required")),
+                "public_key": str(body.get("public_key") or ""),
+                "key_id": str(body.get("key_id") or ""),
+                "secret": str(body["client_secret"]),
+            },
         )
     return {"client_id": client_id}
 
@@ -406,6 +415,7 @@ def stats(body: dict) -> dict:
             "authorization_code": s.token_authorization_code,
             "refresh_token": s.token_refresh_token,
             "client_credentials": s.token_client_credentials,
+            "jwt_bearer": s.token_jwt_bearer,
             "other": s.token_other,
         },
         "revocations": s.revocations,
@@ -429,4 +439,5 @@ def grants(body: dict) -> dict:
 def reset(body: dict) -> dict:
     ServerState.reset()
     UsedRefreshToken.objects.all().delete()
+    UsedAssertion.objects.all().delete()
     return {"ok": True}

@@ -187,7 +187,7 @@ def test_a_provider_accepting_only_client_secret_post_gets_it_and_the_connection
     "document, reason",
     [
         ({"code_challenge_methods_supported": ["plain"]}, "does not offer PKCE with S256"),
-        ({"token_endpoint_auth_methods_supported": ["private_key_jwt"]}, "accepts only private_key_jwt"),
+        ({"token_endpoint_auth_methods_supported": ["tls_client_auth"]}, "accepts only tls_client_auth"),
     ],
 )
 def test_what_control_room_cannot_do_with_the_issuer_is_said_before_saving(

@@ -110,7 +110,7 @@ def test_seed_urls_and_placeholders():
         ),
         (lambda entries: entries[0].update(grant_types=["implicit"]), "unknown grant type"),
         (lambda entries: entries[0].update(colour="red"), "unknown field"),
-        (lambda entries: entries[0].update(client_auth_method="jwt"), "basic or body"),
+        (lambda entries: entries[0].update(client_auth_method="jwt"), "one of basic, body, private_key_jwt"),
     ],
 )
 def test_a_broken_catalog_names_the_preset_and_changes_nothing(tmp_path: Path, mutation, message):
@@ -172,14 +172,14 @@ def test_placeholders_are_filled_in_default_scopes_too():
 
 
 def test_a_client_credentials_token_is_asked_for_with_the_grants_default_scopes(make_connection, authserver):
-    from connections.refresh import client_credentials_token_obtain
+    from connections.refresh import app_token_obtain
 
     provider = Provider.objects.create(
         slug="app-only", name="App only", default_scopes="read,write,offline_access", client_credentials_scopes="read",
         grant_types=["authorization_code", "client_credentials"],
     )  # fmt: skip
     connection = make_connection(grant_type="client_credentials", provider=provider, scopes="")
-    token = client_credentials_token_obtain(connection=connection)
+    token = app_token_obtain(connection=connection)
     assert token.scope == "read"  # the loopback server grants what was asked for
 
 

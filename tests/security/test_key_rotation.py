@@ -41,7 +41,7 @@ KEY_C = "unknown-key-C-zyxwvutsrqponmlkjihgfedcba9876543210"
 MARKER = "PLAINTEXT-MARKER"  # in every secret, so the raw bytes can be searched for any plaintext
 
 FIELDS = {
-    Connection: ("client_secret",),
+    Connection: ("client_secret", "private_key"),
     OAuthToken: ("access_token", "refresh_token", "id_token"),
     AuthorizationRequest: ("code_verifier",),
 }
@@ -76,6 +76,7 @@ def make_rows(count: int, *, start: int = 0, requests: int = 0) -> dict[tuple, s
             provider=provider,
             client_id=f"client-{n}",
             client_secret=secret("client", n),
+            private_key=secret("key", n),
         )
         for n in numbers
     )
@@ -91,6 +92,7 @@ def make_rows(count: int, *, start: int = 0, requests: int = 0) -> dict[tuple, s
     expected = {}
     for n, connection, token in zip(numbers, connections, tokens, strict=True):
         expected[(Connection, connection.pk, "client_secret")] = secret("client", n)
+        expected[(Connection, connection.pk, "private_key")] = secret("key", n)
         expected[(OAuthToken, token.pk, "access_token")] = secret("access", n)
         expected[(OAuthToken, token.pk, "refresh_token")] = secret("refresh", n)
         expected[(OAuthToken, token.pk, "id_token")] = secret("id", n) if n % 3 else ""
@@ -177,7 +179,7 @@ def test_rotation_from_a_previous_key_loses_nothing(monkeypatch, settings):
     assert_no_plaintext(before)
     old = fernet_for(KEY_A)
     under_a = {key for key, raw in before.items() if decrypts_under(old, raw, expected[key])}
-    assert len(under_a) == 600 * 4 + 30
+    assert len(under_a) == 600 * 5 + 30
 
     settings.CRYPTOGRAPHY_KEY_PREVIOUS = [KEY_A]
     output = run()
@@ -220,7 +222,7 @@ def test_an_interrupted_rotation_resumes_where_it_stopped(monkeypatch, settings)
         rotate_encryption_key(batch_size=100, progress=stop_after_three_batches)
 
     halfway = raw_values()
-    connection_pks = sorted(pk for model, pk, _ in expected if model is Connection)
+    connection_pks = sorted({pk for model, pk, _ in expected if model is Connection})
     old = fernet_for(KEY_A)
     for key, raw in halfway.items():
         done = key[0] is Connection and key[1] in connection_pks[:300]
@@ -297,7 +299,7 @@ def test_without_the_check_pass_only_the_failing_batch_is_left_unwritten(monkeyp
         rotate_encryption_key(batch_size=4, check_first=False)
 
     after = raw_values()
-    connection_pks = sorted(pk for model, pk, _ in before if model is Connection)
+    connection_pks = sorted({pk for model, pk, _ in before if model is Connection})
     for pk in connection_pks[:8]:  # the first two batches were committed, under the current key
         key = (Connection, pk, "client_secret")
         assert decrypts_under(current_fernet(Connection, "client_secret"), after[key], expected[key])

@@ -98,6 +98,35 @@ def test_the_whole_flow_leaks_no_secret(debug_logs, make_connection, manager_cli
     assert_nothing_leaked(secrets, logs=logs, pages=seen, token_answers=token_answers, current=token.access_token)
 
 
+def test_signing_with_a_private_key_leaks_neither_the_key_nor_an_assertion(
+    debug_logs, make_connection, manager_client, authserver
+):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    connection = make_connection(
+        public_key=public.decode(), client_auth_method="private_key_jwt", private_key=pem, client_secret=""
+    )
+    pages: list[str] = []
+    token = authorize(manager_client, connection, authserver)
+    token_refresh(token=token, actor_label="test")
+    authserver.set_fault("invalid_grant")
+    with pytest.raises(ProviderError):
+        token_refresh(token=OAuthToken.objects.get(pk=token.pk), actor_label="test")
+    for page in (f"/admin/connections/connection/{connection.pk}/change/", "/admin/connections/auditevent/"):
+        pages.append(manager_client.get(page).content.decode())
+    logs = debug_logs.getvalue()
+    assert "client_assertion" in logs  # requests-oauthlib did log the request bodies
+    key_lines = {line for line in pem.splitlines()[1:-1] if len(line) >= 8}
+    assert_nothing_leaked(key_lines, logs=logs, pages=pages, token_answers=[], current="")
+    assert "eyJ" not in logs  # no signed assertion either
+
+
 def assert_nothing_leaked(
     secrets: set[str], *, logs: str, pages: list[str], token_answers: list[str], current: str
 ) -> None:
@@ -123,6 +152,9 @@ def assert_nothing_leaked(
         ("key crk_0123456789ab_Zm9vYmFyYmF6cXV4cXV1eA used", ["Zm9vYmFyYmF6cXV4cXV1eA"]),
         ("proxy http://user:pr0xy-pass@proxy.example:3128", ["pr0xy-pass"]),
         ('{"code": "auth-c0de-123", "code_verifier": "v3rifier-abc"}', ["auth-c0de-123", "v3rifier-abc"]),
+        ("client_assertion=eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln&client_id=app", ["eyJpc3MiOiJ4In0"]),
+        ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEG\n-----END PRIVATE KEY-----", ["MIGHAgEAMBMGByqGSM49"]),
+        ("-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkgyfW2 (cut short", ["MHcCAQEEIBkgyfW2"]),
     ],
 )  # fmt: skip
 def test_redact_hides_secrets_by_shape_and_by_name(line, hidden):

@@ -254,8 +254,11 @@ class AuthServer:
         grant_type: str = "authorization-code",
         pkce_required: bool = False,
         name: str | None = None,
+        public_key: str = "",
+        key_id: str = "",
     ) -> None:
-        """Create or replace a confidential client ("authorization-code"/"client-credentials")."""
+        """Create or replace a confidential client ("authorization-code"/"client-credentials"); with a public key
+        (PEM) it may also authenticate with signed assertions (private_key_jwt) and use the JWT bearer grant."""
         self._control(
             "POST",
             "clients",
@@ -266,6 +269,8 @@ class AuthServer:
                 "grant_type": grant_type,
                 "pkce_required": pkce_required,
                 "name": name or client_id,
+                "public_key": public_key,
+                "key_id": key_id,
             },
         )
 
