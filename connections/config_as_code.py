@@ -33,7 +33,7 @@ CONNECTION_KEYS = {
     "name", "slug", "description", "provider", "placeholders", "authorization_url", "token_url", "revocation_url",
     "issuer", "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
     "extra_authorization_params", "default_token_lifetime", "enabled", "client_auth_method", "private_key_env",
-    "private_key_file", "private_key_id", "jwt_subject",
+    "private_key_file", "private_key_id", "jwt_subject", "device_authorization_url",
 }  # fmt: skip
 # The form's field a problem names, as the file's key.
 REFERENCE_LABELS = {"client_secret": "client_secret_env", "private_key": "private_key_env", "__all__": "connection"}
@@ -167,6 +167,7 @@ def _connection_form_data(
         "authorization_url": item.get("authorization_url") or "",
         "token_url": item.get("token_url") or "",
         "revocation_url": item.get("revocation_url") or "",
+        "device_authorization_url": item.get("device_authorization_url") or "",
         "issuer": item.get("issuer") or "",
         "scopes": ",".join(_scope_list(item.get("scopes"))),
         "extra_authorization_params": json.dumps(_plain(item.get("extra_authorization_params") or {})),
@@ -204,6 +205,7 @@ def _connection_values(connection: Connection) -> dict[str, Any]:
         "authorization_url": connection.authorization_url,
         "token_url": connection.token_url,
         "revocation_url": connection.revocation_url,
+        "device_authorization_url": connection.device_authorization_url,
         "issuer": connection.issuer,
         "scopes": connection.scopes,
         "extra_authorization_params": connection.extra_authorization_params,
@@ -401,7 +403,7 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
     }
     if connection.placeholders:
         item["placeholders"] = dict(connection.placeholders)
-    for key in ("authorization_url", "token_url", "revocation_url", "issuer"):
+    for key in ("authorization_url", "token_url", "revocation_url", "device_authorization_url", "issuer"):
         if getattr(connection, key):  # only overrides; otherwise the preset applies
             item[key] = getattr(connection, key)
     item.update(grant_type=connection.grant_type, token_type=connection.token_type, client_id=connection.client_id)

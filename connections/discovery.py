@@ -19,8 +19,14 @@ URL_METADATA = {
     "authorization_url": "authorization_endpoint",
     "token_url": "token_endpoint",
     "revocation_url": "revocation_endpoint",
+    "device_authorization_url": "device_authorization_endpoint",  # RFC 8628 4
 }
-URL_LABELS = {"authorization_url": "Authorization URL", "token_url": "Token URL", "revocation_url": "Revocation URL"}
+URL_LABELS = {
+    "authorization_url": "Authorization URL",
+    "token_url": "Token URL",
+    "revocation_url": "Revocation URL",
+    "device_authorization_url": "Device authorization URL",
+}
 
 
 def urls_to_discover(data: Mapping[str, Any], provider: Provider | None) -> list[str]:
@@ -29,7 +35,9 @@ def urls_to_discover(data: Mapping[str, Any], provider: Provider | None) -> list
     if not (data.get("issuer") or "").strip() or provider is None:
         return []
     needed = ["token_url", "revocation_url"]
-    if data.get("grant_type") not in APP_GRANTS:
+    if data.get("grant_type") == GrantType.DEVICE_CODE:
+        needed.append("device_authorization_url")
+    elif data.get("grant_type") not in APP_GRANTS:
         needed.insert(0, "authorization_url")
     return [name for name in needed if not (data.get(name) or "").strip() and not getattr(provider, name)]
 

@@ -59,6 +59,7 @@ def preset_preview(provider: Provider) -> dict[str, Any]:
         "authorization_url": provider.authorization_url,
         "token_url": provider.token_url,
         "revocation_url": provider.revocation_url,
+        "device_authorization_url": provider.device_authorization_url,
         "default_scopes": " ".join(split_scopes(provider.default_scopes)),
         # null: the default scopes; "": none with that grant
         "client_credentials_scopes": None
@@ -160,6 +161,7 @@ class ConnectionForm(forms.ModelForm):
             "authorization_url",
             "token_url",
             "revocation_url",
+            "device_authorization_url",
             "issuer",
             "scopes",
             "extra_authorization_params",
@@ -276,8 +278,10 @@ class ConnectionForm(forms.ModelForm):
         )
         if signs and not self.instance.private_key and "private_key" not in self.errors:
             self.add_error("private_key", "Enter the PEM private key the provider knows the public half of.")
-        # Only a public client using PKCE (RFC 7636, RFC 8252 8.5) or one that signs may do without a secret.
-        if not self.instance.client_secret and not signs and grant_type != GrantType.AUTHORIZATION_CODE_PKCE:
+        # Only a public client (PKCE: RFC 7636, RFC 8252 8.5; a device: RFC 8628 3.1) or one that signs may do
+        # without a secret.
+        public = grant_type in (GrantType.AUTHORIZATION_CODE_PKCE, GrantType.DEVICE_CODE)
+        if not self.instance.client_secret and not signs and not public:
             self.add_error("client_secret", "Enter the client secret of the application registered at the provider.")
 
     @staticmethod
@@ -299,7 +303,7 @@ class ConnectionForm(forms.ModelForm):
     def _clean_placeholders_and_urls(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:
         templates = {
             field: cleaned.get(field) or getattr(provider, field)
-            for field in ("authorization_url", "token_url", "revocation_url")
+            for field in ("authorization_url", "token_url", "revocation_url", "device_authorization_url")
         }
         templates["refresh_url"] = provider.refresh_url  # the provider type's only
         scopes = "" if cleaned.get("scopes") else provider.default_scopes_for(grant_type)
@@ -319,7 +323,11 @@ class ConnectionForm(forms.ModelForm):
         self.instance.placeholders = values
         if self.errors:
             return
-        required = ["token_url"] + (["authorization_url"] if grant_type not in APP_GRANTS else [])
+        required = ["token_url"]
+        if grant_type in (GrantType.AUTHORIZATION_CODE, GrantType.AUTHORIZATION_CODE_PKCE):
+            required.append("authorization_url")
+        elif grant_type == GrantType.DEVICE_CODE:
+            required.append("device_authorization_url")
         for field, template in templates.items():
             if not template:
                 if field in required:

@@ -67,6 +67,9 @@ class Connection(models.Model):
     revocation_url = models.CharField(
         max_length=500, blank=True, help_text="Leave blank to use the provider type's URL, if it has one."
     )
+    device_authorization_url = models.CharField(
+        max_length=500, blank=True, help_text="Device Code grant: leave blank to use the provider type's URL."
+    )
     issuer = models.CharField(
         max_length=500,
         blank=True,
@@ -117,6 +120,10 @@ class Connection(models.Model):
         return self._fill(self.revocation_url or self.provider.revocation_url)
 
     @property
+    def effective_device_authorization_url(self) -> str:
+        return self._fill(self.device_authorization_url or self.provider.device_authorization_url)
+
+    @property
     def effective_refresh_url(self) -> str:
         return self._fill(self.provider.refresh_url) or self.effective_token_url
 
@@ -137,6 +144,10 @@ class Connection(models.Model):
     @property
     def uses_authorization_code(self) -> bool:
         return self.grant_type not in APP_GRANTS
+
+    @property
+    def uses_device_code(self) -> bool:
+        return self.grant_type == GrantType.DEVICE_CODE
 
     @property
     def uses_pkce(self) -> bool:
@@ -237,6 +248,39 @@ class AuthorizationRequest(models.Model):
 
     def __str__(self) -> str:
         return f"Authorization of {self.connection} started {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class DeviceAuthorization(models.Model):
+    """A Device Code grant in progress (RFC 8628): the user code a person enters at the provider's verification
+    page, while a worker polls the token URL with the device code until they approve, deny, or it expires."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for approval"
+        APPROVED = "approved", "Approved: connected"
+        DENIED = "denied", "Denied at the provider"
+        EXPIRED = "expired", "Expired before approval"
+        FAILED = "failed", "Failed"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )  # whose token: None for a shared connection
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    device_code = encrypt(models.TextField())
+    user_code = models.CharField(max_length=64)
+    verification_uri = models.CharField(max_length=1000)
+    verification_uri_complete = models.CharField(max_length=2000, blank=True)
+    interval = models.PositiveIntegerField(help_text="Seconds between two polls; slow_down adds five.")
+    expires_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Device authorization of {self.connection} ({self.get_status_display()})"
 
 
 class AuditEvent(models.Model):

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from django.conf import settings
-from oauthlib.oauth2 import BackendApplicationClient, OAuth2Error, WebApplicationClient
+from oauthlib.oauth2 import BackendApplicationClient, DeviceClient, OAuth2Error, WebApplicationClient
 from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from requests_oauthlib import OAuth2Session
 
@@ -26,6 +26,8 @@ from connections.token_answers import (
     RETRY_AFTER_MAX,
     TokenAnswers,
     TokenResponse,
+    device_answer_fields,
+    json_object,
     provider_text,
     retry_after_seconds,
     token_response,
@@ -68,6 +70,7 @@ class ClientConfig:
     redirect_uri: str = ""
     refresh_url: str = ""  # where refresh requests go; blank: the token URL
     grant_type: str = "authorization_code"
+    device_authorization_url: str = ""
     # Signed assertions (connections.assertions): the PEM key, its kid, their aud, and the JWT bearer grant's sub.
     private_key: str = ""
     private_key_id: str = ""
@@ -119,11 +122,14 @@ class NoClientAuth(requests.auth.AuthBase):
 
 def _client_auth(config: ClientConfig) -> tuple[requests.auth.AuthBase | None, dict[str, str]]:
     """A token or revocation request's client authentication: (the requests auth, the body's credentials). A
-    private_key_jwt assertion is signed anew for each request: its jti is good for one use."""
-    if config.client_auth_method == "body":
-        auth, credentials = None, {"client_id": config.client_id, "client_secret": config.client_secret}
-    elif config.client_auth_method == "private_key_jwt":
+    private_key_jwt assertion is signed anew for each request: its jti is good for one use. A public client (no
+    secret: PKCE, a device) names itself by its client_id in the body (RFC 6749 2.3.1, RFC 8628 3.1)."""
+    if config.client_auth_method == "private_key_jwt":
         auth, credentials = None, {"client_id": config.client_id, **_client_assertion(config)}
+    elif not config.client_secret:
+        auth, credentials = None, {"client_id": config.client_id}
+    elif config.client_auth_method == "body":
+        auth, credentials = None, {"client_id": config.client_id, "client_secret": config.client_secret}
     else:
         auth, credentials = requests.auth.HTTPBasicAuth(config.client_id, config.client_secret), {}
     json_body = config.token_request_format == "json"  # noqa: S105 - a format, not a secret
@@ -326,6 +332,46 @@ def jwt_bearer(config: ClientConfig) -> TokenResponse:
     return _token_call(
         "JWT bearer request", session, session.fetch_token, config.token_url, assertion=assertion, **client_auth,
         **_quirks(config),
+    )  # fmt: skip
+
+
+def device_authorization(config: ClientConfig) -> dict[str, Any]:
+    """RFC 8628 3.1-3.2: a device code for the worker to poll with, and the user code and verification link a
+    person approves at; checked, with the interval defaulted to five seconds."""
+    session = policy_session()
+    auth, credentials = _client_auth(config)
+    data = {"client_id": config.client_id, **credentials}
+    if config.scopes:
+        data["scope"] = config.scope_separator.join(config.scopes)
+    what = "device authorization request"
+    response = _call(what, session.post, config.device_authorization_url, data=data, auth=auth)
+    body = json_object(response)
+    if response.status_code != 200 or "error" in body:
+        error = str(body.get("error") or f"http_{response.status_code}")
+        description = f" ({provider_text(body['error_description'])})" if body.get("error_description") else ""
+        raise ProviderError(
+            f"The provider refused the {what}: {provider_text(error)[:50]}{description}.",
+            error=error,
+            permanent=error in PERMANENT_ERRORS,
+            status=response.status_code,
+        )
+    answer = device_answer_fields(body)
+    for name in ("verification_uri", "verification_uri_complete"):
+        if answer[name] and urlsplit(answer[name]).scheme not in ("https", "http"):
+            raise ProviderError(
+                f"The provider's {name} is not a web address.", error="invalid_response", permanent=True
+            )
+    return answer
+
+
+def device_token(config: ClientConfig, *, device_code: str) -> TokenResponse:
+    """RFC 8628 3.4: one poll of the token URL; authorization_pending, slow_down, access_denied and expired_token
+    come back as ProviderErrors with those errors (connections.device decides what each means)."""
+    session = _session(config, DeviceClient(config.client_id))
+    session.redirect_uri = None
+    return _token_call(
+        "device token request", session, session.fetch_token, config.token_url, device_code=device_code,
+        **_fetch_kwargs(config), **_quirks(config),
     )  # fmt: skip
 
 

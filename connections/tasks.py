@@ -6,7 +6,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from connections import audit, health, refresh, refresh_batch
+from connections import audit, device, health, refresh, refresh_batch
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -66,3 +66,16 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
     return audit.audit_failed_authentications_summarize()
+
+
+@shared_task(
+    name="connections.tasks.device_authorization_poll",
+    ignore_result=True,
+    soft_time_limit=settings.OUTBOUND_TIMEOUT + 5,
+    time_limit=2 * settings.OUTBOUND_TIMEOUT + 3,
+)
+def device_authorization_poll(authorization_id: int) -> None:
+    """Poll the token URL for a Device Code authorization once, and again after the provider's interval until it
+    is approved, denied or expired (connections.device)."""
+    if (wait := device.device_authorization_poll(authorization_id)) is not None:
+        device_authorization_poll.apply_async((authorization_id,), countdown=wait)

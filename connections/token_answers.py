@@ -100,7 +100,7 @@ class TokenAnswers:
         self.fields = fields or {}  # Provider.token_response_fields: where the answer holds a standard field
 
     def __call__(self, response: requests.Response) -> requests.Response:
-        body = _fields_moved(_json_object(response), self.fields)
+        body = _fields_moved(json_object(response), self.fields)
         if isinstance(body.get("refresh_token"), str) and _storable(body["refresh_token"]):
             self.refresh_token = body["refresh_token"]
         response._content = json.dumps(_usable_body(body)).encode()  # what oauthlib reads next
@@ -135,7 +135,7 @@ def retry_after_seconds(value: str) -> float:
     return float(min(max(math.ceil(seconds), 1), RETRY_AFTER_MAX))
 
 
-def _json_object(response: requests.Response) -> dict[str, Any]:
+def json_object(response: requests.Response) -> dict[str, Any]:
     """The answer's JSON object, or a ProviderError for what oauthlib would misread (5xx, HTML, rate limits)."""
     status = response.status_code
     if status == 429:
@@ -203,3 +203,28 @@ def token_response(token: dict[str, Any]) -> TokenResponse:
         expires_in=_lifetime(token.get("expires_in")),
         extra=extra,
     )
+
+
+def device_answer_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A device authorization answer's fields (RFC 8628 3.2), made plain: the interval defaults to five seconds,
+    Google's older verification_url is read as verification_uri."""
+    uri = body.get("verification_uri") or body.get("verification_url")
+    lifetime = _lifetime(body.get("expires_in"))
+    missing = [name for name in ("device_code", "user_code") if not isinstance(body.get(name), str) or not body[name]]
+    if missing or not isinstance(uri, str) or lifetime is None:
+        absent = ", ".join(missing + ([] if isinstance(uri, str) else ["verification_uri"]))
+        absent += ", expires_in" if lifetime is None else ""
+        raise ProviderError(
+            f"The provider's device authorization answer lacks {absent.strip(', ')}.",
+            error="invalid_response",
+            permanent=False,
+        )
+    complete = body.get("verification_uri_complete")
+    return {
+        "device_code": body["device_code"],
+        "user_code": provider_text(body["user_code"]),
+        "verification_uri": uri,
+        "verification_uri_complete": complete if isinstance(complete, str) else "",
+        "expires_in": lifetime,
+        "interval": _lifetime(body.get("interval")) or 5,
+    }

@@ -39,6 +39,7 @@ def connection_client_config(connection: Connection) -> ClientConfig:
         token_request_format=connection.provider.token_request_format,
         refresh_url=connection.effective_refresh_url,
         grant_type=connection.grant_type,
+        device_authorization_url=connection.effective_device_authorization_url,
         private_key=connection.private_key,
         private_key_id=connection.private_key_id,
         assertion_audience=connection.effective_assertion_audience,

@@ -1,5 +1,6 @@
 import ipaddress
 
+import segno
 from celery import current_app
 from django.conf import settings
 from django.contrib import messages
@@ -12,9 +13,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from connections import authorization, health, issuing, selectors, services
+from connections import authorization, device, health, issuing, selectors, services
 from connections.errors import ConnectionActionError
-from connections.models import Connection
+from connections.models import Connection, DeviceAuthorization
+
+DEVICE_POLL_TASK = "connections.tasks.device_authorization_poll"
 
 
 def client_address(request: HttpRequest) -> str | None:
@@ -63,7 +66,17 @@ def oauth_connect(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def start_authorization(request: HttpRequest, connection: Connection, return_url: str) -> HttpResponse:
-    """Send the browser to the provider, or back to return_url with the reason it cannot go."""
+    """Send the browser to the provider (or, for the Device Code grant, to the page with the user code), or back
+    to return_url with the reason it cannot go."""
+    if connection.uses_device_code:
+        try:
+            started = device.device_authorization_start(connection=connection, user=request.user)
+        except ConnectionActionError as exc:
+            messages.error(request, exc.message)
+            return redirect(return_url)
+        # Polling is a worker's (connections.tasks), never a web request's; by name: tasks sits above views.
+        current_app.send_task(DEVICE_POLL_TASK, args=(started.pk,), countdown=started.interval)
+        return redirect("device_authorization", started.pk)
     if not request.session.session_key:
         request.session.save()
     try:
@@ -78,6 +91,32 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
         messages.error(request, exc.message)
         return redirect(return_url)
     return HttpResponseRedirect(url)
+
+
+@require_GET
+@never_cache
+@login_required
+def device_authorization_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """The user code and where to enter it, with its QR code; the page reloads itself until the worker that polls
+    the provider has an answer."""
+    started = get_object_or_404(DeviceAuthorization.objects.select_related("connection"), pk=pk)
+    manager = selectors.user_can_manage_connections(request.user)
+    if started.started_by_id != request.user.pk and not manager:
+        raise Http404("No device authorization of yours has that number.")
+    link = started.verification_uri_complete or started.verification_uri
+    back = (
+        reverse("admin:connections_connection_change", args=[started.connection_id])
+        if manager
+        else reverse("my_connections")
+    )
+    context = {
+        "started": started,
+        "pending": started.status == DeviceAuthorization.Status.PENDING,
+        "qr_code": segno.make(link, error="m").svg_inline(scale=4, dark="#000", light="#fff"),
+        "back": back,
+        "title": f"Connect {started.connection}",
+    }
+    return render(request, "connections/device_authorization.html", context)
 
 
 @require_GET

@@ -18,6 +18,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("oauth/connect/<slug:slug>/", views.oauth_connect, name="oauth_connect"),
     path("oauth/callback/", views.oauth_callback, name="oauth_callback"),
+    path("oauth/device/<int:pk>/", views.device_authorization_page, name="device_authorization"),
     path("connections/mine/", views.my_connections, name="my_connections"),
     path("connections/mine/<slug:slug>/disconnect/", views.my_connection_disconnect, name="my_connection_disconnect"),
     path("api/v1/connections/<str:slug>/token", views.connection_token, name="connection_token"),

@@ -27,6 +27,7 @@ class ProviderForm(forms.ModelForm):
             "authorization_url",
             "token_url",
             "revocation_url",
+            "device_authorization_url",
             "refresh_url",
             "grant_types",
             "client_auth_method",
@@ -68,7 +69,16 @@ class ProviderAdmin(admin.ModelAdmin):
         (None, {"fields": ("name", "slug", "description", "category", "docs_url", "is_certified")}),
         (
             "Endpoints",
-            {"fields": ("authorization_url", "token_url", "revocation_url", "refresh_url", "placeholder_list")},
+            {
+                "fields": (
+                    "authorization_url",
+                    "token_url",
+                    "revocation_url",
+                    "device_authorization_url",
+                    "refresh_url",
+                    "placeholder_list",
+                )
+            },
         ),
         (
             "Behaviour",

@@ -10,7 +10,8 @@ class GrantType(models.TextChoices):
     AUTHORIZATION_CODE = "authorization_code", "Authorization Code"
     AUTHORIZATION_CODE_PKCE = "authorization_code_pkce", "Authorization Code with PKCE"
     CLIENT_CREDENTIALS = "client_credentials", "Client Credentials"
-    JWT_BEARER = "jwt_bearer", "JWT Bearer (a signed assertion, RFC 7523)"
+    JWT_BEARER = "jwt_bearer", "JWT Bearer (RFC 7523)"
+    DEVICE_CODE = "device_code", "Device Code (RFC 8628)"
 
 
 # Grants that act as the application (or whom its assertion names), with no person to authorize and no refresh
@@ -69,6 +70,9 @@ class Provider(models.Model):
     token_url = models.CharField(max_length=500, blank=True)
     revocation_url = models.CharField(
         max_length=500, blank=True, help_text="RFC 7009 token revocation endpoint, if the provider offers one."
+    )
+    device_authorization_url = models.CharField(
+        max_length=500, blank=True, help_text="RFC 8628 device authorization endpoint, for the Device Code grant."
     )
     refresh_url = models.CharField(
         max_length=500, blank=True, help_text="Where refresh requests go, if not to the token URL (Figma, Adobe Sign)."
@@ -171,7 +175,14 @@ class Provider(models.Model):
 
     @property
     def url_templates(self) -> tuple[str, ...]:
-        return (self.authorization_url, self.token_url, self.revocation_url, self.refresh_url, self.assertion_audience)
+        return (
+            self.authorization_url,
+            self.token_url,
+            self.revocation_url,
+            self.device_authorization_url,
+            self.refresh_url,
+            self.assertion_audience,
+        )
 
     def default_scopes_for(self, grant_type: str) -> str:
         """The scopes a connection with this grant asks for when it names none ("" for a grant set to ask for

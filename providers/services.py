@@ -28,6 +28,7 @@ PRESET_FIELDS = (
     "authorization_url",
     "token_url",
     "revocation_url",
+    "device_authorization_url",
     "refresh_url",
     "default_scopes",
     "client_credentials_scopes",
@@ -46,7 +47,7 @@ PRESET_FIELDS = (
     "refresh_token_max_idle",
     "docs_url",
 )
-URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "refresh_url")
+URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "device_authorization_url", "refresh_url")
 # Where a <placeholder> may appear: each must be explained in the description.
 TEMPLATE_FIELDS = (*URL_FIELDS, "assertion_audience", "default_scopes", "client_credentials_scopes")
 PRESET_DEFAULTS: dict[str, Any] = {
@@ -55,6 +56,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "authorization_url": "",
     "token_url": "",
     "revocation_url": "",
+    "device_authorization_url": "",
     "refresh_url": "",
     "default_scopes": "",
     "client_credentials_scopes": None,  # None: the default scopes; "": none for that grant

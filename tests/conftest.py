@@ -157,6 +157,10 @@ def database_sessions() -> int:
         return cursor.fetchone()[0]
 
 
+# The loopback server's name of a grant a client is registered for (its default: authorization-code).
+SERVER_GRANTS = {"client_credentials": "client-credentials", "device_code": "device-code"}
+
+
 @pytest.fixture
 def make_connection(db, authserver: AuthServer, settings):
     """A connection of the Custom provider type pointing at the loopback server (or at `server`, another
@@ -183,7 +187,7 @@ def make_connection(db, authserver: AuthServer, settings):
                 client_id,
                 client_secret,
                 [settings.OAUTH_REDIRECT_URI],
-                grant_type="client-credentials" if grant_type == "client_credentials" else "authorization-code",
+                grant_type=SERVER_GRANTS.get(grant_type, "authorization-code"),
                 pkce_required=pkce_required,
                 public_key=public_key,
                 key_id=key_id,
@@ -199,6 +203,7 @@ def make_connection(db, authserver: AuthServer, settings):
             "authorization_url": server.authorize_url,
             "token_url": server.token_url,
             "revocation_url": server.revoke_url,
+            "device_authorization_url": server.device_authorization_url,
             "scopes": scopes,
             **fields,
         }

@@ -145,6 +145,7 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                         "authorization_url",
                         "token_url",
                         "revocation_url",
+                        "device_authorization_url",
                         "issuer",
                         "scopes",
                         "extra_authorization_params",
@@ -187,6 +188,11 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             ("Token URL", connection.effective_token_url or "—"),
             ("Revocation URL", connection.effective_revocation_url or "none: tokens are not revoked at the provider"),
             *([("Refresh URL", connection.effective_refresh_url)] if provider.refresh_url else []),
+            *(
+                [("Device authorization URL", connection.effective_device_authorization_url)]
+                if connection.effective_device_authorization_url
+                else []
+            ),
             ("Scopes", " ".join(connection.scope_list) or "none asked for"),
             ("Client authentication", CLIENT_AUTH_METHOD_NAMES[connection.effective_client_auth_method]),
         ]

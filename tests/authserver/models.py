@@ -9,6 +9,7 @@ COUNTERS = (
     "token_refresh_token",
     "token_client_credentials",
     "token_jwt_bearer",
+    "token_device_code",
     "token_other",
     "revocations",
     "introspections",
@@ -79,6 +80,7 @@ class ServerState(models.Model):
     token_refresh_token = models.IntegerField(default=0)
     token_client_credentials = models.IntegerField(default=0)
     token_jwt_bearer = models.IntegerField(default=0)
+    token_device_code = models.IntegerField(default=0)
     token_other = models.IntegerField(default=0)
     revocations = models.IntegerField(default=0)
     introspections = models.IntegerField(default=0)

@@ -93,6 +93,8 @@ def pkce_required(client_id: str) -> bool:
     return ClientFlags.objects.filter(client_id=client_id, pkce_required=True).exists()
 
 
+PUBLIC_URL = os.environ.get("AUTHSERVER_PUBLIC_URL", "http://127.0.0.1")
+
 OAUTH2_PROVIDER = {
     "ACCESS_TOKEN_EXPIRE_SECONDS": int(os.environ.get("AUTHSERVER_ACCESS_TOKEN_LIFETIME", "3600")),
     "AUTHORIZATION_CODE_EXPIRE_SECONDS": 300,
@@ -108,6 +110,11 @@ OAUTH2_PROVIDER = {
     "OAUTH2_VALIDATOR_CLASS": "tests.authserver.oauth.Validator",
     "SCOPES": {"read": "Read", "write": "Write"},
     "ALLOWED_REDIRECT_URI_SCHEMES": ["http", "https"],
+    # The Device Code grant (RFC 8628): where a person enters the user code (this server's own URL, given by
+    # tests.support.authserver when it starts it), and a one-second polling interval for tests.
+    "OAUTH_DEVICE_VERIFICATION_URI": f"{PUBLIC_URL}/o/device/",
+    "OAUTH_DEVICE_VERIFICATION_URI_COMPLETE": f"{PUBLIC_URL}/o/device/?user_code={{user_code}}",
+    "DEVICE_FLOW_INTERVAL": 1,
 }
 
 LOGGING = {

@@ -6,6 +6,7 @@ from tests.authserver import views
 urlpatterns = [
     # Our wrappers come before DOT's include so they win for these three paths.
     path("o/token/", views.token, name="token"),
+    path("o/device-authorization/", views.DeviceAuthorizationView.as_view(), name="device-authorization"),
     path("o/refresh/", views.token, {"at_refresh_url": True}, name="refresh"),
     path("o/revoke_token/", views.revoke, name="revoke-token"),
     path("o/introspect/", views.introspect, name="introspect"),

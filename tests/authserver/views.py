@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict, Stre
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from oauth2_provider.models import get_access_token_model, get_application_model, get_refresh_token_model
+from oauth2_provider.views import DeviceAuthorizationView as DotDeviceAuthorizationView
 from oauth2_provider.views import (
     IntrospectTokenView,
     ProtectedResourceView,
@@ -38,6 +39,8 @@ FAULT_MODES = {
     "invalid_grant",
     "not_json_200",
     "no_access_token",
+    "slow_down",  # a device token request answered slow_down (RFC 8628 3.5)
+    "expired_token",  # a device token request answered expired_token
     "drip",  # the real answer, a few bytes at a time, fault_delay seconds apart (each read is quick)
     "huge",  # 200 with a 20 MB JSON body
 }
@@ -46,6 +49,7 @@ GRANT_COUNTERS = {
     "refresh_token": "token_refresh_token",
     "client_credentials": "token_client_credentials",
     JWT_BEARER_GRANT: "token_jwt_bearer",
+    "urn:ietf:params:oauth:grant-type:device_code": "token_device_code",
 }
 
 _dot_token = TokenView.as_view()
@@ -93,6 +97,8 @@ def _fault_response(mode: str, request: HttpRequest) -> HttpResponse:
         return HttpResponse(f'{{"access_token": "huge", "pad": "{padding}"}}', content_type="application/json")
     if mode == "not_json_200":
         return HttpResponse("this is not json {{{", status=200, content_type="text/plain")
+    if mode in ("slow_down", "expired_token"):
+        return JsonResponse({"error": mode, "error_description": "Injected fault"}, status=400)
     if mode == "no_access_token":
         return JsonResponse({"token_type": "Bearer", "expires_in": 3600})
     if mode == "close":
@@ -222,6 +228,17 @@ def introspect(request: HttpRequest) -> HttpResponse:
     return _dot_introspect(request)
 
 
+class DeviceAuthorizationView(DotDeviceAuthorizationView):
+    """DOT's device authorization endpoint. oauthlib 4 puts the scope in the answer, which DOT 3.4's
+    DeviceCodeResponse does not take (TypeError, HTTP 500); RFC 8628 3.2 defines no scope there, so it is left out."""
+
+    def create_device_authorization_response(self, request: HttpRequest):
+        headers, response, status = super().create_device_authorization_response(request)
+        if isinstance(response, dict):
+            response.pop("scope", None)
+        return headers, response, status
+
+
 class MeView(ProtectedResourceView):
     """GET /api/me: who the bearer token belongs to (empty username for client credentials)."""
 
@@ -306,9 +323,11 @@ def health(body: dict) -> dict:
 def clients(body: dict) -> dict:
     Application = get_application_model()
     grant_type = body.get("grant_type", Application.GRANT_AUTHORIZATION_CODE)
+    grant_type = {"device-code": Application.GRANT_DEVICE_CODE}.get(grant_type, grant_type)
     if grant_type not in (
         Application.GRANT_AUTHORIZATION_CODE,
         Application.GRANT_CLIENT_CREDENTIALS,
+        Application.GRANT_DEVICE_CODE,
     ):
         raise BadRequest(f"unsupported grant_type {grant_type!r}")
     client_id = str(body["client_id"])
@@ -416,6 +435,7 @@ def stats(body: dict) -> dict:
             "refresh_token": s.token_refresh_token,
             "client_credentials": s.token_client_credentials,
             "jwt_bearer": s.token_jwt_bearer,
+            "device_code": s.token_device_code,
             "other": s.token_other,
         },
         "revocations": s.revocations,

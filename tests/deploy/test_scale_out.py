@@ -52,7 +52,13 @@ def test_two_web_three_workers_one_beat_keep_a_thousand_sixty_second_tokens_fres
     assert min(result.gaps, default=scale_out.MIN_GAP) >= scale_out.MIN_GAP - scale_out.GAP_TOLERANCE, report
     assert max(result.refresh_counts) <= scale_out.refreshes_allowed(result.window_seconds)[1], report
     assert result.provider_calls == result.total_refreshes, report
-    assert result.other_grants == {"authorization_code": 0, "refresh_token": 0, "jwt_bearer": 0, "other": 0}, report
+    assert result.other_grants == {
+        "authorization_code": 0,
+        "refresh_token": 0,
+        "jwt_bearer": 0,
+        "device_code": 0,
+        "other": 0,
+    }, report
     assert result.failures == 0 and result.raised == 0, report
     assert result.refresh_actors == {"refresh worker"}, report
     # every token-endpoint call answered, through both web processes, each token real and unexpired

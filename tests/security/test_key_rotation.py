@@ -31,7 +31,7 @@ from connections.key_rotation import (
     fernet_for,
     rotate_encryption_key,
 )
-from connections.models import AuthorizationRequest, Connection, OAuthToken
+from connections.models import AuthorizationRequest, Connection, DeviceAuthorization, OAuthToken
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +44,7 @@ FIELDS = {
     Connection: ("client_secret", "private_key"),
     OAuthToken: ("access_token", "refresh_token", "id_token"),
     AuthorizationRequest: ("code_verifier",),
+    DeviceAuthorization: ("device_code",),
 }
 
 

@@ -337,6 +337,7 @@ def test_the_whole_flow_goes_through_the_proxy_with_its_credentials(
         "refresh_token": 1,
         "client_credentials": 1,
         "jwt_bearer": 0,
+        "device_code": 0,
         "other": 0,
     }
     assert stats["revocations"] == 2

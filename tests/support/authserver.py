@@ -139,7 +139,7 @@ class AuthServer:
                 self._proc = subprocess.Popen(
                     _gunicorn_command(self.port),
                     cwd=REPO_ROOT,
-                    env=env,
+                    env={**env, "AUTHSERVER_PUBLIC_URL": self.url},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -212,6 +212,10 @@ class AuthServer:
         return f"{self.url}/o/token/"
 
     @property
+    def device_authorization_url(self) -> str:
+        return f"{self.url}/o/device-authorization/"
+
+    @property
     def refresh_url(self) -> str:
         return f"{self.url}/o/refresh/"
 
@@ -273,6 +277,34 @@ class AuthServer:
                 "key_id": key_id,
             },
         )
+
+    def approve_device(self, user_code: str, username: str, password: str, approve: bool = True) -> None:
+        """Approve (or deny) a device authorization as a person at the verification page would: sign in, enter
+        the user code, press Accept (or Deny). Raises AuthorizeError if a page is not what it should be."""
+        session = requests.Session()
+        url, method, data = f"{self.url}/o/device/", "GET", None
+        done: set[str] = set()
+        for _ in range(12):
+            response = session.request(method, url, data=data, allow_redirects=False, timeout=10)
+            if response.is_redirect:
+                url, method, data = urljoin(url, response.headers["Location"]), "GET", None
+                continue
+            if "accept" in done:
+                return
+            forms = _Forms()
+            forms.feed(response.text)
+            form = forms.forms[0] if response.status_code == 200 and forms.forms else None
+            if form is not None and "password" in form["fields"] and "login" not in done:
+                step, data = "login", {**form["fields"], "username": username, "password": password}
+            elif form is not None and "user_code" in form["fields"] and "code" not in done:
+                step, data = "code", {**form["fields"], "user_code": user_code}
+            elif form is not None and any(button.get("name") == "action" for button in form["buttons"]):
+                step, data = "accept", {**form["fields"], "action": "accept" if approve else "deny"}
+            else:
+                raise AuthorizeError("unexpected page", response.status_code, response.text)
+            done.add(step)
+            url, method = urljoin(url, form["attrs"].get("action") or url), "POST"
+        raise RuntimeError("device approval did not finish within 12 steps")
 
     def create_user(self, username: str, password: str) -> None:
         self._control("POST", "users", {"username": username, "password": password})

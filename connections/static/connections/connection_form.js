@@ -10,7 +10,7 @@ window.addEventListener("load", function () {
   }
   const presets = JSON.parse(provider.dataset.presets);
   const field = (name) => document.getElementById("id_" + name);
-  const URL_FIELDS = ["authorization_url", "token_url", "revocation_url"];
+  const URL_FIELDS = ["authorization_url", "token_url", "revocation_url", "device_authorization_url"];
 
   function placeholderValue(name) {
     const input = document.querySelector('input.placeholder-input[data-placeholder="' + name + '"]');
@@ -84,6 +84,9 @@ window.addEventListener("load", function () {
     row(table, "Authorization URL", urls.authorization_url || "—");
     row(table, "Token URL", urls.token_url || "—");
     row(table, "Revocation URL", urls.revocation_url || "none: tokens are not revoked at the provider");
+    if (urls.device_authorization_url) {
+      row(table, "Device authorization URL", urls.device_authorization_url);
+    }
     if (chosen.refresh_url) {
       row(table, "Refresh URL", fill(chosen.refresh_url));
     }
