@@ -57,8 +57,10 @@ def key_file_read(text: str) -> dict[str, str] | None:
 def signing_key_load(pem: str) -> SigningKey:
     """The private key of a PEM text, and the certificate that may follow it. KeyProblem when it is not one
     Control Room can sign with."""
-    blocks = {match.group(1): match.group(0).encode() for match in PEM_BLOCK.finditer(pem or "")}
-    key_label = next((label for label in blocks if label.endswith("PRIVATE KEY")), None)
+    found = [(match.group(1), match.group(0).encode()) for match in PEM_BLOCK.finditer(pem or "")]
+    blocks = {label: block for label, block in found if label.endswith("PRIVATE KEY")}
+    certificates = [block for label, block in found if label == "CERTIFICATE"]
+    key_label = next(iter(blocks), None)
     if key_label is None:
         raise KeyProblem("No PEM private key found: paste the -----BEGIN PRIVATE KEY----- block.")
     if "ENCRYPTED" in key_label:
@@ -68,7 +70,7 @@ def signing_key_load(pem: str) -> SigningKey:
     except (ValueError, TypeError):
         raise KeyProblem("The private key could not be read: it is not a valid PEM private key.") from None
     algorithm = _algorithm(key)
-    thumbprint = _thumbprint(blocks["CERTIFICATE"], key) if "CERTIFICATE" in blocks else ""
+    thumbprint = _thumbprint(certificates, key) if certificates else ""
     return SigningKey(key=key, algorithm=algorithm, thumbprint=thumbprint)
 
 
@@ -84,17 +86,17 @@ def _algorithm(key: Any) -> str:
     raise KeyProblem("Only RSA (RS256) and P-256 EC (ES256) private keys can sign assertions.")
 
 
-def _thumbprint(certificate_pem: bytes, key: Any) -> str:
+def _thumbprint(certificates_pem: list[bytes], key: Any) -> str:
+    """The x5t of the key's own certificate among those given (a chain may follow it, intermediates too)."""
+    public, encoding = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
+    own = key.public_key().public_bytes(encoding, public)
     try:
-        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        certificates = [x509.load_pem_x509_certificate(pem) for pem in certificates_pem]
     except ValueError:
-        raise KeyProblem(
-            "The certificate after the key could not be read: it is not a valid PEM certificate."
-        ) from None
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    encoding = serialization.Encoding.DER
-    if certificate.public_key().public_bytes(encoding, public) != key.public_key().public_bytes(encoding, public):
-        raise KeyProblem("The certificate is not the private key's: its public key differs.")
+        raise KeyProblem("A certificate after the key could not be read: it is not a valid PEM certificate.") from None
+    certificate = next((c for c in certificates if c.public_key().public_bytes(encoding, public) == own), None)
+    if certificate is None:
+        raise KeyProblem("No certificate given is the private key's: their public keys differ.")
     digest = certificate.fingerprint(hashes.SHA1())  # noqa: S303 - x5t is defined as the SHA-1 thumbprint (RFC 7515)
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 

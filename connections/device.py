@@ -19,11 +19,13 @@ from connections.tokens import connection_client_config, token_store_replacing, 
 logger = logging.getLogger(__name__)
 
 SLOW_DOWN_STEP = 5  # seconds added to the interval at each slow_down (RFC 8628 3.5)
+EXPIRED = "The user code expired before anyone approved it: connect again."
 Status = DeviceAuthorization.Status
 
 
 def device_authorization_start(*, connection: Connection, user: AbstractBaseUser) -> DeviceAuthorization:
-    """Ask the provider for a device code and a user code; the caller queues the polling."""
+    """Ask the provider for a device code and a user code; the caller queues the polling. The user's earlier
+    authorization of this connection still waiting, if any, ends: one poller at the provider per person."""
     if not connection.is_enabled:
         raise ConnectionActionError(f"{connection} is disabled; enable it before connecting.")
     if not selectors.user_may_authorize(user, connection):
@@ -40,6 +42,8 @@ def device_authorization_start(*, connection: Connection, user: AbstractBaseUser
         )
         message = f"Could not start the device authorization of {connection}: {exc.message}"
         raise ConnectionActionError(message) from None
+    for earlier in DeviceAuthorization.objects.filter(connection=connection, started_by=user, status=Status.PENDING):
+        _finish(earlier, Status.FAILED, "A newer device authorization replaced this one.")
     with transaction.atomic():
         authorization = DeviceAuthorization.objects.create(
             connection=connection,
@@ -52,12 +56,13 @@ def device_authorization_start(*, connection: Connection, user: AbstractBaseUser
             interval=answer["interval"],
             expires_at=timezone.now() + timedelta(seconds=answer["expires_in"]),
         )
+        # Not the user code: whoever reads the audit log could approve it with their own account meanwhile.
         audit_record(
             action=Action.AUTHORIZE_START,
             outcome=Outcome.SUCCESS,
             connection=connection,
             actor=user,
-            detail=f"Device authorization started: user code {authorization.user_code}.",
+            detail="Device authorization started: waiting for approval at the provider.",
         )
     return authorization
 
@@ -73,12 +78,12 @@ def device_authorization_poll(authorization_id: int) -> int | None:
     if authorization is None:
         return None
     if timezone.now() >= authorization.expires_at:
-        _finish(authorization, Status.EXPIRED, "The user code expired before anyone approved it: connect again.")
+        _finish(authorization, Status.EXPIRED, EXPIRED)
+        return None
+    if problem := _changed_since(authorization):
+        _finish(authorization, Status.FAILED, problem)
         return None
     connection = authorization.connection
-    if not connection.is_enabled or not connection.uses_device_code:
-        _finish(authorization, Status.FAILED, f"{connection} was disabled or changed meanwhile: nothing was stored.")
-        return None
     try:
         response = oauth_client.device_token(
             connection_client_config(connection), device_code=authorization.device_code
@@ -86,30 +91,49 @@ def device_authorization_poll(authorization_id: int) -> int | None:
     except ProviderError as exc:
         return _poll_failed(authorization, exc)
     with transaction.atomic():
+        if not _finish(authorization, Status.APPROVED, f"{connection} is connected."):
+            return None  # another poll of it (a redelivered task) finished it first
         _, replaced = token_store_replacing(
             connection=connection,
             user=authorization.user,
             response=response,
             authorized_by=authorization.started_by,
         )
-        _finish(authorization, Status.APPROVED, f"{connection} is connected.")
     # The grant this one replaces is nobody's any more (as after Connect): end it at the provider too.
     for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
         logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)
     return None
 
 
+def _changed_since(authorization: DeviceAuthorization) -> str:
+    """Why the connection must not take this approval any more ("" when it may): the same checks as the
+    authorization code's callback, since a token stored now goes to whoever the connection serves now."""
+    connection, started_by = authorization.connection, authorization.started_by
+    reasons = []
+    if not connection.is_enabled:
+        reasons.append("it is disabled")
+    if not connection.uses_device_code:
+        reasons.append("it no longer uses the Device Code grant")
+    if (authorization.user_id is not None) != connection.is_user_specific:
+        reasons.append("its token type changed")
+    if started_by is None or not selectors.user_may_authorize(started_by, connection):
+        reasons.append("the person who started it may no longer authorize it")
+    if not reasons:
+        return ""
+    return f"{connection} was changed while waiting for approval ({'; '.join(reasons)}): nothing was stored."
+
+
 def _poll_failed(authorization: DeviceAuthorization, exc: ProviderError) -> int | None:
     if exc.error == "authorization_pending":
         return authorization.interval
     if exc.error == "slow_down":
-        authorization.interval += SLOW_DOWN_STEP
-        authorization.save(update_fields=["interval", "updated_at"])
-        return authorization.interval
+        interval = authorization.interval + SLOW_DOWN_STEP
+        DeviceAuthorization.objects.filter(pk=authorization.pk, status=Status.PENDING).update(interval=interval)
+        return interval
     if exc.error == "access_denied":
         _finish(authorization, Status.DENIED, "The authorization was denied at the provider.")
     elif exc.error == "expired_token":
-        _finish(authorization, Status.EXPIRED, "The user code expired before anyone approved it: connect again.")
+        _finish(authorization, Status.EXPIRED, EXPIRED)
     elif exc.permanent:
         _finish(authorization, Status.FAILED, exc.message)
     else:
@@ -117,15 +141,35 @@ def _poll_failed(authorization: DeviceAuthorization, exc: ProviderError) -> int 
     return None
 
 
-def _finish(authorization: DeviceAuthorization, status: str, message: str) -> None:
-    authorization.status, authorization.message = status, message
-    authorization.device_code = ""  # of no use any more: not kept
-    authorization.save(update_fields=["status", "message", "device_code", "updated_at"])
-    approved = status == Status.APPROVED
+def device_authorization_end(authorization_id: int, message: str) -> None:
+    """End one that can go no further (its polling could not be queued, or died): said on its page."""
+    authorization = DeviceAuthorization.objects.select_related("connection", "started_by").filter(pk=authorization_id)
+    if found := authorization.first():
+        _finish(found, Status.FAILED, message)
+
+
+def device_authorization_expired(authorization: DeviceAuthorization) -> DeviceAuthorization:
+    """The authorization as its page shows it: one still waiting past its expiry has expired, poll or not."""
+    if authorization.status == Status.PENDING and timezone.now() >= authorization.expires_at:
+        _finish(authorization, Status.EXPIRED, EXPIRED)
+        authorization.refresh_from_db()
+    return authorization
+
+
+def _finish(authorization: DeviceAuthorization, status: str, message: str) -> bool:
+    """End it, if it is still waiting (a conditional UPDATE: of two polls finishing at once, one does), and clear
+    its device code, of no use any more; False when something else ended it first."""
+    ended = DeviceAuthorization.objects.filter(pk=authorization.pk, status=Status.PENDING).update(
+        status=status, message=message, device_code="", updated_at=timezone.now()
+    )
+    if not ended:
+        return False
+    authorization.status, authorization.message, authorization.device_code = status, message, ""
     audit_record(
         action=Action.AUTHORIZE_CALLBACK,
-        outcome=Outcome.SUCCESS if approved else Outcome.FAILURE,
+        outcome=Outcome.SUCCESS if status == Status.APPROVED else Outcome.FAILURE,
         connection=authorization.connection,
         actor=authorization.started_by,
         detail=f"Device authorization: {message}",
     )
+    return True

@@ -119,7 +119,7 @@ def discovered_form_data(data: Mapping[str, Any], provider: Provider | None) -> 
                 "Authorization Code without PKCE."
             )
     filled = {field: found.urls[field] for field in fields if field in found.urls}
-    if not data.get("client_auth_method"):
+    if not data.get("client_auth_method") and not _public(data, found):
         method = found.client_auth_method_for(provider)
         if method is None:
             raise _untrusted(
@@ -129,6 +129,14 @@ def discovered_form_data(data: Mapping[str, Any], provider: Provider | None) -> 
         if method:
             filled["client_auth_method"] = method
     return filled
+
+
+def _public(data: Mapping[str, Any], found: Discovered) -> bool:
+    """A connection that authenticates with no secret at the token URL, where the issuer lets it: a JWT bearer
+    assertion is its own credential; a PKCE or device client may be public ("none")."""
+    grant = data.get("grant_type")
+    public_grants = (GrantType.AUTHORIZATION_CODE_PKCE, GrantType.DEVICE_CODE)
+    return grant == GrantType.JWT_BEARER or (grant in public_grants and "none" in found.client_auth_methods)
 
 
 def _names(value: Any) -> list[str] | None:

@@ -284,10 +284,9 @@ class ConnectionForm(forms.ModelForm):
         if not self.instance.client_secret and not signs and not public:
             self.add_error("client_secret", "Enter the client secret of the application registered at the provider.")
 
-    @staticmethod
-    def _key_from_key_file(text: str, cleaned: dict[str, Any]) -> str:
+    def _key_from_key_file(self, text: str, cleaned: dict[str, Any]) -> str:
         """The PEM key of what was pasted: a Google service account's JSON key file gives its key, must be the
-        client ID's (its client_email), and gives the key ID when none was typed."""
+        client ID's (its client_email), and gives the key ID unless one was typed in this same form."""
         key_file = assertions.key_file_read(text)
         if key_file is None:
             return text
@@ -296,8 +295,8 @@ class ConnectionForm(forms.ModelForm):
             raise assertions.KeyProblem(
                 f"The key file is {key_file['client_email']}'s: enter that as the client ID (it is {client_id})."
             )
-        if key_file["private_key_id"] and not cleaned.get("private_key_id"):
-            cleaned["private_key_id"] = key_file["private_key_id"]
+        if key_file["private_key_id"] and "private_key_id" not in self.changed_data:
+            cleaned["private_key_id"] = key_file["private_key_id"]  # a rotated key file brings its new kid
         return key_file["private_key"].strip()
 
     def _clean_placeholders_and_urls(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:

@@ -296,6 +296,7 @@ def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
 
 def client_credentials(config: ClientConfig) -> TokenResponse:
     session = _session(config, BackendApplicationClient(config.client_id))
+    session.redirect_uri = None  # not a parameter of this grant (RFC 6749 4.4.2)
     # fetch_token does not send the session's scope for this grant; it must be passed along (RFC 6749 4.4.2).
     scope = {"scope": list(config.scopes)} if config.scopes else {}
     return _token_call(
@@ -314,9 +315,13 @@ class JwtBearerClient(BackendApplicationClient):
 
     grant_type = assertions.JWT_BEARER_GRANT
 
-    def prepare_request_body(self, body: str = "", assertion: str = "", **kwargs: Any) -> str:
+    def prepare_request_body(
+        self, body: str = "", assertion: str = "", include_client_id: bool = False, **kwargs: Any
+    ) -> str:
         kwargs.pop("code", None)
         kwargs.pop("redirect_uri", None)
+        if include_client_id:  # client_secret_post: the body names the client with its secret
+            kwargs["client_id"] = self.client_id
         return prepare_token_request(self.grant_type, body=body, assertion=assertion, **kwargs)
 
 
@@ -328,7 +333,10 @@ def jwt_bearer(config: ClientConfig) -> TokenResponse:
     session.redirect_uri = None
     claims = {"scope": " ".join(config.scopes)} if config.scopes else {}
     assertion = _signed(config, subject=config.jwt_subject or config.client_id, claims=claims)
-    client_auth = _fetch_kwargs(config) if config.client_secret else {"auth": NoClientAuth()}
+    json_body = config.token_request_format == "json"  # noqa: S105 - a format, not a secret
+    client_auth = (
+        _fetch_kwargs(config) if config.client_secret else {"auth": JsonBody(None) if json_body else NoClientAuth()}
+    )
     return _token_call(
         "JWT bearer request", session, session.fetch_token, config.token_url, assertion=assertion, **client_auth,
         **_quirks(config),

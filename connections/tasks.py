@@ -77,5 +77,10 @@ def audit_failed_authentications_summarize() -> int:
 def device_authorization_poll(authorization_id: int) -> None:
     """Poll the token URL for a Device Code authorization once, and again after the provider's interval until it
     is approved, denied or expired (connections.device)."""
-    if (wait := device.device_authorization_poll(authorization_id)) is not None:
-        device_authorization_poll.apply_async((authorization_id,), countdown=wait)
+    try:
+        wait = device.device_authorization_poll(authorization_id)
+        if wait is not None:
+            device_authorization_poll.apply_async((authorization_id,), countdown=wait)
+    except Exception as exc:  # the time limit, the database, the broker: nobody would poll again, so it ends, said
+        device.device_authorization_end(authorization_id, f"Waiting for the approval failed ({type(exc).__name__}).")
+        raise

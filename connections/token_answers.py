@@ -220,11 +220,23 @@ def device_answer_fields(body: dict[str, Any]) -> dict[str, Any]:
             permanent=False,
         )
     complete = body.get("verification_uri_complete")
+    complete = complete if isinstance(complete, str) else ""
+    # What is stored and shown: bounded and printable, or the answer is not one to keep.
+    bounds = {"device_code": 4000, "user_code": 64, "verification_uri": 1000, "verification_uri_complete": 2000}
+    values = {"device_code": body["device_code"], "user_code": body["user_code"], "verification_uri": uri}
+    values["verification_uri_complete"] = complete
+    for name, limit in bounds.items():
+        if len(values[name]) > limit or not values[name].isprintable():
+            raise ProviderError(
+                f"The provider's device authorization answer has an unusable {name}.",
+                error="invalid_response",
+                permanent=False,
+            )
     return {
         "device_code": body["device_code"],
-        "user_code": provider_text(body["user_code"]),
+        "user_code": body["user_code"],
         "verification_uri": uri,
-        "verification_uri_complete": complete if isinstance(complete, str) else "",
+        "verification_uri_complete": complete,
         "expires_in": lifetime,
         "interval": _lifetime(body.get("interval")) or 5,
     }

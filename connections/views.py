@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from kombu.exceptions import OperationalError
 
 from connections import authorization, device, health, issuing, selectors, services
 from connections.errors import ConnectionActionError
@@ -75,7 +76,13 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
             messages.error(request, exc.message)
             return redirect(return_url)
         # Polling is a worker's (connections.tasks), never a web request's; by name: tasks sits above views.
-        current_app.send_task(DEVICE_POLL_TASK, args=(started.pk,), countdown=started.interval)
+        try:
+            current_app.send_task(DEVICE_POLL_TASK, args=(started.pk,), countdown=started.interval)
+        except OperationalError as exc:  # the broker is unreachable: nobody would poll, so it ends here, said
+            message = f"No worker could be asked to wait for the approval ({type(exc).__name__}): try again."
+            device.device_authorization_end(started.pk, message)
+            messages.error(request, message)
+            return redirect(return_url)
         return redirect("device_authorization", started.pk)
     if not request.session.session_key:
         request.session.save()
@@ -103,6 +110,7 @@ def device_authorization_page(request: HttpRequest, pk: int) -> HttpResponse:
     manager = selectors.user_can_manage_connections(request.user)
     if started.started_by_id != request.user.pk and not manager:
         raise Http404("No device authorization of yours has that number.")
+    started = device.device_authorization_expired(started)  # past its expiry with no poll to say so
     link = started.verification_uri_complete or started.verification_uri
     back = (
         reverse("admin:connections_connection_change", args=[started.connection_id])

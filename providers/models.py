@@ -199,6 +199,9 @@ class Provider(models.Model):
 # What the engine sends itself in a token request (RFC 6749 4.1.3, 4.4.2, 6; RFC 7636): not for a quirk to change.
 RESERVED_TOKEN_PARAMS = frozenset(
     {"grant_type", "code", "redirect_uri", "client_id", "client_secret", "refresh_token", "scope", "code_verifier"}
+    | {"device_code", "assertion", "client_assertion", "client_assertion_type"}  # RFC 8628, RFC 7523
+    # and the names requests-oauthlib's calls take besides the request's parameters
+    | {"auth", "headers", "body", "method", "include_client_id", "timeout", "verify", "proxies", "cert", "token_url"}
 )
 STANDARD_TOKEN_FIELDS = ("access_token", "refresh_token", "id_token", "token_type", "scope", "expires_in")
 

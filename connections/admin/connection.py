@@ -262,6 +262,10 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             # Still inside the admin's transaction here: the test calls the provider once it has committed.
             request.connection_test = lambda: services.connection_test(connection=obj, actor=request.user)
             return HttpResponseRedirect(change_url)
+        if "_connect" in request.POST and obj.uses_device_code:
+            # A provider call: made once the admin's transaction has committed (changeform_view), like the test.
+            request.connection_connect = lambda: start_authorization(request, obj, change_url)
+            return HttpResponseRedirect(change_url)
         if "_connect" in request.POST:
             return start_authorization(request, obj, change_url)
         return None
@@ -280,6 +284,8 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         response = super().changeform_view(request, *args, **kwargs)  # the save, in a transaction, committed now
         if test := getattr(request, "connection_test", None):
             self._report(request, test)
+        if connect := getattr(request, "connection_connect", None):
+            return connect()
         return response
 
     def _with_discovered_urls(self, request: HttpRequest) -> QueryDict:

@@ -163,3 +163,74 @@ connections:
     call_command("export_config", stdout=exported)
     assert f"device_authorization_url: {authserver.device_authorization_url}" in exported.getvalue()
     assert "grant_type: device_code" in exported.getvalue()
+
+
+def test_an_approval_arriving_after_the_connection_changed_stores_nothing(make_connection, make_user, authserver):
+    from django.contrib.auth.models import Group
+
+    # given a user-specific device connection that an invited user starts to authorize for themselves
+    role = Group.objects.create(name="Runners")
+    connection = make_connection(grant_type="device_code", token_type="user_specific")
+    connection.roles.add(role)
+    runner = make_user("runner", roles=(role,))
+    started = device.device_authorization_start(connection=connection, user=runner)
+    # when an administrator makes it shared meanwhile, and the person approves
+    connection.token_type = "shared"
+    connection.save(update_fields=["token_type"])
+    authserver.approve_device(started.user_code, *PROVIDER_USER)
+    # then their personal token does not become the token every bot of the connection gets
+    assert device.device_authorization_poll(started.pk) is None
+    started.refresh_from_db()
+    assert started.status == Status.FAILED and "token type changed" in started.message
+    assert not connection.tokens.exists()
+
+
+def test_it_ends_once_however_many_polls_finish_it(make_connection, manager, authserver):
+    connection = make_connection(grant_type="device_code")
+    started = device.device_authorization_start(connection=connection, user=manager)
+    authserver.approve_device(started.user_code, *PROVIDER_USER)
+    assert device.device_authorization_poll(started.pk) is None
+    # a redelivered task's poll, or a dying one, cannot turn an approval into a failure
+    device.device_authorization_end(started.pk, "Waiting for the approval failed (SoftTimeLimitExceeded).")
+    started.refresh_from_db()
+    assert started.status == Status.APPROVED and shared_token(connection) is not None
+
+
+def test_starting_again_ends_the_earlier_wait_and_the_page_says_when_it_expired(
+    make_connection, manager, manager_client, authserver
+):
+    connection = make_connection(grant_type="device_code")
+    first = device.device_authorization_start(connection=connection, user=manager)
+    second = device.device_authorization_start(connection=connection, user=manager)
+    first.refresh_from_db()
+    assert first.status == Status.FAILED and "newer device authorization replaced" in first.message
+    DeviceAuthorization.objects.filter(pk=second.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    page = manager_client.get(f"/oauth/device/{second.pk}/").content.decode()  # no worker has polled it since
+    assert "expired before anyone approved it" in page and "http-equiv" not in page
+
+
+@pytest.mark.django_db(transaction=True)  # to see whether the admin's own transaction is still open
+def test_save_and_connect_asks_the_provider_after_the_admins_transaction(make_connection, manager_client, queued):
+    from django.db import connection as db
+
+    connection = make_connection(grant_type="device_code")
+    page = f"/admin/connections/connection/{connection.pk}/change/"
+    form = manager_client.get(page).context["adminform"].form
+    data = {name: form[name].value() for name in form.fields if form[name].value() is not None}
+    data.update({"_connect": "1", "roles": [], "extra_authorization_params": "{}"})
+    data.update({"tokens-TOTAL_FORMS": "0", "tokens-INITIAL_FORMS": "0"})
+    in_transaction: list[bool] = []
+    original = device.oauth_client.device_authorization
+
+    def spy(config):
+        in_transaction.append(db.in_atomic_block)
+        return original(config)
+
+    device.oauth_client.device_authorization = spy
+    try:
+        response = manager_client.post(page, {k: v for k, v in data.items() if v is not None})
+    finally:
+        device.oauth_client.device_authorization = original
+    started = DeviceAuthorization.objects.get(connection=connection)
+    assert response.status_code == 302 and response["Location"] == f"/oauth/device/{started.pk}/"
+    assert in_transaction == [False] and len(queued) == 1

@@ -152,6 +152,29 @@ def test_a_certificate_after_the_key_puts_its_thumbprint_in_x5t():
     assert claims["iss"] == claims["sub"] == "app" and claims["exp"] - claims["iat"] == assertions.ASSERTION_LIFETIME
 
 
+def test_the_keys_own_certificate_is_found_in_a_chain():
+    key = KEYS["ES256"]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "control-room")])
+    now = datetime.now(UTC)
+    own = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(3).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    chain = _another_certificate() + own.public_bytes(serialization.Encoding.PEM).decode()  # an intermediate first
+    loaded = assertions.signing_key_load(_pem(key) + chain)
+    expected = base64.urlsafe_b64encode(own.fingerprint(hashes.SHA1())).rstrip(b"=").decode()  # noqa: S303
+    assert (loaded.algorithm, loaded.thumbprint) == ("ES256", expected)
+
+
+def test_a_jwt_bearer_request_with_a_secret_in_the_body_names_the_client():
+    from connections.oauth_client import JwtBearerClient
+
+    body = JwtBearerClient("app-id").prepare_request_body(
+        assertion="signed", include_client_id=True, client_secret="s3cr3t", code=None, redirect_uri="https://x"
+    )
+    assert "client_id=app-id" in body and "client_secret=s3cr3t" in body and "redirect_uri" not in body
+
+
 def _another_certificate() -> str:
     other = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
@@ -177,7 +200,7 @@ UNUSABLE_KEYS = {
     ),
     "a small RSA key": (_pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)), "1024 bits"),  # noqa: S505
     "another curve": (_pem(ec.generate_private_key(ec.SECP384R1())), "P-256"),
-    "someone else's certificate": (_pem(KEYS["RS256"]) + _another_certificate(), "not the private key's"),
+    "someone else's certificate": (_pem(KEYS["RS256"]) + _another_certificate(), "is the private key's"),
 }
 
 

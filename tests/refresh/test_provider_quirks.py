@@ -176,6 +176,7 @@ def test_refreshes_go_to_the_refresh_url_where_the_provider_has_one(
     ("fields", "said"),
     [
         ({"token_request_params": {"grant_type": "password"}}, "cannot set grant_type"),
+        ({"token_request_params": {"device_code": "x", "headers": "y"}}, "cannot set device_code, headers"),
         ({"token_request_params": {"audience": 1}}, "names and text values"),
         ({"token_response_fields": {"acess_token": "a.b"}}, "maps some of access_token"),
         ({"token_response_fields": {"access_token": "authed_user..access_token"}}, "names joined by dots"),

@@ -73,7 +73,8 @@ window.addEventListener("load", function () {
     });
     const grant = field("grant_type") ? field("grant_type").value : "";
     // client_credentials_scopes null: the default scopes; "": none with that grant
-    const grantScopes = grant === "client_credentials" ? chosen.client_credentials_scopes : null;
+    const appGrant = grant === "client_credentials" || grant === "jwt_bearer";  // providers.models.APP_GRANTS
+    const grantScopes = appGrant ? chosen.client_credentials_scopes : null;
     const presetScopes = fill(grantScopes === null ? chosen.default_scopes : grantScopes);
     const scopes = field("scopes");
     if (scopes) {
