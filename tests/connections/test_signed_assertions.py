@@ -136,34 +136,39 @@ def test_a_jwt_bearer_subject_the_provider_does_not_know_is_refused(make_connect
     assert failure.value.permanent
 
 
-def test_a_certificate_after_the_key_puts_its_thumbprint_in_x5t():
-    key = KEYS["RS256"]
+def _certificate(key) -> x509.Certificate:
+    """A self-signed certificate of the key (what an administrator uploads to Entra)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "control-room")])
     now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256())
-    )  # fmt: skip
-    pem = _pem(key) + certificate.public_bytes(serialization.Encoding.PEM).decode()
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    builder = builder.serial_number(x509.random_serial_number()).not_valid_before(now)
+    return builder.not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256())
+
+
+def _x5t(certificate: x509.Certificate) -> str:
+    return base64.urlsafe_b64encode(certificate.fingerprint(hashes.SHA1())).rstrip(b"=").decode()  # noqa: S303
+
+
+def _cert_pem(certificate: x509.Certificate) -> str:
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_a_certificate_after_the_key_puts_its_thumbprint_in_x5t():
+    key = KEYS["RS256"]
+    certificate = _certificate(key)
+    pem = _pem(key) + _cert_pem(certificate)
     signed = assertions.assertion_sign(key_pem=pem, key_id="", issuer="app", subject="app", audience="https://t")
-    expected = base64.urlsafe_b64encode(certificate.fingerprint(hashes.SHA1())).rstrip(b"=").decode()  # noqa: S303
-    assert jwt.get_unverified_header(signed)["x5t"] == expected
+    assert jwt.get_unverified_header(signed)["x5t"] == _x5t(certificate)
     claims = jwt.decode(signed, _public_pem(key), algorithms=["RS256"], audience="https://t")
     assert claims["iss"] == claims["sub"] == "app" and claims["exp"] - claims["iat"] == assertions.ASSERTION_LIFETIME
 
 
 def test_the_keys_own_certificate_is_found_in_a_chain():
     key = KEYS["ES256"]
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "control-room")])
-    now = datetime.now(UTC)
-    own = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(3).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256())
-    )  # fmt: skip
-    chain = _another_certificate() + own.public_bytes(serialization.Encoding.PEM).decode()  # an intermediate first
+    own = _certificate(key)
+    chain = _another_certificate() + _cert_pem(own)  # another certificate (an intermediate) first
     loaded = assertions.signing_key_load(_pem(key) + chain)
-    expected = base64.urlsafe_b64encode(own.fingerprint(hashes.SHA1())).rstrip(b"=").decode()  # noqa: S303
-    assert (loaded.algorithm, loaded.thumbprint) == ("ES256", expected)
+    assert (loaded.algorithm, loaded.thumbprint) == ("ES256", _x5t(own))
 
 
 def test_a_jwt_bearer_request_with_a_secret_in_the_body_names_the_client():
@@ -176,14 +181,7 @@ def test_a_jwt_bearer_request_with_a_secret_in_the_body_names_the_client():
 
 
 def _another_certificate() -> str:
-    other = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "someone else")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(other.public_key())
-        .serial_number(2).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(other, hashes.SHA256())
-    )  # fmt: skip
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
+    return _cert_pem(_certificate(ec.generate_private_key(ec.SECP256R1())))
 
 
 UNUSABLE_KEYS = {
