@@ -8,15 +8,37 @@ on through the whole stack to the view.
 """
 
 import re
+import uuid
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from connections import issuing
+from connections import issuing, log_context, metrics
 from connections.views import client_address, token_response
 
 # controlroom/urls.py's "api/v1/connections/<str:slug>/token": <str:...> is anything but a slash.
 TOKEN_PATH = re.compile(r"/api/v1/connections/(?P<slug>[^/]+)/token")
+
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class RequestIdMiddleware:
+    """Every log line of a request carries its id (connections.log_context), which the answer's X-Request-ID
+    header gives back: the caller's own, from a load balancer or a bot, when it is short and plain."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        given = request.META.get("HTTP_X_REQUEST_ID", "")
+        request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        # Not reset on the way out: Django logs a 4xx or 5xx answer after the middleware has returned it; the
+        # thread's next request sets its own.
+        log_context.request_id.set(request_id)
+        response = self.get_response(request)
+        response["X-Request-ID"] = request_id
+        return response
 
 
 class TokenFromMemoryMiddleware:
@@ -33,5 +55,6 @@ class TokenFromMemoryMiddleware:
                 remote_addr=client_address(request),
             )
             if issued is not None:
+                metrics.token_request_counted("issued", from_memory=True)
                 return token_response(issued)
         return self.get_response(request)

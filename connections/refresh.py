@@ -25,19 +25,12 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from connections import oauth_client, signals
+from connections import log_context, metrics, oauth_client, signals
 from connections.audit import Action, Outcome, audit_event_row, audit_record
 from connections.models import Connection, OAuthToken, TokenState
 from connections.notifications import notify_managers
 from connections.oauth_client import ProviderError, TokenResponse
-from connections.tokens import (
-    Fence,
-    connection_client_config,
-    token_store,
-    token_store_refreshed,
-    token_values_revoke,
-)
-from providers.models import GrantType
+from connections.tokens import Fence, connection_client_config, token_store, token_store_refreshed, token_values_revoke
 
 logger = logging.getLogger(__name__)
 
@@ -334,14 +327,21 @@ def token_refresh_leased(
 ) -> OAuthToken:
     """Call the provider for a token whose lease is held, and write the outcome under the fence (its audit
     event recorded with it, or added to `audit`). Raises ProviderError when the call fails."""
+    provider, started = token.connection.provider.slug, time.monotonic()
     try:
-        response = _fetch_new_token(token.connection, token)
+        with log_context.about_connection(token.connection.slug):
+            response = _fetch_new_token(token.connection, token)
     except ProviderError as exc:
+        kind = (
+            "rate_limited" if exc.error == oauth_client.RATE_LIMITED else "permanent" if exc.permanent else "transient"
+        )
+        metrics.refresh_counted(provider, kind, time.monotonic() - started)
         token_refresh_fail(fence=fence, token=token, exc=exc, actor_label=actor_label, audit=audit)
         raise
     except BaseException:
         _lease_give_back(fence)  # nothing known about the outcome: the next caller tries
         raise
+    metrics.refresh_counted(provider, "success", time.monotonic() - started)
     stored = token_refresh_complete(fence=fence, token=token, response=response, actor_label=actor_label, audit=audit)
     return stored if stored is not None else _current(token)
 
@@ -444,6 +444,6 @@ def app_token_obtain(*, connection: Connection, authorized_by: AbstractBaseUser 
             connection=connection,
             actor=authorized_by,
             actor_label="" if authorized_by else "token endpoint",
-            detail=f"{GrantType(connection.grant_type).label} token fetched.",
+            detail=f"{connection.get_grant_type_display()} token fetched.",
         )
     return token

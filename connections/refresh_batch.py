@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.db import connection as db_connection
 
-from connections import refresh
+from connections import log_context, refresh
 from connections.audit import audit_events_write
 from connections.models import OAuthToken
 from connections.oauth_client import ProviderError
@@ -99,7 +99,8 @@ def _refresh_one(fence: Fence, token: OAuthToken, taken_at: float, audit: list[d
             if refresh.token_lease_keep(fence, taken_at):
                 refresh.token_refresh_leased(fence=fence, token=token, actor_label="refresh worker", audit=audit)
     except ProviderError as exc:
-        logger.warning("Refresh of %s failed: %s", token.connection.slug, exc.message)
+        with log_context.about_connection(token.connection.slug):
+            logger.warning("Refresh of %s failed: %s", token.connection.slug, exc.message)
     except Exception:
         # One token's unexpected error (a bug, the database gone) must not cost the others their refresh; its
         # lease was given back, and the sweep claims it again once its claim runs out.

@@ -38,7 +38,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F
 
-from connections import audit_rows
+from connections import audit_rows, metrics
 from connections.models import AnswerVersion, OAuthToken
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ class _Process:
                 logger.warning("The token cache's reports reach the database again.")
             self.failing = False
             self._count(unreported)
+            metrics.AUDIT_EVENTS_QUEUED.set(len(self.events))
         return True
 
     def _count(self, unreported: dict[tuple[str, int], int]) -> None:

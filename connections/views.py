@@ -1,3 +1,4 @@
+import hmac
 import ipaddress
 
 import segno
@@ -14,7 +15,17 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 from kombu.exceptions import OperationalError
 
-from connections import authorization, device, health, issuing, selectors, services
+from connections import (
+    authorization,
+    device,
+    health,
+    issuing,
+    log_context,
+    metrics,
+    metrics_scrape,
+    selectors,
+    services,
+)
 from connections.errors import ConnectionActionError
 from connections.models import Connection, DeviceAuthorization
 
@@ -177,14 +188,17 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
     """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'. A request
     like one this process has just answered was answered from memory already (connections.middleware)."""
     try:
-        issued = issuing.token_request(
-            authorization=request.META.get("HTTP_AUTHORIZATION", ""),
-            slug=slug,
-            params=request.GET.dict(),
-            remote_addr=client_address(request),
-        )
+        with log_context.about_connection(slug[:120]):
+            issued = issuing.token_request(
+                authorization=request.META.get("HTTP_AUTHORIZATION", ""),
+                slug=slug,
+                params=request.GET.dict(),
+                remote_addr=client_address(request),
+            )
+        metrics.token_request_counted("issued", from_memory=False)
         return token_response(issued)
     except issuing.TokenRequestError as exc:
+        metrics.token_request_counted(exc.error, from_memory=False)
         response = JsonResponse({"error": exc.error, "detail": exc.detail}, status=exc.status)
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
@@ -206,6 +220,22 @@ def _not_cached(response: JsonResponse) -> JsonResponse:
     response["Cache-Control"] = "no-store"
     response["Pragma"] = "no-cache"
     return response
+
+
+@require_GET
+@never_cache
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics for Prometheus: off (404) unless METRICS_TOKEN is set, then only for its bearer."""
+    if not settings.METRICS_TOKEN:
+        raise Http404("Metrics are off: set METRICS_TOKEN to turn them on.")
+    expected = f"Bearer {settings.METRICS_TOKEN}".encode()
+    if not hmac.compare_digest(request.META.get("HTTP_AUTHORIZATION", "").encode(), expected):
+        response = JsonResponse({"error": "invalid_token", "detail": "Send Authorization: Bearer <METRICS_TOKEN>."})
+        response.status_code = 401
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = metrics_scrape.metrics_exposition()
+    return HttpResponse(body, content_type=content_type)
 
 
 @never_cache

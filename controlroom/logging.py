@@ -7,6 +7,10 @@ formatter is the second line of defence and also covers tracebacks and exception
 import logging
 import re
 
+from pythonjsonlogger.json import JsonFormatter
+
+from connections import log_context
+
 REDACTED = "[redacted]"
 
 # Values that must never be printed, recognised by their shape or by the name they travel under.
@@ -46,3 +50,25 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    """LOG_FORMAT=json: one JSON object a line (time, level, logger, message, request_id, connection, and the
+    traceback when there is one). Each value is redacted before it is encoded (once encoded, a quoted name is
+    escaped and the patterns would not see it), and the line once more after."""
+
+    def process_log_record(self, log_data: dict) -> dict:
+        return {name: redact(value) if isinstance(value, str) else value for name, value in log_data.items()}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class LogContextFilter(logging.Filter):
+    """Puts the request id and the connection slug the line is about on every record (connections.log_context),
+    for both formats; the text format does not print them, the JSON one does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = log_context.request_id.get()
+        record.connection = log_context.connection.get()
+        return True

@@ -3,6 +3,7 @@
 A bad value stops start-up with one ImproperlyConfigured sentence; manage.py prints it without a traceback.
 """
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
@@ -89,6 +90,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Gives each request an id (X-Request-ID, the caller's if it sends a sane one) for its log lines.
+    "connections.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # A bot's repeated token request, answered from memory without the middleware below (connections.middleware).
     "connections.middleware.TokenFromMemoryMiddleware",
@@ -396,19 +399,39 @@ if not DEBUG:
         # Only behind a TLS-terminating proxy that sets this header itself.
         SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# GET /metrics (Prometheus) is off unless METRICS_TOKEN is set; then every process (web workers, Celery workers)
+# keeps its counts in files of one directory that a scrape sums. prometheus_client reads the variable when it is
+# first imported, which is after the settings.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN:
+    METRICS_DIR = Path(env.str("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "metrics")))
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(METRICS_DIR)
+
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
     raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}.")
+# LOG_FORMAT=json: one JSON object a line, for a log pipeline; the default stays readable text. Both are redacted.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {
+        "text": {
             "()": "controlroom.logging.RedactingFormatter",
             "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
-        }
+        },
+        "json": {
+            "()": "controlroom.logging.RedactingJsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(connection)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "timestamp": False,
+        },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "controlroom.logging.LogContextFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # requests-oauthlib and oauthlib log request bodies and token responses at DEBUG: never let them.

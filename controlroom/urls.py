@@ -23,6 +23,7 @@ urlpatterns = [
     path("connections/mine/<slug:slug>/disconnect/", views.my_connection_disconnect, name="my_connection_disconnect"),
     path("api/v1/connections/<str:slug>/token", views.connection_token, name="connection_token"),
     path("livez", views.livez, name="livez"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("readyz", views.readyz, name="readyz"),
     path("healthz", views.healthz, name="healthz"),
 ]
