@@ -57,7 +57,14 @@ def check_url(url: str) -> None:
         parts.hostname  # noqa: B018 - raises ValueError for a malformed bracketed host
     except ValueError:
         raise ProviderError("This is not a valid URL.", error="invalid_url", permanent=True) from None
-    if parts.scheme == "https" and parts.hostname:
+    if not parts.scheme or not parts.hostname:
+        shown = "".join(char if char.isprintable() else " " for char in url)[:100]
+        raise ProviderError(
+            f"{shown!r} is not a URL: give the whole address, e.g. https://login.example.com/oauth/token.",
+            error="invalid_url",
+            permanent=True,
+        )
+    if parts.scheme == "https":
         return
     if parts.scheme == "http" and parts.hostname and _allowed_host(parts.hostname):
         return

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from kombu.exceptions import OperationalError
 
@@ -112,6 +113,15 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
 
 
 @require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    """/ (and the admin's "View site"): people who only authorize their own tokens to My connections, everyone
+    else to the admin (its login page, for someone not signed in)."""
+    if request.user.is_authenticated and not request.user.is_staff:
+        return redirect("my_connections")
+    return redirect("admin:index")
+
+
+@require_GET
 @never_cache
 @login_required
 def device_authorization_page(request: HttpRequest, pk: int) -> HttpResponse:
@@ -183,10 +193,15 @@ def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
     return redirect("my_connections")
 
 
-@require_GET
+@csrf_exempt  # a bot key in a header, no cookie: nothing for CSRF to protect, and a bot should get JSON
 def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
     """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'. A request
     like one this process has just answered was answered from memory already (connections.middleware)."""
+    if request.method != "GET":
+        detail = f"The token endpoint answers GET, not {request.method[:10]}: GET {request.path}"
+        response = JsonResponse({"error": "method_not_allowed", "detail": detail}, status=405)
+        response["Allow"] = "GET"
+        return _not_cached(response)
     try:
         with log_context.about_connection(slug[:120]):
             issued = issuing.token_request(

@@ -9,6 +9,7 @@ admin.site.site_title = "Control Room"
 admin.site.index_title = "Administration"
 
 urlpatterns = [
+    path("", views.home, name="home"),
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",
