@@ -12,7 +12,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from connections import oauth_client, selectors
+from connections import oauth_client, selectors, webhooks
 from connections.audit import (
     Action,
     Outcome,
@@ -224,6 +224,8 @@ def connection_authorize_complete(
             detail=f"Authorized; scope: {token.scope or 'none reported'}.",
             remote_addr=remote_addr,
         )
+        whose = f"{request.user.get_username()}'s own token" if request.for_user else "its shared token"
+        webhooks.event_emit("connection.connected", connection, f"{connection} was authorized ({whose}).")
     # The grant this one replaces is nobody's any more: end it at the provider too. Its access token is left
     # to expire (a bot may hold it for a moment yet); most providers end it with the refresh token anyway.
     for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):

@@ -9,7 +9,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from connections import oauth_client, selectors
+from connections import oauth_client, selectors, webhooks
 from connections.audit import Action, Outcome, audit_record
 from connections.errors import ConnectionActionError
 from connections.models import Connection, DeviceAuthorization
@@ -93,6 +93,7 @@ def device_authorization_poll(authorization_id: int) -> int | None:
     with transaction.atomic():
         if not _finish(authorization, Status.APPROVED, f"{connection} is connected."):
             return None  # another poll of it (a redelivered task) finished it first
+        webhooks.event_emit("connection.connected", connection, f"{connection} was authorized on a device.")
         _, replaced = token_store_replacing(
             connection=connection,
             user=authorization.user,

@@ -283,6 +283,26 @@ class DeviceAuthorization(models.Model):
         return f"Device authorization of {self.connection} ({self.get_status_display()})"
 
 
+class WebhookEndpoint(models.Model):
+    """Where lifecycle events are posted (connections.webhooks): each with the events it wants and its own secret."""
+
+    name = models.CharField(max_length=120, unique=True)
+    url = models.CharField("URL", max_length=500, help_text="Reached under the outbound policy: https, not private.")
+    events = models.JSONField(default=list, blank=True, help_text="The events it gets; none ticked: all of them.")
+    secret = encrypt(models.TextField(blank=True))  # signs each body; write-only in the admin
+    is_enabled = models.BooleanField(default=True)
+    last_delivery_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(max_length=200, blank=True, help_text="Of the last delivery attempt.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class AuditEvent(models.Model):
     """Append-only record of what happened to connections and tokens. Never holds a secret."""
 

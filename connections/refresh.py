@@ -165,7 +165,7 @@ def token_refresh_complete(
             )
             if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
                 _notify_on_commit(
-                    "refresh_recovered",
+                    "token.refresh_recovered",
                     connection,
                     f"Refreshing {connection} works again",
                     f"{connection} was refreshed successfully after {failures} failures in a row.",
@@ -241,7 +241,7 @@ def _notify_failure(token: OAuthToken, exc: ProviderError) -> None:
     owner = f" (the token of {token.user.get_username()})" if token.user_id else ""
     if exc.permanent and token.state != TokenState.REAUTHORIZATION_REQUIRED:
         _notify_on_commit(
-            "reauthorization_required",
+            "token.reauthorization_required",
             connection,
             f"{connection} needs to be authorized again",
             f"The provider rejected the refresh of {connection}{owner}: {exc.message}\n\n"
@@ -249,7 +249,7 @@ def _notify_failure(token: OAuthToken, exc: ProviderError) -> None:
         )
     elif not exc.permanent and failures == settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
         _notify_on_commit(
-            "refresh_failing",
+            "token.refresh_failing",
             connection,
             f"Refreshing {connection} keeps failing",
             f"{failures} refreshes of {connection}{owner} failed in a row; the last: {exc.message}\n\n"

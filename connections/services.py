@@ -12,7 +12,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from connections import selectors
+from connections import selectors, webhooks
 from connections.audit import Action, Outcome, audit_record, user_label
 from connections.errors import ConnectionActionError
 from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
@@ -92,6 +92,8 @@ def connection_disconnect(
         audit_record(
             action=Action.DISCONNECT, outcome=Outcome.SUCCESS, connection=connection, actor=actor, detail=detail
         )
+        whose = f" (the token of {only_user.get_username()})" if only_user is not None else ""
+        webhooks.event_emit("connection.disconnected", connection, f"{connection} was disconnected{whose}. {detail}")
     if not revoked_all:
         return f"Disconnected {connection}. {detail} Revoke the grant at the provider by hand."
     return f"Disconnected {connection}. {detail}"

@@ -6,7 +6,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from connections import audit, device, health, refresh, refresh_batch
+from connections import audit, device, health, refresh, refresh_batch, webhooks
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -84,3 +84,22 @@ def device_authorization_poll(authorization_id: int) -> None:
     except Exception as exc:  # the time limit, the database, the broker: nobody would poll again, so it ends, said
         device.device_authorization_end(authorization_id, f"Waiting for the approval failed ({type(exc).__name__}).")
         raise
+
+
+@shared_task(
+    name="connections.tasks.webhook_deliver",
+    bind=True,
+    ignore_result=True,
+    max_retries=len(webhooks.RETRY_DELAYS),
+    soft_time_limit=settings.OUTBOUND_TIMEOUT + 5,
+    time_limit=2 * settings.OUTBOUND_TIMEOUT + 3,
+)
+def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
+    """Post one event to one endpoint; retried with backoff while the receiver is down or answers 5xx, 408 or 429
+    (connections.webhooks)."""
+    try:
+        webhooks.webhook_deliver(endpoint_id, body)
+    except webhooks.DeliveryFailed as failure:
+        if failure.retry and self.request.retries < self.max_retries:
+            raise self.retry(countdown=webhooks.retry_delay(self.request.retries)) from None
+        webhooks.delivery_given_up(endpoint_id, body, failure)

@@ -319,3 +319,17 @@ def wait_for(condition, seconds: float, what: str):
     if result := poll_until(condition, seconds, interval=0.02):
         return result
     raise AssertionError(f"waited {seconds} s for {what}")
+
+
+@pytest.fixture
+def celery_eager():
+    """Tasks queued by this process run at once in it (Celery's eager mode; a retry runs again at once)."""
+    from celery import current_app
+
+    import connections.tasks  # noqa: F401 - registers the tasks, as a worker has them
+
+    conf = current_app.conf
+    before = conf.task_always_eager, conf.task_eager_propagates
+    conf.task_always_eager, conf.task_eager_propagates = True, False
+    yield
+    conf.task_always_eager, conf.task_eager_propagates = before

@@ -31,7 +31,7 @@ from connections.key_rotation import (
     fernet_for,
     rotate_encryption_key,
 )
-from connections.models import AuthorizationRequest, Connection, DeviceAuthorization, OAuthToken
+from connections.models import AuthorizationRequest, Connection, DeviceAuthorization, OAuthToken, WebhookEndpoint
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +45,7 @@ FIELDS = {
     OAuthToken: ("access_token", "refresh_token", "id_token"),
     AuthorizationRequest: ("code_verifier",),
     DeviceAuthorization: ("device_code",),
+    WebhookEndpoint: ("secret",),
 }
 
 

@@ -796,18 +796,26 @@ def test_a_call_on_a_reused_connection_is_cut_at_its_deadline(outbound, any_keep
 # --- the notification webhook is an outbound call like the others -------------------------------------------------
 
 
-def test_the_webhook_goes_through_the_proxy(outbound, proxy, plain_server):
+@pytest.mark.django_db
+def test_the_webhook_goes_through_the_proxy(
+    outbound, proxy, plain_server, celery_eager, django_capture_on_commit_callbacks
+):
     outbound.OUTBOUND_PROXY_URL = proxy.url()
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     outbound.NOTIFY_WEBHOOK_URL = plain_server.url("/hook")
-    notify_managers_by_webhook_only()
+    with django_capture_on_commit_callbacks(execute=True):
+        notify_managers_by_webhook_only()
     assert proxy.seen == [Seen("POST", f"127.0.0.1:{plain_server.server_address[1]}", "/hook")]
     assert plain_server.paths() == ["/hook"]
 
 
-def test_the_webhook_obeys_the_url_policy(outbound, plain_server, caplog):
+@pytest.mark.django_db
+def test_the_webhook_obeys_the_url_policy(
+    outbound, plain_server, caplog, celery_eager, django_capture_on_commit_callbacks
+):
     outbound.NOTIFY_WEBHOOK_URL = plain_server.url("/hook")  # plain http to a host nobody allowed
-    notify_managers_by_webhook_only()
+    with django_capture_on_commit_callbacks(execute=True):
+        notify_managers_by_webhook_only()
     assert plain_server.hits == []
     assert any("must use https" in record.getMessage() for record in caplog.records)
 
