@@ -5,15 +5,13 @@ connections by status, the refresh backlog, the seconds until the earliest expir
 import os
 from collections.abc import Iterator
 
-from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Value, When
+from django.db.models import Min
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from connections import health
-from connections.models import Connection, OAuthToken, TokenState, TokenType
-
-STATUSES = ("connected", "refresh_failing", "reauthorization_required", "not_connected", "disabled")
+from connections import health, selectors
+from connections.models import OAuthToken, TokenState
 
 
 def metrics_exposition() -> tuple[bytes, str]:
@@ -37,7 +35,7 @@ class _ThisProcess:
 class _Database:
     def collect(self) -> Iterator[Metric]:
         by_status = GaugeMetricFamily("controlroom_connections", "Connections by status.", labels=["status"])
-        for status, count in connection_status_counts().items():
+        for status, count in selectors.connection_status_counts().items():
             by_status.add_metric([status], count)
         yield by_status
         backlog = health.refresh_backlog()
@@ -60,19 +58,3 @@ class _Database:
                 "Seconds until the earliest expiry of a connected token (negative: one has expired).",
                 value=(earliest - timezone.now()).total_seconds(),
             )
-
-
-def connection_status_counts() -> dict[str, int]:
-    """Connections by status, as their list shows it (connections.selectors.connection_status), in one query."""
-    tokens = OAuthToken.objects.filter(connection=OuterRef("pk"))
-    status = Case(
-        When(is_enabled=False, then=Value("disabled")),
-        When(~Exists(tokens), then=Value("not_connected")),
-        When(token_type=TokenType.USER_SPECIFIC, then=Value("connected")),
-        When(Exists(tokens.filter(state=TokenState.REAUTHORIZATION_REQUIRED)), then=Value("reauthorization_required")),
-        When(Exists(tokens.filter(state=TokenState.REFRESH_FAILING)), then=Value("refresh_failing")),
-        default=Value("connected"),
-        output_field=CharField(),
-    )
-    counted = Connection.objects.annotate(status=status).order_by().values("status").annotate(count=Count("id"))
-    return dict.fromkeys(STATUSES, 0) | {row["status"]: row["count"] for row in counted}

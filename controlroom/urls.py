@@ -7,6 +7,7 @@ from connections import views
 admin.site.site_header = "Control Room"
 admin.site.site_title = "Control Room"
 admin.site.index_title = "Administration"
+admin.site.index_template = "admin/connections/index.html"  # the admin's home, with the dashboard's link
 
 urlpatterns = [
     path("", views.home, name="home"),

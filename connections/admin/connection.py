@@ -15,7 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from connections import discovery, health, selectors, services
+from connections import dashboard, discovery, health, selectors, services
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ConnectionActionError
 from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
@@ -328,8 +328,16 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             path("<int:object_id>/refresh/", wrap(self.refresh_view), name="connections_connection_refresh"),
             path("<int:object_id>/disconnect/", wrap(self.disconnect_view), name="connections_connection_disconnect"),
             path("discover/", wrap(self.discover_view), name="connections_connection_discover"),
+            path("dashboard/", wrap(self.dashboard_view), name="connections_dashboard"),
             *super().get_urls(),
         ]
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """Connections by status, refreshes by hour, upcoming expiries, what needs someone (connections.dashboard)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {**self.admin_site.each_context(request), **dashboard.dashboard_context(), "title": "Dashboard"}
+        return TemplateResponse(request, "admin/connections/dashboard.html", context)
 
     @staticmethod
     def _posted_provider(request: HttpRequest) -> Provider | None:

@@ -1,0 +1,78 @@
+"""The admin's dashboard in a real browser, with real data: connections in every status, a day of refreshes and
+tokens expiring in the next hours; drawn as SVG on the server, with links to what needs someone."""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from connections.models import AuditEvent, OAuthToken, TokenState
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
+
+
+def _history(connection, hours_ago: int, successes: int, failures: int) -> None:
+    at = timezone.now() - timedelta(hours=hours_ago)
+    for outcome, count in (("success", successes), ("failure", failures)):
+        for _ in range(count):
+            event = AuditEvent.objects.create(
+                action=AuditEvent.Action.TOKEN_REFRESH, outcome=outcome, connection=connection, detail="history"
+            )
+            AuditEvent.objects.filter(pk=event.pk).update(created_at=at)
+
+
+def test_the_dashboard_draws_statuses_history_expiries_and_what_needs_someone(
+    page, live_server, make_connection, tmp_path
+):
+    # given connections in every status, a day of refreshes and tokens expiring over the next hours
+    User.objects.create_superuser("root", "root@example.com", "root-password-1")
+    now = timezone.now()
+    healthy = [make_connection(register=False, name=f"Healthy {n}") for n in range(3)]
+    for n, connection in enumerate(healthy):
+        OAuthToken.objects.create(connection=connection, access_token="a", expires_at=now + timedelta(hours=n + 1))
+    failing = make_connection(register=False, name="Failing CRM")
+    OAuthToken.objects.create(connection=failing, access_token="a", state=TokenState.REFRESH_FAILING)
+    lost = make_connection(register=False, name="Lost ERP")
+    OAuthToken.objects.create(connection=lost, access_token="a", state=TokenState.REAUTHORIZATION_REQUIRED)
+    make_connection(register=False, name="Never connected")
+    make_connection(register=False, name="Switched off", is_enabled=False)
+    for hours_ago in range(0, 24, 2):
+        _history(healthy[0], hours_ago, successes=3 + hours_ago % 5, failures=1 if hours_ago % 6 == 0 else 0)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    # when an administrator opens it from the admin's home page
+    page.set_viewport_size({"width": 1366, "height": 900})
+    page.goto(f"{live_server.url}/admin/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", "root-password-1")
+    page.click("input[type=submit]")
+    page.click("#dashboard-link a.button")
+
+    # then every picture is there, with its figures, and the attention list links to the connections
+    expect(page.locator("h1")).to_have_text("Dashboard")
+    status_text = page.locator("#status-chart").text_content()
+    for label in ("connected", "refresh failing", "reauthorization required", "not connected", "disabled"):
+        assert label in status_text
+    assert page.locator("#refresh-chart rect").count() == 2 * 24
+    assert page.locator("#expiry-chart g").count() == 12
+    attention = page.locator("#attention li")
+    expect(attention).to_have_count(2)
+    expect(attention.first).to_contain_text("Lost ERP: Reauthorization required")
+    page.click("#attention a:has-text('Failing CRM')")
+    page.wait_for_url(f"**/admin/connections/connection/{failing.pk}/change/")
+    page.go_back()
+    shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "dashboard.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert errors == []
+
+
+def test_someone_without_view_permission_is_refused(client, make_user):
+    client.force_login(make_user("outsider", staff=True))
+    assert client.get("/admin/connections/connection/dashboard/").status_code == 403
