@@ -12,7 +12,7 @@ from typing import Any
 
 from connections import oauth_client
 from connections.outbound import ProviderError, check_url
-from providers.models import APP_GRANTS, CLIENT_AUTH_METHOD_NAMES, GrantType, Provider
+from providers.models import CLIENT_AUTH_METHOD_NAMES, GrantType, Provider, urls_required_by
 
 # The connection's URL fields, and the metadata that gives each (RFC 8414 section 2; RFC 7009 for revocation).
 URL_METADATA = {
@@ -34,11 +34,7 @@ def urls_to_discover(data: Mapping[str, Any], provider: Provider | None) -> list
     the data names an issuer; [] when nothing is to be discovered."""
     if not (data.get("issuer") or "").strip() or provider is None:
         return []
-    needed = ["token_url", "revocation_url"]
-    if data.get("grant_type") == GrantType.DEVICE_CODE:
-        needed.append("device_authorization_url")
-    elif data.get("grant_type") not in APP_GRANTS:
-        needed.insert(0, "authorization_url")
+    needed = [*urls_required_by(str(data.get("grant_type") or "")), "revocation_url"]
     return [name for name in needed if not (data.get(name) or "").strip() and not getattr(provider, name)]
 
 

@@ -20,6 +20,7 @@ from providers.models import (
     Provider,
     ProviderCategory,
     split_scopes,
+    urls_required_by,
 )
 
 PLACEHOLDER_PREFIX = "placeholder__"
@@ -29,10 +30,10 @@ UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 PLACEHOLDER_VALUE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 
 
-def _all_placeholders() -> dict[str, list[str]]:
+def _all_placeholders(providers: list[Provider]) -> dict[str, list[str]]:
     """Placeholder name -> names of the providers whose URLs use it."""
     used: dict[str, list[str]] = {}
-    for provider in Provider.objects.all():
+    for provider in providers:
         for name in provider.placeholders:
             used.setdefault(name, []).append(provider.name)
     return used
@@ -200,7 +201,7 @@ class ConnectionForm(forms.ModelForm):
         select = getattr(self.fields["provider"].widget, "widget", self.fields["provider"].widget)
         presets = {str(provider.pk): preset_preview(provider) for provider in providers}
         select.attrs["data-presets"] = json.dumps(presets)
-        for name, provider_names in _all_placeholders().items():
+        for name, provider_names in _all_placeholders(providers).items():
             self.fields[PLACEHOLDER_PREFIX + name] = forms.CharField(
                 label=f"<{name}>",
                 required=False,
@@ -322,11 +323,7 @@ class ConnectionForm(forms.ModelForm):
         self.instance.placeholders = values
         if self.errors:
             return
-        required = ["token_url"]
-        if grant_type in (GrantType.AUTHORIZATION_CODE, GrantType.AUTHORIZATION_CODE_PKCE):
-            required.append("authorization_url")
-        elif grant_type == GrantType.DEVICE_CODE:
-            required.append("device_authorization_url")
+        required = urls_required_by(grant_type)
         for field, template in templates.items():
             if not template:
                 if field in required:

@@ -19,6 +19,15 @@ class GrantType(models.TextChoices):
 APP_GRANTS = frozenset({GrantType.CLIENT_CREDENTIALS, GrantType.JWT_BEARER})
 
 
+def urls_required_by(grant_type: str) -> list[str]:
+    """The URL fields a connection of this grant cannot work without."""
+    if grant_type == GrantType.DEVICE_CODE:
+        return ["token_url", "device_authorization_url"]
+    if grant_type in APP_GRANTS:
+        return ["token_url"]
+    return ["authorization_url", "token_url"]
+
+
 class ClientAuthMethod(models.TextChoices):
     BASIC = "basic", "HTTP Basic (client_secret_basic)"
     BODY = "body", "Form body (client_secret_post)"
