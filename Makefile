@@ -33,12 +33,20 @@ lock:
 	@$(PYTHON) -c "import secrets; print('DEBUG=true'); print('SECRET_KEY=' + secrets.token_urlsafe(50)); print('CRYPTOGRAPHY_KEY=' + secrets.token_urlsafe(50))" > .env
 	@echo "Wrote .env with DEBUG=true and fresh SECRET_KEY / CRYPTOGRAPHY_KEY (keep it; see .env.example)."
 
+# Ctrl-C: honcho sends SIGTERM to every process and exits with status 130, which is no error here. It SIGKILLs
+# what still runs 5 s later (honcho 2.0's KILL_WAIT, no option sets it). An idle Celery worker takes about 4 s to
+# stop (its consumer loop wakes every 2 s, whatever the broker's polling interval), and a busy one first finishes
+# its refreshes, each bounded by OUTBOUND_TIMEOUT: killed mid-refresh, a rotated refresh token could be lost. So
+# honcho is told to wait up to 30 s (honcho is pinned in requirements.txt; the constant is read at shutdown).
+HONCHO := import honcho.command, honcho.manager; honcho.manager.KILL_WAIT = 30; honcho.command.main()
+
+# The administrator's generated password comes last before the processes start, so their output does not bury it.
 run: $(VENV)/.run-installed .env
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py sync_providers
-	$(BIN)/python manage.py ensure_admin
 	@echo "Control Room: http://127.0.0.1:$(PORT)/admin/  (health: http://127.0.0.1:$(PORT)/healthz). Ctrl-C stops everything."
-	PATH="$(BIN):$$PATH" CONTROLROOM_PORT=$(PORT) $(BIN)/honcho --procfile Procfile start
+	@$(BIN)/python manage.py ensure_admin
+	@PATH="$(BIN):$$PATH" CONTROLROOM_PORT=$(PORT) $(BIN)/python -c "$(HONCHO)" --procfile Procfile start || test $$? -eq 130
 
 # Two workers (pytest-xdist), each with its own PostgreSQL, Redis and authorization server; the tests that start
 # processes of their own all run on one of them (tests/conftest.py). PYTEST_ARGS="-n 0" runs all in this process.

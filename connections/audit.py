@@ -31,13 +31,16 @@ def audit_record(
     actor_label: str = "",
     detail: str = "",
     remote_addr: str | None = None,
+    connection_label: str = "",
 ) -> AuditEvent:
+    """connection_label: the connection an event names when none is linked (a refused request's slug); a linked
+    connection's slug otherwise."""
     # Details quote what callers and providers sent; PostgreSQL text cannot hold NUL characters.
     return AuditEvent.objects.create(
         action=action,
         outcome=outcome,
         connection=connection,
-        connection_label=connection.slug if connection else "",
+        connection_label=connection.slug if connection else connection_label,
         actor=actor if actor is not None and actor.pk else None,
         actor_label=(actor_label or user_label(actor)).replace("\x00", "")[:150],
         detail=detail.replace("\x00", ""),
@@ -69,7 +72,8 @@ def audit_event_row(
 
 
 def audit_events_write(rows: list[dict]) -> None:
-    """Write audit_event_row()s with one statement."""
+    """Write audit_event_row()s with one statement (and move Connection.last_token_issued_at forward for the
+    successful token requests among them: connections.audit_rows, which the token endpoint's batches use too)."""
     audit_rows.audit_rows_insert(rows)
 
 

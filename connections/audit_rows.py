@@ -2,14 +2,17 @@
 process writes them from its report thread, connections.token_cache) and a refresh worker's batch."""
 
 import functools
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connection as db_connection
 from django.db import connections, transaction
-from django.db.models import Model
+from django.db.models import Model, Q
 
 from connections.models import AuditEvent, Connection
+
+TOKEN_REQUEST, SUCCESS = AuditEvent.Action.TOKEN_REQUEST, AuditEvent.Outcome.SUCCESS
 
 # What an answer from memory keeps of its audit event (AuditEvent's own field names); the time and the address
 # are each request's own.
@@ -34,8 +37,25 @@ def audit_rows_insert(events: list[dict[str, Any]]) -> None:
         ]
         for event in events
     ]
-    with transaction.atomic(), db_connection.cursor() as cursor:
-        cursor.executemany(_insert_sql(db_connection.alias), rows)
+    with transaction.atomic():
+        with db_connection.cursor() as cursor:
+            cursor.executemany(_insert_sql(db_connection.alias), rows)
+        _last_token_issued_move(events)
+
+
+def _last_token_issued_move(events: list[dict[str, Any]]) -> None:
+    """Connection.last_token_issued_at: moved to the newest successful token request of the batch, one statement
+    per connection, forward only (another process's batch may have written a newer one), in the order of the
+    connections' keys (two batches lock the same rows in the same order, so they cannot deadlock). Here rather
+    than in the token endpoint's request: its answers are audited in these batches, off the request's path."""
+    newest: dict[int, datetime] = {}
+    for event in events:
+        if event["action"] == TOKEN_REQUEST and event["outcome"] == SUCCESS and event["connection_id"] is not None:
+            connection_id = event["connection_id"]
+            newest[connection_id] = max(event["created_at"], newest.get(connection_id, event["created_at"]))
+    for connection_id, issued_at in sorted(newest.items()):
+        behind = Q(last_token_issued_at__isnull=True) | Q(last_token_issued_at__lt=issued_at)
+        Connection.objects.filter(behind, pk=connection_id).update(last_token_issued_at=issued_at)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections import oauth_client, selectors, webhooks
+from connections.attempts import connection_attempt_failure_record, connection_attempt_succeeded
 from connections.audit import (
     Action,
     Outcome,
@@ -28,6 +29,9 @@ from connections.tokens import connection_client_config, token_store_replacing, 
 logger = logging.getLogger(__name__)
 
 REPLAYED = "This authorization answer was already used; it cannot be replayed. Start again."
+OTHER_SESSION = "This authorization was started in another browser session; finish it in the browser that began it."
+# Said by a flow that may have succeeded (a reloaded callback, another tab): not a failure of the connection.
+NOT_THE_CONNECTIONS_FAILURE = (REPLAYED, OTHER_SESSION)
 
 
 def connection_authorize_start(
@@ -54,12 +58,12 @@ def connection_authorize_start(
             connection_client_config(connection), state=state, code_verifier=code_verifier
         )
     except ProviderError as exc:
-        audit_record(
+        connection_attempt_failure_record(
             action=Action.AUTHORIZE_START,
-            outcome=Outcome.FAILURE,
             connection=connection,
             actor=user,
             detail=exc.message,
+            failure=_connect_failure(connection, user, exc.message),
         )
         raise ConnectionActionError(exc.message) from None
     now = timezone.now()
@@ -96,16 +100,33 @@ class AuthorizationResult:
 def _flow_failure(
     message: str, request: AuthorizationRequest, remote_addr: str | None, *, shown: str = ""
 ) -> ConnectionActionError:
-    """Audit why the flow ended; the error shows `shown` to the person, or the message itself."""
-    audit_record(
-        action=Action.AUTHORIZE_CALLBACK,
-        outcome=Outcome.FAILURE,
-        connection=request.connection,
-        actor=request.user,
-        detail=message,
-        remote_addr=remote_addr,
-    )
+    """Audit why the flow ended, and keep it on the connection unless the flow may have succeeded; the error shows
+    `shown` to the person, or the message itself."""
+    connection, user = request.connection, request.user
+    if message in NOT_THE_CONNECTIONS_FAILURE:
+        audit_record(
+            action=Action.AUTHORIZE_CALLBACK,
+            outcome=Outcome.FAILURE,
+            connection=connection,
+            actor=user,
+            detail=message,
+            remote_addr=remote_addr,
+        )
+    else:
+        connection_attempt_failure_record(
+            action=Action.AUTHORIZE_CALLBACK,
+            connection=connection,
+            actor=user,
+            detail=message,
+            failure=_connect_failure(connection, user, message),
+            remote_addr=remote_addr,
+        )
     return ConnectionActionError(shown or message, return_url=request.return_url)
+
+
+def _connect_failure(connection: Connection, user: AbstractBaseUser, message: str) -> str:
+    whose = f" ({user.get_username()}'s own token)" if connection.is_user_specific else ""
+    return f"Connect{whose}: {message}"
 
 
 def _anonymous_failure(message: str, return_url: str, remote_addr: str | None) -> ConnectionActionError:
@@ -129,7 +150,7 @@ def _flow_problem(request: AuthorizationRequest, session_key: str) -> str:
     if request.expires_at < timezone.now():
         return f"This authorization took longer than {settings.OAUTH_STATE_TTL // 60} minutes and expired. Start again."
     if not session_key or request.session_digest != sha256_digest(session_key):
-        return "This authorization was started in another browser session; finish it in the browser that began it."
+        return OTHER_SESSION
     return ""
 
 
@@ -204,6 +225,7 @@ def connection_authorize_complete(
     """The OAuth callback: check the state, exchange the code, store the tokens."""
     request = _claim_authorization_request(params, session_key, default_return_url, remote_addr)
     connection = request.connection
+    started_at = timezone.now()
     try:
         response = oauth_client.exchange_code(
             connection_client_config(connection), code=params["code"], code_verifier=request.code_verifier
@@ -224,6 +246,7 @@ def connection_authorize_complete(
             detail=f"Authorized; scope: {token.scope or 'none reported'}.",
             remote_addr=remote_addr,
         )
+        connection_attempt_succeeded(connection=connection, started_at=started_at)
         whose = f"{request.user.get_username()}'s own token" if request.for_user else "its shared token"
         webhooks.event_emit("connection.connected", connection, f"{connection} was authorized ({whose}).")
     # The grant this one replaces is nobody's any more: end it at the provider too. Its access token is left

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import Group
 from django.db import transaction
+from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
 from connections import signals
 from connections.audit import Action, Outcome, audit_record
-from connections.models import BotKey, sha256_digest
+from connections.models import BotKey, Connection, OAuthToken, TokenState, sha256_digest
 
 KEY_PREFIX = "crk_"
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
@@ -120,3 +122,77 @@ def bot_key_check(presented: PresentedKey, key: BotKey | None, *, remote_addr: s
         BotKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_from=remote_addr)
         key.last_used_at = now
     return key
+
+
+def bot_key_state(key: BotKey) -> str:
+    if key.revoked_at:
+        return "Revoked"
+    return "Active" if key.is_active else "Expired"
+
+
+@dataclass(frozen=True)
+class ConnectionReach:
+    """A connection that one of a user's roles is invited to: whether the user's bot key gets a token for it now,
+    and why (or why not), in words."""
+
+    connection: Connection
+    roles: list[str]  # the user's roles invited to it
+    gets_token: bool
+    status: str
+
+
+def connection_reach_for(user: AbstractBaseUser) -> list[ConnectionReach]:
+    """The connections the user's bot keys may ask tokens for (through the user's roles), each with whether a token
+    is there to give: for a user-specific one, whether this user has authorized it. Two queries, whatever the
+    number of connections. Says nothing of a key's own state (revoked, expired): the caller adds that."""
+    tokens = OAuthToken.objects.filter(connection=OuterRef("pk"))
+    connections = (
+        Connection.objects.filter(roles__user=user)
+        .distinct()
+        .order_by("name")
+        .annotate(
+            own_token_state=Subquery(tokens.filter(user=user).values("state")[:1]),
+            shared_token_state=Subquery(tokens.filter(user__isnull=True).values("state")[:1]),
+        )
+        .prefetch_related(Prefetch("roles", Group.objects.filter(user=user).order_by("name"), to_attr="user_roles"))
+    )
+    return [
+        ConnectionReach(connection, [role.name for role in connection.user_roles], *_reach_status(connection, user))
+        for connection in connections
+    ]
+
+
+def _reach_status(connection: Connection, user: AbstractBaseUser) -> tuple[bool, str]:
+    if not connection.is_enabled:
+        return False, "Disabled by an administrator: no token for anyone."
+    username = user.get_username()
+    if connection.is_user_specific:
+        state = connection.own_token_state
+        missing = f"Not authorized by {username} yet: they authorize it on My OAuth connections."
+        again = f"{username} must authorize it again (the provider refused the refresh)."
+        working = f"Authorized by {username}."
+    else:
+        state = connection.shared_token_state
+        if state is None and not connection.uses_authorization_code:
+            return True, "Obtained from the provider at the first request (the application's own grant)."
+        missing = "Not connected: an administrator must connect it."
+        again = "An administrator must connect it again (the provider refused the refresh)."
+        working = "Connected (shared token)."
+    if state is None:
+        return False, missing
+    if state == TokenState.REAUTHORIZATION_REQUIRED:
+        return False, again
+    if state == TokenState.REFRESH_FAILING:
+        return True, f"{working} Refreshes are failing: given while the token is valid."
+    return True, working
+
+
+def bot_key_unusable_because(key: BotKey) -> str:
+    """Why the token endpoint refuses this key whatever its user may reach, in words; "" when it does not."""
+    if key.revoked_at is not None:
+        return "This key is revoked: it gets no token."
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return "This key has expired: it gets no token."
+    if not key.user.is_active:
+        return f"{key.user.get_username()} is deactivated: this key gets no token."
+    return ""

@@ -352,7 +352,7 @@ def config_apply(plan: Plan, *, actor: AbstractBaseUser | None = None) -> None:
         for role_values in plan.roles:
             if actions[("role", role_values["name"])].action == "unchanged":
                 continue
-            role, _ = Group.objects.get_or_create(name=role_values["name"])
+            role, created = Group.objects.get_or_create(name=role_values["name"])
             role_update(
                 role=role,
                 feature_permissions=role_values["permissions"],
@@ -360,6 +360,7 @@ def config_apply(plan: Plan, *, actor: AbstractBaseUser | None = None) -> None:
                 connections=list(Connection.objects.filter(slug__in=role_values["connections"])),
                 actor=actor,
                 actor_label="" if actor else "apply_config",
+                created=created,
             )
         for change in actions.values():
             if change.action == "unchanged" or change.kind == "role":  # role_update recorded those

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections import oauth_client, selectors, webhooks
+from connections.attempts import connection_attempt_failure_record
 from connections.audit import Action, Outcome, audit_record
 from connections.errors import ConnectionActionError
 from connections.models import Connection, DeviceAuthorization
@@ -33,14 +34,14 @@ def device_authorization_start(*, connection: Connection, user: AbstractBaseUser
     try:
         answer = oauth_client.device_authorization(connection_client_config(connection))
     except ProviderError as exc:
-        audit_record(
+        message = f"Could not start the device authorization of {connection}: {exc.message}"
+        connection_attempt_failure_record(
             action=Action.AUTHORIZE_START,
-            outcome=Outcome.FAILURE,
             connection=connection,
             actor=user,
             detail=exc.message,
+            failure=f"Connect: {message}",
         )
-        message = f"Could not start the device authorization of {connection}: {exc.message}"
         raise ConnectionActionError(message) from None
     for earlier in DeviceAuthorization.objects.filter(connection=connection, started_by=user, status=Status.PENDING):
         _finish(earlier, Status.FAILED, "A newer device authorization replaced this one.")

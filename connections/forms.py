@@ -7,9 +7,11 @@ from django import forms
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.contrib.auth import get_user_model
 from django.urls import reverse
+from django.utils.html import escape, format_html
 from django.utils.text import slugify
 
 from connections import assertions, outbound
+from connections.form_fields import PARAMS_EXAMPLES, AuthorizationParamsField, RequirableBoundField, WriteOnlyTextarea
 from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role, TokenType
 from providers.models import (
     APP_GRANTS,
@@ -26,7 +28,6 @@ from providers.models import (
 PLACEHOLDER_PREFIX = "placeholder__"
 # A placeholder value becomes part of a host name or path: letters, digits, dots and dashes only, so that a
 # value cannot redirect a URL elsewhere ("evil.example/" or "x@evil").
-UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 PLACEHOLDER_VALUE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
 
 
@@ -68,60 +69,45 @@ def preset_preview(provider: Provider) -> dict[str, Any]:
         else " ".join(split_scopes(provider.client_credentials_scopes)),
         "refresh_url": provider.refresh_url,
         "client_auth_method": CLIENT_AUTH_METHOD_NAMES[provider.client_auth_method],
+        "client_auth_method_code": provider.client_auth_method,
         "grant_types": provider.grant_types,
         "placeholders": provider.placeholders,
     }
 
 
-def _has_unstorable_text(value: Any) -> bool:
-    if isinstance(value, str):
-        return bool(UNSTORABLE.search(value))
-    if isinstance(value, dict):
-        return any(_has_unstorable_text(key) or _has_unstorable_text(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_unstorable_text(item) for item in value)
-    return False
+URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "device_authorization_url")
+URL_REQUIRED_HELP = escape(
+    "Required: this provider type has no URL of its own. Enter it, or an issuer to read it from."
+)
 
 
-class SafeJSONField(forms.JSONField):
-    """JSON that PostgreSQL can store and Python can parse without blowing up: bounded, no NUL, no surrogates."""
-
-    MAX_LENGTH = 10_000
-
-    def to_python(self, value: Any) -> Any:
-        if isinstance(value, str) and len(value) > self.MAX_LENGTH:
-            raise forms.ValidationError(f"Keep this under {self.MAX_LENGTH} characters.")
-        try:
-            return super().to_python(value)
-        except (ValueError, RecursionError):  # huge integers, absurd nesting
-            raise forms.ValidationError("Enter valid JSON.") from None
-
-    def bound_data(self, data: Any, initial: Any) -> Any:
-        # Parsed again to show the form after an error: the same limits apply.
-        if isinstance(data, str) and len(data) > self.MAX_LENGTH:
-            return forms.fields.InvalidJSONInput(data)
-        try:
-            return super().bound_data(data, initial)
-        except (ValueError, RecursionError):
-            return forms.fields.InvalidJSONInput(data)
-
-    def prepare_value(self, value: Any) -> Any:
-        # Shown again after an error: escaped, so a lone surrogate from "\ud800" cannot break the page's encoding.
-        if isinstance(value, forms.fields.InvalidJSONInput):
-            return value
-        return json.dumps(value, ensure_ascii=True, cls=self.encoder)
-
-    def validate(self, value: Any) -> None:
-        super().validate(value)
-        if _has_unstorable_text(value):
-            raise forms.ValidationError("Text here cannot contain NUL or lone surrogate characters.")
+def grant_layout(grant_type: str) -> str:
+    """Which rows and buttons the connection page shows for a grant (its template's CSS names them): "app" for the
+    grants that act as the application (no redirect, no Connect), "device" for the Device Code grant, else "code"."""
+    if grant_type in APP_GRANTS:
+        return "app"
+    return "device" if grant_type == GrantType.DEVICE_CODE else "code"
 
 
-class WriteOnlyTextarea(forms.Textarea):
-    """A textarea that never shows a value back, not even the one just posted (the private key)."""
+def signing_rows(grant_type: str, client_auth_method: str) -> str:
+    """Which signing rows the page shows (its template's CSS names them): "jwt" for the JWT Bearer grant (the
+    private key, its ID and the subject), "key" where the client authenticates with private_key_jwt (the key and
+    its ID), else "none" (a client secret only)."""
+    if grant_type == GrantType.JWT_BEARER:
+        return "jwt"
+    return "key" if client_auth_method == ClientAuthMethod.PRIVATE_KEY_JWT else "none"
 
-    def format_value(self, value: Any) -> None:
-        return None
+
+def grant_descriptions() -> dict[str, dict[str, Any]]:
+    """What the form's script knows of every grant: its label, its layout and the URLs it needs."""
+    return {
+        grant.value: {
+            "label": str(grant.label),
+            "layout": grant_layout(grant),
+            "urls_required": urls_required_by(grant),
+        }
+        for grant in GrantType
+    }
 
 
 class ConnectionForm(forms.ModelForm):
@@ -139,10 +125,10 @@ class ConnectionForm(forms.ModelForm):
         help_text="For private_key_jwt or the JWT Bearer grant: the PEM private key (RSA or P-256), optionally "
         "followed by its certificate (Microsoft Entra). Stored encrypted and never shown again.",
     )
-    extra_authorization_params = SafeJSONField(
+    extra_authorization_params = AuthorizationParamsField(
         required=False,
         initial=dict,
-        help_text='Added to the authorization URL, e.g. {"prompt": "consent"}.',
+        help_text=escape(f"Added to the authorization URL: {PARAMS_EXAMPLES}."),
         widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
     )
 
@@ -173,6 +159,8 @@ class ConnectionForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.grant_layout = grant_layout(self.instance.grant_type)  # the template hides rows by it
+        self.signing = signing_rows(self.instance.grant_type, self.instance.client_auth_method)
         if "provider" not in self.fields:
             return  # a view-only user's form: every field is read-only
         self.fields["slug"].required = False
@@ -201,14 +189,43 @@ class ConnectionForm(forms.ModelForm):
         select = getattr(self.fields["provider"].widget, "widget", self.fields["provider"].widget)
         presets = {str(provider.pk): preset_preview(provider) for provider in providers}
         select.attrs["data-presets"] = json.dumps(presets)
+        self._adapt_to_provider_and_grant(providers)
         for name, provider_names in _all_placeholders(providers).items():
             self.fields[PLACEHOLDER_PREFIX + name] = forms.CharField(
                 label=f"<{name}>",
                 required=False,
                 initial=self.instance.placeholders.get(name, "") if self.instance.pk else "",
-                help_text=f"Filled into the URLs and scopes of {', '.join(provider_names)}.",
+                help_text=escape(f"Filled into the URLs and scopes of {', '.join(provider_names)}."),
                 widget=forms.TextInput(attrs={"class": "placeholder-input", "data-placeholder": name}),
             )
+
+    def _adapt_to_provider_and_grant(self, providers: list[Provider]) -> None:
+        """The page as it is shown, before the script (if any) takes over: the grants the provider type supports,
+        the rows the grant uses (grant_layout), the URLs the connection must give itself. Validation is clean()'s:
+        every grant stays a valid choice there, so that an unsupported one is refused in words."""
+        source = self.data if self.is_bound else self.initial  # a form shown again after an error: as posted
+        chosen = str(source.get(self.add_prefix("provider")) or "")
+        provider = next((provider for provider in providers if str(provider.pk) == chosen), None)
+        grant = str(source.get(self.add_prefix("grant_type")) or "")
+        grant_select = self.fields["grant_type"].widget
+        grant_select.attrs["data-grants"] = json.dumps(grant_descriptions())
+        if provider is not None:
+            supported = [(value, label) for value, label in GrantType.choices if value in provider.grant_types]
+            grant_select.choices = supported
+            if grant not in provider.grant_types:  # refused by clean(); the select shows the first supported one
+                grant = supported[0][0] if supported else ""
+        self.grant_layout = grant_layout(grant)
+        auth = str(source.get(self.add_prefix("client_auth_method")) or getattr(provider, "client_auth_method", ""))
+        self.signing = signing_rows(grant, auth)
+        required = urls_required_by(grant) if provider is not None else []
+        for name in URL_FIELDS:
+            if (field := self.fields.get(name)) is None:
+                continue
+            field.bound_field_class = RequirableBoundField
+            field.widget.attrs.update({"data-optional-help": field.help_text, "data-required-help": URL_REQUIRED_HELP})
+            field.shown_required = name in required and not getattr(provider, name)
+            if field.shown_required:
+                field.help_text = URL_REQUIRED_HELP
 
     @property
     def placeholder_field_names(self) -> list[str]:
@@ -242,7 +259,12 @@ class ConnectionForm(forms.ModelForm):
         if not isinstance(value, dict) or not all(
             isinstance(key, str) and isinstance(item, str | int | bool) for key, item in value.items()
         ):
-            raise forms.ValidationError('Enter a JSON object of names and text values, e.g. {"prompt": "consent"}.')
+            raise forms.ValidationError(
+                'Enter a JSON object of names and text values, e.g. {"prompt": "consent"}, or name=value pairs '
+                "joined by &."
+            )
+        if "" in value:
+            raise forms.ValidationError("Each parameter needs a name: one here has none.")
         return {key: str(item) for key, item in value.items()}
 
     def clean(self) -> dict[str, Any]:
@@ -252,8 +274,8 @@ class ConnectionForm(forms.ModelForm):
         if provider is None or not grant_type:
             return cleaned
         if grant_type not in provider.grant_types:
-            labels = ", ".join(str(GrantType(grant).label) for grant in provider.grant_types)
-            self.add_error("grant_type", f"{provider} supports: {labels}.")
+            labels = ", ".join(str(GrantType(grant).label) for grant in provider.grant_types) or "no grant type"
+            self.add_error("grant_type", f"{provider} supports: {labels} (not {GrantType(grant_type).label}).")
         if grant_type in APP_GRANTS and cleaned.get("token_type") == TokenType.USER_SPECIFIC:
             label = GrantType(grant_type).label
             self.add_error("token_type", f"{label} acts as the application, not each user: choose Shared.")
@@ -336,6 +358,14 @@ class ConnectionForm(forms.ModelForm):
                 self.add_error(field if field in self.fields else None, exc.message)
 
 
+class WrappedFilteredSelectMultiple(FilteredSelectMultiple):
+    """The admin's two-box select, wrapped as the admin wraps those of model fields: its script puts the boxes
+    first in the select's parent, which would otherwise be the row, ahead of the field's label."""
+
+    def render(self, *args: Any, **kwargs: Any) -> str:
+        return format_html('<div class="related-widget-wrapper">{}</div>', super().render(*args, **kwargs))
+
+
 class RoleForm(forms.ModelForm):
     feature_permissions = forms.MultipleChoiceField(
         choices=list(FEATURE_PERMISSIONS.items()), widget=forms.CheckboxSelectMultiple, required=False
@@ -343,12 +373,13 @@ class RoleForm(forms.ModelForm):
     members = forms.ModelMultipleChoiceField(
         queryset=get_user_model().objects.order_by("username"),
         required=False,
-        widget=FilteredSelectMultiple("members", is_stacked=False),
+        widget=WrappedFilteredSelectMultiple("members", is_stacked=False),
+        help_text="Who joins or leaves is audited, as from a user's page.",
     )
     invited_connections = forms.ModelMultipleChoiceField(
         queryset=Connection.objects.order_by("name"),
         required=False,
-        widget=FilteredSelectMultiple("connections", is_stacked=False),
+        widget=WrappedFilteredSelectMultiple("connections", is_stacked=False),
         help_text="Bots whose users hold this role get tokens for these connections.",
     )
 
@@ -373,3 +404,11 @@ class BotKeyAddForm(forms.ModelForm):
     class Meta:
         model = BotKey
         fields = ("user", "name")
+        help_texts = {
+            "user": "The key gets tokens for the connections this user's roles are invited to (its reach, shown "
+            "once it is created)."
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["user"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")

@@ -266,10 +266,8 @@ def _token_to_give(
         except ProviderError as exc:
             raise _provider_failure(exc, None) from None
     if token is None:
-        who = read.key.user.get_username() if connection.is_user_specific else "nobody"
-        raise TokenRequestError(
-            409, "not_connected", f"{connection.slug} is not connected: {who} has not authorized it yet."
-        )
+        who = f"{read.key.user.get_username()} has not" if connection.is_user_specific else "nobody has"
+        raise TokenRequestError(409, "not_connected", f"{connection.slug} is not connected: {who} authorized it yet.")
     return _fresh_token(connection, token, min_validity, force_refresh)
 
 
@@ -307,15 +305,7 @@ def token_request(
         # A refusal is written now, in the request (an unexpected error too); False: a failed authentication
         # counted with others (connections.audit).
         if outcome != Outcome.SUCCESS and audited:
-            audit_record(
-                action=Action.TOKEN_REQUEST,
-                outcome=outcome,
-                connection=connection,
-                actor=key.user if key else None,
-                actor_label=_actor_label(key),
-                detail=detail if connection or not slug else f"{detail} [{slug[:60]!r}]",
-                remote_addr=remote_addr,
-            )
+            _refusal_record(key, connection, slug, possible_slug, detail, remote_addr)
     # An answer is written by this process's next report, with those it gives from memory (connections.token_cache).
     event = {
         "actor_id": read.key.user.pk,
@@ -330,6 +320,30 @@ def token_request(
     from_memory = {**event, "detail": f"{detail} {token_cache.FROM_MEMORY}".lstrip()}
     _answer_remember(read, read_at, token, answer, from_memory)
     return answer
+
+
+def _refusal_record(
+    key: BotKey | None,
+    connection: Connection | None,
+    slug: str,
+    possible_slug: str | None,
+    detail: str,
+    remote_addr: str | None,
+) -> None:
+    """A refused request's audit event. When no connection is linked (none has that slug, or the key may not use
+    it), the slug asked for is still its connection label, so that the audit list's connection filter finds it;
+    a name that is not a slug's shape is only quoted, cut short, in the detail."""
+    audit_record(
+        action=Action.TOKEN_REQUEST,
+        outcome=Outcome.FAILURE,
+        connection=connection,
+        # SLUG_PATTERN bounds a possible slug to the column's length.
+        connection_label=possible_slug or "",
+        actor=key.user if key else None,
+        actor_label=_actor_label(key),
+        detail=detail if connection or possible_slug or not slug else f"{detail} [{slug[:60]!r}]",
+        remote_addr=remote_addr,
+    )
 
 
 def _actor_label(key: BotKey | None) -> str:

@@ -23,8 +23,9 @@ def sha256_digest(value: str) -> str:
 
 
 class TokenType(models.TextChoices):
-    SHARED = "shared", "Shared (one token, authorized by an administrator, for unattended bots)"
-    USER_SPECIFIC = "user_specific", "User-specific (each user authorizes their own)"
+    # Short: they are a list column; Connection.token_type's help text explains them.
+    SHARED = "shared", "Shared"
+    USER_SPECIFIC = "user_specific", "User-specific"
 
 
 class Connection(models.Model):
@@ -36,7 +37,13 @@ class Connection(models.Model):
         default=dict, blank=True, help_text="Values for the provider's URL placeholders, e.g. yourinstance."
     )
     grant_type = models.CharField(max_length=30, choices=GrantType.choices, default=GrantType.AUTHORIZATION_CODE)
-    token_type = models.CharField(max_length=20, choices=TokenType.choices, default=TokenType.SHARED)
+    token_type = models.CharField(
+        max_length=20,
+        choices=TokenType.choices,
+        default=TokenType.SHARED,
+        help_text="Shared: one token, authorized by an administrator, for unattended bots. User-specific: each "
+        "invited user authorizes their own token, and a bot gets the token of its key's user.",
+    )
     client_id = models.CharField(max_length=500)
     client_secret = encrypt(models.TextField(blank=True))
     client_auth_method = models.CharField(
@@ -94,6 +101,13 @@ class Connection(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # A failed Save and test or Connect that stored no token: kept here, as no token row holds it (a token's own
+    # failures are the token's). Written with update(), so the token endpoint's cached answers stay valid.
+    last_failure = models.TextField(blank=True, help_text="The last failed test or connect, in words.")
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    failures_in_a_row = models.PositiveIntegerField(default=0)
+    # Moved forward by the batched audit of successful token requests (connections.audit_rows), off the hot path.
+    last_token_issued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -346,7 +360,8 @@ class AuditEvent(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.outcome}"
+        # In words, as the admin's pages title it: "Token refreshed", not token_refresh.
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.get_action_display()} ({self.get_outcome_display()})"
 
 
 class FailedAuthenticationWindow(models.Model):

@@ -1,11 +1,11 @@
 """Reads: who may do what with which connection, and the status of connections and tokens in words."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import Case, CharField, Count, Exists, OuterRef, QuerySet, Value, When
+from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from connections.models import Connection, OAuthToken, TokenState, TokenType
@@ -53,14 +53,46 @@ def token_for(connection: Connection, user: AnyUser | None) -> OAuthToken | None
     return tokens.filter(user__isnull=True).first()
 
 
+def moment_text(moment: datetime | None) -> str:
+    """A time as the admin shows it: local, to the second."""
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failure in words, when it happened and how many came in a row: a token's own (refreshes), or the
+    connection's last Save and test or Connect that stored no token (Connection.last_failure)."""
+
+    message: str
+    at: datetime | None
+    in_a_row: int
+
+    @property
+    def text(self) -> str:
+        return f"{self.message} ({moment_text(self.at)}; {self.in_a_row} consecutive failure(s))"
+
+
+def attempt_failure(connection: Connection, tokens: list[OAuthToken]) -> Failure | None:
+    """The connection's last failed test or connect, unless a grant was stored since (by Connect, a bot's first
+    client-credentials request or a device approval): then it no longer says anything about the connection."""
+    failed_at = connection.last_failure_at
+    if not connection.last_failure or failed_at is None:
+        return None
+    if any(token.authorized_at >= failed_at for token in tokens):
+        return None
+    return Failure(connection.last_failure, failed_at, connection.failures_in_a_row)
+
+
 @dataclass(frozen=True)
 class TokenSummary:
-    """What the connection list shows of a connection's tokens (all of them, for a user-specific one)."""
+    """What the connection list shows of a connection's tokens (all of them, for a user-specific one), and of its
+    last failed test or connect."""
 
     last_refresh_at: datetime | None  # of the token written last
     next_refresh_at: datetime | None  # the earliest due
-    consecutive_failures: int  # the most of any token
+    consecutive_failures: int  # the most of any token, or of the connection's failed tests and connects
     last_failure: OAuthToken | None  # the token that failed last
+    attempt_failure: Failure | None = None  # the connection's last failed test or connect (attempt_failure)
 
     @property
     def last_refresh_text(self) -> str:
@@ -77,12 +109,18 @@ class TokenSummary:
         return f"in {format_duration(remaining)}" if remaining > 0 else "due now"
 
     @property
-    def last_error_text(self) -> str:
+    def last_error(self) -> Failure | None:
+        """The newer of the failing token's last error and the connection's last failed test or connect."""
         token = self.last_failure
-        if token is None:
-            return "—"
-        when = timezone.localtime(token.last_error_at).strftime("%Y-%m-%d %H:%M:%S") if token.last_error_at else ""
-        return f"{token.last_error} ({when}; {token.consecutive_failures} consecutive failure(s))"
+        candidates = [self.attempt_failure] if self.attempt_failure else []
+        if token is not None:
+            candidates.append(Failure(token.last_error, token.last_error_at, token.consecutive_failures))
+        return max(candidates, key=lambda failure: failure.at or datetime.min.replace(tzinfo=UTC), default=None)
+
+    @property
+    def last_error_text(self) -> str:
+        failure = self.last_error
+        return failure.text if failure else "—"
 
 
 def token_summary(connection: Connection) -> TokenSummary:
@@ -90,11 +128,15 @@ def token_summary(connection: Connection) -> TokenSummary:
     tokens = list(connection.tokens.all())
     latest = max(tokens, key=lambda token: token.updated_at, default=None)
     failing = [token for token in tokens if token.last_error]
+    attempt = attempt_failure(connection, tokens)
     return TokenSummary(
         last_refresh_at=latest and (latest.refreshed_at or latest.authorized_at),
         next_refresh_at=min((token.next_refresh_at for token in tokens if token.next_refresh_at), default=None),
-        consecutive_failures=max((token.consecutive_failures for token in tokens), default=0),
+        consecutive_failures=max(
+            [token.consecutive_failures for token in tokens] + ([attempt.in_a_row] if attempt else []), default=0
+        ),
         last_failure=max(failing, key=lambda token: token.last_error_at or token.updated_at, default=None),
+        attempt_failure=attempt,
     )
 
 
@@ -114,6 +156,12 @@ class Status:
     code: str  # not_connected, connected, refresh_failing, reauthorization_required, disabled
     label: str
     expires_at: datetime | None = None
+    attempt_failed: bool = False  # not connected, and the last test or connect failed (attempt_failure)
+
+    @property
+    def is_failure(self) -> bool:
+        """Someone must act: shown in the one colour for failures (the admin's connection-failed class)."""
+        return self.attempt_failed or self.code == "reauthorization_required"
 
     @property
     def expiry_text(self) -> str:
@@ -140,31 +188,62 @@ def token_status(token: OAuthToken | None) -> Status:
     return Status("connected", "Connected", token.expires_at)
 
 
+ATTEMPT_FAILED = " — last attempt failed"
+
+
 def connection_status(connection: Connection) -> Status:
+    """The status of the shared token, or how many users hold their own; from the prefetched tokens when the
+    caller prefetched them (the admin list). connection_status_expression() is the same in SQL."""
     if not connection.is_enabled:
         return Status("disabled", "Disabled")
+    tokens = list(connection.tokens.all())
     if not connection.is_user_specific:
-        return token_status(token_for(connection, None))
-    count = connection.tokens.count()
-    if not count:
-        return Status("not_connected", "Not connected (no user has authorized yet)")
-    return Status("connected", f"{count} user{'s' if count != 1 else ''} connected")
+        status = token_status(next((token for token in tokens if token.user_id is None), None))
+        label = "Not connected"
+    else:
+        count = sum(1 for token in tokens if token.user_id is not None)
+        status = Status("connected", f"{count} user{'s' if count != 1 else ''} connected")
+        label = "Not connected (no user has authorized yet)"
+        if not count:
+            status = Status("not_connected", label)
+    if status.code == "not_connected" and attempt_failure(connection, tokens):
+        return Status("not_connected", label + ATTEMPT_FAILED, attempt_failed=True)
+    return status
 
 
 STATUSES = ("connected", "refresh_failing", "reauthorization_required", "not_connected", "disabled")
 
 
-def connection_status_counts() -> dict[str, int]:
-    """Connections by status, as their list shows it (connections.selectors.connection_status), in one query."""
-    tokens = OAuthToken.objects.filter(connection=OuterRef("pk"))
-    status = Case(
+def connection_status_expression() -> Case:
+    """connection_status()'s code in SQL (an annotation): the status filter of the admin list and the counts of
+    the dashboard and the metrics agree with the status column. A shared connection is judged by its shared
+    token, a user-specific one by its users' tokens (a token of the other kind, left from before its token type
+    was changed, counts for neither)."""
+    shared = OAuthToken.objects.filter(connection=OuterRef("pk"), user__isnull=True)
+    users = OAuthToken.objects.filter(connection=OuterRef("pk"), user__isnull=False)
+    user_specific = Q(token_type=TokenType.USER_SPECIFIC)
+    return Case(
         When(is_enabled=False, then=Value("disabled")),
-        When(~Exists(tokens), then=Value("not_connected")),
-        When(token_type=TokenType.USER_SPECIFIC, then=Value("connected")),
-        When(Exists(tokens.filter(state=TokenState.REAUTHORIZATION_REQUIRED)), then=Value("reauthorization_required")),
-        When(Exists(tokens.filter(state=TokenState.REFRESH_FAILING)), then=Value("refresh_failing")),
+        When(user_specific & Exists(users), then=Value("connected")),
+        When(user_specific | ~Exists(shared), then=Value("not_connected")),
+        When(Exists(shared.filter(state=TokenState.REAUTHORIZATION_REQUIRED)), then=Value("reauthorization_required")),
+        When(Exists(shared.filter(state=TokenState.REFRESH_FAILING)), then=Value("refresh_failing")),
         default=Value("connected"),
         output_field=CharField(),
     )
-    counted = Connection.objects.annotate(status=status).order_by().values("status").annotate(count=Count("id"))
+
+
+def connections_with_status(connections: QuerySet[Connection], code: str) -> QuerySet[Connection]:
+    """The connections whose status (connection_status().code) is `code`, filtered by the database."""
+    return connections.alias(status_code=connection_status_expression()).filter(status_code=code)
+
+
+def connection_status_counts() -> dict[str, int]:
+    """Connections by status, as their list shows it (connections.selectors.connection_status), in one query."""
+    counted = (
+        Connection.objects.annotate(status=connection_status_expression())
+        .order_by()
+        .values("status")
+        .annotate(count=Count("id"))
+    )
     return dict.fromkeys(STATUSES, 0) | {row["status"]: row["count"] for row in counted}

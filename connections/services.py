@@ -3,9 +3,11 @@ audit of an admin save, and a role's permissions, members and invitations. The a
 these; each calls providers outside any database transaction."""
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Permission
 from django.db import transaction
@@ -13,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from connections import selectors, webhooks
+from connections.attempts import connection_attempt_failure_record, connection_attempt_succeeded
 from connections.audit import Action, Outcome, audit_record, user_label
 from connections.errors import ConnectionActionError
 from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
@@ -25,20 +28,23 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
     """Save and test connection: prove the credentials work now. Returns a sentence for the admin."""
     if not connection.is_enabled:
         raise ConnectionActionError(f"{connection} is disabled; enable it to test it.")
+    started_at = timezone.now()
     if not connection.uses_authorization_code:
         token = selectors.token_for(connection, None)
         if token is None:
             try:
                 token = app_token_obtain(connection=connection, authorized_by=actor)
             except ProviderError as exc:
-                audit_record(
+                # No token holds this failure: the connection keeps it (its page and list show it).
+                connection_attempt_failure_record(
                     action=Action.CONNECTION_TEST,
-                    outcome=Outcome.FAILURE,
                     connection=connection,
                     actor=actor,
                     detail=exc.message,
+                    failure=f"Save and test: {exc.message}",
                 )
                 raise ConnectionActionError(f"Test failed: {exc.message}") from None
+            connection_attempt_succeeded(connection=connection, started_at=started_at)
             return f"Test passed: the provider issued an access token ({selectors.token_status(token).expiry_text})."
     elif connection.is_user_specific:
         token = selectors.token_for(connection, actor)
@@ -52,8 +58,9 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
             raise ConnectionActionError("Authorization needed: click Connect to authorize this connection.")
     try:
         token = token_refresh(token=token, actor_label=user_label(actor))
-    except ProviderError as exc:
+    except ProviderError as exc:  # the token keeps this failure (connections.refresh)
         raise ConnectionActionError(f"Test failed: {exc.message}") from None
+    connection_attempt_succeeded(connection=connection, started_at=started_at)
     return f"Test passed: the token was refreshed ({selectors.token_status(token).expiry_text})."
 
 
@@ -164,20 +171,100 @@ def role_update(
     connections: list[Connection],
     actor: AbstractBaseUser | None,
     actor_label: str = "",
+    created: bool = False,
+    renamed_from: str = "",
 ) -> None:
-    """Set a role's feature permissions, members and invited connections (other permissions are kept)."""
+    """Set a role's feature permissions, members and invited connections (other permissions are kept), and audit
+    what changed: on creation everything it holds, later who joined or left and the permissions and connections
+    that changed (by name; never anything secret)."""
     wanted = set(feature_permissions) & set(FEATURE_PERMISSIONS)
     with transaction.atomic():
+        before = RoleSnapshot.of(role)
         features = Permission.objects.filter(content_type__app_label="connections", codename__in=FEATURE_PERMISSIONS)
         role.permissions.remove(*[permission for permission in features if permission.codename not in wanted])
         role.permissions.add(*[permission for permission in features if permission.codename in wanted])
         role.user_set.set(members)
         role.connections.set(connections)
+        after = RoleSnapshot.of(role)
+        name = f"{role.name} (renamed from {renamed_from})" if renamed_from and renamed_from != role.name else role.name
+        if created:
+            detail = (
+                f"Role {role.name} created: permissions {_listed(after.permissions)}; members "
+                f"{_listed(after.members)}; connections {_listed(after.connections)}."
+            )
+        else:
+            detail = _role_change_detail(name, before, after)
         audit_record(
-            action=Action.ROLE_UPDATE,
-            outcome=Outcome.SUCCESS,
-            actor=actor,
-            actor_label=actor_label,
-            detail=f"Role {role.name}: permissions {sorted(wanted) or 'none'}; {len(members)} member(s); "
-            f"connections {[connection.slug for connection in connections] or 'none'}.",
+            action=Action.ROLE_UPDATE, outcome=Outcome.SUCCESS, actor=actor, actor_label=actor_label, detail=detail
         )
+
+
+def user_roles_set(
+    *, user: AbstractBaseUser, roles: list[Role], actor: AbstractBaseUser | None, actor_label: str = ""
+) -> None:
+    """Set a user's roles (the user page of the admin): one audit event per role whose membership changed, the same
+    event role_update writes when only its members change."""
+    with transaction.atomic():
+        held = {role.pk: role for role in Role.objects.filter(user=user)}
+        wanted = {role.pk: role for role in roles}
+        user.groups.set(list(wanted.values()))
+        username = user.get_username()
+        changed = sorted((held | wanted).values(), key=lambda role: role.name)
+        for role in changed:
+            if (role.pk in held) == (role.pk in wanted):
+                continue
+            joined = role.pk in wanted
+            before = RoleSnapshot(members=frozenset() if joined else frozenset({username}))
+            after = RoleSnapshot(members=frozenset({username}) if joined else frozenset())
+            audit_record(
+                action=Action.ROLE_UPDATE,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                actor_label=actor_label,
+                detail=_role_change_detail(role.name, before, after),
+            )
+
+
+@dataclass(frozen=True)
+class RoleSnapshot:
+    """What a role's audit event speaks of, by name: member usernames, feature permissions, connection slugs."""
+
+    members: frozenset[str] = frozenset()
+    permissions: frozenset[str] | None = None  # None: not looked at (a change of members only)
+    connections: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, role: Role) -> "RoleSnapshot":
+        user_model = get_user_model()
+        return cls(
+            members=frozenset(user_model.objects.filter(groups=role).values_list(user_model.USERNAME_FIELD, flat=True)),
+            permissions=frozenset(
+                role.permissions.filter(
+                    content_type__app_label="connections", codename__in=FEATURE_PERMISSIONS
+                ).values_list("codename", flat=True)
+            ),
+            connections=frozenset(role.connections.values_list("slug", flat=True)),
+        )
+
+
+def _listed(names: frozenset[str] | None) -> str:
+    return ", ".join(sorted(names or ())) or "none"
+
+
+def _role_change_detail(name: str, before: RoleSnapshot, after: RoleSnapshot) -> str:
+    """'Role Finance bots: members added alice; members removed bob; connections now a, b (were a).' Only what
+    changed; from the role page and the user page alike, so the same change reads the same."""
+    parts = []
+    if added := after.members - before.members:
+        parts.append(f"members added {_listed(added)}")
+    if removed := before.members - after.members:
+        parts.append(f"members removed {_listed(removed)}")
+    for label, was, now in (
+        ("permissions", before.permissions, after.permissions),
+        ("connections", before.connections, after.connections),
+    ):
+        if was != now:
+            parts.append(f"{label} now {_listed(now)} (were {_listed(was)})")
+    if not parts:
+        return f"Role {name} saved; its members, permissions and connections are unchanged."
+    return f"Role {name}: {'; '.join(parts)}."

@@ -4,16 +4,19 @@ import ipaddress
 import segno
 from celery import current_app
 from django.conf import settings
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from kombu.exceptions import OperationalError
 
 from connections import (
@@ -24,11 +27,12 @@ from connections import (
     log_context,
     metrics,
     metrics_scrape,
+    outbound_facts,
     selectors,
     services,
 )
 from connections.errors import ConnectionActionError
-from connections.models import Connection, DeviceAuthorization
+from connections.models import Connection, DeviceAuthorization, OAuthToken
 
 DEVICE_POLL_TASK = "connections.tasks.device_authorization_poll"
 
@@ -114,8 +118,8 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    """/ (and the admin's "View site"): people who only authorize their own tokens to My connections, everyone
-    else to the admin (its login page, for someone not signed in)."""
+    """/: people who only authorize their own tokens to My connections, everyone else to the admin (its login
+    page, for someone not signed in). The admin's "View site" goes to My connections (controlroom.admin)."""
     if request.user.is_authenticated and not request.user.is_staff:
         return redirect("my_connections")
     return redirect("admin:index")
@@ -167,23 +171,65 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
     return redirect(result.return_url)
 
 
+MY_STATUSES = [(code, code.replace("_", " ").capitalize()) for code in selectors.STATUSES]
+DISABLED = selectors.Status("disabled", "Disabled by an administrator")
+
+
+@require_GET
 @login_required
 def my_connections(request: HttpRequest) -> HttpResponse:
-    rows = [
-        {"connection": connection, "status": selectors.token_status(selectors.token_for(connection, request.user))}
-        for connection in selectors.user_specific_connections_for(request.user)
-    ]
-    return render(
-        request,
-        "connections/my_connections.html",
-        {"rows": rows, "title": "My OAuth connections", "site_header": "Control Room"},
-    )
+    """The user-specific connections the user may authorize, with their own token's status; searched (name,
+    slug, provider, description) and filtered by status with GET parameters, so a filtered list has a URL."""
+    search = request.GET.get("q", "").strip()[:200]
+    status = request.GET.get("status", "")
+    status = status if status in selectors.STATUSES else ""
+    context = {
+        "rows": _my_connection_rows(request.user, search, status),
+        "search": search,
+        "status": status,
+        "statuses": MY_STATUSES,
+        "title": "My OAuth connections",
+        "site_header": "Control Room",
+    }
+    return render(request, "connections/my_connections.html", context)
 
 
-@require_POST
+def _my_connection_rows(user: selectors.AnyUser, search: str, status: str) -> list[dict]:
+    connections = selectors.user_specific_connections_for(user)
+    if search:
+        connections = connections.filter(
+            Q(name__icontains=search)
+            | Q(slug__icontains=search)
+            | Q(provider__name__icontains=search)
+            | Q(description__icontains=search)
+        )
+    connections = list(connections)
+    mine = OAuthToken.objects.filter(user=user, connection__in=[connection.pk for connection in connections])
+    tokens = {token.connection_id: token for token in mine}
+    rows = []
+    for connection in connections:
+        token = tokens.get(connection.pk)
+        row_status = selectors.token_status(token) if connection.is_enabled else DISABLED
+        if not status or row_status.code == status:
+            rows.append({"connection": connection, "status": row_status, "token": token})
+    return rows
+
+
+@require_http_methods(["GET", "POST"])
 @login_required
 def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
-    connection = get_object_or_404(Connection, slug=slug)
+    """GET: what disconnecting one's own token does (revoked at the provider or not), to confirm; POST: do it."""
+    connection = get_object_or_404(Connection.objects.select_related("provider"), slug=slug)
+    if request.method == "GET":
+        if not connection.is_user_specific or selectors.token_for(connection, request.user) is None:
+            raise Http404("You have no token of that connection to disconnect.")
+        context = {
+            "connection": connection,
+            "revokes": bool(connection.effective_revocation_url),
+            "title": f"Disconnect {connection}?",
+            "site_header": "Control Room",
+        }
+        return render(request, "connections/my_connection_disconnect.html", context)
     try:
         message = services.connection_disconnect(connection=connection, actor=request.user, only_user=request.user)
     except ConnectionActionError as exc:
@@ -191,6 +237,23 @@ def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
     else:
         messages.success(request, message)
     return redirect("my_connections")
+
+
+@require_GET
+def outbound_page(request: HttpRequest) -> HttpResponse:
+    """The admin's Outbound page (behind admin_view, in controlroom.urls): the outbound policy in effect, and what
+    it would do with a URL, judged without calling it."""
+    if not selectors.user_can_view_connections(request.user):
+        raise PermissionDenied
+    url = request.GET.get("url", "").strip()[:2000]
+    context = {
+        **admin.site.each_context(request),
+        "title": "Outbound calls",
+        "policy": outbound_facts.policy_in_effect(),
+        "url": url,
+        "verdict": outbound_facts.url_verdict(url) if url else None,
+    }
+    return TemplateResponse(request, "admin/connections/outbound.html", context)
 
 
 @csrf_exempt  # a bot key in a header, no cookie: nothing for CSRF to protect, and a bot should get JSON

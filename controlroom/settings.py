@@ -77,7 +77,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=sorted({_public.hostname, "127
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[f"{_public.scheme}://{_public.netloc}"])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "controlroom.admin.ControlRoomAdminConfig",  # django.contrib.admin, with Control Room's admin site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -366,6 +366,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
+# Django formats dates from the language's format module, never from DATETIME_FORMAT and the like in settings:
+# controlroom/formats/en/formats.py gives every page one format, to the second.
+FORMAT_MODULE_PATH = ["controlroom.formats"]
 
 STATIC_URL = "static/"
 # Outside VAR_DIR, so a volume mounted over the data directory does not hide the files collected at build time.

@@ -4,13 +4,11 @@ from django.urls import path
 
 from connections import views
 
-admin.site.site_header = "Control Room"
-admin.site.site_title = "Control Room"
-admin.site.index_title = "Administration"
-admin.site.index_template = "admin/connections/index.html"  # the admin's home, with the dashboard's link
-
+# admin.site is Control Room's (controlroom.admin: titles, home page, app order).
 urlpatterns = [
     path("", views.home, name="home"),
+    # Admin pages that belong to no model, before the admin's own URLs (which would answer 404 for them).
+    path("admin/outbound/", admin.site.admin_view(views.outbound_page), name="outbound"),
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",

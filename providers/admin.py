@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
+from django.utils.html import conditional_escape
 
 from providers.models import GrantType, Provider
 from providers.services import provider_catalog_read
@@ -18,6 +19,14 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
+        # The admin renders help texts as HTML (help_text|safe in its fieldset template), where "<yourinstance>" or
+        # "<resource>/.default" would be read as tags and vanish: escaped here, for the editable fields and the
+        # read-only ones of a certified preset (which the admin reads from these too).
+        help_texts = {
+            field.name: conditional_escape(field.help_text)
+            for field in Provider._meta.get_fields()
+            if getattr(field, "help_text", "")
+        }
         fields = (
             "name",
             "slug",

@@ -1,25 +1,80 @@
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils import timezone
+from django.utils.html import format_html
 
 from connections import audit
 from connections.admin.permissions import PermissionMixin
-from connections.models import AuditEvent
+from connections.models import AuditEvent, Connection
+
+# Not a slug (a slug has no "~"), so no connection can be named so.
+NAMES_NO_CONNECTION = "~none"
+
+
+class ConnectionLabelFilter(admin.SimpleListFilter):
+    """By the connection an event names (its label, the slug asked for or held when it was written), so that a
+    refused request for a slug no connection has, and the events of a deleted connection, are found too."""
+
+    title = "connection"
+    parameter_name = "connection_label"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        # The connections that exist (a cheap table), not the distinct labels of the whole log (a scan of it).
+        choices = [(slug, f"{name} ({slug})") for slug, name in Connection.objects.values_list("slug", "name")]
+        chosen = self.value()
+        if chosen and chosen != NAMES_NO_CONNECTION and chosen not in dict(choices):
+            choices.append((chosen, chosen))  # followed from a label in the list: shown as chosen
+        return [*choices, (NAMES_NO_CONNECTION, "Names no existing connection (unknown or deleted)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
+        if self.value() == NAMES_NO_CONNECTION:
+            return queryset.exclude(connection_label="").exclude(connection_label__in=Connection.objects.values("slug"))
+        if self.value():
+            return queryset.filter(connection_label=self.value())
+        return queryset
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
     """Append-only: nobody adds, edits or deletes audit events here. Export CSV downloads the filtered list."""
 
-    list_display = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
-    list_filter = ("outcome", "action", "connection", ("actor", admin.RelatedOnlyFieldListFilter))
+    # Five columns, so that the detail keeps a readable width beside both sidebars on a laptop's screen: who with
+    # their address, what with its outcome.
+    list_display = ("created_at", "who", "connection_column", "what", "detail")
+    list_filter = ("outcome", "action", ConnectionLabelFilter, ("actor", admin.RelatedOnlyFieldListFilter))
     search_fields = ("actor_label", "connection_label", "detail")
     date_hierarchy = "created_at"
     change_list_template = "admin/connections/auditevent/change_list.html"
     csv_fields = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
+
+    @admin.display(description="Who", ordering="actor_label")
+    def who(self, event: AuditEvent) -> str:
+        if not event.remote_addr:
+            return event.actor_label
+        return format_html('{}<br><span class="audit-address">from {}</span>', event.actor_label, event.remote_addr)
+
+    @admin.display(description="Action", ordering="action")
+    def what(self, event: AuditEvent) -> str:
+        return format_html(
+            '{}<br><span class="audit-outcome audit-{}">{}</span>',
+            event.get_action_display(),
+            event.outcome,
+            event.get_outcome_display(),
+        )
+
+    @admin.display(description="Connection", ordering="connection_label")
+    def connection_column(self, event: AuditEvent) -> str:
+        """The label, linked to the list of every event that names it."""
+        if not event.connection_label:
+            return "—"
+        query = urlencode({ConnectionLabelFilter.parameter_name: event.connection_label})
+        label = event.connection_label
+        return format_html('<a href="?{}" title="Every event naming {}">{}</a>', query, label, label)
 
     def get_readonly_fields(self, request: HttpRequest, obj: AuditEvent | None = None) -> list[str]:
         return [field.name for field in AuditEvent._meta.fields]

@@ -1,15 +1,64 @@
+"""Bot keys in the admin: created here (the raw key shown once) or with `manage.py botkey create`; each key's page
+shows which connections it reaches and revokes it."""
+
+from datetime import timedelta
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 
 from connections import selectors
 from connections.admin.permissions import PermissionMixin
-from connections.bot_keys import bot_key_create, bot_key_revoke
+from connections.bot_keys import (
+    bot_key_create,
+    bot_key_revoke,
+    bot_key_state,
+    bot_key_unusable_because,
+    connection_reach_for,
+)
 from connections.forms import BotKeyAddForm
 from connections.models import BotKey
+
+
+class ExpiryFilter(admin.SimpleListFilter):
+    """When keys expire, looking ahead (Django's date filter only looks back)."""
+
+    title = "expiry"
+    parameter_name = "expiry"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [
+            ("7d", "Expires in the next 7 days"),
+            ("30d", "Expires in the next 30 days"),
+            ("expired", "Expired"),
+            ("never", "Never expires"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> QuerySet[BotKey]:
+        now = timezone.now()
+        if self.value() in ("7d", "30d"):
+            days = 7 if self.value() == "7d" else 30
+            return queryset.filter(expires_at__gt=now, expires_at__lte=now + timedelta(days=days))
+        if self.value() == "expired":
+            return queryset.filter(expires_at__lte=now)
+        if self.value() == "never":
+            return queryset.filter(expires_at__isnull=True)
+        return queryset
+
+
+def reach_html(key: BotKey) -> str:
+    """The connections the key's user may get tokens for, as the key's page and the created page show them."""
+    return render_to_string(
+        "admin/connections/botkey/reach.html",
+        {"reach": connection_reach_for(key.user), "unusable_because": bot_key_unusable_because(key), "key": key},
+    )
 
 
 @admin.register(BotKey)
@@ -19,9 +68,11 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
     Those who manage connections create and revoke keys; those who view connections see them (never the secret).
     """
 
+    change_form_template = "admin/connections/botkey/change_form.html"
     list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used_at", "last_used_from")
-    list_filter = ("revoked_at", "expires_at")
+    list_filter = ("revoked_at", ExpiryFilter)
     search_fields = ("name", "key_id", "user__username")
+    list_select_related = ("user",)
     actions = ["revoke_selected"]
     readonly_fields = (
         "user",
@@ -34,6 +85,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
         "revoked_at",
         "last_used_at",
         "last_used_from",
+        "reach",
     )
 
     def get_form(self, request: HttpRequest, obj: BotKey | None = None, change: bool = False, **kwargs: Any):
@@ -52,9 +104,11 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
 
     @admin.display(description="State")
     def state(self, key: BotKey) -> str:
-        if key.revoked_at:
-            return "Revoked"
-        return "Active" if key.is_active else "Expired"
+        return bot_key_state(key)
+
+    @admin.display(description="Reach: connections its user may get tokens for")
+    def reach(self, key: BotKey) -> str:
+        return reach_html(key)
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         if request.method != "POST":
@@ -74,14 +128,50 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             "opts": self.opts,
             "key": key,
             "raw_key": raw,
+            "reach": reach_html(key),
             "title": "Bot key created",
         }
         response = TemplateResponse(request, "admin/connections/botkey/created.html", context)
         response["Cache-Control"] = "no-store"
         return response
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "may_revoke": self.has_manage_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def has_manage_permission(self, request: HttpRequest) -> bool:
         return selectors.user_can_manage_connections(request.user)
+
+    def get_urls(self) -> list:
+        revoke = path(
+            "<int:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="connections_botkey_revoke"
+        )
+        return [revoke, *super().get_urls()]
+
+    def revoke_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Revoke: a confirmation page, then the revocation (POST), back on the key's page."""
+        if not self.has_manage_permission(request):
+            raise PermissionDenied
+        key = get_object_or_404(BotKey.objects.select_related("user"), pk=object_id)
+        key_url = reverse("admin:connections_botkey_change", args=[key.pk])
+        if key.revoked_at is not None:
+            self.message_user(request, f"The key {key} was already revoked.", messages.WARNING)
+            return HttpResponseRedirect(key_url)
+        if request.method == "POST":
+            if bot_key_revoke(key=key, actor=request.user):
+                self.message_user(request, f"Revoked the key {key}: it gets no token any more.", messages.SUCCESS)
+            else:
+                self.message_user(request, f"The key {key} was already revoked.", messages.WARNING)
+            return HttpResponseRedirect(key_url)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "key": key,
+            "title": f"Revoke the key {key}?",
+        }
+        return TemplateResponse(request, "admin/connections/botkey/revoke_confirmation.html", context)
 
     @admin.action(description="Revoke selected keys", permissions=["manage"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> None:

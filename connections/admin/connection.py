@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect
@@ -16,9 +16,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from connections import dashboard, discovery, health, selectors, services
+from connections.admin.connection_status import ConnectionStatusColumns, StatusListFilter
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ConnectionActionError
-from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm
+from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm, grant_layout
 from connections.models import Connection, OAuthToken
 from connections.outbound import ProviderError
 from connections.views import start_authorization
@@ -64,7 +65,7 @@ class TokenInline(PermissionMixin, admin.TabularInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
+class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin):
     form = ConnectionForm
     change_form_template = "admin/connections/connection/change_form.html"
     list_display = (
@@ -74,11 +75,13 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         "grant_type",
         "token_type",
         "status_display",
+        "used_by_display",
+        "last_token_issued_display",
         "last_refresh_display",
         "next_refresh_display",
-        "failures_column",
+        "last_error_column",
     )
-    list_filter = ("provider", "grant_type", "token_type", "is_enabled")
+    list_filter = (StatusListFilter, "provider", "grant_type", "token_type", "is_enabled")
     search_fields = ("name", "slug", "description", "client_id")
     filter_horizontal = ("roles",)
     inlines = [TokenInline]
@@ -89,15 +92,20 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         "last_refresh_display",
         "next_refresh_display",
         "last_error_display",
+        "last_token_issued_display",
         "roles_display",
+        "bot_call_display",
         "preset_display",
     )
 
     class Media:
-        js = ("connections/connection_form.js",)
+        js = ("connections/connection_form.js", "connections/copy_button.js")
+        css = {"all": ("connections/connection_admin.css",)}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
-        return super().get_queryset(request).select_related("provider").prefetch_related("tokens", "roles")
+        # The status columns read the tokens' state and times, never their values: those stay encrypted, unread.
+        tokens = Prefetch("tokens", queryset=OAuthToken.objects.defer("access_token", "refresh_token", "id_token"))
+        return super().get_queryset(request).select_related("provider").prefetch_related(tokens, "roles")
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # The list is where an administrator looks first: say so there when the workers fall behind.
@@ -122,7 +130,9 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                         "last_refresh_display",
                         "next_refresh_display",
                         "last_error_display",
+                        "last_token_issued_display",
                         "roles_display",
+                        "bot_call_display",
                     )
                 },
             )
@@ -134,7 +144,9 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                 "Provider",
                 {
                     "fields": ("provider", *placeholders, "preset_display", "grant_type", "token_type", "redirect_uri"),
-                    "description": "Register the redirect URI below in the provider's application settings.",
+                    # Hidden with the redirect URI's row for the grants that send nobody to the provider.
+                    "description": '<span class="redirect-note">Register the redirect URI below in the provider\'s '
+                    "application settings.</span>",
                 },
             ),
             ("Application credentials", {"fields": credentials}),
@@ -150,7 +162,8 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
                         "scopes",
                         "extra_authorization_params",
                     ),
-                    "description": "Leave the URLs blank to use the provider type's, with your placeholders filled in.",
+                    "description": "Leave a URL blank to use the provider type's, with your placeholders filled in "
+                    "(a URL marked required has none to use).",
                 },
             ),
             ("Token lifetime", {"fields": ("default_token_lifetime",), "classes": ("collapse",)}),
@@ -183,8 +196,10 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
         if connection.provider_id is None:
             return "Choose a provider type to see its URLs, scopes and documentation."
         provider = connection.provider
+        # As the form's script draws it: the authorization URL only for the grants that send someone to it.
+        sends_to_provider = grant_layout(connection.grant_type) == "code"
         rows = [
-            ("Authorization URL", connection.effective_authorization_url or "—"),
+            *([("Authorization URL", connection.effective_authorization_url or "—")] if sends_to_provider else []),
             ("Token URL", connection.effective_token_url or "—"),
             ("Revocation URL", connection.effective_revocation_url or "none: tokens are not revoked at the provider"),
             *([("Refresh URL", connection.effective_refresh_url)] if provider.refresh_url else []),
@@ -204,37 +219,11 @@ class ConnectionAdmin(PermissionMixin, admin.ModelAdmin):
             format_html_join("", "<tr><th>{}</th><td><code>{}</code></td></tr>", rows),
         )
 
-    @admin.display(description="Status")
-    def status_display(self, connection: Connection) -> str:
-        return str(selectors.connection_status(connection))
-
-    # The list columns; each reads the prefetched tokens (get_queryset), never a query per row.
-    @admin.display(description="Last refresh")
-    def last_refresh_display(self, connection: Connection) -> str:
-        return selectors.token_summary(connection).last_refresh_text
-
-    @admin.display(description="Next refresh")
-    def next_refresh_display(self, connection: Connection) -> str:
-        return selectors.token_summary(connection).next_refresh_text
-
-    @admin.display(description="Failures in a row")
-    def failures_column(self, connection: Connection) -> int:
-        return selectors.token_summary(connection).consecutive_failures
-
-    @admin.display(description="Last error")
-    def last_error_display(self, connection: Connection) -> str:
-        return selectors.token_summary(connection).last_error_text
-
-    @admin.display(description="Roles that may use it")
-    def roles_display(self, connection: Connection) -> str:
-        roles = list(connection.roles.all())
-        if not roles:
-            return "No role is invited yet."
-        return format_html_join(
-            ", ",
-            "<a href='{}'>{}</a>",
-            ((reverse("admin:connections_role_change", args=[role.pk]), role.name) for role in roles),
-        )
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Connection | None:
+        connection = super().get_object(request, object_id, from_field)
+        if connection is not None:  # for bot_call_display, which is given the connection only
+            connection.absolute_uri = request.build_absolute_uri
+        return connection
 
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
         if not change:

@@ -4,20 +4,32 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 
-from connections import services
+from connections import selectors, services
+from connections.bot_keys import bot_key_state
 from connections.forms import RoleForm
-from connections.models import FEATURE_PERMISSIONS, Role
+from connections.models import FEATURE_PERMISSIONS, BotKey, Role
 
 
 @admin.register(Role)
 class RoleAdmin(admin.ModelAdmin):
-    """Roles are Django groups, shown with what matters here: feature permissions, members, connections."""
+    """Roles are Django groups, shown with what matters here: feature permissions, members, connections, and the
+    bot keys of its members."""
 
     form = RoleForm
     list_display = ("name", "permission_list", "member_count", "connection_list")
     search_fields = ("name",)
-    fields = ("name", "feature_permissions", "members", "invited_connections")
+    readonly_fields = ("member_bot_keys",)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Role | None = None) -> list[tuple[str | None, dict]]:
+        fieldsets: list[tuple[str | None, dict]] = [
+            (None, {"fields": ("name", "feature_permissions", "members", "invited_connections")})
+        ]
+        # Bot keys are shown to those who may see them on their own pages (View connections).
+        if obj is not None and selectors.user_can_view_connections(request.user):
+            fieldsets.append(("Bot keys of its members", {"fields": ("member_bot_keys",)}))
+        return fieldsets
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Role]:
         return super().get_queryset(request).prefetch_related("permissions", "connections", "user_set")
@@ -39,6 +51,12 @@ class RoleAdmin(admin.ModelAdmin):
     def connection_list(self, role: Role) -> str:
         return ", ".join(connection.name for connection in role.connections.all()) or "—"
 
+    @admin.display(description="Keys")
+    def member_bot_keys(self, role: Role) -> str:
+        keys = BotKey.objects.filter(user__groups=role).select_related("user").order_by("user__username", "name")
+        rows = [(key, bot_key_state(key)) for key in keys]
+        return render_to_string("admin/connections/role/member_bot_keys.html", {"rows": rows, "role": role})
+
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
         services.role_update(
@@ -47,4 +65,6 @@ class RoleAdmin(admin.ModelAdmin):
             members=list(form.cleaned_data["members"]),
             connections=list(form.cleaned_data["invited_connections"]),
             actor=request.user,
+            created=not change,
+            renamed_from=form.initial.get("name", "") if change else "",
         )

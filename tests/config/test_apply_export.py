@@ -93,7 +93,17 @@ def test_apply_on_an_empty_database(config):
     bot = User.objects.get(username="finance-bot")
     assert bot.email == "finance-bot@example.com" and not bot.has_usable_password()
     assert AuditEvent.objects.filter(action="config_create").count() == 3  # a user and two connections
-    assert AuditEvent.objects.filter(action="role_update", actor_label="apply_config").count() == 1
+    role_event = AuditEvent.objects.get(action="role_update", actor_label="apply_config")
+    assert role_event.detail == (
+        "Role Finance bots created: permissions view_connections; members finance-bot; connections salesforce-prod."
+    )
+
+
+def test_a_role_the_file_changes_reads_as_changed_not_created(config):
+    apply(config())
+    apply(config(EXAMPLE.replace("users: [finance-bot]", "users: []")))
+    latest = AuditEvent.objects.filter(action="role_update").latest("id")
+    assert latest.detail == "Role Finance bots: members removed finance-bot."
 
 
 def test_applying_twice_changes_nothing(config):

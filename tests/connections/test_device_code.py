@@ -120,6 +120,10 @@ def test_a_provider_that_refuses_the_device_request_is_said_on_the_connection_pa
     response = manager_client.post(f"/oauth/connect/{connection.slug}/", follow=True)
     assert "Could not start the device authorization" in " ".join(messages_of(response))
     assert not DeviceAuthorization.objects.exists() and queued == []
+    # kept on the connection, as a failed Connect of the other grants is (its page and list show it)
+    connection.refresh_from_db()
+    assert connection.last_failure.startswith("Connect: Could not start the device authorization")
+    assert connection.failures_in_a_row == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -26,7 +26,7 @@ def test_the_root_leads_administrators_to_the_admin_and_others_to_their_connecti
     member.force_login(make_user("member-person"))
     assert staff.get("/")["Location"] == "/admin/"
     assert member.get("/")["Location"] == "/connections/mine/"
-    assert 'href="/"' in staff.get("/admin/").content.decode()  # the admin's "View site" goes there
+    assert 'href="/connections/mine/"' in staff.get("/admin/").content.decode()  # the admin's "View site"
 
 
 @pytest.mark.parametrize("typed", ["login.example.com/oauth/token", "/oauth/token", "https://"])

@@ -29,12 +29,20 @@ class Command(BaseCommand):
             user.set_password(password)
             user.save()
         if generated:
-            self.stdout.write(
-                self.style.SUCCESS(
-                    f"Created administrator '{username}' with password: {password}\n"
-                    "It is shown only this once; change it with `python manage.py changepassword "
-                    f"{username}`."
-                )
-            )
+            self.stdout.write(self.style.SUCCESS(_banner(username, password)))
         else:
             self.stdout.write(self.style.SUCCESS(f"Created administrator '{username}' from DJANGO_SUPERUSER_*."))
+
+
+def _banner(username: str, password: str) -> str:
+    """Framed, so that it stands out of `make run`'s output, where it is the last thing before the processes'."""
+    lines = [
+        "Administrator created: sign in to the admin with",
+        f"    username: {username}",
+        f"    password: {password}",
+        "It is shown only this once; change it with",
+        f"    python manage.py changepassword {username}",
+    ]
+    width = max(len(line) for line in lines) + 4
+    rule = "=" * width
+    return "\n".join(["", rule, *(f"  {line}" for line in lines), rule, ""])

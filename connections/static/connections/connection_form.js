@@ -1,7 +1,10 @@
-// Connection form: a filter for the provider select; only the placeholders the chosen provider type needs; what
-// the connection will use (its URLs with the placeholders filled as they are typed, scopes, client
-// authentication, the provider's documentation); and the issuer's Discover button. Without JavaScript every
-// placeholder stays visible, the page shows what a saved connection uses, and saving discovers from the issuer.
+// Connection form: a filter for the provider select; only the placeholders the chosen provider type needs; only
+// the grants it supports, and the rows and buttons of the chosen grant (the page's grant-<layout> class, which the
+// template's CSS reads); which URLs must be given (a provider type without URLs of its own); what the connection
+// will use (its URLs with the placeholders filled as they are typed, scopes, client authentication, the provider's
+// documentation); and the issuer's Discover button. Without JavaScript every placeholder stays visible, the page
+// shows the grants, rows and required URLs of what was saved or posted, what a saved connection uses, and saving
+// discovers from the issuer.
 "use strict";
 window.addEventListener("load", function () {
   const provider = document.getElementById("id_provider");
@@ -10,6 +13,9 @@ window.addEventListener("load", function () {
   }
   const presets = JSON.parse(provider.dataset.presets);
   const field = (name) => document.getElementById("id_" + name);
+  const grantSelect = field("grant_type");
+  const grants = grantSelect && grantSelect.dataset.grants ? JSON.parse(grantSelect.dataset.grants) : {};
+  const grantOf = () => grants[grantSelect ? grantSelect.value : ""] || {};
   const URL_FIELDS = ["authorization_url", "token_url", "revocation_url", "device_authorization_url"];
 
   function placeholderValue(name) {
@@ -71,10 +77,8 @@ window.addEventListener("load", function () {
         input.placeholder = fill(chosen[name]);  // what a blank field means, in the field itself
       }
     });
-    const grant = field("grant_type") ? field("grant_type").value : "";
     // client_credentials_scopes null: the default scopes; "": none with that grant
-    const appGrant = grant === "client_credentials" || grant === "jwt_bearer";  // providers.models.APP_GRANTS
-    const grantScopes = appGrant ? chosen.client_credentials_scopes : null;
+    const grantScopes = grantOf().layout === "app" ? chosen.client_credentials_scopes : null;
     const presetScopes = fill(grantScopes === null ? chosen.default_scopes : grantScopes);
     const scopes = field("scopes");
     if (scopes) {
@@ -82,7 +86,9 @@ window.addEventListener("load", function () {
     }
     const auth = field("client_auth_method");
     const authText = auth && auth.value ? auth.options[auth.selectedIndex].text : chosen.client_auth_method;
-    row(table, "Authorization URL", urls.authorization_url || "—");
+    if ((grantOf().layout || "code") === "code") {  // the other grants send nobody to it
+      row(table, "Authorization URL", urls.authorization_url || "—");
+    }
     row(table, "Token URL", urls.token_url || "—");
     row(table, "Revocation URL", urls.revocation_url || "none: tokens are not revoked at the provider");
     if (urls.device_authorization_url) {
@@ -100,6 +106,62 @@ window.addEventListener("load", function () {
       missing.textContent = "Fill in the <placeholders> above to complete the URLs and scopes.";
       box.append(missing);
     }
+  }
+
+  // Only the grants the provider type supports (all of them before one is chosen); the chosen grant is kept while
+  // it is supported, else the first supported one is chosen.
+  function offerSupportedGrants() {
+    if (!grantSelect) {
+      return;
+    }
+    const chosen = presets[provider.value];
+    const current = grantSelect.value;
+    const offered = Object.keys(grants).filter((grant) => !chosen || chosen.grant_types.includes(grant));
+    grantSelect.replaceChildren(...offered.map((grant) => new Option(grants[grant].label, grant)));
+    grantSelect.value = offered.includes(current) ? current : offered[0] || "";
+  }
+
+  // The rows and buttons of the grant (the template's CSS hides by the body's grant-<layout> class), the primary
+  // button, and the URLs the connection must give because the provider type has none (server: ConnectionForm).
+  function showGrant() {
+    if (!grantSelect) {
+      return;  // the page's class stays the server's
+    }
+    const grant = grantOf();
+    const layout = grant.layout || "code";
+    document.body.classList.remove("grant-app", "grant-code", "grant-device");
+    document.body.classList.add("grant-" + layout);
+    showSigningRows();
+    const test = document.getElementById("save-and-test");
+    const connect = document.getElementById("save-and-connect");
+    if (test && connect) {
+      test.classList.toggle("default", layout === "app");
+      connect.classList.toggle("default", layout !== "app");
+    }
+    const chosen = presets[provider.value];
+    URL_FIELDS.forEach(function (name) {
+      const input = field(name);
+      const label = document.querySelector('label[for="id_' + name + '"]');
+      const help = document.querySelector("#id_" + name + "_helptext > div");
+      if (!input || !label || !help) {
+        return;
+      }
+      const required = Boolean(chosen) && (grant.urls_required || []).includes(name) && !chosen[name];
+      label.classList.toggle("required", required);
+      help.textContent = required ? input.dataset.requiredHelp : input.dataset.optionalHelp;
+    });
+  }
+
+  // The private key, its ID and the JWT subject: shown for the JWT Bearer grant, and the key and its ID where the
+  // client authenticates with private_key_jwt (its own choice, else the provider type's), as ConnectionForm.signing.
+  function showSigningRows() {
+    const auth = field("client_auth_method");
+    const chosen = presets[provider.value];
+    const method = (auth && auth.value) || (chosen ? chosen.client_auth_method_code : "");
+    const grant = grantSelect ? grantSelect.value : "";
+    const signing = grant === "jwt_bearer" ? "jwt" : method === "private_key_jwt" ? "key" : "none";
+    document.body.classList.remove("signing-jwt", "signing-key", "signing-none");
+    document.body.classList.add("signing-" + signing);
   }
 
   function addProviderFilter() {
@@ -197,11 +259,21 @@ window.addEventListener("load", function () {
   addDiscoverButton();
   provider.addEventListener("change", function () {
     showPlaceholders();
+    offerSupportedGrants();
+    showGrant();
     redrawPreview();
   });
+  if (grantSelect) {
+    grantSelect.addEventListener("change", showGrant);
+  }
   document.querySelectorAll("input.placeholder-input").forEach((input) => input.addEventListener("input", redrawPreview));
   [...URL_FIELDS, "scopes"].forEach((name) => field(name) && field(name).addEventListener("input", redrawPreview));
   ["grant_type", "client_auth_method"].forEach((name) => field(name) && field(name).addEventListener("change", redrawPreview));
+  if (field("client_auth_method")) {
+    field("client_auth_method").addEventListener("change", showSigningRows);
+  }
   showPlaceholders();
+  offerSupportedGrants();
+  showGrant();
   redrawPreview();
 });

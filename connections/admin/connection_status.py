@@ -1,0 +1,134 @@
+"""What the connection list and the change page's Status fieldset show: the status filter (in the database), the
+status, who uses it, when a bot last got a token, refreshes, the last error (a token's, or a failed test or
+connect's: selectors.token_summary) and the call a bot makes. Each column reads what ConnectionAdmin.get_queryset
+prefetched, never a query per row."""
+
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
+
+from connections import selectors
+from connections.models import Connection
+
+
+class StatusListFilter(admin.SimpleListFilter):
+    """The status column's statuses (selectors.connection_status), filtered by the database."""
+
+    title = "Status"
+    parameter_name = "status"
+    LABELS = {
+        "connected": "Connected",
+        "refresh_failing": "Refresh failing",
+        "reauthorization_required": "Reauthorization required",
+        "not_connected": "Not connected",
+        "disabled": "Disabled",
+    }
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(code, self.LABELS[code]) for code in selectors.STATUSES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
+        code = self.value()
+        if code is None:
+            return queryset
+        if code not in selectors.STATUSES:
+            raise IncorrectLookupParameters(f"No status is called {code!r}.")
+        return selectors.connections_with_status(queryset, code)
+
+
+FAILURE_CLASS = "connection-failed"  # one colour for every failure, list and page (connection_admin.css)
+LIST_ERROR_LENGTH = 140  # characters of an error in the list; the whole of it is its tooltip and on the page
+
+
+class ConnectionStatusColumns:
+    """ConnectionAdmin's status columns and fields."""
+
+    @admin.display(description="Status")
+    def status_display(self, connection: Connection) -> str:
+        status = selectors.connection_status(connection)
+        if status.is_failure:
+            return format_html('<span class="{}">{}</span>', FAILURE_CLASS, str(status))
+        return str(status)
+
+    @admin.display(description="Used by")
+    def used_by_display(self, connection: Connection) -> str:
+        return ", ".join(sorted(role.name for role in connection.roles.all())) or "—"
+
+    @admin.display(description="Last token issued", ordering="last_token_issued_at")
+    def last_token_issued_display(self, connection: Connection) -> str:
+        """When a bot last got a token of it (audited in batches: up to a few seconds late)."""
+        issued_at = connection.last_token_issued_at
+        if issued_at is None:
+            return "never"
+        ago = selectors.format_duration((timezone.now() - issued_at).total_seconds())
+        return f"{selectors.moment_text(issued_at)} ({ago} ago)"
+
+    @admin.display(description="Last error")
+    def last_error_column(self, connection: Connection) -> str:
+        failure = selectors.token_summary(connection).last_error
+        if failure is None:
+            return "—"
+        return format_html(
+            '<span class="{}" title="{}">{}</span><br>'
+            '<span class="failure-when">({}; {} consecutive failure(s))</span>',
+            FAILURE_CLASS,
+            failure.message,
+            Truncator(failure.message).chars(LIST_ERROR_LENGTH),
+            selectors.moment_text(failure.at),
+            failure.in_a_row,
+        )
+
+    @admin.display(description="Last refresh")
+    def last_refresh_display(self, connection: Connection) -> str:
+        return selectors.token_summary(connection).last_refresh_text
+
+    @admin.display(description="Next refresh")
+    def next_refresh_display(self, connection: Connection) -> str:
+        return selectors.token_summary(connection).next_refresh_text
+
+    @admin.display(description="Last error")
+    def last_error_display(self, connection: Connection) -> str:
+        failure = selectors.token_summary(connection).last_error
+        if failure is None:
+            return "—"
+        return format_html('<span class="{}">{}</span>', FAILURE_CLASS, failure.text)
+
+    @admin.display(description="Bot call")
+    def bot_call_display(self, connection: Connection) -> str:
+        """What a bot runs to get this connection's token, ready to copy; the key is a placeholder."""
+        path = reverse("connection_token", args=[connection.slug])
+        absolute_uri = getattr(connection, "absolute_uri", None)
+        url = absolute_uri(path) if absolute_uri else path
+        curl = f'curl -H "Authorization: Bearer $CONTROLROOM_KEY" {url}'
+        if connection.is_user_specific:
+            whose = (
+                "The key must belong to a user in an invited role who has authorized this connection for "
+                "themselves (My OAuth connections): the token is that user's own."
+            )
+        else:
+            whose = "Any bot key of a user in a role invited to use this connection gets its shared token."
+        return format_html(
+            '<div class="bot-call"><p>Token URL: <code id="bot-call-url">{}</code></p>'
+            '<pre id="bot-call-curl">{}</pre>'
+            '<button type="button" class="button copy-button" data-copy-from="bot-call-curl" hidden>Copy</button>'
+            '<p class="bot-call-note">{} $CONTROLROOM_KEY stands for the bot key (created under Bot keys).</p></div>',
+            url,
+            curl,
+            whose,
+        )
+
+    @admin.display(description="Roles that may use it")
+    def roles_display(self, connection: Connection) -> str:
+        roles = list(connection.roles.all())
+        if not roles:
+            return "No role is invited yet."
+        return format_html_join(
+            ", ",
+            "<a href='{}'>{}</a>",
+            ((reverse("admin:connections_role_change", args=[role.pk]), role.name) for role in roles),
+        )

@@ -1,0 +1,81 @@
+"""Users in the admin, in this project's words: their groups are Roles, chosen on the add page too, and a change of
+roles is audited as the role page audits it (services.user_roles_set)."""
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.widgets import FilteredSelectMultiple
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import ManyToManyField, QuerySet
+from django.forms import Field, ModelForm, ModelMultipleChoiceField
+from django.http import HttpRequest
+
+from connections import services
+from connections.models import Role
+
+User = get_user_model()
+
+ROLES_HELP = (
+    "What this user may do here (the roles' feature permissions) and which connections their bot keys get tokens "
+    "for (the connections the roles are invited to)."
+)
+
+
+class RoleListFilter(admin.RelatedFieldListFilter):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.title = "role"  # not the field's name, groups
+
+
+class ControlRoomUserAdmin(UserAdmin):
+    """Django's user admin with roles instead of groups. Django's raw permissions (one per model and action, over
+    a hundred) and the superuser flag are shown to superusers only: for everyone else a role is how access is
+    given, and whoever could tick those boxes could give themselves anything."""
+
+    add_form_template = "admin/auth/user/add_form_with_roles.html"
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "role_list")
+    list_filter = ("is_staff", "is_superuser", "is_active", ("groups", RoleListFilter))
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [*self.add_fieldsets, ("Roles", {"fields": ("groups",)})]
+        access: tuple[str, ...] = ("is_active", "is_staff", "groups")
+        if request.user.is_superuser:
+            access = ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")
+        return [
+            (None, {"fields": ("username", "password")}),
+            ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+            ("Access", {"fields": access}),
+            ("Important dates", {"fields": ("last_login", "date_joined")}),
+        ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("groups")
+
+    def formfield_for_manytomany(self, db_field: ManyToManyField, request: HttpRequest, **kwargs: Any) -> Field:
+        if db_field.name == "groups":  # as the role page's members: Role objects, its words, no Ctrl-click hint
+            return ModelMultipleChoiceField(
+                queryset=Role.objects.order_by("name"),
+                required=False,
+                label="Roles",
+                help_text=ROLES_HELP,
+                widget=FilteredSelectMultiple("roles", is_stacked=False),
+            )
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    @admin.display(description="Roles")
+    def role_list(self, user: Any) -> str:
+        return ", ".join(sorted(role.name for role in user.groups.all())) or "—"
+
+    def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
+        # The roles are set by the service, which audits each role whose members changed; the form's own m2m save
+        # must not set them first, or the service would find nothing changed.
+        roles = form.cleaned_data.pop("groups", None)
+        super().save_related(request, form, formsets, change)
+        if roles is not None:
+            services.user_roles_set(user=form.instance, roles=list(roles), actor=request.user)
+
+
+admin.site.unregister(User)
+admin.site.register(User, ControlRoomUserAdmin)

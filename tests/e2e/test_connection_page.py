@@ -1,0 +1,118 @@
+"""The connection's list and change page in a real browser at 1366x768: a failed Save and test stays on the page
+and in the list (the error, when, how many in a row), the status filter clicked, and the bot call shown on the
+page answering a real bot key."""
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import requests
+from django.contrib.auth.models import User
+from playwright.sync_api import expect
+
+from connections import services
+from connections.models import OAuthToken
+from tests.support.bots import make_bot
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+MOMENT = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"  # a date with seconds
+# How many lines a cell's text takes in the browser: one box per line.
+LINES_OF_TEXT = "(cell) => { const range = document.createRange(); range.selectNodeContents(cell); "
+LINES_OF_TEXT += "return new Set([...range.getClientRects()].map((box) => Math.round(box.top))).size; }"
+
+
+@pytest.fixture
+def laptop_page(browser, live_server) -> Iterator[object]:
+    """A 1366x768 window (the administrators' laptops), allowed to use the clipboard."""
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def test_a_failed_test_stays_on_the_page_the_filter_finds_it_and_the_bot_call_answers(
+    laptop_page, live_server, make_connection, authserver
+):
+    page, url = laptop_page, live_server.url
+    # given an administrator, a client-credentials connection whose secret they are about to mistype, and a
+    # second one that works, invited to a bot's role
+    root = User.objects.create_superuser("root", "root@example.com", "root-password-1")
+    failing = make_connection(grant_type="client_credentials", scopes="read", name="Ledger API")
+    working = make_connection(grant_type="client_credentials", scopes="read", name="Payroll API")
+    services.connection_test(connection=working, actor=root)
+    bot = make_bot("payroll-bot", "Payroll bots", "payroll runner")
+    bot.invite(working)
+    page.goto(f"{url}/admin/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", "root-password-1")
+    page.click("input[type=submit]")
+
+    # when they type a wrong client secret and click Save and test connection, twice
+    page.goto(f"{url}/admin/connections/connection/{failing.pk}/change/")
+    for _ in range(2):
+        page.fill("#id_client_secret", "not-the-registered-secret")
+        page.click("input[name=_test]")
+        expect(page.locator(".messagelist .warning")).to_contain_text("invalid_client")
+
+    # then the page and the list keep the failure; no token was stored
+    _failure_is_on_the_page(page)
+    assert not OAuthToken.objects.filter(connection=failing).exists()
+    page.goto(f"{url}/admin/connections/connection/")
+    _failure_is_in_the_list(page, "Ledger API")
+
+    # and clicking the status filter finds each connection by its status
+    _status_filter_clicked(page, "Not connected", "Ledger API")
+    _status_filter_clicked(page, "Connected", "Payroll API")
+
+    # and the working connection's page shows the call a bot makes, which answers a real bot key
+    page.locator("#result_list a", has_text="Payroll API").click()
+    _bot_call_answers(page, f"{url}/api/v1/connections/{working.slug}/token", bot.raw_key, authserver)
+
+
+def _failure_is_on_the_page(page) -> None:
+    """The status in the failure colour, the error with its time and count, never the secret typed."""
+    status = page.locator(".field-status_display .readonly .connection-failed")
+    expect(status).to_have_text("Not connected — last attempt failed")
+    error = page.locator(".field-last_error_display .readonly")
+    expect(error).to_contain_text("Save and test: ")
+    expect(error).to_contain_text("invalid_client")
+    expect(error).to_have_text(re.compile(rf"\({MOMENT}; 2 consecutive failure\(s\)\)"))
+    assert "not-the-registered-secret" not in page.content()
+    red = status.evaluate("(element) => getComputedStyle(element).color")
+    assert red == error.locator(".connection-failed").evaluate("(element) => getComputedStyle(element).color")
+    assert red != page.locator(".field-name label").evaluate("(element) => getComputedStyle(element).color")
+
+
+def _failure_is_in_the_list(page, name: str) -> None:
+    """The row says it too, in the same colour; the token type column stays on one line at 1366 px."""
+    row = page.locator("#result_list tbody tr", has_text=name)
+    expect(row.locator(".field-status_display .connection-failed")).to_have_text("Not connected — last attempt failed")
+    expect(row.locator(".field-last_error_column")).to_have_text(
+        re.compile(rf"invalid_client.*\({MOMENT}; 2 consecutive failure\(s\)\)")
+    )
+    for cell in page.locator("#result_list td.field-token_type").all():
+        assert cell.evaluate(LINES_OF_TEXT) == 1, cell.inner_text()
+
+
+def _status_filter_clicked(page, status: str, only: str) -> None:
+    page.locator("#changelist-filter a", has_text=re.compile(rf"^{status}$")).click()
+    code = status.lower().replace(" ", "_")
+    expect(page).to_have_url(re.compile(rf"[?&]status={code}(&|$)"))
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+    expect(page.locator("#result_list tbody")).to_contain_text(only)
+
+
+def _bot_call_answers(page, token_url: str, raw_key: str, authserver) -> None:
+    """The curl line, copied with its button, names the token URL; called with a real bot key, that URL answers
+    a token the provider accepts."""
+    curl = page.locator("#bot-call-curl").inner_text()
+    assert curl == f'curl -H "Authorization: Bearer $CONTROLROOM_KEY" {token_url}'
+    page.locator(".bot-call .copy-button").click()
+    expect(page.locator(".bot-call .copy-button")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == curl
+    answer = requests.get(curl.split()[-1], headers={"Authorization": f"Bearer {raw_key}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert authserver.whoami(answer.json()["access_token"]).status_code == 200
