@@ -1,0 +1,74 @@
+"""ControlRoomAuth: a `requests` auth that sends a connection's access token, and on a 401 gets a fresh one once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from requests.cookies import extract_cookies_to_jar
+
+from controlroom_client.client import DEFAULT_MIN_VALIDITY, ControlRoom
+
+_BODY_POSITION = "_controlroom_body_position"  # where a file-like body started, to send it again
+
+
+class ControlRoomAuth(requests.auth.AuthBase):
+    """`requests.get(url, auth=ControlRoomAuth("salesforce-prod"))`, or `session.auth = ControlRoomAuth(...)`.
+
+    Adds `Authorization: Bearer <token>` with the connection's token (kept in memory by the client). When the
+    resource server answers 401, the token has been revoked or has expired early at the provider: the auth asks
+    Control Room once with force_refresh and sends the request once more, the way requests' HTTPDigestAuth
+    answers its challenge. A second 401 is returned as it is. `client` defaults to ControlRoom() from the
+    environment; share one client between auths, so that they share its tokens.
+    """
+
+    def __init__(self, slug: str, client: ControlRoom | None = None, min_validity: int = DEFAULT_MIN_VALIDITY) -> None:
+        self.slug = slug
+        self.client = client if client is not None else ControlRoom()
+        self.min_validity = min_validity
+
+    def __repr__(self) -> str:
+        return f"ControlRoomAuth({self.slug!r}, client={self.client!r})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        token = self.client.get_token(self.slug, min_validity=self.min_validity)
+        request.headers["Authorization"] = f"Bearer {token.access_token}"
+        try:
+            setattr(request, _BODY_POSITION, request.body.tell())  # type: ignore[union-attr]
+        except (AttributeError, OSError):
+            setattr(request, _BODY_POSITION, None)
+        request.register_hook("response", self._retry_once_on_401)
+        return request
+
+    def _retry_once_on_401(self, response: requests.Response, **send_kwargs: Any) -> requests.Response:
+        if response.status_code != 401:
+            return response
+        sent = response.request
+        rejected = (sent.headers.get("Authorization") or "").removeprefix("Bearer ")
+        fresh = self.client.replace_rejected(self.slug, rejected, min_validity=self.min_validity)
+        if not _rewind_body(sent):
+            return response  # a streamed body cannot be sent twice; the next request gets the fresh token
+        # Read and release the 401's connection before sending again on the same adapter.
+        response.content  # noqa: B018
+        response.close()
+        retry = sent.copy()
+        extract_cookies_to_jar(retry._cookies, sent, response.raw)  # type: ignore[attr-defined]
+        retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
+        retry.headers["Authorization"] = f"Bearer {fresh.access_token}"
+        # The adapter sends without running hooks: this retry cannot trigger another.
+        second = response.connection.send(retry, **send_kwargs)
+        second.history.append(response)
+        second.request = retry
+        return second
+
+
+def _rewind_body(request: requests.PreparedRequest) -> bool:
+    """Whether the body can be sent again: none, bytes or text, or a file rewound to where it started."""
+    body = request.body
+    if body is None or isinstance(body, (bytes, str)):
+        return True
+    position = getattr(request, _BODY_POSITION, None)
+    if position is None or not hasattr(body, "seek"):
+        return False
+    body.seek(position)
+    return True

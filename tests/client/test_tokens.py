@@ -1,0 +1,195 @@
+"""ControlRoom.token() against the live server: one request per token while it stays valid, a new one when it
+comes within min_validity of expiry, and one request for threads asking at once."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from controlroom_client import ConfigurationError, ControlRoom, Token
+from django.utils import timezone
+
+from connections.models import OAuthToken
+from tests.conftest import authorize, shared_token, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_token_is_asked_once_while_it_stays_valid(control_room, recorder, connected, authserver):
+    # when the bot asks three times for the same connection
+    first = control_room.token(connected.slug)
+    second = control_room.token(connected.slug)
+    third = control_room.token(connected.slug, min_validity=600)
+
+    # then Control Room was asked once, and the token is the one the provider accepts
+    assert len(recorder.token_requests()) == 1
+    assert first == second == third == shared_token(connected).access_token
+    assert authserver.whoami(first).json()["username"] == "alice"
+
+
+def test_the_whole_answer_follows_the_endpoint(control_room, recorder, connected):
+    # when the bot asks for the whole answer
+    token = control_room.get_token(connected.slug)
+
+    # then every field of the endpoint's JSON is there, read as what it means
+    stored = shared_token(connected)
+    assert isinstance(token, Token)
+    assert token.connection == connected.slug
+    assert token.access_token == stored.access_token
+    assert token.token_type == "Bearer"
+    assert token.expires_at == stored.expires_at.replace(microsecond=0)
+    assert 3500 < token.expires_in <= 3600
+    assert token.scope == "read write"
+    assert token.extra == {"instance_url": "https://acme.my.example"}
+    assert stored.access_token not in repr(token)  # a log line of the token object leaks nothing
+    assert recorder.token_requests() == [{"min_validity": ["60"]}]
+    assert token.as_dict()["access_token"] == stored.access_token
+    assert token.as_dict()["expires_at"] == stored.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_token_within_min_validity_of_expiry_is_asked_again(control_room, recorder, connected, authserver):
+    # given a stored token that expires in 90 seconds
+    OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() + timedelta(seconds=90))
+    old = control_room.get_token(connected.slug)
+    assert 80 < old.expires_in <= 90
+
+    # when the bot needs it for 60 seconds, then for 120
+    kept = control_room.token(connected.slug, min_validity=60)
+    renewed = control_room.get_token(connected.slug, min_validity=120)
+
+    # then the first is answered from memory; the second asks Control Room with min_validity=120, which
+    # refreshed at the provider first: a new token, good for an hour, that the provider accepts
+    assert kept == old.access_token
+    assert [query["min_validity"] for query in recorder.token_requests()] == [["60"], ["120"]]
+    assert renewed.access_token != old.access_token
+    assert renewed.expires_in > 3500
+    assert authserver.whoami(renewed.access_token).status_code == 200
+    # and the new one is kept in its turn
+    assert control_room.token(connected.slug, min_validity=120) == renewed.access_token
+    assert len(recorder.token_requests()) == 2
+
+
+def test_force_refresh_asks_even_while_the_token_is_valid(control_room, recorder, connected, authserver):
+    # given a token kept in memory
+    old = control_room.token(connected.slug)
+
+    # when the bot forces a refresh
+    new = control_room.token(connected.slug, force_refresh=True)
+
+    # then Control Room was asked with force_refresh=true and refreshed at the provider
+    assert recorder.token_requests()[1] == {"min_validity": ["60"], "force_refresh": ["true"]}
+    assert new != old
+    assert authserver.whoami(new).status_code == 200
+    assert control_room.token(connected.slug) == new
+    assert len(recorder.token_requests()) == 2
+
+
+def test_forget_drops_the_kept_token(control_room, recorder, connected):
+    control_room.token(connected.slug)
+    control_room.forget(connected.slug)
+    control_room.token(connected.slug)
+    assert len(recorder.token_requests()) == 2
+
+
+def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorder, connected):
+    # given eight threads about to ask at once; the first request is held until all of them have started
+    threads_count = 8
+    started = threading.Semaphore(0)
+    all_started = threading.Event()
+
+    first_request = threading.Lock()
+
+    def hold_until_all_started(request) -> None:
+        if not first_request.acquire(blocking=False):
+            return  # only a client without its lock sends more than one
+        for _ in range(threads_count):
+            assert started.acquire(timeout=10)
+        all_started.set()
+        # Give the others the moment to reach the client's lock: without it each would send its own request.
+        threading.Event().wait(0.2)
+
+    recorder.before_send = hold_until_all_started
+    tokens: list[str] = []
+
+    def ask() -> None:
+        started.release()
+        tokens.append(control_room.token(connected.slug))
+
+    # when they ask
+    threads = [threading.Thread(target=ask) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    # then all got the same token from one request
+    assert all_started.is_set()
+    assert len(tokens) == threads_count
+    assert set(tokens) == {shared_token(connected).access_token}
+    assert len(recorder.token_requests()) == 1
+
+
+def test_threads_asking_for_different_slugs_do_not_wait_for_each_other(
+    control_room, recorder, connected, make_connection, manager_client, authserver, bot
+):
+    # given a second connection, and the first one's request held until the second one's has been sent
+    other = make_connection()
+    authorize(manager_client, other, authserver)
+    bot.invite(other)
+    other_sent = threading.Event()
+
+    def hold_the_first(request) -> None:
+        if f"/{connected.slug}/" in request.url:
+            assert other_sent.wait(timeout=10), "the second slug waited for the first one's request"
+        else:
+            other_sent.set()
+
+    recorder.before_send = hold_the_first
+    results: dict[str, str] = {}
+    first = threading.Thread(target=lambda: results.update(a=control_room.token(connected.slug)))
+
+    # when both are asked for at once
+    first.start()
+    wait_for(lambda: recorder.sent, 10, "the first request")
+    results["b"] = control_room.token(other.slug)
+    first.join(timeout=30)
+
+    # then each got its own token
+    assert results == {"a": shared_token(connected).access_token, "b": shared_token(other).access_token}
+
+
+def test_settings_come_from_the_environment(monkeypatch, live_server, bot, connected):
+    # given only the environment, as a bot runner sets it
+    monkeypatch.setenv("CONTROLROOM_URL", live_server.url + "/")
+    monkeypatch.setenv("CONTROLROOM_KEY", bot.raw_key)
+
+    # when / then
+    with ControlRoom() as client:
+        assert client.token(connected.slug) == shared_token(connected).access_token
+        assert bot.raw_key not in repr(client)
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "message"),
+    [
+        (None, "crk_x", "No Control Room URL: pass url=... or set CONTROLROOM_URL"),
+        ("http://127.0.0.1:1", None, "No bot key: pass key=... or set CONTROLROOM_KEY"),
+        ("controlroom.example", "crk_x", "must start with http:// or https://"),
+        ("http://127.0.0.1:1", "   ", "No bot key"),
+    ],
+)
+def test_missing_settings_are_a_clear_error(monkeypatch, url, key, message):
+    monkeypatch.delenv("CONTROLROOM_URL", raising=False)
+    monkeypatch.delenv("CONTROLROOM_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match=message) as raised:
+        ControlRoom(url, key)
+    assert raised.value.code == "configuration"
+    assert raised.value.status is None
+
+
+@pytest.mark.parametrize(
+    ("slug", "min_validity", "error"), [("", 60, ValueError), ("x", "60", TypeError), ("x", -1, ValueError)]
+)
+def test_arguments_of_the_wrong_kind_are_refused_before_any_request(control_room, recorder, slug, min_validity, error):
+    with pytest.raises(error):
+        control_room.token(slug, min_validity=min_validity)
+    assert recorder.sent == []
