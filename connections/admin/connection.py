@@ -69,19 +69,14 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
     form = ConnectionForm
     change_form_template = "admin/connections/connection/change_form.html"
     list_display = (
-        "name",
-        "slug",
-        "provider",
-        "grant_type",
-        "token_type",
-        "status_display",
+        "connection_column",
+        "provider_column",
+        "status_column",
         "used_by_display",
-        "last_token_issued_display",
-        "last_refresh_display",
-        "next_refresh_display",
-        "last_error_column",
+        "activity_column",
     )
-    list_filter = (StatusListFilter, "provider", "grant_type", "token_type", "is_enabled")
+    # Only the provider types in use (the catalog has 50+); "Disabled" is a status.
+    list_filter = (StatusListFilter, ("provider", admin.RelatedOnlyFieldListFilter), "grant_type", "token_type")
     search_fields = ("name", "slug", "description", "client_id")
     filter_horizontal = ("roles",)
     inlines = [TokenInline]

@@ -3,6 +3,8 @@ status, who uses it, when a bot last got a token, refreshes, the last error (a t
 connect's: selectors.token_summary) and the call a bot makes. Each column reads what ConnectionAdmin.get_queryset
 prefetched, never a query per row."""
 
+from datetime import datetime
+
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
@@ -10,6 +12,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from connections import selectors
@@ -68,19 +71,51 @@ class ConnectionStatusColumns:
         ago = selectors.format_duration((timezone.now() - issued_at).total_seconds())
         return f"{selectors.moment_text(issued_at)} ({ago} ago)"
 
-    @admin.display(description="Last error")
-    def last_error_column(self, connection: Connection) -> str:
+    # The list's columns: the facts that belong together in one cell, so that the list fits at 1366 px with both
+    # sidebars open (the change page shows each on a row of its own).
+    @admin.display(description="Connection", ordering="name")
+    def connection_column(self, connection: Connection) -> str:
+        return format_html('{}<br><code class="list-slug">{}</code>', connection.name, connection.slug)
+
+    @admin.display(description="Provider, grant, token", ordering="provider__name")
+    def provider_column(self, connection: Connection) -> str:
+        return format_html(
+            '{}<br><span class="list-quiet">{} · <span class="token-type">{}</span></span>',
+            connection.provider.name,
+            connection.get_grant_type_display(),
+            connection.get_token_type_display(),
+        )
+
+    @admin.display(description="Status and last error")
+    def status_column(self, connection: Connection) -> str:
+        """The status, and under it the last error (a token's, or a failed test or connect's) with when it
+        happened and how many came in a row."""
+        status = self.status_display(connection)
         failure = selectors.token_summary(connection).last_error
         if failure is None:
-            return "—"
+            return status
         return format_html(
-            '<span class="{}" title="{}">{}</span><br>'
+            '<span class="list-status">{}</span><br><span class="last-error {}" title="{}">{}</span><br>'
             '<span class="failure-when">({}; {} consecutive failure(s))</span>',
+            status,
             FAILURE_CLASS,
             failure.message,
             Truncator(failure.message).chars(LIST_ERROR_LENGTH),
             selectors.moment_text(failure.at),
             failure.in_a_row,
+        )
+
+    @admin.display(description="Activity", ordering="last_token_issued_at")
+    def activity_column(self, connection: Connection) -> str:
+        """When a bot last got a token, the last and the next refresh: how long ago, the moment as a tooltip."""
+        summary = selectors.token_summary(connection)
+        rows = (
+            ("token issued", "last-token-issued", _ago(connection.last_token_issued_at, "never")),
+            ("refreshed", "last-refresh", _ago(summary.last_refresh_at, "—")),
+            ("next", "next-refresh", summary.next_refresh_text),
+        )
+        return format_html_join(
+            mark_safe("<br>"), '<span class="list-quiet">{}</span> <span class="{}">{}</span>', rows
         )
 
     @admin.display(description="Last refresh")
@@ -132,3 +167,11 @@ class ConnectionStatusColumns:
             "<a href='{}'>{}</a>",
             ((reverse("admin:connections_role_change", args=[role.pk]), role.name) for role in roles),
         )
+
+
+def _ago(moment: datetime | None, none: str) -> str:
+    """'2 min ago', with the moment to the second as its tooltip."""
+    if moment is None:
+        return none
+    ago = selectors.format_duration((timezone.now() - moment).total_seconds())
+    return format_html('<span title="{}">{} ago</span>', selectors.moment_text(moment), ago)

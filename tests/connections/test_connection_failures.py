@@ -34,7 +34,7 @@ def _field(page: str, name: str) -> str:
 
 def _list_row(client, connection: Connection) -> str:
     page = client.get(LIST).content.decode()
-    return re.search(rf"<tr>(?:(?!</tr>).)*?>{re.escape(connection.name)}</a>.*?</tr>", page, re.S).group()
+    return re.search(rf"<tr>(?:(?!</tr>).)*?>{re.escape(connection.name)}<br>.*?</tr>", page, re.S).group()
 
 
 def test_a_failed_save_and_test_stays_on_the_page_and_in_the_list_until_a_test_passes(
@@ -66,7 +66,8 @@ def test_a_failed_save_and_test_stays_on_the_page_and_in_the_list_until_a_test_p
     # and so does the list
     row = _list_row(manager_client, connection)
     assert '<span class="connection-failed">Not connected — last attempt failed</span>' in row
-    assert re.search(rf'class="connection-failed" title="[^"]*invalid_client[^"]*">.*?\({MOMENT}; 2 consecutive', row)
+    error = rf'class="last-error connection-failed" title="[^"]*invalid_client[^"]*">.*?\({MOMENT}; 2 consecutive'
+    assert re.search(error, row)
 
     # when the secret is put right and the test passes
     response = _save_and_test(manager_client, connection, client_secret=registered_secret)

@@ -119,7 +119,7 @@ def test_the_list_costs_no_query_per_row(manager_client, make_connection, make_u
     assert len(response.context["cl"].result_list) == 10
     page = response.content.decode()
     assert '<td class="field-used_by_display">Other role 9, Role 9</td>' in page
-    assert page.count('class="connection-failed"') >= 10  # each row's last error (HTTP 503.)
+    assert page.count('class="last-error connection-failed"') >= 10  # each row's last error (HTTP 503.)
 
 
 def test_the_list_shows_who_uses_it_and_short_token_types(manager_client, make_connection):
@@ -133,7 +133,7 @@ def test_the_list_shows_who_uses_it_and_short_token_types(manager_client, make_c
     # then the Used by column names the roles; the token types are one or two words
     cells = re.findall(r'<td class="field-used_by_display">(.*?)</td>', page)
     assert sorted(cells) == ["Finance bots, HR bots", "—"]
-    assert sorted(re.findall(r'<td class="field-token_type">(.*?)</td>', page)) == ["Shared", "User-specific"]
+    assert sorted(re.findall(r'<span class="token-type">(.*?)</span>', page)) == ["Shared", "User-specific"]
     # and the form explains them in the field's help text
     form = manager_client.get(f"{LIST}{used.pk}/change/").content.decode()
     assert "one token, authorized by an administrator, for unattended bots" in form
@@ -192,5 +192,5 @@ def _token_request(connection: Connection, at, outcome=AuditEvent.Outcome.SUCCES
 
 def _issued_cell(client, connection: Connection) -> str:
     page = client.get(LIST).content.decode()
-    row = re.search(rf"<tr>.*?{re.escape(connection.name)}</a>.*?</tr>", page, re.S).group()
-    return re.search(r'<td class="field-last_token_issued_display">(.*?)</td>', row, re.S).group(1)
+    row = re.search(rf"<tr>(?:(?!</tr>).)*?>{re.escape(connection.name)}<br>.*?</tr>", page, re.S).group()
+    return re.search(r'<span class="last-token-issued">(.*?)</span><br>', row, re.S).group(1)
