@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 SLOW_DOWN_STEP = 5  # seconds added to the interval at each slow_down (RFC 8628 3.5)
 EXPIRED = "The user code expired before anyone approved it: connect again."
+REPLACED = "A newer device authorization replaced this one."  # not a failure of the connection
 Status = DeviceAuthorization.Status
 
 
@@ -44,7 +45,7 @@ def device_authorization_start(*, connection: Connection, user: AbstractBaseUser
         )
         raise ConnectionActionError(message) from None
     for earlier in DeviceAuthorization.objects.filter(connection=connection, started_by=user, status=Status.PENDING):
-        _finish(earlier, Status.FAILED, "A newer device authorization replaced this one.")
+        _finish(earlier, Status.FAILED, REPLACED)
     with transaction.atomic():
         authorization = DeviceAuthorization.objects.create(
             connection=connection,
@@ -167,11 +168,14 @@ def _finish(authorization: DeviceAuthorization, status: str, message: str) -> bo
     if not ended:
         return False
     authorization.status, authorization.message, authorization.device_code = status, message, ""
-    audit_record(
-        action=Action.AUTHORIZE_CALLBACK,
-        outcome=Outcome.SUCCESS if status == Status.APPROVED else Outcome.FAILURE,
-        connection=authorization.connection,
-        actor=authorization.started_by,
-        detail=f"Device authorization: {message}",
-    )
+    event = {
+        "action": Action.AUTHORIZE_CALLBACK,
+        "connection": authorization.connection,
+        "actor": authorization.started_by,
+        "detail": f"Device authorization: {message}",
+    }
+    if status == Status.APPROVED or message == REPLACED:
+        audit_record(outcome=Outcome.SUCCESS if status == Status.APPROVED else Outcome.FAILURE, **event)
+    else:  # denied, expired or refused: kept on the connection, like a failed Connect (connections.attempts)
+        connection_attempt_failure_record(**event, failure=f"Connect (device code): {message}")
     return True

@@ -225,6 +225,37 @@ def user_roles_set(
             )
 
 
+def role_delete(*, role: Role, actor: AbstractBaseUser | None) -> None:
+    """Delete a role, recording first what it held (members, permissions, invitations): the history of who could
+    get tokens has no gap when a role goes."""
+    with transaction.atomic():
+        held = RoleSnapshot.of(role)
+        audit_record(
+            action=Action.ROLE_UPDATE,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            detail=f"Role {role.name} deleted: permissions {_listed(held.permissions)}; members "
+            f"{_listed(held.members)}; connections {_listed(held.connections)}.",
+        )
+        role.delete()
+
+
+def user_delete(*, user: AbstractBaseUser, actor: AbstractBaseUser) -> str:
+    """Delete a user: their own tokens are revoked at the provider first (outside any transaction, each a
+    Disconnect), then they leave their roles, audited as from the role page, and go with their bot keys. Returns
+    a sentence for the admin."""
+    disconnected = []
+    for connection in Connection.objects.filter(tokens__user=user).distinct().select_related("provider"):
+        try:
+            disconnected.append(connection_disconnect(connection=connection, actor=actor, only_user=user))
+        except ConnectionActionError:
+            continue  # disconnected meanwhile
+    with transaction.atomic():
+        user_roles_set(user=user, roles=[], actor=actor)
+        user.delete()
+    return " ".join([f"Deleted the user {user.get_username()}.", *disconnected])
+
+
 @dataclass(frozen=True)
 class RoleSnapshot:
     """What a role's audit event speaks of, by name: member usernames, feature permissions, connection slugs."""

@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from connections import token_cache
-from connections.models import BotKey, Connection, OAuthToken
+from connections.models import BotKey, Connection, OAuthToken, Role
 
 
 def identity_rows_changed() -> None:
@@ -49,8 +49,12 @@ def connect() -> None:
         receiver = _user_changed if sender is user_model else _identity_changed
         post_save.connect(receiver, sender=sender, dispatch_uid=f"token_cache.{sender.__name__}.save")
         post_delete.connect(receiver, sender=sender, dispatch_uid=f"token_cache.{sender.__name__}.delete")
-    # A role's invitations and memberships go with it, with no m2m signal.
-    post_delete.connect(_identity_changed, sender=Group, dispatch_uid="token_cache.Group.delete")
+    # A role's invitations and memberships go with it, with no m2m signal. Django names the deleted instance's own
+    # class as the sender: Role (the proxy the admin deletes) as well as Group.
+    for role_model in (Group, Role):
+        post_delete.connect(
+            _identity_changed, sender=role_model, dispatch_uid=f"token_cache.{role_model.__name__}.delete"
+        )
     for through in (Connection.roles.through, user_model.groups.through):
         m2m_changed.connect(_identity_changed, sender=through, dispatch_uid=f"token_cache.{through.__name__}")
     post_save.connect(_token_saved, sender=OAuthToken, dispatch_uid="token_cache.OAuthToken.save")

@@ -68,3 +68,11 @@ class RoleAdmin(admin.ModelAdmin):
             created=not change,
             renamed_from=form.initial.get("name", "") if change else "",
         )
+
+    # Deleting a role (one, or with the list's action) records what it held first (services.role_delete).
+    def delete_model(self, request: HttpRequest, obj: Role) -> None:
+        services.role_delete(role=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Role]) -> None:
+        for role in queryset:
+            services.role_delete(role=role, actor=request.user)

@@ -3,13 +3,16 @@ roles is audited as the role page audits it (services.user_roles_set)."""
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db.models import ManyToManyField, QuerySet
 from django.forms import Field, ModelForm, ModelMultipleChoiceField
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 
 from connections import services
 from connections.models import Role
@@ -75,6 +78,23 @@ class ControlRoomUserAdmin(UserAdmin):
         super().save_related(request, form, formsets, change)
         if roles is not None:
             services.user_roles_set(user=form.instance, roles=list(roles), actor=request.user)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
+        """The confirmation page is Django's; the deletion revokes the user's own tokens at the provider first,
+        outside any transaction, and audits the roles they leave (services.user_delete)."""
+        user = self.get_object(request, unquote(object_id))
+        if request.method != "POST" or not request.POST.get("post") or user is None:
+            return super().delete_view(request, object_id, extra_context)
+        _, _, perms_needed, protected = self.get_deleted_objects([user], request)
+        if not self.has_delete_permission(request, user) or perms_needed or protected:
+            raise PermissionDenied
+        self.message_user(request, services.user_delete(user=user, actor=request.user), messages.SUCCESS)
+        return redirect("admin:auth_user_changelist")
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would delete without revoking or auditing; one at a time
+        return actions
 
 
 admin.site.unregister(User)

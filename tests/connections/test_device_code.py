@@ -102,6 +102,10 @@ def test_denial_and_expiry_end_it_with_a_clear_message(
     page = manager_client.get(f"/oauth/device/{started.pk}/").content.decode()
     assert said in page and "http-equiv" not in page
     assert device.device_authorization_poll(started.pk) is None  # over: a late poll does nothing
+    # and the connection keeps it, once, like a failed Connect
+    connection.refresh_from_db()
+    assert connection.last_failure.startswith("Connect (device code): ") and said in connection.last_failure
+    assert connection.failures_in_a_row == 1
 
 
 def test_someone_else_cannot_see_the_code(make_connection, manager_client, make_user, queued):
@@ -208,6 +212,8 @@ def test_starting_again_ends_the_earlier_wait_and_the_page_says_when_it_expired(
     second = device.device_authorization_start(connection=connection, user=manager)
     first.refresh_from_db()
     assert first.status == Status.FAILED and "newer device authorization replaced" in first.message
+    connection.refresh_from_db()
+    assert connection.last_failure == ""  # replaced, not failed
     DeviceAuthorization.objects.filter(pk=second.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     page = manager_client.get(f"/oauth/device/{second.pk}/").content.decode()  # no worker has polled it since
     assert "expired before anyone approved it" in page and "http-equiv" not in page

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from connections import services, token_cache
 from connections.bot_keys import bot_key_create, bot_key_revoke
-from connections.models import AnswerVersion, AuditEvent, OAuthToken
+from connections.models import AnswerVersion, AuditEvent, OAuthToken, Role
 from connections.oauth_client import ProviderError
 from connections.refresh import token_refresh
 from tests.conftest import get_token, shared_token
@@ -101,6 +101,10 @@ def _delete_role(bot, connection, clock):
     Group.objects.get(pk=bot.role.pk).delete()
 
 
+def _delete_role_in_the_admin(bot, connection, clock):
+    Role.objects.get(pk=bot.role.pk).delete()  # the admin deletes the proxy, whose signals name Role, not Group
+
+
 def _disable_connection(bot, connection, clock):
     connection.is_enabled = False
     connection.save()
@@ -132,6 +136,7 @@ CHANGES = {
     "role uninvited": Change(_uninvite_role, 403, "forbidden"),
     "role's invitations cleared": Change(_uninvite_from_the_role_side, 403, "forbidden"),
     "role deleted": Change(_delete_role, 403, "forbidden"),
+    "role deleted in the admin": Change(_delete_role_in_the_admin, 403, "forbidden"),
     "connection disabled": Change(_disable_connection, 403, "forbidden"),
     "connection disconnected": Change(_disconnect, 409, "not_connected"),
 }
