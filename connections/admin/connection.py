@@ -214,12 +214,6 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
             format_html_join("", "<tr><th>{}</th><td><code>{}</code></td></tr>", rows),
         )
 
-    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Connection | None:
-        connection = super().get_object(request, object_id, from_field)
-        if connection is not None:  # for bot_call_display, which is given the connection only
-            connection.absolute_uri = request.build_absolute_uri
-        return connection
-
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
         if not change:
             obj.created_by = request.user

@@ -5,6 +5,7 @@ prefetched, never a query per row."""
 
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
@@ -136,9 +137,8 @@ class ConnectionStatusColumns:
     @admin.display(description="Bot call")
     def bot_call_display(self, connection: Connection) -> str:
         """What a bot runs to get this connection's token, ready to copy; the key is a placeholder."""
-        path = reverse("connection_token", args=[connection.slug])
-        absolute_uri = getattr(connection, "absolute_uri", None)
-        url = absolute_uri(path) if absolute_uri else path
+        # PUBLIC_URL: the address bots (and the providers' redirects) use, whatever host the admin was reached by.
+        url = settings.PUBLIC_URL + reverse("connection_token", args=[connection.slug])
         curl = f'curl -H "Authorization: Bearer $CONTROLROOM_KEY" {url}'
         if connection.is_user_specific:
             whose = (

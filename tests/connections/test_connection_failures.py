@@ -176,8 +176,9 @@ def test_recording_a_failure_leaves_the_token_endpoints_answers_valid(make_conne
     assert AuditEvent.objects.count() == 0  # the caller audits, in the same transaction
 
 
-def test_the_change_page_shows_the_bot_call_ready_to_copy(manager_client, make_connection, bot, authserver):
-    # given a shared and a user-specific connection
+def test_the_change_page_shows_the_bot_call_ready_to_copy(manager_client, make_connection, bot, settings):
+    # given a shared and a user-specific connection, and the address bots use (not the admin's host, testserver)
+    settings.PUBLIC_URL = "https://controlroom.example"
     shared = make_connection(register=False)
     own = make_connection(register=False, token_type="user_specific")
     for connection in (shared, own):
@@ -185,7 +186,7 @@ def test_the_change_page_shows_the_bot_call_ready_to_copy(manager_client, make_c
         page = manager_client.get(f"{LIST}{connection.pk}/change/").content.decode()
         call = _field(page, "bot_call_display")
         # then it shows the absolute token URL and a curl line with a placeholder for the key, and a copy button
-        url = f"http://testserver/api/v1/connections/{connection.slug}/token"
+        url = f"https://controlroom.example/api/v1/connections/{connection.slug}/token"
         assert f'<code id="bot-call-url">{url}</code>' in call
         curl = f"curl -H &quot;Authorization: Bearer $CONTROLROOM_KEY&quot; {url}"
         assert f'<pre id="bot-call-curl">{curl}</pre>' in call

@@ -34,9 +34,10 @@ def laptop_page(browser, live_server) -> Iterator[object]:
 
 
 def test_a_failed_test_stays_on_the_page_the_filter_finds_it_and_the_bot_call_answers(
-    laptop_page, live_server, make_connection, authserver
+    laptop_page, live_server, make_connection, authserver, settings
 ):
     page, url = laptop_page, live_server.url
+    settings.PUBLIC_URL = url  # the address bots use
     # given an administrator, a client-credentials connection whose secret they are about to mistype, and a
     # second one that works, invited to a bot's role
     root = User.objects.create_superuser("root", "root@example.com", "root-password-1")

@@ -28,6 +28,7 @@ AUTHORIZATION_ONLY = ("redirect_uri", "authorization_url", "extra_authorization_
 @pytest.fixture
 def first_hour(browser, live_server, settings, tmp_path) -> Iterator[tuple[object, str, object]]:
     """A laptop-sized window signed in as the first administrator; `shot(name)` keeps a screenshot of the step."""
+    settings.PUBLIC_URL = live_server.url  # the address bots use, which the bot call shows
     settings.OAUTH_REDIRECT_URI = f"{live_server.url}/oauth/callback/"
     User.objects.create_superuser("root", "root@example.com", "root-password-1")
     context = browser.new_context(viewport={"width": 1366, "height": 768})
