@@ -437,6 +437,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        # Django gives its logger a console handler of its own under DEBUG, which would print each line a second
+        # time, past the redacting formatter: the root's handler is the only one.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
         # requests-oauthlib and oauthlib log request bodies and token responses at DEBUG: never let them.
         "requests_oauthlib": {"level": "WARNING"},
         "oauthlib": {"level": "WARNING"},

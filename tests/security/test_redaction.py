@@ -4,6 +4,9 @@ import copy
 import io
 import logging
 import logging.config
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -212,3 +215,20 @@ def _generation(connection) -> int:
 
 def _state(connection) -> str:
     return OAuthToken.objects.get(connection=connection).state
+
+
+def test_a_django_request_line_is_printed_once_and_redacted_under_debug(tmp_path):
+    # given a process configured as `make run` configures it (DEBUG: Django adds a console handler of its own to
+    # the "django" logger, which would print a second, unredacted copy of each line)
+    script = (
+        "import django, logging; django.setup(); "
+        "logging.getLogger('django.request').warning('Not Found: /oauth/callback/?access_token=leaky-value-123')"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "controlroom.settings", "DEBUG": "true", "LOG_FORMAT": "text"}
+    env.update(SECRET_KEY="x" * 50, CRYPTOGRAPHY_KEY="y" * 50, DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite3")
+    # when a request's warning is logged
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    # then it is printed once, through the project's redacting formatter
+    lines = [line for line in result.stderr.splitlines() if "Not Found" in line]
+    assert len(lines) == 1, result.stderr
+    assert "WARNING django.request" in lines[0] and "leaky-value-123" not in lines[0]
