@@ -125,6 +125,13 @@ class ConnectionForm(forms.ModelForm):
         help_text="For private_key_jwt or the JWT Bearer grant: the PEM private key (RSA or P-256), optionally "
         "followed by its certificate (Microsoft Entra). Stored encrypted and never shown again.",
     )
+    # Shown only while one is stored (ConnectionAdmin.get_fieldsets); a value typed in the field beside wins.
+    clear_client_secret = forms.BooleanField(
+        required=False,
+        label="Remove the stored secret",
+        help_text="For a client that no longer has one: a public client, or one that now signs with a private key.",
+    )
+    clear_private_key = forms.BooleanField(required=False, label="Remove the stored private key")
     extra_authorization_params = AuthorizationParamsField(
         required=False,
         initial=dict,
@@ -285,9 +292,14 @@ class ConnectionForm(forms.ModelForm):
 
     def _clean_credentials(self, cleaned: dict[str, Any], provider: Provider, grant_type: str) -> None:
         """The secret and the private key are write-only: a blank field keeps the stored one (neither is a model
-        field of this form). A signed assertion needs a private key; most else needs a secret."""
+        field of this form) unless its Remove box is ticked. A signed assertion needs a private key; most else
+        needs a secret."""
         if secret := cleaned.get("client_secret", ""):
             self.instance.client_secret = secret
+        elif cleaned.get("clear_client_secret"):
+            self.instance.client_secret = ""
+        if cleaned.get("clear_private_key") and not cleaned.get("private_key"):
+            self.instance.private_key = ""
         if key := cleaned.get("private_key", ""):
             try:
                 key = self._key_from_key_file(key, cleaned)

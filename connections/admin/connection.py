@@ -26,6 +26,15 @@ from connections.views import start_authorization
 from providers.models import CLIENT_AUTH_METHOD_NAMES, Provider
 
 DISCOVERED_LABELS = {**discovery.URL_LABELS, "client_auth_method": "Client authentication"}
+# The form's own fields, which it applies itself (never copied onto the model by the model form factory).
+WRITE_ONLY_FIELDS = ("client_secret", "private_key", "clear_client_secret", "clear_private_key")
+# How the audit event names a change of a write-only field (never its value).
+CHANGED_LABELS = {
+    "client_secret": "client secret (replaced)",
+    "private_key": "private key (replaced)",
+    "clear_client_secret": "client secret (removed)",
+    "clear_private_key": "private key (removed)",
+}
 
 
 class TokenInline(PermissionMixin, admin.TabularInline):
@@ -113,8 +122,12 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
         # View-only users get every field read-only, which would display the secret: it is left out for them.
         placeholders = ConnectionForm().placeholder_field_names if can_change else []
         # The secret and the private key are write-only: not shown even to those who may only view.
+        stored = obj is not None and can_change
         credentials = ("client_id", "client_secret") if can_change else ("client_id",)
-        credentials += ("client_auth_method", *(("private_key",) if can_change else ()), "private_key_id")
+        credentials += ("clear_client_secret",) if stored and obj.client_secret else ()
+        credentials += ("client_auth_method", *(("private_key",) if can_change else ()))
+        credentials += ("clear_private_key",) if stored and obj.private_key else ()
+        credentials += ("private_key_id",)
         credentials += ("jwt_subject",)
         status = [
             (
@@ -174,7 +187,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
             name
             for name in names
             if not name.startswith(PLACEHOLDER_PREFIX)
-            and name not in ("client_secret", "private_key")
+            and name not in WRITE_ONLY_FIELDS
             and name not in self.readonly_fields
         ]
         return super().get_form(request, obj, change, **kwargs)
@@ -221,7 +234,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        changed = ["client secret (replaced)" if name == "client_secret" else name for name in form.changed_data]
+        changed = [CHANGED_LABELS.get(name, name) for name in form.changed_data]
         services.connection_save_audit(
             connection=form.instance, actor=request.user, created=not change, changed=changed
         )
