@@ -301,7 +301,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         """The confirmation page is Django's; the deletion revokes the tokens first, outside any transaction."""
         connection = self.get_object(request, object_id)
-        if request.method != "POST" or not request.POST.get("post") or connection is None:
+        if request.method != "POST" or not request.POST or connection is None:  # Django deletes on any POST
             return super().delete_view(request, object_id, extra_context)
         if not self.has_delete_permission(request, connection):
             raise PermissionDenied

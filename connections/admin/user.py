@@ -40,10 +40,32 @@ class ControlRoomUserAdmin(UserAdmin):
     list_display = ("username", "email", "first_name", "last_name", "is_staff", "role_list")
     list_filter = ("is_staff", "is_superuser", "is_active", ("groups", RoleListFilter))
 
+    @staticmethod
+    def _may_set_roles(request: HttpRequest) -> bool:
+        """Who may change roles may change who holds them; someone who may only edit users must not be able to
+        give themselves a role (Manage connections, say)."""
+        return request.user.has_perm("connections.change_role")
+
+    def _outranks(self, request: HttpRequest, obj: Any) -> bool:
+        """A superuser's account (password, activity, deletion) is for superusers only."""
+        return obj is not None and obj.is_superuser and not request.user.is_superuser
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._outranks(request, obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._outranks(request, obj) and super().has_delete_permission(request, obj)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if obj is None or self._may_set_roles(request) else (*readonly, "role_list")
+
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return [*self.add_fieldsets, ("Roles", {"fields": ("groups",)})]
-        access: tuple[str, ...] = ("is_active", "is_staff", "groups")
+            roles = [("Roles", {"fields": ("groups",)})] if self._may_set_roles(request) else []
+            return [*self.add_fieldsets, *roles]
+        roles = "groups" if self._may_set_roles(request) else "role_list"  # shown, not offered
+        access: tuple[str, ...] = ("is_active", "is_staff", roles)
         if request.user.is_superuser:
             access = ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")
         return [
@@ -83,7 +105,7 @@ class ControlRoomUserAdmin(UserAdmin):
         """The confirmation page is Django's; the deletion revokes the user's own tokens at the provider first,
         outside any transaction, and audits the roles they leave (services.user_delete)."""
         user = self.get_object(request, unquote(object_id))
-        if request.method != "POST" or not request.POST.get("post") or user is None:
+        if request.method != "POST" or not request.POST or user is None:  # Django deletes on any POST
             return super().delete_view(request, object_id, extra_context)
         _, _, perms_needed, protected = self.get_deleted_objects([user], request)
         if not self.has_delete_permission(request, user) or perms_needed or protected:

@@ -397,7 +397,11 @@ def test_save_and_test_calls_the_provider_only_after_the_save_is_committed(manag
     assert seen_during_the_call == ["changed before the test"]
 
 
-def test_deleting_a_connection_revokes_its_tokens_and_is_audited(manager_client, make_connection, authserver):
+# Django's own delete view deletes on any non-empty POST: each must take the path that revokes and audits.
+@pytest.mark.parametrize("confirmation", [{"post": "yes"}, {"confirm": "1"}])
+def test_deleting_a_connection_revokes_its_tokens_and_is_audited(
+    manager_client, make_connection, authserver, confirmation
+):
     # given a connected connection
     connection = make_connection()
     authorize(manager_client, connection, authserver)
@@ -407,7 +411,7 @@ def test_deleting_a_connection_revokes_its_tokens_and_is_audited(manager_client,
     assert "revoked at the provider first" in confirm
     # (the list's bulk delete, which would skip the revocation, is not offered)
     assert "delete_selected" not in manager_client.get("/admin/connections/connection/").content.decode()
-    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/delete/", {"post": "yes"})
+    response = manager_client.post(f"/admin/connections/connection/{connection.pk}/delete/", confirmation)
     # then it is gone, its grant is revoked at the provider, and the audit log says who deleted it
     assert response.status_code == 302
     assert not Connection.objects.filter(pk=connection.pk).exists()

@@ -42,8 +42,9 @@ def test_deleting_roles_with_the_list_action_records_each(admin_client):
     ]
 
 
+@pytest.mark.parametrize("confirmation", [{"post": "yes"}, {"confirm": "1"}])  # Django deletes on any POST
 def test_deleting_a_user_revokes_their_own_tokens_and_records_the_roles_they_leave(
-    admin_client, make_connection, make_user, authserver
+    admin_client, make_connection, make_user, authserver, confirmation
 ):
     # given a user in a role, with a bot key and their own token of a user-specific connection
     role = Role.objects.create(name="Sales bots")
@@ -59,7 +60,7 @@ def test_deleting_a_user_revokes_their_own_tokens_and_records_the_roles_they_lea
     # when an administrator sees the confirmation and deletes the user
     page = admin_client.get(f"/admin/auth/user/{bob.pk}/delete/").content.decode()
     assert "revoked at the provider first" in page
-    response = admin_client.post(f"/admin/auth/user/{bob.pk}/delete/", {"post": "yes"}, follow=True)
+    response = admin_client.post(f"/admin/auth/user/{bob.pk}/delete/", confirmation, follow=True)
     # then the token no longer works at the provider, and the user, token and key are gone
     assert "Deleted the user bob." in response.content.decode()
     assert authserver.whoami(token.access_token).status_code == 401

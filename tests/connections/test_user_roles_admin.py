@@ -43,14 +43,24 @@ def _role_events() -> list[tuple[str, str, str]]:
     )
 
 
-@pytest.fixture
-def user_manager(make_user) -> Client:
-    """Staff who may change users (Django's own permissions) but is no superuser."""
-    account = make_user("people-admin", staff=True)
-    account.user_permissions.add(*Permission.objects.filter(codename__in=("view_user", "change_user", "add_user")))
+def _staff_client(make_user, username: str, *codenames: str) -> Client:
+    account = make_user(username, staff=True)
+    account.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
     client = Client()
     client.force_login(account)
     return client
+
+
+@pytest.fixture
+def user_manager(make_user) -> Client:
+    """Staff who may change users and roles (Django's own permissions) but is no superuser."""
+    return _staff_client(make_user, "people-admin", "view_user", "change_user", "add_user", "change_role")
+
+
+@pytest.fixture
+def user_editor(make_user) -> Client:
+    """Staff who may change users only: not who holds which role."""
+    return _staff_client(make_user, "user-editor", "view_user", "change_user", "add_user", "delete_user")
 
 
 def test_user_page_calls_groups_roles_and_shows_raw_permissions_to_superusers_only(
@@ -196,3 +206,34 @@ def test_renaming_a_role_says_so(admin_client):
         ("admin", "Role Finance bots (renamed from Finance) saved; its members, permissions and connections are "
          "unchanged.", "success")
     ]  # fmt: skip
+
+
+def test_someone_who_may_only_edit_users_cannot_give_a_role(user_editor, make_user):
+    # given a role that manages connections, and the editor's own account
+    managers = Role.objects.create(name="Connection managers")
+    managers.permissions.add(Permission.objects.get(codename="manage_connections"))
+    editor = User.objects.get(username="user-editor")
+    # when they open their own page, then the roles are shown, not offered
+    page = user_editor.get(f"/admin/auth/user/{editor.pk}/change/").content.decode()
+    assert "Roles" in page and 'name="groups"' not in page
+    # and when they post a role anyway, then it is not given
+    response = user_editor.post(f"/admin/auth/user/{editor.pk}/change/", _user_form(editor, groups=[managers.pk]))
+    assert response.status_code == 302
+    assert not editor.groups.exists() and not editor.has_perm("connections.manage_connections")
+    assert not AuditEvent.objects.filter(action="role_update").exists()
+    # nor on the add page
+    assert 'name="groups"' not in user_editor.get("/admin/auth/user/add/").content.decode()
+
+
+def test_a_superusers_account_is_for_superusers_only(user_editor, make_user):
+    # given a superuser, and staff who may change and delete users
+    root = User.objects.create_superuser("root", "root@example.com", "root-password-1")
+    # then the superuser's page is shown to them read-only, and its password and deletion are refused
+    page = user_editor.get(f"/admin/auth/user/{root.pk}/change/").content.decode()
+    assert "root@example.com" in page and 'name="is_active"' not in page and 'name="email"' not in page
+    password = {"password1": "x-new-Password-1", "password2": "x-new-Password-1"}
+    assert user_editor.post(f"/admin/auth/user/{root.pk}/password/", password).status_code == 403
+    assert user_editor.post(f"/admin/auth/user/{root.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert user_editor.post(f"/admin/auth/user/{root.pk}/change/", _user_form(root, is_active="")).status_code == 403
+    root.refresh_from_db()
+    assert root.check_password("root-password-1") and root.is_active
