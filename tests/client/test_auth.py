@@ -126,8 +126,31 @@ def test_a_second_401_is_returned_without_another_retry(control_room, recorder, 
     assert recorder.token_requests()[1]["force_refresh"] == ["true"]
 
 
-def test_a_body_is_sent_again_with_the_retry(control_room, connected, stub_server):
+@pytest.mark.parametrize("replaced_recently", [30.0, 0.0])
+def test_a_resource_that_keeps_refusing_fresh_tokens_costs_one_forced_refresh(
+    control_room, recorder, connected, stub_server, monkeypatch, replaced_recently
+):
+    # given a resource server that refuses every token (a scope the connection lacks, say)
+    stub_server.answer_json(401, {"error": "insufficient_scope"})
+    monkeypatch.setattr("controlroom_client.client.REPLACED_RECENTLY", replaced_recently)
+    auth = ControlRoomAuth(connected.slug, client=control_room)
+
+    # when a bot calls it five times in a row
+    answers = [requests.get(stub_server.url + "/api/orders", auth=auth, timeout=10) for _ in range(5)]
+
+    # then every call gets its 401; a token replaced moments ago is not replaced again (nor the call retried):
+    # Control Room is asked for a forced refresh once, not once a call
+    assert [answer.status_code for answer in answers] == [401] * 5
+    forced = [query for query in recorder.token_requests() if query.get("force_refresh") == ["true"]]
+    if replaced_recently:
+        assert len(forced) == 1 and len(stub_server.received) == 6  # the first call's retry, then one each
+    else:  # without the pause: one forced refresh and one retry per call
+        assert len(forced) == 5 and len(stub_server.received) == 10
+
+
+def test_a_body_is_sent_again_with_the_retry(control_room, connected, stub_server, monkeypatch):
     stub_server.answer_json(401, {"error": "invalid_token"})
+    monkeypatch.setattr("controlroom_client.client.REPLACED_RECENTLY", 0.0)  # each call retries
     auth = ControlRoomAuth(connected.slug, client=control_room)
 
     requests.post(stub_server.url + "/bytes", data=b"payload", auth=auth, timeout=10)

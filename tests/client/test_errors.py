@@ -9,6 +9,7 @@ from controlroom_client import (
     BadRequest,
     ControlRoom,
     ControlRoomError,
+    ControlRoomUnavailable,
     ControlRoomUnreachable,
     Forbidden,
     InvalidKey,
@@ -26,6 +27,7 @@ from django.utils import timezone
 
 from connections.models import OAuthToken
 from tests.api.test_token_endpoint_schema import SPEC
+from tests.client.conftest import StubAnswer
 from tests.conftest import shared_token
 from tests.controlroom.helpers import closed_port
 
@@ -230,3 +232,21 @@ def test_an_unknown_error_code_is_the_base_class(stub_server, bot):
     assert str(error) == "maintenance (HTTP 418): Back at noon. Retry after 0 s."
     assert stub_server.received[0]["authorization"] == f"Bearer {bot.raw_key}"
     assert stub_server.received[0]["path"] == "/api/v1/connections/x/token?min_validity=60"
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body"),
+    [
+        (502, "text/html", b"<html><body>Bad gateway</body></html>"),  # a proxy while Control Room restarts
+        (500, "application/json", b'{"error": "server_error"}'),  # a code of no token endpoint
+        (503, "text/plain", b"Service Unavailable"),
+    ],
+)
+def test_a_failing_control_room_is_a_temporary_error(stub_server, bot, status, content_type, body):
+    # given Control Room (or the proxy before it) failing for now, asking to come back in 10 s
+    stub_server.answer = StubAnswer(status, {"Content-Type": content_type, "Retry-After": "10"}, body)
+    # when a bot asks, then it gets an error worth retrying later, which says so
+    error = raised_by_new_client(stub_server.url, bot.raw_key, "x")
+    assert type(error) is ControlRoomUnavailable and isinstance(error, TemporaryError)
+    assert (error.status, error.retry_after) == (status, 10)
+    assert "failing for now" in error.detail and "CONTROLROOM_URL" not in error.detail

@@ -46,6 +46,8 @@ class ControlRoomAuth(requests.auth.AuthBase):
         sent = response.request
         rejected = (sent.headers.get("Authorization") or "").removeprefix("Bearer ")
         fresh = self.client.replace_rejected(self.slug, rejected, min_validity=self.min_validity)
+        if fresh.access_token == rejected:
+            return response  # replaced moments ago and still refused: not an expiry, sending it again would not help
         if not _rewind_body(sent):
             return response  # a streamed body cannot be sent twice; the next request gets the fresh token
         # Read and release the 401's connection before sending again on the same adapter.

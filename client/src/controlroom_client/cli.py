@@ -13,6 +13,7 @@ from controlroom_client.errors import (
     ERRORS_BY_CODE,
     ConfigurationError,
     ControlRoomError,
+    ControlRoomUnavailable,
     ControlRoomUnreachable,
     InvalidResponse,
 )
@@ -23,7 +24,13 @@ INTERRUPTED = 130
 
 def _exit_codes() -> str:
     rows = [(0, "the token was printed"), (1, "another error"), (2, "wrong arguments")]
-    for cls in (ConfigurationError, ControlRoomUnreachable, InvalidResponse, *ERRORS_BY_CODE.values()):
+    for cls in (
+        ConfigurationError,
+        ControlRoomUnreachable,
+        InvalidResponse,
+        ControlRoomUnavailable,
+        *ERRORS_BY_CODE.values(),
+    ):
         rows.append((cls.exit_code, cls.code or ""))
     return "\n".join(f"  {code:>3}  {what}" for code, what in sorted(rows))
 

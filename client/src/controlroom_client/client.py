@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -24,6 +25,9 @@ KEY_ENV = "CONTROLROOM_KEY"
 DEFAULT_MIN_VALIDITY = 60
 # Control Room may call the provider to refresh before it answers; its own outbound timeout bounds that call.
 DEFAULT_TIMEOUT = 30.0
+# A resource server that keeps refusing a token just replaced (a missing scope, not an expiry) does not get the
+# provider asked for yet another one more often than this.
+REPLACED_RECENTLY = 30.0
 USER_AGENT = f"controlroom-client/{__version__}"
 
 
@@ -59,6 +63,7 @@ class ControlRoom:
         self.session = session if session is not None else requests.Session()
         self.timeout = timeout
         self._tokens: dict[str, Token] = {}
+        self._forced_at: dict[str, float] = {}  # the monotonic clock of each slug's last forced refresh
         self._slug_locks: dict[str, threading.Lock] = {}
         self._slug_locks_guard = threading.Lock()
 
@@ -90,6 +95,9 @@ class ControlRoom:
         Threads asking for the same slug at once wait for one request. Raises a ControlRoomError subclass.
         """
         _check_arguments(slug, min_validity)
+        kept = self._tokens.get(slug)  # without the lock: a kept token is not held up by another's request
+        if kept is not None and not force_refresh and not kept.expires_within(min_validity):
+            return kept
         with self._lock_for(slug):
             kept = self._tokens.get(slug)
             if kept is not None and not force_refresh and not kept.expires_within(min_validity):
@@ -100,17 +108,17 @@ class ControlRoom:
         self, slug: str, rejected_access_token: str, *, min_validity: int = DEFAULT_MIN_VALIDITY
     ) -> Token:
         """A new token after a resource server refused `rejected_access_token` (HTTP 401): asks Control Room with
-        force_refresh, unless another thread has replaced that token meanwhile, so a burst of 401s costs one
-        request."""
+        force_refresh, unless another thread has replaced that token meanwhile (a burst of 401s costs one
+        request), or it was itself replaced less than REPLACED_RECENTLY seconds ago: then it is returned as it is,
+        the same token, and the 401 stands (a token the provider just issued is refused for another reason)."""
         _check_arguments(slug, min_validity)
         with self._lock_for(slug):
             kept = self._tokens.get(slug)
-            if (
-                kept is not None
-                and kept.access_token != rejected_access_token
-                and not kept.expires_within(min_validity)
-            ):
-                return kept
+            if kept is not None and not kept.expires_within(min_validity):
+                replaced_meanwhile = kept.access_token != rejected_access_token
+                just_replaced = time.monotonic() - self._forced_at.get(slug, -REPLACED_RECENTLY) < REPLACED_RECENTLY
+                if replaced_meanwhile or just_replaced:
+                    return kept
             return self._ask(slug, min_validity=min_validity, force_refresh=True)
 
     def forget(self, slug: str | None = None) -> None:
@@ -144,6 +152,8 @@ class ControlRoom:
             ) from None
         with self._slug_locks_guard:
             self._tokens[slug] = token
+            if force_refresh:
+                self._forced_at[slug] = token.received_at
         return token
 
     def _send(self, url: str, params: dict[str, str]) -> requests.Response:
@@ -159,7 +169,8 @@ class ControlRoom:
         if response.is_redirect:
             raise InvalidResponse(
                 f"Control Room answered HTTP {response.status_code}, a redirect to "
-                f"{response.headers.get('Location', '?')}; set CONTROLROOM_URL to the final address.",
+                f"{response.headers.get('Location', '?')}; set CONTROLROOM_URL to the site's root (the address before "
+                "/api/), over https if it redirects there.",
                 status=response.status_code,
             )
         return response

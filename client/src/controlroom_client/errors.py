@@ -126,6 +126,14 @@ class ControlRoomUnreachable(TemporaryError):
     exit_code = 4
 
 
+class ControlRoomUnavailable(TemporaryError):
+    """A 5xx answer without the endpoint's own error: Control Room, or a proxy before it, is failing for now (a
+    deploy, a database restart)."""
+
+    code = "unavailable"
+    exit_code = 6
+
+
 class InvalidResponse(ControlRoomError):
     """An answer that is not the endpoint's JSON: a proxy's error page, a redirect, a wrong URL."""
 
@@ -175,6 +183,13 @@ def error_from_response(response: requests.Response) -> ControlRoomError:
     except ValueError:
         body = None
     code = body.get("error") if isinstance(body, dict) else None
+    known = isinstance(code, str) and code in ERRORS_BY_CODE
+    if response.status_code >= 500 and not known:
+        return ControlRoomUnavailable(
+            f"Control Room answered HTTP {response.status_code} without its own error: it is failing for now.",
+            status=response.status_code,
+            retry_after=retry_after,
+        )
     if not isinstance(code, str) or not code:
         content_type = response.headers.get("Content-Type") or "no content type"
         return InvalidResponse(
