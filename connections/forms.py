@@ -1,11 +1,13 @@
 import json
 import re
+import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib.admin.widgets import FilteredSelectMultiple
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.urls import reverse
 from django.utils.html import escape, format_html
 from django.utils.text import slugify
@@ -412,6 +414,9 @@ class BotKeyAddForm(forms.ModelForm):
     expires_days = forms.IntegerField(
         required=False, min_value=1, max_value=3650, help_text="Leave blank for a key that never expires."
     )
+    # One key per rendering of the form: the created page answers the POST (the raw key is never redirected
+    # through the session), so reloading it would send the form again and silently make a second key.
+    submission = forms.CharField(widget=forms.HiddenInput, initial=lambda: secrets.token_urlsafe(16), max_length=64)
 
     class Meta:
         model = BotKey
@@ -424,3 +429,13 @@ class BotKeyAddForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["user"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # Claimed only once all else is valid, so that a form corrected after an error can still be sent.
+        if not self.errors and not cache.add(f"bot-key-form:{cleaned['submission']}", True, timeout=86_400):
+            raise forms.ValidationError(
+                "This form was already sent: its key was created and shown once (see Bot keys). To create another "
+                "key, open Add bot key again."
+            )
+        return cleaned

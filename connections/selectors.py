@@ -69,7 +69,12 @@ class Failure:
 
     @property
     def text(self) -> str:
-        return f"{self.message} ({moment_text(self.at)}; {self.in_a_row} consecutive failure(s))"
+        return f"{self.message} ({self.when_text})"
+
+    @property
+    def when_text(self) -> str:
+        """'2026-11-30 04:01:32; 2 failures in a row'."""
+        return f"{moment_text(self.at)}; {self.in_a_row} failure{'s' if self.in_a_row != 1 else ''} in a row"
 
 
 def attempt_failure(connection: Connection, tokens: list[OAuthToken]) -> Failure | None:
@@ -99,7 +104,7 @@ class TokenSummary:
         if not self.last_refresh_at:
             return "—"
         ago = format_duration((timezone.now() - self.last_refresh_at).total_seconds())
-        return f"{timezone.localtime(self.last_refresh_at):%Y-%m-%d %H:%M:%S %Z} ({ago} ago)"
+        return f"{moment_text(self.last_refresh_at)} ({ago} ago)"
 
     @property
     def next_refresh_text(self) -> str:

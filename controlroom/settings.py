@@ -389,6 +389,10 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Names of its own: a provider on the same host (Django's defaults too, say, during a trial) would otherwise
+# replace the admin's session while someone signs in there, and the OAuth callback would find another session.
+SESSION_COOKIE_NAME = "controlroom_sessionid"
+CSRF_COOKIE_NAME = "controlroom_csrftoken"
 if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True

@@ -12,7 +12,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",
-        auth_views.LoginView.as_view(template_name="connections/login.html", extra_context={"title": "Sign in"}),
+        auth_views.LoginView.as_view(
+            template_name="connections/login.html",
+            extra_context={"title": "Sign in", "site_header": "Control Room", "site_title": "Control Room"},
+        ),
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

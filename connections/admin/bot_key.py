@@ -94,7 +94,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
         return super().get_form(request, obj, change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: BotKey | None = None) -> list[str] | tuple[str, ...]:
-        return ("user", "name", "expires_days") if obj is None else self.readonly_fields
+        return ("user", "name", "expires_days", "submission") if obj is None else self.readonly_fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: BotKey | None = None) -> tuple[str, ...]:
         return () if obj is None else self.readonly_fields

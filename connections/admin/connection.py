@@ -35,6 +35,7 @@ CHANGED_LABELS = {
     "clear_client_secret": "client secret (removed)",
     "clear_private_key": "private key (removed)",
 }
+SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
 
 class TokenInline(PermissionMixin, admin.TabularInline):
@@ -105,6 +106,9 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
     class Media:
         js = ("connections/connection_form.js", "connections/copy_button.js")
         css = {"all": ("connections/connection_admin.css",)}
+
+    def get_inlines(self, request: HttpRequest, obj: Connection | None) -> list:
+        return self.inlines if obj is not None else []  # a connection being added has no tokens to list
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
         # The status columns read the tokens' state and times, never their values: those stay encrypted, unread.
@@ -234,7 +238,8 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
-        changed = [CHANGED_LABELS.get(name, name) for name in form.changed_data]
+        labels = CHANGED_LABELS if change else {**CHANGED_LABELS, **SET_LABELS}
+        changed = [labels.get(name, name) for name in form.changed_data]
         services.connection_save_audit(
             connection=form.instance, actor=request.user, created=not change, changed=changed
         )

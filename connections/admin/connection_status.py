@@ -97,13 +97,12 @@ class ConnectionStatusColumns:
             return status
         return format_html(
             '<span class="list-status">{}</span><br><span class="last-error {}" title="{}">{}</span><br>'
-            '<span class="failure-when">({}; {} consecutive failure(s))</span>',
+            '<span class="failure-when">({})</span>',
             status,
             FAILURE_CLASS,
             failure.message,
             Truncator(failure.message).chars(LIST_ERROR_LENGTH),
-            selectors.moment_text(failure.at),
-            failure.in_a_row,
+            failure.when_text,
         )
 
     @admin.display(description="Activity", ordering="last_token_issued_at")

@@ -3,6 +3,7 @@ key's own page, and the expiry filter that looks ahead."""
 
 import re
 from datetime import timedelta
+from uuid import uuid4
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -120,7 +121,9 @@ def test_key_page_and_created_page_show_the_reach(admin_client, make_user, make_
     connection.roles.add(role)
     _issue(connection, None)
 
-    created = admin_client.post("/admin/connections/botkey/add/", {"user": alice.pk, "name": "nightly"})
+    created = admin_client.post(
+        "/admin/connections/botkey/add/", {"user": alice.pk, "name": "nightly", "submission": uuid4().hex}
+    )
     page = created.content.decode()
     assert f'data-slug="{connection.slug}"' in page and '<td class="reach-gets-token">Yes</td>' in page
     assert 'data-copy-from="raw-key"' in page and "connections/copy_button.js" in page
@@ -139,7 +142,9 @@ def test_key_page_and_created_page_show_the_reach(admin_client, make_user, make_
 
 def test_created_page_says_when_the_user_reaches_nothing(admin_client, make_user):
     alice = make_user("alice")
-    page = admin_client.post("/admin/connections/botkey/add/", {"user": alice.pk, "name": "x"}).content.decode()
+    page = admin_client.post(
+        "/admin/connections/botkey/add/", {"user": alice.pk, "name": "x", "submission": uuid4().hex}
+    ).content.decode()
     assert "None: no role of alice is invited to a connection." in page
 
 
@@ -148,7 +153,8 @@ def test_key_times_are_shown_in_the_one_format_to_the_second(admin_client, make_
     role = Role.objects.create(name="Finance bots")
     alice = make_user("alice", roles=(role,))
     page = admin_client.post(
-        "/admin/connections/botkey/add/", {"user": alice.pk, "name": "nightly", "expires_days": "7"}
+        "/admin/connections/botkey/add/",
+        {"user": alice.pk, "name": "nightly", "expires_days": "7", "submission": uuid4().hex},
     ).content.decode()
     key = BotKey.objects.get()
     expires = selectors.moment_text(key.expires_at)
@@ -249,3 +255,20 @@ def test_names_are_escaped_on_the_reach_and_role_pages(admin_client, make_user, 
     assert "<td><i>Finance</i></td>" not in key_page and "&lt;i&gt;Finance&lt;/i&gt;" in key_page
     role_page = admin_client.get(f"/admin/connections/role/{role.pk}/change/").content.decode()
     assert "<td><b>nightly</b></td>" not in role_page and "<td>&lt;b&gt;nightly&lt;/b&gt;</td>" in role_page
+
+
+def test_sending_the_add_form_again_does_not_make_a_second_key(admin_client, make_user):
+    # given a key created from the add form
+    alice = make_user("alice")
+    form = {"user": alice.pk, "name": "nightly", "submission": uuid4().hex}
+    assert "crk_" in admin_client.post("/admin/connections/botkey/add/", form).content.decode()
+    # when the created page is reloaded (the browser sends the same form again)
+    page = admin_client.post("/admin/connections/botkey/add/", form).content.decode()
+    # then no second key is made, and the page says why
+    assert BotKey.objects.filter(user=alice).count() == 1
+    assert "This form was already sent" in page and "crk_" not in page
+    # and a form opened again makes one
+    fresh = admin_client.get("/admin/connections/botkey/add/").content.decode()
+    submission = re.search(r'name="submission" value="([^"]+)"', fresh).group(1)
+    admin_client.post("/admin/connections/botkey/add/", {**form, "name": "second", "submission": submission})
+    assert BotKey.objects.filter(user=alice).count() == 2

@@ -1,5 +1,6 @@
 import hashlib
 from io import StringIO
+from uuid import uuid4
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -59,7 +60,9 @@ def test_command_lists_and_revokes(make_user):
 
 def test_admin_creates_a_key_and_shows_it_once(admin_client, make_user):
     bot = make_user("bot")
-    response = admin_client.post("/admin/connections/botkey/add/", {"user": bot.pk, "name": "ci runner"})
+    response = admin_client.post(
+        "/admin/connections/botkey/add/", {"user": bot.pk, "name": "ci runner", "submission": uuid4().hex}
+    )
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     page = response.content.decode()
     key = BotKey.objects.get()
@@ -85,5 +88,10 @@ def test_staff_without_permission_cannot_create_keys(make_user):
     staff = make_user(staff=True)
     client = Client()
     client.force_login(staff)
-    assert client.post("/admin/connections/botkey/add/", {"user": staff.pk, "name": "x"}).status_code == 403
+    assert (
+        client.post(
+            "/admin/connections/botkey/add/", {"user": staff.pk, "name": "x", "submission": uuid4().hex}
+        ).status_code
+        == 403
+    )
     assert not BotKey.objects.exists()

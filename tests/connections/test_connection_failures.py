@@ -61,12 +61,12 @@ def test_a_failed_save_and_test_stays_on_the_page_and_in_the_list_until_a_test_p
     assert status == '<span class="connection-failed">Not connected — last attempt failed</span>'
     error = _field(page, "last_error_display")
     assert 'class="connection-failed"' in error and "invalid_client" in error
-    assert re.search(rf"\({MOMENT}; 2 consecutive failure\(s\)\)", error), error
+    assert re.search(rf"\({MOMENT}; 2 failures in a row\)", error), error
     assert selectors.moment_text(connection.last_failure_at) in error
     # and so does the list
     row = _list_row(manager_client, connection)
     assert '<span class="connection-failed">Not connected — last attempt failed</span>' in row
-    error = rf'class="last-error connection-failed" title="[^"]*invalid_client[^"]*">.*?\({MOMENT}; 2 consecutive'
+    error = rf'class="last-error connection-failed" title="[^"]*invalid_client[^"]*">.*?\({MOMENT}; 2 failures in a row'
     assert re.search(error, row)
 
     # when the secret is put right and the test passes
@@ -97,7 +97,7 @@ def test_a_failed_connect_stays_on_the_connection_until_a_connect_succeeds(manag
     assert _field(page, "status_display") == (
         '<span class="connection-failed">Not connected — last attempt failed</span>'
     )
-    assert re.search(rf"HTTP 500.*\({MOMENT}; 1 consecutive failure\(s\)\)", _field(page, "last_error_display"))
+    assert re.search(rf"HTTP 500.*\({MOMENT}; 1 failure in a row\)", _field(page, "last_error_display"))
     assert "Not connected — last attempt failed" in _list_row(manager_client, connection)
 
     # when the administrator cancels at the provider next: that is a failed attempt too, the second in a row
@@ -141,11 +141,11 @@ def test_a_failed_reconnect_keeps_the_token_and_shows_the_newer_error(manager_cl
     page = manager_client.get(f"{LIST}{connection.pk}/change/").content.decode()
     assert _field(page, "status_display").startswith("Connected, expires in")
     error = _field(page, "last_error_display")
-    assert "Connect: " in error and "invalid_grant" in error and "1 consecutive failure(s)" in error
+    assert "Connect: " in error and "invalid_grant" in error and "1 failure in a row" in error
     # until the token fails again, later: then its error is the newer one
     OAuthToken.objects.filter(pk=token.pk).update(last_error_at=timezone.now() + timedelta(seconds=1))
     page = manager_client.get(f"{LIST}{connection.pk}/change/").content.decode()
-    assert "HTTP 503" in _field(page, "last_error_display") and "3 consecutive" in _field(page, "last_error_display")
+    assert "HTTP 503" in _field(page, "last_error_display") and "3 failures in a row" in _field(page, "last_error_display")
 
 
 def test_a_grant_stored_since_ends_the_failures_of_earlier_attempts(make_connection, make_user):

@@ -235,3 +235,18 @@ def test_the_generated_password_is_printed_in_a_banner_once(monkeypatch):
     again = StringIO()
     call_command("ensure_admin", stdout=again, no_color=True)
     assert again.getvalue().strip() == "An administrator already exists." and password not in again.getvalue()
+
+
+def test_the_sign_in_page_for_everyone_is_control_rooms():
+    page = Client().get("/accounts/login/").content.decode()
+    assert "<title>Sign in | Control Room</title>" in page and "Django administration" not in page
+
+
+def test_the_cookies_have_names_of_their_own():
+    # a provider on the same host (another Django site, say) must not replace the admin's session
+    client = Client()
+    client.get("/accounts/login/")
+    assert "controlroom_csrftoken" in client.cookies and "csrftoken" not in client.cookies
+    User.objects.create_user("alice", password="alice-password-1")
+    client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"})
+    assert "controlroom_sessionid" in client.cookies and "sessionid" not in client.cookies

@@ -197,7 +197,7 @@ def test_the_list_columns_summarize_all_tokens_from_prefetched_rows(
     assert summary.last_refresh_text.endswith("(20 min ago)")
     assert summary.next_refresh_text == "in 10 min"
     assert summary.last_error_text.startswith("The provider's token URL answered HTTP 503; it will be retried. (")
-    assert summary.last_error_text.endswith("; 2 consecutive failure(s))")
+    assert summary.last_error_text.endswith("; 2 failures in a row)")
 
 
 def test_the_list_columns_of_a_connection_without_tokens_are_dashes(make_connection):

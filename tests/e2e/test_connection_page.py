@@ -80,7 +80,7 @@ def _failure_is_on_the_page(page) -> None:
     error = page.locator(".field-last_error_display .readonly")
     expect(error).to_contain_text("Save and test: ")
     expect(error).to_contain_text("invalid_client")
-    expect(error).to_have_text(re.compile(rf"\({MOMENT}; 2 consecutive failure\(s\)\)"))
+    expect(error).to_have_text(re.compile(rf"\({MOMENT}; 2 failures in a row\)"))
     assert "not-the-registered-secret" not in page.content()
     red = status.evaluate("(element) => getComputedStyle(element).color")
     assert red == error.locator(".connection-failed").evaluate("(element) => getComputedStyle(element).color")
@@ -94,7 +94,7 @@ def _failure_is_in_the_list(page, name: str) -> None:
     status = row.locator(".field-status_column")
     expect(status.locator(".list-status .connection-failed")).to_have_text("Not connected — last attempt failed")
     expect(status.locator(".last-error.connection-failed")).to_contain_text("invalid_client")
-    expect(status).to_have_text(re.compile(rf"invalid_client.*\({MOMENT}; 2 consecutive failure\(s\)\)"))
+    expect(status).to_have_text(re.compile(rf"invalid_client.*\({MOMENT}; 2 failures in a row\)"))
     for cell in page.locator("#result_list td.field-token_type").all():
         assert cell.evaluate(LINES_OF_TEXT) == 1, cell.inner_text()
     overflow = page.locator("#changelist .results").evaluate("element => element.scrollWidth - element.clientWidth")

@@ -72,7 +72,7 @@ def _add_client_credentials_connection(page, url: str, authserver, shot) -> None
     expect(page.locator(".messagelist .warning")).to_contain_text("invalid_client")
     expect(page.locator(".field-status_display .connection-failed")).to_have_text("Not connected — last attempt failed")
     expect(page.locator(".field-last_error_display")).to_contain_text("invalid_client")
-    expect(page.locator(".field-last_error_display")).to_contain_text("1 consecutive failure")
+    expect(page.locator(".field-last_error_display")).to_contain_text("1 failure in a row")
     shot("2-failure-stays")
     page.goto(f"{url}/admin/connections/connection/")
     row = page.locator("#result_list tbody tr", has_text="Ledger API")
