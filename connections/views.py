@@ -245,11 +245,14 @@ def outbound_page(request: HttpRequest) -> HttpResponse:
     it would do with a URL, judged without calling it."""
     if not selectors.user_can_view_connections(request.user):
         raise PermissionDenied
-    url = request.GET.get("url", "").strip()[:2000]
+    # The check looks host names up in DNS: for those who may add connections (and so call any URL) only.
+    may_check = selectors.user_can_manage_connections(request.user)
+    url = request.GET.get("url", "").strip()[:2000] if may_check else ""
     context = {
         **admin.site.each_context(request),
         "title": "Outbound calls",
         "policy": outbound_facts.policy_in_effect(),
+        "may_check": may_check,
         "url": url,
         "verdict": outbound_facts.url_verdict(url) if url else None,
     }

@@ -35,6 +35,8 @@ CHANGED_LABELS = {
     "clear_client_secret": "client secret (removed)",
     "clear_private_key": "private key (removed)",
 }
+# Written by the engine (connections.audit_rows, connections.attempts), never by the form.
+KEPT = ("id", "last_token_issued_at", "last_failure", "last_failure_at", "failures_in_a_row")
 SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
 
@@ -234,7 +236,10 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+            obj.save()
+            return
+        # What the token endpoint's audit batches and the attempts write meanwhile is not put back as it was read.
+        obj.save(update_fields=[field.name for field in Connection._meta.concrete_fields if field.name not in KEPT])
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)

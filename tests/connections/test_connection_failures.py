@@ -145,7 +145,8 @@ def test_a_failed_reconnect_keeps_the_token_and_shows_the_newer_error(manager_cl
     # until the token fails again, later: then its error is the newer one
     OAuthToken.objects.filter(pk=token.pk).update(last_error_at=timezone.now() + timedelta(seconds=1))
     page = manager_client.get(f"{LIST}{connection.pk}/change/").content.decode()
-    assert "HTTP 503" in _field(page, "last_error_display") and "3 failures in a row" in _field(page, "last_error_display")
+    error = _field(page, "last_error_display")
+    assert "HTTP 503" in error and "3 failures in a row" in error
 
 
 def test_a_grant_stored_since_ends_the_failures_of_earlier_attempts(make_connection, make_user):

@@ -13,8 +13,10 @@ from django.utils import timezone
 
 from connections import audit, selectors, token_cache
 from connections.attempts import connection_attempt_failed
+from connections.forms import ConnectionForm
 from connections.models import AuditEvent, Connection, OAuthToken, TokenState
 from tests.conftest import get_token
+from tests.connections.test_admin import _edit_form
 
 pytestmark = pytest.mark.django_db
 
@@ -194,3 +196,22 @@ def _issued_cell(client, connection: Connection) -> str:
     page = client.get(LIST).content.decode()
     row = re.search(rf"<tr>(?:(?!</tr>).)*?>{re.escape(connection.name)}<br>.*?</tr>", page, re.S).group()
     return re.search(r'<span class="last-token-issued">(.*?)</span><br>', row, re.S).group(1)
+
+
+def test_an_admin_save_does_not_put_back_what_the_engine_wrote_meanwhile(manager_client, connected, monkeypatch):
+    # given a bot's token audited in a batch while an administrator's save is on its way (after the page read the
+    # connection, before it writes it)
+    issued_at = timezone.now()
+    clean = ConnectionForm.clean
+
+    def clean_while_a_batch_lands(form):
+        audit.audit_events_write([_token_request(connected, issued_at)])
+        return clean(form)
+
+    monkeypatch.setattr(ConnectionForm, "clean", clean_while_a_batch_lands)
+    # when the administrator saves a change of its description
+    response = manager_client.post(f"{LIST}{connected.pk}/change/", _edit_form(connected, description="Renamed"))
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    # then the description changed, and the time written meanwhile stays
+    connected.refresh_from_db()
+    assert connected.description == "Renamed" and connected.last_token_issued_at == issued_at

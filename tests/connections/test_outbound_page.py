@@ -15,6 +15,14 @@ PAGE = "/admin/outbound/"
 
 
 @pytest.fixture
+def checker_client(make_user) -> Client:
+    """Who may check a URL: those who manage connections."""
+    client = Client()
+    client.force_login(make_user("outbound-checker", perms=("manage_connections",), staff=True))
+    return client
+
+
+@pytest.fixture
 def viewer_client(make_user) -> Client:
     client = Client()
     client.force_login(make_user("outbound-viewer", perms=("view_connections",), staff=True))
@@ -96,19 +104,19 @@ def test_without_a_proxy_or_allowed_hosts_it_says_so(viewer_client, settings):
     assert re.search(r"Private-address guard</th><td class=\"value\">Off<", page)
 
 
-def test_plain_http_to_loopback_is_refused_unless_allowed_and_nothing_is_sent(viewer_client, settings, listening_port):
+def test_plain_http_to_loopback_is_refused_unless_allowed_and_nothing_is_sent(checker_client, settings, listening_port):
     # given a loopback port where a call would be noticed, and https only
     port = listening_port.getsockname()[1]
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
     settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = False
     settings.OUTBOUND_PROXY_URL = ""
 
-    outcome, text = verdict(viewer_client, f"http://127.0.0.1:{port}/token")
+    outcome, text = verdict(checker_client, f"http://127.0.0.1:{port}/token")
     assert outcome == "refused_https" and "Refused by the https policy" in text
     assert "OUTBOUND_HTTP_ALLOWED_HOSTS" in text
 
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
-    outcome, text = verdict(viewer_client, f"http://127.0.0.1:{port}/token")
+    outcome, text = verdict(checker_client, f"http://127.0.0.1:{port}/token")
     assert outcome == "direct" and "no forward proxy is set" in text
     assert _nobody_connected(listening_port)
 
@@ -124,41 +132,41 @@ def test_plain_http_to_loopback_is_refused_unless_allowed_and_nothing_is_sent(vi
         ("https://[::ffff:10.0.0.1]/token", "a private"),
     ],
 )
-def test_the_private_address_guard_refuses_private_addresses(viewer_client, settings, listening_port, url, kind):
+def test_the_private_address_guard_refuses_private_addresses(checker_client, settings, listening_port, url, kind):
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
     settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = True
     url = url.format(port=listening_port.getsockname()[1])
 
-    outcome, text = verdict(viewer_client, url)
+    outcome, text = verdict(checker_client, url)
 
     assert outcome == "refused_private" and f"it resolves to {kind} address" in text
     assert _nobody_connected(listening_port)
 
     settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = False
-    assert verdict(viewer_client, url)[0] == "direct"
+    assert verdict(checker_client, url)[0] == "direct"
 
 
-def test_an_allowed_host_is_exempt_from_the_guard(viewer_client, settings):
+def test_an_allowed_host_is_exempt_from_the_guard(checker_client, settings):
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = True
     settings.OUTBOUND_PROXY_URL = ""
-    assert verdict(viewer_client, f"http://127.0.0.1:{_closed_port()}/")[0] == "direct"
+    assert verdict(checker_client, f"http://127.0.0.1:{_closed_port()}/")[0] == "direct"
 
 
-def test_an_https_host_goes_through_the_proxy_or_directly_per_the_bypass_list(viewer_client, settings):
+def test_an_https_host_goes_through_the_proxy_or_directly_per_the_bypass_list(checker_client, settings):
     # given a proxy that is not there (a closed port): the verdict must not need it
     proxy_port = _closed_port()
     settings.OUTBOUND_PROXY_URL = f"http://proxy-user:pr0xy-s3cret@127.0.0.1:{proxy_port}"
     settings.OUTBOUND_PROXY_BYPASS = ["idp.internal", "203.0.113.0/24"]
     settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = False
 
-    outcome, text = verdict(viewer_client, "https://login.example.com/oauth/token")
+    outcome, text = verdict(checker_client, "https://login.example.com/oauth/token")
     assert outcome == "proxy" and f"through http://***:***@127.0.0.1:{proxy_port}" in text
     assert "pr0xy-s3cret" not in text
 
-    outcome, text = verdict(viewer_client, "https://sso.idp.internal/token")
+    outcome, text = verdict(checker_client, "https://sso.idp.internal/token")
     assert outcome == "direct" and "sso.idp.internal is in OUTBOUND_PROXY_BYPASS" in text
-    assert verdict(viewer_client, f"https://203.0.113.7:{_closed_port()}/token")[0] == "direct"
+    assert verdict(checker_client, f"https://203.0.113.7:{_closed_port()}/token")[0] == "direct"
 
 
 @pytest.mark.parametrize(
@@ -173,21 +181,28 @@ def test_an_https_host_goes_through_the_proxy_or_directly_per_the_bypass_list(vi
         ("javascript:alert(1)", "not_a_url", "is not a URL"),
     ],
 )
-def test_what_is_not_a_url_or_not_https_is_called_so(viewer_client, settings, typed, outcome, words):
+def test_what_is_not_a_url_or_not_https_is_called_so(checker_client, settings, typed, outcome, words):
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
-    got, text = verdict(viewer_client, typed)
+    got, text = verdict(checker_client, typed)
     assert got == outcome and words in text
 
 
-def test_the_typed_url_is_escaped_and_kept_in_the_form(viewer_client):
+def test_the_typed_url_is_escaped_and_kept_in_the_form(checker_client):
     typed = 'https://login.example.com/"><script>alert(1)</script>'
-    page = viewer_client.get(PAGE, {"url": typed}).content.decode()
+    page = checker_client.get(PAGE, {"url": typed}).content.decode()
     assert "<script>alert(1)</script>" not in page
     assert 'value="https://login.example.com/&quot;&gt;&lt;script&gt;' in page
 
 
-def test_an_unresolvable_name_with_the_guard_on_would_fail_now(viewer_client, settings):
+def test_an_unresolvable_name_with_the_guard_on_would_fail_now(checker_client, settings):
     settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = True
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
-    outcome, text = verdict(viewer_client, "https://no-such-host.invalid/token")  # RFC 6761: never resolves
+    outcome, text = verdict(checker_client, "https://no-such-host.invalid/token")  # RFC 6761: never resolves
     assert outcome == "unresolved" and "Could not resolve no-such-host.invalid" in text
+
+
+def test_checking_a_url_is_for_those_who_manage_connections(viewer_client):
+    # given someone who may view connections only: the check looks host names up, so they are not offered it
+    page = viewer_client.get("/admin/outbound/", {"url": "https://internal.example.invalid/"}).content.decode()
+    assert 'id="url-check"' not in page and 'id="verdict"' not in page
+    assert "Checking a URL is for those who manage connections" in page
