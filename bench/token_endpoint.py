@@ -182,7 +182,7 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path, seconds: 
         try:
             with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - our own loopback URL
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset, or a first answer slower than the timeout while workers warm up
             time.sleep(0.2)
     tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
     raise SetupError(f"gunicorn did not serve {url} within {seconds:g} s:\n{tail}")

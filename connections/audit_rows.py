@@ -2,7 +2,7 @@
 process writes them from its report thread, connections.token_cache) and a refresh worker's batch."""
 
 import functools
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -43,6 +43,13 @@ def audit_rows_insert(events: list[dict[str, Any]]) -> None:
         _last_token_issued_move(events)
 
 
+# How stale Connection.last_token_issued_at may be: each process moves a connection's at most this often, so that
+# a busy connection costs each web process one UPDATE of its row every ten seconds, not one every batch (and the
+# processes' batches do not queue on that row's lock).
+LAST_ISSUED_RESOLUTION = timedelta(seconds=10)
+_last_issued_written: dict[int, datetime] = {}  # by this process, per connection
+
+
 def _last_token_issued_move(events: list[dict[str, Any]]) -> None:
     """Connection.last_token_issued_at: moved to the newest successful token request of the batch, one statement
     per connection, forward only (another process's batch may have written a newer one), in the order of the
@@ -54,8 +61,12 @@ def _last_token_issued_move(events: list[dict[str, Any]]) -> None:
             connection_id = event["connection_id"]
             newest[connection_id] = max(event["created_at"], newest.get(connection_id, event["created_at"]))
     for connection_id, issued_at in sorted(newest.items()):
+        written = _last_issued_written.get(connection_id)
+        if written is not None and timedelta(0) <= issued_at - written < LAST_ISSUED_RESOLUTION:
+            continue
         behind = Q(last_token_issued_at__isnull=True) | Q(last_token_issued_at__lt=issued_at)
         Connection.objects.filter(behind, pk=connection_id).update(last_token_issued_at=issued_at)
+        _last_issued_written[connection_id] = max(issued_at, written or issued_at)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -187,6 +187,21 @@ def test_last_token_issued_moves_forward_only_and_only_for_successes(connected, 
     assert connected.last_token_issued_at == now
 
 
+def test_a_busy_connection_is_written_at_most_every_ten_seconds_by_a_process(connected, django_assert_num_queries):
+    # given a connection whose last token this process wrote a moment ago
+    now = timezone.now()
+    audit.audit_events_write([_token_request(connected, now)])
+    # when the next batches bring tokens issued 3 s, then 11 s later
+    with django_assert_num_queries(3):  # the batch's INSERT in its transaction: no UPDATE of the connection
+        audit.audit_events_write([_token_request(connected, now + timedelta(seconds=3))])
+    connected.refresh_from_db()
+    assert connected.last_token_issued_at == now
+    audit.audit_events_write([_token_request(connected, now + timedelta(seconds=11))])
+    # then the time moved on the second only (the first is at most ten seconds behind)
+    connected.refresh_from_db()
+    assert connected.last_token_issued_at == now + timedelta(seconds=11)
+
+
 def _token_request(connection: Connection, at, outcome=AuditEvent.Outcome.SUCCESS) -> dict:
     row = audit.audit_event_row(action=AuditEvent.Action.TOKEN_REQUEST, outcome=outcome, connection=connection)
     return {**row, "created_at": at}
