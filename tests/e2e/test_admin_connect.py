@@ -11,6 +11,7 @@ from playwright.sync_api import expect
 
 from connections.models import OAuthToken
 from tests.conftest import PROVIDER_USER
+from tests.e2e.conftest import sign_in_as_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -32,14 +33,10 @@ def _sign_in_at_provider_and_consent(page) -> None:
 
 def test_administrator_creates_connects_and_disconnects(page, public_url, authserver, tmp_path):
     # given an administrator and an application registered at the provider with our redirect URI
-    User.objects.create_superuser("root", "root@example.com", "root-password-1")
     authserver.create_client("e2e-client", "e2e-client-secret", [f"{public_url}/oauth/callback/"])
 
     # when they sign in to the admin and create the connection
-    page.goto(f"{public_url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
+    sign_in_as_root(page, public_url)
     page.goto(f"{public_url}/admin/connections/connection/add/")
     page.fill("#id_name", "Loopback CRM")
     # choosing a provider type asks for its placeholders only

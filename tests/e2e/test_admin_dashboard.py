@@ -6,11 +6,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import expect
 
 from connections.models import AuditEvent, OAuthToken, TokenState
+from tests.e2e.conftest import sign_in_as_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -31,7 +31,6 @@ def test_the_dashboard_draws_statuses_history_expiries_and_what_needs_someone(
     page, live_server, make_connection, tmp_path
 ):
     # given connections in every status, a day of refreshes and tokens expiring over the next hours
-    User.objects.create_superuser("root", "root@example.com", "root-password-1")
     now = timezone.now()
     healthy = [make_connection(register=False, name=f"Healthy {n}") for n in range(3)]
     for n, connection in enumerate(healthy):
@@ -49,10 +48,7 @@ def test_the_dashboard_draws_statuses_history_expiries_and_what_needs_someone(
 
     # when an administrator opens it from the admin's home page
     page.set_viewport_size({"width": 1366, "height": 900})
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
+    sign_in_as_root(page, live_server.url)
     page.click("#dashboard-link a.button")
 
     # then every picture is there, with its figures, and the attention list links to the connections

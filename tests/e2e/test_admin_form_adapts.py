@@ -3,10 +3,7 @@ the provider type's grants only; the app grants hide the redirect URI, the autho
 the device URL and both Connect buttons, leaving Save and test connection; the Device Code grant shows its URL;
 Custom marks the URLs its grant needs required; extra parameters typed as a query string are stored as a dict."""
 
-from collections.abc import Iterator
-
 import pytest
-from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
 from connections.models import Connection
@@ -20,23 +17,9 @@ ALL_GRANTS = ["authorization_code", "authorization_code_pkce", "client_credentia
 REDIRECT_ROWS = [".field-redirect_uri", ".field-authorization_url", ".field-extra_authorization_params"]
 
 
-@pytest.fixture
-def admin_page(browser, live_server, settings) -> Iterator[object]:
-    """A signed-in superuser's page at 1366x768; fails the test on any script error."""
+@pytest.fixture(autouse=True)
+def redirect_uri(live_server, settings) -> None:
     settings.OAUTH_REDIRECT_URI = f"{live_server.url}/oauth/callback/"
-    User.objects.create_superuser("root", "root@example.com", "root-password-1")
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
-    yield page
-    context.close()
-    assert errors == [], errors
 
 
 def grant_options(page) -> list[str]:

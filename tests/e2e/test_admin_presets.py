@@ -3,11 +3,11 @@ preset will use (its URLs with the placeholders filled as they are typed, its sc
 documentation), and the issuer's Discover button against the real loopback authorization server."""
 
 import pytest
-from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
 from connections.models import Connection
 from providers.models import Provider
+from tests.e2e.conftest import sign_in_as_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -16,13 +16,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def add_page(page, live_server, settings):
     """The admin's Add connection page, signed in as a superuser; fails the test on any script error."""
     settings.OAUTH_REDIRECT_URI = f"{live_server.url}/oauth/callback/"
-    User.objects.create_superuser("root", "root@example.com", "root-password-1")
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
+    sign_in_as_root(page, live_server.url)
     page.goto(f"{live_server.url}/admin/connections/connection/add/")
     yield page
     assert errors == [], errors

@@ -3,15 +3,14 @@ and in the list (the error, when, how many in a row), the status filter clicked,
 page answering a real bot key."""
 
 import re
-from collections.abc import Iterator
 
 import pytest
 import requests
-from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
 from connections import services
 from connections.models import OAuthToken
+from tests.e2e.conftest import sign_in_as_root
 from tests.support.bots import make_bot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -22,17 +21,6 @@ LINES_OF_TEXT = "(cell) => { const range = document.createRange(); range.selectN
 LINES_OF_TEXT += "return new Set([...range.getClientRects()].map((box) => Math.round(box.top))).size; }"
 
 
-@pytest.fixture
-def laptop_page(browser, live_server) -> Iterator[object]:
-    """A 1366x768 window (the administrators' laptops), allowed to use the clipboard."""
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    context.close()
-
-
 def test_a_failed_test_stays_on_the_page_the_filter_finds_it_and_the_bot_call_answers(
     laptop_page, live_server, make_connection, authserver, settings
 ):
@@ -40,16 +28,12 @@ def test_a_failed_test_stays_on_the_page_the_filter_finds_it_and_the_bot_call_an
     settings.PUBLIC_URL = url  # the address bots use
     # given an administrator, a client-credentials connection whose secret they are about to mistype, and a
     # second one that works, invited to a bot's role
-    root = User.objects.create_superuser("root", "root@example.com", "root-password-1")
     failing = make_connection(grant_type="client_credentials", scopes="read", name="Ledger API")
     working = make_connection(grant_type="client_credentials", scopes="read", name="Payroll API")
-    services.connection_test(connection=working, actor=root)
     bot = make_bot("payroll-bot", "Payroll bots", "payroll runner")
     bot.invite(working)
-    page.goto(f"{url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
+    root = sign_in_as_root(page, url)
+    services.connection_test(connection=working, actor=root)
 
     # when they type a wrong client secret and click Save and test connection, twice
     page.goto(f"{url}/admin/connections/connection/{failing.pk}/change/")

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from playwright.sync_api import expect
 
 from connections.models import AuditEvent, OAuthToken, Role
 from tests.conftest import PROVIDER_USER
+from tests.e2e.conftest import choose
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -26,28 +26,16 @@ AUTHORIZATION_ONLY = ("redirect_uri", "authorization_url", "extra_authorization_
 
 
 @pytest.fixture
-def first_hour(browser, live_server, settings, tmp_path) -> Iterator[tuple[object, str, object]]:
+def first_hour(admin_page, live_server, settings, tmp_path) -> tuple[object, str, object]:
     """A laptop-sized window signed in as the first administrator; `shot(name)` keeps a screenshot of the step."""
     settings.PUBLIC_URL = live_server.url  # the address bots use, which the bot call shows
     settings.OAUTH_REDIRECT_URI = f"{live_server.url}/oauth/callback/"
-    User.objects.create_superuser("root", "root@example.com", "root-password-1")
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
     folder = DOCS if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path
 
     def shot(name: str) -> None:
-        page.screenshot(path=str(folder / f"first-hour-{name}.png"), full_page=True)
+        admin_page.screenshot(path=str(folder / f"first-hour-{name}.png"), full_page=True)
 
-    page.goto(f"{live_server.url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
-    yield page, live_server.url, shot
-    context.close()
-    assert errors == [], errors
+    return admin_page, live_server.url, shot
 
 
 def _add_client_credentials_connection(page, url: str, authserver, shot) -> None:
@@ -113,18 +101,12 @@ def _add_authorization_code_connection(page, url: str, authserver, shot) -> None
     expect(page.locator(".field-status_display .readonly")).to_contain_text("Connected, expires in")
 
 
-def _choose(page, field: str, label: str) -> None:
-    """Move an option across one of the admin's two-box selects."""
-    page.select_option(f"#id_{field}_from", label=label)
-    page.click(f"#id_{field}_add")
-
-
 def _create_role(page, url: str, shot) -> None:
     """From the role page: the bot runner as member, the CRM connection invited."""
     page.goto(f"{url}/admin/connections/role/add/")
     page.fill("#id_name", "Finance bots")
-    _choose(page, "members", "finance-bot")
-    _choose(page, "invited_connections", "Finance CRM")
+    choose(page, "members", "finance-bot")
+    choose(page, "invited_connections", "Finance CRM")
     shot("4-role")
     page.click("input[name=_continue]")
     expect(page.locator(".messagelist .success").first).to_contain_text("was added successfully")

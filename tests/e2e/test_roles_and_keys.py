@@ -10,46 +10,18 @@ from playwright.sync_api import expect
 
 from connections.models import AuditEvent, BotKey, Role
 from tests.connections.test_permission_matrix import _issue
+from tests.e2e.conftest import choose, sign_in_as_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def wide_page(browser):
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # A script or stylesheet of ours that fails to load counts too (the favicon, which the admin has none of, not).
-    page.on(
-        "response",
-        lambda answer: errors.append(answer.url) if "/static/" in answer.url and answer.status >= 400 else None,
-    )
-    yield page, errors
-    context.close()
-
-
-def _choose(page, field: str, label: str) -> None:
-    """Move an option across one of the admin's two-box selects."""
-    page.select_option(f"#id_{field}_from", label=label)
-    page.click(f"#id_{field}_add")
-
-
-def _sign_in(page, url: str) -> None:
-    page.goto(f"{url}/admin/login/")
-    page.fill("#id_username", "root")
-    page.fill("#id_password", "root-password-1")
-    page.click("input[type=submit]")
 
 
 def _create_role(page, url: str) -> None:
     """The role page: a name, a member, two invited connections; Save and continue editing."""
     page.goto(f"{url}/admin/connections/role/add/")
     page.fill("#id_name", "Finance bots")
-    _choose(page, "members", "finance-bot")
-    _choose(page, "invited_connections", "Finance CRM")
-    _choose(page, "invited_connections", "Finance mail")
+    choose(page, "members", "finance-bot")
+    choose(page, "invited_connections", "Finance CRM")
+    choose(page, "invited_connections", "Finance mail")
     page.click("input[name=_continue]")
     expect(page.locator(".messagelist .success").first).to_contain_text("was added successfully")
 
@@ -68,15 +40,14 @@ def _ask_for_token(raw_key: str) -> int:
     return Client().get("/api/v1/connections/finance-crm/token", HTTP_AUTHORIZATION=f"Bearer {raw_key}").status_code
 
 
-def test_role_member_key_reach_copy_and_revoke(wide_page, live_server, make_connection):
-    page, errors = wide_page
+def test_role_member_key_reach_copy_and_revoke(laptop_page, live_server, make_connection):
+    page = laptop_page
     # given an administrator, a bot runner, a connected shared connection and a user-specific one
-    User.objects.create_superuser("root", "root@example.com", "root-password-1")
     User.objects.create_user("finance-bot")
     shared = make_connection(register=False, name="Finance CRM", slug="finance-crm")
     _issue(shared, None)
     personal = make_connection(register=False, name="Finance mail", slug="finance-mail", token_type="user_specific")
-    _sign_in(page, live_server.url)
+    sign_in_as_root(page, live_server.url)
 
     # when they create a role with the bot runner as member, invited to both connections
     _create_role(page, live_server.url)
@@ -120,7 +91,6 @@ def test_role_member_key_reach_copy_and_revoke(wide_page, live_server, make_conn
     assert _ask_for_token(raw_key) == 401
     assert AuditEvent.objects.filter(action="bot_key_revoke", actor_label="root").count() == 1
     _audit_list_reads_well(page, live_server.url)
-    assert errors == []
 
 
 def _audit_list_reads_well(page, url: str) -> None:
