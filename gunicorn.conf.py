@@ -12,7 +12,7 @@ threads = 4
 # A worker silent for this long is restarted: well above the longest wait of a request (about 25 s).
 timeout = 60
 # On a restart or a stop, requests in flight get this long to finish, and each worker reports the token answers
-# it served from memory (connections.token_cache). docker-compose.yml gives web a longer stop_grace_period.
+# it served from memory (connections.cache.token_cache). docker-compose.yml gives web a longer stop_grace_period.
 graceful_timeout = 30
 # A worker is replaced after this many requests (jitter spreads the restarts): a slow leak cannot grow for ever.
 max_requests = 5000

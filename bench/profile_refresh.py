@@ -4,7 +4,7 @@ statements of one refresh, and a cProfile of many.
     .venv/bin/python bench/profile_refresh.py [--tokens 2000] [--profile 500]
 
 Same synthetic rows and provider stub as bench/capacity.py, but the refreshes run in this one process, through
-connections.refresh_batch.tokens_refresh as a worker's task calls it (its thread pool, REFRESH_CONCURRENCY), in
+connections.engine.batch.tokens_refresh as a worker's task calls it (its thread pool, REFRESH_CONCURRENCY), in
 batches of REFRESH_TASK_SIZE; no Celery, no beat. The profile section runs the same batches with the thread pool
 replaced by this thread (cProfile sees one thread), so its figures hold the work of a refresh, not of waiting or
 of threads taking turns.
@@ -64,7 +64,7 @@ def counted_statements(work) -> int:
 def measure_batches(pairs: list[tuple[int, int]], pids: dict[str, int]) -> None:
     from django.conf import settings
 
-    from connections.refresh_batch import tokens_refresh
+    from connections.engine.batch import tokens_refresh
 
     size = settings.REFRESH_TASK_SIZE
     batches = [pairs[first : first + size] for first in range(0, len(pairs), size)]
@@ -94,8 +94,11 @@ def step_timings(pairs: list[tuple[int, int]]) -> None:
     import requests
     from django.db import connection
 
-    from connections import oauth_client, refresh, signals, tokens
-    from connections.audit import Action, Outcome, audit_record
+    from connections.audit.events import Action, Outcome, audit_record
+    from connections.cache import invalidation as signals
+    from connections.engine import refresh
+    from connections.engine import store as tokens
+    from connections.oauth import client as oauth_client
 
     token = refresh.token_rows().get(pk=pairs[0][0])
     config = tokens.connection_client_config(token.connection)
@@ -146,7 +149,7 @@ class _InThisThread(Executor):
 def profile(pairs: list[tuple[int, int]]) -> None:
     from django.conf import settings
 
-    from connections import refresh_batch
+    from connections.engine import batch as refresh_batch
 
     size = settings.REFRESH_TASK_SIZE
     threads, refresh_batch._threads = refresh_batch._threads, _InThisThread
@@ -201,7 +204,7 @@ def main() -> int:
         pairs = due_pairs(args.tokens + args.profile + 200)
         warm, measured, profiled = pairs[:200], pairs[200 : 200 + args.tokens], pairs[200 + args.tokens :]
         measure_batches(warm, {})  # threads, connections and sessions made
-        from connections.refresh_batch import tokens_refresh
+        from connections.engine.batch import tokens_refresh
 
         statements = counted_statements(lambda: tokens_refresh(measured[:50], None))
         print(f"\nSQL statements: {statements} for a batch of 50 ({statements / 50:.1f} a refresh)")

@@ -4,9 +4,9 @@
 
 Same database, data and settings as bench/token_endpoint.py, but in this one process through Django's test
 client (full middleware, no gunicorn), so the figures hold only the app's work. "token" is the endpoint as bots
-meet it (repeated requests are answered from memory, connections.token_cache); "token-full-path" forgets what
+meet it (repeated requests are answered from memory, connections.cache.token_cache); "token-full-path" forgets what
 was kept before each request, so every one goes through the database. The step timings call
-connections.issuing's private steps one by one; if they are renamed, that section says so and is skipped.
+connections.endpoint.issuing's private steps one by one; if they are renamed, that section says so and is skipped.
 """
 
 import argparse
@@ -35,10 +35,11 @@ def step_timings(slug: str, authorization: str, times: int) -> None:
     """Each step of issuing.token_request's full path on its own, plus what the old four-query read cost."""
     from django.db import connection
 
-    from connections import audit, issuing
-    from connections.bot_keys import bot_key_check, presented_key
+    from connections.audit import events as audit
+    from connections.endpoint import issuing
+    from connections.endpoint.bot_keys import bot_key_check, presented_key
+    from connections.endpoint.read import token_request_read
     from connections.models import BotKey, Connection, OAuthToken
-    from connections.token_request_read import token_request_read
 
     presented = presented_key(authorization)
     try:
@@ -57,7 +58,7 @@ def step_timings(slug: str, authorization: str, times: int) -> None:
             ),
         }
     except AttributeError as exc:
-        print(f"\nStep timings skipped: connections.issuing changed ({exc}).")
+        print(f"\nStep timings skipped: connections.endpoint.issuing changed ({exc}).")
         return
 
     def cursor_select_1() -> None:
@@ -128,7 +129,7 @@ def main() -> None:
         from django.test import Client
         from django.test.utils import CaptureQueriesContext
 
-        from connections import token_cache
+        from connections.cache import token_cache
 
         client = Client(SERVER_NAME="127.0.0.1", HTTP_AUTHORIZATION=app.authorization)
         token_path = f"/api/v1/connections/{app.slug}/token"

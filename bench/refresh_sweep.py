@@ -11,7 +11,7 @@ What it runs, all thrown away afterwards (also on Ctrl-C or SIGTERM):
   get_db_prep_save, as the ORM writes it: no ciphertext is reused. next_refresh_at: --due-fraction of them
   overdue by up to 10 minutes (a backlog), 1% awaiting re-authorization (no refresh time), the rest spread
   over the next 24 hours; 1% of the connections are disabled. Then VACUUM ANALYZE.
-- The due-token query: connections.refresh.token_refresh_claim_due is called once under
+- The due-token query: connections.engine.refresh.token_refresh_claim_due is called once under
   CaptureQueriesContext (in a transaction rolled back afterwards) to get the SELECT exactly as the sweep sends
   it; that SQL is then timed --runs times as is, and again with enable_indexscan and enable_bitmapscan off
   (the baseline: the same query with no index to use), with EXPLAIN ANALYZE of both. The whole claim
@@ -283,7 +283,7 @@ def time_due_query(runs: int) -> QueryFigures:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from connections import refresh
+    from connections.engine import refresh
     from connections.models import OAuthToken
 
     now = timezone.now()
@@ -376,7 +376,7 @@ def authorize_bench_connections(server: AuthServer, count: int) -> list[int]:
     from django.conf import settings
     from django.contrib.auth.models import User
 
-    from connections import authorization
+    from connections.flows import authorization
     from connections.models import Connection
     from providers.models import GrantType, Provider
 
@@ -445,8 +445,10 @@ def probe_one_refresh(server: AuthServer, connection_id: int, latency: float, ti
     from django.db import connection as db
     from django.test.utils import CaptureQueriesContext
 
-    from connections import oauth_client, refresh, tokens
+    from connections.engine import refresh
+    from connections.engine import store as tokens
     from connections.models import Connection, OAuthToken
+    from connections.oauth import client as oauth_client
 
     connection = Connection.objects.select_related("provider").get(pk=connection_id)
     token = OAuthToken.objects.get(connection=connection, user__isnull=True)

@@ -14,10 +14,10 @@ django.setup()
 from django.contrib.auth.models import Group, Permission, User  # noqa: E402
 from django.db import transaction  # noqa: E402
 
-from connections.bot_keys import bot_key_create  # noqa: E402
+from connections.endpoint.bot_keys import bot_key_create  # noqa: E402
+from connections.engine.store import token_store  # noqa: E402
 from connections.models import Connection, TokenType  # noqa: E402
-from connections.oauth_client import TokenResponse  # noqa: E402
-from connections.tokens import token_store  # noqa: E402
+from connections.oauth.client import TokenResponse  # noqa: E402
 from providers.models import GrantType, Provider  # noqa: E402
 from providers.services import provider_catalog_sync  # noqa: E402
 

@@ -2,10 +2,10 @@
 
     .venv/bin/python bench/soak.py [--seconds 300]
 
-Runs tests/refresh/test_soak.py (which starts the throwaway PostgreSQL, Redis and an authorization server issuing
-60-second tokens, and checks correctness) with REFRESH_SOAK_SECONDS set to --seconds, instead of the test suite's
-90, then prints the run's figures: refreshes per token against the bounds a correct engine keeps, polls made, and
-the least time any token had left. Exits with pytest's code: 0 when the run was correct.
+Runs tests/connections/engine/test_soak.py (which starts the throwaway PostgreSQL, Redis and an authorization server
+issuing 60-second tokens, and checks correctness) with REFRESH_SOAK_SECONDS set to --seconds, instead of the test
+suite's 90, then prints the run's figures: refreshes per token against the bounds a correct engine keeps, polls made,
+and the least time any token had left. Exits with pytest's code: 0 when the run was correct.
 """
 
 import argparse
@@ -26,7 +26,7 @@ def main() -> int:
     if args.seconds < 60:
         parser.error("--seconds must be at least 60: two refresh cycles of a 60-second token")
     return run_test_for_figures(
-        "tests/refresh/test_soak.py", {"REFRESH_SOAK_SECONDS": str(args.seconds)}, "REFRESH_SOAK_FIGURES"
+        "tests/connections/engine/test_soak.py", {"REFRESH_SOAK_SECONDS": str(args.seconds)}, "REFRESH_SOAK_FIGURES"
     )
 
 

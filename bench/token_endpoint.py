@@ -15,7 +15,7 @@ What it runs, all thrown away afterwards (also on Ctrl-C):
   production does (repeated requests from memory), the other with TOKEN_CACHE_ENABLED=false, so that every
   request takes the full path through the database. Every URL goes through the same gunicorn, middleware and
   settings, so the ratios are the cost of the endpoint's own work. Each web process writes the audit events of
-  its answers itself (connections.token_cache), so that work is in the figures, and the run checks that every
+  its answers itself (connections.cache.token_cache), so that work is in the figures, and the run checks that every
   answer got its event;
 - wrk on loopback (a multi-process Python client when wrk is missing): a warm-up, then the same duration and
   concurrency for each URL.

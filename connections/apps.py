@@ -6,6 +6,6 @@ class ConnectionsConfig(AppConfig):
     verbose_name = "OAuth connections"
 
     def ready(self) -> None:
-        from connections import signals
+        from connections.cache import invalidation as signals
 
         signals.connect()

@@ -106,7 +106,7 @@ class Connection(models.Model):
     last_failure = models.TextField(blank=True, help_text="The last failed test or connect, in words.")
     last_failure_at = models.DateTimeField(null=True, blank=True)
     failures_in_a_row = models.PositiveIntegerField(default=0)
-    # Moved forward by the batched audit of successful token requests (connections.audit_rows), off the hot path.
+    # Moved forward by the batched audit of successful token requests (connections.audit.rows), off the hot path.
     last_token_issued_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -211,7 +211,7 @@ class OAuthToken(models.Model):
     # When the refresh engine should next renew this token; indexed for the beat sweep, whose claim moves it on.
     next_refresh_at = models.DateTimeField(null=True, blank=True, db_index=True)
     # When the token was due for its refresh, as the engine set it (the claim does not move it): how far behind
-    # the workers are (connections.health). No index: it is read for alerting, and written by every refresh.
+    # the workers are (connections.ops.health). No index: it is read for alerting, and written by every refresh.
     refresh_due_at = models.DateTimeField(null=True, blank=True)
     # Single flight: whoever holds an unexpired lease is the only one allowed to call the provider.
     lease_owner = models.CharField(max_length=64, blank=True)
@@ -298,7 +298,8 @@ class DeviceAuthorization(models.Model):
 
 
 class WebhookEndpoint(models.Model):
-    """Where lifecycle events are posted (connections.webhooks): each with the events it wants and its own secret."""
+    """Where lifecycle events are posted (connections.notify.webhooks): each with the events it wants and its own
+    secret."""
 
     name = models.CharField(max_length=120, unique=True)
     url = models.CharField("URL", max_length=500, help_text="Reached under the outbound policy: https, not private.")
@@ -366,7 +367,7 @@ class AuditEvent(models.Model):
 
 class FailedAuthenticationWindow(models.Model):
     """A minute in which one address failed to authenticate more often than the audit log records one by one;
-    a scheduled task writes one event with the count once the minute is over (connections.audit)."""
+    a scheduled task writes one event with the count once the minute is over (connections.audit.events)."""
 
     where = models.CharField(max_length=40)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
@@ -394,7 +395,7 @@ class BeatHeartbeat(models.Model):
 class AnswerVersion(models.Model):
     """What the token endpoint's answers from memory depend on besides their token's own row, as a number that
     only grows: every write to keys, users, roles, invitations or connection settings moves it in its own
-    transaction. Each web process reads it with its tokens' generations (connections.token_cache)."""
+    transaction. Each web process reads it with its tokens' generations (connections.cache.token_cache)."""
 
     IDENTITY = "identity"
 

@@ -14,14 +14,15 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from connections import selectors, webhooks
-from connections.attempts import connection_attempt_failure_record, connection_attempt_succeeded
-from connections.audit import Action, Outcome, audit_record, user_label
+from connections import selectors
+from connections.audit.events import Action, Outcome, audit_record, user_label
+from connections.engine.refresh import app_token_obtain, lease_seconds, token_refresh
+from connections.engine.store import token_values_revoke
 from connections.errors import ConnectionActionError
+from connections.flows.attempts import connection_attempt_failure_record, connection_attempt_succeeded
 from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
-from connections.oauth_client import ProviderError
-from connections.refresh import app_token_obtain, lease_seconds, token_refresh
-from connections.tokens import token_values_revoke
+from connections.notify import webhooks
+from connections.oauth.client import ProviderError
 
 
 def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
@@ -58,7 +59,7 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
             raise ConnectionActionError("Authorization needed: click Connect to authorize this connection.")
     try:
         token = token_refresh(token=token, actor_label=user_label(actor))
-    except ProviderError as exc:  # the token keeps this failure (connections.refresh)
+    except ProviderError as exc:  # the token keeps this failure (connections.engine.refresh)
         raise ConnectionActionError(f"Test failed: {exc.message}") from None
     connection_attempt_succeeded(connection=connection, started_at=started_at)
     return f"Test passed: the token was refreshed ({selectors.token_status(token).expiry_text})."
@@ -108,7 +109,7 @@ def connection_disconnect(
 
 def _tokens_taken_over(token_ids: list[int]) -> list[OAuthToken]:
     """Take the tokens' lease for the disconnect and move their generation: a refresh in flight can no longer
-    write its result (connections.tokens.Fence), and none starts. Read after that, so that what is revoked is
+    write its result (connections.engine.store.Fence), and none starts. Read after that, so that what is revoked is
     what is stored, a refresh that just landed included."""
     calls = 2 * len(token_ids) + 1  # revocations, each ending by its deadline
     until = timezone.now() + timedelta(seconds=calls * settings.OUTBOUND_TIMEOUT + lease_seconds())

@@ -6,7 +6,12 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from connections import audit, device, health, refresh, refresh_batch, webhooks
+from connections.audit import events as audit
+from connections.engine import batch as refresh_batch
+from connections.engine import refresh
+from connections.flows import device
+from connections.notify import webhooks
+from connections.ops import health
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -76,7 +81,7 @@ def audit_failed_authentications_summarize() -> int:
 )
 def device_authorization_poll(authorization_id: int) -> None:
     """Poll the token URL for a Device Code authorization once, and again after the provider's interval until it
-    is approved, denied or expired (connections.device)."""
+    is approved, denied or expired (connections.flows.device)."""
     try:
         wait = device.device_authorization_poll(authorization_id)
         if wait is not None:
@@ -96,7 +101,7 @@ def device_authorization_poll(authorization_id: int) -> None:
 )
 def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
     """Post one event to one endpoint; retried with backoff while the receiver is down or answers 5xx, 408 or 429
-    (connections.webhooks)."""
+    (connections.notify.webhooks)."""
     try:
         webhooks.webhook_deliver(endpoint_id, body)
     except webhooks.DeliveryFailed as failure:

@@ -9,7 +9,7 @@ import re
 
 from pythonjsonlogger.json import JsonFormatter
 
-from connections import log_context
+from connections.ops import log_context
 
 REDACTED = "[redacted]"
 
@@ -65,7 +65,7 @@ class RedactingJsonFormatter(JsonFormatter):
 
 
 class LogContextFilter(logging.Filter):
-    """Puts the request id and the connection slug the line is about on every record (connections.log_context),
+    """Puts the request id and the connection slug the line is about on every record (connections.ops.log_context),
     for both formats; the text format does not print them, the JSON one does."""
 
     def filter(self, record: logging.LogRecord) -> bool:

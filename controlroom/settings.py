@@ -91,10 +91,11 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # Gives each request an id (X-Request-ID, the caller's if it sends a sane one) for its log lines.
-    "connections.middleware.RequestIdMiddleware",
+    "connections.endpoint.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # A bot's repeated token request, answered from memory without the middleware below (connections.middleware).
-    "connections.middleware.TokenFromMemoryMiddleware",
+    # A bot's repeated token request, answered from memory without the middleware below
+    # (connections.endpoint.middleware).
+    "connections.endpoint.middleware.TokenFromMemoryMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -114,9 +115,9 @@ AXES_FAILURE_LIMIT = int(_number("AXES_FAILURE_LIMIT", 5, minimum=1, unit="attem
 AXES_COOLOFF_TIME = timedelta(minutes=_number("AXES_COOLOFF_MINUTES", 15, minimum=1, unit="minutes"))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-# The client's address as TRUSTED_PROXY_COUNT proxies in front of us report it (connections.views.client_address):
+# The client's address as TRUSTED_PROXY_COUNT proxies in front of us report it (connections.http.client_address):
 # a lockout must hit the one client, not everyone behind the TLS proxy.
-AXES_CLIENT_IP_CALLABLE = "connections.views.client_address"
+AXES_CLIENT_IP_CALLABLE = "connections.http.client_address"
 # How many proxies in front of Control Room append the client's address to X-Forwarded-For (the TLS proxy: 1).
 # 0 (the default): the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
 TRUSTED_PROXY_COUNT = int(_number("TRUSTED_PROXY_COUNT", 0, unit="proxies"))
@@ -267,7 +268,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # How often beat wakes up: it records its heartbeat (and, with the refresh engine, sweeps for due tokens).
 BEAT_INTERVAL = int(_number("BEAT_INTERVAL", 30, minimum=1))
 
-# Outbound calls to providers (connections/oauth_client.py is the only module that makes them).
+# Outbound calls to providers (connections/oauth/client.py is the only module that makes them).
 OUTBOUND_TIMEOUT = _number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
 # Hosts that may be reached over plain http (loopback for development); everything else must be https.
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
@@ -290,7 +291,7 @@ if OUTBOUND_PROXY_URL and (
 
 # A provider called inside a database transaction is a programming error (it holds locks for as long as the
 # provider takes, and a rotated refresh token is lost if the transaction rolls back): in development and tests
-# it raises, in production it is logged as an error (connections.outbound).
+# it raises, in production it is logged as an error (connections.outbound.policy).
 OUTBOUND_RAISE_IN_TRANSACTION = DEBUG
 
 # Refresh a token this many seconds before it expires (a provider may override it; never more than half the

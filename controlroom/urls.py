@@ -2,7 +2,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from connections import views
+from connections.endpoint import views as endpoint_views
+from connections.ops import views as ops_views
+from connections.web import views
 
 # admin.site is Control Room's (controlroom.admin: titles, home page, app order).
 urlpatterns = [
@@ -24,9 +26,9 @@ urlpatterns = [
     path("oauth/device/<int:pk>/", views.device_authorization_page, name="device_authorization"),
     path("connections/mine/", views.my_connections, name="my_connections"),
     path("connections/mine/<slug:slug>/disconnect/", views.my_connection_disconnect, name="my_connection_disconnect"),
-    path("api/v1/connections/<str:slug>/token", views.connection_token, name="connection_token"),
-    path("livez", views.livez, name="livez"),
-    path("metrics", views.metrics_view, name="metrics"),
-    path("readyz", views.readyz, name="readyz"),
-    path("healthz", views.healthz, name="healthz"),
+    path("api/v1/connections/<str:slug>/token", endpoint_views.connection_token, name="connection_token"),
+    path("livez", ops_views.livez, name="livez"),
+    path("metrics", ops_views.metrics_view, name="metrics"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("healthz", ops_views.healthz, name="healthz"),
 ]

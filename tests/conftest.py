@@ -17,7 +17,8 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from connections import refresh, token_cache
+from connections.cache import token_cache
+from connections.engine import refresh
 from connections.models import AuditEvent, BotKey, Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
@@ -52,7 +53,7 @@ def fresh_token_cache(monkeypatch) -> Iterator[None]:
     rolled-back database: none may reach the next. And no report thread in the test process: its own database
     connection would not see what the test's transaction holds, so it would find every token gone. Reports run
     in the request that needs one (token_cache.use) or where the test calls token_cache.report(); the thread
-    itself runs in the web processes of tests/refresh/test_token_cache_across_web_processes.py."""
+    itself runs in the web processes of tests/connections/cache/test_across_web_processes.py."""
     cache.clear()
     token_cache.reset()
     monkeypatch.setattr(token_cache._Process, "start_reporting", lambda self: None)
@@ -63,8 +64,8 @@ def fresh_token_cache(monkeypatch) -> Iterator[None]:
 @pytest.fixture
 def one_rate_window(time_machine) -> None:
     """The wall clock moved on to the start of the next minute, and running: per-minute rate counters
-    (connections.issuing) do not roll over in the middle of a test that counts requests. Forward, not back: what
-    the test wrote before is not in the future."""
+    (connections.endpoint.issuing) do not roll over in the middle of a test that counts requests. Forward, not back:
+    what the test wrote before is not in the future."""
     next_minute = timezone.now().replace(second=0, microsecond=0) + timedelta(minutes=1)
     time_machine.move_to(next_minute, tick=True)
 

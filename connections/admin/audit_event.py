@@ -8,8 +8,8 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 
-from connections import audit
 from connections.admin.permissions import PermissionMixin
+from connections.audit import events as audit
 from connections.models import AuditEvent, Connection
 
 # Not a slug (a slug has no "~"), so no connection can be named so.

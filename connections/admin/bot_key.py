@@ -16,15 +16,15 @@ from django.utils import timezone
 
 from connections import selectors
 from connections.admin.permissions import PermissionMixin
-from connections.bot_keys import (
+from connections.endpoint.bot_keys import (
     bot_key_create,
     bot_key_revoke,
     bot_key_state,
     bot_key_unusable_because,
     connection_reach_for,
 )
-from connections.forms import BotKeyAddForm
 from connections.models import BotKey
+from connections.web.forms import BotKeyAddForm
 
 
 class ExpiryFilter(admin.SimpleListFilter):

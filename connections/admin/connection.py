@@ -15,14 +15,17 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from connections import dashboard, discovery, health, selectors, services
+from connections import selectors, services
 from connections.admin.connection_status import ConnectionStatusColumns, StatusListFilter
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ConnectionActionError
-from connections.forms import PLACEHOLDER_PREFIX, ConnectionForm, grant_layout
 from connections.models import Connection, OAuthToken
-from connections.outbound import ProviderError
-from connections.views import start_authorization
+from connections.oauth import discovery
+from connections.ops import health
+from connections.outbound.policy import ProviderError
+from connections.web import dashboard
+from connections.web.forms import PLACEHOLDER_PREFIX, ConnectionForm, grant_layout
+from connections.web.views import start_authorization
 from providers.models import CLIENT_AUTH_METHOD_NAMES, Provider
 
 DISCOVERED_LABELS = {**discovery.URL_LABELS, "client_auth_method": "Client authentication"}
@@ -35,7 +38,7 @@ CHANGED_LABELS = {
     "clear_client_secret": "client secret (removed)",
     "clear_private_key": "private key (removed)",
 }
-# Written by the engine (connections.audit_rows, connections.attempts), never by the form.
+# Written by the engine (connections.audit.rows, connections.flows.attempts), never by the form.
 KEPT = ("id", "last_token_issued_at", "last_failure", "last_failure_at", "failures_in_a_row")
 SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
@@ -334,7 +337,8 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
         ]
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        """Connections by status, refreshes by hour, upcoming expiries, what needs someone (connections.dashboard)."""
+        """Connections by status, refreshes by hour, upcoming expiries, what needs someone
+        (connections.web.dashboard)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         context = {**self.admin_site.each_context(request), **dashboard.dashboard_context(), "title": "Dashboard"}

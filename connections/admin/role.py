@@ -7,9 +7,9 @@ from django.http import HttpRequest
 from django.template.loader import render_to_string
 
 from connections import selectors, services
-from connections.bot_keys import bot_key_state
-from connections.forms import RoleForm
+from connections.endpoint.bot_keys import bot_key_state
 from connections.models import FEATURE_PERMISSIONS, BotKey, Role
+from connections.web.forms import RoleForm
 
 
 @admin.register(Role)

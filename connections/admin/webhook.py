@@ -9,9 +9,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
-from connections import outbound, webhooks
 from connections.admin.permissions import PermissionMixin
 from connections.models import WebhookEndpoint
+from connections.notify import webhooks
+from connections.outbound import policy as outbound
 
 
 class WebhookEndpointForm(forms.ModelForm):

@@ -26,9 +26,9 @@ from controlroom_client.errors import ERRORS_BY_CODE
 from django.utils import timezone
 
 from connections.models import OAuthToken
-from tests.api.test_token_endpoint_schema import SPEC
 from tests.client.conftest import StubAnswer
 from tests.conftest import shared_token
+from tests.connections.endpoint.test_token_endpoint_schema import SPEC
 from tests.controlroom.helpers import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -17,9 +17,9 @@ import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
 
-from connections import health
-from connections.health import beat_heartbeat_record
 from connections.models import BeatHeartbeat, OAuthToken
+from connections.ops import health
+from connections.ops.health import beat_heartbeat_record
 from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, start_gunicorn
 
 pytestmark = pytest.mark.django_db

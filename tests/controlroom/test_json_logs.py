@@ -10,8 +10,8 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from connections.outbound import ProviderError
-from connections.refresh import token_refresh
+from connections.engine.refresh import token_refresh
+from connections.outbound.policy import ProviderError
 from tests.conftest import shared_token
 
 pytestmark = pytest.mark.django_db

@@ -11,7 +11,7 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from connections import refresh
+from connections.engine import refresh
 from connections.models import Connection, OAuthToken
 from tests.conftest import get_token, shared_token, wait_for
 

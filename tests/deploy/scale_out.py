@@ -45,9 +45,10 @@ from django.contrib.auth.models import Group, User
 from django.db import connection as db_connection
 from django.utils import timezone
 
-from connections import oauth_client, tokens
-from connections.bot_keys import bot_key_create
+from connections.endpoint.bot_keys import bot_key_create
+from connections.engine import store as tokens
 from connections.models import AuditEvent, Connection, OAuthToken
+from connections.oauth import client as oauth_client
 from providers.models import Provider
 from tests.support.authserver import AuthServer
 from tests.support.stack import Stack, every, refresh_count_bounds

@@ -4,7 +4,7 @@ import pytest
 import requests
 from django.contrib.auth.models import Group
 
-from connections.bot_keys import bot_key_create
+from connections.endpoint.bot_keys import bot_key_create
 from tests.conftest import authorize
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -9,7 +9,7 @@ from django.test import Client
 from playwright.sync_api import expect
 
 from connections.models import AuditEvent, BotKey, Role
-from tests.connections.test_permission_matrix import _issue
+from tests.connections.admin.test_permissions import _issue
 from tests.e2e.conftest import choose, sign_in_as_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

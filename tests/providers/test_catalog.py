@@ -172,7 +172,7 @@ def test_placeholders_are_filled_in_default_scopes_too():
 
 
 def test_a_client_credentials_token_is_asked_for_with_the_grants_default_scopes(make_connection, authserver):
-    from connections.refresh import app_token_obtain
+    from connections.engine.refresh import app_token_obtain
 
     provider = Provider.objects.create(
         slug="app-only", name="App only", default_scopes="read,write,offline_access", client_credentials_scopes="read",

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import Group, User
 
-from connections.bot_keys import bot_key_create
+from connections.endpoint.bot_keys import bot_key_create
 from connections.models import BotKey, Connection
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from connections.config_as_code import ConfigError, config_apply, config_plan
+from connections.config.apply import ConfigError, config_apply, config_plan
 
 
 class Command(BaseCommand):

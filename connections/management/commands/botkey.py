@@ -3,7 +3,7 @@ from argparse import ArgumentParser
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from connections.bot_keys import bot_key_create, bot_key_revoke
+from connections.endpoint.bot_keys import bot_key_create, bot_key_revoke
 from connections.models import BotKey
 
 

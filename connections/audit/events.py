@@ -1,0 +1,164 @@
+"""The audit log: recording an event (in the caller's transaction), counting failed authentications rather
+than recording each, and exporting events as CSV."""
+
+import csv
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from connections.audit import rows as audit_rows
+from connections.models import AuditEvent, Connection, FailedAuthenticationWindow
+
+Action = AuditEvent.Action
+Outcome = AuditEvent.Outcome
+
+
+def user_label(user: AbstractBaseUser | None) -> str:
+    return user.get_username() if user is not None else "system"
+
+
+def audit_record(
+    *,
+    action: Action,
+    outcome: Outcome,
+    connection: Connection | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+    detail: str = "",
+    remote_addr: str | None = None,
+    connection_label: str = "",
+) -> AuditEvent:
+    """connection_label: the connection an event names when none is linked (a refused request's slug); a linked
+    connection's slug otherwise."""
+    # Details quote what callers and providers sent; PostgreSQL text cannot hold NUL characters.
+    return AuditEvent.objects.create(
+        action=action,
+        outcome=outcome,
+        connection=connection,
+        connection_label=connection.slug if connection else connection_label,
+        actor=actor if actor is not None and actor.pk else None,
+        actor_label=(actor_label or user_label(actor)).replace("\x00", "")[:150],
+        detail=detail.replace("\x00", ""),
+        remote_addr=remote_addr or None,
+    )
+
+
+def audit_event_row(
+    *,
+    action: Action,
+    outcome: Outcome,
+    connection: Connection | None = None,
+    actor_label: str = "",
+    detail: str = "",
+) -> dict:
+    """An event of the system's own (no actor, no address) as audit_events_write() takes it: many are written
+    with one statement at the end of a batch of work (a worker's refresh task)."""
+    return {
+        "created_at": timezone.now(),
+        "actor_id": None,
+        "actor_label": (actor_label or user_label(None)).replace("\x00", "")[:150],
+        "connection_id": connection.pk if connection else None,
+        "connection_label": connection.slug if connection else "",
+        "action": action,
+        "outcome": outcome,
+        "detail": detail.replace("\x00", ""),
+        "remote_addr": None,
+    }
+
+
+def audit_events_write(rows: list[dict]) -> None:
+    """Write audit_event_row()s with one statement (and move Connection.last_token_issued_at forward for the
+    successful token requests among them: connections.audit.rows, which the token endpoint's batches use too)."""
+    audit_rows.audit_rows_insert(rows)
+
+
+# --- failed authentications: a few recorded one by one, then counted ---------------------------------------------
+#
+# Anyone can present a wrong key or a made-up OAuth state, as often as they like: recording each would let them
+# grow the append-only audit log without bound. Per address and minute, the first AUTH_FAILURES_AUDITED_ONE_BY_ONE
+# are recorded as they happen; the rest are counted (in the cache), and one event with the count is written when
+# the minute is over (audit_failed_authentications_summarize, scheduled by beat).
+
+
+# Where a failed authentication happened: its name in keys and rows, and in words.
+FAILURE_PLACES = {"token-endpoint": "token endpoint", "oauth-callback": "OAuth callback"}
+
+
+def _window(now: datetime) -> int:
+    return int(now.timestamp() // 60)
+
+
+def _failure_counter(where: str, remote_addr: str | None, window: int) -> str:
+    return f"auth-failures:{where}:{remote_addr}:{window}"
+
+
+def failed_authentication_count(*, where: str, remote_addr: str | None) -> int:
+    """Count one failed authentication from this address in this minute; returns the count so far. The caller
+    records it one by one while failed_authentication_recorded_alone(count)."""
+    now = timezone.now()
+    counter = _failure_counter(where, remote_addr, _window(now))
+    cache.add(counter, 0, timeout=3 * 60)  # outlives its minute until the summary has read it
+    count = cache.incr(counter)
+    if count == settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE + 1:
+        window_start = datetime.fromtimestamp(_window(now) * 60, tz=UTC)
+        FailedAuthenticationWindow.objects.get_or_create(
+            where=where, remote_addr=remote_addr, window_start=window_start
+        )
+    return count
+
+
+def failed_authentication_recorded_alone(count: int) -> bool:
+    return count <= settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE
+
+
+def audit_failed_authentications_summarize(*, now: datetime | None = None) -> int:
+    """One audit event per address and minute that had more failures than were recorded one by one, once the
+    minute is over. Returns how many were written."""
+    now = now or timezone.now()
+    ended = FailedAuthenticationWindow.objects.filter(window_start__lte=now - timedelta(seconds=60))
+    written = 0
+    for window in ended:
+        count = cache.get(_failure_counter(window.where, window.remote_addr, _window(window.window_start)))
+        counted = f"{count}" if count else f"More than {settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE}"
+        place = FAILURE_PLACES.get(window.where, window.where)
+        with transaction.atomic():
+            audit_record(
+                action=Action.AUTHENTICATION_FAILURES,
+                outcome=Outcome.FAILURE,
+                actor_label="anonymous",
+                detail=f"{counted} failed authentications at the {place} from {window.remote_addr} in the minute "
+                f"from {window.window_start:%Y-%m-%d %H:%M} UTC; the first {settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE} "
+                "are recorded one by one.",
+                remote_addr=window.remote_addr,
+            )
+            deleted, _ = FailedAuthenticationWindow.objects.filter(pk=window.pk).delete()
+            if not deleted:  # another summarizer took it first
+                transaction.set_rollback(True)
+                continue
+        written += 1
+    return written
+
+
+def audit_csv_lines(events: Iterable[AuditEvent], fields: tuple[str, ...]) -> Iterator[str]:
+    """The events as CSV lines, one at a time, for a streamed download."""
+    buffer = _Echo()
+    writer = csv.writer(buffer)
+    yield writer.writerow(fields)
+    for event in events:
+        yield writer.writerow([_csv_safe(getattr(event, name)) for name in fields])
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_safe(value: object) -> str:
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value if value is not None else "")
+    # Spreadsheets run cells starting with these as formulas (CSV injection, OWASP).
+    return "'" + text if text[:1] in ("=", "+", "-", "@") else text

@@ -1,0 +1,354 @@
+"""The token endpoint's common case from memory: no SQL and no network call in the request.
+
+The common case is a key that was just answered asking again for the same connection while its token is still
+valid. After each answer of the full path (connections.endpoint.issuing), the web process keeps that answer as a
+CachedAnswer, with the versions it was read at: the identity version (models.AnswerVersion), read in the same
+statement as the rows it guards (connections.endpoint.read), and the generation and state of the token row
+it gave. Every write that could change an answer moves one of them in its own transaction: a write to keys,
+users, roles, invitations or connection settings moves the identity version (connections.cache.invalidation); every new
+token moves its row's generation, every failure its state, and a disconnect both (then deletes the row). So a
+cached answer is good while its versions are still the database's; nothing outside the database (a Redis
+restart) can bring an old answer back.
+
+Each web process reads those versions every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with
+one SELECT for the identity version and the tokens it holds answers of. The same report writes the audit events
+of the requests it answered, from memory or by the full path, with one statement, and adds the requests it
+counted itself to each key's rate counter (Django's cache). So a change made in one process reaches the others
+within that interval; a key's rate limit may be overshot by what the other processes answered in it; and a
+process killed with SIGKILL loses the audit events of its last interval (a normal exit reports them). An answer
+whose versions nobody has read for ten intervals (the database did not answer) is not given until they have
+been. An answer is read from the database again at least once a minute, by the monotonic clock.
+
+Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. The
+embedded SQLite default and PostgreSQL work alike: Redis plays no part (but for the rate counters, when it is
+Django's cache).
+"""
+
+import atexit
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import F
+
+from connections.audit import rows as audit_rows
+from connections.models import AnswerVersion, OAuthToken
+from connections.ops import metrics
+
+logger = logging.getLogger(__name__)
+
+STALE_INTERVALS = 10  # intervals without a report before a process checks on the request itself
+MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afresh
+MAX_ANSWER_AGE = 60.0  # seconds (monotonic): an answer is read from the database again at least this often
+RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then the cache drops it
+
+TokenVersion = tuple[int, str]  # a token row's (generation, state)
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """What answering one key for one connection again needs, as the full path found it."""
+
+    key_id: str
+    digest: str
+    key_expires_at: datetime | None
+    last_used_at: datetime
+    token_expires_at: datetime | None
+    answer: Any  # issuing.IssuedToken
+    audit: dict[str, Any]  # audit_rows.EVENT_FIELDS of an answer from memory
+    identity: int  # the identity version, read with the rows the answer came from
+    read_at: float  # time.monotonic() no later than that read
+    token_id: int
+    token_version: TokenVersion
+    stored_at: float = field(default_factory=time.monotonic)
+
+
+def identity_changed() -> None:
+    """Keys, users, roles, invitations or connection settings changed: every cached answer may be wrong. Moved
+    in the writer's transaction, so it is committed with the change or not at all."""
+    _forget(slug=None)
+    versions = AnswerVersion.objects.filter(name=AnswerVersion.IDENTITY)
+    if not versions.update(value=F("value") + 1):
+        # The row is missing (a database flushed by tests): a version read as 0 must move all the same.
+        with transaction.atomic():
+            _, created = AnswerVersion.objects.get_or_create(name=AnswerVersion.IDENTITY, defaults={"value": 1})
+        if not created:
+            versions.update(value=F("value") + 1)
+
+
+def token_changed(slug: str) -> None:
+    """A token of this connection changed: this process forgets its answers at once. Other processes learn it
+    from the row itself (its generation, its state, or its absence) at their next report."""
+    _forget(slug=slug)
+
+
+def forget_all() -> None:
+    """This process's answers, all of them: the others learn what changed from the database."""
+    _forget(slug=None)
+
+
+def rate_counter(key_id: str, window: int) -> str:
+    """A bot key's request count in one minute, a cache key."""
+    return f"token-rate:{key_id}:{window}"
+
+
+def rate_count(key_id: str, window: int, requests: int) -> int:
+    """Add requests to a key's count for one minute (Django's cache: Redis when configured); the new count."""
+    counter = rate_counter(key_id, window)
+    try:
+        return cache.incr(counter, requests)  # the common case: the window's counter exists
+    except ValueError:
+        cache.add(counter, 0, timeout=RATE_COUNTER_SECONDS)  # a no-op if another process won
+        return cache.incr(counter, requests)
+
+
+def _versions_read(token_ids: set[int]) -> tuple[int, dict[int, TokenVersion]]:
+    """The identity version and these tokens' versions, with one SELECT (a token deleted is left out)."""
+    quote, ids = connection.ops.quote_name, sorted(token_ids)
+    # Only the models' own table and column names go into the text; every value is a parameter.
+    sql = f"SELECT 0, {quote('value')}, '' FROM {quote(AnswerVersion._meta.db_table)} WHERE {quote('name')} = %s"  # noqa: S608
+    if ids:
+        columns = ", ".join(quote(name) for name in ("id", "generation", "state"))
+        placeholders = ", ".join(["%s"] * len(ids))
+        sql += f" UNION ALL SELECT {columns} FROM {quote(OAuthToken._meta.db_table)} WHERE id IN ({placeholders})"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [AnswerVersion.IDENTITY, *ids])
+        rows = cursor.fetchall()
+    identity = next((value for row_id, value, _ in rows if row_id == 0), 0)
+    return identity, {row_id: (generation, state) for row_id, generation, state in rows if row_id != 0}
+
+
+class _Process:
+    """What one process keeps. A forked child starts afresh: a thread and unreported events must not be shared
+    with its parent."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.answers: dict[tuple[str, str], CachedAnswer] = {}
+        self.identity = -1  # the identity version as last read (-1: never)
+        self.tokens: dict[int, TokenVersion] = {}  # the versions of the tokens answers are kept for, as last read
+        self.reported_at = float("-inf")  # time.monotonic() when the versions were last read
+        self.events: list[tuple[dict, datetime, str | None]] = []  # not yet written: EVENT_FIELDS, time, address
+        self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet counted
+        self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count when last reported
+        self.lock = threading.Lock()  # guards the answers and the buffers; held only for moments
+        self.report_lock = threading.Lock()  # one report at a time
+        self.thread: threading.Thread | None = None
+        self.closed = False  # the process is exiting: its last report is made at exit, not by the thread
+        self.failing = False  # the last report failed: say so once, not every interval
+
+    def report(self) -> bool:
+        """Learn the versions, write the audit events, count the requests; False if the database failed (what
+        could not be written is kept for next time)."""
+        with self.report_lock:
+            if self.closed and threading.current_thread() is self.thread:
+                return True
+            started = time.monotonic()
+            with self.lock:
+                events, self.events = self.events, []
+                unreported, self.unreported = self.unreported, {}
+                watched = {cached.token_id for cached in self.answers.values()}
+            try:
+                identity, tokens = _versions_read(watched)
+                audit_rows.audit_rows_insert([_audit_row(*event) for event in events])
+            except DatabaseError:
+                self._keep(events, unreported)
+                self._failed("The database does not answer the token cache's reports; the full path answers.")
+                return False
+            with self.lock:
+                self.identity = max(self.identity, identity)  # an answer stored meanwhile may have read a newer one
+                self.tokens = {**{key: value for key, value in self.tokens.items() if key not in watched}, **tokens}
+                self.reported_at = started
+            if self.failing:
+                logger.warning("The token cache's reports reach the database again.")
+            self.failing = False
+            self._count(unreported)
+            metrics.AUDIT_EVENTS_QUEUED.set(len(self.events))
+        return True
+
+    def _count(self, unreported: dict[tuple[str, int], int]) -> None:
+        current, counted, left = int(time.time() // 60), {}, {}
+        for window_key, requests in unreported.items():
+            try:
+                counted[window_key] = rate_count(*window_key, requests)
+            except Exception:  # the cache's own errors (Redis, files) vary by backend; counted at the next report
+                logger.warning("Could not add requests to a key's rate counter.", exc_info=True)
+                left[window_key] = requests
+        self._keep([], left)
+        with self.lock:
+            self.totals = {window_key: total for window_key, total in self.totals.items() if window_key[1] >= current}
+            self.totals.update(counted)
+
+    def _keep(self, events: list, unreported: dict[tuple[str, int], int]) -> None:
+        with self.lock:
+            self.events[:0] = events
+            for window_key, requests in unreported.items():
+                self.unreported[window_key] = self.unreported.get(window_key, 0) + requests
+
+    def _failed(self, message: str) -> None:
+        if not connection.in_atomic_block:  # never a request's (or a test's) transaction
+            close_old_connections()  # a connection the error broke is opened afresh next time
+        if not self.failing:
+            logger.warning(message, exc_info=True)
+        self.failing = True
+
+    def report_forever(self) -> None:
+        while _state is self:  # until this process state is replaced (reset)
+            time.sleep(settings.TOKEN_CACHE_SYNC_SECONDS)
+            try:
+                self.report()
+            except Exception:  # a thread that dies silently would stop the cache; log and go on
+                logger.exception("The token cache's report failed.")
+
+    def start_reporting(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.report_forever, name="token-cache-report", daemon=True)
+            self.thread.start()
+
+
+_state: _Process | None = None
+
+
+def _process() -> _Process:
+    global _state
+    state = _state
+    if state is None or state.pid != os.getpid():
+        state = _state = _Process()
+    return state
+
+
+def report() -> bool:
+    """Report this process's answers now (the thread does it every TOKEN_CACHE_SYNC_SECONDS)."""
+    if _state is None or _state.pid != os.getpid():
+        return True
+    return _state.report()
+
+
+@atexit.register
+def _report_at_exit() -> None:
+    # gunicorn workers exit normally on a restart, a scale-down or a timeout: what they answered is reported.
+    # After a report the thread has under way (the thread itself is stopped with the interpreter, mid-write
+    # perhaps: so it makes none after this).
+    state = _state
+    if state is not None and state.pid == os.getpid():
+        state.closed = True
+        state.report()
+
+
+def reset() -> None:
+    """Forget everything this process keeps, unreported events included (tests; a fork does it by itself)."""
+    global _state
+    state = _state
+    if state is not None:
+        with state.report_lock, state.lock:
+            state.events.clear()
+            state.unreported.clear()
+            _state = None
+
+
+def _forget(*, slug: str | None) -> None:
+    """This process's answers: all of them (slug None), or those of one connection."""
+    if _state is None or _state.pid != os.getpid():
+        return
+    with _state.lock:  # other threads of this process add and drop answers meanwhile
+        for answer_key in [answer_key for answer_key in _state.answers if slug is None or answer_key[1] == slug]:
+            del _state.answers[answer_key]
+
+
+def remember(cached: CachedAnswer) -> None:
+    state = _process()
+    with state.lock:
+        if len(state.answers) >= MAX_ANSWERS:
+            state.answers.clear()
+        # Until the next report, take the versions as this answer read them a moment ago, if they are newer: the
+        # identity version only grows, and so does a token's generation.
+        state.identity = max(state.identity, cached.identity)
+        known = state.tokens.get(cached.token_id)
+        if known is None or known[0] < cached.token_version[0]:
+            state.tokens[cached.token_id] = cached.token_version
+        state.answers[(cached.key_id, cached.answer.connection)] = cached
+    state.start_reporting()
+
+
+def find(key_id: str, slug: str) -> CachedAnswer | None:
+    if _state is None:
+        return None
+    state = _process()
+    with state.lock:
+        cached = state.answers.get((key_id, slug))
+        if cached is not None and time.monotonic() - cached.stored_at > MAX_ANSWER_AGE:
+            state.answers.pop((key_id, slug), None)
+            return None
+    return cached
+
+
+def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool:
+    """Count the request and keep it to be audited, if the answer still holds and the key is under its limit."""
+    state = _process()
+    heard = max(state.reported_at, cached.read_at)
+    if time.monotonic() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
+        return False
+    limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
+    with state.lock:
+        if state.identity != cached.identity or state.tokens.get(cached.token_id) != cached.token_version:
+            state.answers.pop((cached.key_id, cached.answer.connection), None)
+            return False
+        if limit:
+            window_key = (cached.key_id, int(now.timestamp() // 60))
+            unreported = state.unreported.get(window_key, 0)
+            if state.totals.get(window_key, 0) + unreported >= limit:
+                return False  # the full path counts it and answers 429 if it is over
+            state.unreported[window_key] = unreported + 1
+        state.events.append((cached.audit, now, remote_addr))  # made into a row by the report
+    return True
+
+
+def audit_later(event: dict[str, Any], created_at: datetime, remote_addr: str | None) -> None:
+    """Have the next report write this audit event (audit_rows.EVENT_FIELDS) with the others: a successful answer
+    of the full path is written as those from memory are, off the request's path."""
+    state = _process()
+    with state.lock:
+        state.events.append((event, created_at, remote_addr))
+    state.start_reporting()
+
+
+def _audit_row(event: dict[str, Any], created_at: datetime, remote_addr: str | None) -> dict[str, Any]:
+    return {**event, "created_at": created_at, "remote_addr": remote_addr}
+
+
+FROM_MEMORY = "(answered from memory)"  # how the audit log tells these answers from the full path's
+
+
+def rate_take(key_id: str, window: int, limit: int) -> bool:
+    """Count one request of the full path in this process, if the key is under its limit as far as this process
+    knows (the count at the last report, and what it answered since): the report adds it to the shared counter,
+    as it does for answers from memory. False: it may be at its limit, and only the shared counter can say."""
+    state = _process()
+    with state.lock:
+        unreported = state.unreported.get((key_id, window), 0)
+        if state.totals.get((key_id, window), 0) + unreported + 1 > limit:
+            return False
+        state.unreported[(key_id, window)] = unreported + 1
+    state.start_reporting()
+    return True
+
+
+def rate_unreported(key_id: str, window: int) -> int:
+    """Take the requests of a key answered from memory and not yet counted: the full path adds them to its count."""
+    if _state is None or _state.pid != os.getpid():
+        return 0
+    with _state.lock:
+        return _state.unreported.pop((key_id, window), 0)
+
+
+def rate_total_seen(key_id: str, window: int, total: int) -> None:
+    state = _process()
+    with state.lock:
+        state.totals[(key_id, window)] = total

@@ -1,0 +1,1 @@
+"""Configuration as code: apply_config and export_config's YAML."""

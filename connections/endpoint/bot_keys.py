@@ -1,0 +1,198 @@
+"""Bot keys: created for a bot runner, shown once, stored as a SHA-256 digest, revocable, optionally expiring.
+
+Format: `crk_<key id>_<secret>`. The prefix lets secret scanners spot a leaked key; the key id finds the row
+without a scan; the secret has 256 bits of entropy, so a fast digest is enough (as GitHub and zulip do).
+"""
+
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.db.models import OuterRef, Prefetch, Subquery
+from django.utils import timezone
+
+from connections.audit.events import Action, Outcome, audit_record
+from connections.cache import invalidation as signals
+from connections.models import BotKey, Connection, OAuthToken, TokenState, sha256_digest
+
+KEY_PREFIX = "crk_"
+KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
+# Writing last-used on every call would turn each token request into a write; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def bot_key_create(
+    *,
+    user: AbstractBaseUser,
+    name: str,
+    expires_days: int | None = None,
+    created_by: AbstractBaseUser | None = None,
+) -> tuple[BotKey, str]:
+    """Returns the key row and the raw key, which is never stored and cannot be shown again."""
+    if expires_days is not None and expires_days < 1:
+        raise ValueError("expires_days must be 1 or more.")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    with transaction.atomic():
+        key = BotKey.objects.create(
+            user=user,
+            name=name,
+            key_id=key_id,
+            digest=sha256_digest(secret),
+            created_by=created_by,
+            expires_at=timezone.now() + timedelta(days=expires_days) if expires_days else None,
+        )
+        audit_record(
+            action=Action.BOT_KEY_CREATE,
+            outcome=Outcome.SUCCESS,
+            actor=created_by,
+            actor_label="" if created_by else "command line",
+            detail=f"Key {key_id} '{name}' for {user.get_username()}"
+            + (f", expires in {expires_days} days." if expires_days else ", no expiry."),
+        )
+    return key, f"{KEY_PREFIX}{key_id}_{secret}"
+
+
+def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> bool:
+    """Revoke a key; returns False when it was already revoked."""
+    with transaction.atomic():
+        revoked = BotKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        if revoked:
+            signals.identity_rows_changed()  # an UPDATE sends no signal
+            audit_record(
+                action=Action.BOT_KEY_REVOKE,
+                outcome=Outcome.SUCCESS,
+                actor=actor,
+                actor_label="" if actor else "command line",
+                detail=f"Key {key.key_id} '{key.name}' of {key.user.get_username()}",
+            )
+    return bool(revoked)
+
+
+class BotKeyRejected(Exception):
+    """The presented key cannot be used; the message says why, in words safe to show the caller."""
+
+
+@dataclass(frozen=True)
+class PresentedKey:
+    """A bot key as a caller presented it, in the shape of a key; whether it is a real one is not known yet."""
+
+    key_id: str
+    secret: str
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.secret)
+
+    def matches(self, digest: str) -> bool:
+        return hmac.compare_digest(digest, self.digest)
+
+
+def presented_key(authorization: str) -> PresentedKey:
+    """The bot key of an `Authorization: Bearer crk_<key id>_<secret>` header; BotKeyRejected if there is none."""
+    scheme, _, raw_key = authorization.partition(" ")
+    raw_key = raw_key.strip()
+    if scheme.lower() != "bearer" or not raw_key:
+        raise BotKeyRejected("Send the bot key as 'Authorization: Bearer <key>'.")
+    key_id, _, secret = raw_key.removeprefix(KEY_PREFIX).partition("_")
+    if not raw_key.startswith(KEY_PREFIX) or not KEY_ID_PATTERN.fullmatch(key_id) or not secret:
+        raise BotKeyRejected("The bot key is not valid.")
+    return PresentedKey(key_id=key_id, secret=secret)
+
+
+def bot_key_check(presented: PresentedKey, key: BotKey | None, *, remote_addr: str | None = None) -> BotKey:
+    """`key` (the row with the presented key's id, its user loaded, as connections.endpoint.read reads it;
+    None if none) if it is the presented key and active; notes that it was used (at most once per
+    LAST_USED_RESOLUTION)."""
+    if key is None or not presented.matches(key.digest):
+        raise BotKeyRejected("The bot key is not valid.")
+    now = timezone.now()
+    if key.revoked_at is not None:
+        raise BotKeyRejected("This bot key was revoked.")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise BotKeyRejected("This bot key has expired.")
+    if not key.user.is_active:
+        raise BotKeyRejected("The bot key's user is deactivated.")
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        BotKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_from=remote_addr)
+        key.last_used_at = now
+    return key
+
+
+def bot_key_state(key: BotKey) -> str:
+    if key.revoked_at:
+        return "Revoked"
+    return "Active" if key.is_active else "Expired"
+
+
+@dataclass(frozen=True)
+class ConnectionReach:
+    """A connection that one of a user's roles is invited to: whether the user's bot key gets a token for it now,
+    and why (or why not), in words."""
+
+    connection: Connection
+    roles: list[str]  # the user's roles invited to it
+    gets_token: bool
+    status: str
+
+
+def connection_reach_for(user: AbstractBaseUser) -> list[ConnectionReach]:
+    """The connections the user's bot keys may ask tokens for (through the user's roles), each with whether a token
+    is there to give: for a user-specific one, whether this user has authorized it. Two queries, whatever the
+    number of connections. Says nothing of a key's own state (revoked, expired): the caller adds that."""
+    tokens = OAuthToken.objects.filter(connection=OuterRef("pk"))
+    connections = (
+        Connection.objects.filter(roles__user=user)
+        .distinct()
+        .order_by("name")
+        .annotate(
+            own_token_state=Subquery(tokens.filter(user=user).values("state")[:1]),
+            shared_token_state=Subquery(tokens.filter(user__isnull=True).values("state")[:1]),
+        )
+        .prefetch_related(Prefetch("roles", Group.objects.filter(user=user).order_by("name"), to_attr="user_roles"))
+    )
+    return [
+        ConnectionReach(connection, [role.name for role in connection.user_roles], *_reach_status(connection, user))
+        for connection in connections
+    ]
+
+
+def _reach_status(connection: Connection, user: AbstractBaseUser) -> tuple[bool, str]:
+    if not connection.is_enabled:
+        return False, "Disabled by an administrator: no token for anyone."
+    username = user.get_username()
+    if connection.is_user_specific:
+        state = connection.own_token_state
+        missing = f"Not authorized by {username} yet: they authorize it on My OAuth connections."
+        again = f"{username} must authorize it again (the provider refused the refresh)."
+        working = f"Authorized by {username}."
+    else:
+        state = connection.shared_token_state
+        if state is None and not connection.uses_authorization_code:
+            return True, "Obtained from the provider at the first request (the application's own grant)."
+        missing = "Not connected: an administrator must connect it."
+        again = "An administrator must connect it again (the provider refused the refresh)."
+        working = "Connected (shared token)."
+    if state is None:
+        return False, missing
+    if state == TokenState.REAUTHORIZATION_REQUIRED:
+        return False, again
+    if state == TokenState.REFRESH_FAILING:
+        return True, f"{working} Refreshes are failing: given while the token is valid."
+    return True, working
+
+
+def bot_key_unusable_because(key: BotKey) -> str:
+    """Why the token endpoint refuses this key whatever its user may reach, in words; "" when it does not."""
+    if key.revoked_at is not None:
+        return "This key is revoked: it gets no token."
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return "This key has expired: it gets no token."
+    if not key.user.is_active:
+        return f"{key.user.get_username()} is deactivated: this key gets no token."
+    return ""

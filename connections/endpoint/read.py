@@ -1,0 +1,127 @@
+"""What the token endpoint's full path needs, read with one statement: the presented key with its user, the
+connection asked for with whether one of the user's roles is invited to it, its stored token (the shared one or
+the user's own), and the identity version an answer is then kept under (connections.cache.token_cache).
+
+One statement rather than four: one round trip, one snapshot (the version is read with the rows it guards), and
+no QuerySet to build on every request, which cost more CPU than the database spent running them
+(bench/profile_token.py). The values pass through each field's own converters (decryption included), as a
+QuerySet would pass them, and the instances hold only these fields, as with QuerySet.only().
+"""
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.db import connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
+
+from connections.models import AnswerVersion, BotKey, Connection, OAuthToken, TokenType
+
+KEY_FIELDS = ("id", "key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at", "user_id")
+USER_FIELDS = ("id", "is_active")  # and the username field, whatever the user model calls it
+CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type")
+TOKEN_FIELDS = (
+    "id", "connection_id", "user_id", "access_token", "token_type", "scope", "extra", "expires_at", "state",
+    "generation", "next_refresh_at", "last_error",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TokenRequestRead:
+    key: BotKey  # its .user holds USER_FIELDS
+    connection: Connection | None  # None: no connection has that slug
+    invited: bool  # one of the key's user's roles is invited to the connection
+    token: OAuthToken | None  # None: not connected (for this user, if user-specific)
+    identity: int
+
+
+def token_request_read(key_id: str, slug: str | None) -> TokenRequestRead | None:
+    """None when no key has this id. A slug of None (not a slug's shape) finds no connection."""
+    db = connections[router.db_for_read(BotKey)]
+    with db.cursor() as cursor:
+        user_specific = TokenType.USER_SPECIFIC.value
+        cursor.execute(_sql(db.alias), [AnswerVersion.IDENTITY, slug or "", user_specific, user_specific, key_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = iter(row)
+    key = _instance(db, BotKey, KEY_FIELDS, values)
+    key.user = _instance(db, get_user_model(), _user_fields(), values)
+    connection = _instance(db, Connection, CONNECTION_FIELDS, values)
+    invited = bool(next(values))
+    token = _instance(db, OAuthToken, TOKEN_FIELDS, values)
+    return TokenRequestRead(key, connection, invited, token, next(values) or 0)
+
+
+def _user_fields() -> tuple[str, ...]:
+    return (*USER_FIELDS, get_user_model().USERNAME_FIELD)
+
+
+def _instance(db: BaseDatabaseWrapper, model: type[Model], names: tuple[str, ...], values: Iterator[Any]) -> Any:
+    """The next len(names) values as an instance of model (None if its primary key is NULL: no such row)."""
+    raw = [next(values) for _ in names]
+    if raw[0] is None:
+        return None
+    converted = {
+        name: convert(value)
+        for name, convert, value in zip(names, _converters(db.alias, model, names), raw, strict=True)
+    }
+    # from_db takes the values in the model's field order.
+    loaded = [field.attname for field in model._meta.concrete_fields if field.attname in converted]
+    return model.from_db(db.alias, loaded, [converted[name] for name in loaded])
+
+
+@functools.cache
+def _converters(alias: str, model: type[Model], names: tuple[str, ...]) -> list[Callable[[Any], Any]]:
+    """For each column, what a QuerySet applies to its value: the backend's converters, then the field's."""
+    db = connections[alias]
+
+    def converter_of(name: str) -> Callable[[Any], Any]:
+        field = model._meta.get_field(name)
+        column = field.get_col(model._meta.db_table)
+        steps = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
+
+        def convert(value: Any) -> Any:
+            for step in steps:
+                value = step(value, column, db)
+            return value
+
+        return convert
+
+    return [converter_of(name) for name in names]
+
+
+@functools.cache
+def _sql(alias: str) -> str:
+    quote = connections[alias].ops.quote_name
+
+    def columns(model: type[Model], table: str, names: tuple[str, ...]) -> str:
+        return ", ".join(f"{table}.{quote(model._meta.get_field(name).column)}" for name in names)
+
+    def table(model: type[Model]) -> str:
+        return quote(model._meta.db_table)
+
+    def pk(model: type[Model], table: str) -> str:
+        return f"{table}.{quote(model._meta.pk.column)}"
+
+    user_model = get_user_model()
+    invitations, memberships = Connection.roles.through, user_model.groups.through
+    # Only the models' own table and column names go into the text; every value is a parameter.
+    return (
+        f"SELECT {columns(BotKey, 'k', KEY_FIELDS)}, {columns(user_model, 'u', _user_fields())}, "  # noqa: S608
+        f"{columns(Connection, 'c', CONNECTION_FIELDS)}, "
+        f"EXISTS (SELECT 1 FROM {table(invitations)} i JOIN {table(memberships)} m ON m.{quote('group_id')} = "
+        f"i.{quote('group_id')} WHERE i.{quote('connection_id')} = {pk(Connection, 'c')} "
+        f"AND m.{quote('user_id')} = {pk(user_model, 'u')}), "
+        f"{columns(OAuthToken, 't', TOKEN_FIELDS)}, "
+        f"(SELECT v.{quote('value')} FROM {table(AnswerVersion)} v WHERE v.{quote('name')} = %s) "
+        f"FROM {table(BotKey)} k JOIN {table(user_model)} u ON {pk(user_model, 'u')} = k.{quote('user_id')} "
+        f"LEFT JOIN {table(Connection)} c ON c.{quote('slug')} = %s "
+        f"LEFT JOIN {table(OAuthToken)} t ON t.{quote('connection_id')} = {pk(Connection, 'c')} AND ("
+        f"(c.{quote('token_type')} = %s AND t.{quote('user_id')} = {pk(user_model, 'u')}) "
+        f"OR (c.{quote('token_type')} <> %s AND t.{quote('user_id')} IS NULL)) "
+        f"WHERE k.{quote('key_id')} = %s"
+    )

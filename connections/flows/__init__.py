@@ -1,0 +1,1 @@
+"""How a person authorizes a connection: the authorization code and device code flows, and their failed attempts."""

@@ -1,0 +1,1 @@
+"""Telling people: the managers' e-mail and the lifecycle webhooks."""

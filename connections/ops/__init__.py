@@ -1,0 +1,1 @@
+"""For operators: health, metrics, log context, encryption key rotation."""

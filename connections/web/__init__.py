@@ -1,0 +1,1 @@
+"""Pages for people: their views, the connection form, the dashboard."""

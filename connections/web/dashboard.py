@@ -1,0 +1,149 @@
+"""The admin's dashboard: what is healthy, what is about to break and what broke, as pictures drawn here as SVG
+(no chart library, no CDN: it works offline). Reads only; every figure is one query."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import Count, Q
+from django.db.models.functions import TruncHour
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from connections import selectors
+from connections.models import AuditEvent, Connection, OAuthToken, TokenState
+from connections.ops import health
+
+HOURS_BACK = 24
+HOURS_AHEAD = 12
+STATUS_COLOURS = {
+    "connected": "#2e7d32",
+    "refresh_failing": "#ef6c00",
+    "reauthorization_required": "#c62828",
+    "not_connected": "#757575",
+    "disabled": "#bdbdbd",
+}
+SUCCESS, FAILURE = "#2e7d32", "#c62828"
+
+
+@dataclass(frozen=True)
+class Attention:
+    connection: Connection
+    reason: str
+
+    @property
+    def url(self) -> str:
+        return reverse("admin:connections_connection_change", args=[self.connection.pk])
+
+
+def dashboard_context(now: datetime | None = None) -> dict:
+    now = now or timezone.now()
+    statuses = selectors.connection_status_counts()
+    return {
+        "statuses": statuses,
+        "status_chart": _status_chart(statuses),
+        "refresh_chart": _refresh_chart(now),
+        "expiry_chart": _expiry_chart(now),
+        "attention": _attention(),
+        "backlog": health.refresh_backlog(),
+    }
+
+
+def _refresh_chart(now: datetime) -> SafeString:
+    """Refreshes per hour over the last day, successes and failures stacked (from the audit log)."""
+    since = (now - timedelta(hours=HOURS_BACK - 1)).replace(minute=0, second=0, microsecond=0)
+    rows = (
+        AuditEvent.objects.filter(action=AuditEvent.Action.TOKEN_REFRESH, created_at__gte=since)
+        .annotate(hour=TruncHour("created_at"))
+        .values("hour")
+        .annotate(ok=Count("id", filter=Q(outcome="success")), failed=Count("id", filter=~Q(outcome="success")))
+        .order_by()
+    )
+    by_hour = {row["hour"]: (row["ok"], row["failed"]) for row in rows}
+    hours = [since + timedelta(hours=n) for n in range(HOURS_BACK)]
+    bars = [(f"{hour:%H}h", by_hour.get(hour, (0, 0))) for hour in hours]
+    return _stacked_bars(bars, "Refreshes per hour, last 24 hours", "refresh-chart", (SUCCESS, FAILURE))
+
+
+def _expiry_chart(now: datetime) -> SafeString:
+    """Connected tokens expiring in each of the next hours: what the refresh workers have ahead of them."""
+    until = now + timedelta(hours=HOURS_AHEAD)
+    rows = (
+        OAuthToken.objects.filter(connection__is_enabled=True, expires_at__gte=now, expires_at__lt=until)
+        .exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
+        .values_list("expires_at", flat=True)
+    )
+    counts = [0] * HOURS_AHEAD
+    for expires_at in rows:
+        counts[min(int((expires_at - now).total_seconds() // 3600), HOURS_AHEAD - 1)] += 1
+    bars = [(f"+{n}h", (count, 0)) for n, count in enumerate(counts)]
+    return _stacked_bars(bars, "Token expiries, next 12 hours", "expiry-chart", ("#1565c0", FAILURE))
+
+
+def _status_chart(statuses: dict[str, int]) -> SafeString:
+    """One horizontal bar a status, its length the number of connections."""
+    top = max(statuses.values(), default=0) or 1
+    rows = [
+        (22 * n, status.replace("_", " "), 200 * count / top, STATUS_COLOURS[status], count)
+        for n, (status, count) in enumerate(statuses.items())
+    ]
+    bars = format_html_join(
+        "",
+        '<text x="0" y="{}" class="label">{}</text><rect x="170" y="{}" width="{}" height="16" fill="{}"></rect>'
+        '<text x="{}" y="{}" class="value">{}</text>',
+        ((y + 13, label, y, width, colour, 176 + width, y + 13, count) for y, label, width, colour, count in rows),
+    )
+    return format_html(
+        '<svg id="status-chart" viewBox="0 0 420 {}" role="img" aria-label="Connections by status">{}</svg>',
+        22 * len(rows),
+        bars,
+    )
+
+
+def _stacked_bars(bars: list[tuple[str, tuple[int, int]]], title: str, svg_id: str, colours: tuple) -> SafeString:
+    """Vertical bars, each of two stacked parts, with its label under it and its total over it."""
+    width, height, top = 20, 120, max((a + b for _, (a, b) in bars), default=0) or 1
+    parts = []
+    for n, (label, (first, second)) in enumerate(bars):
+        x, h1, h2 = 30 + n * (width + 4), height * first / top, height * second / top
+        template = (
+            '<g><title>{}: {} / {}</title><rect x="{}" y="{}" width="{}" height="{}" fill="{}"></rect>'
+            '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"></rect><text x="{}" y="{}" class="axis">{}</text></g>'
+        )
+        first_bar = (x, 10 + height - h1, width, h1, colours[0])
+        second_bar = (x, 10 + height - h1 - h2, width, h2, colours[1])
+        parts.append(
+            format_html(template, label, first, second, *first_bar, *second_bar, x + width / 2, height + 26, label)
+        )
+    return format_html(
+        '<svg id="{}" viewBox="0 0 {} {}" role="img" aria-label="{}"><text x="0" y="10" class="axis">{}</text>'
+        '<line x1="28" y1="{}" x2="{}" y2="{}" class="base"></line>{}</svg>',
+        svg_id,
+        40 + len(bars) * (width + 4),
+        height + 34,
+        title,
+        top,
+        height + 10,
+        32 + len(bars) * (width + 4),
+        height + 10,
+        format_html_join("", "{}", ((part,) for part in parts)),
+    )
+
+
+def _attention() -> list[Attention]:
+    """The connections that need someone: reauthorization required first, then failing refreshes, then those
+    past their refresh time (the workers do not keep up)."""
+    now, found, seen = timezone.now(), [], set()
+    tokens = OAuthToken.objects.filter(connection__is_enabled=True).select_related("connection")
+    queries = [
+        (tokens.filter(state=TokenState.REAUTHORIZATION_REQUIRED), "Reauthorization required"),
+        (tokens.filter(state=TokenState.REFRESH_FAILING), "Refresh failing"),
+        (tokens.filter(refresh_due_at__lt=now - timedelta(seconds=60)), "Past its refresh time"),
+    ]
+    for query, reason in queries:
+        for token in query.order_by("connection__name")[:50]:
+            if token.connection_id not in seen:
+                seen.add(token.connection_id)
+                found.append(Attention(token.connection, reason))
+    return found

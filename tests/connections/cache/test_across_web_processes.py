@@ -1,0 +1,161 @@
+"""The token endpoint's answers from memory (connections.cache.token_cache) across real gunicorn processes.
+
+A change an administrator makes (a key revoked, the bot taken out of its role, the connection disabled or
+disconnected) reaches every web process through its background report, within two report intervals: far sooner
+than the ten intervals after which a process checks on the request itself. Every answer gets its audit event, also
+those a process still held when it was stopped; and a Redis restart brings no answer back that a change ended.
+"""
+
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+import requests
+from django.contrib.auth.models import User
+
+from connections.cache import token_cache
+from connections.endpoint.bot_keys import bot_key_revoke
+from connections.models import AuditEvent, Connection, Role
+from connections.services import connection_disconnect, connection_save_audit, role_update
+from tests.support.bots import Bot
+from tests.support.stack import Stack, in_threads
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WEB_PROCESSES = ("web-1", "web-2", "web-3")
+# TOKEN_CACHE_SYNC_SECONDS. A change must reach every process within two of them, which stay far below the ten
+# (token_cache.STALE_INTERVALS) after which a process would check on the request itself; two seconds leave a busy
+# machine room for the requests that look.
+SYNC = 2.0
+
+
+def audited(outcome: str) -> int:
+    return AuditEvent.objects.filter(action="token_request", outcome=outcome).count()
+
+
+def audited_from_memory() -> int:
+    return AuditEvent.objects.filter(action="token_request", detail__endswith=token_cache.FROM_MEMORY).count()
+
+
+def token_url(port: int, connection: Connection) -> str:
+    return f"http://127.0.0.1:{port}/api/v1/connections/{connection.slug}/token"
+
+
+def ask_once(url: str, raw_key: str) -> requests.Response:
+    return requests.get(url, headers={"Authorization": f"Bearer {raw_key}"}, timeout=30)
+
+
+def ask(url: str, raw_key: str, times: int) -> list[int]:
+    answers = in_threads([lambda: ask_once(url, raw_key) for _ in range(times)], workers=6)
+    return [answer.status_code for answer in answers]
+
+
+def answering_from_memory(stack: Stack, urls: dict[str, str], raw_key: str) -> None:
+    """Each web process answers the bot twice: the full path first (the answer kept), then from memory (its
+    audit event written by the process's next report, which says so)."""
+    for answered, (name, url) in enumerate(urls.items(), start=1):
+        assert [ask_once(url, raw_key).status_code for _ in range(2)] == [200, 200], stack.logs()
+        stack.wait_until(lambda n=answered: audited_from_memory() == n, 2 * SYNC, f"{name} to answer from memory")
+
+
+def refusals(stack: Stack, urls: dict[str, str], raw_key: str, seconds: float) -> dict[str, tuple[int, str, float]]:
+    """Ask each web process until it refuses the key, for `seconds` from now: {name: (status, error, seconds
+    after now that the refusal came)}. Fails if a process has not refused by then."""
+    started = time.monotonic()
+    refused: dict[str, tuple[int, str, float]] = {}
+
+    def every_process_refused() -> bool:
+        for name, url in urls.items():
+            if name not in refused and (answer := ask_once(url, raw_key)).status_code != 200:
+                refused[name] = (answer.status_code, answer.json()["error"], time.monotonic() - started)
+        return len(refused) == len(urls)
+
+    stack.wait_until(every_process_refused, seconds, "every web process to refuse the bot", interval=0.02)
+    return refused
+
+
+# The administrator's actions, through the services the admin calls.
+
+
+def revoke_the_key(connection: Connection, bot: Bot, manager: User) -> None:
+    bot_key_revoke(key=bot.key, actor=manager)
+
+
+def remove_the_bot_from_its_role(connection: Connection, bot: Bot, manager: User) -> None:
+    role = Role.objects.get(pk=bot.role.pk)
+    role_update(
+        role=role,
+        feature_permissions=list(role.permissions.values_list("codename", flat=True)),
+        members=list(role.user_set.exclude(pk=bot.user.pk)),
+        connections=list(role.connections.all()),
+        actor=manager,
+    )
+
+
+def disable_the_connection(connection: Connection, bot: Bot, manager: User) -> None:
+    connection.is_enabled = False
+    connection.save()
+    connection_save_audit(connection=connection, actor=manager, created=False, changed=["is_enabled"])
+
+
+def disconnect_the_connection(connection: Connection, bot: Bot, manager: User) -> None:
+    connection_disconnect(connection=connection, actor=manager)
+
+
+CHANGES = [  # and what the bot is told afterwards
+    (revoke_the_key, (401, "invalid_key")),
+    (remove_the_bot_from_its_role, (403, "forbidden")),
+    (disable_the_connection, (403, "forbidden")),
+    (disconnect_the_connection, (409, "not_connected")),
+]
+
+
+@pytest.mark.parametrize(("change", "refusal"), CHANGES, ids=[change.__name__ for change, _ in CHANGES])
+def test_a_change_reaches_every_web_process_within_two_report_intervals(
+    change: Callable[[Connection, Bot, User], None], refusal: tuple[int, str], make_stack, connected, bot, manager
+):
+    # given three single-worker web processes, each on its own port, each answering the bot from memory
+    stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
+    urls = {name: token_url(port, connected) for name, port in stack.webs(WEB_PROCESSES).items()}
+    answering_from_memory(stack, urls, bot.raw_key)
+
+    # when an administrator makes the change, here in another process
+    change(connected, bot, manager)
+
+    # then every web process refuses the bot, each within two report intervals
+    refused = refusals(stack, urls, bot.raw_key, 2 * SYNC)
+    assert {name: (status, error) for name, (status, error, _) in refused.items()} == dict.fromkeys(urls, refusal)
+    assert max(after for _, _, after in refused.values()) <= 2 * SYNC, refused
+
+
+def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, connected, bot):
+    # given web processes reporting every 30 s only, which have answered 100 requests just now
+    stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=30)
+    port = stack.web(workers=3, threads=1)
+    url = token_url(port, connected)
+    assert set(ask(url, bot.raw_key, 100)) == {200}, stack.logs()
+    held = 100 - audited("success")
+    assert held > 50  # most answers were from memory, their events not reported yet
+    # when the web processes are stopped as a deployment stops them
+    stack.stop("web")
+    # then they reported every answer on their way out
+    stack.wait_until(lambda: audited("success") == 100, 30, f"the {held} events the web processes held")
+
+
+def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_stack, connected, bot, manager):
+    # given one web process, and a Redis that has just restarted without persistence (as the compose file runs
+    # it): no counter holds a value yet
+    stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
+    urls = {"web": token_url(stack.web(workers=1, threads=1), connected)}
+    redis_server = redis.Redis.from_url(stack.broker_url)
+    redis_server.flushdb()
+    # and an answer that process keeps in memory
+    answering_from_memory(stack, urls, bot.raw_key)
+    # when the key is revoked, and Redis restarts again before the web process has heard of it
+    revoke_the_key(connected, bot, manager)
+    redis_server.flushdb()
+    # then the revoked key is refused within two report intervals: the old answer is not good again because the
+    # counters were reset
+    refused = refusals(stack, urls, bot.raw_key, 2 * SYNC)
+    assert refused["web"][:2] == (401, "invalid_key"), refused

@@ -1,0 +1,185 @@
+"""The refresh engine (connections.engine.refresh): single flight, the sweep, failure classes, backoff,
+notifications."""
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+import pytest
+import redis
+from django.db import connections as db_connections
+from django.utils import timezone
+
+from connections import tasks
+from connections.engine import refresh
+from connections.models import OAuthToken
+from connections.oauth.client import ProviderError
+from tests.conftest import authorize, refresh_shared_token, shared_token
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def manager_with_email(manager):
+    manager.email = "ops@example.com"
+    manager.save()
+    return manager
+
+
+def test_the_sweep_claims_due_tokens_once(connected, make_connection, manager_client, authserver, settings):
+    disabled = make_connection()
+    authorize(manager_client, disabled, authserver)
+    disabled.is_enabled = False
+    disabled.save()
+    OAuthToken.objects.update(next_refresh_at=timezone.now() - timedelta(seconds=1))
+
+    due = refresh.token_refresh_claim_due()
+
+    token = shared_token(connected)
+    assert due == [(token.pk, token.generation)]
+    assert token.next_refresh_at > timezone.now()  # claimed: the next sweep leaves it alone
+    assert refresh.token_refresh_claim_due() == []
+    # A token due within the next sweep interval is taken now rather than one interval late.
+    OAuthToken.objects.filter(pk=token.pk).update(
+        next_refresh_at=timezone.now() + timedelta(seconds=settings.BEAT_INTERVAL - 2)
+    )
+    assert refresh.token_refresh_claim_due() == [(token.pk, token.generation)]
+
+
+def test_a_queued_refresh_that_someone_else_already_did_calls_nobody(connected, authserver):
+    token = shared_token(connected)
+    refresh_shared_token(connected)
+    refresh.token_refresh_scheduled(token_id=token.pk, generation=token.generation)
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_refreshes_in_one_process_call_the_provider_once(connected, authserver):
+    authserver.set_token_options(latency=1)
+    token = shared_token(connected)
+
+    def refresh_in_a_thread(_: int) -> str:
+        try:
+            mine = OAuthToken.objects.select_related("connection__provider").get(pk=token.pk)
+            return refresh.token_refresh(token=mine, actor_label="thread", min_generation=token.generation).access_token
+        finally:
+            db_connections.close_all()
+
+    with ThreadPoolExecutor(10) as pool:
+        results = set(pool.map(refresh_in_a_thread, range(10)))
+    assert len(results) == 1
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
+
+
+# Notifications go out when the failure is committed, so these tests commit for real.
+@pytest.mark.django_db(transaction=True)
+def test_invalid_grant_notifies_the_managers_once(connected, authserver, manager_with_email, mailoutbox):
+    authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
+    for _ in range(3):
+        with pytest.raises(ProviderError):
+            refresh_shared_token(connected)
+    token = shared_token(connected)
+    assert token.state == "reauthorization_required" and token.next_refresh_at is None
+    assert len(mailoutbox) == 1
+    assert mailoutbox[0].to == ["ops@example.com"]
+    assert "needs to be authorized again" in mailoutbox[0].subject
+    assert token.refresh_token not in mailoutbox[0].body
+
+
+# Notifications go out when the failure is committed, so these tests commit for real.
+@pytest.mark.django_db(transaction=True)
+def test_sustained_failure_and_recovery_notices(connected, authserver, manager_with_email, mailoutbox, settings):
+    settings.REFRESH_FAILURE_NOTIFY_THRESHOLD = 2
+    authserver.set_fault("status_500")
+    for expected_mails in (0, 1, 1):
+        with pytest.raises(ProviderError):
+            refresh_shared_token(connected)
+        assert len(mailoutbox) == expected_mails
+    token = shared_token(connected)
+    assert token.state == "refresh_failing" and token.consecutive_failures == 3
+    assert token.next_refresh_at > timezone.now()
+    authserver.clear_fault()
+    recovered = refresh_shared_token(connected)
+    assert recovered.state == "active" and recovered.consecutive_failures == 0
+    assert [mail.subject for mail in mailoutbox] == [
+        f"[Control Room] Refreshing {connected} keeps failing",
+        f"[Control Room] Refreshing {connected} works again",
+    ]
+
+
+def test_backoff_grows_with_jitter():
+    delays = [refresh.backoff_seconds(failures) for failures in (1, 2, 3, 4, 10, 20)]
+    assert 7.5 <= delays[0] <= 15 and 15 <= delays[1] <= 30 and 30 <= delays[2] <= 60
+    assert all(delay <= 30 * 60 for delay in delays)
+    assert len({refresh.backoff_seconds(3) for _ in range(20)}) > 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fault", ["status_500", "invalid_grant"])
+def test_concurrent_callers_share_a_failed_refresh(connected, authserver, fault):
+    authserver.set_token_options(latency=1)
+    authserver.set_fault(fault, grant_types=["refresh_token"])
+    token = shared_token(connected)
+
+    def refresh_in_a_thread(_: int) -> str:
+        try:
+            mine = OAuthToken.objects.select_related("connection__provider").get(pk=token.pk)
+            refresh.token_refresh(token=mine, actor_label="thread", min_generation=token.generation)
+        except ProviderError as exc:
+            return exc.message
+        finally:
+            db_connections.close_all()
+        return "refreshed"
+
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(refresh_in_a_thread, range(8)))
+    assert "refreshed" not in outcomes
+    # One call reached the provider; everyone else read its result instead of presenting the token again.
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
+    assert shared_token(connected).consecutive_failures == 1
+
+
+def test_a_queued_refresh_is_not_queued_again_by_the_sweeps_that_follow(connected, settings):
+    # given a due token, claimed by a sweep
+    token = shared_token(connected)
+    OAuthToken.objects.filter(pk=token.pk).update(next_refresh_at=timezone.now() - timedelta(seconds=1))
+    start = timezone.now()
+    assert refresh.token_refresh_claim_due(now=start) == [(token.pk, token.generation)]
+    # when its task waits in the queue and the next sweeps run, every BEAT_INTERVAL, until the claim lapses
+    interval, claim = settings.BEAT_INTERVAL, refresh.claim_seconds()
+    later = [start + timedelta(seconds=k * interval) for k in range(1, int(claim // interval))]
+    assert later and all(refresh.token_refresh_claim_due(now=moment) == [] for moment in later)
+    # then the queued task expires before the token can be claimed again, and a lost one is replaced after that
+    assert refresh.claim_expiry_seconds() < claim - interval
+    assert refresh.token_refresh_claim_due(now=start + timedelta(seconds=claim)) == [(token.pk, token.generation)]
+
+
+def test_the_sweep_queues_refreshes_that_expire(connected, settings):
+    OAuthToken.objects.update(next_refresh_at=timezone.now() - timedelta(seconds=1))
+    assert tasks.refresh_sweep() == 1
+    (message,) = redis.Redis.from_url(settings.CELERY_BROKER_URL).lrange("refresh", 0, -1)
+    headers, body = json.loads(message)["headers"], json.loads(message)["body"]
+    expires = datetime.fromisoformat(headers["expires"])
+    (pairs, _queued_at), _, _ = json.loads(base64.b64decode(body))
+    token = shared_token(connected)
+    assert (headers["task"], pairs) == ("connections.tasks.refresh_tokens", [[token.pk, token.generation]])
+    assert expires <= timezone.now() + timedelta(seconds=refresh.claim_expiry_seconds())
+
+
+def test_a_queued_refresh_leaves_a_token_that_failed_since_to_its_backoff(connected, authserver):
+    # given a refresh queued a moment ago, then a failed refresh by someone else (a bot, Refresh now)
+    queued_at = timezone.now()
+    authserver.set_fault("status_500", count=1, grant_types=["refresh_token"])
+    with pytest.raises(ProviderError):
+        refresh_shared_token(connected)
+    # when the queued one runs, it does not ask the provider again inside the backoff
+    token = shared_token(connected)
+    refresh.token_refresh_scheduled(token_id=token.pk, generation=token.generation, queued_at=queued_at)
+    assert authserver.stats()["token_requests"]["refresh_token"] == 1
+    assert shared_token(connected).state == "refresh_failing"
+
+
+def test_the_refresh_task_ends_before_its_lease_could(settings):
+    assert tasks.refresh_token.soft_time_limit < tasks.refresh_token.time_limit < refresh.lease_seconds()
+    assert settings.CELERY_WORKER_MAX_TASKS_PER_CHILD and settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
