@@ -6,6 +6,6 @@ class ConnectionsConfig(AppConfig):
     verbose_name = "OAuth connections"
 
     def ready(self) -> None:
-        from connections.cache import invalidation as signals
+        from connections.cache import invalidation
 
-        signals.connect()
+        invalidation.connect()

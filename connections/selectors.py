@@ -8,7 +8,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from connections.models import Connection, OAuthToken, TokenState, TokenType
+from connections.models import Connection, ConnectionStatus, OAuthToken, TokenState, TokenType
 
 AnyUser = AbstractBaseUser | AnonymousUser
 
@@ -158,7 +158,7 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Status:
-    code: str  # not_connected, connected, refresh_failing, reauthorization_required, disabled
+    code: ConnectionStatus
     label: str
     expires_at: datetime | None = None
     attempt_failed: bool = False  # not connected, and the last test or connect failed (attempt_failure)
@@ -166,7 +166,7 @@ class Status:
     @property
     def is_failure(self) -> bool:
         """Someone must act: shown in the one colour for failures (the admin's connection-failed class)."""
-        return self.attempt_failed or self.code == "reauthorization_required"
+        return self.attempt_failed or self.code == ConnectionStatus.REAUTHORIZATION_REQUIRED
 
     @property
     def expiry_text(self) -> str:
@@ -183,14 +183,14 @@ class Status:
 
 def token_status(token: OAuthToken | None) -> Status:
     if token is None:
-        return Status("not_connected", "Not connected")
+        return Status(ConnectionStatus.NOT_CONNECTED, "Not connected")
     if token.state == TokenState.REAUTHORIZATION_REQUIRED:
-        return Status("reauthorization_required", "Reauthorization required", token.expires_at)
+        return Status(ConnectionStatus.REAUTHORIZATION_REQUIRED, "Reauthorization required", token.expires_at)
     if token.state == TokenState.REFRESH_FAILING:
-        return Status("refresh_failing", "Refresh failing", token.expires_at)
+        return Status(ConnectionStatus.REFRESH_FAILING, "Refresh failing", token.expires_at)
     if token.expires_at is None:  # the provider's tokens never expire (Provider.tokens_never_expire)
-        return Status("connected", "Connected, no expiry")
-    return Status("connected", "Connected", token.expires_at)
+        return Status(ConnectionStatus.CONNECTED, "Connected, no expiry")
+    return Status(ConnectionStatus.CONNECTED, "Connected", token.expires_at)
 
 
 ATTEMPT_FAILED = " — last attempt failed"
@@ -200,23 +200,20 @@ def connection_status(connection: Connection) -> Status:
     """The status of the shared token, or how many users hold their own; from the prefetched tokens when the
     caller prefetched them (the admin list). connection_status_expression() is the same in SQL."""
     if not connection.is_enabled:
-        return Status("disabled", "Disabled")
+        return Status(ConnectionStatus.DISABLED, "Disabled")
     tokens = list(connection.tokens.all())
     if not connection.is_user_specific:
         status = token_status(next((token for token in tokens if token.user_id is None), None))
         label = "Not connected"
     else:
         count = sum(1 for token in tokens if token.user_id is not None)
-        status = Status("connected", f"{count} user{'s' if count != 1 else ''} connected")
+        status = Status(ConnectionStatus.CONNECTED, f"{count} user{'s' if count != 1 else ''} connected")
         label = "Not connected (no user has authorized yet)"
         if not count:
-            status = Status("not_connected", label)
-    if status.code == "not_connected" and attempt_failure(connection, tokens):
-        return Status("not_connected", label + ATTEMPT_FAILED, attempt_failed=True)
+            status = Status(ConnectionStatus.NOT_CONNECTED, label)
+    if status.code == ConnectionStatus.NOT_CONNECTED and attempt_failure(connection, tokens):
+        return Status(ConnectionStatus.NOT_CONNECTED, label + ATTEMPT_FAILED, attempt_failed=True)
     return status
-
-
-STATUSES = ("connected", "refresh_failing", "reauthorization_required", "not_connected", "disabled")
 
 
 def connection_status_expression() -> Case:
@@ -227,23 +224,27 @@ def connection_status_expression() -> Case:
     shared = OAuthToken.objects.filter(connection=OuterRef("pk"), user__isnull=True)
     users = OAuthToken.objects.filter(connection=OuterRef("pk"), user__isnull=False)
     user_specific = Q(token_type=TokenType.USER_SPECIFIC)
+    status = ConnectionStatus
     return Case(
-        When(is_enabled=False, then=Value("disabled")),
-        When(user_specific & Exists(users), then=Value("connected")),
-        When(user_specific | ~Exists(shared), then=Value("not_connected")),
-        When(Exists(shared.filter(state=TokenState.REAUTHORIZATION_REQUIRED)), then=Value("reauthorization_required")),
-        When(Exists(shared.filter(state=TokenState.REFRESH_FAILING)), then=Value("refresh_failing")),
-        default=Value("connected"),
-        output_field=CharField(),
+        When(is_enabled=False, then=Value(status.DISABLED)),
+        When(user_specific & Exists(users), then=Value(status.CONNECTED)),
+        When(user_specific | ~Exists(shared), then=Value(status.NOT_CONNECTED)),
+        When(
+            Exists(shared.filter(state=TokenState.REAUTHORIZATION_REQUIRED)),
+            then=Value(status.REAUTHORIZATION_REQUIRED),
+        ),
+        When(Exists(shared.filter(state=TokenState.REFRESH_FAILING)), then=Value(status.REFRESH_FAILING)),
+        default=Value(status.CONNECTED),
+        output_field=CharField(choices=status.choices),
     )
 
 
-def connections_with_status(connections: QuerySet[Connection], code: str) -> QuerySet[Connection]:
+def connections_with_status(connections: QuerySet[Connection], code: ConnectionStatus) -> QuerySet[Connection]:
     """The connections whose status (connection_status().code) is `code`, filtered by the database."""
     return connections.alias(status_code=connection_status_expression()).filter(status_code=code)
 
 
-def connection_status_counts() -> dict[str, int]:
+def connection_status_counts() -> dict[ConnectionStatus, int]:
     """Connections by status, as their list shows it (connections.selectors.connection_status), in one query."""
     counted = (
         Connection.objects.annotate(status=connection_status_expression())
@@ -251,4 +252,4 @@ def connection_status_counts() -> dict[str, int]:
         .values("status")
         .annotate(count=Count("id"))
     )
-    return dict.fromkeys(STATUSES, 0) | {row["status"]: row["count"] for row in counted}
+    return dict.fromkeys(ConnectionStatus, 0) | {ConnectionStatus(row["status"]): row["count"] for row in counted}

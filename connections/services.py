@@ -18,11 +18,10 @@ from connections import selectors
 from connections.audit.events import Action, Outcome, audit_record, user_label
 from connections.engine.refresh import app_token_obtain, lease_seconds, token_refresh
 from connections.engine.store import token_values_revoke
-from connections.errors import ConnectionActionError
+from connections.errors import ConnectionActionError, ProviderError
 from connections.flows.attempts import connection_attempt_failure_record, connection_attempt_succeeded
 from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
 from connections.notify import webhooks
-from connections.oauth.client import ProviderError
 
 
 def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
@@ -149,6 +148,25 @@ def connection_delete(*, connection: Connection, actor: AbstractBaseUser) -> str
         )
         connection.delete()
     return f"Deleted {connection}. {detail}"
+
+
+# Written by the engine and the flows (connections.audit.rows, connections.flows.attempts), never by a save of the
+# connection's settings: a page or a file read before they were written must not put back what they were.
+ENGINE_FIELDS = ("last_token_issued_at", "last_failure", "last_failure_at", "failures_in_a_row")
+
+
+def connection_save(*, connection: Connection, created: bool) -> None:
+    """Store a connection's settings as a person (the admin) or a configuration file (apply_config) set them,
+    leaving alone what the engine wrote since they were read (ENGINE_FIELDS)."""
+    if created:
+        connection.save()
+        return
+    settings_fields = [
+        field.name
+        for field in Connection._meta.concrete_fields
+        if not field.primary_key and field.name not in ENGINE_FIELDS
+    ]
+    connection.save(update_fields=settings_fields)
 
 
 def connection_save_audit(

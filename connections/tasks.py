@@ -6,9 +6,9 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
-from connections.audit import events as audit
-from connections.engine import batch as refresh_batch
-from connections.engine import refresh
+from connections import errors
+from connections.audit import events
+from connections.engine import batch, refresh
 from connections.flows import device
 from connections.notify import webhooks
 from connections.ops import health
@@ -26,11 +26,11 @@ def refresh_sweep() -> int:
     task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
     queued_at = timezone.now().isoformat()
     claimed = 0
-    for batch in refresh.token_refresh_claims():
-        for start in range(0, len(batch), settings.REFRESH_TASK_SIZE):
-            pairs = batch[start : start + settings.REFRESH_TASK_SIZE]
+    for claimed_batch in refresh.token_refresh_claims():
+        for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
+            pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
             refresh_tokens.apply_async((pairs, queued_at), expires=refresh.claim_expiry_seconds())
-        claimed += len(batch)
+        claimed += len(claimed_batch)
     return claimed
 
 
@@ -53,7 +53,7 @@ def refresh_tokens(pairs: list[list[int]], queued_at: str | None = None) -> None
     """Refresh the (token id, generation) pairs a sweep claimed. Retries are the sweep's job (on each token's
     backoff schedule), not Celery's."""
     queued = datetime.fromisoformat(queued_at) if queued_at else None
-    refresh_batch.tokens_refresh(pairs, queued)
+    batch.tokens_refresh(pairs, queued)
 
 
 @shared_task(
@@ -70,7 +70,7 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 @shared_task(name="connections.tasks.audit_failed_authentications_summarize", ignore_result=True)
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
-    return audit.audit_failed_authentications_summarize()
+    return events.audit_failed_authentications_summarize()
 
 
 @shared_task(
@@ -104,7 +104,7 @@ def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
     (connections.notify.webhooks)."""
     try:
         webhooks.webhook_deliver(endpoint_id, body)
-    except webhooks.DeliveryFailed as failure:
+    except errors.DeliveryFailed as failure:
         if failure.retry and self.request.retries < self.max_retries:
             raise self.retry(countdown=webhooks.retry_delay(self.request.retries)) from None
         webhooks.delivery_given_up(endpoint_id, body, failure)

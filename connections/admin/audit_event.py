@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from connections.admin.permissions import PermissionMixin
-from connections.audit import events as audit
+from connections.audit.events import audit_csv_lines
 from connections.models import AuditEvent, Connection
 
 # Not a slug (a slug has no "~"), so no connection can be named so.
@@ -98,7 +98,7 @@ class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
         # The same filters, search and date drill-down as the list page the link was on.
         events = self.get_changelist_instance(request).get_queryset(request)
         response = StreamingHttpResponse(
-            audit.audit_csv_lines(events.iterator(chunk_size=2000), self.csv_fields),
+            audit_csv_lines(events.iterator(chunk_size=2000), self.csv_fields),
             content_type="text/csv; charset=utf-8",
         )
         response["Content-Disposition"] = f'attachment; filename="audit-{timezone.now():%Y%m%d-%H%M%S}.csv"'

@@ -1,12 +1,14 @@
 """Connections in the admin: the adaptive form, the status columns, Save and test, Connect, Refresh now,
 Disconnect and Delete (each calling a service, outside the admin's transaction where a provider is called)."""
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse, QueryDict
@@ -18,13 +20,13 @@ from django.utils.html import format_html, format_html_join
 from connections import selectors, services
 from connections.admin.connection_status import ConnectionStatusColumns, StatusListFilter
 from connections.admin.permissions import PermissionMixin
-from connections.errors import ConnectionActionError
+from connections.errors import ConnectionActionError, ProviderError
 from connections.models import Connection, OAuthToken
 from connections.oauth import discovery
 from connections.ops import health
-from connections.outbound.policy import ProviderError
 from connections.web import dashboard
-from connections.web.forms import PLACEHOLDER_PREFIX, ConnectionForm, grant_layout
+from connections.web.connection_page import grant_layout
+from connections.web.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.web.views import start_authorization
 from providers.models import CLIENT_AUTH_METHOD_NAMES, Provider
 
@@ -38,8 +40,6 @@ CHANGED_LABELS = {
     "clear_client_secret": "client secret (removed)",
     "clear_private_key": "private key (removed)",
 }
-# Written by the engine (connections.audit.rows, connections.flows.attempts), never by the form.
-KEPT = ("id", "last_token_issued_at", "last_failure", "last_failure_at", "failures_in_a_row")
 SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
 
@@ -239,10 +239,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
         if not change:
             obj.created_by = request.user
-            obj.save()
-            return
-        # What the token endpoint's audit batches and the attempts write meanwhile is not put back as it was read.
-        obj.save(update_fields=[field.name for field in Connection._meta.concrete_fields if field.name not in KEPT])
+        services.connection_save(connection=obj, created=not change)
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
         super().save_related(request, form, formsets, change)
@@ -260,16 +257,21 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
             self.message_user(request, exc.message, messages.WARNING)
 
     def _after_save(self, request: HttpRequest, obj: Connection) -> HttpResponse | None:
-        """The extra submit buttons: Save and test connection, Save and connect."""
+        """The extra submit buttons: Save and test connection, Save and connect. Still inside the admin's
+        transaction here: what calls a provider (the test, a device code) runs once it has committed."""
         change_url = reverse("admin:connections_connection_change", args=[obj.pk])
+        response = HttpResponseRedirect(change_url)
         if "_test" in request.POST:
-            # Still inside the admin's transaction here: the test calls the provider once it has committed.
-            request.connection_test = lambda: services.connection_test(connection=obj, actor=request.user)
-            return HttpResponseRedirect(change_url)
+            test = functools.partial(services.connection_test, connection=obj, actor=request.user)
+            transaction.on_commit(lambda: self._report(request, test))
+            return response
         if "_connect" in request.POST and obj.uses_device_code:
-            # A provider call: made once the admin's transaction has committed (changeform_view), like the test.
-            request.connection_connect = lambda: start_authorization(request, obj, change_url)
-            return HttpResponseRedirect(change_url)
+
+            def connect() -> None:  # to the page with the user code, or back with why not
+                response["Location"] = start_authorization(request, obj, change_url)["Location"]
+
+            transaction.on_commit(connect)
+            return response
         if "_connect" in request.POST:
             return start_authorization(request, obj, change_url)
         return None
@@ -285,12 +287,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, admin.ModelAdmin
         may_save = self.has_change_permission(request) if object_id else self.has_add_permission(request)
         if request.method == "POST" and may_save:
             request.POST = self._with_discovered_urls(request)  # before the admin's transaction: a provider call
-        response = super().changeform_view(request, *args, **kwargs)  # the save, in a transaction, committed now
-        if test := getattr(request, "connection_test", None):
-            self._report(request, test)
-        if connect := getattr(request, "connection_connect", None):
-            return connect()
-        return response
+        return super().changeform_view(request, *args, **kwargs)
 
     def _with_discovered_urls(self, request: HttpRequest) -> QueryDict:
         """The form's data with what its issuer's discovery document gives (discovery.discovered_form_data); the

@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from connections import selectors
-from connections.models import Connection
+from connections.models import Connection, ConnectionStatus
 
 
 class StatusListFilter(admin.SimpleListFilter):
@@ -25,24 +25,17 @@ class StatusListFilter(admin.SimpleListFilter):
 
     title = "Status"
     parameter_name = "status"
-    LABELS = {
-        "connected": "Connected",
-        "refresh_failing": "Refresh failing",
-        "reauthorization_required": "Reauthorization required",
-        "not_connected": "Not connected",
-        "disabled": "Disabled",
-    }
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [(code, self.LABELS[code]) for code in selectors.STATUSES]
+        return ConnectionStatus.choices
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
         code = self.value()
         if code is None:
             return queryset
-        if code not in selectors.STATUSES:
+        if code not in ConnectionStatus.values:
             raise IncorrectLookupParameters(f"No status is called {code!r}.")
-        return selectors.connections_with_status(queryset, code)
+        return selectors.connections_with_status(queryset, ConnectionStatus(code))
 
 
 FAILURE_CLASS = "connection-failed"  # one colour for every failure, list and page (connection_admin.css)

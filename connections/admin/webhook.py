@@ -9,10 +9,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
+from connections import errors
 from connections.admin.permissions import PermissionMixin
 from connections.models import WebhookEndpoint
 from connections.notify import webhooks
-from connections.outbound import policy as outbound
+from connections.outbound import policy
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -37,8 +38,8 @@ class WebhookEndpointForm(forms.ModelForm):
     def clean_url(self) -> str:
         url = self.cleaned_data["url"].strip()
         try:
-            outbound.check_url(url)  # https, or a host the operator allows; the private guard applies at delivery
-        except outbound.ProviderError as exc:
+            policy.check_url(url)  # https, or a host the operator allows; the private guard applies at delivery
+        except errors.OutboundError as exc:
             raise forms.ValidationError(exc.message) from None
         return url
 

@@ -11,7 +11,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from connections.audit import rows as audit_rows
+from connections.audit.rows import audit_rows_insert
 from connections.models import AuditEvent, Connection, FailedAuthenticationWindow
 
 Action = AuditEvent.Action
@@ -74,7 +74,7 @@ def audit_event_row(
 def audit_events_write(rows: list[dict]) -> None:
     """Write audit_event_row()s with one statement (and move Connection.last_token_issued_at forward for the
     successful token requests among them: connections.audit.rows, which the token endpoint's batches use too)."""
-    audit_rows.audit_rows_insert(rows)
+    audit_rows_insert(rows)
 
 
 # --- failed authentications: a few recorded one by one, then counted ---------------------------------------------

@@ -38,7 +38,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F
 
-from connections.audit import rows as audit_rows
+from connections.audit.rows import audit_rows_insert
 from connections.models import AnswerVersion, OAuthToken
 from connections.ops import metrics
 
@@ -62,7 +62,7 @@ class CachedAnswer:
     last_used_at: datetime
     token_expires_at: datetime | None
     answer: Any  # issuing.IssuedToken
-    audit: dict[str, Any]  # audit_rows.EVENT_FIELDS of an answer from memory
+    audit: dict[str, Any]  # connections.audit.rows.EVENT_FIELDS of an answer from memory
     identity: int  # the identity version, read with the rows the answer came from
     read_at: float  # time.monotonic() no later than that read
     token_id: int
@@ -157,7 +157,7 @@ class _Process:
                 watched = {cached.token_id for cached in self.answers.values()}
             try:
                 identity, tokens = _versions_read(watched)
-                audit_rows.audit_rows_insert([_audit_row(*event) for event in events])
+                audit_rows_insert([_audit_row(*event) for event in events])
             except DatabaseError:
                 self._keep(events, unreported)
                 self._failed("The database does not answer the token cache's reports; the full path answers.")

@@ -17,7 +17,8 @@ from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record
-from connections.cache import invalidation as signals
+from connections.cache import invalidation
+from connections.errors import BotKeyRejected
 from connections.models import BotKey, Connection, OAuthToken, TokenState, sha256_digest
 
 KEY_PREFIX = "crk_"
@@ -63,7 +64,7 @@ def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> boo
     with transaction.atomic():
         revoked = BotKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
         if revoked:
-            signals.identity_rows_changed()  # an UPDATE sends no signal
+            invalidation.identity_rows_changed()  # an UPDATE sends no signal
             audit_record(
                 action=Action.BOT_KEY_REVOKE,
                 outcome=Outcome.SUCCESS,
@@ -72,10 +73,6 @@ def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> boo
                 detail=f"Key {key.key_id} '{key.name}' of {key.user.get_username()}",
             )
     return bool(revoked)
-
-
-class BotKeyRejected(Exception):
-    """The presented key cannot be used; the message says why, in words safe to show the caller."""
 
 
 @dataclass(frozen=True)
@@ -112,12 +109,8 @@ def bot_key_check(presented: PresentedKey, key: BotKey | None, *, remote_addr: s
     if key is None or not presented.matches(key.digest):
         raise BotKeyRejected("The bot key is not valid.")
     now = timezone.now()
-    if key.revoked_at is not None:
-        raise BotKeyRejected("This bot key was revoked.")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise BotKeyRejected("This bot key has expired.")
-    if not key.user.is_active:
-        raise BotKeyRejected("The bot key's user is deactivated.")
+    if problem := key.unusable_because(now):
+        raise BotKeyRejected(problem)
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         BotKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_from=remote_addr)
         key.last_used_at = now
@@ -125,9 +118,7 @@ def bot_key_check(presented: PresentedKey, key: BotKey | None, *, remote_addr: s
 
 
 def bot_key_state(key: BotKey) -> str:
-    if key.revoked_at:
-        return "Revoked"
-    return "Active" if key.is_active else "Expired"
+    return str(key.state().label)
 
 
 @dataclass(frozen=True)
@@ -188,11 +179,13 @@ def _reach_status(connection: Connection, user: AbstractBaseUser) -> tuple[bool,
 
 
 def bot_key_unusable_because(key: BotKey) -> str:
-    """Why the token endpoint refuses this key whatever its user may reach, in words; "" when it does not."""
-    if key.revoked_at is not None:
+    """Why the token endpoint refuses this key whatever its user may reach (BotKey.unusable_because), as the key's
+    page says it; "" when it does not."""
+    if not key.unusable_because():
+        return ""
+    state = key.state()
+    if state == BotKey.State.REVOKED:
         return "This key is revoked: it gets no token."
-    if key.expires_at is not None and key.expires_at <= timezone.now():
+    if state == BotKey.State.EXPIRED:
         return "This key has expired: it gets no token."
-    if not key.user.is_active:
-        return f"{key.user.get_username()} is deactivated: this key gets no token."
-    return ""
+    return f"{key.user.get_username()} is deactivated: this key gets no token."

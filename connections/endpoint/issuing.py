@@ -25,22 +25,15 @@ from connections.audit.events import (
     failed_authentication_recorded_alone,
 )
 from connections.cache import token_cache
-from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, BotKeyRejected, bot_key_check, presented_key
+from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, bot_key_check, presented_key
 from connections.endpoint.read import TokenRequestRead, token_request_read
-from connections.engine.refresh import TokenGone, app_token_obtain, token_refresh
+from connections.engine.refresh import app_token_obtain, token_refresh
+from connections.errors import BotKeyRejected, ProviderError, TokenGone, TokenRequestError
 from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
-from connections.oauth.client import ProviderError
 
 MAX_MIN_VALIDITY = 24 * 3600
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
 TRUE_VALUES, FALSE_VALUES = {"true", "1", "yes"}, {"false", "0", "no", ""}
-
-
-class TokenRequestError(Exception):
-    def __init__(self, status: int, error: str, detail: str, retry_after: int | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail, self.retry_after = status, error, detail, retry_after
-        self.audited = True  # False: a failed authentication counted rather than recorded (connections.audit.events)
 
 
 @dataclass(frozen=True)

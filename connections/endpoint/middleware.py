@@ -14,7 +14,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 
 from connections.endpoint import issuing
-from connections.endpoint.views import token_response
+from connections.endpoint.views import issued_token_response
 from connections.http import client_address
 from connections.ops import log_context, metrics
 
@@ -58,5 +58,5 @@ class TokenFromMemoryMiddleware:
             )
             if issued is not None:
                 metrics.token_request_counted("issued", from_memory=True)
-                return token_response(issued)
+                return issued_token_response(issued)
         return self.get_response(request)

@@ -5,6 +5,7 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from connections import errors
 from connections.endpoint import issuing
 from connections.http import client_address
 from connections.ops import log_context, metrics
@@ -28,8 +29,8 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
                 remote_addr=client_address(request),
             )
         metrics.token_request_counted("issued", from_memory=False)
-        return token_response(issued)
-    except issuing.TokenRequestError as exc:
+        return issued_token_response(issued)
+    except errors.TokenRequestError as exc:
         metrics.token_request_counted(exc.error, from_memory=False)
         response = JsonResponse({"error": exc.error, "detail": exc.detail}, status=exc.status)
         if exc.retry_after is not None:
@@ -39,7 +40,7 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
         return _not_cached(response)
 
 
-def token_response(issued: issuing.IssuedToken) -> JsonResponse:
+def issued_token_response(issued: issuing.IssuedToken) -> JsonResponse:
     response = JsonResponse(issued.as_json(timezone.now()))
     # As CommonMiddleware sets it, which an answer from memory does not pass through: without it the server
     # would send the body chunked, or close the connection after it.

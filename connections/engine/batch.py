@@ -26,8 +26,8 @@ from django.db import connection as db_connection
 from connections.audit.events import audit_events_write
 from connections.engine import refresh
 from connections.engine.store import Fence
+from connections.errors import ProviderError
 from connections.models import OAuthToken
-from connections.oauth.client import ProviderError
 from connections.ops import log_context
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_event_row, audit_record
-from connections.cache import invalidation as signals
+from connections.cache import invalidation
 from connections.engine.store import (
     Fence,
     connection_client_config,
@@ -34,20 +34,14 @@ from connections.engine.store import (
     token_store_refreshed,
     token_values_revoke,
 )
+from connections.errors import ProviderError, TokenGone
 from connections.models import Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ProviderError, TokenResponse
+from connections.oauth.client import TokenResponse
 from connections.ops import log_context, metrics
 
 logger = logging.getLogger(__name__)
-
-
-class TokenGone(ProviderError):
-    """The token was disconnected while someone waited for it or refreshed it."""
-
-    def __init__(self) -> None:
-        super().__init__("The token was disconnected meanwhile.", error="disconnected", permanent=True)
 
 
 def lease_seconds() -> float:
@@ -223,7 +217,7 @@ def token_refresh_fail(
         if not fence.rows().update(**fields):
             logger.info("A failed refresh of %s was superseded meanwhile; its failure is not recorded.", token.pk)
             return False
-        signals.token_rows_changed(connection.slug)
+        invalidation.token_rows_changed(connection.slug)
         _audit(
             audit,
             action=Action.TOKEN_REFRESH,

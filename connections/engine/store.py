@@ -14,10 +14,11 @@ from django.db import IntegrityError, connections, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from connections.cache import invalidation as signals
+from connections.cache import invalidation
+from connections.errors import ProviderError
 from connections.models import Connection, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ClientConfig, ProviderError, TokenResponse
+from connections.oauth.client import ClientConfig, TokenResponse
 
 
 def connection_client_config(connection: Connection) -> ClientConfig:
@@ -186,7 +187,7 @@ def token_store_refreshed(*, fence: Fence, token: OAuthToken, response: TokenRes
     }
     if not fence.update(**changes):
         return None
-    signals.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
+    invalidation.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
     return refreshed
 
 

@@ -12,7 +12,6 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from connections import selectors
 from connections.audit.events import (
     Action,
     Outcome,
@@ -21,12 +20,13 @@ from connections.audit.events import (
     failed_authentication_recorded_alone,
 )
 from connections.engine.store import connection_client_config, token_store_replacing, token_values_revoke
-from connections.errors import ConnectionActionError
+from connections.errors import ConnectionActionError, ProviderError
 from connections.flows.attempts import connection_attempt_failure_record, connection_attempt_succeeded
+from connections.flows.permission import authorization_refusal
 from connections.models import AuthorizationRequest, Connection, OAuthToken, sha256_digest
 from connections.notify import webhooks
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ProviderError, provider_text
+from connections.oauth.client import provider_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,8 @@ def connection_authorize_start(
     remote_addr: str | None = None,
 ) -> str:
     """Begin the authorization-code flow; returns the provider URL to send the browser to."""
-    if not connection.is_enabled:
-        raise ConnectionActionError(f"{connection} is disabled; enable it before connecting.")
-    if not connection.uses_authorization_code:
-        raise ConnectionActionError(
-            f"{connection} uses the client credentials grant: use Save and test connection instead of Connect."
-        )
-    if not selectors.user_may_authorize(user, connection):
-        raise ConnectionActionError(f"You are not allowed to authorize {connection}.")
+    if refusal := authorization_refusal(connection, user, device=False):
+        raise ConnectionActionError(f"{connection} cannot be connected now: {refusal}.")
     state = secrets.token_urlsafe(32)
     code_verifier = oauth_client.new_code_verifier() if connection.uses_pkce else ""
     try:
@@ -181,18 +175,10 @@ def _answer_problem(request: AuthorizationRequest, params: Mapping[str, str]) ->
 def _changed_since(request: AuthorizationRequest) -> str:
     """The connection as it is now must still allow what the flow started for: a user-specific authorization
     must not become the shared token every bot receives."""
-    connection, reasons = request.connection, []
-    if not connection.is_enabled:
-        reasons.append("it is disabled")
-    if not connection.uses_authorization_code:
-        reasons.append("it no longer uses the authorization code grant")
-    if request.for_user != connection.is_user_specific:
-        reasons.append("its token type changed")
-    if not selectors.user_may_authorize(request.user, connection):
-        reasons.append(f"{request.user.get_username()} may no longer authorize it")
-    if not reasons:
-        return ""
-    return f"{connection} was changed while you were authorizing it ({'; '.join(reasons)}): nothing was stored."
+    connection = request.connection
+    if refusal := authorization_refusal(connection, request.user, device=False, for_user=request.for_user):
+        return f"{connection} was changed while you were authorizing it ({refusal}): nothing was stored."
+    return ""
 
 
 def _claim_authorization_request(

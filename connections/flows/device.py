@@ -9,15 +9,14 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from connections import selectors
 from connections.audit.events import Action, Outcome, audit_record
 from connections.engine.store import connection_client_config, token_store_replacing, token_values_revoke
-from connections.errors import ConnectionActionError
+from connections.errors import ConnectionActionError, ProviderError
 from connections.flows.attempts import connection_attempt_failure_record
+from connections.flows.permission import authorization_refusal
 from connections.models import Connection, DeviceAuthorization
 from connections.notify import webhooks
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ProviderError
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +29,8 @@ Status = DeviceAuthorization.Status
 def device_authorization_start(*, connection: Connection, user: AbstractBaseUser) -> DeviceAuthorization:
     """Ask the provider for a device code and a user code; the caller queues the polling. The user's earlier
     authorization of this connection still waiting, if any, ends: one poller at the provider per person."""
-    if not connection.is_enabled:
-        raise ConnectionActionError(f"{connection} is disabled; enable it before connecting.")
-    if not selectors.user_may_authorize(user, connection):
-        raise ConnectionActionError(f"You are not allowed to authorize {connection}.")
+    if refusal := authorization_refusal(connection, user, device=True):
+        raise ConnectionActionError(f"{connection} cannot be connected now: {refusal}.")
     try:
         answer = oauth_client.device_authorization(connection_client_config(connection))
     except ProviderError as exc:
@@ -111,21 +108,12 @@ def device_authorization_poll(authorization_id: int) -> int | None:
 
 
 def _changed_since(authorization: DeviceAuthorization) -> str:
-    """Why the connection must not take this approval any more ("" when it may): the same checks as the
+    """Why the connection must not take this approval any more ("" when it may): the same rule as the
     authorization code's callback, since a token stored now goes to whoever the connection serves now."""
-    connection, started_by = authorization.connection, authorization.started_by
-    reasons = []
-    if not connection.is_enabled:
-        reasons.append("it is disabled")
-    if not connection.uses_device_code:
-        reasons.append("it no longer uses the Device Code grant")
-    if (authorization.user_id is not None) != connection.is_user_specific:
-        reasons.append("its token type changed")
-    if started_by is None or not selectors.user_may_authorize(started_by, connection):
-        reasons.append("the person who started it may no longer authorize it")
-    if not reasons:
-        return ""
-    return f"{connection} was changed while waiting for approval ({'; '.join(reasons)}): nothing was stored."
+    connection, for_user = authorization.connection, authorization.user_id is not None
+    if refusal := authorization_refusal(connection, authorization.started_by, device=True, for_user=for_user):
+        return f"{connection} was changed while waiting for approval ({refusal}): nothing was stored."
+    return ""
 
 
 def _poll_failed(authorization: DeviceAuthorization, exc: ProviderError) -> int | None:

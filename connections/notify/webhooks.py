@@ -22,8 +22,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from connections import errors
+from connections.errors import DeliveryFailed
 from connections.models import Connection, WebhookEndpoint
-from connections.outbound import policy as outbound
+from connections.outbound import policy
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +40,6 @@ TEST_EVENT = "test"
 DELIVER_TASK = "connections.tasks.webhook_deliver"
 RETRY_DELAYS = (5, 10, 20, 40, 80, 160, 320, 600)  # seconds before each retry: about 20 minutes in all
 ENVIRONMENT = 0  # the endpoint id that stands for NOTIFY_WEBHOOK_URL
-
-
-class DeliveryFailed(Exception):
-    def __init__(self, message: str, *, retry: bool) -> None:
-        super().__init__(message)
-        self.message, self.retry = message, retry
 
 
 @dataclass(frozen=True)
@@ -107,8 +103,8 @@ def webhook_deliver(endpoint_id: int, body: str) -> None:
     if target.secret:
         headers["X-ControlRoom-Signature"] = sign(body.encode(), target.secret)
     try:
-        response = outbound.policy_session().post(target.url, data=body.encode(), headers=headers)
-    except outbound.ProviderError as exc:  # refused by the outbound policy, or the deadline
+        response = policy.policy_session().post(target.url, data=body.encode(), headers=headers)
+    except errors.OutboundError as exc:  # refused by the outbound policy, or the deadline
         _record(target, f"not sent: {exc.message}")
         raise DeliveryFailed(exc.message, retry=not exc.permanent) from None
     except requests.RequestException as exc:

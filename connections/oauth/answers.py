@@ -12,7 +12,7 @@ from typing import Any
 
 import requests
 
-from connections.outbound.policy import ProviderError
+from connections.errors import ProviderError
 
 STANDARD_FIELDS = frozenset(
     {"access_token", "refresh_token", "id_token", "token_type", "scope", "expires_in", "expires_at"}
@@ -181,7 +181,9 @@ def json_object(response: requests.Response) -> dict[str, Any]:
     return body
 
 
-def token_response(token: dict[str, Any]) -> TokenResponse:
+def token_response_of(token: dict[str, Any]) -> TokenResponse:
+    """What is stored of a token URL's answer (made usable by TokenAnswers): its tokens, lifetime, scope and the
+    fields besides."""
     access_token = token.get("access_token")
     if not access_token or not isinstance(access_token, str):
         raise ProviderError(

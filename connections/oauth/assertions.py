@@ -19,16 +19,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from connections.errors import KeyProblem
+
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Short: an assertion is used once, at once. Entra accepts up to 10 minutes, Google up to an hour.
 ASSERTION_LIFETIME = 300
 MIN_RSA_BITS = 2048
 PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----[^-]+-----END \1-----")
-
-
-class KeyProblem(ValueError):
-    """What is wrong with a private key, in words for a person (never the key)."""
 
 
 @dataclass(frozen=True)

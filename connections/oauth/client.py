@@ -18,6 +18,8 @@ from oauthlib.oauth2 import BackendApplicationClient, DeviceClient, OAuth2Error,
 from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from requests_oauthlib import OAuth2Session
 
+from connections import errors
+from connections.errors import OutboundError, ProviderError
 from connections.oauth import assertions
 from connections.oauth.answers import (
     RATE_LIMITED,
@@ -29,9 +31,9 @@ from connections.oauth.answers import (
     json_object,
     provider_text,
     retry_after_seconds,
-    token_response,
+    token_response_of,
 )
-from connections.outbound.policy import ProviderError, check_url, policy_session, proxy_error
+from connections.outbound.policy import check_url, policy_session, proxy_error
 
 # What callers use of connections.oauth.answers through this module.
 __all__ = [
@@ -39,7 +41,6 @@ __all__ = [
     "RETRY_AFTER_DEFAULT",
     "RETRY_AFTER_MAX",
     "ClientConfig",
-    "ProviderError",
     "TokenResponse",
     "provider_text",
     "retry_after_seconds",
@@ -148,7 +149,7 @@ def _signed(config: ClientConfig, *, subject: str, claims: dict[str, Any] | None
             audience=config.assertion_audience or config.token_url,
             claims=claims,
         )
-    except assertions.KeyProblem as exc:
+    except errors.KeyProblem as exc:
         message = f"The connection's private key cannot sign: {exc}"
         raise ProviderError(message, error="invalid_key", permanent=True) from None
 
@@ -171,7 +172,7 @@ def _token_call(what: str, session: OAuth2Session, func: Any, *args: Any, **kwar
     """Call the token URL through oauthlib; any failure is a ProviderError that carries the refresh token the
     answer brought, if it brought one (the provider has rotated to it: it must be kept)."""
     try:
-        return token_response(_call(what, func, *args, **kwargs))
+        return token_response_of(_call(what, func, *args, **kwargs))
     except ProviderError as exc:
         exc.refresh_token = exc.refresh_token or session.token_answers.refresh_token
         raise
@@ -188,10 +189,10 @@ def _timeout_error(what: str) -> ProviderError:
 def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
     try:
         return func(*args, **kwargs)
-    except ProviderError as exc:
+    except OutboundError as exc:
         if exc.error == "timeout":  # the call's deadline (connections.outbound.policy), said of this call
             raise _timeout_error(what) from None
-        raise
+        raise ProviderError.of(exc) from None
     except OAuth2Error as exc:
         if exc.error == "missing_token" or type(exc).__name__ == "MissingTokenError":
             raise ProviderError(
@@ -205,7 +206,7 @@ def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
             status=exc.status_code,
         ) from None
     except requests.exceptions.ProxyError as exc:
-        raise proxy_error(what, exc) from None
+        raise ProviderError.of(proxy_error(what, exc)) from None
     except requests.Timeout:
         raise _timeout_error(what) from None
     except requests.exceptions.SSLError as exc:
@@ -249,7 +250,10 @@ def new_code_verifier() -> str:
 
 
 def authorization_url(config: ClientConfig, *, state: str, code_verifier: str = "") -> str:
-    check_url(config.authorization_url)
+    try:
+        check_url(config.authorization_url)
+    except OutboundError as exc:
+        raise ProviderError.of(exc) from None
     client = WebApplicationClient(config.client_id)
     params: dict[str, str] = dict(config.extra_authorization_params)
     if code_verifier:
@@ -396,7 +400,9 @@ def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:
     try:
         response = session.post(config.revocation_url, data=data, auth=auth)
     except requests.exceptions.ProxyError as exc:
-        raise proxy_error("token revocation", exc) from None
+        raise ProviderError.of(proxy_error("token revocation", exc)) from None
+    except OutboundError as exc:  # refused by the outbound policy, or its deadline
+        raise ProviderError.of(exc) from None
     except requests.RequestException as exc:
         raise ProviderError(
             f"Could not reach the provider's revocation URL ({type(exc).__name__}).",

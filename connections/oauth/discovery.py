@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from connections.errors import OutboundError, ProviderError
 from connections.oauth import client as oauth_client
-from connections.outbound.policy import ProviderError, check_url
+from connections.outbound.policy import check_url
 from providers.models import CLIENT_AUTH_METHOD_NAMES, GrantType, Provider, urls_required_by
 
 # The connection's URL fields, and the metadata that gives each (RFC 8414 section 2; RFC 7009 for revocation).
@@ -81,7 +82,7 @@ def issuer_discover(issuer: str) -> Discovered:
             raise _untrusted(f"The discovery document of {oauth_client.provider_text(issuer)} gives no {name}.")
         try:
             check_url(url)  # the outbound policy: https, or a host the operator allows
-        except ProviderError as exc:
+        except OutboundError as exc:
             raise _untrusted(f"The discovery document's {name} is refused: {exc.message}", error=exc.error) from None
         urls[field] = url
     if "token_url" not in urls:

@@ -40,6 +40,8 @@ from django_cryptography.core.signing import BadSignature, FernetSigner
 from django_cryptography.fields import EncryptedMixin
 from django_cryptography.utils.crypto import FernetBytes, InvalidToken
 
+from connections.errors import RotationError, UndecryptableValue
+
 # Hard-coded in django_cryptography.conf.CryptographyConf.configure (salt, digest and backend are settings).
 PBKDF2_ITERATIONS = 30000
 DEFAULT_BATCH_SIZE = 500
@@ -47,30 +49,6 @@ DEFAULT_BATCH_SIZE = 500
 MAX_RETRY_PASSES = 5
 
 _HEADER = struct.Struct(">cQ")  # FernetSigner: version byte, timestamp
-
-
-class RotationError(Exception):
-    """A problem the operator must fix; its text is one complete sentence (or two) without secrets."""
-
-
-class UndecryptableValue(RotationError):
-    def __init__(self, label: str, pk: Any, column: str, *, signature_ok: bool) -> None:
-        self.label, self.pk, self.column, self.signature_ok = label, pk, column, signature_ok
-        where = f"{label} row id={pk}, column {column}"
-        if signature_ok:
-            message = (
-                f"{where}: the value decrypts under neither CRYPTOGRAPHY_KEY nor any key in "
-                "CRYPTOGRAPHY_KEY_PREVIOUS. Set CRYPTOGRAPHY_KEY_PREVIOUS to the key it was encrypted under "
-                "(comma-separated, newest first) and run the command again."
-            )
-        else:
-            message = (
-                f"{where}: the value's signature does not verify under SECRET_KEY or any key in "
-                "SECRET_KEY_FALLBACKS (django-cryptography signs with SECRET_KEY), so it was written under "
-                "another SECRET_KEY or the stored bytes are damaged. Add the SECRET_KEY it was written under to "
-                "SECRET_KEY_FALLBACKS and run the command again."
-            )
-        super().__init__(message)
 
 
 @dataclass

@@ -8,8 +8,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from connections.ops import health
-from connections.ops import scrape as metrics_scrape
+from connections.ops import health, scrape
 
 
 @require_GET
@@ -24,7 +23,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         response.status_code = 401
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    body, content_type = metrics_scrape.metrics_exposition()
+    body, content_type = scrape.metrics_exposition()
     return HttpResponse(body, content_type=content_type)
 
 

@@ -20,13 +20,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from connections.errors import DeadlinePassed
+
 logger = logging.getLogger(__name__)
 
 WATCH_GRANULARITY = 0.1  # seconds: how late past its deadline a call may be cut
-
-
-class DeadlinePassed(Exception):
-    """The current call's deadline passed before a connection could be used for it."""
 
 
 @dataclass(eq=False)

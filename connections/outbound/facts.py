@@ -6,7 +6,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from connections.outbound import policy as outbound
+from connections import errors
+from connections.outbound import policy
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def policy_in_effect() -> list[PolicySetting]:
         ),
         PolicySetting(
             "Largest answer read",
-            f"{outbound.MAX_RESPONSE_BYTES // 1024} KiB",
+            f"{policy.MAX_RESPONSE_BYTES // 1024} KiB",
             "",
             "A larger answer is not a token response: the call fails rather than read on.",
         ),
@@ -94,22 +95,22 @@ def url_verdict(url: str) -> Verdict:
     """What a call to the URL would meet, by the same checks every call passes (connections.outbound.policy), in their
     order. Nothing is sent to it; with the private-address guard on, its host name is looked up, as a call would."""
     try:
-        outbound.check_url(url)
+        policy.check_url(url)
         urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number, as a call would fail
-    except outbound.ProviderError as exc:
+    except errors.OutboundError as exc:
         if exc.error == "invalid_url":
             return Verdict("not_a_url", "Not a URL", exc.message)
         return Verdict("refused_https", "Refused by the https policy", exc.message)
     except ValueError:
         return Verdict("not_a_url", "Not a URL", "Its port is not a number from 0 to 65535.")
     try:
-        outbound.check_destination(url)
-    except outbound.ProviderError as exc:
+        policy.check_destination(url)
+    except errors.OutboundError as exc:
         if exc.error == "blocked_address":
             return Verdict("refused_private", "Refused by the private-address guard", exc.message)
         return Verdict("unresolved", "Would fail now", exc.message)
     host = urlsplit(url).hostname or ""
-    if outbound.proxies_for(url):
+    if policy.proxies_for(url):
         proxy = masked_proxy_url(settings.OUTBOUND_PROXY_URL)
         return Verdict("proxy", "Allowed: through the forward proxy", f"{host} would be called through {proxy}.")
     if settings.OUTBOUND_PROXY_URL:

@@ -22,6 +22,7 @@ from requests_oauthlib import OAuth2Session
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from connections.errors import CallInTransaction, DeadlinePassed, OutboundError
 from connections.outbound import deadline
 
 logger = logging.getLogger(__name__)
@@ -31,35 +32,16 @@ MAX_RESPONSE_BYTES = 1024 * 1024
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
 
 
-class ProviderError(Exception):
-    """A provider call failed. `message` is a sentence for a person and never contains a secret.
-
-    `refresh_token`: a new refresh token the failed answer still carried. The provider has rotated to it, so it
-    must be kept even though the rest of the answer was unusable.
-    """
-
-    def __init__(
-        self, message: str, *, error: str, permanent: bool, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.error = error
-        self.permanent = permanent
-        self.status = status
-        self.retry_after = retry_after  # seconds the provider asked us to wait (HTTP 429 with Retry-After)
-        self.refresh_token = ""
-
-
 def check_url(url: str) -> None:
     """https only, except hosts the operator allows over http (loopback in development)."""
     try:
         parts = urlsplit(url)
         parts.hostname  # noqa: B018 - raises ValueError for a malformed bracketed host
     except ValueError:
-        raise ProviderError("This is not a valid URL.", error="invalid_url", permanent=True) from None
+        raise OutboundError("This is not a valid URL.", error="invalid_url", permanent=True) from None
     if not parts.scheme or not parts.hostname:
         shown = "".join(char if char.isprintable() else " " for char in url)[:100]
-        raise ProviderError(
+        raise OutboundError(
             f"{shown!r} is not a URL: give the whole address, e.g. https://login.example.com/oauth/token.",
             error="invalid_url",
             permanent=True,
@@ -68,7 +50,7 @@ def check_url(url: str) -> None:
         return
     if parts.scheme == "http" and parts.hostname and _allowed_host(parts.hostname):
         return
-    raise ProviderError(
+    raise OutboundError(
         f"Refused to call {parts.scheme}://{parts.hostname or ''}: provider URLs must use https "
         "(plain http is allowed only for hosts in OUTBOUND_HTTP_ALLOWED_HOSTS).",
         error="insecure_url",
@@ -133,8 +115,8 @@ def blocked_kind(address: str) -> str:
     return "a non-public"
 
 
-def _blocked_error(scheme: str, host: str, kind: str) -> ProviderError:
-    return ProviderError(
+def _blocked_error(scheme: str, host: str, kind: str) -> OutboundError:
+    return OutboundError(
         f"Refused to call {scheme}://{host}: it resolves to {kind} address, and OUTBOUND_BLOCK_PRIVATE_ADDRESSES "
         "forbids calling those (list the host in OUTBOUND_HTTP_ALLOWED_HOSTS to allow it).",
         error="blocked_address",
@@ -154,7 +136,7 @@ def check_destination(url: str) -> None:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except (OSError, UnicodeError, ValueError):
-        raise ProviderError(
+        raise OutboundError(
             f"Could not resolve {host} to check it against OUTBOUND_BLOCK_PRIVATE_ADDRESSES.",
             error="dns_failure",
             permanent=False,
@@ -165,12 +147,8 @@ def check_destination(url: str) -> None:
             raise _blocked_error(parts.scheme, host, kind)
 
 
-class CallInTransaction(RuntimeError):
-    """A provider was about to be called while a database transaction was open (a programming error)."""
-
-
-def _deadline_error() -> ProviderError:
-    return ProviderError(
+def _deadline_error() -> OutboundError:
+    return OutboundError(
         f"The provider did not answer within {settings.OUTBOUND_TIMEOUT:g} seconds.", error="timeout", permanent=False
     )
 
@@ -265,7 +243,7 @@ def _read_bounded(response: requests.Response, call: deadline.Call) -> None:
         size += len(chunk)
         if size > MAX_RESPONSE_BYTES:
             response.close()
-            raise ProviderError(
+            raise OutboundError(
                 f"The provider's answer was too large (over {MAX_RESPONSE_BYTES // 1024} KiB); it is not a token "
                 "response.",
                 error="invalid_response",
@@ -287,8 +265,8 @@ def _proxy_label() -> str:
     return f"{proxy.hostname}:{proxy.port}"
 
 
-def proxy_auth_error() -> ProviderError:
-    return ProviderError(
+def proxy_auth_error() -> OutboundError:
+    return OutboundError(
         f"The outbound proxy {_proxy_label()} refused authentication (HTTP 407 Proxy Authentication Required): "
         "check the user and password in OUTBOUND_PROXY_URL.",
         error="proxy_authentication_failed",
@@ -297,11 +275,11 @@ def proxy_auth_error() -> ProviderError:
     )
 
 
-def proxy_error(what: str, exc: requests.exceptions.ProxyError) -> ProviderError:
+def proxy_error(what: str, exc: requests.exceptions.ProxyError) -> OutboundError:
     # urllib3 reports a refused CONNECT as "Tunnel connection failed: 407 Proxy Authentication Required".
     if re.search(r"Tunnel connection failed: 407\b", str(exc)):
         return proxy_auth_error()
-    return ProviderError(
+    return OutboundError(
         f"Could not reach the provider for the {what} through the outbound proxy {_proxy_label()} (the proxy "
         "refused or dropped the connection).",
         error="proxy_error",
@@ -340,7 +318,7 @@ class PolicySession(OAuth2Session):
         with deadline.call_deadline(settings.OUTBOUND_TIMEOUT) as call:
             try:
                 return super().request(*args, **kwargs)
-            except deadline.DeadlinePassed:
+            except DeadlinePassed:
                 raise _deadline_error() from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
                 if call.expired or call.remaining() <= 0:  # the watchdog, or a socket timeout at the deadline

@@ -12,17 +12,17 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from connections import selectors
-from connections.models import AuditEvent, Connection, OAuthToken, TokenState
+from connections.models import AuditEvent, Connection, ConnectionStatus, OAuthToken, TokenState
 from connections.ops import health
 
 HOURS_BACK = 24
 HOURS_AHEAD = 12
 STATUS_COLOURS = {
-    "connected": "#2e7d32",
-    "refresh_failing": "#ef6c00",
-    "reauthorization_required": "#c62828",
-    "not_connected": "#757575",
-    "disabled": "#bdbdbd",
+    ConnectionStatus.CONNECTED: "#2e7d32",
+    ConnectionStatus.REFRESH_FAILING: "#ef6c00",
+    ConnectionStatus.REAUTHORIZATION_REQUIRED: "#c62828",
+    ConnectionStatus.NOT_CONNECTED: "#757575",
+    ConnectionStatus.DISABLED: "#bdbdbd",
 }
 SUCCESS, FAILURE = "#2e7d32", "#c62828"
 

@@ -20,8 +20,8 @@ from connections import selectors, services
 from connections.errors import ConnectionActionError
 from connections.flows import authorization, device
 from connections.http import client_address
-from connections.models import Connection, DeviceAuthorization, OAuthToken
-from connections.outbound import facts as outbound_facts
+from connections.models import Connection, ConnectionStatus, DeviceAuthorization, OAuthToken
+from connections.outbound import facts
 
 DEVICE_POLL_TASK = "connections.tasks.device_authorization_poll"
 
@@ -143,8 +143,7 @@ def oauth_callback(request: HttpRequest) -> HttpResponse:
     return redirect(result.return_url)
 
 
-MY_STATUSES = [(code, code.replace("_", " ").capitalize()) for code in selectors.STATUSES]
-DISABLED = selectors.Status("disabled", "Disabled by an administrator")
+DISABLED = selectors.Status(ConnectionStatus.DISABLED, "Disabled by an administrator")
 
 
 @require_GET
@@ -154,12 +153,12 @@ def my_connections(request: HttpRequest) -> HttpResponse:
     slug, provider, description) and filtered by status with GET parameters, so a filtered list has a URL."""
     search = request.GET.get("q", "").strip()[:200]
     status = request.GET.get("status", "")
-    status = status if status in selectors.STATUSES else ""
+    status = status if status in ConnectionStatus.values else ""
     context = {
         "rows": _my_connection_rows(request.user, search, status),
         "search": search,
         "status": status,
-        "statuses": MY_STATUSES,
+        "statuses": ConnectionStatus.choices,
         "title": "My OAuth connections",
         "site_header": "Control Room",
     }
@@ -223,9 +222,9 @@ def outbound_page(request: HttpRequest) -> HttpResponse:
     context = {
         **admin.site.each_context(request),
         "title": "Outbound calls",
-        "policy": outbound_facts.policy_in_effect(),
+        "policy": facts.policy_in_effect(),
         "may_check": may_check,
         "url": url,
-        "verdict": outbound_facts.url_verdict(url) if url else None,
+        "verdict": facts.url_verdict(url) if url else None,
     }
     return TemplateResponse(request, "admin/connections/outbound.html", context)

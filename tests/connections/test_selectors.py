@@ -7,7 +7,7 @@ from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.utils import timezone
 
 from connections import selectors
-from connections.models import Connection, OAuthToken, TokenState
+from connections.models import Connection, ConnectionStatus, OAuthToken, TokenState
 
 pytestmark = pytest.mark.django_db
 
@@ -210,3 +210,18 @@ def test_a_refresh_already_due_says_so(make_connection):
     connection = make_connection(register=False)
     _token(connection, next_refresh_at=timezone.now() - timedelta(seconds=5))
     assert selectors.token_summary(connection).next_refresh_text == "due now"
+
+
+def test_the_sql_and_the_python_judge_every_state_alike(every_kind_of_connection):
+    # given connections of both token types in every status, and the odd ones (connections/conftest.py)
+    made = every_kind_of_connection
+    # when each is judged in Python (a row of the list) and in SQL (the filter, the counts)
+    in_python = {connection.pk: selectors.connection_status(connection).code for connection in made.values()}
+    in_sql = dict(
+        Connection.objects.filter(pk__in=in_python)
+        .annotate(status=selectors.connection_status_expression())
+        .values_list("pk", "status")
+    )
+    # then they agree on every one, and every status is among them
+    assert in_sql == in_python
+    assert set(in_python.values()) == set(ConnectionStatus)

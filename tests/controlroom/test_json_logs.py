@@ -11,7 +11,7 @@ from django.conf import settings
 from django.test import Client
 
 from connections.engine.refresh import token_refresh
-from connections.outbound.policy import ProviderError
+from connections.errors import ProviderError
 from tests.conftest import shared_token
 
 pytestmark = pytest.mark.django_db

@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from connections.endpoint.bot_keys import bot_key_create
 from connections.engine.refresh import token_refresh
+from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken
-from connections.oauth.client import ProviderError
 from controlroom.logging import redact
 from tests.conftest import PROVIDER_USER, authorize
 

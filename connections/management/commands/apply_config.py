@@ -3,7 +3,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from connections.config.apply import ConfigError, config_apply, config_plan
+from connections.config.apply import config_apply, config_plan
+from connections.errors import ConfigError
 
 
 class Command(BaseCommand):

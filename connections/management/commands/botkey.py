@@ -49,7 +49,7 @@ class Command(BaseCommand):
         if username:
             keys = keys.filter(user__username=username)
         for key in keys:
-            state = "revoked" if key.revoked_at else ("active" if key.is_active else "expired")
+            state = key.state()
             used = f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never"
             self.stdout.write(f"{key.key_id}  {state:8}  {key.user.get_username():20}  last used {used}  {key.name}")
 

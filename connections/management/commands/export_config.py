@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 from django.core.management.base import BaseCommand
 
-from connections.config.apply import config_export
+from connections.config.export import config_export
 
 
 class Command(BaseCommand):

@@ -3,7 +3,8 @@ from argparse import ArgumentParser
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS
 
-from connections.ops.key_rotation import DEFAULT_BATCH_SIZE, RotationError, TableProgress, rotate_encryption_key
+from connections.errors import RotationError
+from connections.ops.key_rotation import DEFAULT_BATCH_SIZE, TableProgress, rotate_encryption_key
 
 
 class Command(BaseCommand):

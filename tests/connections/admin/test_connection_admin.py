@@ -20,6 +20,8 @@ from providers.models import Provider
 from tests.conftest import authorize, get_token, messages_of, shared_token, stored_rows, wait_for
 
 pytestmark = pytest.mark.django_db
+# Save and test calls the provider once the admin's transaction has committed: these tests commit theirs.
+AFTER_COMMIT = pytest.mark.django_db(transaction=True)
 
 
 def _form(provider: str, **overrides: str) -> dict[str, str]:
@@ -157,6 +159,7 @@ def test_change_page_shows_redirect_uri_status_and_roles(manager_client, make_co
     assert token.access_token not in page and token.refresh_token not in page
 
 
+@AFTER_COMMIT
 def test_save_and_test_fetches_a_client_credentials_token(manager_client, make_connection, authserver):
     connection = make_connection(grant_type="client_credentials", scopes="read")
     data = _edit_form(connection, _test="Save and test connection")
@@ -167,6 +170,7 @@ def test_save_and_test_fetches_a_client_credentials_token(manager_client, make_c
     assert authserver.stats()["token_requests"]["client_credentials"] == 1
 
 
+@AFTER_COMMIT
 def test_save_and_test_reports_bad_client_credentials(manager_client, make_connection, authserver):
     connection = make_connection(grant_type="client_credentials", client_secret="wrong")
     data = _edit_form(connection, authorization_url="", scopes="read", _test="Save and test connection")
@@ -175,6 +179,7 @@ def test_save_and_test_reports_bad_client_credentials(manager_client, make_conne
     assert shared_token(connection) is None
 
 
+@AFTER_COMMIT
 def test_save_and_test_on_an_unauthorized_code_connection_says_to_connect(manager_client, make_connection):
     connection = make_connection(register=False)
     data = _edit_form(connection, _test="Save and test connection")

@@ -14,64 +14,26 @@ from django.utils import timezone
 from connections import selectors
 from connections.audit import events as audit
 from connections.cache import token_cache
-from connections.flows.attempts import connection_attempt_failed
-from connections.models import AuditEvent, Connection, OAuthToken, TokenState
+from connections.models import AuditEvent, Connection, ConnectionStatus
 from connections.web.forms import ConnectionForm
 from tests.conftest import get_token
 from tests.connections.admin.test_connection_admin import _edit_form
+from tests.connections.conftest import stored_token
 
 pytestmark = pytest.mark.django_db
 
 LIST = "/admin/connections/connection/"
 
 
-def _token(connection: Connection, **fields: object) -> OAuthToken:
-    expires_at = timezone.now() + timedelta(hours=1)
-    return OAuthToken.objects.create(connection=connection, access_token="a", expires_at=expires_at, **fields)
-
-
-def _every_kind_of_connection(make_connection, make_user) -> dict[str, Connection]:
-    """Shared and user-specific connections in every status, and the odd ones: a token of the other kind left
-    from before the token type was changed, a failed test, a disabled connection with a working token."""
-    made: dict[str, Connection] = {}
-
-    def shared(name: str, *token_states: str, **fields: object) -> None:
-        made[name] = make_connection(register=False, **fields)
-        for state in token_states:
-            _token(made[name], state=state)
-
-    def own(name: str, *token_states: str, **fields: object) -> None:
-        made[name] = make_connection(register=False, token_type="user_specific", **fields)
-        for state in token_states:
-            _token(made[name], user=make_user(), state=state)
-
-    shared("shared connected", TokenState.ACTIVE)
-    shared("shared refresh failing", TokenState.REFRESH_FAILING)
-    shared("shared reauthorization required", TokenState.REAUTHORIZATION_REQUIRED)
-    shared("shared never connected")
-    shared("shared disabled", TokenState.ACTIVE, is_enabled=False)
-    shared("shared test failed", grant_type="client_credentials")
-    connection_attempt_failed(connection=made["shared test failed"], message="Save and test: invalid_client.")
-    made["shared test failed"].refresh_from_db()
-    shared("shared, only a user's token left")
-    _token(made["shared, only a user's token left"], user=make_user())
-    own("user-specific, two users", TokenState.ACTIVE, TokenState.REAUTHORIZATION_REQUIRED)
-    own("user-specific, nobody yet")
-    own("user-specific disabled", TokenState.ACTIVE, is_enabled=False)
-    own("user-specific, only a shared token left")
-    _token(made["user-specific, only a shared token left"])
-    return made
-
-
 def test_the_status_filter_yields_exactly_the_connections_whose_status_column_says_so(
-    manager_client, make_connection, make_user
+    manager_client, every_kind_of_connection
 ):
     # given connections of both token types in every status
-    made = _every_kind_of_connection(make_connection, make_user)
+    made = every_kind_of_connection
     column = {connection.pk: selectors.connection_status(connection) for connection in made.values()}
-    assert {status.code for status in column.values()} == set(selectors.STATUSES)  # every status is tried
+    assert {status.code for status in column.values()} == set(ConnectionStatus)  # every status is tried
     assert column[made["shared test failed"].pk].label == "Not connected — last attempt failed"
-    for code in selectors.STATUSES:
+    for code in ConnectionStatus:
         # when the administrator filters the list by that status
         response = manager_client.get(LIST, {"status": code})
         # then it lists exactly the connections whose status column says so, and the column says it
@@ -82,11 +44,11 @@ def test_the_status_filter_yields_exactly_the_connections_whose_status_column_sa
             assert str(column[pk]).split(",")[0] in page
     # and the dashboard's counts are the same statuses
     counts = selectors.connection_status_counts()
-    assert counts == {code: sum(status.code == code for status in column.values()) for code in selectors.STATUSES}
+    assert counts == {code: sum(status.code == code for status in column.values()) for code in ConnectionStatus}
 
 
-def test_the_status_filter_filters_in_the_database(manager_client, make_connection, make_user):
-    made = _every_kind_of_connection(make_connection, make_user)
+def test_the_status_filter_filters_in_the_database(manager_client, every_kind_of_connection):
+    made = every_kind_of_connection
     with CaptureQueriesContext(db) as queries:
         response = manager_client.get(LIST, {"status": "reauthorization_required"})
     assert list(response.context["cl"].result_list) == [made["shared reauthorization required"]]
@@ -105,7 +67,7 @@ def _listed_connection(make_connection, make_user, number: int) -> Connection:
     connection = make_connection(register=False, token_type="user_specific" if number % 2 else "shared")
     role = Group.objects.create(name=f"Role {number}")
     connection.roles.add(role, Group.objects.create(name=f"Other role {number}"))
-    _token(connection, user=make_user() if number % 2 else None, last_error="HTTP 503.", consecutive_failures=2)
+    stored_token(connection, user=make_user() if number % 2 else None, last_error="HTTP 503.", consecutive_failures=2)
     return connection
 
 

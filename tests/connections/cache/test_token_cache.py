@@ -18,8 +18,8 @@ from connections import services
 from connections.cache import token_cache
 from connections.endpoint.bot_keys import bot_key_create, bot_key_revoke
 from connections.engine.refresh import token_refresh
+from connections.errors import ProviderError
 from connections.models import AnswerVersion, AuditEvent, OAuthToken, Role
-from connections.oauth.client import ProviderError
 from tests.conftest import get_token, shared_token
 
 pytestmark = pytest.mark.django_db

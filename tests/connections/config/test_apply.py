@@ -8,7 +8,9 @@ import pytest
 import yaml
 from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from connections.config.apply import config_apply, config_plan
 from connections.models import AuditEvent, Connection
 
 pytestmark = pytest.mark.django_db
@@ -125,6 +127,26 @@ def test_an_edit_is_an_update(config, monkeypatch):
     assert (salesforce.description, salesforce.client_secret) == ("Finance org (EU)", "rotated-secret")
 
 
+def test_applying_keeps_what_the_engine_wrote_after_the_plan_was_made(config):
+    # given a connection applied once, and the plan of a changed file, made (read) now
+    path = config()
+    apply(path)
+    changed = config(EXAMPLE.replace("description: Finance org", "description: Finance org (EU)"))
+    plan = config_plan(changed.read_text(), base_dir=changed.parent)
+    # when, before the plan is written, bots get tokens and a Connect fails (the engine writes those fields)
+    issued_at = timezone.now()
+    Connection.objects.filter(slug="salesforce-prod").update(
+        last_token_issued_at=issued_at, last_failure="Connect: access_denied", last_failure_at=issued_at,
+        failures_in_a_row=2,
+    )  # fmt: skip
+    config_apply(plan)
+    # then the file's change is stored, and what the engine wrote meanwhile is still there
+    salesforce = Connection.objects.get(slug="salesforce-prod")
+    assert salesforce.description == "Finance org (EU)"
+    engine_wrote = (salesforce.last_token_issued_at, salesforce.last_failure, salesforce.failures_in_a_row)
+    assert engine_wrote == (issued_at, "Connect: access_denied", 2)
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(config):
     output = apply(config(), "--dry-run")
     assert "create    connection salesforce-prod" in output and "create    role Finance bots" in output
@@ -139,11 +161,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(config):
         (("provider: salesforce", "provider: salesfroce"), "provider 'salesfroce' is not a provider type"),
         (
             ("placeholders: {yourinstance: acme}\n    grant_type: authorization_code_pkce", "grant_type: implicit"),
-            "grant_type: Select a valid choice",
+            "grant_type: Value 'implicit' is not a valid choice",
         ),
         (("placeholders: {yourinstance: acme}\n    grant", "grant"), "placeholders.yourinstance: Salesforce needs"),
         (("users: [finance-bot]", "users: [finance-bot, ghost]"), "user 'ghost' is neither in the users section"),
-        (("grant_type: authorization_code_pkce", "grant_type: implicit"), "grant_type: Select a valid choice"),
+        (
+            ("grant_type: authorization_code_pkce", "grant_type: implicit"),
+            "grant_type: Value 'implicit' is not a valid choice",
+        ),
         (
             ("name: Okta service", "name: Okta service\n    slug: salesforce-prod"),
             "slug salesforce-prod is used by another",
@@ -157,7 +182,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(config):
             "unknown permission 'admin_everything'",
         ),
         (("connections: [salesforce-prod]", "connections: [no-such]"), "connection 'no-such' is neither"),
-        (("token_type: shared", "token_type: personal"), "token_type: Select a valid choice"),
+        (("token_type: shared", "token_type: personal"), "token_type: Value 'personal' is not a valid choice"),
         (("description: Finance org", "descripton: Finance org"), "unknown key(s) descripton"),
     ],
 )  # fmt: skip

@@ -6,7 +6,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 
-from connections.endpoint.bot_keys import BotKeyRejected, bot_key_check, presented_key
+from connections.endpoint.bot_keys import bot_key_check, presented_key
+from connections.errors import BotKeyRejected
 from connections.models import AuditEvent, BotKey
 
 pytestmark = pytest.mark.django_db

@@ -31,6 +31,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from connections import errors
 from connections.endpoint import issuing
 from connections.endpoint.bot_keys import bot_key_create, bot_key_revoke
 from connections.engine import store as tokens
@@ -811,7 +812,7 @@ def _check_accepted(connection: Connection, posted_secret: Any, secret_before: s
         if url or label in required:
             try:
                 outbound.check_url(url)
-            except oauth_client.ProviderError as exc:
+            except errors.ProviderError as exc:
                 pytest.fail(f"accepted a {label} URL the client refuses: {url!r} ({exc.message})")
     assert set(connection.placeholders) <= set(provider.placeholders), connection.placeholders
     for value in connection.placeholders.values():

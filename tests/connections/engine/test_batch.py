@@ -22,9 +22,9 @@ from connections import tasks
 from connections.audit.events import audit_event_row
 from connections.engine import batch as refresh_batch
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ProviderError
 from connections.ops import health
 from tests.conftest import authorize, get_token, refresh_shared_token, shared_token, wait_for
 

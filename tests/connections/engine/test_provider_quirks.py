@@ -20,8 +20,8 @@ from django.utils import timezone
 from connections import selectors, services
 from connections.engine import batch as refresh_batch
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import Connection
-from connections.outbound.policy import ProviderError
 from providers.models import Provider
 from tests.conftest import authorize, get_token, shared_token
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from connections import tasks
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import OAuthToken
-from connections.oauth.client import ProviderError
 from tests.conftest import authorize, refresh_shared_token, shared_token
 
 pytestmark = pytest.mark.django_db

@@ -14,8 +14,8 @@ from django.db import connections as db_connections
 
 from connections import services
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken, TokenState
-from connections.oauth.client import ProviderError
 from tests.conftest import authorize, shared_token, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -29,9 +29,10 @@ from hypothesis.stateful import (
 from connections import services
 from connections.engine import refresh
 from connections.engine import store as tokens
+from connections.errors import ProviderError
 from connections.models import OAuthToken, TokenState
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ProviderError, TokenResponse
+from connections.oauth.client import TokenResponse
 from tests.conftest import authorize, shared_token
 
 pytestmark = pytest.mark.django_db

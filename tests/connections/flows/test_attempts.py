@@ -37,6 +37,7 @@ def _list_row(client, connection: Connection) -> str:
     return re.search(rf"<tr>(?:(?!</tr>).)*?>{re.escape(connection.name)}<br>.*?</tr>", page, re.S).group()
 
 
+@pytest.mark.django_db(transaction=True)  # Save and test runs once the admin's transaction commits
 def test_a_failed_save_and_test_stays_on_the_page_and_in_the_list_until_a_test_passes(
     manager_client, make_connection, authserver
 ):

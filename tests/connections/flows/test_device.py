@@ -10,10 +10,10 @@ from django.utils import timezone
 
 from connections.engine import refresh
 from connections.engine.store import connection_client_config
+from connections.errors import ProviderError
 from connections.flows import device
 from connections.models import DeviceAuthorization
 from connections.oauth import client as oauth_client
-from connections.outbound.policy import ProviderError
 from connections.web import views
 from tests.conftest import PROVIDER_USER, messages_of, shared_token, wait_for
 

@@ -15,9 +15,9 @@ import pytest
 from django.contrib.auth.models import Group, Permission
 from django.utils import timezone
 
+from connections.errors import ProviderError
 from connections.notify import webhooks
 from connections.notify.managers import manager_emails, notify_managers
-from connections.oauth.client import ProviderError
 from tests.conftest import refresh_shared_token
 from tests.controlroom.helpers import closed_port
 from tests.support.receiver import WebhookReceiver

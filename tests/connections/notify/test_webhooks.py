@@ -11,9 +11,9 @@ import pytest
 
 from connections import services
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import WebhookEndpoint
 from connections.notify import webhooks
-from connections.outbound.policy import ProviderError
 from tests.conftest import authorize, shared_token, wait_for
 from tests.support.receiver import WebhookReceiver
 

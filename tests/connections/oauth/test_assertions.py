@@ -19,9 +19,9 @@ from django.core.management import CommandError, call_command
 
 from connections import services
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import AuditEvent, Connection, TokenState
 from connections.oauth import assertions
-from connections.outbound.policy import ProviderError
 from tests.conftest import PROVIDER_USER, authorize, get_token, messages_of, shared_token
 
 pytestmark = pytest.mark.django_db

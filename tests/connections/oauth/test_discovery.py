@@ -8,9 +8,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from connections.engine.store import connection_client_config
+from connections.errors import ProviderError
 from connections.models import Connection
 from connections.oauth import client as oauth_client
-from connections.outbound.policy import ProviderError
 from providers.models import Provider
 from tests.conftest import authorize, messages_of, refresh_shared_token
 from tests.support.authserver import AuthServer

@@ -23,15 +23,10 @@ from django.utils import timezone
 from django_cryptography.core.signing import FernetSigner
 from django_cryptography.utils.crypto import FernetBytes, InvalidToken
 
+from connections.errors import RotationError
 from connections.models import AuthorizationRequest, Connection, DeviceAuthorization, OAuthToken, WebhookEndpoint
 from connections.ops import key_rotation
-from connections.ops.key_rotation import (
-    RotationError,
-    derive_key,
-    encrypted_tables,
-    fernet_for,
-    rotate_encryption_key,
-)
+from connections.ops.key_rotation import derive_key, encrypted_tables, fernet_for, rotate_encryption_key
 from providers.models import Provider
 
 pytestmark = pytest.mark.django_db

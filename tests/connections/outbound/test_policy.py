@@ -29,12 +29,13 @@ from cryptography.x509.oid import NameOID
 from django.db import transaction
 from oauthlib.oauth2 import BackendApplicationClient
 
-from connections import services
+from connections import errors, services
 from connections.engine import refresh
+from connections.errors import ProviderError
 from connections.models import AuditEvent, Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ClientConfig, ProviderError
+from connections.oauth.client import ClientConfig
 from connections.outbound import policy as outbound_policy
 from tests.conftest import authorize, connect, messages_of, shared_token
 from tests.support.forward_proxy import ForwardProxy, Seen
@@ -657,7 +658,7 @@ def test_a_provider_call_inside_a_transaction_is_refused(outbound, plain_server)
     # A provider call holds whatever the transaction locked for as long as the provider takes, and a rotated
     # refresh token is lost if the transaction then rolls back: in tests and DEBUG it is a programming error.
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
-    with pytest.raises(outbound_policy.CallInTransaction), transaction.atomic():
+    with pytest.raises(errors.CallInTransaction), transaction.atomic():
         oauth_client.client_credentials(_config(plain_server.url("/token")))
     assert plain_server.hits == []
     # Outside a transaction (the test's own does not count) the same call goes out.

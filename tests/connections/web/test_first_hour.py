@@ -4,7 +4,8 @@ answers, and what a URL that is not one is called."""
 import pytest
 from django.test import Client
 
-from connections.outbound.policy import ProviderError, check_url
+from connections.errors import OutboundError
+from connections.outbound.policy import check_url
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +32,7 @@ def test_the_root_leads_administrators_to_the_admin_and_others_to_their_connecti
 
 @pytest.mark.parametrize("typed", ["login.example.com/oauth/token", "/oauth/token", "https://"])
 def test_a_url_that_is_not_one_is_called_so(typed):
-    with pytest.raises(ProviderError, match="is not a URL: give the whole address"):
+    with pytest.raises(OutboundError, match="is not a URL: give the whole address"):
         check_url(typed)
 
 

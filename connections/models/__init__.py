@@ -1,0 +1,33 @@
+"""Control Room's models, one module a subject; imported here so that Django and the code find them in one place."""
+
+from connections.models.access import BotKey, Role, sha256_digest
+from connections.models.connection import FEATURE_PERMISSIONS, Connection, ConnectionStatus, TokenType
+from connections.models.flows import AuthorizationRequest, DeviceAuthorization
+from connections.models.records import (
+    AnswerVersion,
+    AuditEvent,
+    BeatHeartbeat,
+    FailedAuthenticationWindow,
+    WebhookEndpoint,
+)
+from connections.models.token import OAuthToken, TokenState, token_valid_for
+
+__all__ = [
+    "FEATURE_PERMISSIONS",
+    "AnswerVersion",
+    "AuditEvent",
+    "AuthorizationRequest",
+    "BeatHeartbeat",
+    "BotKey",
+    "Connection",
+    "ConnectionStatus",
+    "DeviceAuthorization",
+    "FailedAuthenticationWindow",
+    "OAuthToken",
+    "Role",
+    "TokenState",
+    "TokenType",
+    "WebhookEndpoint",
+    "sha256_digest",
+    "token_valid_for",
+]

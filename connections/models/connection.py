@@ -1,0 +1,180 @@
+"""Connections: what an administrator creates, its token type and its derived status."""
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django_cryptography.fields import encrypt
+
+from providers.models import APP_GRANTS, PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, split_scopes
+
+# The feature permissions a role carries (codename: label); Django permissions of the Connection model.
+FEATURE_PERMISSIONS = {
+    "manage_connections": "Manage connections (create, edit, connect, delete)",
+    "view_connections": "View connections and their status",
+}
+
+
+class TokenType(models.TextChoices):
+    # Short: they are a list column; Connection.token_type's help text explains them.
+    SHARED = "shared", "Shared"
+    USER_SPECIFIC = "user_specific", "User-specific"
+
+
+class ConnectionStatus(models.TextChoices):
+    """A connection's status, derived from its tokens (connections.selectors judges it, in Python for a row and in
+    SQL for a filter or a count): the one vocabulary of the list, its filter, the dashboard, My connections and
+    /metrics."""
+
+    CONNECTED = "connected", "Connected"
+    REFRESH_FAILING = "refresh_failing", "Refresh failing"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required", "Reauthorization required"
+    NOT_CONNECTED = "not_connected", "Not connected"
+    DISABLED = "disabled", "Disabled"
+
+
+class Connection(models.Model):
+    name = models.CharField(max_length=120, unique=True)
+    slug = models.SlugField(max_length=120, unique=True, help_text="Bots ask for tokens by this name.")
+    description = models.TextField(blank=True)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="connections")
+    placeholders = models.JSONField(
+        default=dict, blank=True, help_text="Values for the provider's URL placeholders, e.g. yourinstance."
+    )
+    grant_type = models.CharField(max_length=30, choices=GrantType.choices, default=GrantType.AUTHORIZATION_CODE)
+    token_type = models.CharField(
+        max_length=20,
+        choices=TokenType.choices,
+        default=TokenType.SHARED,
+        help_text="Shared: one token, authorized by an administrator, for unattended bots. User-specific: each "
+        "invited user authorizes their own token, and a bot gets the token of its key's user.",
+    )
+    client_id = models.CharField(max_length=500)
+    client_secret = encrypt(models.TextField(blank=True))
+    client_auth_method = models.CharField(
+        "client authentication",
+        max_length=20,
+        choices=ClientAuthMethod.choices,
+        blank=True,
+        help_text="How the client authenticates at the token URL. Blank: as the provider type does.",
+    )
+    private_key = encrypt(models.TextField(blank=True))  # PEM, for signed assertions; write-only like the secret
+    private_key_id = models.CharField(
+        "key ID",
+        max_length=200,
+        blank=True,
+        help_text="Sent as the kid of the signed assertions, if the provider wants one.",
+    )
+    jwt_subject = models.CharField(
+        "JWT subject",
+        max_length=320,
+        blank=True,
+        help_text="JWT Bearer: whom the assertion acts as (its sub), e.g. a Google Workspace user to impersonate or a "
+        "Salesforce username. Blank: the client ID.",
+    )
+    authorization_url = models.CharField(
+        max_length=500, blank=True, help_text="Leave blank to use the provider type's URL."
+    )
+    token_url = models.CharField(max_length=500, blank=True, help_text="Leave blank to use the provider type's URL.")
+    revocation_url = models.CharField(
+        max_length=500, blank=True, help_text="Leave blank to use the provider type's URL, if it has one."
+    )
+    device_authorization_url = models.CharField(
+        max_length=500, blank=True, help_text="Device Code grant: leave blank to use the provider type's URL."
+    )
+    issuer = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The authorization server's issuer identifier. When set, an authorization answer that names "
+        "another issuer (RFC 9207 iss) is refused.",
+    )
+    scopes = models.CharField(
+        max_length=2000, blank=True, help_text="Comma-separated, e.g. api,refresh_token,offline_access."
+    )
+    extra_authorization_params = models.JSONField(
+        default=dict, blank=True, help_text='Added to the authorization URL, e.g. {"prompt": "consent"}.'
+    )
+    default_token_lifetime = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds to assume when the provider sends no expires_in."
+    )
+    is_enabled = models.BooleanField(default=True, help_text="A disabled connection gives no tokens to anyone.")
+    roles = models.ManyToManyField(
+        Group, blank=True, related_name="connections", verbose_name="roles invited to use it"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # A failed Save and test or Connect that stored no token: kept here, as no token row holds it (a token's own
+    # failures are the token's). Written with update(), so the token endpoint's cached answers stay valid.
+    last_failure = models.TextField(blank=True, help_text="The last failed test or connect, in words.")
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    failures_in_a_row = models.PositiveIntegerField(default=0)
+    # Moved forward by the batched audit of successful token requests (connections.audit.rows), off the hot path.
+    last_token_issued_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        default_permissions = ()
+        permissions = list(FEATURE_PERMISSIONS.items())
+
+    def __str__(self) -> str:
+        return self.name
+
+    def _fill(self, template: str) -> str:
+        return PLACEHOLDER_PATTERN.sub(lambda match: self.placeholders.get(match.group(1), match.group(0)), template)
+
+    # A typed URL may use placeholders too; either way what is called is exactly what the form checked.
+    @property
+    def effective_authorization_url(self) -> str:
+        return self._fill(self.authorization_url or self.provider.authorization_url)
+
+    @property
+    def effective_token_url(self) -> str:
+        return self._fill(self.token_url or self.provider.token_url)
+
+    @property
+    def effective_revocation_url(self) -> str:
+        return self._fill(self.revocation_url or self.provider.revocation_url)
+
+    @property
+    def effective_device_authorization_url(self) -> str:
+        return self._fill(self.device_authorization_url or self.provider.device_authorization_url)
+
+    @property
+    def effective_refresh_url(self) -> str:
+        return self._fill(self.provider.refresh_url) or self.effective_token_url
+
+    @property
+    def effective_assertion_audience(self) -> str:
+        return self._fill(self.provider.assertion_audience) or self.effective_token_url
+
+    @property
+    def effective_client_auth_method(self) -> str:
+        return self.client_auth_method or self.provider.client_auth_method
+
+    @property
+    def scope_list(self) -> list[str]:
+        if self.scopes.strip():
+            return split_scopes(self.scopes)
+        return split_scopes(self._fill(self.provider.default_scopes_for(self.grant_type)))
+
+    @property
+    def uses_authorization_code(self) -> bool:
+        return self.grant_type not in APP_GRANTS
+
+    @property
+    def uses_device_code(self) -> bool:
+        return self.grant_type == GrantType.DEVICE_CODE
+
+    @property
+    def uses_pkce(self) -> bool:
+        return self.grant_type == GrantType.AUTHORIZATION_CODE_PKCE
+
+    @property
+    def is_user_specific(self) -> bool:
+        return self.token_type == TokenType.USER_SPECIFIC
+
+    @property
+    def token_lifetime_default(self) -> int:
+        return self.default_token_lifetime or self.provider.default_token_lifetime or settings.DEFAULT_TOKEN_LIFETIME

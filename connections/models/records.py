@@ -1,0 +1,118 @@
+"""What is recorded: the audit log and its failed-authentication windows, beat's heartbeat, the token endpoint's answer
+version, the webhook endpoints."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django_cryptography.fields import encrypt
+
+from connections.models.connection import Connection
+
+
+class AuditEvent(models.Model):
+    """Append-only record of what happened to connections and tokens. Never holds a secret."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILURE = "failure", "Failure"
+
+    class Action(models.TextChoices):
+        AUTHORIZE_START = "authorize_start", "Authorization started"
+        AUTHORIZE_CALLBACK = "authorize_callback", "Authorization answered"
+        TOKEN_REQUEST = "token_request", "Token requested by a bot"
+        TOKEN_REFRESH = "token_refresh", "Token refreshed"
+        TOKEN_OBTAIN = "token_obtain", "Token obtained (client credentials)"
+        CONNECTION_CREATE = "connection_create", "Connection created"
+        CONNECTION_UPDATE = "connection_update", "Connection changed"
+        CONNECTION_TEST = "connection_test", "Connection tested"
+        CONNECTION_DELETE = "connection_delete", "Connection deleted"
+        DISCONNECT = "disconnect", "Disconnected"
+        ROLE_UPDATE = "role_update", "Role changed"
+        BOT_KEY_CREATE = "bot_key_create", "Bot key created"
+        BOT_KEY_REVOKE = "bot_key_revoke", "Bot key revoked"
+        CONFIG_CREATE = "config_create", "Created by apply_config"
+        CONFIG_UPDATE = "config_update", "Changed by apply_config"
+        AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=150, help_text="Who, kept even if the user is deleted.")
+    connection = models.ForeignKey(
+        Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    connection_label = models.CharField(max_length=120, blank=True)
+    action = models.CharField(max_length=40, choices=Action.choices, db_index=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    detail = models.TextField(blank=True)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        # In words, as the admin's pages title it: "Token refreshed", not token_refresh.
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.get_action_display()} ({self.get_outcome_display()})"
+
+
+class FailedAuthenticationWindow(models.Model):
+    """A minute in which one address failed to authenticate more often than the audit log records one by one;
+    a scheduled task writes one event with the count once the minute is over (connections.audit.events)."""
+
+    where = models.CharField(max_length=40)
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    window_start = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["where", "remote_addr", "window_start"], name="one_window_per_address")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.remote_addr} {self.window_start:%Y-%m-%d %H:%M}"
+
+
+class BeatHeartbeat(models.Model):
+    """The last time a beat-scheduled task ran on a worker (one row); /healthz reads it."""
+
+    name = models.CharField(max_length=40, unique=True)
+    last_run_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}"
+
+
+class AnswerVersion(models.Model):
+    """What the token endpoint's answers from memory depend on besides their token's own row, as a number that
+    only grows: every write to keys, users, roles, invitations or connection settings moves it in its own
+    transaction. Each web process reads it with its tokens' generations (connections.cache.token_cache)."""
+
+    IDENTITY = "identity"
+
+    name = models.CharField(max_length=40, primary_key=True)
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.value}"
+
+
+class WebhookEndpoint(models.Model):
+    """Where lifecycle events are posted (connections.notify.webhooks): each with the events it wants and its own
+    secret."""
+
+    name = models.CharField(max_length=120, unique=True)
+    url = models.CharField("URL", max_length=500, help_text="Reached under the outbound policy: https, not private.")
+    events = models.JSONField(default=list, blank=True, help_text="The events it gets; none ticked: all of them.")
+    secret = encrypt(models.TextField(blank=True))  # signs each body; write-only in the admin
+    is_enabled = models.BooleanField(default=True)
+    last_delivery_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(max_length=200, blank=True, help_text="Of the last delivery attempt.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "webhook endpoint"
+
+    def __str__(self) -> str:
+        return self.name
