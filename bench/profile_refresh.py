@@ -96,23 +96,23 @@ def step_timings(pairs: list[tuple[int, int]]) -> None:
 
     from connections.audit.events import Action, Outcome, audit_record
     from connections.cache import invalidation as signals
-    from connections.engine import refresh
+    from connections.engine import lease
     from connections.engine import store as tokens
     from connections.oauth import client as oauth_client
 
-    token = refresh.token_rows().get(pk=pairs[0][0])
+    token = lease.token_rows().get(pk=pairs[0][0])
     config = tokens.connection_client_config(token.connection)
-    fence, row = refresh.tokens_lease_take([token.pk], "bench")[0]
+    fence, row = lease.tokens_lease_take([token.pk], "bench")[0]
     response = oauth_client.refresh(config, refresh_token=row.refresh_token)
-    refresh.tokens_lease_give_back("bench", [token.pk])
+    lease.tokens_lease_give_back("bench", [token.pk])
     bare = requests.Session()
     bare.trust_env = False
     field = type(token)._meta.get_field("refresh_token")
     stored = field._dump("rt-" + "x" * 32)  # what the column holds
     batches = iter([[pk for pk, _ in pairs[first : first + 50]] for first in range(0, len(pairs), 50)] * 50)
     steps: dict[str, Callable[[], object]] = {
-        "lease a batch of 50 and read it (2 statements), a token's share": lambda: refresh.tokens_lease_give_back(
-            "bench", [fence.token_id for fence, _ in refresh.tokens_lease_take(next(batches), "bench")]
+        "lease a batch of 50 and read it (2 statements), a token's share": lambda: lease.tokens_lease_give_back(
+            "bench", [fence.token_id for fence, _ in lease.tokens_lease_take(next(batches), "bench")]
         ),
         "provider call: oauth_client.refresh, kept alive": lambda: oauth_client.refresh(
             config,

@@ -11,7 +11,7 @@ What it runs, all thrown away afterwards (also on Ctrl-C or SIGTERM):
   get_db_prep_save, as the ORM writes it: no ciphertext is reused. next_refresh_at: --due-fraction of them
   overdue by up to 10 minutes (a backlog), 1% awaiting re-authorization (no refresh time), the rest spread
   over the next 24 hours; 1% of the connections are disabled. Then VACUUM ANALYZE.
-- The due-token query: connections.engine.refresh.token_refresh_claim_due is called once under
+- The due-token query: connections.engine.sweep.token_refresh_claim_due is called once under
   CaptureQueriesContext (in a transaction rolled back afterwards) to get the SELECT exactly as the sweep sends
   it; that SQL is then timed --runs times as is, and again with enable_indexscan and enable_bitmapscan off
   (the baseline: the same query with no index to use), with EXPLAIN ANALYZE of both. The whole claim
@@ -283,7 +283,7 @@ def time_due_query(runs: int) -> QueryFigures:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from connections.engine import refresh
+    from connections.engine import sweep
     from connections.models import OAuthToken
 
     now = timezone.now()
@@ -291,7 +291,7 @@ def time_due_query(runs: int) -> QueryFigures:
         next_refresh_at__lte=now + timedelta(seconds=settings.BEAT_INTERVAL), connection__is_enabled=True
     ).count()
     with transaction.atomic(), CaptureQueriesContext(connection) as captured:
-        refresh.token_refresh_claim_due(now=now)
+        sweep.token_refresh_claim_due(now=now)
         transaction.set_rollback(True)
     statements = [query["sql"] for query in captured.captured_queries]
     selects = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
@@ -321,7 +321,7 @@ def time_due_query(runs: int) -> QueryFigures:
     for run in range(runs + 3):
         with transaction.atomic():
             started = time.perf_counter()
-            due = refresh.token_refresh_claim_due()
+            due = sweep.token_refresh_claim_due()
             elapsed = (time.perf_counter() - started) * 1e3
             transaction.set_rollback(True)
         if run >= 3:

@@ -16,7 +16,8 @@ from django.utils import timezone
 
 from connections import selectors
 from connections.audit.events import Action, Outcome, audit_record, user_label
-from connections.engine.refresh import app_token_obtain, lease_seconds, token_refresh
+from connections.engine.lease import lease_seconds
+from connections.engine.refresh import app_token_obtain, token_refresh
 from connections.engine.store import token_values_revoke
 from connections.errors import ConnectionActionError, ProviderError
 from connections.flows.attempts import connection_attempt_failure_record, connection_attempt_succeeded

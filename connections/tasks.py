@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from connections import errors
 from connections.audit import events
-from connections.engine import batch, refresh
+from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import webhooks
 from connections.ops import health
@@ -26,10 +26,10 @@ def refresh_sweep() -> int:
     task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
     queued_at = timezone.now().isoformat()
     claimed = 0
-    for claimed_batch in refresh.token_refresh_claims():
+    for claimed_batch in sweep.token_refresh_claims():
         for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
             pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
-            refresh_tokens.apply_async((pairs, queued_at), expires=refresh.claim_expiry_seconds())
+            refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
         claimed += len(claimed_batch)
     return claimed
 

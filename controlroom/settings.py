@@ -6,30 +6,17 @@ A bad value stops start-up with one ImproperlyConfigured sentence; manage.py pri
 import os
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
+from controlroom.env import broker_transport_options, logging_settings, number, valid_port
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-
-
-def _number(name: str, default: float, *, minimum: float = 0, whole: bool = True, unit: str = "seconds") -> float:
-    """A numeric setting; anything else stops start-up with one sentence rather than a traceback."""
-    raw = env.str(name, default="").strip()
-    if not raw:
-        return default
-    expected = f"{name} must be a {'whole number' if whole else 'number'}{' of ' + unit if unit else ''}"
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{expected}, {minimum:g} or more, not {raw!r}.") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{expected}, {minimum:g} or more, not {raw!r}.")
-    return value
 
 
 ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
@@ -40,7 +27,7 @@ VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env.bool("DEBUG", default=False)
-PORT = int(_number("PORT", 8000, minimum=1, unit=""))
+PORT = int(number("PORT", 8000, minimum=1, unit=""))
 
 _DEV_ONLY_KEY = "insecure-development-key-never-use-in-production"
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -111,8 +98,8 @@ MIDDLEWARE = [
 # attempts for one username from one address, that pair is locked out for AXES_COOLOFF_MINUTES.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
-AXES_FAILURE_LIMIT = int(_number("AXES_FAILURE_LIMIT", 5, minimum=1, unit="attempts"))
-AXES_COOLOFF_TIME = timedelta(minutes=_number("AXES_COOLOFF_MINUTES", 15, minimum=1, unit="minutes"))
+AXES_FAILURE_LIMIT = int(number("AXES_FAILURE_LIMIT", 5, minimum=1, unit="attempts"))
+AXES_COOLOFF_TIME = timedelta(minutes=number("AXES_COOLOFF_MINUTES", 15, minimum=1, unit="minutes"))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 # The client's address as TRUSTED_PROXY_COUNT proxies in front of us report it (connections.http.client_address):
@@ -120,7 +107,7 @@ AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "connections.http.client_address"
 # How many proxies in front of Control Room append the client's address to X-Forwarded-For (the TLS proxy: 1).
 # 0 (the default): the client is REMOTE_ADDR, and X-Forwarded-For is ignored.
-TRUSTED_PROXY_COUNT = int(_number("TRUSTED_PROXY_COUNT", 0, unit="proxies"))
+TRUSTED_PROXY_COUNT = int(number("TRUSTED_PROXY_COUNT", 0, unit="proxies"))
 AXES_LOCKOUT_TEMPLATE = "connections/locked_out.html"
 
 ROOT_URLCONF = "controlroom.urls"
@@ -164,14 +151,14 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 else:
-    _database["CONN_MAX_AGE"] = int(_number("DATABASE_CONN_MAX_AGE", 60))
+    _database["CONN_MAX_AGE"] = int(number("DATABASE_CONN_MAX_AGE", 60))
     _database["CONN_HEALTH_CHECKS"] = True
     # Safety nets (seconds, 0 = none): a statement that runs away, a wait for a lock (a migration waiting behind
     # a long transaction would otherwise stall all traffic behind it), a transaction left open by a stuck process.
     _timeouts = {
-        "statement_timeout": _number("DATABASE_STATEMENT_TIMEOUT", 30, whole=False),
-        "lock_timeout": _number("DATABASE_LOCK_TIMEOUT", 10, whole=False),
-        "idle_in_transaction_session_timeout": _number("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 60, whole=False),
+        "statement_timeout": number("DATABASE_STATEMENT_TIMEOUT", 30, whole=False),
+        "lock_timeout": number("DATABASE_LOCK_TIMEOUT", 10, whole=False),
+        "idle_in_transaction_session_timeout": number("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 60, whole=False),
     }
     _database["OPTIONS"] = {
         "connect_timeout": 5,
@@ -188,17 +175,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env.str("REDIS_URL", default="")
 
 
-def _valid_port(parts: SplitResult) -> bool:
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError:
-        return False
-    return True
-
-
 # URL values may hold passwords, so the messages below never repeat them.
 _redis = urlsplit(REDIS_URL)
-if REDIS_URL and (_redis.scheme not in ("redis", "rediss", "unix") or not _valid_port(_redis)):
+if REDIS_URL and (_redis.scheme not in ("redis", "rediss", "unix") or not valid_port(_redis)):
     raise ImproperlyConfigured("REDIS_URL must look like redis://[:password@]host:6379/0 (or rediss://, unix://).")
 
 if REDIS_URL:
@@ -223,27 +202,7 @@ else:
 # Celery: Redis when REDIS_URL is set; otherwise kombu's filesystem transport under var/, which needs no server
 # and is shared by the processes of one machine.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
-CELERY_BROKER_TRANSPORT_OPTIONS: dict = {}
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    _queue_dir = VAR_DIR / "celery" / "queue"
-    for _folder in ("queue", "processed", "control"):
-        (VAR_DIR / "celery" / _folder).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "data_folder_in": str(_queue_dir),
-        "data_folder_out": str(_queue_dir),
-        "processed_folder": str(VAR_DIR / "celery" / "processed"),
-        "store_processed": False,
-        "control_folder": str(VAR_DIR / "celery" / "control"),
-    }
-elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # A hung Redis must fail calls rather than block web requests and workers forever.
-        "socket_timeout": 10,
-        "socket_connect_timeout": 5,
-        # With late acknowledgement, a task a worker took but never acknowledged (the worker died) is delivered
-        # again after this long. Tasks take seconds, and none is scheduled further ahead than a second or two.
-        "visibility_timeout": 3600,
-    }
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL, VAR_DIR)
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
@@ -266,10 +225,10 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # How often beat wakes up: it records its heartbeat (and, with the refresh engine, sweeps for due tokens).
-BEAT_INTERVAL = int(_number("BEAT_INTERVAL", 30, minimum=1))
+BEAT_INTERVAL = int(number("BEAT_INTERVAL", 30, minimum=1))
 
 # Outbound calls to providers (connections/oauth/client.py is the only module that makes them).
-OUTBOUND_TIMEOUT = _number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
+OUTBOUND_TIMEOUT = number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
 # Hosts that may be reached over plain http (loopback for development); everything else must be https.
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
     "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []
@@ -285,7 +244,7 @@ try:
 except ValueError:
     raise ImproperlyConfigured(_PROXY_HELP) from None
 if OUTBOUND_PROXY_URL and (
-    _proxy.scheme not in ("http", "https") or not _proxy.hostname or not _valid_port(_proxy) or not _proxy.port
+    _proxy.scheme not in ("http", "https") or not _proxy.hostname or not valid_port(_proxy) or not _proxy.port
 ):
     raise ImproperlyConfigured(_PROXY_HELP)
 
@@ -296,22 +255,22 @@ OUTBOUND_RAISE_IN_TRANSACTION = DEBUG
 
 # Refresh a token this many seconds before it expires (a provider may override it; never more than half the
 # token's lifetime).
-TOKEN_REFRESH_MARGIN = int(_number("TOKEN_REFRESH_MARGIN", 300))
+TOKEN_REFRESH_MARGIN = int(number("TOKEN_REFRESH_MARGIN", 300))
 # How long a caller waits for another process's refresh of the same token before giving up.
-REFRESH_WAIT_SECONDS = _number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
+REFRESH_WAIT_SECONDS = number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
 
 # After this many refresh failures in a row the managers are told (a recovery notice follows when it heals).
-REFRESH_FAILURE_NOTIFY_THRESHOLD = int(_number("REFRESH_FAILURE_NOTIFY_THRESHOLD", 3, minimum=1, unit="failures"))
+REFRESH_FAILURE_NOTIFY_THRESHOLD = int(number("REFRESH_FAILURE_NOTIFY_THRESHOLD", 3, minimum=1, unit="failures"))
 # The beat sweep claims the tokens due this many at a time (one statement on PostgreSQL), until none is left.
-REFRESH_SWEEP_BATCH = int(_number("REFRESH_SWEEP_BATCH", 1000, minimum=1, unit="tokens"))
+REFRESH_SWEEP_BATCH = int(number("REFRESH_SWEEP_BATCH", 1000, minimum=1, unit="tokens"))
 # A refresh task takes this many tokens, and a worker process has this many provider calls in flight at once
 # (threads), at most REFRESH_PROVIDER_CONCURRENCY of them to one token host.
-REFRESH_TASK_SIZE = int(_number("REFRESH_TASK_SIZE", 50, minimum=1, unit="tokens"))
-REFRESH_CONCURRENCY = int(_number("REFRESH_CONCURRENCY", 8, minimum=1, unit="threads"))
-REFRESH_PROVIDER_CONCURRENCY = int(_number("REFRESH_PROVIDER_CONCURRENCY", 4, minimum=1, unit="calls"))
+REFRESH_TASK_SIZE = int(number("REFRESH_TASK_SIZE", 50, minimum=1, unit="tokens"))
+REFRESH_CONCURRENCY = int(number("REFRESH_CONCURRENCY", 8, minimum=1, unit="threads"))
+REFRESH_PROVIDER_CONCURRENCY = int(number("REFRESH_PROVIDER_CONCURRENCY", 4, minimum=1, unit="calls"))
 # A token is refreshed at a random point of the first part of its refresh margin (0.1: the first tenth), so
 # tokens issued together are not all due together.
-REFRESH_JITTER = _number("REFRESH_JITTER", 0.1, whole=False, unit="")
+REFRESH_JITTER = number("REFRESH_JITTER", 0.1, whole=False, unit="")
 if REFRESH_JITTER > 0.5:
     raise ImproperlyConfigured(f"REFRESH_JITTER must be a number from 0 to 0.5, not {REFRESH_JITTER:g}.")
 # Optional webhook told about reauthorization needed, sustained failures and recoveries (JSON, signed with
@@ -322,25 +281,25 @@ if NOTIFY_WEBHOOK_URL and urlsplit(NOTIFY_WEBHOOK_URL).scheme not in ("http", "h
     raise ImproperlyConfigured("NOTIFY_WEBHOOK_URL must be an http(s) URL.")
 
 # Token endpoint requests allowed per bot key per minute (0: no limit); more get 429 with Retry-After.
-TOKEN_RATE_LIMIT_PER_MINUTE = int(_number("TOKEN_RATE_LIMIT_PER_MINUTE", 600, unit="requests"))
+TOKEN_RATE_LIMIT_PER_MINUTE = int(number("TOKEN_RATE_LIMIT_PER_MINUTE", 600, unit="requests"))
 # Failed authentications at the token endpoint allowed per client address per minute (0: no limit); more get
 # 429 with Retry-After. A working key is never refused for it.
-TOKEN_AUTH_FAILURES_PER_MINUTE = int(_number("TOKEN_AUTH_FAILURES_PER_MINUTE", 20, unit="failures"))
+TOKEN_AUTH_FAILURES_PER_MINUTE = int(number("TOKEN_AUTH_FAILURES_PER_MINUTE", 20, unit="failures"))
 # Per address and minute, this many failed authentications (token endpoint, OAuth callback) are audited one by
 # one; the rest are counted and audited as one event when the minute is over.
-AUTH_FAILURES_AUDITED_ONE_BY_ONE = int(_number("AUTH_FAILURES_AUDITED_ONE_BY_ONE", 5, unit="failures"))
+AUTH_FAILURES_AUDITED_ONE_BY_ONE = int(number("AUTH_FAILURES_AUDITED_ONE_BY_ONE", 5, unit="failures"))
 # Each web process answers repeated token requests from memory, checks those answers against the database and
 # writes the audit events of every answer this often: the longest a change (a revoked key, a refreshed token)
 # takes to reach the other web processes. Off: every request goes through the database (to measure that path,
 # or to rule the memory out when looking for a fault).
-TOKEN_CACHE_SYNC_SECONDS = _number("TOKEN_CACHE_SYNC_SECONDS", 0.05, minimum=0.001, whole=False)
+TOKEN_CACHE_SYNC_SECONDS = number("TOKEN_CACHE_SYNC_SECONDS", 0.05, minimum=0.001, whole=False)
 TOKEN_CACHE_ENABLED = env.bool("TOKEN_CACHE_ENABLED", default=True)
 
 # How long an authorization started with Connect stays valid (state and PKCE verifier).
-OAUTH_STATE_TTL = int(_number("OAUTH_STATE_TTL", 600))
+OAUTH_STATE_TTL = int(number("OAUTH_STATE_TTL", 600))
 # Lifetime assumed for a token whose response has no expires_in, when neither the connection nor its provider
 # says otherwise.
-DEFAULT_TOKEN_LIFETIME = int(_number("DEFAULT_TOKEN_LIFETIME", 3600))
+DEFAULT_TOKEN_LIFETIME = int(number("DEFAULT_TOKEN_LIFETIME", 3600))
 
 try:
     _email = env.email_url("EMAIL_URL", default="consolemail://")
@@ -400,7 +359,7 @@ if not DEBUG:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     # Load balancers and container health checks probe over plain http.
     SECURE_REDIRECT_EXEMPT = [r"^(healthz|livez|readyz)$"]
-    SECURE_HSTS_SECONDS = int(_number("SECURE_HSTS_SECONDS", 31536000))
+    SECURE_HSTS_SECONDS = int(number("SECURE_HSTS_SECONDS", 31536000))
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
     SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
     if env.bool("TRUST_X_FORWARDED_PROTO", default=False):
@@ -423,32 +382,4 @@ if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
 LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
 if LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "text": {
-            "()": "controlroom.logging.RedactingFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
-        },
-        "json": {
-            "()": "controlroom.logging.RedactingJsonFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s %(connection)s",
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
-            "timestamp": False,
-        },
-    },
-    "filters": {"context": {"()": "controlroom.logging.LogContextFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        # Django gives its logger a console handler of its own under DEBUG, which would print each line a second
-        # time, past the redacting formatter: the root's handler is the only one.
-        "django": {"handlers": [], "level": "INFO", "propagate": True},
-        # requests-oauthlib and oauthlib log request bodies and token responses at DEBUG: never let them.
-        "requests_oauthlib": {"level": "WARNING"},
-        "oauthlib": {"level": "WARNING"},
-        "urllib3": {"level": "WARNING"},
-        "axes": {"level": "WARNING"},  # it announces its configuration at INFO in every process
-    },
-}
+LOGGING = logging_settings(LOG_LEVEL, LOG_FORMAT)

@@ -24,7 +24,7 @@ from django.db import close_old_connections
 from django.db import connection as db_connection
 
 from connections.audit.events import audit_events_write
-from connections.engine import refresh
+from connections.engine import lease, refresh
 from connections.engine.store import Fence
 from connections.errors import ProviderError
 from connections.models import OAuthToken
@@ -64,10 +64,10 @@ def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -
     claimed, owner = dict(pairs), uuid.uuid4().hex
     wanted, settled = [], []
     taken_at = time.monotonic()  # no later than the leases' own clock starts
-    for fence, token in refresh.tokens_lease_take(list(claimed), owner):
+    for fence, token in lease.tokens_lease_take(list(claimed), owner):
         keep = refresh.token_refresh_wanted(token, generation=claimed[token.pk], queued_at=queued_at)
         (wanted if keep else settled).append((fence, token))
-    refresh.tokens_lease_give_back(owner, [fence.token_id for fence, _ in settled])
+    lease.tokens_lease_give_back(owner, [fence.token_id for fence, _ in settled])
     audit: list[dict] = []
     submitted = {_threads().submit(_refresh_one, fence, token, taken_at, audit): fence for fence, token in wanted}
     try:
@@ -79,7 +79,7 @@ def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -
         # end by their deadline, and every outcome written gets its audit event.
         unstarted = [fence.token_id for future, fence in submitted.items() if future.cancel()]
         futures.wait(submitted, timeout=settings.OUTBOUND_TIMEOUT + 5)
-        refresh.tokens_lease_give_back(owner, unstarted)
+        lease.tokens_lease_give_back(owner, unstarted)
         close_old_connections()  # this thread's connection sat idle while the batch ran
         audit_events_write(audit)
 
@@ -97,7 +97,7 @@ def _refresh_one(fence: Fence, token: OAuthToken, taken_at: float, audit: list[d
     _connection_checked(fence.lease_owner)
     try:
         with _provider_slot(token.connection.effective_refresh_url):
-            if refresh.token_lease_keep(fence, taken_at):
+            if lease.token_lease_keep(fence, taken_at):
                 refresh.token_refresh_leased(fence=fence, token=token, actor_label="refresh worker", audit=audit)
     except ProviderError as exc:
         with log_context.about_connection(token.connection.slug):

@@ -18,7 +18,8 @@ from connections.cache import invalidation
 from connections.errors import ProviderError
 from connections.models import Connection, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ClientConfig, TokenResponse
+from connections.oauth.client import TokenResponse
+from connections.oauth.client_auth import ClientConfig
 
 
 def connection_client_config(connection: Connection) -> ClientConfig:

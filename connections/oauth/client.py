@@ -5,12 +5,10 @@ Services build a ClientConfig from a connection and call the functions below; th
 a ProviderError that says, in words, what went wrong and whether retrying can help.
 """
 
-import json
 import os
 import ssl
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
@@ -18,7 +16,6 @@ from oauthlib.oauth2 import BackendApplicationClient, DeviceClient, OAuth2Error,
 from oauthlib.oauth2.rfc6749.parameters import prepare_token_request
 from requests_oauthlib import OAuth2Session
 
-from connections import errors
 from connections.errors import OutboundError, ProviderError
 from connections.oauth import assertions
 from connections.oauth.answers import (
@@ -32,6 +29,15 @@ from connections.oauth.answers import (
     provider_text,
     retry_after_seconds,
     token_response_of,
+)
+from connections.oauth.client_auth import (
+    ClientConfig,
+    JsonBody,
+    NoClientAuth,
+    client_auth,
+    fetch_kwargs,
+    request_quirks,
+    signed_assertion,
 )
 from connections.outbound.policy import check_url, policy_session, proxy_error
 
@@ -57,115 +63,12 @@ PERMANENT_ERRORS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    client_id: str
-    client_secret: str
-    authorization_url: str
-    token_url: str
-    revocation_url: str = ""
-    scopes: tuple[str, ...] = ()
-    scope_separator: str = " "
-    extra_authorization_params: dict[str, str] = field(default_factory=dict)
-    client_auth_method: str = "basic"
-    redirect_uri: str = ""
-    refresh_url: str = ""  # where refresh requests go; blank: the token URL
-    grant_type: str = "authorization_code"
-    device_authorization_url: str = ""
-    # Signed assertions (connections.oauth.assertions): the PEM key, its kid, their aud, and the JWT bearer grant's sub.
-    private_key: str = ""
-    private_key_id: str = ""
-    assertion_audience: str = ""
-    jwt_subject: str = ""
-    token_request_format: str = "form"  # noqa: S105 - a format, not a secret; "json": requests send a JSON object
-    # Provider quirks (providers.models.Provider): sent with every token request; where the answer's fields are.
-    token_request_params: dict[str, str] = field(default_factory=dict)
-    token_request_headers: dict[str, str] = field(default_factory=dict)
-    token_response_fields: dict[str, str] = field(default_factory=dict)
-
-
 def _session(config: ClientConfig, client: WebApplicationClient | BackendApplicationClient) -> OAuth2Session:
     session = policy_session(client=client, redirect_uri=config.redirect_uri or None, scope=list(config.scopes) or None)
     session.token_answers = TokenAnswers(config.token_response_fields)
     for hook in ("access_token_response", "refresh_token_response"):
         session.register_compliance_hook(hook, session.token_answers)
     return session
-
-
-def _quirks(config: ClientConfig) -> dict[str, Any]:
-    """A token request's headers (requests-oauthlib's defaults, and the provider's own) and extra parameters."""
-    headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
-    return {"headers": {**headers, **config.token_request_headers}, **config.token_request_params}
-
-
-class JsonBody(requests.auth.AuthBase):
-    """Sends a token or revocation request's form parameters as one JSON object instead (for a provider whose
-    token URL takes JSON, as Zendesk's does), then applies the client authentication it wraps, if any. An auth
-    hook because requests-oauthlib builds those bodies as forms, and requests calls this on the prepared request."""
-
-    def __init__(self, inner: requests.auth.AuthBase | None) -> None:
-        self.inner = inner
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        body = request.body.decode() if isinstance(request.body, bytes) else request.body or ""
-        request.body = json.dumps(dict(parse_qsl(body, keep_blank_values=True))).encode()
-        request.headers["Content-Type"] = "application/json"
-        return self.inner(request) if self.inner else request
-
-
-class NoClientAuth(requests.auth.AuthBase):
-    """No client authentication (the JWT bearer grant's assertion is the credential): given as the auth, it keeps
-    OAuth2Session.fetch_token from adding HTTP Basic with the client ID and an empty secret."""
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        return request
-
-
-def _client_auth(config: ClientConfig) -> tuple[requests.auth.AuthBase | None, dict[str, str]]:
-    """A token or revocation request's client authentication: (the requests auth, the body's credentials). A
-    private_key_jwt assertion is signed anew for each request: its jti is good for one use. A public client (no
-    secret: PKCE, a device) names itself by its client_id in the body (RFC 6749 2.3.1, RFC 8628 3.1)."""
-    if config.client_auth_method == "private_key_jwt":
-        auth, credentials = None, {"client_id": config.client_id, **_client_assertion(config)}
-    elif not config.client_secret:
-        auth, credentials = None, {"client_id": config.client_id}
-    elif config.client_auth_method == "body":
-        auth, credentials = None, {"client_id": config.client_id, "client_secret": config.client_secret}
-    else:
-        auth, credentials = requests.auth.HTTPBasicAuth(config.client_id, config.client_secret), {}
-    json_body = config.token_request_format == "json"  # noqa: S105 - a format, not a secret
-    return (JsonBody(auth) if json_body else auth), credentials
-
-
-def _signed(config: ClientConfig, *, subject: str, claims: dict[str, Any] | None = None) -> str:
-    """An assertion signed with the connection's key (iss the client ID, aud the token URL or the provider type's
-    audience); a key that cannot sign is a permanent failure, said without the key."""
-    try:
-        return assertions.assertion_sign(
-            key_pem=config.private_key,
-            key_id=config.private_key_id,
-            issuer=config.client_id,
-            subject=subject,
-            audience=config.assertion_audience or config.token_url,
-            claims=claims,
-        )
-    except errors.KeyProblem as exc:
-        message = f"The connection's private key cannot sign: {exc}"
-        raise ProviderError(message, error="invalid_key", permanent=True) from None
-
-
-def _client_assertion(config: ClientConfig) -> dict[str, str]:
-    """RFC 7523 section 2.2: the client authenticates with an assertion about itself (sub the client ID)."""
-    assertion = _signed(config, subject=config.client_id)
-    return {"client_assertion_type": assertions.CLIENT_ASSERTION_TYPE, "client_assertion": assertion}
-
-
-def _fetch_kwargs(config: ClientConfig) -> dict[str, Any]:
-    """_client_auth in OAuth2Session.fetch_token's terms (it adds client_id to the body itself)."""
-    auth, credentials = _client_auth(config)
-    if not credentials:
-        return {"auth": auth}
-    return {"auth": auth, "include_client_id": True, **{k: v for k, v in credentials.items() if k != "client_id"}}
 
 
 def _token_call(what: str, session: OAuth2Session, func: Any, *args: Any, **kwargs: Any) -> TokenResponse:
@@ -275,9 +178,9 @@ def exchange_code(config: ClientConfig, *, code: str, code_verifier: str = "") -
         session.fetch_token,
         config.token_url,
         code=code,
-        **_fetch_kwargs(config),
+        **fetch_kwargs(config),
         **extra,
-        **_quirks(config),
+        **request_quirks(config),
     )
 
 
@@ -285,7 +188,7 @@ def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
     session = _session(config, WebApplicationClient(config.client_id))
     # Scope is omitted on refresh: the grant keeps its scope (RFC 6749 6), and some providers reject a repeat.
     session.scope = None
-    auth, body_credentials = _client_auth(config)
+    auth, body_credentials = client_auth(config)
     return _token_call(
         "token refresh",
         session,
@@ -294,7 +197,7 @@ def refresh(config: ClientConfig, *, refresh_token: str) -> TokenResponse:
         refresh_token=refresh_token,
         auth=auth,
         **body_credentials,
-        **_quirks(config),
+        **request_quirks(config),
     )
 
 
@@ -308,9 +211,9 @@ def client_credentials(config: ClientConfig) -> TokenResponse:
         session,
         session.fetch_token,
         config.token_url,
-        **_fetch_kwargs(config),
+        **fetch_kwargs(config),
         **scope,
-        **_quirks(config),
+        **request_quirks(config),
     )
 
 
@@ -336,14 +239,14 @@ def jwt_bearer(config: ClientConfig) -> TokenResponse:
     session = _session(config, JwtBearerClient(config.client_id))
     session.redirect_uri = None
     claims = {"scope": " ".join(config.scopes)} if config.scopes else {}
-    assertion = _signed(config, subject=config.jwt_subject or config.client_id, claims=claims)
+    assertion = signed_assertion(config, subject=config.jwt_subject or config.client_id, claims=claims)
     json_body = config.token_request_format == "json"  # noqa: S105 - a format, not a secret
     client_auth = (
-        _fetch_kwargs(config) if config.client_secret else {"auth": JsonBody(None) if json_body else NoClientAuth()}
+        fetch_kwargs(config) if config.client_secret else {"auth": JsonBody(None) if json_body else NoClientAuth()}
     )
     return _token_call(
         "JWT bearer request", session, session.fetch_token, config.token_url, assertion=assertion, **client_auth,
-        **_quirks(config),
+        **request_quirks(config),
     )  # fmt: skip
 
 
@@ -351,7 +254,7 @@ def device_authorization(config: ClientConfig) -> dict[str, Any]:
     """RFC 8628 3.1-3.2: a device code for the worker to poll with, and the user code and verification link a
     person approves at; checked, with the interval defaulted to five seconds."""
     session = policy_session()
-    auth, credentials = _client_auth(config)
+    auth, credentials = client_auth(config)
     data = {"client_id": config.client_id, **credentials}
     if config.scopes:
         data["scope"] = config.scope_separator.join(config.scopes)
@@ -383,7 +286,7 @@ def device_token(config: ClientConfig, *, device_code: str) -> TokenResponse:
     session.redirect_uri = None
     return _token_call(
         "device token request", session, session.fetch_token, config.token_url, device_code=device_code,
-        **_fetch_kwargs(config), **_quirks(config),
+        **fetch_kwargs(config), **request_quirks(config),
     )  # fmt: skip
 
 
@@ -395,7 +298,7 @@ def app_token(config: ClientConfig) -> TokenResponse:
 def revoke(config: ClientConfig, *, token: str, token_type_hint: str) -> None:
     """RFC 7009 revocation. The provider answers 200 even for unknown tokens; anything else is an error."""
     session = _session(config, WebApplicationClient(config.client_id))
-    auth, credentials = _client_auth(config)
+    auth, credentials = client_auth(config)
     data = {"token": token, "token_type_hint": token_type_hint, **credentials}
     try:
         response = session.post(config.revocation_url, data=data, auth=auth)

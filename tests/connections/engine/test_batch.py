@@ -21,7 +21,7 @@ from django.utils import timezone
 from connections import tasks
 from connections.audit.events import audit_event_row
 from connections.engine import batch as refresh_batch
-from connections.engine import refresh
+from connections.engine import lease, refresh, sweep
 from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
@@ -59,13 +59,13 @@ def test_the_sweep_claims_every_due_token_in_batches_of_one_statement(make_conne
     due = due_tokens(make_connection, 8)
     # when the sweep claims
     with CaptureQueriesContext(db_connection) as queries:
-        batches = list(refresh.token_refresh_claims())
+        batches = list(sweep.token_refresh_claims())
     # then it claimed them all, once each, in three batches of one UPDATE … RETURNING each
     assert [len(batch) for batch in batches] == [3, 3, 2]
     assert sorted(token_id for batch in batches for token_id, _ in batch) == sorted(token.pk for token in due)
     assert [query["sql"].split()[0] for query in queries] == ["UPDATE"] * 3
     # and the next sweep finds nothing due: they are claimed until their tasks have run or expired
-    assert list(refresh.token_refresh_claims()) == []
+    assert list(sweep.token_refresh_claims()) == []
 
 
 def test_a_due_token_whose_row_is_being_written_is_left_for_the_next_sweep(make_connection):
@@ -85,13 +85,13 @@ def test_a_due_token_whose_row_is_being_written_is_left_for_the_next_sweep(make_
     assert locked.wait(10)
     # when the sweep claims meanwhile
     try:
-        claimed = refresh.token_refresh_claim_due()
+        claimed = sweep.token_refresh_claim_due()
     finally:
         release.set()
         writer.join(10)
     # then it took the free one without waiting, and the next sweep takes the other
     assert claimed == [(free.pk, free.generation)]
-    assert refresh.token_refresh_claim_due() == [(busy.pk, busy.generation)]
+    assert sweep.token_refresh_claim_due() == [(busy.pk, busy.generation)]
 
 
 def test_the_sweep_queues_its_tokens_a_task_size_at_a_time(make_connection, settings, monkeypatch):
@@ -137,22 +137,22 @@ def test_a_task_refreshes_its_tokens_each_once_at_the_provider(make_connection, 
 def test_a_lease_held_while_a_batch_waited_is_renewed_before_the_call_or_given_up(make_connection, settings):
     # given two tokens of a batch whose leases were taken a call's time ago (they waited behind a slow provider)
     kept, lost = due_tokens(make_connection, 2)
-    leased = {fence.token_id: fence for fence, _ in refresh.tokens_lease_take([kept.pk, lost.pk], "batch")}
+    leased = {fence.token_id: fence for fence, _ in lease.tokens_lease_take([kept.pk, lost.pk], "batch")}
     taken_at = time.monotonic() - settings.OUTBOUND_TIMEOUT
     # and one of them was taken over meanwhile (its lease ran out and a bot's refresh took it)
     OAuthToken.objects.filter(pk=lost.pk).update(lease_owner="a-bot", lease_expires_at=timezone.now())
     # when each is about to be refreshed
     renewed_from = timezone.now()
     # then the lease still held is renewed for a whole call and the write after it; the lost one is not called
-    assert refresh.token_lease_keep(leased[kept.pk], taken_at) is True
+    assert lease.token_lease_keep(leased[kept.pk], taken_at) is True
     assert OAuthToken.objects.get(pk=kept.pk).lease_expires_at >= renewed_from + timedelta(
-        seconds=refresh.lease_seconds()
+        seconds=lease.lease_seconds()
     )
-    assert refresh.token_lease_keep(leased[lost.pk], taken_at) is False
+    assert lease.token_lease_keep(leased[lost.pk], taken_at) is False
     assert OAuthToken.objects.get(pk=lost.pk).lease_owner == "a-bot"
     # and a lease taken a moment ago is used as it is, with no statement
     with CaptureQueriesContext(db_connection) as queries:
-        assert refresh.token_lease_keep(leased[kept.pk], time.monotonic()) is True
+        assert lease.token_lease_keep(leased[kept.pk], time.monotonic()) is True
     assert len(queries) == 0
 
 
@@ -162,7 +162,7 @@ def test_a_claimed_token_stays_overdue_until_a_worker_refreshes_it(connected, au
     due_at = timezone.now() - timedelta(minutes=10)
     OAuthToken.objects.filter(connection=connected).update(next_refresh_at=due_at, refresh_due_at=due_at)
     # when the sweep claims it: its schedule moves on, but it is still overdue
-    (pairs,) = refresh.token_refresh_claims()
+    (pairs,) = sweep.token_refresh_claims()
     assert shared_token(connected).next_refresh_at > timezone.now()
     assert (health.refresh_backlog().overdue, health.refresh_backlog().oldest_overdue_seconds >= 600) == (1, True)
     # and once a worker has refreshed it, it is not

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from connections import selectors, services
 from connections.engine import batch as refresh_batch
-from connections.engine import refresh
+from connections.engine import refresh, sweep
 from connections.errors import ProviderError
 from connections.models import Connection
 from providers.models import Provider
@@ -35,7 +35,7 @@ def provider_type(**quirks) -> Provider:
 
 
 def claimed_at(now) -> list[int]:
-    return [token_id for token_id, _ in refresh.token_refresh_claim_due(now=now)]
+    return [token_id for token_id, _ in sweep.token_refresh_claim_due(now=now)]
 
 
 @pytest.mark.parametrize("never_expire", [True, False])
@@ -87,7 +87,7 @@ def test_a_refresh_token_that_dies_when_idle_is_refreshed_before_it_would(
     assert before + timedelta(seconds=300) <= token.next_refresh_at <= timezone.now() + timedelta(seconds=600)
     assert token.expires_at >= before + timedelta(seconds=3500)
     # and the engine refreshes it then: claimed by the sweep, refreshed by a worker's batch
-    due = refresh.token_refresh_claim_due(now=token.next_refresh_at)
+    due = sweep.token_refresh_claim_due(now=token.next_refresh_at)
     assert [token_id for token_id, _ in due] == [token.pk]
     refresh_batch.tokens_refresh(due, None)
     refreshed = shared_token(connection)

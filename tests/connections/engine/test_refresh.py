@@ -12,7 +12,7 @@ from django.db import connections as db_connections
 from django.utils import timezone
 
 from connections import tasks
-from connections.engine import refresh
+from connections.engine import lease, outcomes, refresh, sweep
 from connections.errors import ProviderError
 from connections.models import OAuthToken
 from tests.conftest import authorize, refresh_shared_token, shared_token
@@ -34,17 +34,17 @@ def test_the_sweep_claims_due_tokens_once(connected, make_connection, manager_cl
     disabled.save()
     OAuthToken.objects.update(next_refresh_at=timezone.now() - timedelta(seconds=1))
 
-    due = refresh.token_refresh_claim_due()
+    due = sweep.token_refresh_claim_due()
 
     token = shared_token(connected)
     assert due == [(token.pk, token.generation)]
     assert token.next_refresh_at > timezone.now()  # claimed: the next sweep leaves it alone
-    assert refresh.token_refresh_claim_due() == []
+    assert sweep.token_refresh_claim_due() == []
     # A token due within the next sweep interval is taken now rather than one interval late.
     OAuthToken.objects.filter(pk=token.pk).update(
         next_refresh_at=timezone.now() + timedelta(seconds=settings.BEAT_INTERVAL - 2)
     )
-    assert refresh.token_refresh_claim_due() == [(token.pk, token.generation)]
+    assert sweep.token_refresh_claim_due() == [(token.pk, token.generation)]
 
 
 def test_a_queued_refresh_that_someone_else_already_did_calls_nobody(connected, authserver):
@@ -109,10 +109,10 @@ def test_sustained_failure_and_recovery_notices(connected, authserver, manager_w
 
 
 def test_backoff_grows_with_jitter():
-    delays = [refresh.backoff_seconds(failures) for failures in (1, 2, 3, 4, 10, 20)]
+    delays = [outcomes.backoff_seconds(failures) for failures in (1, 2, 3, 4, 10, 20)]
     assert 7.5 <= delays[0] <= 15 and 15 <= delays[1] <= 30 and 30 <= delays[2] <= 60
     assert all(delay <= 30 * 60 for delay in delays)
-    assert len({refresh.backoff_seconds(3) for _ in range(20)}) > 1
+    assert len({outcomes.backoff_seconds(3) for _ in range(20)}) > 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -145,14 +145,14 @@ def test_a_queued_refresh_is_not_queued_again_by_the_sweeps_that_follow(connecte
     token = shared_token(connected)
     OAuthToken.objects.filter(pk=token.pk).update(next_refresh_at=timezone.now() - timedelta(seconds=1))
     start = timezone.now()
-    assert refresh.token_refresh_claim_due(now=start) == [(token.pk, token.generation)]
+    assert sweep.token_refresh_claim_due(now=start) == [(token.pk, token.generation)]
     # when its task waits in the queue and the next sweeps run, every BEAT_INTERVAL, until the claim lapses
-    interval, claim = settings.BEAT_INTERVAL, refresh.claim_seconds()
+    interval, claim = settings.BEAT_INTERVAL, sweep.claim_seconds()
     later = [start + timedelta(seconds=k * interval) for k in range(1, int(claim // interval))]
-    assert later and all(refresh.token_refresh_claim_due(now=moment) == [] for moment in later)
+    assert later and all(sweep.token_refresh_claim_due(now=moment) == [] for moment in later)
     # then the queued task expires before the token can be claimed again, and a lost one is replaced after that
-    assert refresh.claim_expiry_seconds() < claim - interval
-    assert refresh.token_refresh_claim_due(now=start + timedelta(seconds=claim)) == [(token.pk, token.generation)]
+    assert sweep.claim_expiry_seconds() < claim - interval
+    assert sweep.token_refresh_claim_due(now=start + timedelta(seconds=claim)) == [(token.pk, token.generation)]
 
 
 def test_the_sweep_queues_refreshes_that_expire(connected, settings):
@@ -164,7 +164,7 @@ def test_the_sweep_queues_refreshes_that_expire(connected, settings):
     (pairs, _queued_at), _, _ = json.loads(base64.b64decode(body))
     token = shared_token(connected)
     assert (headers["task"], pairs) == ("connections.tasks.refresh_tokens", [[token.pk, token.generation]])
-    assert expires <= timezone.now() + timedelta(seconds=refresh.claim_expiry_seconds())
+    assert expires <= timezone.now() + timedelta(seconds=sweep.claim_expiry_seconds())
 
 
 def test_a_queued_refresh_leaves_a_token_that_failed_since_to_its_backoff(connected, authserver):
@@ -181,5 +181,5 @@ def test_a_queued_refresh_leaves_a_token_that_failed_since_to_its_backoff(connec
 
 
 def test_the_refresh_task_ends_before_its_lease_could(settings):
-    assert tasks.refresh_token.soft_time_limit < tasks.refresh_token.time_limit < refresh.lease_seconds()
+    assert tasks.refresh_token.soft_time_limit < tasks.refresh_token.time_limit < lease.lease_seconds()
     assert settings.CELERY_WORKER_MAX_TASKS_PER_CHILD and settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]

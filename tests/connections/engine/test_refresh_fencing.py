@@ -13,7 +13,7 @@ import pytest
 from django.db import connections as db_connections
 
 from connections import services
-from connections.engine import refresh
+from connections.engine import lease, refresh
 from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken, TokenState
 from tests.conftest import authorize, shared_token, wait_for
@@ -111,7 +111,7 @@ def test_the_provider_call_ends_before_the_lease_so_nobody_else_presents_the_ref
     # given a provider that sends its answer a few bytes at a time, each well within the read timeout, for far
     # longer than the lease lasts
     settings.OUTBOUND_TIMEOUT = 1
-    lease = refresh.lease_seconds()
+    lease_length = lease.lease_seconds()
     authserver.set_fault("drip", delay=0.5, grant_types=["refresh_token"])
     token = shared_token(connected)
 
@@ -122,7 +122,7 @@ def test_the_provider_call_ends_before_the_lease_so_nobody_else_presents_the_ref
     took = time.monotonic() - started
 
     # then the call was cut at its deadline, before the lease could run out, and the lease is given back
-    assert took < lease, f"the call took {took:.1f} s; the lease lasts {lease:.1f} s"
+    assert took < lease_length, f"the call took {took:.1f} s; the lease lasts {lease_length:.1f} s"
     assert failure.value.error == "timeout", failure.value.message
     assert shared_token(connected).lease_owner == ""
 

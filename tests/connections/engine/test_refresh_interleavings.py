@@ -27,7 +27,7 @@ from hypothesis.stateful import (
 )
 
 from connections import services
-from connections.engine import refresh
+from connections.engine import lease, outcomes
 from connections.engine import store as tokens
 from connections.errors import ProviderError
 from connections.models import OAuthToken, TokenState
@@ -85,7 +85,7 @@ class Interleavings(RuleBasedStateMachine):
 
     def _start(self) -> Flight | None:
         token = shared_token(self.connection)
-        leased = refresh.token_lease_take(token, uuid.uuid4().hex)
+        leased = lease.token_lease_take(token, uuid.uuid4().hex)
         if leased is None:  # another flight holds the lease: single flight
             return None
         fence, token = leased
@@ -139,9 +139,9 @@ class Interleavings(RuleBasedStateMachine):
     def _write(self, flight: Flight) -> None:
         self.flights.remove(flight)
         if isinstance(flight.answer, ProviderError):
-            refresh.token_refresh_fail(fence=flight.fence, token=flight.token, exc=flight.answer, actor_label="test")
+            outcomes.token_refresh_fail(fence=flight.fence, token=flight.token, exc=flight.answer, actor_label="test")
             return
-        stored = refresh.token_refresh_complete(
+        stored = outcomes.token_refresh_complete(
             fence=flight.fence, token=flight.token, response=flight.answer, actor_label="test"
         )
         if stored is not None:  # else dropped, and revoked at the provider

@@ -35,7 +35,7 @@ from connections.errors import ProviderError
 from connections.models import AuditEvent, Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
 from connections.oauth import client as oauth_client
-from connections.oauth.client import ClientConfig
+from connections.oauth.client_auth import ClientConfig
 from connections.outbound import policy as outbound_policy
 from tests.conftest import authorize, connect, messages_of, shared_token
 from tests.support.forward_proxy import ForwardProxy, Seen

@@ -1,0 +1,159 @@
+"""A refresh's outcome, written under its fence: the new tokens (a late result dropped and revoked), or the failure
+classified (transient with backoff, rate limited, permanent), its audit event, and the managers told when it matters."""
+
+import logging
+import random
+from contextlib import nullcontext
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from connections.audit.events import Action, Outcome, audit_event_row, audit_record
+from connections.cache import invalidation
+from connections.engine.store import (
+    Fence,
+    token_store_refreshed,
+    token_values_revoke,
+)
+from connections.errors import ProviderError
+from connections.models import Connection, OAuthToken, TokenState
+from connections.notify.managers import notify_managers
+from connections.oauth import client as oauth_client
+from connections.oauth.client import TokenResponse
+
+logger = logging.getLogger(__name__)
+
+
+def backoff_seconds(failures: int) -> float:
+    """Exponential backoff with full jitter, capped at 30 minutes (AWS architecture blog, 'Exponential Backoff
+    And Jitter')."""
+    return random.uniform(0.5, 1.0) * min(30 * 60, 15 * 2 ** max(failures - 1, 0))  # noqa: S311 - jitter, not a secret
+
+
+def _audit(audit: list[dict] | None, **event: Any) -> None:
+    """Record the event now, or add it to the batch's `audit` (written at the batch's end: audit_events_write)."""
+    if audit is None:
+        audit_record(**event)
+    else:
+        audit.append(audit_event_row(**event))
+
+
+def token_refresh_complete(
+    *, fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str, audit: list[dict] | None = None
+) -> OAuthToken | None:
+    """Store a refresh's result under its fence; None when the fence was lost (the result is then revoked at
+    the provider: nobody holds its tokens)."""
+    connection, failures = token.connection, token.consecutive_failures
+    # With its audit event alongside, an outcome is one transaction; with the event left to the batch, one UPDATE.
+    with transaction.atomic() if audit is None else nullcontext():
+        stored = token_store_refreshed(fence=fence, token=token, response=response)
+        if stored is not None:
+            _audit(
+                audit,
+                action=Action.TOKEN_REFRESH,
+                outcome=Outcome.SUCCESS,
+                connection=connection,
+                actor_label=actor_label,
+                detail=f"Recovered after {failures} failure(s)." if failures else "",
+            )
+            if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+                _notify_on_commit(
+                    "token.refresh_recovered",
+                    connection,
+                    f"Refreshing {connection} works again",
+                    f"{connection} was refreshed successfully after {failures} failures in a row.",
+                )
+    if stored is None:
+        logger.warning(
+            "A refresh of %s finished after the token was disconnected, authorized again or refreshed by another "
+            "process; its result is dropped and revoked at the provider.",
+            connection.slug,
+        )
+        dropped = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
+        for problem in token_values_revoke(connection, dropped):
+            logger.warning("Could not revoke the dropped result of a refresh of %s: %s", connection.slug, problem)
+    return stored
+
+
+def token_refresh_fail(
+    *, fence: Fence, token: OAuthToken, exc: ProviderError, actor_label: str, audit: list[dict] | None = None
+) -> bool:
+    """Keep the token, note the failure under the fence, and schedule the next try (transient: with backoff;
+    rate limited: when the provider said) or stop trying (permanent). False when the fence was lost: a newer
+    grant is not the one that failed."""
+    connection, rate_limited = token.connection, exc.error == oauth_client.RATE_LIMITED
+    now = timezone.now()
+    fields = {
+        "last_error": exc.message,
+        "last_error_at": now,
+        "consecutive_failures": F("consecutive_failures") + 1,
+        "lease_owner": "",
+        "lease_expires_at": None,
+    }
+    if exc.refresh_token:
+        fields["refresh_token"] = exc.refresh_token  # the provider rotated to it: the old one is spent
+    if rate_limited:
+        # The provider asked for fewer calls: nobody asks it again before it said (the token endpoint's backoff
+        # rule holds too), and it does not count against the token (no failure count, no notification).
+        del fields["consecutive_failures"]
+        delay = exc.retry_after or oauth_client.RETRY_AFTER_DEFAULT
+        fields.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay))
+    elif exc.permanent:
+        fields.update(state=TokenState.REAUTHORIZATION_REQUIRED, next_refresh_at=None)
+    else:
+        delay = backoff_seconds(token.consecutive_failures + 1)
+        fields.update(state=TokenState.REFRESH_FAILING, next_refresh_at=now + timedelta(seconds=delay))
+    fields["refresh_due_at"] = fields["next_refresh_at"]
+    with transaction.atomic() if audit is None else nullcontext():
+        if not fence.rows().update(**fields):
+            logger.info("A failed refresh of %s was superseded meanwhile; its failure is not recorded.", token.pk)
+            return False
+        invalidation.token_rows_changed(connection.slug)
+        _audit(
+            audit,
+            action=Action.TOKEN_REFRESH,
+            outcome=Outcome.FAILURE,
+            connection=connection,
+            actor_label=actor_label,
+            detail=f"{_failure_kind(exc)}: {exc.message}",
+        )
+        if not rate_limited:
+            _notify_failure(token, exc)
+    return True
+
+
+def _failure_kind(exc: ProviderError) -> str:
+    if exc.error == oauth_client.RATE_LIMITED:
+        return "Rate limited"
+    return "Permanent failure" if exc.permanent else "Transient failure"
+
+
+def _notify_failure(token: OAuthToken, exc: ProviderError) -> None:
+    """The change into 'reauthorization required' notifies once; a transient failure when it becomes sustained."""
+    connection, failures = token.connection, token.consecutive_failures + 1
+    owner = f" (the token of {token.user.get_username()})" if token.user_id else ""
+    if exc.permanent and token.state != TokenState.REAUTHORIZATION_REQUIRED:
+        _notify_on_commit(
+            "token.reauthorization_required",
+            connection,
+            f"{connection} needs to be authorized again",
+            f"The provider rejected the refresh of {connection}{owner}: {exc.message}\n\n"
+            "Bots get no token for it until someone authorizes it again (Connect / Re-authorize).",
+        )
+    elif not exc.permanent and failures == settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+        _notify_on_commit(
+            "token.refresh_failing",
+            connection,
+            f"Refreshing {connection} keeps failing",
+            f"{failures} refreshes of {connection}{owner} failed in a row; the last: {exc.message}\n\n"
+            "The current token is served while it is valid, and refreshing is retried with backoff. You will get "
+            "a notice when it works again.",
+        )
+
+
+def _notify_on_commit(event: str, connection: Connection, subject: str, message: str) -> None:
+    transaction.on_commit(lambda: notify_managers(event=event, connection=connection, subject=subject, message=message))
