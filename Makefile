@@ -18,14 +18,17 @@ $(VENV)/.test-installed: requirements.lock requirements-test.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-test.lock
 	touch $@ $(VENV)/.run-installed
 
-# After changing requirements.txt or requirements-test.txt (the direct dependencies): regenerate both lock files
-# from PyPI, with the hashes of every file PyPI has for each pinned version.
+# After changing requirements.txt or requirements-test.txt (the direct dependencies): regenerate both lock files,
+# with the hashes of every file the index has for each pinned version. The index is the one pip's own configuration
+# names (pip.conf, PIP_INDEX_URL, a mirror): none is written here, and the lock files carry no index address or
+# local path (--no-emit-*), their header saying `make lock` (CUSTOM_COMPILE_COMMAND) rather than this command line.
+# pip-compile keeps the pins already in a lock file wherever the requirements still allow them.
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip-tools==7.6.2
 	for input in requirements requirements-test; do \
-		$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links \
-			--pip-args "--isolated --index-url https://pypi.org/simple" --output-file $$input.lock $$input.txt; \
+		CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras \
+			--no-emit-index-url --no-emit-find-links --output-file $$input.lock $$input.txt; \
 	done
 
 # Development secrets, generated once and kept: CRYPTOGRAPHY_KEY must not change, or stored secrets are lost.

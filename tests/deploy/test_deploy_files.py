@@ -353,10 +353,24 @@ def test_the_lock_file_agrees_with_the_requirements_and_pins_everything_with_has
     assert len(entries) == len(locked) > len(direct)
     for entry in entries:
         assert any("--hash=sha256:" in line for line in entry), entry[0]
-    assert "--find-links" not in (ROOT / f"{name}.lock").read_text()  # nothing of the machine it was made on
+    lock = (ROOT / f"{name}.lock").read_text()
+    for address in ("--find-links", "--index-url", "--extra-index-url", "://"):
+        assert address not in lock  # nothing of the machine or the package index it was made with
     # and every install uses it: make (hence .ci/run) and the image
     makefile = (ROOT / "Makefile").read_text()
     assert f"--require-hashes -r {name}.lock" in makefile
+
+
+def test_make_lock_leaves_the_package_index_to_pips_own_configuration():
+    """No index in the lock target (a mirror set in pip.conf or PIP_INDEX_URL must work), nor in the lock files."""
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile.split("\nlock:\n", 1)[1].split("\n\n", 1)[0]
+    assert "pip-compile" in target and 'CUSTOM_COMPILE_COMMAND="make lock"' in target
+    assert "--no-emit-index-url --no-emit-find-links" in target
+    for option in ("--isolated", "--index-url", "--extra-index-url", "--find-links", "--pip-args", "://"):
+        assert option not in target
+    for name in ("requirements", "requirements-test"):
+        assert "#    make lock\n" in (ROOT / f"{name}.lock").read_text()
 
 
 def test_the_build_context_leaves_out_secrets_and_local_state():
