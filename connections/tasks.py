@@ -11,7 +11,7 @@ from connections.audit import events
 from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import webhooks
-from connections.ops import health
+from connections.ops import health, metrics
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -26,11 +26,17 @@ def refresh_sweep() -> int:
     task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
     queued_at = timezone.now().isoformat()
     claimed = 0
-    for claimed_batch in sweep.token_refresh_claims():
-        for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
-            pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
-            refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
-        claimed += len(claimed_batch)
+    try:
+        for claimed_batch in sweep.token_refresh_claims():
+            for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
+                pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
+                refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
+            claimed += len(claimed_batch)
+    except Exception as exc:  # the database, the broker: said on /healthz and /metrics, then Celery logs it
+        metrics.task_failure_counted("refresh_sweep")
+        health.periodic_failure_record(health.SWEEP, exc)
+        raise
+    health.periodic_success_record(health.SWEEP)
     return claimed
 
 
@@ -53,7 +59,12 @@ def refresh_tokens(pairs: list[list[int]], queued_at: str | None = None) -> None
     """Refresh the (token id, generation) pairs a sweep claimed. Retries are the sweep's job (on each token's
     backoff schedule), not Celery's."""
     queued = datetime.fromisoformat(queued_at) if queued_at else None
-    batch.tokens_refresh(pairs, queued)
+    try:
+        batch.tokens_refresh(pairs, queued)
+    except Exception as exc:  # the database (a token's own failure is recorded on the token and raises nothing)
+        metrics.task_failure_counted("refresh_tokens")
+        health.periodic_failure_record(health.REFRESH_TASKS, exc)
+        raise
 
 
 @shared_task(

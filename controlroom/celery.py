@@ -4,7 +4,7 @@ import logging.config
 import os
 
 from celery import Celery
-from celery.signals import beat_init, setup_logging
+from celery.signals import beat_init, setup_logging, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlroom.settings")
 
@@ -46,3 +46,20 @@ def announce_beat_start(sender: object, **kwargs: object) -> None:
     # Interval entries first fire one interval after start; send a heartbeat now so /healthz turns green
     # as soon as beat and a worker are up.
     app.send_task("connections.tasks.beat_heartbeat")
+
+
+@task_prerun.connect
+@task_postrun.connect
+def database_connections_checked(sender: object = None, **kwargs: object) -> None:
+    """Around each task, what Django does around each request: a connection that broke (the database restarted,
+    failed over, or dropped it) or outlived DATABASE_CONN_MAX_AGE is closed, and one kept is checked before its
+    next use (CONN_HEALTH_CHECKS), so the next task opens a new one. Celery's own Django fixup would close every
+    connection around every task instead; CELERY_DB_REUSE_MAX (settings) keeps it from doing so, and without
+    this a connection broken once stayed broken in that worker process for its next thousand tasks."""
+    from django.db import close_old_connections, connection
+
+    # A task run in the caller's own process (eager, as the tests run some) is part of the caller's work, and
+    # perhaps of its transaction: that connection is the caller's to look after.
+    if getattr(getattr(sender, "request", None), "is_eager", False) or connection.in_atomic_block:
+        return
+    close_old_connections()

@@ -211,7 +211,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # A prefork child is replaced after this many tasks: whatever a library leaks does not grow for ever.
 CELERY_WORKER_MAX_TASKS_PER_CHILD = 1000
-# Celery's Django integration closes the database connection around every task unless told to reuse it.
+# Celery's Django fixup closes every database connection around every task unless told to reuse them: a worker
+# keeps its connections, and controlroom.celery checks them around each task as Django does around a request
+# (a broken one is replaced before the next task).
 CELERY_DB_REUSE_MAX = 1000
 # Refreshes have their own queue, so the heartbeat and the sweep (default queue, consumed first) are never stuck
 # behind a backlog of refreshes. A worker started without -Q consumes both.

@@ -74,13 +74,17 @@ class FailedAuthenticationWindow(models.Model):
 
 
 class BeatHeartbeat(models.Model):
-    """The last time a beat-scheduled task ran on a worker (one row); /healthz reads it."""
+    """What a beat-scheduled job did last, one row a job (beat's heartbeat, each worker that ran it, the refresh
+    sweep, the refresh tasks): when it last succeeded and when and how it last failed. /healthz reads them."""
 
     name = models.CharField(max_length=40, unique=True)
-    last_run_at = models.DateTimeField()
+    last_run_at = models.DateTimeField(null=True, blank=True, help_text="When it last succeeded.")
+    last_error = models.TextField(blank=True, help_text="Its last failure, in words (never a secret).")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    failures_in_a_row = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
-        return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}" if self.last_run_at else self.name
 
 
 class AnswerVersion(models.Model):

@@ -3,10 +3,11 @@
 - liveness (/livez, the container's health check): the process serves requests; no I/O at all.
 - readiness (/readyz, the load balancer's probe): the database and the cache answer, checked at most every few
   seconds per process. Beat and the workers are not asked: web serves tokens without them for a while.
-- freshness (/healthz, for alerting): the database, the broker, beat's heartbeat, the workers that ran it, and
-  the refresh backlog.
+- freshness (/healthz, for alerting): the database, the broker, beat's heartbeat, the workers that ran it, the
+  refresh sweep and the refresh tasks (each with its last failure), and the refresh backlog.
 """
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,14 +18,19 @@ from typing import Any
 from celery import Celery
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DatabaseError, close_old_connections
 from django.db import connection as db_connection
-from django.db.models import Count, Min, Q
+from django.db.models import Count, F, Min, Q
 from django.utils import timezone
 
 from connections.models import BeatHeartbeat, OAuthToken, TokenState
 
+logger = logging.getLogger(__name__)
+
 READINESS_SECONDS = 3  # how long a readiness answer is reused: a busy balancer's probes cost one check
 WORKER_PREFIX = "worker:"  # heartbeat rows of the workers that ran beat's heartbeat, by their host name
+SWEEP = "sweep"  # the refresh sweep's row: its last success and its last failure
+REFRESH_TASKS = "refresh-tasks"  # the refresh tasks' row: their last failure (a success writes nothing)
 
 
 def _failure(what: str, exc: Exception) -> dict[str, Any]:
@@ -68,6 +74,47 @@ def beat_heartbeat_record(*, worker: str = "") -> None:
         BeatHeartbeat.objects.update_or_create(name=f"{WORKER_PREFIX}{worker}"[:40], defaults={"last_run_at": now})
 
 
+# Failures this process could not write (the database was what failed): written with its next success, so that
+# /healthz can say afterwards what happened meanwhile. Name -> (error, when, how many).
+_unwritten: dict[str, tuple[str, datetime, int]] = {}
+
+
+def periodic_success_record(name: str) -> None:
+    """A scheduled job (the sweep) did its work: its row says when, and that its failures in a row are over."""
+    if name in _unwritten:
+        error, failed_at, count = _unwritten.pop(name)
+        _failure_write(name, f"{error} ({count} time(s) while the database could not be written)", failed_at)
+    now = timezone.now()
+    if not BeatHeartbeat.objects.filter(name=name).update(last_run_at=now, failures_in_a_row=0):
+        BeatHeartbeat.objects.get_or_create(name=name, defaults={"last_run_at": now})
+
+
+def periodic_failure_record(name: str, exc: BaseException) -> None:
+    """A scheduled job failed: its row says when and how (the error's type and first line: what a database or
+    broker says of itself, never a value of ours), on a database connection opened afresh if the failure broke
+    this one. When the database itself is down, nothing can be written: /healthz says so in its own way."""
+    first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+    error, now = f"{type(exc).__name__}: {first_line}".rstrip(": "), timezone.now()
+    if not db_connection.in_atomic_block:
+        close_old_connections()
+    try:
+        _failure_write(name, error, now)
+    except DatabaseError:
+        count = _unwritten.get(name, ("", now, 0))[2] + 1
+        _unwritten[name] = (error, now, count)
+        logger.warning("Could not record that %s failed: the database does not answer.", name)
+
+
+def _failure_write(name: str, error: str, failed_at: datetime) -> None:
+    counted = BeatHeartbeat.objects.filter(name=name).update(
+        last_error=error, last_error_at=failed_at, failures_in_a_row=F("failures_in_a_row") + 1
+    )
+    if not counted:
+        BeatHeartbeat.objects.get_or_create(
+            name=name, defaults={"last_error": error, "last_error_at": failed_at, "failures_in_a_row": 1}
+        )
+
+
 def _fresh(moment: Any) -> tuple[bool, int]:
     age = int((timezone.now() - moment).total_seconds())
     return age <= 3 * settings.BEAT_INTERVAL, age
@@ -82,6 +129,45 @@ def check_beat() -> dict[str, Any]:
     result: dict[str, Any] = {"ok": ok, "last_run": heartbeat.last_run_at.isoformat(), "age_seconds": age}
     if not ok:
         result["error"] = f"beat last ran {age} seconds ago (interval {settings.BEAT_INTERVAL} s)"
+    return result
+
+
+def check_sweep() -> dict[str, Any]:
+    """The refresh sweep: healthy while it succeeded within three beat intervals and has not failed since. A beat
+    that sends its heartbeat but whose sweeps fail (a worker's broken database connection) refreshes nothing."""
+    row = BeatHeartbeat.objects.filter(name=SWEEP).first()
+    if row is None:
+        return {"ok": True, "last_run": None}  # beat has not swept yet: the beat check says whether it runs
+    fresh, age = _fresh(row.last_run_at) if row.last_run_at else (False, None)
+    failing = row.last_error_at is not None and (row.last_run_at is None or row.last_error_at > row.last_run_at)
+    result: dict[str, Any] = {
+        "ok": fresh and not failing,
+        "last_run": row.last_run_at.isoformat() if row.last_run_at else None,
+        "age_seconds": age,
+    }
+    if row.last_error_at is not None:  # what happened, even once it has recovered
+        result |= {"last_error": row.last_error, "last_error_at": row.last_error_at.isoformat()}
+    if failing:
+        result["error"] = f"the refresh sweep failed {row.failures_in_a_row} time(s) in a row: {row.last_error}"
+    elif not fresh:
+        result["error"] = f"the refresh sweep last succeeded {age} seconds ago (interval {settings.BEAT_INTERVAL} s)"
+    return result
+
+
+def check_refresh_tasks() -> dict[str, Any]:
+    """The refresh tasks: unhealthy while one failed as a whole within the last two beat intervals (a token's own
+    failure is the token's, shown on its connection)."""
+    row = BeatHeartbeat.objects.filter(name=REFRESH_TASKS, last_error_at__isnull=False).first()
+    if row is None or row.last_error_at is None:
+        return {"ok": True}
+    age = int((timezone.now() - row.last_error_at).total_seconds())
+    result = {
+        "ok": age > 2 * settings.BEAT_INTERVAL,
+        "last_error": row.last_error,
+        "last_error_at": row.last_error_at.isoformat(),
+    }
+    if not result["ok"]:
+        result["error"] = f"a refresh task failed {age} seconds ago: {row.last_error}"
     return result
 
 
@@ -165,11 +251,15 @@ def health_report(celery_app: Celery) -> dict[str, Any]:
     checks = {"database": check_database(), "broker": check_broker(celery_app)}
     if checks["database"]["ok"]:
         checks.update(
-            beat=_read(check_beat), workers=_read(check_workers), refresh_backlog=_read(check_refresh_backlog)
+            beat=_read(check_beat),
+            workers=_read(check_workers),
+            sweep=_read(check_sweep),
+            refresh_tasks=_read(check_refresh_tasks),
+            refresh_backlog=_read(check_refresh_backlog),
         )
     else:
         unread = {"ok": False, "error": "database unreachable"}
-        checks.update(beat=unread, workers=unread, refresh_backlog=unread)
+        checks.update(beat=unread, workers=unread, sweep=unread, refresh_tasks=unread, refresh_backlog=unread)
     return _report(checks)
 
 

@@ -31,6 +31,11 @@ REFRESH_SECONDS = Histogram(
     ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30),
 )
+TASK_FAILURES = Counter(
+    "controlroom_task_failures",
+    "Scheduled work that failed as a whole, by task: the refresh sweep, a worker's batch of refreshes.",
+    ["task"],
+)
 AUDIT_EVENTS_QUEUED = Gauge(
     "controlroom_audit_events_queued",
     "Audit events of answered token requests that web processes hold until their next report writes them.",
@@ -45,3 +50,7 @@ def token_request_counted(outcome: str, *, from_memory: bool) -> None:
 def refresh_counted(provider: str, outcome: str, seconds: float) -> None:
     REFRESHES.labels(provider=provider, outcome=outcome).inc()
     REFRESH_SECONDS.labels(provider=provider).observe(seconds)
+
+
+def task_failure_counted(task: str) -> None:
+    TASK_FAILURES.labels(task=task).inc()

@@ -22,6 +22,9 @@ import pytest
 
 _stops: list = []
 T = TypeVar("T")
+# How to stop and start again the servers this run started (tests of what a restart does to the processes):
+# "postgres" -> the pg_ctl command's start and stop, "redis" -> a function that restarts it (its data lost).
+_controls: dict[str, dict[str, Callable[[], None]]] = {}
 
 
 def free_port() -> int:
@@ -121,9 +124,27 @@ def start_postgres() -> str:
             )
         )
         _wait_for_port(port, "PostgreSQL")
+        data = ["-D", str(data_dir / "data")]
+        _controls["postgres"] = {
+            "stop": lambda: _run(_as_postgres_user([pg_ctl, *data, "-m", "fast", "-w", "stop"])),
+            "start": lambda: _run(_as_postgres_user([pg_ctl, *data, "-o", options, "-l", str(log), "-w", "start"])),
+            "restart": lambda: _run(_as_postgres_user([pg_ctl, *data, "-l", str(log), "-m", "fast", "-w", "restart"])),
+        }
         return f"postgres://postgres@127.0.0.1:{port}/controlroom"
 
     return on_a_free_port(start)
+
+
+def _run(command: list[str]) -> None:
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+def server_control(name: str, action: str) -> None:
+    """Stop, start or restart a server this run started ("postgres": pg_ctl, as an operator's restart does;
+    "redis": a new server on the same port, its data lost). Fails, saying why, for a server of your own."""
+    if name not in _controls:
+        pytest.fail(f"{name} was not started by this test run (TEST_*_URL points elsewhere): it cannot be restarted.")
+    _controls[name][action]()
 
 
 def start_redis() -> str:
@@ -133,6 +154,7 @@ def start_redis() -> str:
             "redis-server not found: install it (apt-get install -y redis-server) or set TEST_REDIS_URL."
         )
     log_path = Path(tempfile.mkdtemp(prefix="controlroom-redis-")) / "redis.log"
+    running: list[subprocess.Popen[bytes]] = []
 
     def start(port: int) -> str:
         logged = _size(log_path)
@@ -142,6 +164,7 @@ def start_redis() -> str:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        running[:] = [process]
         # Its own word, not an open port: another process's server could be the one listening there.
         deadline = time.monotonic() + 30
         while process.poll() is None and "Ready to accept connections" not in _text_since(log_path, logged):
@@ -152,10 +175,19 @@ def start_redis() -> str:
             if "Address already in use" in _text_since(log_path, logged):
                 raise PortTaken()
             raise pytest.UsageError(f"redis-server exited with code {process.returncode}:\n{log_path.read_text()}")
-        _stops.append(lambda: (process.terminate(), process.wait(10)))
+        _stops.append(lambda: [(server.terminate(), server.wait(10)) for server in running])
+        _controls["redis"] = {"restart": lambda: _redis_restart(running, start, port)}
         return f"redis://127.0.0.1:{port}/0"
 
     return on_a_free_port(start)
+
+
+def _redis_restart(running: list, start: Callable[[int], str], port: int) -> None:
+    """As a crash and a restart do: the server gone at once (SIGKILL), a new one on the same port, empty."""
+    for server in running:
+        server.kill()
+        server.wait(10)
+    start(port)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -131,12 +131,20 @@ class Stack:
         return [sys.executable, "-m", "celery", "--app", "controlroom", *args]
 
     def worker(
-        self, name: str = "worker", *, pool: str = "solo", concurrency: int = 1, loglevel: str = "INFO"
+        self,
+        name: str = "worker",
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        loglevel: str = "INFO",
+        queues: str = "celery,refresh",
     ) -> subprocess.Popen[bytes]:
         process = self.processes.start(
             name,
             self._celery(
                 "worker",
+                "--queues",
+                queues,
                 "--loglevel",
                 loglevel,
                 "--pool",

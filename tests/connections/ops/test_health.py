@@ -2,14 +2,18 @@
 The endpoints themselves, and outages of real processes, are in tests/controlroom/test_healthz.py."""
 
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from celery import Celery
+from django.db import OperationalError
 from django.utils import timezone
 
+from connections import tasks
+from connections.engine import batch, sweep
 from connections.models import BeatHeartbeat, OAuthToken, TokenState
-from connections.ops import health
+from connections.ops import health, metrics
 from tests.controlroom.helpers import closed_port
 
 pytestmark = pytest.mark.django_db
@@ -148,3 +152,55 @@ def test_an_unreachable_broker_is_reported_by_type_without_its_url_or_password()
     assert broker["ok"] is False
     assert broker["error"].startswith("broker unreachable ("), broker
     assert password not in broker["error"] and "127.0.0.1" not in broker["error"]
+
+
+def _failures_counted(task: str) -> float:
+    return metrics.TASK_FAILURES.labels(task=task)._value.get()
+
+
+def test_a_failing_sweep_fails_healthz_says_why_and_is_counted_until_a_sweep_succeeds(monkeypatch, client):
+    # given a sweep that succeeded, and then a database that refuses it
+    tasks.refresh_sweep()
+    counted = _failures_counted("refresh_sweep")
+
+    def broken(**kwargs: object) -> Iterator[list[tuple[int, int]]]:
+        raise OperationalError("the connection is closed")
+        yield []
+
+    monkeypatch.setattr(sweep, "token_refresh_claims", broken)
+    # when the next sweeps run
+    for _ in range(2):
+        with pytest.raises(OperationalError):
+            tasks.refresh_sweep()
+    # then /healthz fails with the error, and /metrics counts each failure
+    check = health.check_sweep()
+    assert check["ok"] is False, check
+    assert check["error"] == "the refresh sweep failed 2 time(s) in a row: OperationalError: the connection is closed"
+    body = client.get("/healthz").json()
+    assert body["status"] == "error" and body["checks"]["sweep"] == check
+    assert _failures_counted("refresh_sweep") == counted + 2
+
+    # when a sweep succeeds again
+    monkeypatch.undo()
+    tasks.refresh_sweep()
+    # then the sweep is healthy, and its check still says what happened
+    check = health.check_sweep()
+    assert check["ok"] is True and "error" not in check
+    assert check["last_error"] == "OperationalError: the connection is closed" and check["last_error_at"]
+
+
+def test_a_failed_refresh_task_fails_healthz_for_two_intervals(monkeypatch, settings):
+    settings.BEAT_INTERVAL = 10
+
+    def broken(pairs: object, queued_at: object) -> None:
+        raise OperationalError("server closed the connection unexpectedly\nThis probably means...")
+
+    monkeypatch.setattr(batch, "tokens_refresh", broken)
+    counted = _failures_counted("refresh_tokens")
+    with pytest.raises(OperationalError):
+        tasks.refresh_tokens([[1, 1]])
+    check = health.check_refresh_tasks()
+    assert check["ok"] is False and check["last_error"] == "OperationalError: server closed the connection unexpectedly"
+    assert _failures_counted("refresh_tokens") == counted + 1
+    BeatHeartbeat.objects.filter(name=health.REFRESH_TASKS).update(last_error_at=timezone.now() - timedelta(seconds=21))
+    assert health.check_refresh_tasks()["ok"] is True
