@@ -1,5 +1,6 @@
 # make run  - fresh machine to running app (web + Celery worker + beat) on 127.0.0.1:$(PORT)
 # make test - the whole test suite (starts its own PostgreSQL, Redis and OAuth servers)
+# make lint - ruff, mypy and the import contracts (CI runs it before the tests)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -56,9 +57,13 @@ run: $(VENV)/.run-installed .env
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
+# Style (ruff), types (mypy with django-stubs, which reads the settings: DEBUG=true gives it a development
+# configuration) and the architecture's import contracts (import-linter, pyproject.toml).
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DEBUG=true ENV_FILE= $(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) var
