@@ -57,11 +57,11 @@ class CachedAnswer:
     """What answering one key for one connection again needs, as the full path found it."""
 
     key_id: str
-    digest: str
+    digest: str = field(repr=False)
     key_expires_at: datetime | None
     last_used_at: datetime
     token_expires_at: datetime | None
-    answer: Any  # issuing.IssuedToken
+    answer: Any = field(repr=False)  # issuing.IssuedToken
     audit: dict[str, Any]  # connections.audit.rows.EVENT_FIELDS of an answer from memory
     identity: int  # the identity version, read with the rows the answer came from
     read_at: float  # time.monotonic() no later than that read

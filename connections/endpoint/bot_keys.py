@@ -7,7 +7,7 @@ without a scan; the secret has 256 bits of entropy, so a fast digest is enough (
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -80,7 +80,7 @@ class PresentedKey:
     """A bot key as a caller presented it, in the shape of a key; whether it is a real one is not known yet."""
 
     key_id: str
-    secret: str
+    secret: str = field(repr=False)
 
     @property
     def digest(self) -> str:

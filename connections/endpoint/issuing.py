@@ -39,7 +39,7 @@ TRUE_VALUES, FALSE_VALUES = {"true", "1", "yes"}, {"false", "0", "no", ""}
 @dataclass(frozen=True)
 class IssuedToken:
     connection: str
-    access_token: str
+    access_token: str = field(repr=False)
     token_type: str
     expires_at: datetime | None
     scope: str

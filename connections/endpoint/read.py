@@ -10,7 +10,7 @@ QuerySet would pass them, and the instances hold only these fields, as with Quer
 
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -31,7 +31,7 @@ TOKEN_FIELDS = (
 
 @dataclass(frozen=True)
 class TokenRequestRead:
-    key: BotKey  # its .user holds USER_FIELDS
+    key: BotKey = field(repr=False)  # its .user holds USER_FIELDS; the row holds the key's digest
     connection: Connection | None  # None: no connection has that slug
     invited: bool  # one of the key's user's roles is invited to the connection
     token: OAuthToken | None  # None: not connected (for this user, if user-specific)

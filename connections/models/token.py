@@ -31,7 +31,8 @@ class OAuthToken(models.Model):
     id_token = encrypt(models.TextField(blank=True))
     token_type = models.CharField(max_length=40, default="Bearer")
     scope = models.TextField(blank=True, help_text="As the provider granted it, space-separated.")
-    extra = models.JSONField(default=dict, blank=True, help_text="Non-secret fields of the token response.")
+    # Encrypted like the tokens: the fields a provider answers besides them are its to describe, not ours.
+    extra = encrypt(models.JSONField(default=dict, blank=True, help_text="The other fields of the token response."))
     expires_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=30, choices=TokenState.choices, default=TokenState.ACTIVE)
     consecutive_failures = models.PositiveIntegerField(default=0)

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 from celery import current_app
@@ -45,7 +45,7 @@ ENVIRONMENT = 0  # the endpoint id that stands for NOTIFY_WEBHOOK_URL
 @dataclass(frozen=True)
 class _Target:
     url: str
-    secret: str
+    secret: str = field(repr=False)
     endpoint: WebhookEndpoint | None  # None: the environment's NOTIFY_WEBHOOK_URL
 
 

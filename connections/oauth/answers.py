@@ -5,7 +5,7 @@ connections.oauth.client makes the calls and hands their answers to this module.
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -17,18 +17,20 @@ from connections.errors import ProviderError
 STANDARD_FIELDS = frozenset(
     {"access_token", "refresh_token", "id_token", "token_type", "scope", "expires_in", "expires_at"}
 )
-SECRET_WORDS = ("token", "secret", "password", "code", "assertion")
+# A field whose name holds one of these is a secret (a token, a client secret, an authorization code, a signed
+# assertion, a webhook's secret URL), at whatever depth of the answer it is: never kept, never given to a bot.
+SECRET_WORDS = ("token", "secret", "password", "code", "assertion", "webhook")
 
 
 @dataclass(frozen=True)
 class TokenResponse:
-    access_token: str
-    refresh_token: str
-    id_token: str
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    id_token: str = field(repr=False)
     token_type: str
     scope: str
     expires_in: int | None
-    extra: dict[str, Any]
+    extra: dict[str, Any]  # without a secret at any depth (without_secrets)
 
 
 RATE_LIMITED = "rate_limited"  # the error of a ProviderError for HTTP 429: the provider wants fewer calls
@@ -117,7 +119,23 @@ def _fields_moved(body: dict[str, Any], fields: dict[str, str]) -> dict[str, Any
             value = value.get(part) if isinstance(value, dict) else None
         if value is not None:
             moved[name] = value
+    for path in fields.values():  # the containers go: what else they hold is the other grant's (Slack's bot token)
+        if "." in path:
+            moved.pop(path.split(".")[0], None)
     return moved
+
+
+def without_secrets(value: Any) -> Any:
+    """The value with every field named like a secret (SECRET_WORDS) removed, at every depth."""
+    if isinstance(value, dict):
+        return {
+            key: without_secrets(item)
+            for key, item in value.items()
+            if not (isinstance(key, str) and any(word in key.lower() for word in SECRET_WORDS))
+        }
+    if isinstance(value, list):
+        return [without_secrets(item) for item in value]
+    return value
 
 
 def retry_after_seconds(value: str) -> float:
@@ -189,11 +207,7 @@ def token_response_of(token: dict[str, Any]) -> TokenResponse:
         raise ProviderError(
             "The provider's token response has no access_token.", error="invalid_response", permanent=False
         )
-    extra = {
-        key: value
-        for key, value in token.items()
-        if key not in STANDARD_FIELDS and not any(word in key.lower() for word in SECRET_WORDS)
-    }
+    extra = without_secrets({key: value for key, value in token.items() if key not in STANDARD_FIELDS})
     if len(json.dumps(extra)) > MAX_EXTRA_BYTES:
         extra = {key: value for key, value in extra.items() if len(json.dumps(value)) <= 200}
     return TokenResponse(

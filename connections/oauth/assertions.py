@@ -11,7 +11,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
@@ -31,7 +31,7 @@ PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----[^-]+-----END \1-----")
 
 @dataclass(frozen=True)
 class SigningKey:
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(repr=False)
     algorithm: str  # RS256 or ES256
     thumbprint: str  # the x5t of the certificate given with the key, or ""
 

@@ -17,7 +17,7 @@ from connections.oauth import assertions
 @dataclass(frozen=True)
 class ClientConfig:
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     authorization_url: str
     token_url: str
     revocation_url: str = ""
@@ -30,7 +30,7 @@ class ClientConfig:
     grant_type: str = "authorization_code"
     device_authorization_url: str = ""
     # Signed assertions (connections.oauth.assertions): the PEM key, its kid, their aud, and the JWT bearer grant's sub.
-    private_key: str = ""
+    private_key: str = field(default="", repr=False)
     private_key_id: str = ""
     assertion_audience: str = ""
     jwt_subject: str = ""

@@ -37,7 +37,7 @@ MARKER = "PLAINTEXT-MARKER"  # in every secret, so the raw bytes can be searched
 
 FIELDS = {
     Connection: ("client_secret", "private_key"),
-    OAuthToken: ("access_token", "refresh_token", "id_token"),
+    OAuthToken: ("access_token", "refresh_token", "id_token", "extra"),
     AuthorizationRequest: ("code_verifier",),
     DeviceAuthorization: ("device_code",),
     WebhookEndpoint: ("secret",),
@@ -83,6 +83,7 @@ def make_rows(count: int, *, start: int = 0, requests: int = 0) -> dict[tuple, s
             access_token=secret("access", n),
             refresh_token=secret("refresh", n),
             id_token=secret("id", n) if n % 3 else "",
+            extra={"instance_url": secret("extra", n)},
         )
         for n, connection in zip(numbers, connections, strict=True)
     )
@@ -93,6 +94,7 @@ def make_rows(count: int, *, start: int = 0, requests: int = 0) -> dict[tuple, s
         expected[(OAuthToken, token.pk, "access_token")] = secret("access", n)
         expected[(OAuthToken, token.pk, "refresh_token")] = secret("refresh", n)
         expected[(OAuthToken, token.pk, "id_token")] = secret("id", n) if n % 3 else ""
+        expected[(OAuthToken, token.pk, "extra")] = {"instance_url": secret("extra", n)}
     if requests:
         user = User.objects.get_or_create(username="rotation-user")[0]
         made = AuthorizationRequest.objects.bulk_create(
@@ -176,7 +178,7 @@ def test_rotation_from_a_previous_key_loses_nothing(monkeypatch, settings):
     assert_no_plaintext(before)
     old = fernet_for(KEY_A)
     under_a = {key for key, raw in before.items() if decrypts_under(old, raw, expected[key])}
-    assert len(under_a) == 600 * 5 + 30
+    assert len(under_a) == 600 * 6 + 30  # per row: client secret, private key, access, refresh, id token, extra
 
     settings.CRYPTOGRAPHY_KEY_PREVIOUS = [KEY_A]
     output = run()
