@@ -1,9 +1,14 @@
 """What the HTTP edges (the token endpoint, the pages for people, django-axes) need to know of a request."""
 
 import ipaddress
+from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+
+if TYPE_CHECKING:  # the user model as a type only: this module imports no model at run time
+    from django.contrib.auth.models import User
 
 
 def client_address(request: HttpRequest) -> str | None:
@@ -21,3 +26,12 @@ def client_address(request: HttpRequest) -> str | None:
         return str(ipaddress.ip_address(chain[-(proxies + 1)]))
     except ValueError:  # a proxy that writes something else is misconfigured: trust nothing it says
         return remote
+
+
+def signed_in_user(request: HttpRequest) -> "User":
+    """The person a page acts for. Every page that acts for someone is behind login_required or the admin's
+    admin_view, so they are signed in; anyone else is refused rather than acted for."""
+    user = request.user
+    if not user.is_authenticated:
+        raise PermissionDenied
+    return user

@@ -3,14 +3,13 @@
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus, OAuthToken, TokenState, TokenType
 
-AnyUser = AbstractBaseUser | AnonymousUser
+AnyUser = User | AnonymousUser
 
 
 def user_can_manage_connections(user: AnyUser) -> bool:
@@ -35,7 +34,7 @@ def user_may_authorize(user: AnyUser, connection: Connection) -> bool:
     return user_can_manage_connections(user)
 
 
-def user_specific_connections_for(user: AnyUser) -> QuerySet[Connection]:
+def user_specific_connections_for(user: User) -> QuerySet[Connection]:
     """The user-specific connections the user may authorize a token for (My connections)."""
     connections = Connection.objects.filter(token_type=TokenType.USER_SPECIFIC).select_related("provider")
     if not user_can_manage_connections(user):
@@ -135,7 +134,7 @@ def token_summary(connection: Connection) -> TokenSummary:
     failing = [token for token in tokens if token.last_error]
     attempt = attempt_failure(connection, tokens)
     return TokenSummary(
-        last_refresh_at=latest and (latest.refreshed_at or latest.authorized_at),
+        last_refresh_at=(latest.refreshed_at or latest.authorized_at) if latest else None,
         next_refresh_at=min((token.next_refresh_at for token in tokens if token.next_refresh_at), default=None),
         consecutive_failures=max(
             [token.consecutive_failures for token in tokens] + ([attempt.in_a_row] if attempt else []), default=0

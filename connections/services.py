@@ -8,8 +8,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -25,7 +24,7 @@ from connections.models import FEATURE_PERMISSIONS, Connection, OAuthToken, Role
 from connections.notify import webhooks
 
 
-def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
+def connection_test(*, connection: Connection, actor: User) -> str:
     """Save and test connection: prove the credentials work now. Returns a sentence for the admin."""
     if not connection.is_enabled:
         raise ConnectionActionError(f"{connection} is disabled; enable it to test it.")
@@ -65,7 +64,7 @@ def connection_test(*, connection: Connection, actor: AbstractBaseUser) -> str:
     return f"Test passed: the token was refreshed ({selectors.token_status(token).expiry_text})."
 
 
-def connection_refresh_now(*, connection: Connection, actor: AbstractBaseUser) -> str:
+def connection_refresh_now(*, connection: Connection, actor: User) -> str:
     """Refresh now: renew every token of the connection; returns a sentence for the admin."""
     tokens = list(connection.tokens.all())
     if not tokens:
@@ -84,14 +83,12 @@ def connection_refresh_now(*, connection: Connection, actor: AbstractBaseUser) -
     return f"Refreshed {len(tokens)} token(s) of {connection}."
 
 
-def connection_disconnect(
-    *, connection: Connection, actor: AbstractBaseUser, only_user: AbstractBaseUser | None = None
-) -> str:
+def connection_disconnect(*, connection: Connection, actor: User, only_user: User | None = None) -> str:
     """Revoke at the provider where it offers RFC 7009 revocation, then remove the stored tokens."""
-    tokens = connection.tokens.all()
+    stored = connection.tokens.all()
     if only_user is not None:
-        tokens = tokens.filter(user=only_user)
-    tokens = _tokens_taken_over(list(tokens.values_list("pk", flat=True)))
+        stored = stored.filter(user=only_user)
+    tokens = _tokens_taken_over(list(stored.values_list("pk", flat=True)))
     if not tokens:
         raise ConnectionActionError(f"{connection} has no stored token to disconnect.")
     detail, revoked_all = _tokens_revoke(connection, tokens)
@@ -134,7 +131,7 @@ def _tokens_revoke(connection: Connection, tokens: list[OAuthToken]) -> tuple[st
     return "Tokens revoked at the provider and removed.", True
 
 
-def connection_delete(*, connection: Connection, actor: AbstractBaseUser) -> str:
+def connection_delete(*, connection: Connection, actor: User) -> str:
     """Delete a connection: its tokens are revoked at the provider first (outside any transaction), then the
     connection goes, with an audit event that outlives it."""
     tokens = _tokens_taken_over(list(connection.tokens.values_list("pk", flat=True)))
@@ -170,9 +167,7 @@ def connection_save(*, connection: Connection, created: bool) -> None:
     connection.save(update_fields=settings_fields)
 
 
-def connection_save_audit(
-    *, connection: Connection, actor: AbstractBaseUser, created: bool, changed: list[str]
-) -> None:
+def connection_save_audit(*, connection: Connection, actor: User, created: bool, changed: list[str]) -> None:
     """Record an admin save; names the changed fields, never their values."""
     audit_record(
         action=Action.CONNECTION_CREATE if created else Action.CONNECTION_UPDATE,
@@ -185,11 +180,11 @@ def connection_save_audit(
 
 def role_update(
     *,
-    role: Role,
+    role: Group,  # a Role, or the group apply_config got or created (Role is a proxy: the same row)
     feature_permissions: list[str],
-    members: list[AbstractBaseUser],
+    members: list[User],
     connections: list[Connection],
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     actor_label: str = "",
     created: bool = False,
     renamed_from: str = "",
@@ -219,9 +214,7 @@ def role_update(
         )
 
 
-def user_roles_set(
-    *, user: AbstractBaseUser, roles: list[Role], actor: AbstractBaseUser | None, actor_label: str = ""
-) -> None:
+def user_roles_set(*, user: User, roles: list[Role], actor: User | None, actor_label: str = "") -> None:
     """Set a user's roles (the user page of the admin): one audit event per role whose membership changed, the same
     event role_update writes when only its members change."""
     with transaction.atomic():
@@ -245,7 +238,7 @@ def user_roles_set(
             )
 
 
-def role_delete(*, role: Role, actor: AbstractBaseUser | None) -> None:
+def role_delete(*, role: Role, actor: User | None) -> None:
     """Delete a role, recording first what it held (members, permissions, invitations): the history of who could
     get tokens has no gap when a role goes."""
     with transaction.atomic():
@@ -260,7 +253,7 @@ def role_delete(*, role: Role, actor: AbstractBaseUser | None) -> None:
         role.delete()
 
 
-def user_delete(*, user: AbstractBaseUser, actor: AbstractBaseUser) -> str:
+def user_delete(*, user: User, actor: User) -> str:
     """Delete a user: their own tokens are revoked at the provider first (outside any transaction, each a
     Disconnect), then they leave their roles, audited as from the role page, and go with their bot keys. Returns
     a sentence for the admin."""
@@ -285,7 +278,7 @@ class RoleSnapshot:
     connections: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, role: Role) -> "RoleSnapshot":
+    def of(cls, role: Group) -> "RoleSnapshot":
         user_model = get_user_model()
         return cls(
             members=frozenset(user_model.objects.filter(groups=role).values_list(user_model.USERNAME_FIELD, flat=True)),

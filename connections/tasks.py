@@ -1,5 +1,6 @@
 """Celery tasks: thin edges that take ids, call one service, and own only their retry policy."""
 
+import math
 from datetime import datetime
 
 from celery import Task, shared_task
@@ -45,6 +46,10 @@ def refresh_sweep() -> int:
 # task's tokens may be at one). The limits leave room for that, and end a task that hangs (a token whose refresh
 # was cut off keeps its lease until it runs out, and is claimed again after that). They apply in the prefork
 # pool (the default), not in the solo pool the tests use.
+# A provider call ends by OUTBOUND_TIMEOUT (whole seconds here: Celery's limits): a task making one is asked to stop
+# a little after that (soft), and ended at twice that (hard).
+_SOFT_LIMIT = math.ceil(settings.OUTBOUND_TIMEOUT) + 5
+_HARD_LIMIT = 2 * math.ceil(settings.OUTBOUND_TIMEOUT) + 3
 _IN_FLIGHT = min(settings.REFRESH_CONCURRENCY, settings.REFRESH_PROVIDER_CONCURRENCY)
 _ROUNDS = -(-settings.REFRESH_TASK_SIZE // _IN_FLIGHT) + 1
 
@@ -52,8 +57,8 @@ _ROUNDS = -(-settings.REFRESH_TASK_SIZE // _IN_FLIGHT) + 1
 @shared_task(
     name="connections.tasks.refresh_tokens",
     ignore_result=True,
-    soft_time_limit=_ROUNDS * (settings.OUTBOUND_TIMEOUT + 5),
-    time_limit=_ROUNDS * (2 * settings.OUTBOUND_TIMEOUT + 3),
+    soft_time_limit=_ROUNDS * _SOFT_LIMIT,
+    time_limit=_ROUNDS * _HARD_LIMIT,
 )
 def refresh_tokens(pairs: list[list[int]], queued_at: str | None = None) -> None:
     """Refresh the (token id, generation) pairs a sweep claimed. Retries are the sweep's job (on each token's
@@ -70,8 +75,8 @@ def refresh_tokens(pairs: list[list[int]], queued_at: str | None = None) -> None
 @shared_task(
     name="connections.tasks.refresh_token",
     ignore_result=True,
-    soft_time_limit=settings.OUTBOUND_TIMEOUT + 5,
-    time_limit=2 * settings.OUTBOUND_TIMEOUT + 3,
+    soft_time_limit=_SOFT_LIMIT,
+    time_limit=_HARD_LIMIT,
 )
 def refresh_token(token_id: int, generation: int, queued_at: str | None = None) -> None:
     """Refresh one token (what sweeps queued before refresh_tokens existed, and a way to ask for one by hand)."""
@@ -87,8 +92,8 @@ def audit_failed_authentications_summarize() -> int:
 @shared_task(
     name="connections.tasks.device_authorization_poll",
     ignore_result=True,
-    soft_time_limit=settings.OUTBOUND_TIMEOUT + 5,
-    time_limit=2 * settings.OUTBOUND_TIMEOUT + 3,
+    soft_time_limit=_SOFT_LIMIT,
+    time_limit=_HARD_LIMIT,
 )
 def device_authorization_poll(authorization_id: int) -> None:
     """Poll the token URL for a Device Code authorization once, and again after the provider's interval until it
@@ -107,8 +112,8 @@ def device_authorization_poll(authorization_id: int) -> None:
     bind=True,
     ignore_result=True,
     max_retries=len(webhooks.RETRY_DELAYS),
-    soft_time_limit=settings.OUTBOUND_TIMEOUT + 5,
-    time_limit=2 * settings.OUTBOUND_TIMEOUT + 3,
+    soft_time_limit=_SOFT_LIMIT,
+    time_limit=_HARD_LIMIT,
 )
 def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
     """Post one event to one endpoint; retried with backoff while the receiver is down or answers 5xx, 408 or 429
@@ -116,6 +121,6 @@ def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
     try:
         webhooks.webhook_deliver(endpoint_id, body)
     except errors.DeliveryFailed as failure:
-        if failure.retry and self.request.retries < self.max_retries:
+        if failure.retry and self.request.retries < len(webhooks.RETRY_DELAYS):
             raise self.retry(countdown=webhooks.retry_delay(self.request.retries)) from None
         webhooks.delivery_given_up(endpoint_id, body, failure)

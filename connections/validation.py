@@ -71,7 +71,10 @@ def slug_for(slug: str, name: str, *, pk: int | None) -> tuple[str, str]:
     slug = slug or slugify(name)
     if not slug:
         return slug, "Give the connection a name made of letters or digits, or a slug."
-    if Connection.objects.filter(slug=slug).exclude(pk=pk).exists():
+    others = Connection.objects.filter(slug=slug)
+    if pk is not None:  # a connection being edited may keep its own slug
+        others = others.exclude(pk=pk)
+    if others.exists():
         return slug, f"Another connection already uses the slug {slug!r}."
     return slug, ""
 

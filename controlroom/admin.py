@@ -16,7 +16,9 @@ class ControlRoomAdminSite(admin.AdminSite):
     site_title = "Control Room"
     index_title = "Administration"
     index_template = "admin/connections/index.html"  # getting started, the dashboard and Outbound pages
-    site_url = reverse_lazy("my_connections")
+    # Resolved when a page is drawn (the URLs are not loaded yet here). django-stubs types site_url as str | None,
+    # but Django only compares it with "/" and hands it to the templates, where a lazy string is text.
+    site_url = reverse_lazy("my_connections")  # type: ignore[assignment]
 
     def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
         # Getting started's curl shows the address bots use.

@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 from django.utils.html import conditional_escape
 
@@ -25,7 +26,7 @@ class ProviderForm(forms.ModelForm):
         help_texts = {
             field.name: conditional_escape(field.help_text)
             for field in Provider._meta.get_fields()
-            if getattr(field, "help_text", "")
+            if isinstance(field, models.Field) and field.help_text  # not the reverse relations: they have none
         }
         fields = (
             "name",

@@ -35,7 +35,7 @@ class ClientAuthMethod(models.TextChoices):
 
 
 # The same methods by their registered names (RFC 8414 token_endpoint_auth_methods_supported; the YAML files').
-CLIENT_AUTH_METHOD_NAMES = {
+CLIENT_AUTH_METHOD_NAMES: dict[str, str] = {
     ClientAuthMethod.BASIC: "client_secret_basic",
     ClientAuthMethod.BODY: "client_secret_post",
     ClientAuthMethod.PRIVATE_KEY_JWT: "private_key_jwt",

@@ -92,7 +92,7 @@ class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
         export = path("export.csv", self.admin_site.admin_view(self.export_csv), name="connections_auditevent_export")
         return [export, *super().get_urls()]
 
-    def export_csv(self, request: HttpRequest) -> HttpResponse:
+    def export_csv(self, request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
         if not self.has_view_permission(request):
             return HttpResponse(status=403)
         # The same filters, search and date drill-down as the list page the link was on.

@@ -23,6 +23,7 @@ from connections.endpoint.bot_keys import (
     bot_key_unusable_because,
     connection_reach_for,
 )
+from connections.http import signed_in_user
 from connections.models import BotKey
 from connections.web.forms import BotKeyAddForm
 
@@ -93,7 +94,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             kwargs["form"] = BotKeyAddForm
         return super().get_form(request, obj, change, **kwargs)
 
-    def get_fields(self, request: HttpRequest, obj: BotKey | None = None) -> list[str] | tuple[str, ...]:
+    def get_fields(self, request: HttpRequest, obj: BotKey | None = None) -> tuple[str, ...]:
         return ("user", "name", "expires_days", "submission") if obj is None else self.readonly_fields
 
     def get_readonly_fields(self, request: HttpRequest, obj: BotKey | None = None) -> tuple[str, ...]:
@@ -120,7 +121,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             user=form.cleaned_data["user"],
             name=form.cleaned_data["name"],
             expires_days=form.cleaned_data["expires_days"],
-            created_by=request.user,
+            created_by=signed_in_user(request),
         )
         # Rendered, not redirected: the raw key must not travel through the session or a messages cookie.
         context = {
@@ -160,7 +161,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             self.message_user(request, f"The key {key} was already revoked.", messages.WARNING)
             return HttpResponseRedirect(key_url)
         if request.method == "POST":
-            if bot_key_revoke(key=key, actor=request.user):
+            if bot_key_revoke(key=key, actor=signed_in_user(request)):
                 self.message_user(request, f"Revoked the key {key}: it gets no token any more.", messages.SUCCESS)
             else:
                 self.message_user(request, f"The key {key} was already revoked.", messages.WARNING)
@@ -175,5 +176,6 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys", permissions=["manage"])
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> None:
-        revoked = sum(bot_key_revoke(key=key, actor=request.user) for key in queryset.select_related("user"))
+        actor = signed_in_user(request)
+        revoked = sum(bot_key_revoke(key=key, actor=actor) for key in queryset.select_related("user"))
         self.message_user(request, f"Revoked {revoked} key(s).")

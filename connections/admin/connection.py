@@ -2,10 +2,11 @@
 Disconnect and Delete (each calling a service, outside the admin's transaction where a provider is called)."""
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Prefetch, QuerySet
@@ -20,6 +21,7 @@ from connections.admin.connection_status import ConnectionStatusColumns, StatusL
 from connections.admin.connection_views import ConnectionPageViews
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ProviderError
+from connections.http import signed_in_user
 from connections.models import Connection, OAuthToken
 from connections.oauth import discovery
 from connections.ops import health
@@ -27,6 +29,9 @@ from connections.web.connection_page import grant_layout
 from connections.web.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.web.views import start_authorization
 from providers.models import CLIENT_AUTH_METHOD_NAMES
+
+if TYPE_CHECKING:  # fieldsets as django-stubs types them (names of its stubs only)
+    from django.contrib.admin.options import _FieldOpts, _FieldsetSpec
 
 DISCOVERED_LABELS = {**discovery.URL_LABELS, "client_auth_method": "Client authentication"}
 # The form's own fields, which it applies itself (never copied onto the model by the model form factory).
@@ -124,19 +129,19 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
             messages.warning(request, health.refresh_backlog_warning(backlog))
         return super().changelist_view(request, extra_context)
 
-    def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> list[tuple[str | None, dict]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Connection | None = None) -> "_FieldsetSpec":
         can_change = self.has_change_permission(request, obj)
         # View-only users get every field read-only, which would display the secret: it is left out for them.
         placeholders = ConnectionForm().placeholder_field_names if can_change else []
         # The secret and the private key are write-only: not shown even to those who may only view.
-        stored = obj is not None and can_change
-        credentials = ("client_id", "client_secret") if can_change else ("client_id",)
-        credentials += ("clear_client_secret",) if stored and obj.client_secret else ()
+        stored = obj if can_change else None
+        credentials: tuple[str, ...] = ("client_id", "client_secret") if can_change else ("client_id",)
+        credentials += ("clear_client_secret",) if stored and stored.client_secret else ()
         credentials += ("client_auth_method", *(("private_key",) if can_change else ()))
-        credentials += ("clear_private_key",) if stored and obj.private_key else ()
+        credentials += ("clear_private_key",) if stored and stored.private_key else ()
         credentials += ("private_key_id",)
         credentials += ("jwt_subject",)
-        status = [
+        status: list[tuple[str | None, _FieldOpts]] = [
             (
                 "Status",
                 {
@@ -188,8 +193,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
     def get_form(self, request: HttpRequest, obj: Connection | None = None, change: bool = False, **kwargs: Any):
         # The form's own fields (one per catalog placeholder, and the write-only secret) must not be copied
         # onto the model by the model form factory: the form sets them itself.
-        fieldsets = self.get_fieldsets(request, obj)
-        names = [name for _, options in fieldsets for name in options["fields"]]
+        names = flatten_fieldsets(self.get_fieldsets(request, obj))
         kwargs["fields"] = [
             name
             for name in names
@@ -236,7 +240,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
 
     def save_model(self, request: HttpRequest, obj: Connection, form: ModelForm, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
+            obj.created_by = signed_in_user(request)
         services.connection_save(connection=obj, created=not change)
 
     def save_related(self, request: HttpRequest, form: ModelForm, formsets: Any, change: bool) -> None:
@@ -244,7 +248,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         labels = CHANGED_LABELS if change else {**CHANGED_LABELS, **SET_LABELS}
         changed = [labels.get(name, name) for name in form.changed_data]
         services.connection_save_audit(
-            connection=form.instance, actor=request.user, created=not change, changed=changed
+            connection=form.instance, actor=signed_in_user(request), created=not change, changed=changed
         )
 
     def _after_save(self, request: HttpRequest, obj: Connection) -> HttpResponse | None:
@@ -253,7 +257,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         change_url = reverse("admin:connections_connection_change", args=[obj.pk])
         response = HttpResponseRedirect(change_url)
         if "_test" in request.POST:
-            test = functools.partial(services.connection_test, connection=obj, actor=request.user)
+            test = functools.partial(services.connection_test, connection=obj, actor=signed_in_user(request))
             transaction.on_commit(lambda: self._report(request, test))
             return response
         if "_connect" in request.POST and obj.uses_device_code:
@@ -277,7 +281,9 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         object_id = args[0] if args else kwargs.get("object_id")
         may_save = self.has_change_permission(request) if object_id else self.has_add_permission(request)
         if request.method == "POST" and may_save:
-            request.POST = self._with_discovered_urls(request)  # before the admin's transaction: a provider call
+            # Before the admin's transaction: a provider call. django-stubs types request.POST as the immutable
+            # QueryDict Django builds; the discovered data is a copy, mutable, which the admin only reads.
+            request.POST = self._with_discovered_urls(request)  # type: ignore[assignment]
         return super().changeform_view(request, *args, **kwargs)
 
     def _with_discovered_urls(self, request: HttpRequest) -> QueryDict:
@@ -306,7 +312,8 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
             return super().delete_view(request, object_id, extra_context)
         if not self.has_delete_permission(request, connection):
             raise PermissionDenied
-        self._report(request, lambda: services.connection_delete(connection=connection, actor=request.user))
+        actor = signed_in_user(request)
+        self._report(request, lambda: services.connection_delete(connection=connection, actor=actor))
         return redirect("admin:connections_connection_changelist")
 
     def get_actions(self, request: HttpRequest) -> dict:
@@ -316,7 +323,8 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
 
     @admin.action(description="Refresh now", permissions=["change"])
     def refresh_selected(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
+        actor = signed_in_user(request)
         for connection in queryset.select_related("provider"):
             self._report(
-                request, lambda c=connection: services.connection_refresh_now(connection=c, actor=request.user)
+                request, functools.partial(services.connection_refresh_now, connection=connection, actor=actor)
             )

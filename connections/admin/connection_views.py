@@ -4,23 +4,25 @@ reports with message_user."""
 
 from collections.abc import Callable
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import URLPattern, path
 
 from connections import services
 from connections.errors import ConnectionActionError, ProviderError
+from connections.http import signed_in_user
 from connections.models import Connection
 from connections.oauth import discovery
 from connections.web import dashboard
 from providers.models import Provider
 
 
-class ConnectionPageViews:
-    """ConnectionAdmin's extra URLs and views (a mixin: it needs the ModelAdmin's permissions and admin_site)."""
+class ConnectionPageViews(admin.ModelAdmin):
+    """ConnectionAdmin's extra URLs and views: a ModelAdmin's own (its permissions, admin_site, message_user), for
+    ConnectionAdmin to inherit, never registered itself."""
 
     def _report(self, request: HttpRequest, action: Callable[[], str]) -> None:
         """Run an admin action (a service call) and show its sentence, or why it could not be done."""
@@ -29,7 +31,7 @@ class ConnectionPageViews:
         except ConnectionActionError as exc:
             self.message_user(request, exc.message, messages.WARNING)
 
-    def get_urls(self) -> list:
+    def get_urls(self) -> list[URLPattern]:
         wrap = self.admin_site.admin_view
         return [
             path("<int:object_id>/refresh/", wrap(self.refresh_view), name="connections_connection_refresh"),
@@ -87,7 +89,8 @@ class ConnectionPageViews:
         connection = self._post_only(request, object_id)
         if isinstance(connection, HttpResponse):
             return connection
-        self._report(request, lambda: services.connection_refresh_now(connection=connection, actor=request.user))
+        actor = signed_in_user(request)
+        self._report(request, lambda: services.connection_refresh_now(connection=connection, actor=actor))
         return redirect("admin:connections_connection_change", object_id)
 
     def disconnect_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
@@ -95,7 +98,8 @@ class ConnectionPageViews:
         if not self.has_change_permission(request, connection):
             return HttpResponse(status=403)
         if request.method == "POST":
-            self._report(request, lambda: services.connection_disconnect(connection=connection, actor=request.user))
+            actor = signed_in_user(request)
+            self._report(request, lambda: services.connection_disconnect(connection=connection, actor=actor))
             return redirect("admin:connections_connection_change", object_id)
         context = {
             **self.admin_site.each_context(request),

@@ -1,4 +1,4 @@
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -8,8 +8,12 @@ from django.template.loader import render_to_string
 
 from connections import selectors, services
 from connections.endpoint.bot_keys import bot_key_state
+from connections.http import signed_in_user
 from connections.models import FEATURE_PERMISSIONS, BotKey, Role
 from connections.web.forms import RoleForm
+
+if TYPE_CHECKING:  # fieldsets as django-stubs types them (names of its stubs only)
+    from django.contrib.admin.options import _FieldOpts, _FieldsetSpec
 
 
 @admin.register(Role)
@@ -22,14 +26,15 @@ class RoleAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     readonly_fields = ("member_bot_keys",)
 
-    def get_fieldsets(self, request: HttpRequest, obj: Role | None = None) -> list[tuple[str | None, dict]]:
-        fieldsets: list[tuple[str | None, dict]] = [
-            (None, {"fields": ("name", "feature_permissions", "members", "invited_connections")})
-        ]
+    def get_fieldsets(self, request: HttpRequest, obj: Role | None = None) -> "_FieldsetSpec":
+        main: tuple[str | None, _FieldOpts] = (
+            None,
+            {"fields": ("name", "feature_permissions", "members", "invited_connections")},
+        )
         # Bot keys are shown to those who may see them on their own pages (View connections).
         if obj is not None and selectors.user_can_view_connections(request.user):
-            fieldsets.append(("Bot keys of its members", {"fields": ("member_bot_keys",)}))
-        return fieldsets
+            return [main, ("Bot keys of its members", {"fields": ("member_bot_keys",)})]
+        return [main]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Role]:
         return super().get_queryset(request).prefetch_related("permissions", "connections", "user_set")
@@ -64,15 +69,16 @@ class RoleAdmin(admin.ModelAdmin):
             feature_permissions=form.cleaned_data["feature_permissions"],
             members=list(form.cleaned_data["members"]),
             connections=list(form.cleaned_data["invited_connections"]),
-            actor=request.user,
+            actor=signed_in_user(request),
             created=not change,
             renamed_from=form.initial.get("name", "") if change else "",
         )
 
     # Deleting a role (one, or with the list's action) records what it held first (services.role_delete).
     def delete_model(self, request: HttpRequest, obj: Role) -> None:
-        services.role_delete(role=obj, actor=request.user)
+        services.role_delete(role=obj, actor=signed_in_user(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Role]) -> None:
+        actor = signed_in_user(request)
         for role in queryset:
-            services.role_delete(role=role, actor=request.user)
+            services.role_delete(role=role, actor=actor)

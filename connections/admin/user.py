@@ -10,11 +10,12 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import ManyToManyField, QuerySet
-from django.forms import Field, ModelForm, ModelMultipleChoiceField
+from django.forms import ModelForm, ModelMultipleChoiceField
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
 from connections import services
+from connections.http import signed_in_user
 from connections.models import Role
 
 User = get_user_model()
@@ -64,8 +65,8 @@ class ControlRoomUserAdmin(UserAdmin):
         if obj is None:
             roles = [("Roles", {"fields": ("groups",)})] if self._may_set_roles(request) else []
             return [*self.add_fieldsets, *roles]
-        roles = "groups" if self._may_set_roles(request) else "role_list"  # shown, not offered
-        access: tuple[str, ...] = ("is_active", "is_staff", roles)
+        role_field = "groups" if self._may_set_roles(request) else "role_list"  # shown, not offered
+        access: tuple[str, ...] = ("is_active", "is_staff", role_field)
         if request.user.is_superuser:
             access = ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")
         return [
@@ -78,7 +79,9 @@ class ControlRoomUserAdmin(UserAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("groups")
 
-    def formfield_for_manytomany(self, db_field: ManyToManyField, request: HttpRequest, **kwargs: Any) -> Field:
+    def formfield_for_manytomany(
+        self, db_field: ManyToManyField, request: HttpRequest, **kwargs: Any
+    ) -> ModelMultipleChoiceField | None:
         if db_field.name == "groups":  # as the role page's members: Role objects, its words, no Ctrl-click hint
             return ModelMultipleChoiceField(
                 queryset=Role.objects.order_by("name"),
@@ -99,7 +102,7 @@ class ControlRoomUserAdmin(UserAdmin):
         roles = form.cleaned_data.pop("groups", None)
         super().save_related(request, form, formsets, change)
         if roles is not None:
-            services.user_roles_set(user=form.instance, roles=list(roles), actor=request.user)
+            services.user_roles_set(user=form.instance, roles=list(roles), actor=signed_in_user(request))
 
     def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict | None = None) -> HttpResponse:
         """The confirmation page is Django's; the deletion revokes the user's own tokens at the provider first,
@@ -110,7 +113,8 @@ class ControlRoomUserAdmin(UserAdmin):
         _, _, perms_needed, protected = self.get_deleted_objects([user], request)
         if not self.has_delete_permission(request, user) or perms_needed or protected:
             raise PermissionDenied
-        self.message_user(request, services.user_delete(user=user, actor=request.user), messages.SUCCESS)
+        message = services.user_delete(user=user, actor=signed_in_user(request))
+        self.message_user(request, message, messages.SUCCESS)
         return redirect("admin:auth_user_changelist")
 
     def get_actions(self, request: HttpRequest) -> dict:

@@ -1,7 +1,7 @@
 """Lifecycle webhook endpoints in the admin: each with the events it wants and its own write-only secret, the last
 delivery's status, and a Send test event button."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -14,6 +14,9 @@ from connections.admin.permissions import PermissionMixin
 from connections.models import WebhookEndpoint
 from connections.notify import webhooks
 from connections.outbound import policy
+
+if TYPE_CHECKING:  # fields as django-stubs types them (a name of its stubs only)
+    from django.contrib.admin.options import _FieldGroups
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -44,7 +47,8 @@ class WebhookEndpointForm(forms.ModelForm):
         return url
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if secret := cleaned.get("secret"):
             self.instance.secret = secret
         return cleaned
@@ -58,7 +62,7 @@ class WebhookEndpointAdmin(PermissionMixin, admin.ModelAdmin):
     readonly_fields = ("last_delivery_at", "last_status")
     actions = ["send_test_event"]
 
-    def get_fields(self, request: HttpRequest, obj: WebhookEndpoint | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: WebhookEndpoint | None = None) -> "_FieldGroups":
         secret = ["secret"] if self.has_change_permission(request, obj) else []  # never shown to viewers
         return ["name", "url", "events", *secret, "is_enabled", "last_delivery_at", "last_status"]
 

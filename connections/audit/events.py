@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
@@ -18,7 +18,7 @@ Action = AuditEvent.Action
 Outcome = AuditEvent.Outcome
 
 
-def user_label(user: AbstractBaseUser | None) -> str:
+def user_label(user: User | None) -> str:
     return user.get_username() if user is not None else "system"
 
 
@@ -27,7 +27,7 @@ def audit_record(
     action: Action,
     outcome: Outcome,
     connection: Connection | None = None,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     actor_label: str = "",
     detail: str = "",
     remote_addr: str | None = None,

@@ -11,6 +11,7 @@ from django.db import connections, transaction
 from django.db.models import Model, Q
 
 from connections.models import AuditEvent, Connection
+from connections.models.columns import column_name
 
 TOKEN_REQUEST, SUCCESS = AuditEvent.Action.TOKEN_REQUEST, AuditEvent.Outcome.SUCCESS
 
@@ -78,11 +79,11 @@ def _address(alias: str, remote_addr: str | None) -> Any:
 @functools.cache
 def _insert_sql(alias: str) -> str:
     quote = connections[alias].ops.quote_name
-    columns = ", ".join(quote(AuditEvent._meta.get_field(name).column) for name in ROW_FIELDS)
+    columns = ", ".join(quote(column_name(AuditEvent, name)) for name in ROW_FIELDS)
 
     def existing(model: type[Model]) -> str:
         # A user or connection deleted since its event was kept: the event stays, with its labels.
-        pk, table = quote(model._meta.pk.column), quote(model._meta.db_table)
+        pk, table = quote(column_name(model, model._meta.pk.attname)), quote(model._meta.db_table)
         return f"(SELECT {pk} FROM {table} WHERE {pk} = %s)"  # noqa: S608
 
     values = {"actor_id": existing(get_user_model()), "connection_id": existing(Connection)}

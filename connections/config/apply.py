@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.utils.text import slugify
 
@@ -160,7 +159,8 @@ def _plan_roles(
 def config_plan(text: str, *, base_dir: Path) -> Plan:
     """Check a whole file against the database; raises ConfigError listing every problem."""
     document = config_parse(text)
-    plan, problems = Plan(), []
+    plan = Plan()
+    problems: list[str] = []
     usernames = _plan_users(document, plan, problems)
     slugs = _plan_connections(document, plan, base_dir, problems)
     _plan_roles(document, plan, usernames, slugs, problems)
@@ -169,7 +169,7 @@ def config_plan(text: str, *, base_dir: Path) -> Plan:
     return plan
 
 
-def config_apply(plan: Plan, *, actor: AbstractBaseUser | None = None) -> None:
+def config_apply(plan: Plan, *, actor: User | None = None) -> None:
     """Write a checked plan in one transaction, with an audit event per created or updated object (roles get
     theirs from role_update)."""
     user_model = get_user_model()

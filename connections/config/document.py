@@ -1,6 +1,7 @@
 """Reading a configuration file: YAML that remembers the line of every mapping, so that each problem can say where
 it is, and the small checks every section shares."""
 
+from collections.abc import Hashable
 from typing import Any
 
 import yaml
@@ -13,7 +14,8 @@ LINE = "__line__"  # the key under which each mapping keeps its line
 class _LineLoader(yaml.SafeLoader):
     """Remembers the line of every mapping, so a problem can say where it is."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        # YAML's keys may be any hashable value (1: x, null: y), not only text.
         mapping = super().construct_mapping(node, deep=deep)
         mapping[LINE] = node.start_mark.line + 1
         return mapping

@@ -9,9 +9,9 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING, TypedDict
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import OuterRef, Prefetch, Subquery
 from django.utils import timezone
@@ -21,18 +21,22 @@ from connections.cache import invalidation
 from connections.errors import BotKeyRejected
 from connections.models import BotKey, Connection, OAuthToken, TokenState, sha256_digest
 
+if TYPE_CHECKING:  # django-stubs-ext, a development dependency: only the type checker reads it
+    from django_stubs_ext import WithAnnotations
+
 KEY_PREFIX = "crk_"
 KEY_ID_PATTERN = re.compile(r"[0-9a-f]{12}")
 # Writing last-used on every call would turn each token request into a write; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+NOT_VALID = "The bot key is not valid."
 
 
 def bot_key_create(
     *,
-    user: AbstractBaseUser,
+    user: User,
     name: str,
     expires_days: int | None = None,
-    created_by: AbstractBaseUser | None = None,
+    created_by: User | None = None,
 ) -> tuple[BotKey, str]:
     """Returns the key row and the raw key, which is never stored and cannot be shown again."""
     if expires_days is not None and expires_days < 1:
@@ -59,7 +63,7 @@ def bot_key_create(
     return key, f"{KEY_PREFIX}{key_id}_{secret}"
 
 
-def bot_key_revoke(*, key: BotKey, actor: AbstractBaseUser | None = None) -> bool:
+def bot_key_revoke(*, key: BotKey, actor: User | None = None) -> bool:
     """Revoke a key; returns False when it was already revoked."""
     with transaction.atomic():
         revoked = BotKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
@@ -98,7 +102,7 @@ def presented_key(authorization: str) -> PresentedKey:
         raise BotKeyRejected("Send the bot key as 'Authorization: Bearer <key>'.")
     key_id, _, secret = raw_key.removeprefix(KEY_PREFIX).partition("_")
     if not raw_key.startswith(KEY_PREFIX) or not KEY_ID_PATTERN.fullmatch(key_id) or not secret:
-        raise BotKeyRejected("The bot key is not valid.")
+        raise BotKeyRejected(NOT_VALID)
     return PresentedKey(key_id=key_id, secret=secret)
 
 
@@ -107,7 +111,7 @@ def bot_key_check(presented: PresentedKey, key: BotKey | None, *, remote_addr: s
     None if none) if it is the presented key and active; notes that it was used (at most once per
     LAST_USED_RESOLUTION)."""
     if key is None or not presented.matches(key.digest):
-        raise BotKeyRejected("The bot key is not valid.")
+        raise BotKeyRejected(NOT_VALID)
     now = timezone.now()
     if problem := key.unusable_because(now):
         raise BotKeyRejected(problem)
@@ -132,7 +136,7 @@ class ConnectionReach:
     status: str
 
 
-def connection_reach_for(user: AbstractBaseUser) -> list[ConnectionReach]:
+def connection_reach_for(user: User) -> list[ConnectionReach]:
     """The connections the user's bot keys may ask tokens for (through the user's roles), each with whether a token
     is there to give: for a user-specific one, whether this user has authorized it. Two queries, whatever the
     number of connections. Says nothing of a key's own state (revoked, expired): the caller adds that."""
@@ -153,7 +157,15 @@ def connection_reach_for(user: AbstractBaseUser) -> list[ConnectionReach]:
     ]
 
 
-def _reach_status(connection: Connection, user: AbstractBaseUser) -> tuple[bool, str]:
+class _TokenStates(TypedDict):
+    """What connection_reach_for annotates each connection with: the state of the user's token and of the shared
+    one, if there is one."""
+
+    own_token_state: str | None
+    shared_token_state: str | None
+
+
+def _reach_status(connection: "WithAnnotations[Connection, _TokenStates]", user: User) -> tuple[bool, str]:
     if not connection.is_enabled:
         return False, "Disabled by an administrator: no token for anyone."
     username = user.get_username()

@@ -25,7 +25,7 @@ from connections.audit.events import (
     failed_authentication_recorded_alone,
 )
 from connections.cache import token_cache
-from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, bot_key_check, presented_key
+from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, NOT_VALID, bot_key_check, presented_key
 from connections.endpoint.read import TokenRequestRead, token_request_read
 from connections.engine.refresh import app_token_obtain, token_refresh
 from connections.errors import BotKeyRejected, ProviderError, TokenGone, TokenRequestError
@@ -83,7 +83,9 @@ def _read(authorization: str, slug: str | None, remote_addr: str | None) -> Toke
     try:
         presented = presented_key(authorization)
         read = token_request_read(presented.key_id, slug)
-        bot_key_check(presented, read.key if read else None, remote_addr=remote_addr)
+        if read is None:  # no key has this id
+            raise BotKeyRejected(NOT_VALID)
+        bot_key_check(presented, read.key, remote_addr=remote_addr)
         return read
     except BotKeyRejected as exc:
         failures = failed_authentication_count(where="token-endpoint", remote_addr=remote_addr)
@@ -229,9 +231,10 @@ def token_from_memory(
 def _answer_remember(
     read: TokenRequestRead, read_at: float, token: OAuthToken, answer: IssuedToken, audit: dict[str, Any]
 ) -> None:
-    if token.state != TokenState.ACTIVE or not settings.TOKEN_CACHE_ENABLED:
-        return
     key = read.key
+    # bot_key_check noted the key's use: an answer from memory is given only while that is recent.
+    if token.state != TokenState.ACTIVE or not settings.TOKEN_CACHE_ENABLED or key.last_used_at is None:
+        return
     cached = token_cache.CachedAnswer(
         key_id=key.key_id,
         digest=key.digest,

@@ -19,6 +19,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 
 from connections.models import AnswerVersion, BotKey, Connection, OAuthToken, TokenType
+from connections.models.columns import column_name, concrete_field
 
 KEY_FIELDS = ("id", "key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at", "user_id")
 USER_FIELDS = ("id", "is_active")  # and the username field, whatever the user model calls it
@@ -80,7 +81,7 @@ def _converters(alias: str, model: type[Model], names: tuple[str, ...]) -> list[
     db = connections[alias]
 
     def converter_of(name: str) -> Callable[[Any], Any]:
-        field = model._meta.get_field(name)
+        field = concrete_field(model, name)
         column = field.get_col(model._meta.db_table)
         steps = [*db.ops.get_db_converters(column), *field.get_db_converters(db)]
 
@@ -99,13 +100,13 @@ def _sql(alias: str) -> str:
     quote = connections[alias].ops.quote_name
 
     def columns(model: type[Model], table: str, names: tuple[str, ...]) -> str:
-        return ", ".join(f"{table}.{quote(model._meta.get_field(name).column)}" for name in names)
+        return ", ".join(f"{table}.{quote(column_name(model, name))}" for name in names)
 
     def table(model: type[Model]) -> str:
         return quote(model._meta.db_table)
 
     def pk(model: type[Model], table: str) -> str:
-        return f"{table}.{quote(model._meta.pk.column)}"
+        return f"{table}.{quote(column_name(model, model._meta.pk.attname))}"
 
     user_model = get_user_model()
     invitations, memberships = Connection.roles.through, user_model.groups.through

@@ -16,7 +16,7 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
     """GET /api/v1/connections/<slug>/token — bots authenticate with 'Authorization: Bearer <bot key>'. A request
     like one this process has just answered was answered from memory already (connections.endpoint.middleware)."""
     if request.method != "GET":
-        detail = f"The token endpoint answers GET, not {request.method[:10]}: GET {request.path}"
+        detail = f"The token endpoint answers GET, not {(request.method or '')[:10]}: GET {request.path}"
         response = JsonResponse({"error": "method_not_allowed", "detail": detail}, status=405)
         response["Allow"] = "GET"
         return _not_cached(response)

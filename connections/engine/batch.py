@@ -61,8 +61,9 @@ def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -
     soon as its provider answers (a worker killed mid-batch loses the batch's audit events, never a token). A
     token someone else holds the lease of is left to them. Nothing raises here: each outcome is recorded on its
     token (connections.engine.refresh)."""
-    claimed, owner = dict(pairs), uuid.uuid4().hex
-    wanted, settled = [], []
+    claimed, owner = {token_id: generation for token_id, generation in pairs}, uuid.uuid4().hex
+    wanted: list[tuple[Fence, OAuthToken]] = []
+    settled: list[tuple[Fence, OAuthToken]] = []
     taken_at = time.monotonic()  # no later than the leases' own clock starts
     for fence, token in lease.tokens_lease_take(list(claimed), owner):
         keep = refresh.token_refresh_wanted(token, generation=claimed[token.pk], queued_at=queued_at)

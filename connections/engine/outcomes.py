@@ -135,7 +135,7 @@ def _failure_kind(exc: ProviderError) -> str:
 def _notify_failure(token: OAuthToken, exc: ProviderError) -> None:
     """The change into 'reauthorization required' notifies once; a transient failure when it becomes sustained."""
     connection, failures = token.connection, token.consecutive_failures + 1
-    owner = f" (the token of {token.user.get_username()})" if token.user_id else ""
+    owner = f" (the token of {token.user.get_username()})" if token.user is not None else ""
     if exc.permanent and token.state != TokenState.REAUTHORIZATION_REQUIRED:
         _notify_on_commit(
             "token.reauthorization_required",

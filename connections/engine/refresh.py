@@ -16,7 +16,7 @@ import uuid
 from datetime import datetime
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -173,7 +173,7 @@ def token_refresh_wanted(token: OAuthToken, *, generation: int | None, queued_at
     return queued_at is None or not _failed_since(token, queued_at)
 
 
-def app_token_obtain(*, connection: Connection, authorized_by: AbstractBaseUser | None = None) -> OAuthToken:
+def app_token_obtain(*, connection: Connection, authorized_by: User | None = None) -> OAuthToken:
     """A client-credentials or JWT bearer connection needs no person to authorize it: fetch and store a token now."""
     response = oauth_client.app_token(connection_client_config(connection))
     with transaction.atomic():

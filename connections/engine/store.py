@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -17,6 +17,7 @@ from django.utils import timezone
 from connections.cache import invalidation
 from connections.errors import ProviderError
 from connections.models import Connection, OAuthToken, TokenState
+from connections.models.columns import column_name, concrete_field
 from connections.oauth import client as oauth_client
 from connections.oauth.client import TokenResponse
 from connections.oauth.client_auth import ClientConfig
@@ -102,22 +103,22 @@ class Fence:
         (bench/profile_refresh.py). The values are converted as update() converts them: each field's
         get_db_prep_save, which encrypts the encrypted ones; values only, no expressions (rows() takes those)."""
         connection = connections[router.db_for_write(OAuthToken)]
-        fields = [OAuthToken._meta.get_field(name) for name in values]
+        fields = [concrete_field(OAuthToken, name) for name in values]
         params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
         with connection.cursor() as cursor:
             cursor.execute(
-                _fenced_update_sql(connection.alias, tuple(field.column for field in fields)),
+                _fenced_update_sql(connection.alias, tuple(values)),
                 [*params, self.token_id, self.lease_owner, self.generation],
             )
             return cursor.rowcount > 0
 
 
 @functools.cache
-def _fenced_update_sql(alias: str, columns: tuple[str, ...]) -> str:
-    """The same text for the same columns, so PostgreSQL keeps it prepared (prepare_threshold)."""
+def _fenced_update_sql(alias: str, names: tuple[str, ...]) -> str:
+    """The same text for the same fields, so PostgreSQL keeps it prepared (prepare_threshold)."""
     quote = connections[alias].ops.quote_name
-    assignments = ", ".join(f"{quote(column)} = %s" for column in columns)
-    fence = " AND ".join(f"{quote(OAuthToken._meta.get_field(name).column)} = %s" for name in FENCE_COLUMNS)
+    assignments = ", ".join(f"{quote(column_name(OAuthToken, name))} = %s" for name in names)
+    fence = " AND ".join(f"{quote(column_name(OAuthToken, name))} = %s" for name in FENCE_COLUMNS)
     # Only the model's own table and column names go into the text; every value is a parameter.
     return f"UPDATE {quote(OAuthToken._meta.db_table)} SET {assignments} WHERE {fence}"  # noqa: S608
 
@@ -128,9 +129,9 @@ FENCE_COLUMNS = ("id", "lease_owner", "generation")  # in the order Fence.update
 def token_store(
     *,
     connection: Connection,
-    user: AbstractBaseUser | None,
+    user: User | None,
     response: TokenResponse,
-    authorized_by: AbstractBaseUser | None = None,
+    authorized_by: User | None = None,
 ) -> OAuthToken:
     """Store the tokens of a new grant (an authorization, a client-credentials token) whatever the row held.
     An in-flight refresh of the old grant loses its lease, so its late result cannot undo this one."""
@@ -140,9 +141,9 @@ def token_store(
 def token_store_replacing(
     *,
     connection: Connection,
-    user: AbstractBaseUser | None,
+    user: User | None,
     response: TokenResponse,
-    authorized_by: AbstractBaseUser | None = None,
+    authorized_by: User | None = None,
 ) -> tuple[OAuthToken, str]:
     """token_store, also returning the refresh token the new grant replaced ("" if none, or if it is kept)."""
     try:
@@ -154,9 +155,9 @@ def token_store_replacing(
 
 def _grant_write(
     connection: Connection,
-    user: AbstractBaseUser | None,
+    user: User | None,
     response: TokenResponse,
-    authorized_by: AbstractBaseUser | None,
+    authorized_by: User | None,
 ) -> tuple[OAuthToken, str]:
     owner = user if connection.is_user_specific else None
     with transaction.atomic():

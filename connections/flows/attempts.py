@@ -5,7 +5,7 @@ sentence the person was shown."""
 
 from datetime import datetime
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
@@ -31,7 +31,7 @@ def connection_attempt_failure_record(
     *,
     action: Action,
     connection: Connection,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     detail: str,
     failure: str,
     remote_addr: str | None = None,

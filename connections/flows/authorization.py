@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -39,7 +39,7 @@ NOT_THE_CONNECTIONS_FAILURE = (REPLAYED, OTHER_SESSION)
 def connection_authorize_start(
     *,
     connection: Connection,
-    user: AbstractBaseUser,
+    user: User,
     session_key: str,
     return_url: str,
     remote_addr: str | None = None,
@@ -120,7 +120,7 @@ def _flow_failure(
     return ConnectionActionError(shown or message, return_url=request.return_url)
 
 
-def _connect_failure(connection: Connection, user: AbstractBaseUser, message: str) -> str:
+def _connect_failure(connection: Connection, user: User, message: str) -> str:
     whose = f" ({user.get_username()}'s own token)" if connection.is_user_specific else ""
     return f"Connect{whose}: {message}"
 

@@ -5,7 +5,7 @@ deny, or the code expires. The page that shows the code reads the authorization'
 import logging
 from datetime import timedelta
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,7 +26,7 @@ REPLACED = "A newer device authorization replaced this one."  # not a failure of
 Status = DeviceAuthorization.Status
 
 
-def device_authorization_start(*, connection: Connection, user: AbstractBaseUser) -> DeviceAuthorization:
+def device_authorization_start(*, connection: Connection, user: User) -> DeviceAuthorization:
     """Ask the provider for a device code and a user code; the caller queues the polling. The user's earlier
     authorization of this connection still waiting, if any, ends: one poller at the provider per person."""
     if refusal := authorization_refusal(connection, user, device=True):
@@ -158,14 +158,17 @@ def _finish(authorization: DeviceAuthorization, status: str, message: str) -> bo
     if not ended:
         return False
     authorization.status, authorization.message, authorization.device_code = status, message, ""
-    event = {
-        "action": Action.AUTHORIZE_CALLBACK,
-        "connection": authorization.connection,
-        "actor": authorization.started_by,
-        "detail": f"Device authorization: {message}",
-    }
+    action, connection, actor = Action.AUTHORIZE_CALLBACK, authorization.connection, authorization.started_by
+    detail = f"Device authorization: {message}"
     if status == Status.APPROVED or message == REPLACED:
-        audit_record(outcome=Outcome.SUCCESS if status == Status.APPROVED else Outcome.FAILURE, **event)
+        outcome = Outcome.SUCCESS if status == Status.APPROVED else Outcome.FAILURE
+        audit_record(action=action, outcome=outcome, connection=connection, actor=actor, detail=detail)
     else:  # denied, expired or refused: kept on the connection, like a failed Connect (connections.flows.attempts)
-        connection_attempt_failure_record(**event, failure=f"Connect (device code): {message}")
+        connection_attempt_failure_record(
+            action=action,
+            connection=connection,
+            actor=actor,
+            detail=detail,
+            failure=f"Connect (device code): {message}",
+        )
     return True

@@ -2,14 +2,14 @@
 the connection (its grant, its token type, whether it is on) or the person's roles may have changed while the
 provider waited for them. One rule for the authorization code and the device code alike."""
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from connections import selectors
 from connections.models import Connection
 
 
 def authorization_refusal(
-    connection: Connection, user: AbstractBaseUser | None, *, device: bool, for_user: bool | None = None
+    connection: Connection, user: User | None, *, device: bool, for_user: bool | None = None
 ) -> str:
     """Why `user` may not authorize `connection` by this flow (the device code, or the authorization code), in
     words; "" when they may. `for_user`: whether the flow began for the user's own token (None when it is only

@@ -8,6 +8,7 @@ X-ControlRoom-Event and its id in X-ControlRoom-Delivery (the same on every retr
 It goes out under the outbound policy (the proxy, https only, the private-address guard, the deadline).
 """
 
+import functools
 import hashlib
 import hmac
 import json
@@ -72,7 +73,7 @@ def event_emit(event: str, connection: Connection | None, message: str, *, only:
         targets = [endpoint.pk for endpoint in enabled if not endpoint.events or event in endpoint.events]
         targets += [ENVIRONMENT] if settings.NOTIFY_WEBHOOK_URL else []
     for endpoint_id in targets:
-        transaction.on_commit(lambda endpoint_id=endpoint_id: _queue(endpoint_id, body))
+        transaction.on_commit(functools.partial(_queue, endpoint_id, body))
     return len(targets)
 
 

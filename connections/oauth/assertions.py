@@ -29,9 +29,12 @@ MIN_RSA_BITS = 2048
 PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----[^-]+-----END \1-----")
 
 
+SignableKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey  # RS256 or ES256
+
+
 @dataclass(frozen=True)
 class SigningKey:
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = field(repr=False)
+    key: SignableKey = field(repr=False)
     algorithm: str  # RS256 or ES256
     thumbprint: str  # the x5t of the certificate given with the key, or ""
 
@@ -67,24 +70,24 @@ def signing_key_load(pem: str) -> SigningKey:
         key = serialization.load_pem_private_key(blocks[key_label], password=None)
     except (ValueError, TypeError):
         raise KeyProblem("The private key could not be read: it is not a valid PEM private key.") from None
+    if not isinstance(key, SignableKey):
+        raise KeyProblem("Only RSA (RS256) and P-256 EC (ES256) private keys can sign assertions.")
     algorithm = _algorithm(key)
     thumbprint = _thumbprint(certificates, key) if certificates else ""
     return SigningKey(key=key, algorithm=algorithm, thumbprint=thumbprint)
 
 
-def _algorithm(key: Any) -> str:
+def _algorithm(key: SignableKey) -> str:
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < MIN_RSA_BITS:
             raise KeyProblem(f"The RSA key has {key.key_size} bits: providers want at least {MIN_RSA_BITS}.")
         return "RS256"
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        if not isinstance(key.curve, ec.SECP256R1):
-            raise KeyProblem(f"The EC key is on {key.curve.name}: ES256 needs a P-256 (secp256r1) key.")
-        return "ES256"
-    raise KeyProblem("Only RSA (RS256) and P-256 EC (ES256) private keys can sign assertions.")
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise KeyProblem(f"The EC key is on {key.curve.name}: ES256 needs a P-256 (secp256r1) key.")
+    return "ES256"
 
 
-def _thumbprint(certificates_pem: list[bytes], key: Any) -> str:
+def _thumbprint(certificates_pem: list[bytes], key: SignableKey) -> str:
     """The x5t of the key's own certificate among those given (a chain may follow it, intermediates too)."""
     public, encoding = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
     own = key.public_key().public_bytes(encoding, public)

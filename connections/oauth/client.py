@@ -7,7 +7,8 @@ a ProviderError that says, in words, what went wrong and whether retrying can he
 
 import os
 import ssl
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -89,7 +90,13 @@ def _timeout_error(what: str) -> ProviderError:
     )
 
 
-def _call(what: str, func: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _call(what: str, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """func(*args, **kwargs) (an HTTP request, or oauthlib's token call): its answer, or a ProviderError saying what
+    went wrong."""
     try:
         return func(*args, **kwargs)
     except OutboundError as exc:

@@ -123,7 +123,7 @@ def _fresh(moment: Any) -> tuple[bool, int]:
 def check_beat() -> dict[str, Any]:
     # Beat is healthy when its heartbeat task ran within three intervals (it also needs the broker and a worker).
     heartbeat = BeatHeartbeat.objects.filter(name="beat").first()
-    if heartbeat is None:
+    if heartbeat is None or heartbeat.last_run_at is None:
         return {"ok": False, "error": "beat has not run yet", "last_run": None}
     ok, age = _fresh(heartbeat.last_run_at)
     result: dict[str, Any] = {"ok": ok, "last_run": heartbeat.last_run_at.isoformat(), "age_seconds": age}
@@ -158,13 +158,14 @@ def check_refresh_tasks() -> dict[str, Any]:
     """The refresh tasks: unhealthy while one failed as a whole within the last two beat intervals (a token's own
     failure is the token's, shown on its connection)."""
     row = BeatHeartbeat.objects.filter(name=REFRESH_TASKS, last_error_at__isnull=False).first()
-    if row is None or row.last_error_at is None:
+    failed_at = row.last_error_at if row is not None else None
+    if row is None or failed_at is None:
         return {"ok": True}
-    age = int((timezone.now() - row.last_error_at).total_seconds())
+    age = int((timezone.now() - failed_at).total_seconds())
     result = {
         "ok": age > 2 * settings.BEAT_INTERVAL,
         "last_error": row.last_error,
-        "last_error_at": row.last_error_at.isoformat(),
+        "last_error_at": failed_at.isoformat(),
     }
     if not result["ok"]:
         result["error"] = f"a refresh task failed {age} seconds ago: {row.last_error}"

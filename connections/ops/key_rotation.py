@@ -27,8 +27,9 @@ import pickle
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from django.apps import apps
 from django.conf import settings
@@ -101,15 +102,25 @@ class Keyring:
         return found
 
 
+class _CryptographySettings(Protocol):
+    """The settings django_cryptography.conf (a django-appconf AppConf) adds to django.conf.settings when it loads,
+    with its defaults: django-stubs knows only those of controlroom.settings."""
+
+    CRYPTOGRAPHY_DIGEST: hashes.HashAlgorithm
+    CRYPTOGRAPHY_SALT: bytes  # its configure_salt makes bytes of the setting
+    CRYPTOGRAPHY_BACKEND: Any
+
+
 def derive_key(raw_key: str | bytes) -> bytes:
     """The AES key django-cryptography derives from a CRYPTOGRAPHY_KEY value (same KDF, salt, digest, rounds)."""
-    digest = settings.CRYPTOGRAPHY_DIGEST
+    conf = cast(_CryptographySettings, settings)
+    digest = conf.CRYPTOGRAPHY_DIGEST
     kdf = PBKDF2HMAC(
         algorithm=digest,
         length=digest.digest_size,
-        salt=force_bytes(settings.CRYPTOGRAPHY_SALT),
+        salt=force_bytes(conf.CRYPTOGRAPHY_SALT),
         iterations=PBKDF2_ITERATIONS,
-        backend=settings.CRYPTOGRAPHY_BACKEND,
+        backend=conf.CRYPTOGRAPHY_BACKEND,
     )
     return kdf.derive(force_bytes(raw_key))
 
@@ -119,7 +130,8 @@ def fernet_for(raw_key: str | bytes, *, signing_key: str | bytes | None = None) 
     return FernetBytes(derive_key(raw_key), FernetSigner(signing_key or settings.SECRET_KEY))
 
 
-def _as_list(value: object) -> list[str]:
+def _as_list(value: str | bytes | Iterable[str | bytes] | None) -> list[str | bytes]:
+    """A setting of keys, given as one key or as a list of them."""
     if not value:
         return []
     if isinstance(value, str | bytes):
@@ -351,15 +363,17 @@ def rotate_encryption_key(
         raise RotationError("--batch-size must be 1 or more.")
     tables = list(encrypted_tables(using) if tables is None else tables)
     keyring = build_keyring(tables)
-    options = {"batch_size": batch_size, "using": using}
     if check_first and not dry_run:
         try:
             for table in tables:
-                _rotate_table(table, keyring, dry_run=True, progress=None, **options)
+                _rotate_table(table, keyring, batch_size=batch_size, dry_run=True, using=using, progress=None)
         except UndecryptableValue as error:
             raise RotationError(f"{error} Nothing was re-encrypted.") from None
     try:
-        return [_rotate_table(table, keyring, dry_run=dry_run, progress=progress, **options) for table in tables]
+        return [
+            _rotate_table(table, keyring, batch_size=batch_size, dry_run=dry_run, using=using, progress=progress)
+            for table in tables
+        ]
     except UndecryptableValue as error:
         if dry_run:
             raise

@@ -134,7 +134,8 @@ def check_destination(url: str) -> None:
         return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        # An IPv4 or IPv6 socket address: (address text, port, ...).
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except (OSError, UnicodeError, ValueError):
         raise OutboundError(
             f"Could not resolve {host} to check it against OUTBOUND_BLOCK_PRIVATE_ADDRESSES.",

@@ -9,7 +9,7 @@ from typing import Any
 from django import forms
 from django.utils.html import escape
 
-from connections.web.form_fields import RequirableBoundField
+from connections.web.form_fields import RequiredLabelBoundField
 from providers.models import (
     APP_GRANTS,
     CLIENT_AUTH_METHOD_NAMES,
@@ -115,9 +115,8 @@ def adapt_to_provider_and_grant(
     for name in URL_FIELDS:
         if (field := form.fields.get(name)) is None:
             continue
-        field.bound_field_class = RequirableBoundField
         field.widget.attrs.update({"data-optional-help": field.help_text, "data-required-help": URL_REQUIRED_HELP})
-        field.shown_required = name in required and not getattr(provider, name)
-        if field.shown_required:
+        if name in required and not getattr(provider, name):  # its label says so; clean() requires it
+            field.bound_field_class = RequiredLabelBoundField
             field.help_text = URL_REQUIRED_HELP
     return layout, signing

@@ -76,12 +76,14 @@ def _expiry_chart(now: datetime) -> SafeString:
     )
     counts = [0] * HOURS_AHEAD
     for expires_at in rows:
+        if expires_at is None:  # none: expires_at__gte leaves out the tokens without an expiry
+            continue
         counts[min(int((expires_at - now).total_seconds() // 3600), HOURS_AHEAD - 1)] += 1
     bars = [(f"+{n}h", (count, 0)) for n, count in enumerate(counts)]
     return _stacked_bars(bars, "Token expiries, next 12 hours", "expiry-chart", ("#1565c0", FAILURE))
 
 
-def _status_chart(statuses: dict[str, int]) -> SafeString:
+def _status_chart(statuses: dict[ConnectionStatus, int]) -> SafeString:
     """One horizontal bar a status, its length the number of connections."""
     top = max(statuses.values(), default=0) or 1
     rows = [

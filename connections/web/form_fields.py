@@ -3,7 +3,7 @@ extra authorization parameters as a query string or JSON, a label that can say "
 
 import json
 import re
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 from django import forms
@@ -12,6 +12,17 @@ from django.utils.safestring import SafeString
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 MAX_PARAMS = 100
+
+_FieldT = TypeVar("_FieldT", bound=forms.Field)
+
+
+def form_field(form: forms.BaseForm, name: str, kind: type[_FieldT]) -> _FieldT:
+    """The form's field of that name, of the kind the model form factory made it (a ChoiceField for a field with
+    choices, a ModelChoiceField for a foreign key): what is set on it is known to be there."""
+    field = form.fields[name]
+    if not isinstance(field, kind):
+        raise TypeError(f"The field {name} is a {type(field).__name__}, not a {kind.__name__}.")
+    return field
 
 
 def _has_unstorable_text(value: Any) -> bool:
@@ -110,12 +121,18 @@ class AuthorizationParamsField(SafeJSONField):
         return super().to_python(value)
 
 
-class RequirableBoundField(BoundField):
-    """A field whose label can say "required" while the field itself is not: a URL the provider type lacks must be
+class RequiredLabelBoundField(BoundField):
+    """A field whose label says "required" while the field itself is not: a URL the provider type lacks must be
     given, but the form's clean() says so, after the issuer's discovery had its chance to fill it."""
 
-    def label_tag(self, contents: str | None = None, attrs: dict | None = None, **kwargs: Any) -> SafeString:
-        classes = (attrs or {}).get("class", "").split()
-        if getattr(self.field, "shown_required", False) and "required" not in classes:
+    def label_tag(
+        self,
+        contents: str | None = None,
+        attrs: dict[str, str | bool] | None = None,
+        label_suffix: str | None = None,
+        tag: str | None = None,
+    ) -> SafeString:
+        classes = str((attrs or {}).get("class", "")).split()
+        if "required" not in classes:
             attrs = {**(attrs or {}), "class": " ".join([*classes, "required"])}
-        return super().label_tag(contents, attrs, **kwargs)
+        return super().label_tag(contents, attrs, label_suffix, tag)

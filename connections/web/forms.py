@@ -4,12 +4,14 @@ import secrets
 from typing import Any
 
 from django import forms
-from django.contrib.admin.widgets import FilteredSelectMultiple
+from django.contrib.admin.widgets import FilteredSelectMultiple, RelatedFieldWidgetWrapper
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.forms.models import construct_instance
+from django.forms.renderers import BaseRenderer
 from django.urls import reverse
 from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString
 
 from connections import validation
 from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role
@@ -20,7 +22,7 @@ from connections.web.connection_page import (
     provider_choices,
     signing_rows,
 )
-from connections.web.form_fields import PARAMS_EXAMPLES, AuthorizationParamsField, WriteOnlyTextarea
+from connections.web.form_fields import PARAMS_EXAMPLES, AuthorizationParamsField, WriteOnlyTextarea, form_field
 from providers.models import ClientAuthMethod, Provider
 
 PLACEHOLDER_PREFIX = "placeholder__"  # a placeholder's field: placeholder__<name>
@@ -105,12 +107,15 @@ class ConnectionForm(forms.ModelForm):
             ].help_text = (
                 "A secret is stored (encrypted, never shown). Leave blank to keep it; type a new one to replace it."
             )
-        self.fields["client_auth_method"].choices = [("", "As the provider type does"), *ClientAuthMethod.choices]
+        auth_methods = form_field(self, "client_auth_method", forms.ChoiceField)
+        auth_methods.choices = [("", "As the provider type does"), *ClientAuthMethod.choices]
         self.fields["issuer"].widget.attrs["data-discover-url"] = reverse("admin:connections_connection_discover")
         providers = list(Provider.objects.all())
-        self.fields["provider"].choices = provider_choices(providers)
+        provider_field = form_field(self, "provider", forms.ModelChoiceField)
+        provider_field.choices = provider_choices(providers)
         # The admin wraps the select in a RelatedFieldWidgetWrapper; the attribute belongs on the select itself.
-        select = getattr(self.fields["provider"].widget, "widget", self.fields["provider"].widget)
+        widget = provider_field.widget
+        select = widget.widget if isinstance(widget, RelatedFieldWidgetWrapper) else widget
         presets = {str(provider.pk): preset_preview(provider) for provider in providers}
         select.attrs["data-presets"] = json.dumps(presets)
         source = self.data if self.is_bound else self.initial  # a form shown again after an error: as posted
@@ -152,7 +157,8 @@ class ConnectionForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         """The rules between fields (connections.validation), on the connection as this form would leave it."""
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if cleaned.get("provider") is None or not cleaned.get("grant_type") or self.has_error("provider"):
             return cleaned
         candidate = construct_instance(self, copy.copy(self.instance), self._meta.fields, self._meta.exclude)
@@ -179,10 +185,10 @@ class ConnectionForm(forms.ModelForm):
                 self.add_error(field if field in self.fields else None, message)
         return cleaned
 
-    def _post_clean(self) -> None:
+    def full_clean(self) -> None:
         """What the checks resolved (the write-only fields, the placeholders, a key file's key ID) goes onto the
-        instance with the model fields, once the form is valid."""
-        super()._post_clean()
+        instance after the model fields (the last step of full_clean), once the form is valid."""
+        super().full_clean()
         if self.changes is not None and not self.errors:
             self.changes.apply_to(self.instance)
 
@@ -191,8 +197,10 @@ class WrappedFilteredSelectMultiple(FilteredSelectMultiple):
     """The admin's two-box select, wrapped as the admin wraps those of model fields: its script puts the boxes
     first in the select's parent, which would otherwise be the row, ahead of the field's label."""
 
-    def render(self, *args: Any, **kwargs: Any) -> str:
-        return format_html('<div class="related-widget-wrapper">{}</div>', super().render(*args, **kwargs))
+    def render(
+        self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: BaseRenderer | None = None
+    ) -> SafeString:
+        return format_html('<div class="related-widget-wrapper">{}</div>', super().render(name, value, attrs, renderer))
 
 
 class RoleForm(forms.ModelForm):
@@ -243,10 +251,12 @@ class BotKeyAddForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["user"].queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+        users = form_field(self, "user", forms.ModelChoiceField)
+        users.queryset = get_user_model().objects.filter(is_active=True).order_by("username")
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         # Claimed only once all else is valid, so that a form corrected after an error can still be sent.
         if not self.errors and not cache.add(f"bot-key-form:{cleaned['submission']}", True, timeout=86_400):
             raise forms.ValidationError(

@@ -5,6 +5,7 @@ import segno
 from celery import current_app
 from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
@@ -19,7 +20,7 @@ from kombu.exceptions import OperationalError
 from connections import selectors, services
 from connections.errors import ConnectionActionError
 from connections.flows import authorization, device
-from connections.http import client_address
+from connections.http import client_address, signed_in_user
 from connections.models import Connection, ConnectionStatus, DeviceAuthorization, OAuthToken
 from connections.outbound import facts
 
@@ -59,7 +60,7 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
     to return_url with the reason it cannot go."""
     if connection.uses_device_code:
         try:
-            started = device.device_authorization_start(connection=connection, user=request.user)
+            started = device.device_authorization_start(connection=connection, user=signed_in_user(request))
         except ConnectionActionError as exc:
             messages.error(request, exc.message)
             return redirect(return_url)
@@ -77,7 +78,7 @@ def start_authorization(request: HttpRequest, connection: Connection, return_url
     try:
         url = authorization.connection_authorize_start(
             connection=connection,
-            user=request.user,
+            user=signed_in_user(request),
             session_key=request.session.session_key or "",
             return_url=return_url,
             remote_addr=client_address(request),
@@ -155,7 +156,7 @@ def my_connections(request: HttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     status = status if status in ConnectionStatus.values else ""
     context = {
-        "rows": _my_connection_rows(request.user, search, status),
+        "rows": _my_connection_rows(signed_in_user(request), search, status),
         "search": search,
         "status": status,
         "statuses": ConnectionStatus.choices,
@@ -165,16 +166,16 @@ def my_connections(request: HttpRequest) -> HttpResponse:
     return render(request, "connections/my_connections.html", context)
 
 
-def _my_connection_rows(user: selectors.AnyUser, search: str, status: str) -> list[dict]:
-    connections = selectors.user_specific_connections_for(user)
+def _my_connection_rows(user: User, search: str, status: str) -> list[dict]:
+    found = selectors.user_specific_connections_for(user)
     if search:
-        connections = connections.filter(
+        found = found.filter(
             Q(name__icontains=search)
             | Q(slug__icontains=search)
             | Q(provider__name__icontains=search)
             | Q(description__icontains=search)
         )
-    connections = list(connections)
+    connections = list(found)
     mine = OAuthToken.objects.filter(user=user, connection__in=[connection.pk for connection in connections])
     tokens = {token.connection_id: token for token in mine}
     rows = []
@@ -201,8 +202,9 @@ def my_connection_disconnect(request: HttpRequest, slug: str) -> HttpResponse:
             "site_header": "Control Room",
         }
         return render(request, "connections/my_connection_disconnect.html", context)
+    user = signed_in_user(request)
     try:
-        message = services.connection_disconnect(connection=connection, actor=request.user, only_user=request.user)
+        message = services.connection_disconnect(connection=connection, actor=user, only_user=user)
     except ConnectionActionError as exc:
         messages.error(request, exc.message)
     else:

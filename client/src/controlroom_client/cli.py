@@ -24,13 +24,14 @@ INTERRUPTED = 130
 
 def _exit_codes() -> str:
     rows = [(0, "the token was printed"), (1, "another error"), (2, "wrong arguments")]
-    for cls in (
+    classes: list[type[ControlRoomError]] = [
         ConfigurationError,
         ControlRoomUnreachable,
         InvalidResponse,
         ControlRoomUnavailable,
         *ERRORS_BY_CODE.values(),
-    ):
+    ]
+    for cls in classes:
         rows.append((cls.exit_code, cls.code or ""))
     return "\n".join(f"  {code:>3}  {what}" for code, what in sorted(rows))
 

@@ -23,7 +23,8 @@ class Command(BaseCommand):
         generated = not password
         password = password or secrets.token_urlsafe(12)
         with transaction.atomic():
-            user, _ = user_model.objects.get_or_create(**{user_model.USERNAME_FIELD: username})
+            # defaults named (None, as by default), so that no key of the lookup can be taken for it
+            user, _ = user_model.objects.get_or_create(defaults=None, **{user_model.USERNAME_FIELD: username})
             user.email = email or user.email
             user.is_staff = user.is_superuser = user.is_active = True
             user.set_password(password)
