@@ -195,8 +195,24 @@ def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, f
         except OAuthToken.DoesNotExist:
             raise gone from None
         if not exc.permanent and token.is_valid():
+            if force_refresh:  # the bot's token was refused: the same one back would be no answer
+                raise _forced_refresh_failure(exc, token) from None
             return token
         raise _provider_failure(exc, token) from None
+
+
+def _forced_refresh_failure(exc: ProviderError, token: OAuthToken) -> TokenRequestError:
+    """A forced refresh that could not be made (the provider down, or another process's refresh unfinished): 503,
+    saying until when the current token is valid, so that a bot may ask again without force_refresh."""
+    until = f"until {token.expires_at:%Y-%m-%dT%H:%M:%SZ}" if token.expires_at else "with no expiry"
+    retry_after = math.ceil(exc.retry_after) if exc.retry_after else _retry_after(token)
+    return TokenRequestError(
+        503,
+        "provider_unavailable",
+        f"The forced refresh failed: {exc.message} The current token is valid {until}; ask again without "
+        "force_refresh to get it.",
+        retry_after,
+    )
 
 
 def token_from_memory(

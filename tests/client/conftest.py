@@ -104,6 +104,7 @@ class StubServer:
     url: str
     answer: StubAnswer
     received: list[dict[str, object]]
+    answers: dict[str, StubAnswer] = field(default_factory=dict)  # by path: answered instead of `answer`
 
     def answer_json(self, status: int, payload: object, **headers: str) -> None:
         self.answer = StubAnswer(status, {"Content-Type": "application/json", **headers}, json.dumps(payload).encode())
@@ -124,7 +125,7 @@ def stub_server() -> Iterator[StubServer]:
                     "body": self.rfile.read(length) if length else b"",
                 }
             )
-            answer = state.answer
+            answer = state.answers.get(self.path, state.answer)
             self.send_response(answer.status)
             for name, value in answer.headers.items():
                 self.send_header(name, value)

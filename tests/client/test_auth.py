@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 import requests
-from controlroom_client import ControlRoomAuth, ReauthorizationRequired
+from controlroom_client import ControlRoomAuth, ProviderUnavailable, ReauthorizationRequired
 from django.utils import timezone
 
 from connections.models import Connection
-from tests.client.conftest import revoke_at_provider
+from tests.client.conftest import StubAnswer, revoke_at_provider
 from tests.conftest import PROVIDER_USER, authorize, refresh_shared_token, shared_token
 from tests.support.authserver import AuthServer
 from tests.support.stack import poll_until
@@ -206,3 +206,36 @@ def test_401s_for_the_same_token_cost_one_forced_refresh(control_room, recorder,
     assert first.access_token != old
     assert authserver.whoami(first.access_token).status_code == 200
     assert [query.get("force_refresh") for query in recorder.token_requests()] == [None, ["true"]]
+
+
+def test_a_401_after_a_redirect_to_another_host_gets_no_token_sent_there(
+    control_room, recorder, connected, stub_server
+):
+    # given a resource that redirects to another host (localhost, not 127.0.0.1), which refuses the request
+    port = stub_server.url.rsplit(":", 1)[1]
+    stub_server.answers["/start"] = StubAnswer(302, {"Location": f"http://localhost:{port}/elsewhere"}, b"")
+    stub_server.answer_json(401, {"error": "invalid_token"})
+    # when the bot calls it with the auth
+    response = requests.get(
+        stub_server.url + "/start", auth=ControlRoomAuth(connected.slug, client=control_room), timeout=10
+    )
+    # then the other host's 401 is the answer: requests left the token out there, and the auth did not put it back
+    assert response.status_code == 401
+    assert [received["authorization"] for received in stub_server.received] == [
+        f"Bearer {shared_token(connected).access_token}",
+        None,
+    ]
+    assert len(recorder.token_requests()) == 1  # no forced refresh either
+
+
+def test_a_401_while_the_provider_is_down_raises_provider_unavailable(control_room, connected, authserver, stub_server):
+    # given a resource that refuses the token, and a provider that cannot refresh it now
+    stub_server.answer_json(401, {"error": "invalid_token"})
+    authserver.set_fault("status_500", grant_types=["refresh_token"])
+    # when the bot calls the resource with the auth
+    with pytest.raises(ProviderUnavailable) as raised:
+        requests.get(stub_server.url + "/api", auth=ControlRoomAuth(connected.slug, client=control_room), timeout=10)
+    # then it is told the forced refresh failed, when to ask again, and that its token is still valid meanwhile
+    assert raised.value.retry_after and raised.value.retry_after >= 1
+    assert "without force_refresh" in str(raised.value)
+    assert len(stub_server.received) == 1  # the dead token was not sent again

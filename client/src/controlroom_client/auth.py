@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.cookies import extract_cookies_to_jar
@@ -10,6 +11,7 @@ from requests.cookies import extract_cookies_to_jar
 from controlroom_client.client import DEFAULT_MIN_VALIDITY, ControlRoom
 
 _BODY_POSITION = "_controlroom_body_position"  # where a file-like body started, to send it again
+_SENT_TOKEN = "_controlroom_sent_token"  # noqa: S105 - an attribute name: where the token this auth sent is kept
 
 
 class ControlRoomAuth(requests.auth.AuthBase):
@@ -18,8 +20,11 @@ class ControlRoomAuth(requests.auth.AuthBase):
     Adds `Authorization: Bearer <token>` with the connection's token (kept in memory by the client). When the
     resource server answers 401, the token has been revoked or has expired early at the provider: the auth asks
     Control Room once with force_refresh and sends the request once more, the way requests' HTTPDigestAuth
-    answers its challenge. A second 401 is returned as it is. `client` defaults to ControlRoom() from the
-    environment; share one client between auths, so that they share its tokens.
+    answers its challenge. A second 401 is returned as it is. When the forced refresh cannot be made (the provider
+    is down), Control Room's answer is raised: ProviderUnavailable, with when to retry. Only a 401 to the very
+    request this auth signed is answered so: after a redirect to another host or scheme (where requests removed the
+    token), the 401 is returned as it is and the token goes nowhere else. `client` defaults to ControlRoom() from
+    the environment; share one client between auths, so that they share its tokens.
     """
 
     def __init__(self, slug: str, client: ControlRoom | None = None, min_validity: int = DEFAULT_MIN_VALIDITY) -> None:
@@ -33,6 +38,7 @@ class ControlRoomAuth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         token = self.client.get_token(self.slug, min_validity=self.min_validity)
         request.headers["Authorization"] = f"Bearer {token.access_token}"
+        setattr(request, _SENT_TOKEN, token.access_token)
         try:
             setattr(request, _BODY_POSITION, request.body.tell())  # type: ignore[union-attr]
         except (AttributeError, OSError):
@@ -44,7 +50,11 @@ class ControlRoomAuth(requests.auth.AuthBase):
         if response.status_code != 401:
             return response
         sent = response.request
+        signed = response.history[0].request if response.history else sent  # the request this auth was given
         rejected = (sent.headers.get("Authorization") or "").removeprefix("Bearer ")
+        ours = getattr(signed, _SENT_TOKEN, None)
+        if not ours or rejected != ours or _origin(sent.url) != _origin(signed.url):
+            return response  # refused somewhere a redirect led, or without our token: not ours to answer
         fresh = self.client.replace_rejected(self.slug, rejected, min_validity=self.min_validity)
         if fresh.access_token == rejected:
             return response  # replaced moments ago and still refused: not an expiry, sending it again would not help
@@ -57,11 +67,18 @@ class ControlRoomAuth(requests.auth.AuthBase):
         extract_cookies_to_jar(retry._cookies, sent, response.raw)  # type: ignore[attr-defined]
         retry.prepare_cookies(retry._cookies)  # type: ignore[attr-defined]
         retry.headers["Authorization"] = f"Bearer {fresh.access_token}"
+        setattr(retry, _SENT_TOKEN, fresh.access_token)
         # The adapter sends without running hooks: this retry cannot trigger another.
         second = response.connection.send(retry, **send_kwargs)
         second.history.append(response)
         second.request = retry
         return second
+
+
+def _origin(url: str | None) -> tuple[str, str, int | None]:
+    """Scheme, host and port: a token sent to one origin is not sent to another."""
+    parts = urlsplit(url or "")
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 def _rewind_body(request: requests.PreparedRequest) -> bool:

@@ -276,8 +276,10 @@ def test_a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_unu
     # when the provider rotates the refresh token but sends no usable access token with it
     authserver.set_token_extra({"access_token": None})
     response = get_token(bot.raw_key, connected.slug, force_refresh="true")
-    # then the current token is served (still valid), the failure noted
-    assert response.status_code == 200 and response.json()["access_token"] == shared_token(connected).access_token
+    # then the forced refresh says it failed (the current token is still valid: asked for without force, it is
+    # served), the failure noted
+    assert response.status_code == 503 and _error(response) == "provider_unavailable", response.content
+    assert get_token(bot.raw_key, connected.slug).json()["access_token"] == shared_token(connected).access_token
     assert shared_token(connected).state == "refresh_failing"
     # and the rotated refresh token was kept: the next refresh works, no spent token presented
     authserver.set_token_extra({})
@@ -295,10 +297,26 @@ def test_a_providers_error_description_is_capped_wherever_it_goes(connected, bot
     assert all(len(detail) <= 800 for detail in AuditEvent.objects.values_list("detail", flat=True))
 
 
+def test_a_forced_refresh_that_fails_says_so_and_until_when_the_current_token_is_valid(connected, bot, authserver):
+    # given a connected token, and a provider that is down
+    token = shared_token(connected)
+    authserver.set_fault("status_500", grant_types=["refresh_token"])
+    # when a bot whose token was just refused forces a refresh
+    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    # then it is told the refresh failed, when to ask again, and until when the token it has is valid
+    assert response.status_code == 503 and _error(response) == "provider_unavailable", response.content
+    assert int(response["Retry-After"]) >= 1
+    assert f"valid until {token.expires_at:%Y-%m-%dT%H:%M:%SZ}" in response.json()["detail"]
+    assert "without force_refresh" in response.json()["detail"]
+    # and asked without force_refresh, it gets the current token meanwhile
+    again = get_token(bot.raw_key, connected.slug)
+    assert again.status_code == 200 and again.json()["access_token"] == token.access_token
+
+
 def test_force_refresh_asks_the_provider_even_during_backoff(connected, bot, authserver):
     # given a refresh that failed a moment ago (a provider 500): the token is in backoff, still valid
     authserver.set_fault("status_500", count=1, grant_types=["refresh_token"])
-    assert get_token(bot.raw_key, connected.slug, force_refresh="true").status_code == 200
+    assert get_token(bot.raw_key, connected.slug, force_refresh="true").status_code == 503
     assert shared_token(connected).state == "refresh_failing"
     # when the provider now rejects the grant and a bot forces a refresh (its token was just refused)
     authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
@@ -310,7 +328,8 @@ def test_force_refresh_asks_the_provider_even_during_backoff(connected, bot, aut
 
 def test_force_refresh_during_backoff_gets_a_new_token_once_the_provider_works(connected, bot, authserver):
     authserver.set_fault("status_500", count=1, grant_types=["refresh_token"])
-    old = get_token(bot.raw_key, connected.slug, force_refresh="true").json()["access_token"]
+    old = shared_token(connected).access_token
+    assert get_token(bot.raw_key, connected.slug, force_refresh="true").status_code == 503
     response = get_token(bot.raw_key, connected.slug, force_refresh="true")
     assert response.status_code == 200 and response.json()["access_token"] != old
     assert shared_token(connected).state == "active"
