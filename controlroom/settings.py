@@ -290,6 +290,8 @@ TOKEN_AUTH_FAILURES_PER_MINUTE = int(number("TOKEN_AUTH_FAILURES_PER_MINUTE", 20
 # Per address and minute, this many failed authentications (token endpoint, OAuth callback) are audited one by
 # one; the rest are counted and audited as one event when the minute is over.
 AUTH_FAILURES_AUDITED_ONE_BY_ONE = int(number("AUTH_FAILURES_AUDITED_ONE_BY_ONE", 5, unit="failures"))
+# And at most this many a minute from all addresses together: a flood from many addresses is counted too.
+AUTH_FAILURES_AUDITED_PER_MINUTE = int(number("AUTH_FAILURES_AUDITED_PER_MINUTE", 100, unit="failures"))
 # Each web process answers repeated token requests from memory, checks those answers against the database and
 # writes the audit events of every answer this often: the longest a change (a revoked key, a refreshed token)
 # takes to reach the other web processes. Off: every request goes through the database (to measure that path,

@@ -2,7 +2,9 @@
 than recording each, and exporting events as CSV."""
 
 import csv
+import ipaddress
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -93,27 +95,44 @@ def _window(now: datetime) -> int:
     return int(now.timestamp() // 60)
 
 
-def _failure_counter(where: str, remote_addr: str | None, window: int) -> str:
-    return f"auth-failures:{where}:{remote_addr}:{window}"
+def address_block(remote_addr: str | None) -> str | None:
+    """Where failed authentications are counted from: an IPv4 address, or an IPv6 address's /64 (one host or
+    network is handed a whole /64, so one address each would give it millions of fresh counters)."""
+    try:
+        ip = ipaddress.ip_address(remote_addr or "")
+    except ValueError:
+        return remote_addr
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address) if ip.version == 6 else str(ip)
 
 
-def failed_authentication_count(*, where: str, remote_addr: str | None) -> int:
-    """Count one failed authentication from this address in this minute; returns the count so far. The caller
-    records it one by one while failed_authentication_recorded_alone(count)."""
+def _failure_counter(where: str, block: str | None, window: int) -> str:
+    return f"auth-failures:{where}:{block}:{window}"
+
+
+@dataclass(frozen=True)
+class FailureCount:
+    count: int  # this address's (IPv6: its /64's) failed authentications this minute, this one included
+    recorded_alone: bool  # audited one by one (else counted, and audited with the others when the minute is over)
+
+
+def failed_authentication_count(*, where: str, remote_addr: str | None) -> FailureCount:
+    """Count one failed authentication from this address (IPv6: its /64) in this minute. It is recorded one by one
+    while both its address's count is within AUTH_FAILURES_AUDITED_ONE_BY_ONE and all addresses' within
+    AUTH_FAILURES_AUDITED_PER_MINUTE; past either it is counted, and its address's minute is summarized once it
+    is over (so a flood from many addresses cannot grow the log one row per request either)."""
     now = timezone.now()
-    counter = _failure_counter(where, remote_addr, _window(now))
+    block, window = address_block(remote_addr), _window(now)
+    count, everyone = _incremented(_failure_counter(where, block, window)), _incremented(f"auth-failures:all:{window}")
+    alone = count <= settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE and everyone <= settings.AUTH_FAILURES_AUDITED_PER_MINUTE
+    if not alone:
+        window_start = datetime.fromtimestamp(window * 60, tz=UTC)
+        FailedAuthenticationWindow.objects.get_or_create(where=where, remote_addr=block, window_start=window_start)
+    return FailureCount(count, alone)
+
+
+def _incremented(counter: str) -> int:
     cache.add(counter, 0, timeout=3 * 60)  # outlives its minute until the summary has read it
-    count = cache.incr(counter)
-    if count == settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE + 1:
-        window_start = datetime.fromtimestamp(_window(now) * 60, tz=UTC)
-        FailedAuthenticationWindow.objects.get_or_create(
-            where=where, remote_addr=remote_addr, window_start=window_start
-        )
-    return count
-
-
-def failed_authentication_recorded_alone(count: int) -> bool:
-    return count <= settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE
+    return cache.incr(counter)
 
 
 def audit_failed_authentications_summarize(*, now: datetime | None = None) -> int:
@@ -124,16 +143,17 @@ def audit_failed_authentications_summarize(*, now: datetime | None = None) -> in
     written = 0
     for window in ended:
         count = cache.get(_failure_counter(window.where, window.remote_addr, _window(window.window_start)))
-        counted = f"{count}" if count else f"More than {settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE}"
+        counted = f"{count}" if count else "Some"
         place = FAILURE_PLACES.get(window.where, window.where)
+        source = f"{window.remote_addr}/64" if window.remote_addr and ":" in window.remote_addr else window.remote_addr
         with transaction.atomic():
             audit_record(
                 action=Action.AUTHENTICATION_FAILURES,
                 outcome=Outcome.FAILURE,
                 actor_label="anonymous",
-                detail=f"{counted} failed authentications at the {place} from {window.remote_addr} in the minute "
-                f"from {window.window_start:%Y-%m-%d %H:%M} UTC; the first {settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE} "
-                "are recorded one by one.",
+                detail=f"{counted} failed authentications at the {place} from {source} in the minute from "
+                f"{window.window_start:%Y-%m-%d %H:%M} UTC; at most the first "
+                f"{settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE} are recorded one by one.",
                 remote_addr=window.remote_addr,
             )
             deleted, _ = FailedAuthenticationWindow.objects.filter(pk=window.pk).delete()

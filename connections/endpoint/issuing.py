@@ -22,7 +22,6 @@ from connections.audit.events import (
     Outcome,
     audit_record,
     failed_authentication_count,
-    failed_authentication_recorded_alone,
 )
 from connections.cache import token_cache
 from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, NOT_VALID, bot_key_check, presented_key
@@ -90,7 +89,7 @@ def _read(authorization: str, slug: str | None, remote_addr: str | None) -> Toke
     except BotKeyRejected as exc:
         failures = failed_authentication_count(where="token-endpoint", remote_addr=remote_addr)
         limit = settings.TOKEN_AUTH_FAILURES_PER_MINUTE
-        if limit and failures > limit:
+        if limit and failures.count > limit:
             error = TokenRequestError(
                 429,
                 "rate_limited",
@@ -99,7 +98,7 @@ def _read(authorization: str, slug: str | None, remote_addr: str | None) -> Toke
             )
         else:
             error = TokenRequestError(401, "invalid_key", str(exc))
-        error.audited = failed_authentication_recorded_alone(failures)
+        error.audited = failures.recorded_alone
         raise error from None
 
 

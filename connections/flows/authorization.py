@@ -17,7 +17,6 @@ from connections.audit.events import (
     Outcome,
     audit_record,
     failed_authentication_count,
-    failed_authentication_recorded_alone,
 )
 from connections.engine.store import connection_client_config, token_store_replacing, token_values_revoke
 from connections.errors import ConnectionActionError, ProviderError
@@ -127,8 +126,7 @@ def _connect_failure(connection: Connection, user: User, message: str) -> str:
 
 def _anonymous_failure(message: str, return_url: str, remote_addr: str | None) -> ConnectionActionError:
     """An answer no flow of ours started: counted per address, recorded one by one only for the first few."""
-    failures = failed_authentication_count(where="oauth-callback", remote_addr=remote_addr)
-    if failed_authentication_recorded_alone(failures):
+    if failed_authentication_count(where="oauth-callback", remote_addr=remote_addr).recorded_alone:
         audit_record(
             action=Action.AUTHORIZE_CALLBACK,
             outcome=Outcome.FAILURE,

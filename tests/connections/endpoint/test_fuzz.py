@@ -238,7 +238,7 @@ def _assert_sent_home_with_one_error(response, query: str, secrets: set[str]) ->
 
 
 # Every failed answer is recorded one by one here (a flood is counted instead: tests/connections).
-@override_settings(AUTH_FAILURES_AUDITED_ONE_BY_ONE=1_000_000)
+@override_settings(AUTH_FAILURES_AUDITED_ONE_BY_ONE=1_000_000, AUTH_FAILURES_AUDITED_PER_MINUTE=1_000_000)
 def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
     make_connection, make_user, manager_client, authserver
 ):

@@ -335,6 +335,44 @@ def test_force_refresh_during_backoff_gets_a_new_token_once_the_provider_works(c
     assert shared_token(connected).state == "active"
 
 
+def _wrong_key_from(address: str, n: int, slug: str):
+    return Client().get(
+        f"/api/v1/connections/{slug}/token", HTTP_AUTHORIZATION=f"Bearer crk_{n:012x}_guess", REMOTE_ADDR=address
+    )
+
+
+def test_failed_authentications_from_one_ipv6_64_count_as_one_address(connected, settings, one_rate_window):
+    settings.TOKEN_AUTH_FAILURES_PER_MINUTE = 10
+    # when 200 wrong keys come from 200 addresses of one IPv6 /64
+    answers = [_wrong_key_from(f"2001:db8:1:2::{n:x}", n, connected.slug) for n in range(1, 201)]
+    # then they count as one address: ten are told the key is wrong, the rest to slow down
+    assert [answer.status_code for answer in answers] == [401] * 10 + [429] * 190
+    # and the audit log holds a few one by one, and once the minute is over one event counts them all
+    one_by_one = AuditEvent.objects.filter(action="token_request", outcome="failure")
+    assert one_by_one.count() == settings.AUTH_FAILURES_AUDITED_ONE_BY_ONE
+    audit.audit_failed_authentications_summarize(now=timezone.now() + timedelta(seconds=61))
+    summary = AuditEvent.objects.get(action="authentication_failures")
+    assert "200 failed" in summary.detail and "from 2001:db8:1:2::/64 " in summary.detail, summary.detail
+    # while another /64 is counted on its own
+    assert _wrong_key_from("2001:db8:1:3::1", 999, connected.slug).status_code == 401
+
+
+def test_failed_authentications_from_many_addresses_are_audited_one_by_one_only_up_to_a_cap(
+    connected, settings, one_rate_window
+):
+    settings.AUTH_FAILURES_AUDITED_PER_MINUTE = 7
+    # when 4 addresses each try 3 wrong keys (each within the 5 audited one by one per address)
+    for n in range(12):
+        assert _wrong_key_from(f"192.0.2.{n % 4 + 1}", n, connected.slug).status_code == 401
+    # then only the first 7 of the minute are rows of their own
+    assert AuditEvent.objects.filter(action="token_request", outcome="failure").count() == 7
+    # and every failure is accounted for: the addresses past the cap get their minute's count when it is over
+    audit.audit_failed_authentications_summarize(now=timezone.now() + timedelta(seconds=61))
+    summaries = AuditEvent.objects.filter(action="authentication_failures")
+    assert summaries.count() >= 1
+    assert all(summary.detail.startswith("3 failed authentications") for summary in summaries)
+
+
 def test_failed_authentications_are_throttled_per_address_and_audited_in_aggregate(
     connected, bot, settings, one_rate_window
 ):
