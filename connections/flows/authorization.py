@@ -5,7 +5,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -205,6 +205,42 @@ def _claim_authorization_request(
     return request
 
 
+class _ChangedMeanwhile(Exception):
+    """The connection or the person's roles changed while the code was exchanged: nothing is stored."""
+
+
+def _still_allowed(request: AuthorizationRequest) -> Connection:
+    """The connection as it is now, locked until the token is stored, if it still allows what the flow started
+    for (_ChangedMeanwhile if not)."""
+    current = Connection.objects.select_for_update().select_related("provider").filter(pk=request.connection_id).first()
+    if current is None:
+        raise _ChangedMeanwhile(f"{request.connection} was deleted while you were authorizing it: nothing was stored.")
+    request.connection = current
+    if problem := _changed_since(request):
+        raise _ChangedMeanwhile(problem)
+    return current
+
+
+def _authorized_record(
+    request: AuthorizationRequest,
+    connection: Connection,
+    token: OAuthToken,
+    started_at: datetime,
+    remote_addr: str | None,
+) -> None:
+    audit_record(
+        action=Action.AUTHORIZE_CALLBACK,
+        outcome=Outcome.SUCCESS,
+        connection=connection,
+        actor=request.user,
+        detail=f"Authorized; scope: {token.scope or 'none reported'}.",
+        remote_addr=remote_addr,
+    )
+    connection_attempt_succeeded(connection=connection, started_at=started_at)
+    whose = f"{request.user.get_username()}'s own token" if request.for_user else "its shared token"
+    webhooks.event_emit("connection.connected", connection, f"{connection} was authorized ({whose}).")
+
+
 def connection_authorize_complete(
     *, params: Mapping[str, str], session_key: str, default_return_url: str, remote_addr: str | None = None
 ) -> AuthorizationResult:
@@ -220,21 +256,18 @@ def connection_authorize_complete(
         shown = f"Could not connect {connection}: {exc.message} Nothing stored was changed."
         raise _flow_failure(exc.message, request, remote_addr, shown=shown) from None
     owner = request.user if request.for_user else None
-    with transaction.atomic():
-        token, replaced = token_store_replacing(
-            connection=connection, user=owner, response=response, authorized_by=request.user
-        )
-        audit_record(
-            action=Action.AUTHORIZE_CALLBACK,
-            outcome=Outcome.SUCCESS,
-            connection=connection,
-            actor=request.user,
-            detail=f"Authorized; scope: {token.scope or 'none reported'}.",
-            remote_addr=remote_addr,
-        )
-        connection_attempt_succeeded(connection=connection, started_at=started_at)
-        whose = f"{request.user.get_username()}'s own token" if request.for_user else "its shared token"
-        webhooks.event_emit("connection.connected", connection, f"{connection} was authorized ({whose}).")
+    try:
+        with transaction.atomic():
+            connection = _still_allowed(request)  # asked again where the token is stored: it may have changed
+            token, replaced = token_store_replacing(
+                connection=connection, user=owner, response=response, authorized_by=request.user
+            )
+            _authorized_record(request, connection, token, started_at, remote_addr)
+    except _ChangedMeanwhile as changed:
+        # Nobody will hold the tokens the provider just issued: end them there too.
+        values = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
+        token_values_revoke(connection, values)
+        raise _flow_failure(str(changed), request, remote_addr) from None
     # The grant this one replaces is nobody's any more: end it at the provider too. Its access token is left
     # to expire (a bot may hold it for a moment yet); most providers end it with the refresh token anyway.
     for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):

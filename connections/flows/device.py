@@ -92,15 +92,27 @@ def device_authorization_poll(authorization_id: int) -> int | None:
     except ProviderError as exc:
         return _poll_failed(authorization, exc)
     with transaction.atomic():
-        if not _finish(authorization, Status.APPROVED, f"{connection} is connected."):
-            return None  # another poll of it (a redelivered task) finished it first
-        webhooks.event_emit("connection.connected", connection, f"{connection} was authorized on a device.")
-        _, replaced = token_store_replacing(
-            connection=connection,
-            user=authorization.user,
-            response=response,
-            authorized_by=authorization.started_by,
+        # Asked again where the token is stored, on the connection as it is now (locked until it is stored).
+        current = Connection.objects.select_for_update().select_related("provider").filter(pk=connection.pk).first()
+        if current is not None:
+            authorization.connection = connection = current
+        problem = "The connection was deleted meanwhile." if current is None else _changed_since(authorization)
+        if not problem:
+            if not _finish(authorization, Status.APPROVED, f"{connection} is connected."):
+                return None  # another poll of it (a redelivered task) finished it first
+            webhooks.event_emit("connection.connected", connection, f"{connection} was authorized on a device.")
+            _, replaced = token_store_replacing(
+                connection=connection,
+                user=authorization.user,
+                response=response,
+                authorized_by=authorization.started_by,
+            )
+    if problem:  # nobody will hold what the provider just issued: ended there too
+        _finish(authorization, Status.FAILED, problem)
+        token_values_revoke(
+            connection, [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
         )
+        return None
     # The grant this one replaces is nobody's any more (as after Connect): end it at the provider too.
     for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
         logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)

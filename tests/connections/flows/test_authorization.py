@@ -12,7 +12,8 @@ from django.test import Client
 from django.utils import timezone
 
 from connections.audit import events as audit
-from connections.models import AuditEvent, AuthorizationRequest, OAuthToken
+from connections.models import AuditEvent, AuthorizationRequest, Connection, OAuthToken
+from connections.oauth import client as oauth_client
 from tests.conftest import authorize, connect, messages_of, shared_token
 
 pytestmark = pytest.mark.django_db
@@ -309,3 +310,29 @@ def test_authorizing_again_ends_the_replaced_grant_at_the_provider(authorized, m
     # the new grant is the only one the provider still honours: the replaced refresh token cannot be used
     assert authserver.live_grants(connection.client_id)["refresh_tokens"] == 1
     assert authserver.whoami(second.access_token).status_code == 200
+
+
+@pytest.mark.parametrize("change", ["disabled", "token type changed"])
+def test_a_change_made_while_the_code_is_exchanged_stores_nothing_and_revokes_what_came(
+    change, make_connection, manager_client, authserver, monkeypatch
+):
+    # given a Connect under way, and a change to the connection that lands while the provider exchanges the code
+    connection = make_connection()
+    callback = connect(manager_client, connection, authserver)
+    exchange = oauth_client.exchange_code
+    issued = []
+
+    def exchange_then_change(*args, **kwargs):
+        answer = exchange(*args, **kwargs)
+        issued.append(answer)
+        fields = {"is_enabled": False} if change == "disabled" else {"token_type": "user_specific"}
+        Connection.objects.filter(pk=connection.pk).update(**fields)
+        return answer
+
+    monkeypatch.setattr(oauth_client, "exchange_code", exchange_then_change)
+    # when the callback completes
+    response = manager_client.get(callback, follow=True)
+    # then nothing is stored, the person is told why, and the tokens the provider issued are revoked there
+    assert not OAuthToken.objects.filter(connection=connection).exists()
+    assert any("was changed while you were authorizing it" in text for text in messages_of(response))
+    assert authserver.whoami(issued[0].access_token).status_code == 401

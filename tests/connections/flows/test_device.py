@@ -12,7 +12,7 @@ from connections.engine import refresh
 from connections.engine.store import connection_client_config
 from connections.errors import ProviderError
 from connections.flows import device
-from connections.models import DeviceAuthorization
+from connections.models import Connection, DeviceAuthorization
 from connections.oauth import client as oauth_client
 from connections.web import views
 from tests.conftest import PROVIDER_USER, messages_of, shared_token, wait_for
@@ -194,6 +194,31 @@ def test_an_approval_arriving_after_the_connection_changed_stores_nothing(make_c
     started.refresh_from_db()
     assert started.status == Status.FAILED and "token type changed" in started.message
     assert not connection.tokens.exists()
+
+
+def test_a_change_landing_while_the_token_url_answers_stores_nothing_and_revokes_it(
+    make_connection, manager, authserver, monkeypatch
+):
+    # given a device authorization the person has approved, and a change to the connection that lands while the
+    # worker's poll waits for the token URL's answer
+    connection = make_connection(grant_type="device_code")
+    started = device.device_authorization_start(connection=connection, user=manager)
+    authserver.approve_device(started.user_code, *PROVIDER_USER)
+    poll, issued = device.oauth_client.device_token, []
+
+    def poll_then_disable(*args, **kwargs):
+        issued.append(poll(*args, **kwargs))
+        Connection.objects.filter(pk=connection.pk).update(is_enabled=False)
+        return issued[0]
+
+    monkeypatch.setattr(device.oauth_client, "device_token", poll_then_disable)
+    # when the poll completes
+    assert device.device_authorization_poll(started.pk) is None
+    # then nothing is stored, the page says why, and what the provider issued is ended there
+    started.refresh_from_db()
+    assert started.status == Status.FAILED and "it is disabled" in started.message
+    assert not connection.tokens.exists()
+    assert authserver.whoami(issued[0].access_token).status_code == 401
 
 
 def test_it_ends_once_however_many_polls_finish_it(make_connection, manager, authserver):
