@@ -18,6 +18,7 @@ from connections import selectors
 from connections.admin.permissions import PermissionMixin
 from connections.endpoint.bot_keys import (
     bot_key_create,
+    bot_key_delete,
     bot_key_revoke,
     bot_key_state,
     bot_key_unusable_because,
@@ -150,6 +151,13 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             "<int:object_id>/revoke/", self.admin_site.admin_view(self.revoke_view), name="connections_botkey_revoke"
         )
         return [revoke, *super().get_urls()]
+
+    def delete_model(self, request: HttpRequest, obj: BotKey) -> None:
+        bot_key_delete(key=obj, actor=signed_in_user(request))  # revoked first, audited
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[BotKey]) -> None:
+        for key in queryset.select_related("user"):  # Django's "Delete selected": each revoked and audited
+            bot_key_delete(key=key, actor=signed_in_user(request))
 
     def revoke_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         """Revoke: a confirmation page, then the revocation (POST), back on the key's page."""

@@ -5,12 +5,14 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
 from connections import errors
 from connections.admin.permissions import PermissionMixin
+from connections.http import signed_in_user
 from connections.models import WebhookEndpoint
 from connections.notify import webhooks
 from connections.outbound import policy
@@ -69,6 +71,13 @@ class WebhookEndpointAdmin(PermissionMixin, admin.ModelAdmin):
     @admin.display(description="Events")
     def event_list(self, endpoint: WebhookEndpoint) -> str:
         return ", ".join(endpoint.events) or "all"
+
+    def delete_model(self, request: HttpRequest, obj: WebhookEndpoint) -> None:
+        webhooks.webhook_endpoint_delete(endpoint=obj, actor=signed_in_user(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        for endpoint in queryset:  # Django's "Delete selected": each audited
+            webhooks.webhook_endpoint_delete(endpoint=endpoint, actor=signed_in_user(request))
 
     def get_urls(self) -> list:
         test = self.admin_site.admin_view(self.test_view)

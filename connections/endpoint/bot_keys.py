@@ -79,6 +79,21 @@ def bot_key_revoke(*, key: BotKey, actor: User | None = None) -> bool:
     return bool(revoked)
 
 
+def bot_key_delete(*, key: BotKey, actor: User | None = None) -> None:
+    """Delete a key: revoked first (a request racing the deletion finds it revoked, and the revocation is audited as
+    any other), then deleted, with an event that says what it was."""
+    bot_key_revoke(key=key, actor=actor)
+    with transaction.atomic():
+        audit_record(
+            action=Action.BOT_KEY_DELETE,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            actor_label="" if actor else "command line",
+            detail=f"Key {key.key_id} '{key.name}' of {key.user.get_username()}",
+        )
+        key.delete()
+
+
 @dataclass(frozen=True)
 class PresentedKey:
     """A bot key as a caller presented it, in the shape of a key; whether it is a real one is not known yet."""

@@ -30,6 +30,8 @@ class AuditEvent(models.Model):
         ROLE_UPDATE = "role_update", "Role changed"
         BOT_KEY_CREATE = "bot_key_create", "Bot key created"
         BOT_KEY_REVOKE = "bot_key_revoke", "Bot key revoked"
+        BOT_KEY_DELETE = "bot_key_delete", "Bot key deleted"
+        WEBHOOK_DELETE = "webhook_delete", "Webhook endpoint deleted"
         CONFIG_CREATE = "config_create", "Created by apply_config"
         CONFIG_UPDATE = "config_update", "Changed by apply_config"
         AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"

@@ -16,14 +16,17 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 from celery import current_app
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
 from connections import errors
+from connections.audit.events import Action, Outcome, audit_record
 from connections.errors import DeliveryFailed
 from connections.models import Connection, WebhookEndpoint
 from connections.outbound import policy
@@ -48,6 +51,18 @@ class _Target:
     url: str
     secret: str = field(repr=False)
     endpoint: WebhookEndpoint | None  # None: the environment's NOTIFY_WEBHOOK_URL
+
+
+def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor: User | None) -> None:
+    """Delete an endpoint, with an audit event that says which (its name and host, never its secret)."""
+    with transaction.atomic():
+        audit_record(
+            action=Action.WEBHOOK_DELETE,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            detail=f"Webhook endpoint {endpoint.name} ({urlsplit(endpoint.url).hostname or 'no host'})",
+        )
+        endpoint.delete()
 
 
 def sign(body: bytes, secret: str) -> str:

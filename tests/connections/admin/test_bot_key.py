@@ -272,3 +272,39 @@ def test_sending_the_add_form_again_does_not_make_a_second_key(admin_client, mak
     submission = re.search(r'name="submission" value="([^"]+)"', fresh).group(1)
     admin_client.post("/admin/connections/botkey/add/", {**form, "name": "second", "submission": submission})
     assert BotKey.objects.filter(user=alice).count() == 2
+
+
+@pytest.mark.parametrize("how", ["delete page", "delete selected"])
+def test_deleting_keys_revokes_then_audits_each(admin_client, make_user, how):
+    # given two keys of a bot
+    owner = make_user("deleted-bot")
+    keys = [bot_key_create(user=owner, name=f"runner {n}")[0] for n in range(2)]
+    # when an administrator deletes them, from a key's page or with the list's "Delete selected"
+    if how == "delete page":
+        for key in keys:
+            response = admin_client.post(f"/admin/connections/botkey/{key.pk}/delete/", {"post": "yes"})
+            assert response.status_code == 302
+    else:
+        data = {"action": "delete_selected", "_selected_action": [key.pk for key in keys], "post": "yes"}
+        assert admin_client.post("/admin/connections/botkey/", data).status_code == 302
+    # then they are gone, each revoked first and its deletion recorded with what it was
+    assert not BotKey.objects.exists()
+    for key in keys:
+        events = AuditEvent.objects.filter(detail__contains=f"Key {key.key_id} ").order_by("id")
+        assert list(events.values_list("action", flat=True)) == ["bot_key_create", "bot_key_revoke", "bot_key_delete"]
+        assert events.last().detail == f"Key {key.key_id} '{key.name}' of deleted-bot"
+
+
+def test_deleting_webhook_endpoints_is_audited_without_their_secret(admin_client):
+    from connections.models import WebhookEndpoint
+
+    endpoints = [
+        WebhookEndpoint.objects.create(name=f"Ops {n}", url=f"https://hooks{n}.example/in", secret="whsec-hidden")
+        for n in range(2)
+    ]
+    admin_client.post(f"/admin/connections/webhookendpoint/{endpoints[0].pk}/delete/", {"post": "yes"})
+    data = {"action": "delete_selected", "_selected_action": [endpoints[1].pk], "post": "yes"}
+    admin_client.post("/admin/connections/webhookendpoint/", data)
+    assert not WebhookEndpoint.objects.exists()
+    details = list(AuditEvent.objects.filter(action="webhook_delete").order_by("id").values_list("detail", flat=True))
+    assert details == ["Webhook endpoint Ops 0 (hooks0.example)", "Webhook endpoint Ops 1 (hooks1.example)"]
