@@ -30,7 +30,7 @@ APP_SERVICES = {"migrate", "web", "worker", "beat"}  # built from the Dockerfile
 TOOL_VARIABLE = re.compile(r"(PYTHON|PIP_)[A-Z0-9_]*")
 # How settings.py and the management commands read the environment: env.str("NAME", ...), _number("NAME", ...),
 # os.environ.get("NAME", ...).
-READ_VARIABLE = re.compile(r'(?:\benv(?:\.\w+)?|\b_number|os\.environ\.get|os\.getenv)\(\s*"([A-Z][A-Z0-9_]*)"')
+READ_VARIABLE = re.compile(r'(?:\benv(?:\.\w+)?|\bnumber|os\.environ\.get|os\.getenv)\(\s*"([A-Z][A-Z0-9_]*)"')
 ASSIGNMENT = re.compile(r"[A-Z_][A-Z0-9_]*=.*")
 # The base image's programs the Dockerfile uses (pip's arguments: test_the_image_is_slim_python_311_non_root...).
 SYSTEM_TOOLS = {"groupadd", "useradd", "mkdir", "chown", "pip"}
