@@ -235,9 +235,12 @@ OUTBOUND_TIMEOUT = number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
     "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []
 )
-# Refuse provider URLs that resolve to private, loopback or link-local addresses (SSRF protection). Off by
-# default because on-premises identity providers live on private networks.
-OUTBOUND_BLOCK_PRIVATE_ADDRESSES = env.bool("OUTBOUND_BLOCK_PRIVATE_ADDRESSES", default=False)
+# Refuse outbound calls to addresses that are not public: loopback, private, link-local (cloud metadata), ...
+# (SSRF protection). On unless DEBUG: an internal identity provider or webhook receiver is allowed by listing its
+# host name or network in OUTBOUND_ALLOWED_PRIVATE (host names and CIDRs, comma-separated).
+OUTBOUND_BLOCK_PRIVATE_ADDRESSES = env.bool("OUTBOUND_BLOCK_PRIVATE_ADDRESSES", default=not DEBUG)
+OUTBOUND_ALLOWED_PRIVATE = [entry.strip() for entry in env.list("OUTBOUND_ALLOWED_PRIVATE", default=[])]
+OUTBOUND_ALLOWED_PRIVATE = [entry for entry in OUTBOUND_ALLOWED_PRIVATE if entry]
 OUTBOUND_PROXY_URL = env.str("OUTBOUND_PROXY_URL", default="")
 OUTBOUND_PROXY_BYPASS = env.list("OUTBOUND_PROXY_BYPASS", default=[])
 _PROXY_HELP = "OUTBOUND_PROXY_URL must look like http://[user:password@]host:port (password URL-encoded)."

@@ -72,8 +72,14 @@ def policy_in_effect() -> list[PolicySetting]:
             "On, it refuses a host that resolves to any address that is not public: loopback, private (10/8, "
             "172.16/12, 192.168/16, fc00::/7), link-local (169.254/16 and cloud metadata services, fe80::/10), "
             "carrier-grade NAT (100.64/10), multicast, reserved or unspecified, including IPv4 addresses carried "
-            "in IPv6 ones; checked again on the address each direct connection reaches. Off by default, because "
-            "on-premises identity providers live on private networks.",
+            "in IPv6 ones; checked again on the address each direct connection reaches. On unless DEBUG is.",
+        ),
+        PolicySetting(
+            "Private hosts allowed",
+            ", ".join(settings.OUTBOUND_ALLOWED_PRIVATE) or "None",
+            "OUTBOUND_ALLOWED_PRIVATE",
+            "Host names and networks (CIDR) on a private network that may be called all the same: an on-premises "
+            "identity provider, an internal webhook receiver. Comma-separated.",
         ),
         PolicySetting(
             "Timeout",

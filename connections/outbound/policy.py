@@ -75,8 +75,23 @@ def check_url(url: str) -> None:
 
 
 def _allowed_host(host: str) -> bool:
+    """A host the operator named: over plain http (OUTBOUND_HTTP_ALLOWED_HOSTS) or on a private network
+    (OUTBOUND_ALLOWED_PRIVATE), either way exempt from the private-address guard."""
     host = host.strip("[]").rstrip(".").lower()
-    return host in {allowed.strip("[]").rstrip(".").lower() for allowed in settings.OUTBOUND_HTTP_ALLOWED_HOSTS}
+    named = [*settings.OUTBOUND_HTTP_ALLOWED_HOSTS, *settings.OUTBOUND_ALLOWED_PRIVATE]
+    return host in {allowed.strip("[]").rstrip(".").lower() for allowed in named}
+
+
+def _allowed_address(address: str) -> bool:
+    """An address in a network the operator listed in OUTBOUND_ALLOWED_PRIVATE (an internal identity provider)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    for entry in settings.OUTBOUND_ALLOWED_PRIVATE:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:  # a host name: _allowed_host's
+            continue
+    return False
 
 
 def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -117,8 +132,9 @@ def blocked_kind(address: str) -> str:
 
 def _blocked_error(scheme: str, host: str, kind: str) -> OutboundError:
     return OutboundError(
-        f"Refused to call {scheme}://{host}: it resolves to {kind} address, and OUTBOUND_BLOCK_PRIVATE_ADDRESSES "
-        "forbids calling those (list the host in OUTBOUND_HTTP_ALLOWED_HOSTS to allow it).",
+        f"Refused to call {scheme}://{host}: it resolves to {kind} address, which Control Room does not call "
+        "(OUTBOUND_BLOCK_PRIVATE_ADDRESSES; an operator allows an internal host by listing its name or network in "
+        "OUTBOUND_ALLOWED_PRIVATE).",
         error="blocked_address",
         permanent=True,
     )
@@ -144,7 +160,7 @@ def check_destination(url: str) -> None:
         ) from None
     for address in sorted(addresses):
         kind = blocked_kind(address)
-        if kind:
+        if kind and not _allowed_address(address):
             raise _blocked_error(parts.scheme, host, kind)
 
 
@@ -179,8 +195,9 @@ class _AddressGuard(deadline.DeadlineConnection):
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
         if settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES and not _allowed_host(self.host):
-            kind = blocked_kind(sock.getpeername()[0])
-            if kind:
+            peer = sock.getpeername()[0]
+            kind = blocked_kind(peer)
+            if kind and not _allowed_address(peer):
                 sock.close()
                 raise _blocked_error("https" if isinstance(self, HTTPSConnection) else "http", self.host, kind)
         return sock

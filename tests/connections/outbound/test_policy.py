@@ -31,7 +31,7 @@ from oauthlib.oauth2 import BackendApplicationClient
 
 from connections import errors, services
 from connections.engine import refresh
-from connections.errors import ProviderError
+from connections.errors import OutboundError, ProviderError
 from connections.models import AuditEvent, Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
 from connections.oauth import client as oauth_client
@@ -505,9 +505,9 @@ def test_block_private_refuses_a_loopback_provider(outbound, tls_server, host, k
         oauth_client.client_credentials(_config(tls_server.url("/token", host=host)))
     assert caught.value.error == "blocked_address" and caught.value.permanent
     assert caught.value.message == (
-        f"Refused to call https://{host.strip('[]')}: it resolves to a {kind} address, and "
-        "OUTBOUND_BLOCK_PRIVATE_ADDRESSES forbids calling those (list the host in OUTBOUND_HTTP_ALLOWED_HOSTS to "
-        "allow it)."
+        f"Refused to call https://{host.strip('[]')}: it resolves to a {kind} address, which Control Room does not "
+        "call (OUTBOUND_BLOCK_PRIVATE_ADDRESSES; an operator allows an internal host by listing its name or network "
+        "in OUTBOUND_ALLOWED_PRIVATE)."
     )
     assert tls_server.hits == []
 
@@ -526,8 +526,8 @@ def test_block_private_refuses_the_code_exchange_and_stores_nothing(
     response = manager_client.get(connect(manager_client, connection, authserver))
     assert messages_of(response) == [
         f"Could not connect {connection}: Refused to call https://127.0.0.1: it resolves to a loopback address, "
-        "and OUTBOUND_BLOCK_PRIVATE_ADDRESSES forbids calling those (list the host in OUTBOUND_HTTP_ALLOWED_HOSTS "
-        "to allow it). Nothing stored was changed."
+        "which Control Room does not call (OUTBOUND_BLOCK_PRIVATE_ADDRESSES; an operator allows an internal host by "
+        "listing its name or network in OUTBOUND_ALLOWED_PRIVATE). Nothing stored was changed."
     ]
     assert not OAuthToken.objects.filter(connection=connection).exists()
     assert authserver.stats()["token_requests"]["authorization_code"] == 0
@@ -826,3 +826,43 @@ def test_the_webhook_obeys_the_url_policy(
 def notify_managers_by_webhook_only() -> None:
     with patch("connections.notify.managers.manager_emails", return_value=[]):
         notify_managers(event="token.refresh_failing", connection=Connection(slug="hooked"), subject="s", message="m")
+
+
+def test_private_addresses_are_refused_by_default_without_debug_but_for_those_listed(monkeypatch):
+    import importlib
+
+    import controlroom.settings as real_settings
+
+    # given the settings as production reads them: DEBUG off
+    monkeypatch.setenv("DEBUG", "false")
+    monkeypatch.setenv("SECRET_KEY", "x" * 50)
+    monkeypatch.setenv("CRYPTOGRAPHY_KEY", "y" * 50)
+    monkeypatch.delenv("OUTBOUND_BLOCK_PRIVATE_ADDRESSES", raising=False)
+    monkeypatch.setenv("OUTBOUND_ALLOWED_PRIVATE", "idp.corp.example, 10.20.0.0/16")
+    try:
+        production = importlib.reload(real_settings)
+        assert production.OUTBOUND_BLOCK_PRIVATE_ADDRESSES is True
+        assert production.OUTBOUND_ALLOWED_PRIVATE == ["idp.corp.example", "10.20.0.0/16"]
+    finally:
+        monkeypatch.undo()
+        importlib.reload(real_settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("https://10.20.3.4/token", True),  # in a listed network
+        ("https://10.21.0.1/token", False),  # a private address nobody listed
+        ("https://127.0.0.1:9/token", False),
+        ("https://169.254.169.254/latest/meta-data/", False),  # a cloud's metadata service
+    ],
+)
+def test_a_listed_network_may_be_called_and_nothing_else_private(settings, url, allowed):
+    settings.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = True
+    settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
+    settings.OUTBOUND_ALLOWED_PRIVATE = ["idp.corp.example", "10.20.0.0/16"]
+    if allowed:
+        outbound_policy.check_destination(url)
+    else:
+        with pytest.raises(OutboundError, match="OUTBOUND_ALLOWED_PRIVATE"):
+            outbound_policy.check_destination(url)
