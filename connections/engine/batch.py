@@ -24,7 +24,7 @@ from django.db import close_old_connections
 from django.db import connection as db_connection
 
 from connections.audit.events import audit_events_write
-from connections.engine import lease, refresh
+from connections.engine import lease, outcomes, refresh
 from connections.engine.store import Fence
 from connections.errors import ProviderError
 from connections.models import OAuthToken
@@ -61,6 +61,7 @@ def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -
     soon as its provider answers (a worker killed mid-batch loses the batch's audit events, never a token). A
     token someone else holds the lease of is left to them. Nothing raises here: each outcome is recorded on its
     token (connections.engine.refresh)."""
+    outcomes.unstored_results_record()  # an earlier batch's result the database would not take, said now
     claimed, owner = {token_id: generation for token_id, generation in pairs}, uuid.uuid4().hex
     wanted: list[tuple[Fence, OAuthToken]] = []
     settled: list[tuple[Fence, OAuthToken]] = []

@@ -3,12 +3,14 @@ classified (transient with backoff, rate limited, permanent), its audit event, a
 
 import logging
 import random
+import time
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, close_old_connections, transaction
+from django.db import connection as db_connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -24,6 +26,7 @@ from connections.models import Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
 from connections.oauth import client as oauth_client
 from connections.oauth.client import TokenResponse
+from connections.ops import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +45,77 @@ def _audit(audit: list[dict] | None, **event: Any) -> None:
         audit.append(audit_event_row(**event))
 
 
+# Results the provider gave that the database would not take, in this process: token id -> what to say on it once
+# the database answers again (unstored_results_record).
+_unstored: dict[int, tuple[str, str]] = {}  # token id -> (its connection's slug, the sentence)
+
+
 def token_refresh_complete(
     *, fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str, audit: list[dict] | None = None
 ) -> OAuthToken | None:
     """Store a refresh's result under its fence; None when the fence was lost (the result is then revoked at
-    the provider: nobody holds its tokens)."""
+    the provider: nobody holds its tokens). The provider has spent the old refresh token by now: a database that
+    fails the write is asked again, on a connection opened afresh, for as long as the lease allows (it outlives
+    the call by OUTBOUND_TIMEOUT); then the loss is said (a metric, an error log, the token's own record) and the
+    error raised."""
+    give_up_at = time.monotonic() + settings.OUTBOUND_TIMEOUT
+    while True:
+        try:
+            return _result_write(fence, token, response, actor_label, audit)
+        except DatabaseError:
+            if not db_connection.in_atomic_block:
+                close_old_connections()  # a connection the failure broke is opened afresh
+            if (stored := _written_meanwhile(fence, response)) is not None:
+                return stored  # the write went through; its answer was what got lost
+            if time.monotonic() >= give_up_at:
+                _result_lost(token)
+                raise
+            time.sleep(0.5)
+
+
+def _written_meanwhile(fence: Fence, response: TokenResponse) -> OAuthToken | None:
+    """The row, if it holds this very result already (a write that committed but whose answer never came back)."""
+    try:
+        row = OAuthToken.objects.filter(pk=fence.token_id, generation=fence.generation + 1).first()
+    except DatabaseError:
+        return None
+    return row if row is not None and row.access_token == response.access_token else None
+
+
+def _result_lost(token: OAuthToken) -> None:
+    connection, when = token.connection, timezone.now()
+    metrics.refresh_result_lost_counted(connection.provider.slug)
+    logger.error(
+        "A refresh of %s succeeded at the provider but the database did not take its result for %g s: the refresh "
+        "token the provider rotated to is lost unless the grant still accepts the old one.",
+        connection.slug,
+        settings.OUTBOUND_TIMEOUT,
+    )
+    _unstored[token.pk] = (
+        connection.slug,
+        f"A refresh succeeded at the provider at {when:%Y-%m-%d %H:%M:%S} UTC but the database did not take its "
+        "result: the refresh token it rotated to is lost. If the next refresh is refused, authorize again.",
+    )
+
+
+def unstored_results_record() -> None:
+    """Say on each token whose result this process could not store that it was not stored, and have it refreshed
+    at once (which tells whether the grant survived), once the database answers again."""
+    for token_id, (slug, message) in list(_unstored.items()):
+        try:
+            now = timezone.now()
+            OAuthToken.objects.filter(pk=token_id).update(
+                state=TokenState.REFRESH_FAILING, last_error=message, last_error_at=now, next_refresh_at=now
+            )
+        except DatabaseError:
+            return
+        invalidation.token_rows_changed(slug)
+        _unstored.pop(token_id, None)
+
+
+def _result_write(
+    fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str, audit: list[dict] | None
+) -> OAuthToken | None:
     connection, failures = token.connection, token.consecutive_failures
     # With its audit event alongside, an outcome is one transaction; with the event left to the batch, one UPDATE.
     with transaction.atomic() if audit is None else nullcontext():

@@ -31,6 +31,12 @@ REFRESH_SECONDS = Histogram(
     ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30),
 )
+REFRESH_RESULTS_LOST = Counter(
+    "controlroom_refresh_results_lost",
+    "Refreshes the provider answered whose result the database would not take (a rotated refresh token lost): "
+    "alert on any.",
+    ["provider"],
+)
 TASK_FAILURES = Counter(
     "controlroom_task_failures",
     "Scheduled work that failed as a whole, by task: the refresh sweep, a worker's batch of refreshes.",
@@ -54,3 +60,7 @@ def refresh_counted(provider: str, outcome: str, seconds: float) -> None:
 
 def task_failure_counted(task: str) -> None:
     TASK_FAILURES.labels(task=task).inc()
+
+
+def refresh_result_lost_counted(provider: str) -> None:
+    REFRESH_RESULTS_LOST.labels(provider=provider).inc()
