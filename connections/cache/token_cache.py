@@ -15,7 +15,9 @@ one SELECT for the identity version and the tokens it holds answers of. The same
 of the requests it answered, from memory or by the full path, with one statement, and adds the requests it
 counted itself to each key's rate counter (Django's cache). So a change made in one process reaches the others
 within that interval; a key's rate limit may be overshot by what the other processes answered in it; and a
-process killed with SIGKILL loses the audit events of its last interval (a normal exit reports them). An answer
+process killed with SIGKILL loses the audit events it had not written yet (a normal exit reports them): those of
+its last interval, and never more than MAX_UNWRITTEN_EVENTS even while the database fails its reports, for past
+that bound each request writes its own event before it is answered. An answer
 whose versions nobody has read for ten intervals (the database did not answer) is not given until they have
 been. An answer is read from the database again at least once a minute, by the monotonic clock.
 
@@ -46,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 STALE_INTERVALS = 10  # intervals without a report before a process checks on the request itself
 MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afresh
+# The most audit events of answers a process holds unwritten: while its reports fail (the database is down), past
+# this many a request waits for its own report instead (an answer from memory is then not given), so a process
+# killed with SIGKILL loses at most this many, and never holds more.
+MAX_UNWRITTEN_EVENTS = 1_000
 MAX_ANSWER_AGE = 60.0  # seconds (monotonic): an answer is read from the database again at least this often
 RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then the cache drops it
 
@@ -295,6 +301,8 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
     heard = max(state.reported_at, cached.read_at)
     if time.monotonic() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
         return False
+    if len(state.events) >= MAX_UNWRITTEN_EVENTS and not state.report():
+        return False  # the full path answers, and writes its own event before answering
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
         if state.identity != cached.identity or state.tokens.get(cached.token_id) != cached.token_version:
@@ -314,6 +322,10 @@ def audit_later(event: dict[str, Any], created_at: datetime, remote_addr: str | 
     """Have the next report write this audit event (audit_rows.EVENT_FIELDS) with the others: a successful answer
     of the full path is written as those from memory are, off the request's path."""
     state = _process()
+    if len(state.events) >= MAX_UNWRITTEN_EVENTS and not state.report():
+        # The reports fail: this event is written now, in the request, rather than held beyond the bound.
+        audit_rows_insert([_audit_row(event, created_at, remote_addr)])
+        return
     with state.lock:
         state.events.append((event, created_at, remote_addr))
     state.start_reporting()

@@ -253,6 +253,22 @@ def test_when_reports_fail_an_answer_is_not_given_from_memory_once_it_is_ten_int
     assert AuditEvent.objects.filter(action="token_request").count() == 6
 
 
+def test_while_reports_fail_a_process_holds_a_bounded_number_of_unwritten_events(connected, bot, monkeypatch):
+    # given a process holding at most 3 unwritten audit events, whose reports the database refuses
+    monkeypatch.setattr(token_cache, "MAX_UNWRITTEN_EVENTS", 3)
+    warm(bot, connected)  # two answers, two events held
+    monkeypatch.setattr(token_cache, "_versions_read", refused_by_the_database)
+    # when bots go on asking
+    for _ in range(6):
+        assert get_token(bot.raw_key, connected.slug).status_code == 200
+        # then the process never holds more than the bound
+        assert len(token_cache._process().events) <= 3
+    # and what it could not hold was written before its answer: every answer is accounted for
+    written = AuditEvent.objects.filter(action="token_request").count()
+    assert written + len(token_cache._process().events) == 8
+    assert written >= 5
+
+
 def refused_by_the_database(token_ids):
     raise OperationalError("connection refused")
 
