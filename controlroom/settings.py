@@ -96,7 +96,10 @@ MIDDLEWARE = [
 
 # Brute-force protection for every login form (admin and /accounts/login/): after AXES_FAILURE_LIMIT failed
 # attempts for one username from one address, that pair is locked out for AXES_COOLOFF_MINUTES.
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "connections.web.sign_in.PeopleSignIn",  # Django's ModelBackend, for people: a bot account never signs in
+]
 AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
 AXES_FAILURE_LIMIT = int(number("AXES_FAILURE_LIMIT", 5, minimum=1, unit="attempts"))
 AXES_COOLOFF_TIME = timedelta(minutes=number("AXES_COOLOFF_MINUTES", 15, minimum=1, unit="minutes"))

@@ -5,6 +5,7 @@ from django.contrib import admin
 from django.contrib.auth.models import Group
 
 from connections.admin.audit_event import AuditEventAdmin
+from connections.admin.bot_account import BotAccountAdmin
 from connections.admin.bot_key import BotKeyAdmin
 from connections.admin.connection import ConnectionAdmin
 from connections.admin.role import RoleAdmin
@@ -13,6 +14,7 @@ from connections.admin.webhook import WebhookEndpointAdmin
 
 __all__ = [
     "AuditEventAdmin",
+    "BotAccountAdmin",
     "BotKeyAdmin",
     "ConnectionAdmin",
     "ControlRoomUserAdmin",

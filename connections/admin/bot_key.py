@@ -92,7 +92,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: BotKey | None = None, change: bool = False, **kwargs: Any):
         if obj is None:
-            kwargs["form"] = BotKeyAddForm
+            kwargs["form"] = BotKeyAddForm.for_requester(request.user)
         return super().get_form(request, obj, change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: BotKey | None = None) -> tuple[str, ...]:
@@ -115,7 +115,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
         if request.method != "POST":
             return super().add_view(request, form_url, extra_context)
-        form = BotKeyAddForm(request.POST)
+        form = BotKeyAddForm.for_requester(request.user)(request.POST)
         if not self.has_add_permission(request) or not form.is_valid():
             return super().add_view(request, form_url, extra_context)
         key, raw = bot_key_create(

@@ -38,8 +38,14 @@ class ControlRoomUserAdmin(UserAdmin):
     given, and whoever could tick those boxes could give themselves anything."""
 
     add_form_template = "admin/auth/user/add_form_with_roles.html"
-    list_display = ("username", "email", "first_name", "last_name", "is_staff", "role_list")
-    list_filter = ("is_staff", "is_superuser", "is_active", ("groups", RoleListFilter))
+    list_display = ("username", "email", "first_name", "last_name", "is_staff", "is_bot", "role_list")
+    list_filter = (
+        "is_staff",
+        "is_superuser",
+        "is_active",
+        ("bot_account", admin.EmptyFieldListFilter),
+        ("groups", RoleListFilter),
+    )
 
     @staticmethod
     def _may_set_roles(request: HttpRequest) -> bool:
@@ -77,7 +83,7 @@ class ControlRoomUserAdmin(UserAdmin):
         ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        return super().get_queryset(request).prefetch_related("groups")
+        return super().get_queryset(request).select_related("bot_account").prefetch_related("groups")
 
     def formfield_for_manytomany(
         self, db_field: ManyToManyField, request: HttpRequest, **kwargs: Any
@@ -91,6 +97,11 @@ class ControlRoomUserAdmin(UserAdmin):
                 widget=FilteredSelectMultiple("roles", is_stacked=False),
             )
         return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+    @admin.display(description="Bot account", boolean=True)
+    def is_bot(self, user: Any) -> bool:
+        """A bot, not a person: no sign-in; the managers create its keys (Bot accounts)."""
+        return hasattr(user, "bot_account")
 
     @admin.display(description="Roles")
     def role_list(self, user: Any) -> str:

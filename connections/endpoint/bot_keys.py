@@ -18,8 +18,8 @@ from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record
 from connections.cache import invalidation
-from connections.errors import BotKeyRejected
-from connections.models import BotKey, Connection, OAuthToken, TokenState, sha256_digest
+from connections.errors import BotKeyRejected, ConnectionActionError
+from connections.models import BotAccount, BotKey, Connection, OAuthToken, TokenState, sha256_digest
 
 if TYPE_CHECKING:  # django-stubs-ext, a development dependency: only the type checker reads it
     from django_stubs_ext import WithAnnotations
@@ -38,9 +38,13 @@ def bot_key_create(
     expires_days: int | None = None,
     created_by: User | None = None,
 ) -> tuple[BotKey, str]:
-    """Returns the key row and the raw key, which is never stored and cannot be shown again."""
+    """Returns the key row and the raw key, which is never stored and cannot be shown again. A key acts as its
+    user: a person's is created by that person or a superuser (`created_by`; None: an operator's command line),
+    a bot account's by anyone who manages keys (ConnectionActionError otherwise)."""
     if expires_days is not None and expires_days < 1:
         raise ValueError("expires_days must be 1 or more.")
+    if problem := bot_key_refusal(user=user, created_by=created_by):
+        raise ConnectionActionError(problem)
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     with transaction.atomic():
@@ -61,6 +65,38 @@ def bot_key_create(
             + (f", expires in {expires_days} days." if expires_days else ", no expiry."),
         )
     return key, f"{KEY_PREFIX}{key_id}_{secret}"
+
+
+def is_bot_account(user: User) -> bool:
+    return BotAccount.objects.filter(user_id=user.pk).exists()
+
+
+def bot_key_refusal(*, user: User, created_by: User | None) -> str:
+    """Why `created_by` may not create a key for `user`, in words; "" when they may."""
+    if created_by is None or created_by.pk == user.pk or created_by.is_superuser or is_bot_account(user):
+        return ""
+    return (
+        f"A key acts as its user, and {user.get_username()} is a person, not a bot account: only they or a superuser "
+        "may create their key. Create a bot account for the bot instead (Bot accounts)."
+    )
+
+
+def bot_account_create(*, username: str, email: str = "", created_by: User | None = None) -> User:
+    """A user for a bot: no usable password (it cannot sign in; its keys are how it is known), marked as a bot
+    account so that the managers may create its keys."""
+    with transaction.atomic():
+        user = User(username=username, email=email)
+        user.set_unusable_password()
+        user.save()
+        BotAccount.objects.create(user=user, created_by=created_by)
+        audit_record(
+            action=Action.BOT_ACCOUNT_CREATE,
+            outcome=Outcome.SUCCESS,
+            actor=created_by,
+            actor_label="" if created_by else "command line",
+            detail=f"Bot account {username} created (it cannot sign in).",
+        )
+    return user
 
 
 def bot_key_revoke(*, key: BotKey, actor: User | None = None) -> bool:

@@ -1,6 +1,6 @@
 """Control Room's models, one module a subject; imported here so that Django and the code find them in one place."""
 
-from connections.models.access import BotKey, Role, sha256_digest
+from connections.models.access import BotAccount, BotKey, Role, sha256_digest
 from connections.models.connection import FEATURE_PERMISSIONS, Connection, ConnectionStatus, TokenType
 from connections.models.flows import AuthorizationRequest, DeviceAuthorization
 from connections.models.records import (
@@ -18,6 +18,7 @@ __all__ = [
     "AuditEvent",
     "AuthorizationRequest",
     "BeatHeartbeat",
+    "BotAccount",
     "BotKey",
     "Connection",
     "ConnectionStatus",

@@ -74,3 +74,23 @@ class BotKey(models.Model):
         if not self.user.is_active:
             return "The bot key's user is deactivated."
         return ""
+
+
+class BotAccount(models.Model):
+    """A user that is a bot, not a person: it has no usable password and cannot sign in, and the managers may
+    create its bot keys (a person's key acts as that person: only they or a superuser create it)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="bot_account"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = "bot account"
+        ordering = ["user__username"]
+
+    def __str__(self) -> str:
+        return self.user.get_username()

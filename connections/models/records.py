@@ -31,6 +31,7 @@ class AuditEvent(models.Model):
         BOT_KEY_CREATE = "bot_key_create", "Bot key created"
         BOT_KEY_REVOKE = "bot_key_revoke", "Bot key revoked"
         BOT_KEY_DELETE = "bot_key_delete", "Bot key deleted"
+        BOT_ACCOUNT_CREATE = "bot_account_create", "Bot account created"
         WEBHOOK_DELETE = "webhook_delete", "Webhook endpoint deleted"
         CONFIG_CREATE = "config_create", "Created by apply_config"
         CONFIG_UPDATE = "config_update", "Changed by apply_config"

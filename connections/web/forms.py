@@ -7,6 +7,7 @@ from django import forms
 from django.contrib.admin.widgets import FilteredSelectMultiple, RelatedFieldWidgetWrapper
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db.models import Q
 from django.forms.models import construct_instance
 from django.forms.renderers import BaseRenderer
 from django.urls import reverse
@@ -249,10 +250,20 @@ class BotKeyAddForm(forms.ModelForm):
             "once it is created)."
         }
 
+    requester: Any = None  # who asks: a person's key is created by that person or a superuser (for_requester)
+
+    @classmethod
+    def for_requester(cls, requester: Any) -> type["BotKeyAddForm"]:
+        return type("BotKeyAddForm", (cls,), {"requester": requester})
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         users = form_field(self, "user", forms.ModelChoiceField)
-        users.queryset = get_user_model().objects.filter(is_active=True).order_by("username")
+        active = get_user_model().objects.filter(is_active=True).order_by("username")
+        if self.requester is not None and not self.requester.is_superuser:
+            # A key acts as its user: the bot accounts, and the requester's own.
+            active = active.filter(Q(bot_account__isnull=False) | Q(pk=self.requester.pk))
+        users.queryset = active
 
     def clean(self) -> dict[str, Any]:
         super().clean()
