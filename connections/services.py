@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission, User
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from connections import selectors
@@ -88,12 +88,14 @@ def connection_disconnect(*, connection: Connection, actor: User, only_user: Use
     stored = connection.tokens.all()
     if only_user is not None:
         stored = stored.filter(user=only_user)
-    tokens = _tokens_taken_over(list(stored.values_list("pk", flat=True)))
+    owner, tokens = _tokens_taken_over(list(stored.values_list("pk", flat=True)))
     if not tokens:
         raise ConnectionActionError(f"{connection} has no stored token to disconnect.")
     detail, revoked_all = _tokens_revoke(connection, tokens)
     with transaction.atomic():
-        OAuthToken.objects.filter(pk__in=[token.pk for token in tokens]).delete()
+        kept = len(tokens) - _tokens_remove(owner, tokens)
+        if kept:  # authorized again while the revocation calls ran: that new grant is someone's, not revoked
+            detail += f" {kept} token(s) authorized again meanwhile are kept, not revoked."
         audit_record(
             action=Action.DISCONNECT, outcome=Outcome.SUCCESS, connection=connection, actor=actor, detail=detail
         )
@@ -104,20 +106,32 @@ def connection_disconnect(*, connection: Connection, actor: User, only_user: Use
     return f"Disconnected {connection}. {detail}"
 
 
-def _tokens_taken_over(token_ids: list[int]) -> list[OAuthToken]:
+def _tokens_taken_over(token_ids: list[int]) -> tuple[str, list[OAuthToken]]:
     """Take the tokens' lease for the disconnect and move their generation: a refresh in flight can no longer
     write its result (connections.engine.store.Fence), and none starts. Read after that, so that what is revoked is
-    what is stored, a refresh that just landed included."""
+    what is stored, a refresh that just landed included. Returns the lease's owner and the rows it holds (a row a
+    new authorization wrote meanwhile is not held: it is someone's new grant)."""
     calls = 2 * len(token_ids) + 1  # revocations, each ending by its deadline
     until = timezone.now() + timedelta(seconds=calls * settings.OUTBOUND_TIMEOUT + lease_seconds())
+    owner = f"disconnect-{uuid.uuid4().hex}"[:64]
     OAuthToken.objects.filter(pk__in=token_ids).update(
-        lease_owner=f"disconnect-{uuid.uuid4().hex}"[:64],
+        lease_owner=owner,
         lease_expires_at=until,
         generation=F("generation") + 1,
         next_refresh_at=None,
         refresh_due_at=None,
     )
-    return list(OAuthToken.objects.filter(pk__in=token_ids))
+    return owner, list(OAuthToken.objects.filter(pk__in=token_ids, lease_owner=owner))
+
+
+def _tokens_remove(owner: str, tokens: list[OAuthToken]) -> int:
+    """Delete the rows the disconnect still holds as it read them (a fenced delete: a re-authorization that landed
+    during the revocation calls wrote a new grant, which stays); how many went."""
+    held = Q(pk__in=[])
+    for token in tokens:
+        held |= Q(pk=token.pk, lease_owner=owner, generation=token.generation)
+    _, by_model = OAuthToken.objects.filter(held).delete()
+    return by_model.get(OAuthToken._meta.label, 0)
 
 
 def _tokens_revoke(connection: Connection, tokens: list[OAuthToken]) -> tuple[str, bool]:
@@ -134,8 +148,13 @@ def _tokens_revoke(connection: Connection, tokens: list[OAuthToken]) -> tuple[st
 def connection_delete(*, connection: Connection, actor: User) -> str:
     """Delete a connection: its tokens are revoked at the provider first (outside any transaction), then the
     connection goes, with an audit event that outlives it."""
-    tokens = _tokens_taken_over(list(connection.tokens.values_list("pk", flat=True)))
+    _, tokens = _tokens_taken_over(list(connection.tokens.values_list("pk", flat=True)))
     detail = _tokens_revoke(connection, tokens)[0] if tokens else "No token was stored."
+    # A grant authorized while those calls ran goes with the connection: it is revoked too, and said.
+    newer = list(connection.tokens.exclude(pk__in=[token.pk for token in tokens]))
+    if newer:
+        _tokens_revoke(connection, newer)
+        detail += f" {len(newer)} token(s) authorized meanwhile were revoked too."
     with transaction.atomic():
         audit_record(
             action=Action.CONNECTION_DELETE,

@@ -3,7 +3,7 @@
 import pytest
 from django.contrib.auth.models import Group
 
-from connections.models import AuditEvent
+from connections.models import AuditEvent, OAuthToken
 
 pytestmark = pytest.mark.django_db
 
@@ -32,3 +32,28 @@ def test_role_admin_sets_permissions_members_and_connections(admin_client, make_
     page = admin_client.get(f"/admin/connections/connection/{connection.pk}/change/").content.decode()
     assert "Finance bots" in page
     assert AuditEvent.objects.filter(action="role_update", detail__contains="view_connections").exists()
+
+
+def test_a_re_authorization_landing_during_a_disconnect_is_kept_and_said(authorized, manager, monkeypatch):
+    # given a connected connection, and a new authorization stored while the disconnect's revocation calls run
+    from connections import services
+    from connections.engine.store import token_store
+    from connections.oauth.answers import TokenResponse
+
+    real_revoke = services.token_values_revoke
+
+    def revoke_while_someone_reauthorizes(connection, values):
+        problems = real_revoke(connection, values)
+        response = TokenResponse("new-access", "new-refresh", "", "Bearer", "read", 3600, {})
+        token_store(connection=connection, user=None, response=response, authorized_by=manager)
+        return problems
+
+    monkeypatch.setattr(services, "token_values_revoke", revoke_while_someone_reauthorizes)
+    # when the administrator disconnects
+    message = services.connection_disconnect(connection=authorized, actor=manager)
+    # then the new grant is not deleted unrevoked: it is kept, and the message and the audit say so
+    kept = OAuthToken.objects.get(connection=authorized)
+    assert (kept.access_token, kept.refresh_token) == ("new-access", "new-refresh")
+    assert "1 token(s) authorized again meanwhile are kept, not revoked." in message
+    event = AuditEvent.objects.filter(action="disconnect").latest("id")
+    assert "authorized again meanwhile are kept" in event.detail
