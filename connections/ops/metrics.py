@@ -5,15 +5,24 @@ there that GET /metrics sums (connections.ops.scrape). No label holds a secret: 
 endpoint's error codes or a refresh's kind of result, providers are provider-type slugs.
 """
 
+import glob
 import os
 import socket
 
-from prometheus_client import Counter, Gauge, Histogram, values
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client.mmap_dict import MmapedDict
+
+# Containers sharing the directory each number their processes from 1: the host name keeps their files apart.
+_host = socket.gethostname().replace("_", "-")
+
+
+def process_identifier(pid: int) -> str:
+    """What a process's files are named by (prometheus_client's {kind}_{identifier}.db)."""
+    return f"{_host}-{pid}"
+
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # Containers sharing the directory each number their processes from 1: the host name keeps their files apart.
-    _host = socket.gethostname().replace("_", "-")
-    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: f"{_host}-{os.getpid()}")
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: process_identifier(os.getpid()))
 
 TOKEN_REQUESTS = Counter(
     "controlroom_token_requests",
@@ -64,3 +73,46 @@ def task_failure_counted(task: str) -> None:
 
 def refresh_result_lost_counted(provider: str) -> None:
     REFRESH_RESULTS_LOST.labels(provider=provider).inc()
+
+
+# --- The multiprocess directory (gunicorn.conf.py's hooks) -------------------------------------------------------
+
+
+def process_exited(pid: int, directory: str) -> None:
+    """A web process of this host ended (gunicorn's child_exit): its live gauges go (prometheus_client's
+    mark_process_dead, by the identifier its files are named by), and its counters and histograms are added into
+    this host's one file of retired processes, so that a scrape reads the files of the processes alive and that
+    one, not of every process ever restarted (max_requests restarts them all day)."""
+    identifier = process_identifier(pid)
+    multiprocess.mark_process_dead(identifier, directory)
+    for kind in ("counter", "histogram"):
+        dead = os.path.join(directory, f"{kind}_{identifier}.db")
+        if not os.path.exists(dead):
+            continue
+        retired = MmapedDict(os.path.join(directory, f"{kind}_{_host}-retired.db"))
+        try:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                retired.write_value(key, retired.read_value(key)[0] + value, timestamp)
+        finally:
+            retired.close()
+        os.remove(dead)
+
+
+def directory_tidied(directory: str) -> None:
+    """At the web server's start: the files this host's processes left that no process runs any more (gunicorn
+    killed, a container restarted) go; another host's, and those of this host's live processes (a Celery worker
+    beside it), stay."""
+    for path in glob.glob(os.path.join(directory, f"*_{_host}-*.db")):
+        pid = os.path.basename(path).removesuffix(".db").rsplit("-", 1)[-1]
+        if not pid.isdigit() or not _running(int(pid)):
+            os.remove(path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

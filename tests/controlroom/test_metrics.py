@@ -146,3 +146,56 @@ def test_the_grafana_dashboard_asks_only_for_metrics_control_room_exposes(settin
         for name in re.findall(r"\b(controlroom_[a-z_]+)", target["expr"])
     }
     assert asked and asked <= exposed, asked - exposed
+
+
+def _counter_file(directory, identifier: str, value: float) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    counts = MmapedDict(str(directory / f"counter_{identifier}.db"))
+    key = mmap_key("controlroom_token_requests_total", "controlroom_token_requests_total", ["outcome", "from_memory"],
+                   ["issued", "true"], "Answers")  # fmt: skip
+    counts.write_value(key, value, 0.0)
+    counts.close()
+
+
+def _summed(directory) -> float:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    return (
+        registry.get_sample_value("controlroom_token_requests_total", {"outcome": "issued", "from_memory": "true"})
+        or 0.0
+    )
+
+
+def test_an_exited_web_process_files_are_folded_into_one_and_nothing_is_lost(tmp_path):
+    from connections.ops import metrics
+
+    # given the files of two web processes that ran on this host, and a live gauge of one
+    for pid, value in ((101, 5), (102, 7)):
+        _counter_file(tmp_path, metrics.process_identifier(pid), value)
+    (tmp_path / f"gauge_livesum_{metrics.process_identifier(101)}.db").write_bytes(b"")
+    # when both exit (gunicorn's child_exit)
+    metrics.process_exited(101, str(tmp_path))
+    metrics.process_exited(102, str(tmp_path))
+    # then one file holds their counts, the scrape sums the same, and the live gauge is gone
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"counter_{metrics._host}-retired.db"]
+    assert _summed(tmp_path) == 12
+
+
+def test_at_start_the_files_of_dead_processes_of_this_host_go(tmp_path):
+    import os
+
+    from connections.ops import metrics
+
+    mine_alive = metrics.process_identifier(os.getpid())
+    dead = metrics.process_identifier(2**22 + 12345)  # no such process
+    other_host = "another-host-101"
+    for identifier in (mine_alive, dead, other_host):
+        _counter_file(tmp_path, identifier, 1)
+    metrics.directory_tidied(str(tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        [f"counter_{mine_alive}.db", f"counter_{other_host}.db"]
+    )
