@@ -22,6 +22,7 @@ from connections.outbound import policy
 from providers.models import (
     APP_GRANTS,
     PLACEHOLDER_PATTERN,
+    TOKEN_FIELD_PATTERN,
     ClientAuthMethod,
     GrantType,
     Provider,
@@ -130,6 +131,7 @@ def connection_check(
     values = _placeholders_check(connection, placeholders, problems)
     if not problems:
         _urls_check(connection, values, problems)
+        _api_base_check(connection, values, problems)
     return ConnectionChanges(values, secret, key, key_id), problems
 
 
@@ -233,3 +235,23 @@ def _urls_check(connection: Connection, values: dict[str, str], problems: Proble
             policy.check_url(url)
         except OutboundError as exc:
             _add(problems, name if name in URL_FIELDS else NON_FIELD, exc.message)
+
+
+def _api_base_check(connection: Connection, values: dict[str, str], problems: Problems) -> None:
+    """The API base the proxy may call: a URL the outbound policy allows, with no query or fragment (a path is
+    appended to it); one that starts with a token answer's field (<instance_url>) is checked when it is filled."""
+    template = connection.api_base_url_template
+    filled = PLACEHOLDER_PATTERN.sub(lambda match: values.get(match.group(1), match.group(0)), template)
+    if not filled or TOKEN_FIELD_PATTERN.match(filled):
+        return
+    name = "api_base_url" if connection.api_base_url else NON_FIELD
+    if missing := PLACEHOLDER_PATTERN.findall(filled):
+        _add(problems, name, f"The API base URL needs <{missing[0]}>: fill it in above.")
+        return
+    try:
+        policy.check_url(filled)
+    except OutboundError as exc:
+        _add(problems, name, exc.message)
+        return
+    if urlsplit(filled).query or urlsplit(filled).fragment or "@" in urlsplit(filled).netloc:
+        _add(problems, name, "An API base URL has no query, fragment or user: the proxy appends a path to it.")

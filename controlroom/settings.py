@@ -234,6 +234,9 @@ BEAT_INTERVAL = int(number("BEAT_INTERVAL", 30, minimum=1))
 
 # Outbound calls to providers (connections/oauth/client.py is the only module that makes them).
 OUTBOUND_TIMEOUT = number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
+# The API proxy's calls: the most connecting, sending the bot's request and receiving the answer's headers may take
+# (the body then streams, each read within this too).
+PROXY_TIMEOUT = number("PROXY_TIMEOUT", 60.0, minimum=0.1, whole=False)
 # Hosts that may be reached over plain http (loopback for development); everything else must be https.
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
     "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []

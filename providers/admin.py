@@ -38,6 +38,7 @@ class ProviderForm(forms.ModelForm):
             "token_url",
             "revocation_url",
             "device_authorization_url",
+            "api_base_url",
             "refresh_url",
             "grant_types",
             "client_auth_method",
@@ -86,6 +87,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "revocation_url",
                     "device_authorization_url",
                     "refresh_url",
+                    "api_base_url",
                     "placeholder_list",
                 )
             },

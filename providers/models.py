@@ -4,6 +4,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 PLACEHOLDER_PATTERN = re.compile(r"<([a-z0-9][a-z0-9-]*)>")
+# An API base URL may also name a field of the token answer, which has underscores (Salesforce's <instance_url>):
+# filled from the token, never typed by an administrator, so PLACEHOLDER_PATTERN does not list it.
+TOKEN_FIELD_PATTERN = re.compile(r"<([a-z0-9][a-z0-9_-]*)>")
 
 
 class GrantType(models.TextChoices):
@@ -149,6 +152,13 @@ class Provider(models.Model):
         help_text="Seconds after which an unused refresh token dies: a token is refreshed at least this often "
         "(within the refresh margin), however long its access token lives.",
     )
+    api_base_url = models.CharField(
+        "API base URL",
+        max_length=500,
+        blank=True,
+        help_text="Where the API proxy calls, e.g. https://graph.microsoft.com. May contain placeholders; "
+        "<instance_url> and other fields of the token answer (Salesforce) are filled from the token.",
+    )
     docs_url = models.URLField(blank=True)
     is_certified = models.BooleanField(
         default=False, editable=False, help_text="Certified presets come from the catalog and are read-only."
@@ -191,6 +201,7 @@ class Provider(models.Model):
             self.device_authorization_url,
             self.refresh_url,
             self.assertion_audience,
+            self.api_base_url,
         )
 
     def default_scopes_for(self, grant_type: str) -> str:

@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from providers.models import (
     token_quirk_problems,
 )
 
+TOKEN_FIELD_ONLY = re.compile(r"<[a-z0-9_]+_url>")
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
 # The catalog owns these fields of a certified preset; everything else about a row (id, timestamps) is the
@@ -45,11 +47,12 @@ PRESET_FIELDS = (
     "token_response_fields",
     "tokens_never_expire",
     "refresh_token_max_idle",
+    "api_base_url",
     "docs_url",
 )
 URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "device_authorization_url", "refresh_url")
 # Where a <placeholder> may appear: each must be explained in the description.
-TEMPLATE_FIELDS = (*URL_FIELDS, "assertion_audience", "default_scopes", "client_credentials_scopes")
+TEMPLATE_FIELDS = (*URL_FIELDS, "assertion_audience", "api_base_url", "default_scopes", "client_credentials_scopes")
 PRESET_DEFAULTS: dict[str, Any] = {
     "description": "",
     "category": "",
@@ -72,6 +75,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "token_response_fields": {},
     "tokens_never_expire": False,
     "refresh_token_max_idle": None,
+    "api_base_url": "",
     "docs_url": "",
 }
 
@@ -128,6 +132,10 @@ def _preset_problems(preset: dict[str, Any]) -> list[str]:
         url = preset.get(name) or ""
         if url and not url.startswith("https://"):
             problems.append(f"{name} must be an https URL.")
+    api_base = preset.get("api_base_url") or ""
+    # <instance_url> and its like are filled from the token answer, which holds a whole https URL.
+    if api_base and not (api_base.startswith("https://") or TOKEN_FIELD_ONLY.fullmatch(api_base)):
+        problems.append("api_base_url must be an https URL, or a token answer's field such as <instance_url>.")
     if not preset.get("docs_url"):
         problems.append("docs_url (the provider's own OAuth documentation) is required.")
     for placeholder in _placeholders(preset):

@@ -139,8 +139,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         credentials += ("clear_client_secret",) if stored and stored.client_secret else ()
         credentials += ("client_auth_method", *(("private_key",) if can_change else ()))
         credentials += ("clear_private_key",) if stored and stored.private_key else ()
-        credentials += ("private_key_id",)
-        credentials += ("jwt_subject",)
+        credentials += ("private_key_id", "jwt_subject")
         status: list[tuple[str | None, _FieldOpts]] = [
             (
                 "Status",
@@ -181,13 +180,14 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
                         "issuer",
                         "scopes",
                         "extra_authorization_params",
+                        "api_base_url",
                     ),
                     "description": "Leave a URL blank to use the provider type's, with your placeholders filled in "
                     "(a URL marked required has none to use).",
                 },
             ),
             ("Token lifetime", {"fields": ("default_token_lifetime",), "classes": ("collapse",)}),
-            ("Who may use it", {"fields": ("roles",)}),
+            ("Who may use it", {"fields": ("roles", "token_access")}),
         ]
 
     def get_form(self, request: HttpRequest, obj: Connection | None = None, change: bool = False, **kwargs: Any):

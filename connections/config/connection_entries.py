@@ -22,11 +22,11 @@ CONNECTION_KEYS = {
     "name", "slug", "description", "provider", "placeholders", "authorization_url", "token_url", "revocation_url",
     "issuer", "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
     "extra_authorization_params", "default_token_lifetime", "enabled", "client_auth_method", "private_key_env",
-    "private_key_file", "private_key_id", "jwt_subject", "device_authorization_url",
+    "private_key_file", "private_key_id", "jwt_subject", "device_authorization_url", "api_base_url", "token_access",
 }  # fmt: skip
 TEXT_FIELDS = (
     "description", "client_id", "private_key_id", "jwt_subject", "authorization_url", "token_url", "revocation_url",
-    "device_authorization_url", "issuer",
+    "device_authorization_url", "issuer", "api_base_url",
 )  # fmt: skip
 # A problem's field, as the file names it.
 FILE_KEYS = {
@@ -66,6 +66,7 @@ def _values(item: dict[str, Any], provider: Provider, slug: str) -> dict[str, An
         "provider": provider,
         "grant_type": str(item.get("grant_type") or "authorization_code"),
         "token_type": str(item.get("token_type") or "shared"),
+        "token_access": str(item.get("token_access") or "both"),
         "client_auth_method": CLIENT_AUTH_METHOD_VALUES.get(str(item.get("client_auth_method") or ""), ""),
         "scopes": ",".join(_scope_list(item.get("scopes"))),
         "default_token_lifetime": lifetime if lifetime not in (None, "") else None,
@@ -140,6 +141,6 @@ def _changed(before: Connection, after: Connection) -> list[str]:
     names = ["name", "description", "provider_id", "placeholders", "grant_type", "token_type", "client_id"]
     names += ["client_secret", "client_auth_method", "private_key", "private_key_id", "jwt_subject", "issuer"]
     names += ["authorization_url", "token_url", "revocation_url", "device_authorization_url", "scopes"]
-    names += ["extra_authorization_params", "default_token_lifetime", "is_enabled"]
+    names += ["extra_authorization_params", "api_base_url", "token_access", "default_token_lifetime", "is_enabled"]
     words = {"client_secret": "client secret", "provider_id": "provider"}
     return [words.get(name, name) for name in names if getattr(before, name) != getattr(after, name)]

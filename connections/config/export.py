@@ -6,7 +6,7 @@ from typing import Any
 from django.contrib.auth.models import Group
 
 from connections.config.references import variable_name
-from connections.models import FEATURE_PERMISSIONS, Connection
+from connections.models import FEATURE_PERMISSIONS, Connection, TokenAccess
 from providers.models import CLIENT_AUTH_METHOD_NAMES
 
 
@@ -38,7 +38,14 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
     }
     if connection.placeholders:
         item["placeholders"] = dict(connection.placeholders)
-    for key in ("authorization_url", "token_url", "revocation_url", "device_authorization_url", "issuer"):
+    for key in (
+        "authorization_url",
+        "token_url",
+        "revocation_url",
+        "device_authorization_url",
+        "issuer",
+        "api_base_url",
+    ):
         if getattr(connection, key):  # only overrides; otherwise the preset applies
             item[key] = getattr(connection, key)
     item.update(grant_type=connection.grant_type, token_type=connection.token_type, client_id=connection.client_id)
@@ -54,6 +61,8 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
     item["scopes"] = connection.scopes
     if connection.extra_authorization_params:
         item["extra_authorization_params"] = dict(connection.extra_authorization_params)
+    if connection.token_access != TokenAccess.BOTH:
+        item["token_access"] = connection.token_access
     if connection.default_token_lifetime:
         item["default_token_lifetime"] = connection.default_token_lifetime
     if not connection.is_enabled:

@@ -8,6 +8,7 @@ database (token_request).
 
 import math
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,11 +25,11 @@ from connections.audit.events import (
     failed_authentication_count,
 )
 from connections.cache import token_cache
+from connections.endpoint import freshness
 from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, NOT_VALID, bot_key_check, presented_key
 from connections.endpoint.read import TokenRequestRead, token_request_read
-from connections.engine.refresh import app_token_obtain, token_refresh
-from connections.errors import BotKeyRejected, ProviderError, TokenGone, TokenRequestError
-from connections.models import BotKey, Connection, OAuthToken, TokenState, token_valid_for
+from connections.errors import BotKeyRejected, TokenRequestError
+from connections.models import BotKey, Connection, OAuthToken, TokenAccess, TokenState, token_valid_for
 
 MAX_MIN_VALIDITY = 24 * 3600
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
@@ -137,83 +138,6 @@ def _connection_for(read: TokenRequestRead, slug: str | None) -> Connection:
     return connection
 
 
-def _provider_failure(exc: ProviderError, token: OAuthToken | None) -> TokenRequestError:
-    if exc.permanent:
-        return TokenRequestError(
-            409,
-            "reauthorization_required",
-            f"The provider rejected the grant ({exc.error}): an administrator or the user must authorize again.",
-        )
-    if exc.retry_after:  # the provider said when to ask again
-        retry_after = math.ceil(exc.retry_after)
-    else:
-        retry_after = _retry_after(token) if token is not None else 30
-    return TokenRequestError(
-        503,
-        "provider_unavailable",
-        f"The provider is unavailable and no valid token is left: {exc.message}",
-        retry_after,
-    )
-
-
-def _retry_after(token: OAuthToken) -> int:
-    if token.next_refresh_at is None:
-        return 30
-    return max(1, math.ceil((token.next_refresh_at - timezone.now()).total_seconds()))
-
-
-def _fresh_token(connection: Connection, token: OAuthToken, min_validity: int, force_refresh: bool) -> OAuthToken:
-    if token.state == TokenState.REAUTHORIZATION_REQUIRED:
-        raise TokenRequestError(
-            409, "reauthorization_required", f"{connection.slug} must be authorized again: {token.last_error}"
-        )
-    if not force_refresh and token.is_valid(min_validity=min_validity):
-        return token
-    in_backoff = (
-        token.state == TokenState.REFRESH_FAILING and token.next_refresh_at and token.next_refresh_at > timezone.now()
-    )
-    # A forced refresh asks the provider whatever the backoff says: the bot's token was just refused.
-    if in_backoff and not force_refresh:
-        if token.is_valid():
-            return token  # refreshes are failing, but this token still works
-        raise TokenRequestError(
-            424,
-            "refresh_backoff",
-            f"Recent refreshes of {connection.slug} failed ({token.last_error}) and the token has expired.",
-            _retry_after(token),
-        )
-    gone = TokenRequestError(409, "not_connected", f"{connection.slug} was disconnected meanwhile.")
-    try:
-        # The generation read at the start of this request: a refresh that finished since then is ours to take.
-        return token_refresh(token=token, actor_label="token endpoint", min_generation=token.generation)
-    except TokenGone:
-        raise gone from None
-    except ProviderError as exc:
-        try:
-            token.refresh_from_db()
-        except OAuthToken.DoesNotExist:
-            raise gone from None
-        if not exc.permanent and token.is_valid():
-            if force_refresh:  # the bot's token was refused: the same one back would be no answer
-                raise _forced_refresh_failure(exc, token) from None
-            return token
-        raise _provider_failure(exc, token) from None
-
-
-def _forced_refresh_failure(exc: ProviderError, token: OAuthToken) -> TokenRequestError:
-    """A forced refresh that could not be made (the provider down, or another process's refresh unfinished): 503,
-    saying until when the current token is valid, so that a bot may ask again without force_refresh."""
-    until = f"until {token.expires_at:%Y-%m-%dT%H:%M:%SZ}" if token.expires_at else "with no expiry"
-    retry_after = math.ceil(exc.retry_after) if exc.retry_after else _retry_after(token)
-    return TokenRequestError(
-        503,
-        "provider_unavailable",
-        f"The forced refresh failed: {exc.message} The current token is valid {until}; ask again without "
-        "force_refresh to get it.",
-        retry_after,
-    )
-
-
 def token_from_memory(
     *, authorization: str, slug: str, params: Mapping[str, str], remote_addr: str | None = None
 ) -> IssuedToken | None:
@@ -266,20 +190,70 @@ def _answer_remember(
     token_cache.remember(cached)
 
 
-def _token_to_give(
-    connection: Connection, read: TokenRequestRead, min_validity: int, force_refresh: bool
-) -> OAuthToken:
-    """The stored token (obtained first for client credentials), refreshed if it would not last long enough."""
-    token = read.token
-    if token is None and not connection.uses_authorization_code:
-        try:
-            token = app_token_obtain(connection=connection)
-        except ProviderError as exc:
-            raise _provider_failure(exc, None) from None
-    if token is None:
-        who = f"{read.key.user.get_username()} has not" if connection.is_user_specific else "nobody has"
-        raise TokenRequestError(409, "not_connected", f"{connection.slug} is not connected: {who} authorized it yet.")
-    return _fresh_token(connection, token, min_validity, force_refresh)
+@dataclass(frozen=True)
+class CheckedToken:
+    """A request that passed every check (key, rate, invitation, the connection's token access), with the token to
+    use: what the token endpoint answers with, and what the API proxy calls with."""
+
+    read: TokenRequestRead
+    connection: Connection
+    token: OAuthToken = field(repr=False)
+
+
+# The token access that refuses each way of using a token (Connection.token_access).
+REFUSING_ACCESS = {Action.TOKEN_REQUEST: TokenAccess.PROXY, Action.PROXY_REQUEST: TokenAccess.TOKEN}
+
+
+def _check_access(connection: Connection, action: Action) -> None:
+    if connection.token_access != REFUSING_ACCESS[action]:
+        return
+    if action == Action.TOKEN_REQUEST:
+        detail = (
+            f"{connection.slug} is for the API proxy only: no bot may hold its token. Call its API through "
+            f"/api/v1/connections/{connection.slug}/proxy/<path> instead."
+        )
+    else:
+        detail = f"{connection.slug} gives its token to bots (token endpoint only): the API proxy is closed for it."
+    raise TokenRequestError(403, "forbidden", detail)
+
+
+def token_checked(
+    *,
+    authorization: str,
+    slug: str,
+    params: Mapping[str, str],
+    remote_addr: str | None = None,
+    action: Action = Action.TOKEN_REQUEST,
+) -> CheckedToken:
+    """The token endpoint's checks and its token, shared with the API proxy (action: whose refusals these are, and
+    which token access refuses it). A refusal is audited here, under `action`; a success is the caller's to audit."""
+    possible_slug = slug if SLUG_PATTERN.fullmatch(slug) else None
+    key: BotKey | None = None
+    connection: Connection | None = None
+    detail, audited = "", True
+    try:
+        read = _read(authorization, possible_slug, remote_addr)
+        key = read.key
+        _check_rate(key)
+        min_validity, force_refresh = _parse_params(params)
+        connection = _connection_for(read, possible_slug)
+        _check_access(connection, action)
+        checked = CheckedToken(read, connection, freshness.token_to_give(connection, read, min_validity, force_refresh))
+    except TokenRequestError as exc:
+        detail, audited = f"{exc.status} {exc.error}: {exc.detail}", exc.audited
+        raise
+    finally:
+        # A refusal is written now, in the request (an unexpected error too); False: a failed authentication
+        # counted with others (connections.audit.events).
+        if sys.exc_info()[0] is not None and audited:
+            _refusal_record(action, key, connection, slug, possible_slug, detail, remote_addr)
+    return checked
+
+
+def token_forced(checked: CheckedToken) -> OAuthToken:
+    """A token the API refused (401): refreshed as force_refresh=true does, through the single flight, so that
+    a refresh finished since this request read its token is taken instead of another."""
+    return freshness.token_fresh(checked.connection, checked.token, 0, True)
 
 
 def token_request(
@@ -288,40 +262,22 @@ def token_request(
     """Answer one bot's request for a token through the database (token_from_memory first, for a request like one
     just answered). Raises TokenRequestError for every refusal."""
     read_at = time.monotonic()  # no later than the read the answer may be kept under
-    possible_slug = slug if SLUG_PATTERN.fullmatch(slug) else None
-    key: BotKey | None = None
-    connection: Connection | None = None
-    outcome, detail, audited = Outcome.FAILURE, "", True
-    try:
-        read = _read(authorization, possible_slug, remote_addr)
-        key = read.key
-        _check_rate(key)
-        min_validity, force_refresh = _parse_params(params)
-        connection = _connection_for(read, possible_slug)
-        token = _token_to_give(connection, read, min_validity, force_refresh)
-        outcome = Outcome.SUCCESS
-        detail = f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
-        answer = IssuedToken(
-            connection=connection.slug,
-            access_token=token.access_token,
-            token_type=token.token_type or "Bearer",
-            expires_at=token.expires_at,
-            scope=token.scope,
-            extra=token.extra,
-        )
-    except TokenRequestError as exc:
-        detail, audited = f"{exc.status} {exc.error}: {exc.detail}", exc.audited
-        raise
-    finally:
-        # A refusal is written now, in the request (an unexpected error too); False: a failed authentication
-        # counted with others (connections.audit.events).
-        if outcome != Outcome.SUCCESS and audited:
-            _refusal_record(key, connection, slug, possible_slug, detail, remote_addr)
+    checked = token_checked(authorization=authorization, slug=slug, params=params, remote_addr=remote_addr)
+    read, connection, token = checked.read, checked.connection, checked.token
+    detail = f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""
+    answer = IssuedToken(
+        connection=connection.slug,
+        access_token=token.access_token,
+        token_type=token.token_type or "Bearer",
+        expires_at=token.expires_at,
+        scope=token.scope,
+        extra=token.extra,
+    )
     # An answer is written by this process's next report, with those it gives from memory
     # (connections.cache.token_cache).
     event = {
         "actor_id": read.key.user.pk,
-        "actor_label": _actor_label(read.key),
+        "actor_label": actor_label(read.key),
         "connection_id": connection.pk,
         "connection_label": connection.slug,
         "action": Action.TOKEN_REQUEST.value,
@@ -335,6 +291,7 @@ def token_request(
 
 
 def _refusal_record(
+    action: Action,
     key: BotKey | None,
     connection: Connection | None,
     slug: str,
@@ -346,17 +303,17 @@ def _refusal_record(
     it), the slug asked for is still its connection label, so that the audit list's connection filter finds it;
     a name that is not a slug's shape is only quoted, cut short, in the detail."""
     audit_record(
-        action=Action.TOKEN_REQUEST,
+        action=action,
         outcome=Outcome.FAILURE,
         connection=connection,
         # SLUG_PATTERN bounds a possible slug to the column's length.
         connection_label=possible_slug or "",
         actor=key.user if key else None,
-        actor_label=_actor_label(key),
+        actor_label=actor_label(key),
         detail=detail if connection or possible_slug or not slug else f"{detail} [{slug[:60]!r}]",
         remote_addr=remote_addr,
     )
 
 
-def _actor_label(key: BotKey | None) -> str:
+def actor_label(key: BotKey | None) -> str:
     return f"{key.user.get_username()[:120]} (key {key.key_id})" if key else "unknown key"

@@ -23,7 +23,7 @@ from connections.models.columns import column_name, concrete_field
 
 KEY_FIELDS = ("id", "key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at", "user_id")
 USER_FIELDS = ("id", "is_active")  # and the username field, whatever the user model calls it
-CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type")
+CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access")
 TOKEN_FIELDS = (
     "id", "connection_id", "user_id", "access_token", "token_type", "scope", "extra", "expires_at", "state",
     "generation", "next_refresh_at", "last_error",

@@ -1,12 +1,15 @@
 """GET /api/v1/connections/<slug>/token: the token endpoint's view (an answer from memory was given already by
-connections.endpoint.middleware)."""
+connections.endpoint.middleware); ANY /api/v1/connections/<slug>/proxy/<path>: the API proxy's."""
 
-from django.http import HttpRequest, JsonResponse
+import re
+
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from connections import errors
-from connections.endpoint import issuing
+from connections.endpoint import issuing, proxy
 from connections.http import client_address
 from connections.ops import log_context, metrics
 
@@ -32,12 +35,7 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
         return issued_token_response(issued)
     except errors.TokenRequestError as exc:
         metrics.token_request_counted(exc.error, from_memory=False)
-        response = JsonResponse({"error": exc.error, "detail": exc.detail}, status=exc.status)
-        if exc.retry_after is not None:
-            response["Retry-After"] = str(exc.retry_after)
-        if exc.status == 401:
-            response["WWW-Authenticate"] = 'Bearer realm="controlroom"'
-        return _not_cached(response)
+        return error_response(exc)
 
 
 def issued_token_response(issued: issuing.IssuedToken) -> JsonResponse:
@@ -53,3 +51,52 @@ def _not_cached(response: JsonResponse) -> JsonResponse:
     response["Cache-Control"] = "no-store"
     response["Pragma"] = "no-cache"
     return response
+
+
+# The part after /proxy/ in the request line as the client sent it (gunicorn's RAW_URI, uWSGI's REQUEST_URI), which
+# still shows what PATH_INFO has decoded: an encoded slash must be refused, not taken for a slash.
+RAW_PROXY_PATH = re.compile(r"/api/v1/connections/[^/?#]+/proxy/(?P<path>[^?#]*)")
+
+
+@csrf_exempt  # a bot key in a header, no cookie: nothing for CSRF to protect
+def connection_proxy(request: HttpRequest, slug: str, path: str = "") -> HttpResponseBase:
+    """ANY /api/v1/connections/<slug>/proxy/<path>: the connection's API, called with its token (connections.
+    endpoint.proxy). The body is read here as a stream, never through request.body."""
+    meta = request.META
+    raw = RAW_PROXY_PATH.search(meta.get("RAW_URI") or meta.get("REQUEST_URI") or "")
+    length = meta.get("CONTENT_LENGTH") or ""
+    chunked = "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower() and bool(meta.get("wsgi.input_terminated"))
+    try:
+        with log_context.about_connection(slug[:120]):
+            if length and not length.isdigit():
+                raise errors.TokenRequestError(400, "bad_request", "Content-Length must be a whole number.")
+            # Django reads no body without a Content-Length; a chunked one comes from the server's own stream.
+            read = meta["wsgi.input"].read if chunked and not length else request.read
+            answer = proxy.proxy_call(
+                authorization=meta.get("HTTP_AUTHORIZATION", ""),
+                slug=slug,
+                request=proxy.ProxyRequest(
+                    method=request.method or "GET",
+                    path=raw["path"] if raw else path,
+                    query=meta.get("QUERY_STRING", ""),
+                    headers=dict(request.headers),
+                    body=proxy.body_read(read, int(length) if length else None, chunked),
+                ),
+                remote_addr=client_address(request),
+            )
+    except errors.TokenRequestError as exc:
+        return error_response(exc)
+    response = StreamingHttpResponse(answer.body, status=answer.status)
+    del response["Content-Type"]  # the API's own, if it sent one
+    for name, value in answer.headers:
+        response[name] = value
+    return response
+
+
+def error_response(exc: errors.TokenRequestError) -> JsonResponse:
+    response = JsonResponse({"error": exc.error, "detail": exc.detail}, status=exc.status)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    if exc.status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="controlroom"'
+    return _not_cached(response)

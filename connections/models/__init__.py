@@ -1,7 +1,7 @@
 """Control Room's models, one module a subject; imported here so that Django and the code find them in one place."""
 
 from connections.models.access import BotAccount, BotKey, Role, sha256_digest
-from connections.models.connection import FEATURE_PERMISSIONS, Connection, ConnectionStatus, TokenType
+from connections.models.connection import FEATURE_PERMISSIONS, Connection, ConnectionStatus, TokenAccess, TokenType
 from connections.models.flows import AuthorizationRequest, DeviceAuthorization
 from connections.models.records import (
     AnswerVersion,
@@ -26,6 +26,7 @@ __all__ = [
     "FailedAuthenticationWindow",
     "OAuthToken",
     "Role",
+    "TokenAccess",
     "TokenState",
     "TokenType",
     "WebhookEndpoint",

@@ -5,7 +5,15 @@ from django.contrib.auth.models import Group
 from django.db import models
 from django_cryptography.fields import encrypt
 
-from providers.models import APP_GRANTS, PLACEHOLDER_PATTERN, ClientAuthMethod, GrantType, Provider, split_scopes
+from providers.models import (
+    APP_GRANTS,
+    PLACEHOLDER_PATTERN,
+    TOKEN_FIELD_PATTERN,
+    ClientAuthMethod,
+    GrantType,
+    Provider,
+    split_scopes,
+)
 
 # The feature permissions a role carries (codename: label); Django permissions of the Connection model.
 FEATURE_PERMISSIONS = {
@@ -18,6 +26,14 @@ class TokenType(models.TextChoices):
     # Short: they are a list column; Connection.token_type's help text explains them.
     SHARED = "shared", "Shared"
     USER_SPECIFIC = "user_specific", "User-specific"
+
+
+class TokenAccess(models.TextChoices):
+    """How bots may use a connection's token: given to them, used for them by the API proxy, or both."""
+
+    BOTH = "both", "Token endpoint and API proxy"
+    TOKEN = "token", "Token endpoint only"
+    PROXY = "proxy", "API proxy only (no bot ever holds the token)"
 
 
 class ConnectionStatus(models.TextChoices):
@@ -96,6 +112,19 @@ class Connection(models.Model):
     default_token_lifetime = models.PositiveIntegerField(
         null=True, blank=True, help_text="Seconds to assume when the provider sends no expires_in."
     )
+    api_base_url = models.CharField(
+        "API base URL",
+        max_length=500,
+        blank=True,
+        help_text="Where the API proxy may call: a bot's path is appended to it. Leave blank to use the provider "
+        "type's; set it to narrow it (e.g. https://graph.microsoft.com/v1.0) or for a Custom connection.",
+    )
+    token_access = models.CharField(
+        max_length=10,
+        choices=TokenAccess.choices,
+        default=TokenAccess.BOTH,
+        help_text="API proxy only: the token endpoint refuses this connection, so no bot ever holds its token.",
+    )
     is_enabled = models.BooleanField(default=True, help_text="A disabled connection gives no tokens to anyone.")
     roles = models.ManyToManyField(
         Group, blank=True, related_name="connections", verbose_name="roles invited to use it"
@@ -148,6 +177,19 @@ class Connection(models.Model):
     @property
     def effective_assertion_audience(self) -> str:
         return self._fill(self.provider.assertion_audience) or self.effective_token_url
+
+    @property
+    def api_base_url_template(self) -> str:
+        return self.api_base_url or self.provider.api_base_url
+
+    def effective_api_base_url(self, token_extra: dict) -> str:
+        """The API base with the token answer's fields (<instance_url>) and the connection's placeholders filled
+        in; "" when there is none or a placeholder is left unfilled."""
+        template = self.api_base_url_template
+        fields = {name: value for name, value in (token_extra or {}).items() if isinstance(value, str)}
+        filled = TOKEN_FIELD_PATTERN.sub(lambda match: fields.get(match.group(1), match.group(0)), template)
+        filled = self._fill(filled)
+        return "" if TOKEN_FIELD_PATTERN.search(filled) else filled.rstrip("/")
 
     @property
     def effective_client_auth_method(self) -> str:

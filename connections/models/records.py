@@ -36,6 +36,7 @@ class AuditEvent(models.Model):
         CONFIG_CREATE = "config_create", "Created by apply_config"
         CONFIG_UPDATE = "config_update", "Changed by apply_config"
         AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
+        PROXY_REQUEST = "proxy_request", "API called through the proxy by a bot"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(

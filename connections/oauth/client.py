@@ -40,7 +40,8 @@ from connections.oauth.client_auth import (
     request_quirks,
     signed_assertion,
 )
-from connections.outbound.policy import check_url, policy_session, proxy_error
+from connections.outbound.forward_proxy import proxy_error
+from connections.outbound.policy import check_url, policy_session
 
 # What callers use of connections.oauth.answers through this module.
 __all__ = [

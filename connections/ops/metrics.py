@@ -51,6 +51,11 @@ TASK_FAILURES = Counter(
     "Scheduled work that failed as a whole, by task: the refresh sweep, a worker's batch of refreshes.",
     ["task"],
 )
+PROXY_REQUESTS = Counter(
+    "controlroom_proxy_requests",
+    "Calls of the API proxy, by connection (empty: refused before one was found) and status class (2xx ... 5xx).",
+    ["connection", "status_class"],
+)
 AUDIT_EVENTS_QUEUED = Gauge(
     "controlroom_audit_events_queued",
     "Audit events of answered token requests that web processes hold until their next report writes them.",
@@ -60,6 +65,10 @@ AUDIT_EVENTS_QUEUED = Gauge(
 
 def token_request_counted(outcome: str, *, from_memory: bool) -> None:
     TOKEN_REQUESTS.labels(outcome=outcome, from_memory="true" if from_memory else "false").inc()
+
+
+def proxy_request_counted(connection: str, status: int) -> None:
+    PROXY_REQUESTS.labels(connection=connection, status_class=f"{status // 100}xx").inc()
 
 
 def refresh_counted(provider: str, outcome: str, seconds: float) -> None:

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from connections import errors
-from connections.outbound import policy
+from connections.outbound import forward_proxy, policy
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def url_verdict(url: str) -> Verdict:
             return Verdict("refused_private", "Refused by the private-address guard", exc.message)
         return Verdict("unresolved", "Would fail now", exc.message)
     host = urlsplit(url).hostname or ""
-    if policy.proxies_for(url):
+    if forward_proxy.proxies_for(url):
         proxy = masked_proxy_url(settings.OUTBOUND_PROXY_URL)
         return Verdict("proxy", "Allowed: through the forward proxy", f"{host} would be called through {proxy}.")
     if settings.OUTBOUND_PROXY_URL:

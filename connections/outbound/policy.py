@@ -7,7 +7,6 @@ calls out on an operator's behalf (the notification webhook).
 import ipaddress
 import logging
 import os
-import re
 import socket
 import threading
 import time
@@ -24,6 +23,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from connections.errors import CallInTransaction, DeadlinePassed, OutboundError
 from connections.outbound import deadline
+from connections.outbound.forward_proxy import proxies_for, proxy_auth_error
 
 logger = logging.getLogger(__name__)
 
@@ -274,66 +274,19 @@ def _read_bounded(response: requests.Response, call: deadline.Call) -> None:
     response._content = b"".join(chunks)  # what requests keeps once it has read the body itself
 
 
-# --- The forward proxy ------------------------------------------------------------------------------------------------
-
-
-def _proxy_label() -> str:
-    """The proxy's host:port, never its credentials."""
-    proxy = urlsplit(settings.OUTBOUND_PROXY_URL)
-    return f"{proxy.hostname}:{proxy.port}"
-
-
-def proxy_auth_error() -> OutboundError:
-    return OutboundError(
-        f"The outbound proxy {_proxy_label()} refused authentication (HTTP 407 Proxy Authentication Required): "
-        "check the user and password in OUTBOUND_PROXY_URL.",
-        error="proxy_authentication_failed",
-        permanent=False,
-        status=407,
-    )
-
-
-def proxy_error(what: str, exc: requests.exceptions.ProxyError) -> OutboundError:
-    # urllib3 reports a refused CONNECT as "Tunnel connection failed: 407 Proxy Authentication Required".
-    if re.search(r"Tunnel connection failed: 407\b", str(exc)):
-        return proxy_auth_error()
-    return OutboundError(
-        f"Could not reach the provider for the {what} through the outbound proxy {_proxy_label()} (the proxy "
-        "refused or dropped the connection).",
-        error="proxy_error",
-        permanent=False,
-    )
-
-
-def _bypasses_proxy(host: str) -> bool:
-    for entry in settings.OUTBOUND_PROXY_BYPASS:
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        if host == entry or host.endswith("." + entry.lstrip(".")):
-            return True
-        try:
-            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def proxies_for(url: str) -> dict[str, str]:
-    host = (urlsplit(url).hostname or "").lower()
-    if not settings.OUTBOUND_PROXY_URL or _bypasses_proxy(host):
-        return {}
-    return {"http": settings.OUTBOUND_PROXY_URL, "https": settings.OUTBOUND_PROXY_URL}
-
-
 class PolicySession(OAuth2Session):
     """Every request, including each redirect hop, passes the URL policy and gets the proxy, and each call (a
-    request with its redirects) one deadline and a bounded answer. Never inside a database transaction."""
+    request with its redirects) one deadline and a bounded answer. Never inside a database transaction.
+
+    A streaming session (streaming_session) leaves the answer's body to its caller: the deadline then covers
+    connecting, sending the request and the answer's headers, and each later read has the socket timeout."""
+
+    streaming = False
+    seconds = 0.0  # the call's deadline; 0: OUTBOUND_TIMEOUT
 
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
         _refuse_inside_a_transaction()
-        with deadline.call_deadline(settings.OUTBOUND_TIMEOUT) as call:
+        with deadline.call_deadline(self.seconds or settings.OUTBOUND_TIMEOUT) as call:
             try:
                 return super().request(*args, **kwargs)
             except DeadlinePassed:
@@ -346,12 +299,13 @@ class PolicySession(OAuth2Session):
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         check_url(request.url or "")
         check_destination(request.url or "")
-        call = deadline.current_call() or deadline.Call(deadline=time.monotonic() + settings.OUTBOUND_TIMEOUT)
+        seconds = self.seconds or settings.OUTBOUND_TIMEOUT
+        call = deadline.current_call() or deadline.Call(deadline=time.monotonic() + seconds)
         if call.remaining() <= 0:
             raise _deadline_error()
         kwargs["proxies"] = proxies_for(request.url or "")
-        kwargs["timeout"] = min(settings.OUTBOUND_TIMEOUT, call.remaining())
-        kwargs["stream"] = True  # read below, bounded
+        kwargs["timeout"] = min(seconds, call.remaining())
+        kwargs["stream"] = True  # read below, bounded (or by the caller of a streaming session)
         # On a redirect hop requests puts the proxy credentials into this header (rebuild_proxies), even when the
         # new host bypasses the proxy: it would go to the provider in clear. urllib3 adds it itself for the proxy.
         request.headers.pop("Proxy-Authorization", None)
@@ -360,7 +314,8 @@ class PolicySession(OAuth2Session):
             # Plain-http requests through the proxy get its 407 as their response (https ones get a ProxyError).
             response.close()
             raise proxy_auth_error()
-        _read_bounded(response, call)
+        if not self.streaming:
+            _read_bounded(response, call)
         return response
 
     def get_redirect_target(self, response: requests.Response) -> str | None:
@@ -396,4 +351,12 @@ def policy_session(**oauth2_session_options: Any) -> PolicySession:
     adapter = _shared_adapter()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    return session
+
+
+def streaming_session(seconds: float) -> PolicySession:
+    """A session for the API proxy: the same policy, but the answer's body is the caller's to stream (never held
+    whole), and `seconds` bounds connecting, sending the request and the answer's headers."""
+    session = policy_session()
+    session.streaming, session.seconds = True, seconds
     return session

@@ -78,6 +78,8 @@ class ConnectionForm(forms.ModelForm):
             "issuer",
             "scopes",
             "extra_authorization_params",
+            "api_base_url",
+            "token_access",
             "default_token_lifetime",
             "is_enabled",
             "roles",

@@ -1,0 +1,268 @@
+"""The API proxy's logic: a bot calls its connection's API through Control Room and never holds the token.
+
+ANY /api/v1/connections/<slug>/proxy/<path> passes the token endpoint's checks (issuing.token_checked: key, rate
+limit, invitation, token access, a token valid for a minute), then calls <api_base_url>/<path> with the query and
+body as the bot sent them and the token added, under the outbound policy (policy.streaming_session). Both bodies
+stream in CHUNK pieces: memory stays bounded whatever their size, except a body of up to REPLAYABLE_BYTES, kept so
+that it can be sent again after a 401 and one forced refresh. Each call is audited once its answer has streamed
+(with the token endpoint's answers, by the report thread of connections.cache.token_cache) and counted.
+"""
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import requests
+import urllib3
+from django.conf import settings
+from django.utils import timezone
+
+from connections.audit.events import Action, Outcome
+from connections.cache import token_cache
+from connections.endpoint import issuing
+from connections.errors import OutboundError, TokenRequestError
+from connections.models import Connection
+from connections.ops import metrics
+from connections.outbound import policy
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 64 * 1024
+REPLAYABLE_BYTES = 1024 * 1024  # a body up to this size is kept, to be sent again after a 401
+# RFC 9110 7.6.1: meaningful for one connection only; Proxy-* are the bot's dealings with a proxy of its own.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer"}
+    | {"transfer-encoding", "upgrade"}
+)
+# Host is the API's; Cookie and Authorization are the bot's credentials for Control Room, never the API's;
+# Content-Length is set again from the body that is sent.
+NOT_FORWARDED = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length"}
+NOT_RETURNED = HOP_BY_HOP | {"set-cookie", "set-cookie2"}  # the API's cookies are not for the bot's browser
+ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # kept as they are when a path is quoted: RFC 3986's pchar and "/"
+
+
+@dataclass
+class Body:
+    """The bot's request body: `data` to send (bytes, an Upload, or None) and whether it can be sent again."""
+
+    data: Any = None
+    replayable: bool = True
+    size: int = 0
+
+
+@dataclass
+class ProxyRequest:
+    """What the view hands over, as plain values."""
+
+    method: str
+    path: str  # after /proxy/, percent-encoded as the bot sent it
+    query: str  # as the bot sent it
+    headers: dict[str, str]  # the bot's, by their HTTP names
+    body: Body = field(default_factory=Body)
+
+
+class Upload:
+    """A body too large to keep, streamed from the bot's request as the API reads it. Its length lets requests
+    send a Content-Length (not chunked) when the bot gave one."""
+
+    def __init__(self, read: Callable[[int], bytes], length: int | None) -> None:
+        # Not named read: urllib3 would take a `read` for a file's and bypass the length checked below.
+        self._read, self.length, self.sent, self.cut_short = read, length, 0, False
+
+    def __len__(self) -> int:
+        return self.length or 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.length is None or self.sent < self.length:
+            want = CHUNK if self.length is None else min(CHUNK, self.length - self.sent)
+            chunk = self._read(want)
+            if not chunk:
+                # The bot went away before its Content-Length: the API must not take a short body as whole.
+                self.cut_short = self.length is not None
+                if self.cut_short:
+                    raise OSError("The request body ended before its Content-Length.")
+                return
+            self.sent += len(chunk)
+            yield chunk
+
+
+def body_read(read: Callable[[int], bytes], length: int | None, chunked: bool) -> Body:
+    """The body as it will be sent: kept whole up to REPLAYABLE_BYTES, else streamed (a chunked body of unknown
+    length too); none when the bot sent none."""
+    if length is None:
+        return Body(Upload(read, None), replayable=False) if chunked else Body()
+    if length > REPLAYABLE_BYTES:
+        return Body(Upload(read, length), replayable=False, size=length)
+    data = b""
+    while len(data) < length:
+        chunk = read(length - len(data))
+        if not chunk:
+            raise TokenRequestError(400, "bad_request", "The request body ended before its Content-Length.")
+        data += chunk
+    return Body(data or None, size=length)
+
+
+def proxied_path(raw: str) -> str:
+    """The path under the API base, or 400: nothing that could leave it (.. segments, encoded or back slashes,
+    an absolute URL, a host of its own) is passed on."""
+    problem = ""
+    segments = raw.split("/")
+    if "\\" in raw or ENCODED_SEPARATOR.search(raw):
+        problem = "encoded slashes and backslashes are not allowed"
+    elif SCHEME.match(raw) or raw.startswith("/"):
+        problem = "give a path under the API base, not a URL or a host"
+    elif any(unquote(segment) in (".", "..") for segment in segments) or "" in segments[:-1]:
+        problem = "empty, . and .. segments are not allowed"
+    elif any(ord(char) < 0x20 or ord(char) == 0x7F for char in unquote(raw)):
+        problem = "control characters are not allowed"
+    if problem:
+        raise TokenRequestError(400, "bad_request", f"The API path is refused: {problem}.")
+    return quote(raw, safe=PATH_SAFE)
+
+
+def _target(base: str, path: str, query: str) -> str:
+    url = f"{base}/{path}" + (f"?{query}" if query else "")
+    # Belt and braces: what is called is on the base's scheme, host and port, under its path.
+    got, want = urlsplit(url), urlsplit(base)
+    if (got.scheme, got.netloc) != (want.scheme, want.netloc) or not got.path.startswith(want.path):
+        raise TokenRequestError(400, "bad_request", "The API path is refused: it leaves the API base.")
+    return url
+
+
+def _api_base(checked: issuing.CheckedToken) -> str:
+    connection = Connection.objects.select_related("provider").get(pk=checked.connection.pk)
+    base = connection.effective_api_base_url(checked.token.extra)
+    if not base:
+        raise TokenRequestError(
+            409,
+            "not_configured",
+            f"{connection.slug} has no API base URL (or its token lacks what fills it in): an administrator sets "
+            "one on the connection.",
+        )
+    return base
+
+
+def forwarded_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The bot's headers less those never passed on, and those its Connection header names (RFC 9110 7.6.1)."""
+    named = {name.strip().lower() for name in headers.get("Connection", "").split(",")}
+    return {name: value for name, value in headers.items() if name.lower() not in NOT_FORWARDED | named}
+
+
+def returned_headers(upstream: requests.Response) -> list[tuple[str, str]]:
+    named = {name.strip().lower() for name in upstream.headers.get("Connection", "").split(",")}
+    return [(name, value) for name, value in upstream.headers.items() if name.lower() not in NOT_RETURNED | named]
+
+
+def _send(method: str, url: str, headers: dict[str, str], body: Body) -> requests.Response:
+    session = policy.streaming_session(settings.PROXY_TIMEOUT)
+    session.headers.clear()  # requests' own defaults (Accept-Encoding ...) are not the bot's
+    try:
+        return session.request(method, url, headers=headers, data=body.data, allow_redirects=False)
+    except OutboundError as exc:
+        if exc.error == "timeout":
+            within = f"{settings.PROXY_TIMEOUT:g} s"
+            raise TokenRequestError(504, "api_timeout", f"The API did not answer within {within}.") from None
+        raise TokenRequestError(502, "api_unreachable", f"The API could not be called: {exc.message}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if isinstance(body.data, Upload) and body.data.cut_short:
+            raise TokenRequestError(400, "bad_request", "The request body ended before its Content-Length.") from None
+        logger.warning("The API proxy could not reach %s: %s", urlsplit(url).netloc, type(exc).__name__)
+        raise TokenRequestError(502, "api_unreachable", "The API could not be reached (connection failed).") from None
+    finally:
+        session.close()  # the pools are the process's (policy._shared_adapter): closing the session keeps them
+
+
+@dataclass
+class Call:
+    """One proxied call, for its audit event and its count."""
+
+    checked: issuing.CheckedToken
+    request: ProxyRequest
+    remote_addr: str | None
+    started: float = field(default_factory=time.monotonic)
+
+    def recorded(self, status: int, received: int, detail: str = "") -> None:
+        connection, key = self.checked.connection, self.checked.read.key
+        query = "&".join(f"{name}=…" for name, _ in parse_qsl(self.request.query, keep_blank_values=True))
+        shown = f"/{self.request.path[:300]}" + (f"?{query[:200]}" if query else "")  # names, never values
+        took = round((time.monotonic() - self.started) * 1000)
+        sent = self.request.body.data.sent if isinstance(self.request.body.data, Upload) else self.request.body.size
+        event = {
+            "actor_id": key.user.pk,
+            "actor_label": issuing.actor_label(key),
+            "connection_id": connection.pk,
+            "connection_label": connection.slug,
+            "action": Action.PROXY_REQUEST.value,
+            "outcome": (Outcome.SUCCESS if status < 400 else Outcome.FAILURE).value,
+            "detail": f"{self.request.method[:10]} {shown} → {status} in {took} ms, {sent} bytes sent, {received} "
+            f"bytes received{detail}",
+        }
+        token_cache.audit_later(event, timezone.now(), self.remote_addr)
+        metrics.proxy_request_counted(connection.slug, status)
+
+
+class Relay:
+    """The API's body to the bot, CHUNK by CHUNK as it arrives, undecoded (Content-Encoding passes through).
+    Closed by the server when the answer is over, or when the bot goes away: the call is audited then."""
+
+    def __init__(self, upstream: requests.Response, call: Call) -> None:
+        self.upstream, self.call, self.received, self.closed, self.note = upstream, call, 0, False, ""
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.upstream.raw.stream(CHUNK, decode_content=False):
+                self.received += len(chunk)
+                yield chunk
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # Headers are sent: the bot sees a body shorter than its Content-Length (or no last chunk).
+            self.note = f" (cut short: {type(exc).__name__})"
+            logger.warning("The API's answer was cut short while the proxy relayed it.")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.upstream.close()
+            self.call.recorded(self.upstream.status_code, self.received, self.note)
+
+
+@dataclass
+class ProxyAnswer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes]  # a Relay: closing it ends the call
+
+
+def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_addr: str | None) -> ProxyAnswer:
+    """Call the connection's API for a bot; raises TokenRequestError for every refusal (audited and counted)."""
+    try:
+        # No parameters: the query string is the API's, not Control Room's.
+        checked = issuing.token_checked(
+            authorization=authorization, slug=slug, params={}, remote_addr=remote_addr, action=Action.PROXY_REQUEST
+        )
+    except TokenRequestError as exc:
+        metrics.proxy_request_counted("", exc.status)
+        raise
+    call = Call(checked, request, remote_addr)
+    try:
+        url = _target(_api_base(checked), proxied_path(request.path), request.query)
+        headers = forwarded_headers(request.headers)
+        upstream = _send(request.method, url, {**headers, "Authorization": _bearer(checked.token)}, request.body)
+        if upstream.status_code == 401 and request.body.replayable:
+            # The token was refused (revoked, or expired early): one forced refresh, one retry.
+            upstream.close()
+            token = issuing.token_forced(checked)
+            upstream = _send(request.method, url, {**headers, "Authorization": _bearer(token)}, request.body)
+    except TokenRequestError as exc:
+        call.recorded(exc.status, 0, f" ({exc.error})")
+        raise
+    return ProxyAnswer(upstream.status_code, returned_headers(upstream), Relay(upstream, call))
+
+
+def _bearer(token: Any) -> str:
+    return f"Bearer {token.access_token}"
