@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from connections import selectors
-from connections.models import Connection, ConnectionStatus
+from connections.models import Connection, ConnectionStatus, TokenAccess
 
 
 class StatusListFilter(admin.SimpleListFilter):
@@ -128,10 +128,13 @@ class ConnectionStatusColumns:
 
     @admin.display(description="Bot call")
     def bot_call_display(self, connection: Connection) -> str:
-        """What a bot runs to get this connection's token, ready to copy; the key is a placeholder."""
+        """What a bot runs to get this connection's token, or to call its API through the proxy, ready to copy;
+        the key is a placeholder. Only the ways its token access allows are shown."""
         # PUBLIC_URL: the address bots (and the providers' redirects) use, whatever host the admin was reached by.
         url = settings.PUBLIC_URL + reverse("connection_token", args=[connection.slug])
+        proxy_url = settings.PUBLIC_URL + reverse("connection_proxy", args=[connection.slug, "PATH"])
         curl = f'curl -H "Authorization: Bearer $CONTROLROOM_KEY" {url}'
+        proxy_curl = f'curl -H "Authorization: Bearer $CONTROLROOM_KEY" {proxy_url}'
         if connection.is_user_specific:
             whose = (
                 "The key must belong to a user in an invited role who has authorized this connection for "
@@ -139,13 +142,26 @@ class ConnectionStatusColumns:
             )
         else:
             whose = "Any bot key of a user in a role invited to use this connection gets its shared token."
-        return format_html(
-            '<div class="bot-call"><p>Token URL: <code id="bot-call-url">{}</code></p>'
-            '<pre id="bot-call-curl">{}</pre>'
-            '<button type="button" class="button copy-button" data-copy-from="bot-call-curl" hidden>Copy</button>'
-            '<p class="bot-call-note">{} $CONTROLROOM_KEY stands for the bot key (created under Bot keys).</p></div>',
+        token_part = format_html(
+            '<p>Token URL: <code id="bot-call-url">{}</code></p><pre id="bot-call-curl">{}</pre>'
+            '<button type="button" class="button copy-button" data-copy-from="bot-call-curl" hidden>Copy</button>',
             url,
             curl,
+        )
+        base = connection.api_base_url_template or "no API base URL: set one to use the proxy"
+        proxy_part = format_html(
+            "<p>API proxy (the bot never holds the token; PATH is under <code>{}</code>):</p>"
+            '<pre id="bot-call-proxy">{}</pre>'
+            '<button type="button" class="button copy-button" data-copy-from="bot-call-proxy" hidden>Copy</button>',
+            base,
+            proxy_curl,
+        )
+        access = connection.token_access
+        return format_html(
+            '<div class="bot-call">{}{}<p class="bot-call-note">{} $CONTROLROOM_KEY stands for the bot key (created '
+            "under Bot keys).</p></div>",
+            token_part if access != TokenAccess.PROXY else "",
+            proxy_part if access != TokenAccess.TOKEN else "",
             whose,
         )
 

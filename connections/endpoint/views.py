@@ -85,12 +85,15 @@ def connection_proxy(request: HttpRequest, slug: str, path: str = "") -> HttpRes
                 remote_addr=client_address(request),
             )
     except errors.TokenRequestError as exc:
-        return error_response(exc)
-    response = StreamingHttpResponse(answer.body, status=answer.status)
-    del response["Content-Type"]  # the API's own, if it sent one
+        refusal = error_response(exc)
+        # Tells Control Room's own refusal from an API's answer that looks alike (controlroom_client.proxy).
+        refusal["X-ControlRoom-Error"] = exc.error
+        return refusal
+    relayed = StreamingHttpResponse(answer.body, status=answer.status)
+    del relayed["Content-Type"]  # the API's own, if it sent one
     for name, value in answer.headers:
-        response[name] = value
-    return response
+        relayed[name] = value
+    return relayed
 
 
 def error_response(exc: errors.TokenRequestError) -> JsonResponse:

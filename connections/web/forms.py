@@ -15,7 +15,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
 
 from connections import validation
-from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role
+from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role, TokenAccess
 from connections.web.connection_page import (
     adapt_to_provider_and_grant,
     grant_layout,
@@ -85,6 +85,9 @@ class ConnectionForm(forms.ModelForm):
             "roles",
         ]
 
+    def clean_token_access(self) -> str:
+        return self.cleaned_data.get("token_access") or TokenAccess.BOTH
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changes: validation.ConnectionChanges | None = None
@@ -93,6 +96,8 @@ class ConnectionForm(forms.ModelForm):
         if "provider" not in self.fields:
             return  # a view-only user's form: every field is read-only
         self.fields["slug"].required = False
+        if "token_access" in self.fields:  # left out of a post: the default, as before the field existed
+            self.fields["token_access"].required = False
         self.fields["issuer"].help_text += (
             " With an issuer, URLs left blank that the provider type has no preset for are read from its discovery "
             "document (/.well-known/openid-configuration) when you save, or when you press Discover."

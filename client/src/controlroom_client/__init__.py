@@ -10,6 +10,8 @@ from controlroom_client._version import __version__
 from controlroom_client.auth import ControlRoomAuth
 from controlroom_client.client import ControlRoom
 from controlroom_client.errors import (
+    ApiTimeout,
+    ApiUnreachable,
     BadRequest,
     ConfigurationError,
     ControlRoomError,
@@ -18,6 +20,7 @@ from controlroom_client.errors import (
     Forbidden,
     InvalidKey,
     InvalidResponse,
+    NotConfigured,
     NotConnected,
     NotFound,
     ProviderUnavailable,
@@ -29,6 +32,8 @@ from controlroom_client.errors import (
 from controlroom_client.token import Token
 
 __all__ = [
+    "ApiTimeout",
+    "ApiUnreachable",
     "BadRequest",
     "ConfigurationError",
     "ControlRoom",
@@ -39,6 +44,7 @@ __all__ = [
     "Forbidden",
     "InvalidKey",
     "InvalidResponse",
+    "NotConfigured",
     "NotConnected",
     "NotFound",
     "ProviderUnavailable",

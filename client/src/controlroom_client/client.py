@@ -60,7 +60,7 @@ class ControlRoom:
         self.url = url.strip().rstrip("/")
         self._key = key.strip()
         self._own_session = session is None
-        self.session = session if session is not None else requests.Session()
+        self._session = session if session is not None else requests.Session()
         self.timeout = timeout
         self._tokens: dict[str, Token] = {}
         self._forced_at: dict[str, float] = {}  # the monotonic clock of each slug's last forced refresh
@@ -79,7 +79,23 @@ class ControlRoom:
     def close(self) -> None:
         """Close the session if this client made it."""
         if self._own_session:
-            self.session.close()
+            self._session.close()
+
+    # --- The API proxy ---------------------------------------------------------------------------------------
+
+    def session(self, slug: str) -> requests.Session:
+        """A requests.Session for the connection's API through Control Room's proxy: relative URLs
+        (session.get("services/data")) go to {url}/api/v1/connections/{slug}/proxy/, and the token never reaches
+        this process."""
+        from controlroom_client.proxy import ProxySession  # it imports this module for its types
+
+        _check_arguments(slug, DEFAULT_MIN_VALIDITY)
+        return ProxySession(self, slug)
+
+    def key_for_session(self) -> str:
+        return self._key
+
+    user_agent = USER_AGENT
 
     # --- Tokens ----------------------------------------------------------------------------------------------
 
@@ -160,7 +176,7 @@ class ControlRoom:
         headers = {"Authorization": f"Bearer {self._key}", "Accept": "application/json", "User-Agent": USER_AGENT}
         try:
             # No redirects: a redirect means a wrong URL, and the key must not follow it anywhere.
-            response = self.session.get(
+            response = self._session.get(
                 url, params=params, headers=headers, timeout=self.timeout, allow_redirects=False
             )
         except requests.RequestException as exc:

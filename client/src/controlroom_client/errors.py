@@ -109,6 +109,27 @@ class ProviderUnavailable(TemporaryError):
     exit_code = 22
 
 
+class NotConfigured(ControlRoomError):
+    """409 (the API proxy): the connection has no API base URL for the proxy to call."""
+
+    code = "not_configured"
+    exit_code = 23
+
+
+class ApiUnreachable(TemporaryError):
+    """502 (the API proxy): the API could not be reached, or the outbound policy refused its address."""
+
+    code = "api_unreachable"
+    exit_code = 24
+
+
+class ApiTimeout(TemporaryError):
+    """504 (the API proxy): the API did not answer in time."""
+
+    code = "api_timeout"
+    exit_code = 25
+
+
 # --- On the way ----------------------------------------------------------------------------------------------
 
 
@@ -153,6 +174,9 @@ ERRORS_BY_CODE: dict[str, type[ControlRoomError]] = {
         RefreshBackoff,
         RateLimited,
         ProviderUnavailable,
+        NotConfigured,
+        ApiUnreachable,
+        ApiTimeout,
     )
     if cls.code is not None
 }

@@ -13,10 +13,13 @@ import schemathesis
 import yaml
 
 import connections
-from connections.endpoint import issuing
+from connections.endpoint import freshness, issuing, proxy
 
 SPEC = Path(connections.__file__).parent / "openapi.yaml"
 TOKEN_PATH = "/api/v1/connections/{slug}/token"
+PROXY_PATH = "/api/v1/connections/{slug}/proxy/{path}"
+TOKEN_MODULES = (issuing, freshness)  # what the token endpoint raises
+PROXY_MODULES = (issuing, freshness, proxy)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +41,9 @@ def _deref(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def _raised_errors() -> list[tuple[int, str, bool, int]]:
-    """(status, error code, whether a Retry-After is passed, line) of every TokenRequestError(...) in issuing.py."""
-    source = Path(issuing.__file__).read_text()
+def _raised_errors(modules: tuple = TOKEN_MODULES) -> list[tuple[int, str, bool, int]]:
+    """(status, error code, whether a Retry-After is passed, line) of every TokenRequestError(...) in the modules."""
+    source = "\n".join(Path(module.__file__).read_text() for module in modules)
     found = []
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
@@ -119,10 +122,27 @@ def test_every_error_the_code_raises_is_in_the_spec(spec):
             assert header["required"] is True, f"{status} sets Retry-After: the spec must say so"
 
 
+def test_every_error_the_proxy_raises_is_in_the_spec(spec):
+    enum = set(spec["components"]["schemas"]["ErrorCode"]["enum"])
+    for method in ("get", "post", "put", "patch", "delete"):
+        responses = spec["paths"][PROXY_PATH][method]["responses"]
+        documented = {
+            (int(status), code)
+            for status, response in responses.items()
+            if status != "default"
+            for code in _codes_for(spec, response)
+        }
+        raised = {(status, code) for status, code, _, _ in _raised_errors(PROXY_MODULES)}
+        assert documented == raised, method
+        assert {code for _, code in raised} <= enum
+        for status in ("424", "429", "503"):
+            assert _deref(spec, responses[status]["headers"]["Retry-After"])["required"] is True
+
+
 def test_the_spec_lists_no_error_the_code_cannot_raise(spec):
     raised = {(status, code) for status, code, _, _ in _raised_errors()}
     enum = set(spec["components"]["schemas"]["ErrorCode"]["enum"])
-    assert enum == {code for _, code in raised}
+    assert enum == {code for _, code, _, _ in _raised_errors(PROXY_MODULES)}
     responses = spec["paths"][TOKEN_PATH]["get"]["responses"]
     documented = {
         (int(status), code)

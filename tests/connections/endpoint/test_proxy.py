@@ -235,3 +235,22 @@ def test_each_call_is_audited_without_query_values(proxied, bot, api):
     assert "bytes received" in event.detail and "12 bytes received" in event.detail
     assert "secret-value" not in event.detail and "5" not in event.detail.split("→")[0]
     assert shared_token(proxied).access_token not in event.detail
+
+
+def test_the_admin_shows_the_proxy_call_and_hides_the_token_call_of_a_proxy_only_connection(proxied, manager_client):
+    proxied.token_access = "proxy"
+    proxied.save()
+    page = manager_client.get(f"/admin/connections/connection/{proxied.pk}/change/").content.decode()
+    assert f"/api/v1/connections/{proxied.slug}/proxy/PATH" in page
+    assert 'id="bot-call-curl"' not in page
+
+
+def test_apply_config_and_export_config_carry_api_base_url_and_token_access(proxied, tmp_path):
+    from connections.config.export import config_export
+
+    exported = next(item for item in config_export()["connections"] if item["slug"] == proxied.slug)
+    assert exported["api_base_url"] == proxied.api_base_url and "token_access" not in exported
+    proxied.token_access = "proxy"
+    proxied.save()
+    exported = next(item for item in config_export()["connections"] if item["slug"] == proxied.slug)
+    assert exported["token_access"] == "proxy"
