@@ -54,6 +54,7 @@ class ProviderForm(forms.ModelForm):
             "token_response_fields",
             "tokens_never_expire",
             "refresh_token_max_idle",
+            "revoke_replaced_grant",
         )
 
     def clean_scope_separator(self) -> str:
@@ -109,6 +110,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "token_response_fields",
                     "tokens_never_expire",
                     "refresh_token_max_idle",
+                    "revoke_replaced_grant",
                 )
             },
         ),
