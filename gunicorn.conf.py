@@ -27,25 +27,19 @@ control_socket_disable = True
 # GET /metrics (METRICS_TOKEN set): every process keeps its counts in files of one directory. The master tidies the
 # files dead processes left when it starts, and folds each worker's into one file when it exits (a worker replaced
 # after max_requests would otherwise leave files that every scrape reads for ever).
-def _metrics_directory() -> str:
-    import os
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlroom.settings")
-    from django.conf import settings
-
-    # getattr: another Django project served with this file (the tests' authorization server) has no metrics.
-    return str(getattr(settings, "METRICS_DIR", "")) if getattr(settings, "METRICS_TOKEN", "") else ""
-
-
 def on_starting(server: object) -> None:
-    if directory := _metrics_directory():
+    from controlroom.env import metrics_directory
+
+    if directory := metrics_directory():
         from connections.ops import metrics
 
         metrics.directory_tidied(directory)
 
 
 def child_exit(server: object, worker: object) -> None:
-    if directory := _metrics_directory():
+    from controlroom.env import metrics_directory
+
+    if directory := metrics_directory():
         from connections.ops import metrics
 
         metrics.process_exited(worker.pid, directory)  # type: ignore[attr-defined]

@@ -89,3 +89,16 @@ def broker_transport_options(broker_url: str, var_dir: Path) -> dict[str, Any]:
             "visibility_timeout": 3600,
         }
     return {}
+
+
+def metrics_directory() -> str:
+    """The Prometheus multiprocess directory when metrics are on (METRICS_TOKEN), made by the settings; "" when
+    not. For gunicorn's master (gunicorn.conf.py), which has not loaded Django: read before anything imports
+    prometheus_client's multiprocess values, which need the directory to exist. Another Django project served
+    with the same gunicorn.conf.py (the tests' authorization server) has no metrics."""
+    import os
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlroom.settings")
+    from django.conf import settings
+
+    return str(getattr(settings, "METRICS_DIR", "")) if getattr(settings, "METRICS_TOKEN", "") else ""

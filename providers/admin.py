@@ -55,6 +55,7 @@ class ProviderForm(forms.ModelForm):
             "token_response_fields",
             "tokens_never_expire",
             "refresh_token_max_idle",
+            "revoke_replaced_grant",
         )
 
     def clean_scope_separator(self) -> str:
@@ -111,6 +112,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "token_response_fields",
                     "tokens_never_expire",
                     "refresh_token_max_idle",
+                    "revoke_replaced_grant",
                 )
             },
         ),

@@ -159,6 +159,13 @@ class Provider(models.Model):
         help_text="Where the API proxy calls, e.g. https://graph.microsoft.com. May contain placeholders; "
         "<instance_url> and other fields of the token answer (Salesforce) are filled from the token.",
     )
+    revoke_replaced_grant = models.BooleanField(
+        default=False,
+        help_text="Revoking a refresh token ends that grant alone here (RFC 7009, per token), so the refresh token a "
+        "new authorization replaces is revoked at the provider. Off where revoking any token may end the person's "
+        "whole authorization of the app, the new grant with it, or where that is not documented: the replaced token "
+        "is then left to expire.",
+    )
     docs_url = models.URLField(blank=True)
     is_certified = models.BooleanField(
         default=False, editable=False, help_text="Certified presets come from the catalog and are read-only."

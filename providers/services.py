@@ -48,6 +48,7 @@ PRESET_FIELDS = (
     "tokens_never_expire",
     "refresh_token_max_idle",
     "api_base_url",
+    "revoke_replaced_grant",
     "docs_url",
 )
 URL_FIELDS = ("authorization_url", "token_url", "revocation_url", "device_authorization_url", "refresh_url")
@@ -76,6 +77,7 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "tokens_never_expire": False,
     "refresh_token_max_idle": None,
     "api_base_url": "",
+    "revoke_replaced_grant": False,
     "docs_url": "",
 }
 
@@ -144,6 +146,10 @@ def _preset_problems(preset: dict[str, Any]) -> list[str]:
     problems += token_quirk_problems(
         preset["token_request_params"], preset["token_request_headers"], preset["token_response_fields"]
     )
+    if not isinstance(preset["revoke_replaced_grant"], bool):
+        problems.append("revoke_replaced_grant must be true or false.")
+    elif preset["revoke_replaced_grant"] and not preset["revocation_url"]:
+        problems.append("revoke_replaced_grant is true, but there is no revocation_url to revoke at.")
     if preset["client_credentials_scopes"] is not None and not APP_GRANTS & set(preset["grant_types"]):
         problems.append("client_credentials_scopes is set, but neither client_credentials nor jwt_bearer is a grant.")
     return problems

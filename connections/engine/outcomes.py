@@ -16,11 +16,7 @@ from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_event_row, audit_record
 from connections.cache import invalidation
-from connections.engine.store import (
-    Fence,
-    token_store_refreshed,
-    token_values_revoke,
-)
+from connections.engine.store import Fence, token_store_refreshed, token_values_drop
 from connections.errors import ProviderError
 from connections.models import Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
@@ -139,12 +135,11 @@ def _result_write(
     if stored is None:
         logger.warning(
             "A refresh of %s finished after the token was disconnected, authorized again or refreshed by another "
-            "process; its result is dropped and revoked at the provider.",
+            "process; its result is dropped (revoked at the provider where that ends it alone).",
             connection.slug,
         )
         dropped = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        for problem in token_values_revoke(connection, dropped):
-            logger.warning("Could not revoke the dropped result of a refresh of %s: %s", connection.slug, problem)
+        token_values_drop(token.connection, dropped, "The dropped result of a refresh")
     return stored
 
 

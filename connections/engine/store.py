@@ -3,6 +3,7 @@ connection hands to connections.oauth.client."""
 
 import copy
 import functools
+import logging
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,8 @@ from connections.models.columns import column_name, concrete_field
 from connections.oauth import client as oauth_client
 from connections.oauth.client import TokenResponse
 from connections.oauth.client_auth import ClientConfig
+
+logger = logging.getLogger(__name__)
 
 
 def connection_client_config(connection: Connection) -> ClientConfig:
@@ -250,3 +253,36 @@ def token_values_revoke(connection: Connection, values: list[tuple[str, str]]) -
             except ProviderError as exc:
                 problems.append(exc.message)
     return problems
+
+
+def token_replaced_revoke(connection: Connection, replaced: str) -> None:
+    """End at the provider the grant a new authorization replaced (by its refresh token; its access token is left
+    to expire, as a bot may hold it for a moment yet), outside any transaction. Only where the provider type says
+    revoking a refresh token ends that grant alone (Provider.revoke_replaced_grant): elsewhere revoking it may end
+    the person's whole authorization of the app, the new grant with it, so it is left to expire."""
+    if not replaced:
+        return
+    if not connection.provider.revoke_replaced_grant:
+        logger.info(
+            "Left the grant that %s's new authorization replaced at the provider: revoking it could end the new "
+            "grant too (provider type %s does not revoke replaced grants).",
+            connection.slug,
+            connection.provider.slug,
+        )
+        return
+    for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
+        logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)
+
+
+def token_values_drop(connection: Connection, values: list[tuple[str, str]], why: str) -> None:
+    """Tokens nobody will hold (a late refresh result, an authorization that may no longer complete): revoked at
+    the provider where revoking a token ends that token alone (Provider.revoke_replaced_grant); elsewhere revoking
+    one may end the person's whole authorization of the app, the stored grant with it, so they are left to
+    expire. `why` is said in the log."""
+    if not connection.provider.revoke_replaced_grant:
+        logger.info(
+            "%s of %s: left to expire at the provider (revoking could end the stored grant too).", why, connection.slug
+        )
+        return
+    for problem in token_values_revoke(connection, values):
+        logger.warning("%s of %s: could not revoke it at the provider: %s", why, connection.slug, problem)

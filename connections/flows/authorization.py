@@ -1,7 +1,6 @@
 """The authorization-code flow: start it (single-use state bound to the session, PKCE) and complete it at the
 callback (check the state, exchange the code, store the tokens)."""
 
-import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +17,12 @@ from connections.audit.events import (
     audit_record,
     failed_authentication_count,
 )
-from connections.engine.store import connection_client_config, token_store_replacing, token_values_revoke
+from connections.engine.store import (
+    connection_client_config,
+    token_replaced_revoke,
+    token_store_replacing,
+    token_values_drop,
+)
 from connections.errors import ConnectionActionError, ProviderError
 from connections.flows.attempts import connection_attempt_failure_record, connection_attempt_succeeded
 from connections.flows.permission import authorization_refusal
@@ -26,8 +30,6 @@ from connections.models import AuthorizationRequest, Connection, OAuthToken, sha
 from connections.notify import webhooks
 from connections.oauth import client as oauth_client
 from connections.oauth.client import provider_text
-
-logger = logging.getLogger(__name__)
 
 REPLAYED = "This authorization answer was already used; it cannot be replayed. Start again."
 OTHER_SESSION = "This authorization was started in another browser session; finish it in the browser that began it."
@@ -264,12 +266,10 @@ def connection_authorize_complete(
             )
             _authorized_record(request, connection, token, started_at, remote_addr)
     except _ChangedMeanwhile as changed:
-        # Nobody will hold the tokens the provider just issued: end them there too.
+        # Nobody will hold the tokens the provider just issued: ended there too, where that ends them alone.
         values = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        token_values_revoke(connection, values)
+        token_values_drop(connection, values, "An authorization that may no longer complete")
         raise _flow_failure(str(changed), request, remote_addr) from None
-    # The grant this one replaces is nobody's any more: end it at the provider too. Its access token is left
-    # to expire (a bot may hold it for a moment yet); most providers end it with the refresh token anyway.
-    for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
-        logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)
+    # The grant this one replaces is nobody's any more: ended at the provider too, where that ends it alone.
+    token_replaced_revoke(connection, replaced)
     return AuthorizationResult(connection=connection, token=token, return_url=request.return_url)

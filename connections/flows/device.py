@@ -2,7 +2,6 @@
 page (on any device), then poll the token URL from a worker, never from a web request, until they approve or
 deny, or the code expires. The page that shows the code reads the authorization's status as the worker writes it."""
 
-import logging
 from datetime import timedelta
 
 from django.contrib.auth.models import User
@@ -10,15 +9,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record
-from connections.engine.store import connection_client_config, token_store_replacing, token_values_revoke
+from connections.engine.store import (
+    connection_client_config,
+    token_replaced_revoke,
+    token_store_replacing,
+    token_values_drop,
+)
 from connections.errors import ConnectionActionError, ProviderError
 from connections.flows.attempts import connection_attempt_failure_record
 from connections.flows.permission import authorization_refusal
 from connections.models import Connection, DeviceAuthorization
 from connections.notify import webhooks
 from connections.oauth import client as oauth_client
-
-logger = logging.getLogger(__name__)
 
 SLOW_DOWN_STEP = 5  # seconds added to the interval at each slow_down (RFC 8628 3.5)
 EXPIRED = "The user code expired before anyone approved it: connect again."
@@ -107,15 +109,13 @@ def device_authorization_poll(authorization_id: int) -> int | None:
                 response=response,
                 authorized_by=authorization.started_by,
             )
-    if problem:  # nobody will hold what the provider just issued: ended there too
+    if problem:  # nobody will hold what the provider just issued: ended there too, where that ends it alone
         _finish(authorization, Status.FAILED, problem)
-        token_values_revoke(
-            connection, [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        )
+        values = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
+        token_values_drop(connection, values, "A device approval that may no longer complete")
         return None
-    # The grant this one replaces is nobody's any more (as after Connect): end it at the provider too.
-    for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
-        logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)
+    # The grant this one replaces is nobody's any more (as after Connect): ended at the provider where that is safe.
+    token_replaced_revoke(connection, replaced)
     return None
 
 

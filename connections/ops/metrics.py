@@ -109,11 +109,19 @@ def process_exited(pid: int, directory: str) -> None:
 
 def directory_tidied(directory: str) -> None:
     """At the web server's start: the files this host's processes left that no process runs any more (gunicorn
-    killed, a container restarted) go; another host's, and those of this host's live processes (a Celery worker
-    beside it), stay."""
-    for path in glob.glob(os.path.join(directory, f"*_{_host}-*.db")):
+    killed, a container restarted) go, and the retired processes' file too when none of this host's runs any more;
+    another host's files, and those of this host's live processes (a Celery worker beside it), stay."""
+    paths = glob.glob(os.path.join(directory, f"*_{_host}-*.db"))
+    retired = [path for path in paths if path.endswith("-retired.db")]
+    live = False
+    for path in set(paths) - set(retired):
         pid = os.path.basename(path).removesuffix(".db").rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _running(int(pid)):
+        if pid.isdigit() and _running(int(pid)):
+            live = True
+        else:
+            os.remove(path)
+    if not live:
+        for path in retired:
             os.remove(path)
 
 

@@ -75,6 +75,9 @@ class ServerState(models.Model):
     client_auth = models.CharField(max_length=10, default="")
     json_body = models.BooleanField(default=False)  # token requests are a JSON object, not a form (Zendesk's)
     refresh_elsewhere = models.BooleanField(default=False)  # refreshes only at /o/refresh/, not /o/token/ (Figma's)
+    # Revoking any token of a person's grant to a client ends every token of that person for that client, all their
+    # refresh and access tokens (as reported of Google): not only that token and those issued from it (RFC 7009 2.1).
+    revoke_whole_grant = models.BooleanField(default=False)
 
     token_authorization_code = models.IntegerField(default=0)
     token_refresh_token = models.IntegerField(default=0)

@@ -1,6 +1,7 @@
 """Views of the test auth server: the token endpoint wrapper (faults, options, counters),
 the protected resource /api/me, and the /_control/ API the tests drive it with."""
 
+import hashlib
 import hmac
 import json
 import socket
@@ -219,7 +220,33 @@ def _dot_answer(request: HttpRequest, state: ServerState, grant_type: str) -> Ht
 @csrf_exempt
 def revoke(request: HttpRequest) -> HttpResponse:
     ServerState.bump("revocations")
-    return _json_read(request, ServerState.get()) or client_assertion_read(request) or _dot_revoke(request)
+    state = ServerState.get()
+    if refused := _json_read(request, state) or client_assertion_read(request):
+        return refused
+    checksum = hashlib.sha256(request.POST.get("token", "").encode()).hexdigest()
+    grant = _grant_of(checksum) if state.revoke_whole_grant else None
+    response = _dot_revoke(request)
+    # DOT revoked it only for the client it was issued to (RFC 7009 2.1): then the rest of the grant goes with it.
+    if grant is not None and response.status_code == 200 and _grant_of(checksum) is None:
+        _whole_grant_revoke(*grant)
+    return response
+
+
+def _grant_of(checksum: str) -> tuple[int, int] | None:
+    """(user, client) of the live refresh or access token with this checksum, None if there is none."""
+    for tokens in (get_refresh_token_model().objects.filter(revoked__isnull=True), get_access_token_model().objects):
+        found = tokens.filter(token_checksum=checksum, user__isnull=False).values_list("user_id", "application_id")
+        if owner := found.first():
+            return owner
+    return None
+
+
+def _whole_grant_revoke(user_id: int, application_id: int) -> None:
+    """Every refresh and access token of this person for this client, however they were issued."""
+    owner = {"user_id": user_id, "application_id": application_id}
+    for refresh_token in get_refresh_token_model().objects.filter(**owner, revoked__isnull=True):
+        refresh_token.revoke()
+    get_access_token_model().objects.filter(**owner).delete()
 
 
 @csrf_exempt
@@ -393,7 +420,13 @@ def token_extra(body: dict) -> dict:
 @control("POST")
 def token_options(body: dict) -> dict:
     changes: dict[str, Any] = {}
-    for name in ("omit_expires_in", "omit_refresh_token_on_refresh", "json_body", "refresh_elsewhere"):
+    for name in (
+        "omit_expires_in",
+        "omit_refresh_token_on_refresh",
+        "json_body",
+        "refresh_elsewhere",
+        "revoke_whole_grant",
+    ):
         if name in body:
             changes[name] = bool(body[name])
     if "client_auth" in body:
@@ -409,7 +442,7 @@ def token_options(body: dict) -> dict:
         if name in body:
             changes[name] = {str(key): str(value) for key, value in dict(body[name] or {}).items()}
     known = {"omit_expires_in", "omit_refresh_token_on_refresh", "latency", "response_delay", "nest_under"}
-    known |= {"client_auth", "json_body", "refresh_elsewhere"}
+    known |= {"client_auth", "json_body", "refresh_elsewhere", "revoke_whole_grant"}
     unknown = set(body) - known - {"require_params", "require_headers"}
     if unknown:
         raise BadRequest(f"unknown options {sorted(unknown)}")

@@ -269,6 +269,52 @@ def test_api_me_refuses_revoked_missing_and_bogus_tokens(server: AuthServer) -> 
     assert server.stats()["revocations"] == 1 and server.stats()["introspections"] == 2
 
 
+@pytest.mark.parametrize("whole_grant", [False, True])
+def test_revoke_whole_grant_ends_every_token_of_the_person_for_that_client(
+    server: AuthServer, whole_grant: bool
+) -> None:
+    # given two grants of one person to one client (authorized twice), and their grant to another client
+    client_id, secret = new_client(server)
+    _oauth, old = code_flow(server, client_id, secret)
+    _oauth, new = code_flow(server, client_id, secret)
+    other_id, other_secret = new_client(server)
+    _oauth, other = code_flow(server, other_id, other_secret)
+    server.set_token_options(revoke_whole_grant=whole_grant)
+    # when the client revokes the old grant's refresh token
+    revoked = requests.post(
+        server.revoke_url,
+        data={"token": old["refresh_token"], "token_type_hint": "refresh_token"},
+        auth=(client_id, secret),
+        timeout=10,
+    )
+    # then that grant is ended either way; the newer one too only when the server ends whole grants
+    assert revoked.status_code == 200
+    assert server.whoami(old["access_token"]).status_code == 401
+    assert server.whoami(new["access_token"]).status_code == (401 if whole_grant else 200)
+    assert server.live_grants(client_id) == (
+        {"refresh_tokens": 0, "access_tokens": 0} if whole_grant else {"refresh_tokens": 1, "access_tokens": 1}
+    )
+    # and never the person's grant to another client
+    assert server.whoami(other["access_token"]).status_code == 200
+    assert server.live_grants(other_id) == {"refresh_tokens": 1, "access_tokens": 1}
+
+
+def test_revoke_whole_grant_leaves_a_token_another_client_names(server: AuthServer) -> None:
+    # given a grant, and a second client that tries to revoke its refresh token
+    client_id, secret = new_client(server)
+    _oauth, token = code_flow(server, client_id, secret)
+    stranger_id, stranger_secret = new_client(server)
+    server.set_token_options(revoke_whole_grant=True)
+    # when
+    refused = requests.post(
+        server.revoke_url, data={"token": token["refresh_token"]}, auth=(stranger_id, stranger_secret), timeout=10
+    )
+    # then it is answered as RFC 7009 2.2 says, and nothing of the grant is ended
+    assert refused.status_code == 200
+    assert server.whoami(token["access_token"]).status_code == 200
+    assert server.live_grants(client_id) == {"refresh_tokens": 1, "access_tokens": 1}
+
+
 # --- faults -----------------------------------------------------------------------------------
 
 

@@ -197,6 +197,14 @@ MISTAKES = {
         {"grant_types": ["authorization_code"], "client_credentials_scopes": "x"},
         "client_credentials_scopes",
     ),
+    "replaced grants revoked with nowhere to revoke them": (
+        {"revocation_url": ""},
+        "revoke_replaced_grant is true, but there is no revocation_url",
+    ),
+    "a replaced-grant rule that is not true or false": (
+        {"revoke_replaced_grant": "yes"},
+        "revoke_replaced_grant must be true or false",
+    ),
 }
 
 
@@ -211,6 +219,30 @@ def test_a_mistake_in_the_catalog_is_refused_naming_the_preset(mistake, tmp_path
     with pytest.raises(ValidationError, match=r"preset \d+ \(okta\)") as refused:
         provider_catalog_sync(path=edited)
     assert said in str(refused.value)
+
+
+def _preset_texts() -> dict[str, str]:
+    """Each preset's lines in the catalog file, comments included, by slug."""
+    blocks = re.split(r"^(?=- slug: )", CATALOG_PATH.read_text(), flags=re.MULTILINE)[1:]
+    return {block.split("\n", 1)[0].removeprefix("- slug: ").strip(): block for block in blocks}
+
+
+def test_every_preset_says_whether_a_replaced_grant_is_revoked_citing_its_documentation_where_it_is():
+    entries = yaml.safe_load(CATALOG_PATH.read_text())
+    # a decision for every preset, in the file itself (not the loader's default)
+    assert [entry["slug"] for entry in entries if not isinstance(entry.get("revoke_replaced_grant"), bool)] == []
+    revoking = {entry["slug"] for entry in entries if entry["revoke_replaced_grant"]}
+    # true only with somewhere to revoke at, and with the provider's own page and words cited just above it
+    assert [entry["slug"] for entry in entries if entry["slug"] in revoking and not entry.get("revocation_url")] == []
+    for slug, text in _preset_texts().items():
+        cited = re.search(r"((?:^  #.*\n)+)  revoke_replaced_grant: true$", text, flags=re.MULTILINE)
+        assert (slug in revoking) == (cited is not None), slug
+        assert cited is None or (re.search(r"https://\S+", cited.group(1)) and '"' in cited.group(1)), slug
+    # the reported case (Google ends a person's whole grant whichever token is revoked) and Custom revoke nothing
+    assert not {"google", "google-workspace", "google-apigee", "google-service-account", "custom"} & revoking
+    # and the rows the catalog loads say the same
+    rows = Provider.objects.filter(is_certified=True, revoke_replaced_grant=True)
+    assert set(rows.values_list("slug", flat=True)) == revoking and revoking
 
 
 README = Path(__file__).resolve().parents[2] / "README.md"

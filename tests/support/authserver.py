@@ -337,7 +337,9 @@ class AuthServer:
         the token answer nested under this key; require_params / require_headers: what a token request must
         carry, else 400 invalid_request; client_auth: "basic" or "post", the only client authentication taken
         (else 401 invalid_client); json_body: token and revocation requests must be a JSON object;
-        refresh_elsewhere: refreshes are taken only at refresh_url (/o/refresh/), and only they."""
+        refresh_elsewhere: refreshes are taken only at refresh_url (/o/refresh/), and only they; revoke_whole_grant:
+        revoking any token of a person's grant to a client revokes all their refresh and access tokens for that
+        client (as reported of Google), not only that token and those issued from it."""
         self._control("POST", "token_options", opts)
 
     def set_discovery(self, *, missing: bool = False, openid_missing: bool = False, **fields: Any) -> None:

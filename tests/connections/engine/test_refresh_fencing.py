@@ -16,6 +16,7 @@ from connections import services
 from connections.engine import lease, refresh
 from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken, TokenState
+from providers.models import Provider
 from tests.conftest import authorize, shared_token, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -47,6 +48,8 @@ def refresh_in_a_thread(pool: ThreadPoolExecutor, authserver, token: OAuthToken,
 def test_a_disconnect_during_a_refresh_stays_disconnected_and_the_late_tokens_are_revoked(
     connected, authserver, manager
 ):
+    # a provider type whose revocation ends a token alone, so what nobody holds is revoked (revoke_replaced_grant)
+    Provider.objects.filter(pk=connected.provider_id).update(revoke_replaced_grant=True)
     # given a refresh the provider has processed but not yet answered
     authserver.set_token_options(response_delay=LATE)
     with ThreadPoolExecutor(1) as pool:
@@ -62,7 +65,24 @@ def test_a_disconnect_during_a_refresh_stays_disconnected_and_the_late_tokens_ar
     assert authserver.stats()["refresh_token_reuses"] == 0
 
 
+def test_where_revoking_may_end_the_whole_grant_a_late_result_is_left_to_expire(connected, authserver, manager):
+    # given a provider type whose revocation may end the person's whole authorization (revoke_replaced_grant off),
+    # and a refresh the provider has processed but not yet answered
+    authserver.set_token_options(response_delay=LATE)
+    with ThreadPoolExecutor(1) as pool:
+        in_flight = refresh_in_a_thread(pool, authserver, shared_token(connected))
+        # when an administrator disconnects meanwhile
+        services.connection_disconnect(connection=connected, actor=manager)
+        outcome = in_flight.result(timeout=30)
+    # then the connection stays disconnected, but the late result is not revoked: at such a provider that could
+    # end a grant someone holds (it expires on its own; the disconnect revoked what was stored)
+    assert not OAuthToken.objects.filter(connection=connected).exists(), outcome
+    assert authserver.live_grants(connected.client_id) == {"refresh_tokens": 1, "access_tokens": 1}
+
+
 def test_a_reauthorization_during_a_refresh_is_not_undone_by_the_late_result(connected, authserver, manager_client):
+    # a provider type whose revocation ends a token alone, so what nobody holds is revoked (revoke_replaced_grant)
+    Provider.objects.filter(pk=connected.provider_id).update(revoke_replaced_grant=True)
     # given a refresh the provider has processed but not yet answered
     authserver.set_token_options(response_delay=LATE)
     before = shared_token(connected)

@@ -33,6 +33,7 @@ from connections.errors import ProviderError
 from connections.models import OAuthToken, TokenState
 from connections.oauth import client as oauth_client
 from connections.oauth.client import TokenResponse
+from providers.models import Provider
 from tests.conftest import authorize, shared_token
 
 pytestmark = pytest.mark.django_db
@@ -183,7 +184,12 @@ def test_refresh_interleavings_keep_one_consistent_token(make_connection, manage
     class Machine(Interleavings):
         pass
 
-    Machine.make_connection = staticmethod(make_connection)
+    # The loopback server's revocation is per token, and the provider type says so: a replaced grant is revoked there
+    # (Provider.revoke_replaced_grant), so one grant at most is ever live.
+    per_token = Provider.objects.create(
+        slug="per-token", name="Per token", grant_types=["authorization_code"], revoke_replaced_grant=True
+    )
+    Machine.make_connection = staticmethod(lambda: make_connection(provider=per_token))
     Machine.manager, Machine.manager_client, Machine.authserver = manager, manager_client, authserver
     run_state_machine_as_test(
         Machine,

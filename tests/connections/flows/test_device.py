@@ -15,6 +15,7 @@ from connections.flows import device
 from connections.models import Connection, DeviceAuthorization
 from connections.oauth import client as oauth_client
 from connections.web import views
+from providers.models import Provider
 from tests.conftest import PROVIDER_USER, messages_of, shared_token, wait_for
 
 pytestmark = pytest.mark.django_db
@@ -200,8 +201,9 @@ def test_a_change_landing_while_the_token_url_answers_stores_nothing_and_revokes
     make_connection, manager, authserver, monkeypatch
 ):
     # given a device authorization the person has approved, and a change to the connection that lands while the
-    # worker's poll waits for the token URL's answer
+    # worker's poll waits for the token URL's answer (at a provider whose revocation ends a token alone)
     connection = make_connection(grant_type="device_code")
+    Provider.objects.filter(pk=connection.provider_id).update(revoke_replaced_grant=True)
     started = device.device_authorization_start(connection=connection, user=manager)
     authserver.approve_device(started.user_code, *PROVIDER_USER)
     poll, issued = device.oauth_client.device_token, []
