@@ -98,8 +98,8 @@ def _bot_call_answers(page, token_url: str, raw_key: str, authserver) -> None:
     a token the provider accepts."""
     curl = page.locator("#bot-call-curl").inner_text()
     assert curl == f'curl -H "Authorization: Bearer $CONTROLROOM_KEY" {token_url}'
-    page.locator(".bot-call .copy-button").click()
-    expect(page.locator(".bot-call .copy-button")).to_have_text("Copied")
+    page.locator(".bot-call .copy-button[data-copy-from=bot-call-curl]").click()
+    expect(page.locator(".bot-call .copy-button[data-copy-from=bot-call-curl]")).to_have_text("Copied")
     assert page.evaluate("navigator.clipboard.readText()") == curl
     answer = requests.get(curl.split()[-1], headers={"Authorization": f"Bearer {raw_key}"}, timeout=10)
     assert answer.status_code == 200, answer.text
