@@ -135,8 +135,9 @@ def _target(base: str, path: str, query: str) -> str:
     return url
 
 
-def _api_base(checked: issuing.CheckedToken) -> str:
+def _api_base(checked: issuing.CheckedToken, call: "Call") -> str:
     connection = Connection.objects.select_related("provider").get(pk=checked.connection.pk)
+    call.provider = connection.provider.slug  # the metrics' label
     base = connection.effective_api_base_url(checked.token.extra)
     if not base:
         raise TokenRequestError(
@@ -186,6 +187,7 @@ class Call:
     request: ProxyRequest
     remote_addr: str | None
     started: float = field(default_factory=time.monotonic)
+    provider: str = ""  # its connection's provider type, once read
 
     def recorded(self, status: int, received: int, detail: str = "") -> None:
         connection, key = self.checked.connection, self.checked.read.key
@@ -204,7 +206,7 @@ class Call:
             f"bytes received{detail}",
         }
         token_cache.audit_later(event, timezone.now(), self.remote_addr)
-        metrics.proxy_request_counted(connection.slug, status)
+        metrics.proxy_request_counted(self.provider, status)
 
 
 class Relay:
@@ -250,7 +252,7 @@ def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_a
         raise
     call = Call(checked, request, remote_addr)
     try:
-        url = _target(_api_base(checked), proxied_path(request.path), request.query)
+        url = _target(_api_base(checked, call), proxied_path(request.path), request.query)
         headers = forwarded_headers(request.headers)
         upstream = _send(request.method, url, {**headers, "Authorization": _bearer(checked.token)}, request.body)
         if upstream.status_code == 401 and request.body.replayable:

@@ -51,10 +51,12 @@ TASK_FAILURES = Counter(
     "Scheduled work that failed as a whole, by task: the refresh sweep, a worker's batch of refreshes.",
     ["task"],
 )
+# By provider type, not by connection: a label a connection would give a series to each of up to a million
+# connections (the audit log has each call, by connection).
 PROXY_REQUESTS = Counter(
     "controlroom_proxy_requests",
-    "Calls of the API proxy, by connection (empty: refused before one was found) and status class (2xx ... 5xx).",
-    ["connection", "status_class"],
+    "Calls of the API proxy, by provider type (empty: refused before a connection was found) and status class.",
+    ["provider", "status_class"],
 )
 AUDIT_EVENTS_QUEUED = Gauge(
     "controlroom_audit_events_queued",
@@ -67,8 +69,8 @@ def token_request_counted(outcome: str, *, from_memory: bool) -> None:
     TOKEN_REQUESTS.labels(outcome=outcome, from_memory="true" if from_memory else "false").inc()
 
 
-def proxy_request_counted(connection: str, status: int) -> None:
-    PROXY_REQUESTS.labels(connection=connection, status_class=f"{status // 100}xx").inc()
+def proxy_request_counted(provider: str, status: int) -> None:
+    PROXY_REQUESTS.labels(provider=provider, status_class=f"{status // 100}xx").inc()
 
 
 def refresh_counted(provider: str, outcome: str, seconds: float) -> None:
