@@ -8,7 +8,6 @@ database (token_request).
 
 import math
 import re
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -230,6 +229,7 @@ def token_checked(
     possible_slug = slug if SLUG_PATTERN.fullmatch(slug) else None
     key: BotKey | None = None
     connection: Connection | None = None
+    checked: CheckedToken | None = None
     detail, audited = "", True
     try:
         read = _read(authorization, possible_slug, remote_addr)
@@ -239,15 +239,15 @@ def token_checked(
         connection = _connection_for(read, possible_slug)
         _check_access(connection, action)
         checked = CheckedToken(read, connection, freshness.token_to_give(connection, read, min_validity, force_refresh))
+        return checked
     except TokenRequestError as exc:
         detail, audited = f"{exc.status} {exc.error}: {exc.detail}", exc.audited
         raise
     finally:
         # A refusal is written now, in the request (an unexpected error too); False: a failed authentication
         # counted with others (connections.audit.events).
-        if sys.exc_info()[0] is not None and audited:
+        if checked is None and audited:
             _refusal_record(action, key, connection, slug, possible_slug, detail, remote_addr)
-    return checked
 
 
 def token_forced(checked: CheckedToken) -> OAuthToken:

@@ -139,7 +139,7 @@ def _result_write(
             connection.slug,
         )
         dropped = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        token_values_drop(token.connection, dropped, "The dropped result of a refresh")
+        token_values_drop(token.connection, dropped, f"The dropped result of a refresh of {token.connection.slug}")
     return stored
 
 

@@ -257,32 +257,21 @@ def token_values_revoke(connection: Connection, values: list[tuple[str, str]]) -
 
 def token_replaced_revoke(connection: Connection, replaced: str) -> None:
     """End at the provider the grant a new authorization replaced (by its refresh token; its access token is left
-    to expire, as a bot may hold it for a moment yet), outside any transaction. Only where the provider type says
-    revoking a refresh token ends that grant alone (Provider.revoke_replaced_grant): elsewhere revoking it may end
-    the person's whole authorization of the app, the new grant with it, so it is left to expire."""
-    if not replaced:
-        return
-    if not connection.provider.revoke_replaced_grant:
-        logger.info(
-            "Left the grant that %s's new authorization replaced at the provider: revoking it could end the new "
-            "grant too (provider type %s does not revoke replaced grants).",
-            connection.slug,
-            connection.provider.slug,
-        )
-        return
-    for problem in token_values_revoke(connection, [(replaced, "refresh_token")]):
-        logger.warning("Could not revoke the replaced grant of %s: %s", connection.slug, problem)
+    to expire, as a bot may hold it for a moment yet), outside any transaction: a token nobody holds any more, so
+    token_values_drop's rule applies (elsewhere than where revocation ends a token alone, revoking it could end the
+    new grant too)."""
+    if replaced:
+        why = f"The grant {connection.slug}'s new authorization replaced"
+        token_values_drop(connection, [(replaced, "refresh_token")], why)
 
 
 def token_values_drop(connection: Connection, values: list[tuple[str, str]], why: str) -> None:
     """Tokens nobody will hold (a late refresh result, an authorization that may no longer complete): revoked at
     the provider where revoking a token ends that token alone (Provider.revoke_replaced_grant); elsewhere revoking
     one may end the person's whole authorization of the app, the stored grant with it, so they are left to
-    expire. `why` is said in the log."""
+    expire. `why` (which names the connection) is said in the log."""
     if not connection.provider.revoke_replaced_grant:
-        logger.info(
-            "%s of %s: left to expire at the provider (revoking could end the stored grant too).", why, connection.slug
-        )
+        logger.info("%s: left to expire at the provider, as revoking it could end the grant in use too.", why)
         return
     for problem in token_values_revoke(connection, values):
-        logger.warning("%s of %s: could not revoke it at the provider: %s", why, connection.slug, problem)
+        logger.warning("%s: could not revoke it at the provider: %s", why, problem)

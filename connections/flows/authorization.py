@@ -268,7 +268,9 @@ def connection_authorize_complete(
     except _ChangedMeanwhile as changed:
         # Nobody will hold the tokens the provider just issued: ended there too, where that ends them alone.
         values = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        token_values_drop(connection, values, "An authorization that may no longer complete")
+        token_values_drop(
+            connection, values, f"What an authorization of {connection.slug} that may no longer complete got"
+        )
         raise _flow_failure(str(changed), request, remote_addr) from None
     # The grant this one replaces is nobody's any more: ended at the provider too, where that ends it alone.
     token_replaced_revoke(connection, replaced)

@@ -112,7 +112,9 @@ def device_authorization_poll(authorization_id: int) -> int | None:
     if problem:  # nobody will hold what the provider just issued: ended there too, where that ends it alone
         _finish(authorization, Status.FAILED, problem)
         values = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        token_values_drop(connection, values, "A device approval that may no longer complete")
+        token_values_drop(
+            connection, values, f"What a device approval of {connection.slug} that may no longer complete got"
+        )
         return None
     # The grant this one replaces is nobody's any more (as after Connect): ended at the provider where that is safe.
     token_replaced_revoke(connection, replaced)

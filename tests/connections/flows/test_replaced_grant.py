@@ -19,7 +19,7 @@ from tests.support.authserver import AuthServer
 
 pytestmark = pytest.mark.django_db
 
-LEFT = "revoking it could end the new grant too"
+LEFT = "as revoking it could end the grant in use too"
 Status = DeviceAuthorization.Status
 
 
