@@ -14,6 +14,12 @@ class ProviderForm(forms.ModelForm):
     scope_separator = forms.CharField(
         required=False, strip=False, max_length=5, initial=" ", help_text="Blank means a space (RFC 6749 3.3)."
     )
+    api_token_header = forms.CharField(
+        required=False,
+        max_length=100,
+        initial="Authorization",
+        help_text=Provider._meta.get_field("api_token_header").help_text + " Blank means Authorization.",
+    )
     grant_types = forms.MultipleChoiceField(
         choices=GrantType.choices, widget=forms.CheckboxSelectMultiple, initial=list(GrantType.values)
     )
@@ -39,6 +45,8 @@ class ProviderForm(forms.ModelForm):
             "revocation_url",
             "device_authorization_url",
             "api_base_url",
+            "api_token_header",
+            "api_token_prefix",
             "refresh_url",
             "grant_types",
             "client_auth_method",
@@ -60,6 +68,9 @@ class ProviderForm(forms.ModelForm):
 
     def clean_scope_separator(self) -> str:
         return self.cleaned_data.get("scope_separator") or " "
+
+    def clean_api_token_header(self) -> str:
+        return self.cleaned_data.get("api_token_header") or "Authorization"
 
     def clean_slug(self) -> str:
         slug = self.cleaned_data["slug"]
@@ -89,6 +100,8 @@ class ProviderAdmin(admin.ModelAdmin):
                     "device_authorization_url",
                     "refresh_url",
                     "api_base_url",
+                    "api_token_header",
+                    "api_token_prefix",
                     "placeholder_list",
                 )
             },

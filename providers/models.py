@@ -159,6 +159,20 @@ class Provider(models.Model):
         help_text="Where the API proxy calls, e.g. https://graph.microsoft.com. May contain placeholders; "
         "<instance_url> and other fields of the token answer (Salesforce) are filled from the token.",
     )
+    api_token_header = models.CharField(
+        "API token header",
+        max_length=100,
+        default="Authorization",
+        help_text="The header in which the API proxy sends the access token: Authorization for most APIs.",
+    )
+    api_token_prefix = models.CharField(
+        "API token prefix",
+        max_length=50,
+        blank=True,
+        default="Bearer",
+        help_text="Written before the token, with a space (Bearer, or Zoho's Zoho-oauthtoken); empty: the token "
+        "alone, as in Shopify's X-Shopify-Access-Token.",
+    )
     revoke_replaced_grant = models.BooleanField(
         default=False,
         help_text="Revoking a refresh token ends that grant alone here (RFC 7009, per token), so the refresh token a "
@@ -182,7 +196,7 @@ class Provider(models.Model):
     def clean(self) -> None:
         if problems := token_quirk_problems(
             self.token_request_params, self.token_request_headers, self.token_response_fields
-        ):
+        ) + api_token_header_problems(self.api_token_header, self.api_token_prefix):
             raise ValidationError(" ".join(problems))
 
     @property
@@ -231,6 +245,25 @@ RESERVED_TOKEN_PARAMS = frozenset(
     | {"auth", "headers", "body", "method", "include_client_id", "timeout", "verify", "proxies", "cert", "token_url"}
 )
 STANDARD_TOKEN_FIELDS = ("access_token", "refresh_token", "id_token", "token_type", "scope", "expires_in")
+
+
+HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 5.6.2: a header name, or an auth scheme
+# Headers that the proxy's HTTP client or the connection itself owns (RFC 9110 7.6.1, 8.6, 10.1.1): a token sent in
+# one would be dropped, duplicated or misread on the way.
+NOT_FOR_A_TOKEN = frozenset(
+    {"host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
+    | {"te", "trailer", "upgrade", "expect", "cookie", "proxy-authorization", "proxy-connection"}
+)
+
+
+def api_token_header_problems(header: object, prefix: object) -> list[str]:
+    """What is wrong with how a provider type's API takes its token, in words ([] when nothing)."""
+    problems = []
+    if not isinstance(header, str) or not HEADER_TOKEN.fullmatch(header) or header.lower() in NOT_FOR_A_TOKEN:
+        problems.append("api_token_header must be a header name (letters, digits, dashes) other than one HTTP owns.")
+    if not isinstance(prefix, str) or (prefix and not HEADER_TOKEN.fullmatch(prefix)):
+        problems.append("api_token_prefix must be one word, such as Bearer, or empty for the token alone.")
+    return problems
 
 
 def token_quirk_problems(params: object, headers: object, fields: object) -> list[str]:

@@ -15,10 +15,12 @@ from providers.models import (
     Provider,
     ProviderCategory,
     TokenRequestFormat,
+    api_token_header_problems,
     token_quirk_problems,
 )
 
-TOKEN_FIELD_ONLY = re.compile(r"<[a-z0-9_]+_url>")
+# A token answer's field that holds a whole https URL: Salesforce's <instance_url>, Zoho's <api_domain>.
+TOKEN_FIELD_ONLY = re.compile(r"<[a-z0-9_]+_(?:url|domain)>")
 CATALOG_PATH = Path(__file__).with_name("catalog.yaml")
 
 # The catalog owns these fields of a certified preset; everything else about a row (id, timestamps) is the
@@ -48,6 +50,8 @@ PRESET_FIELDS = (
     "tokens_never_expire",
     "refresh_token_max_idle",
     "api_base_url",
+    "api_token_header",
+    "api_token_prefix",
     "revoke_replaced_grant",
     "docs_url",
 )
@@ -77,6 +81,8 @@ PRESET_DEFAULTS: dict[str, Any] = {
     "tokens_never_expire": False,
     "refresh_token_max_idle": None,
     "api_base_url": "",
+    "api_token_header": "Authorization",
+    "api_token_prefix": "Bearer",
     "revoke_replaced_grant": False,
     "docs_url": "",
 }
@@ -146,6 +152,7 @@ def _preset_problems(preset: dict[str, Any]) -> list[str]:
     problems += token_quirk_problems(
         preset["token_request_params"], preset["token_request_headers"], preset["token_response_fields"]
     )
+    problems += api_token_header_problems(preset["api_token_header"], preset["api_token_prefix"])
     if not isinstance(preset["revoke_replaced_grant"], bool):
         problems.append("revoke_replaced_grant must be true or false.")
     elif preset["revoke_replaced_grant"] and not preset["revocation_url"]:

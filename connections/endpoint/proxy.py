@@ -2,10 +2,11 @@
 
 ANY /api/v1/connections/<slug>/proxy/<path> passes the token endpoint's checks (issuing.token_checked: key, rate
 limit, invitation, token access, a token valid for a minute), then calls <api_base_url>/<path> with the query and
-body as the bot sent them and the token added, under the outbound policy (policy.streaming_session). Both bodies
-stream in CHUNK pieces: memory stays bounded whatever their size, except a body of up to REPLAYABLE_BYTES, kept so
-that it can be sent again after a 401 and one forced refresh. Each call is audited once its answer has streamed
-(with the token endpoint's answers, by the report thread of connections.cache.token_cache) and counted.
+body as the bot sent them and the token added (in the provider type's api_token_header, after its api_token_prefix),
+under the outbound policy (policy.streaming_session). Both bodies stream in CHUNK pieces: memory stays bounded
+whatever their size, except a body of up to REPLAYABLE_BYTES, kept so that it can be sent again after a 401 and one
+forced refresh. Each call is audited once its answer has streamed (with the token endpoint's answers, by the report
+thread of connections.cache.token_cache) and counted.
 """
 
 import logging
@@ -28,6 +29,7 @@ from connections.errors import OutboundError, TokenRequestError
 from connections.models import Connection
 from connections.ops import metrics
 from connections.outbound import policy
+from providers.models import Provider
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,11 @@ class Upload:
         self._read, self.length, self.sent, self.cut_short = read, length, 0, False
 
     def __len__(self) -> int:
-        return self.length or 0
+        return self.length or 0  # 0 when unknown: requests then sends the body chunked
+
+    def __bool__(self) -> bool:
+        # A body, even of unknown length: requests takes `data or {}`, which would send a chunked one as empty.
+        return True
 
     def __iter__(self) -> Iterator[bytes]:
         while self.length is None or self.sent < self.length:
@@ -135,7 +141,8 @@ def _target(base: str, path: str, query: str) -> str:
     return url
 
 
-def _api_base(checked: issuing.CheckedToken, call: "Call") -> str:
+def _api_base(checked: issuing.CheckedToken, call: "Call") -> tuple[str, Provider]:
+    """The API base with the token's fields filled in, and the provider type (how its API takes the token)."""
     connection = Connection.objects.select_related("provider").get(pk=checked.connection.pk)
     call.provider = connection.provider.slug  # the metrics' label
     base = connection.effective_api_base_url(checked.token.extra)
@@ -146,12 +153,13 @@ def _api_base(checked: issuing.CheckedToken, call: "Call") -> str:
             f"{connection.slug} has no API base URL (or its token lacks what fills it in): an administrator sets "
             "one on the connection.",
         )
-    return base
+    return base, connection.provider
 
 
-def forwarded_headers(headers: dict[str, str]) -> dict[str, str]:
-    """The bot's headers less those never passed on, and those its Connection header names (RFC 9110 7.6.1)."""
-    named = {name.strip().lower() for name in headers.get("Connection", "").split(",")}
+def forwarded_headers(headers: dict[str, str], also_dropped: str = "") -> dict[str, str]:
+    """The bot's headers less those never passed on, those its Connection header names (RFC 9110 7.6.1) and
+    `also_dropped`."""
+    named = {name.strip().lower() for name in headers.get("Connection", "").split(",")} | {also_dropped.lower()}
     return {name: value for name, value in headers.items() if name.lower() not in NOT_FORWARDED | named}
 
 
@@ -252,19 +260,23 @@ def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_a
         raise
     call = Call(checked, request, remote_addr)
     try:
-        url = _target(_api_base(checked, call), proxied_path(request.path), request.query)
-        headers = forwarded_headers(request.headers)
-        upstream = _send(request.method, url, {**headers, "Authorization": _bearer(checked.token)}, request.body)
+        base, provider = _api_base(checked, call)
+        url = _target(base, proxied_path(request.path), request.query)
+        # The bot's own header of that name is dropped: only the connection's token is sent in it.
+        headers = forwarded_headers(request.headers, also_dropped=provider.api_token_header)
+        upstream = _send(request.method, url, {**headers, **_token_header(provider, checked.token)}, request.body)
         if upstream.status_code == 401 and request.body.replayable:
             # The token was refused (revoked, or expired early): one forced refresh, one retry.
             upstream.close()
             token = issuing.token_forced(checked)
-            upstream = _send(request.method, url, {**headers, "Authorization": _bearer(token)}, request.body)
+            upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
     except TokenRequestError as exc:
         call.recorded(exc.status, 0, f" ({exc.error})")
         raise
     return ProxyAnswer(upstream.status_code, returned_headers(upstream), Relay(upstream, call))
 
 
-def _bearer(token: Any) -> str:
-    return f"Bearer {token.access_token}"
+def _token_header(provider: Provider, token: Any) -> dict[str, str]:
+    """The token as the provider type's API takes it: "Authorization: Bearer <token>" unless it says otherwise."""
+    prefix = provider.api_token_prefix
+    return {provider.api_token_header: f"{prefix} {token.access_token}" if prefix else token.access_token}

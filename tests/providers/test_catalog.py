@@ -201,6 +201,8 @@ MISTAKES = {
         {"revocation_url": ""},
         "revoke_replaced_grant is true, but there is no revocation_url",
     ),
+    "the token in a header HTTP owns": ({"api_token_header": "Content-Length"}, "api_token_header must be a header"),
+    "a token prefix of two words": ({"api_token_prefix": "Bearer token"}, "api_token_prefix must be one word"),
     "a replaced-grant rule that is not true or false": (
         {"revoke_replaced_grant": "yes"},
         "revoke_replaced_grant must be true or false",

@@ -2,6 +2,7 @@
 loopback API that notes what it received."""
 
 import hashlib
+import io
 
 import pytest
 from django.test import Client
@@ -9,6 +10,7 @@ from django.test import Client
 from connections.cache import token_cache
 from connections.endpoint import proxy
 from connections.models import AuditEvent, Connection, OAuthToken
+from providers.models import Provider
 from tests.conftest import get_token, shared_token
 from tests.support.resource import Answer, generated, resource_server
 
@@ -53,6 +55,25 @@ def test_the_token_is_added_and_the_bot_key_never_forwarded(proxied, bot, api):
     assert received.path == "/base/v1.0/me?$select=id,displayName&top=5"
     assert received.header("Authorization") == f"Bearer {shared_token(proxied).access_token}"
     assert bot.raw_key not in str(received.headers)
+
+
+def test_a_provider_type_that_takes_its_token_in_another_header_gets_it_there(proxied, bot, api):
+    # Shopify's Admin API: the token alone, in X-Shopify-Access-Token; a bot's own header of that name is dropped.
+    Provider.objects.filter(pk=proxied.provider_id).update(
+        api_token_header="X-Shopify-Access-Token", api_token_prefix=""
+    )
+    response = call(bot.raw_key, proxied.slug, "2025-01/shop.json", HTTP_X_SHOPIFY_ACCESS_TOKEN="the-bots-own")
+    assert response.status_code == 200, response.content
+    [received] = api.received
+    assert received.header("X-Shopify-Access-Token") == shared_token(proxied).access_token
+    assert received.header("Authorization") is None and "the-bots-own" not in str(received.headers)
+
+
+def test_a_token_prefix_other_than_bearer_is_written_before_the_token(proxied, bot, api):
+    Provider.objects.filter(pk=proxied.provider_id).update(api_token_prefix="Zoho-oauthtoken")
+    assert call(bot.raw_key, proxied.slug, "crm/v8/users").status_code == 200
+    [received] = api.received
+    assert received.header("Authorization") == f"Zoho-oauthtoken {shared_token(proxied).access_token}"
 
 
 def test_hop_by_hop_headers_and_cookies_are_not_forwarded_and_set_cookie_not_returned(proxied, bot, api):
@@ -185,6 +206,21 @@ def test_a_large_request_body_streams_to_the_api(proxied, bot, api, monkeypatch)
     assert received.body_sha256 == hashlib.sha256(body).hexdigest()
     assert received.header("Content-Length") == str(BIG) and received.header("Transfer-Encoding") is None
     assert sum(pieces) == BIG and max(pieces) <= proxy.CHUNK and len(pieces) >= BIG // proxy.CHUNK
+
+
+def test_a_chunked_request_body_streams_to_the_api_chunked(proxied, bot, api):
+    # As gunicorn hands over a chunked body: no CONTENT_LENGTH, the de-chunked stream in wsgi.input, which ends.
+    body = b"".join(generated(3 * 1024 * 1024 + 17))
+    server_stream = {"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"}
+    response = call(bot.raw_key, proxied.slug, "upload", "PUT", **server_stream)
+    assert (response.status_code, body_of(response)) == (200, b'{"ok": true}')  # read whole: the call is over
+    [received] = api.received
+    assert (received.body_size, received.body_sha256) == (len(body), hashlib.sha256(body).hexdigest())
+    # Its length is not known before its end: sent on chunked too, never buffered whole to count it.
+    assert received.header("Transfer-Encoding") == "chunked" and received.header("Content-Length") is None
+    assert token_cache.report()
+    [event] = AuditEvent.objects.filter(action="proxy_request")
+    assert f"{len(body)} bytes sent" in event.detail
 
 
 def test_a_proxy_only_connection_is_refused_at_the_token_endpoint(proxied, bot, api):
