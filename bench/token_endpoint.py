@@ -150,9 +150,9 @@ def start_gunicorn(*, env: dict, port: int, workers: int, log: Path) -> subproce
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
 
 
-def audit_events(database_url: str) -> int:
-    """The number of token_request audit events."""
-    query = "SELECT count(*) FROM connections_auditevent WHERE action = 'token_request'"
+def audit_events(database_url: str, action: str = "token_request") -> int:
+    """The number of audit events of that action (token_request, or proxy_request)."""
+    query = f"SELECT count(*) FROM connections_auditevent WHERE action = '{action}'"  # noqa: S608 - ours, not input
     if database_url.startswith("sqlite:"):
         with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=20)) as connection:
             return connection.execute(query).fetchone()[0]
@@ -162,11 +162,13 @@ def audit_events(database_url: str) -> int:
         return connection.execute(query).fetchone()[0]
 
 
-def wait_for_audit_events(database_url: str, *, at_least: int, seconds: float = 60) -> int:
-    """The number of token_request audit events, once it reaches at_least or stops growing for 5 s."""
+def wait_for_audit_events(
+    database_url: str, *, at_least: int, seconds: float = 60, action: str = "token_request"
+) -> int:
+    """The number of audit events of that action, once it reaches at_least or stops growing for 5 s."""
     deadline, last, unchanged_since = time.monotonic() + seconds, -1, time.monotonic()
     while True:
-        count = audit_events(database_url)
+        count = audit_events(database_url, action)
         if count != last:
             last, unchanged_since = count, time.monotonic()
         if count >= at_least or time.monotonic() - unchanged_since > 5 or time.monotonic() > deadline:

@@ -26,7 +26,6 @@ from connections.audit.events import Action, Outcome
 from connections.cache import token_cache
 from connections.endpoint import issuing
 from connections.errors import OutboundError, TokenRequestError
-from connections.models import Connection
 from connections.ops import metrics
 from connections.outbound import policy
 from providers.models import Provider
@@ -143,7 +142,7 @@ def _target(base: str, path: str, query: str) -> str:
 
 def _api_base(checked: issuing.CheckedToken, call: "Call") -> tuple[str, Provider]:
     """The API base with the token's fields filled in, and the provider type (how its API takes the token)."""
-    connection = Connection.objects.select_related("provider").get(pk=checked.connection.pk)
+    connection = checked.connection  # read with what this needs (connections.endpoint.read)
     call.provider = connection.provider.slug  # the metrics' label
     base = connection.effective_api_base_url(checked.token.extra)
     if not base:
@@ -183,8 +182,8 @@ def _send(method: str, url: str, headers: dict[str, str], body: Body) -> request
             raise TokenRequestError(400, "bad_request", "The request body ended before its Content-Length.") from None
         logger.warning("The API proxy could not reach %s: %s", urlsplit(url).netloc, type(exc).__name__)
         raise TokenRequestError(502, "api_unreachable", "The API could not be reached (connection failed).") from None
-    finally:
-        session.close()  # the pools are the process's (policy._shared_adapter): closing the session keeps them
+    # Not session.close(): that would close the adapter's pools, which are the whole process's
+    # (policy._shared_adapter), and every kept-alive connection to every API and token URL with them.
 
 
 @dataclass

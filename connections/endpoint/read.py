@@ -1,6 +1,7 @@
 """What the token endpoint's full path needs, read with one statement: the presented key with its user, the
-connection asked for with whether one of the user's roles is invited to it, its stored token (the shared one or
-the user's own), and the identity version an answer is then kept under (connections.cache.token_cache).
+connection asked for (with what the API proxy needs of its provider type) and whether one of the user's roles is
+invited to it, its stored token (the shared one or the user's own), and the identity version an answer is then
+kept under (connections.cache.token_cache).
 
 One statement rather than four: one round trip, one snapshot (the version is read with the rows it guards), and
 no QuerySet to build on every request, which cost more CPU than the database spent running them
@@ -20,10 +21,15 @@ from django.db.models import Model
 
 from connections.models import AnswerVersion, BotKey, Connection, OAuthToken, TokenType
 from connections.models.columns import column_name, concrete_field
+from providers.models import Provider
 
 KEY_FIELDS = ("id", "key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at", "user_id")
 USER_FIELDS = ("id", "is_active")  # and the username field, whatever the user model calls it
-CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access")
+CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access", "api_base_url")
+CONNECTION_FIELDS += ("placeholders", "provider_id")
+# What the API proxy needs of the provider type (its API base, how it takes the token): read here rather than by a
+# second query per proxied call.
+PROVIDER_FIELDS = ("id", "slug", "api_base_url", "api_token_header", "api_token_prefix")
 TOKEN_FIELDS = (
     "id", "connection_id", "user_id", "access_token", "token_type", "scope", "extra", "expires_at", "state",
     "generation", "next_refresh_at", "last_error",
@@ -52,6 +58,9 @@ def token_request_read(key_id: str, slug: str | None) -> TokenRequestRead | None
     key = _instance(db, BotKey, KEY_FIELDS, values)
     key.user = _instance(db, get_user_model(), _user_fields(), values)
     connection = _instance(db, Connection, CONNECTION_FIELDS, values)
+    provider = _instance(db, Provider, PROVIDER_FIELDS, values)
+    if connection is not None:
+        connection.provider = provider
     invited = bool(next(values))
     token = _instance(db, OAuthToken, TOKEN_FIELDS, values)
     return TokenRequestRead(key, connection, invited, token, next(values) or 0)
@@ -113,7 +122,7 @@ def _sql(alias: str) -> str:
     # Only the models' own table and column names go into the text; every value is a parameter.
     return (
         f"SELECT {columns(BotKey, 'k', KEY_FIELDS)}, {columns(user_model, 'u', _user_fields())}, "  # noqa: S608
-        f"{columns(Connection, 'c', CONNECTION_FIELDS)}, "
+        f"{columns(Connection, 'c', CONNECTION_FIELDS)}, {columns(Provider, 'p', PROVIDER_FIELDS)}, "
         f"EXISTS (SELECT 1 FROM {table(invitations)} i JOIN {table(memberships)} m ON m.{quote('group_id')} = "
         f"i.{quote('group_id')} WHERE i.{quote('connection_id')} = {pk(Connection, 'c')} "
         f"AND m.{quote('user_id')} = {pk(user_model, 'u')}), "
@@ -121,6 +130,7 @@ def _sql(alias: str) -> str:
         f"(SELECT v.{quote('value')} FROM {table(AnswerVersion)} v WHERE v.{quote('name')} = %s) "
         f"FROM {table(BotKey)} k JOIN {table(user_model)} u ON {pk(user_model, 'u')} = k.{quote('user_id')} "
         f"LEFT JOIN {table(Connection)} c ON c.{quote('slug')} = %s "
+        f"LEFT JOIN {table(Provider)} p ON {pk(Provider, 'p')} = c.{quote(column_name(Connection, 'provider_id'))} "
         f"LEFT JOIN {table(OAuthToken)} t ON t.{quote('connection_id')} = {pk(Connection, 'c')} AND ("
         f"(c.{quote('token_type')} = %s AND t.{quote('user_id')} = {pk(user_model, 'u')}) "
         f"OR (c.{quote('token_type')} <> %s AND t.{quote('user_id')} IS NULL)) "
