@@ -169,9 +169,10 @@ def returned_headers(upstream: requests.Response) -> list[tuple[str, str]]:
 
 def _send(method: str, url: str, headers: dict[str, str], body: Body) -> requests.Response:
     session = policy.streaming_session(settings.PROXY_TIMEOUT)
-    session.headers.clear()  # requests' own defaults (Accept-Encoding ...) are not the bot's
     try:
-        return session.request(method, url, headers=headers, data=body.data, allow_redirects=False)
+        # Prepared here: requests' own default headers (Accept-Encoding ...) are not the bot's.
+        prepared = requests.Request(method, url, headers=headers, data=body.data).prepare()
+        return session.prepared_send(prepared)
     except OutboundError as exc:
         if exc.error == "timeout":
             within = f"{settings.PROXY_TIMEOUT:g} s"

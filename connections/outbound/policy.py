@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -285,10 +286,18 @@ class PolicySession(OAuth2Session):
     seconds = 0.0  # the call's deadline; 0: OUTBOUND_TIMEOUT
 
     def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        return self._within_deadline(lambda: super(PolicySession, self).request(*args, **kwargs))
+
+    def prepared_send(self, request: requests.PreparedRequest) -> requests.Response:
+        """A request the caller prepared, sent as it is: no session settings merged in (no default headers), no
+        redirect followed. The API proxy's way: Session.request's merging costs more CPU than its call."""
+        return self._within_deadline(lambda: self.send(request, allow_redirects=False))
+
+    def _within_deadline(self, call_it: Callable[[], requests.Response]) -> requests.Response:
         _refuse_inside_a_transaction()
         with deadline.call_deadline(self.seconds or settings.OUTBOUND_TIMEOUT) as call:
             try:
-                return super().request(*args, **kwargs)
+                return call_it()
             except DeadlinePassed:
                 raise _deadline_error() from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):

@@ -3,6 +3,7 @@ loopback API that notes what it received."""
 
 import hashlib
 import io
+from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
@@ -10,6 +11,7 @@ from django.test import Client
 from connections.cache import token_cache
 from connections.endpoint import proxy
 from connections.models import AuditEvent, Connection, OAuthToken
+from connections.outbound import policy
 from providers.models import Provider
 from tests.conftest import get_token, shared_token
 from tests.support.resource import Answer, generated, resource_server
@@ -74,6 +76,15 @@ def test_a_token_prefix_other_than_bearer_is_written_before_the_token(proxied, b
     assert call(bot.raw_key, proxied.slug, "crm/v8/users").status_code == 200
     [received] = api.received
     assert received.header("Authorization") == f"Zoho-oauthtoken {shared_token(proxied).access_token}"
+
+
+def test_a_call_leaves_the_process_connection_pools_open(proxied, bot, api):
+    # The pools are the whole process's (policy._shared_adapter): a call that closed them closed every kept-alive
+    # connection to every API and token URL.
+    pools = policy._shared_adapter().poolmanager.pools
+    assert call(bot.raw_key, proxied.slug, "v1/x").status_code == 200
+    port = urlsplit(api.url).port
+    assert [key for key in pools.keys() if (key.key_host, key.key_port) == ("127.0.0.1", port)]
 
 
 def test_hop_by_hop_headers_and_cookies_are_not_forwarded_and_set_cookie_not_returned(proxied, bot, api):
