@@ -237,6 +237,10 @@ OUTBOUND_TIMEOUT = number("OUTBOUND_TIMEOUT", 10.0, minimum=0.1, whole=False)
 # The API proxy's calls: the most connecting, sending the bot's request and receiving the answer's headers may take
 # (the body then streams, each read within this too).
 PROXY_TIMEOUT = number("PROXY_TIMEOUT", 60.0, minimum=0.1, whole=False)
+# Off by default: how many times the proxy sends an idempotent call again when the API answers 502, 503 or 504, and
+# the longest it waits before one (a longer Retry-After goes back to the bot instead, as a 429's always does).
+PROXY_RETRIES = int(number("PROXY_RETRIES", 0, unit="retries"))
+PROXY_RETRY_WAIT_MAX = number("PROXY_RETRY_WAIT_MAX", 2.0, whole=False)
 # Hosts that may be reached over plain http (loopback for development); everything else must be https.
 OUTBOUND_HTTP_ALLOWED_HOSTS = env.list(
     "OUTBOUND_HTTP_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "::1"] if DEBUG else []

@@ -26,6 +26,7 @@ from connections.audit.events import Action, Outcome
 from connections.cache import token_cache
 from connections.endpoint import issuing
 from connections.errors import OutboundError, TokenRequestError
+from connections.oauth.answers import retry_after_seconds
 from connections.ops import metrics
 from connections.outbound import policy
 from providers.models import Provider
@@ -45,6 +46,10 @@ NOT_FORWARDED = HOP_BY_HOP | {"host", "cookie", "authorization", "content-length
 NOT_RETURNED = HOP_BY_HOP | {"set-cookie", "set-cookie2"}  # the API's cookies are not for the bot's browser
 ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+# Optional retries (PROXY_RETRIES): of methods that may be sent twice, on answers that say "not now" (RFC 9110 15.6).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+RETRIED_STATUSES = frozenset({502, 503, 504})
+RETRY_BACKOFF = 0.2  # seconds before the first retry without a Retry-After; doubled for each next one
 PATH_SAFE = "/%:@!$&'()*+,;=-._~"  # kept as they are when a path is quoted: RFC 3986's pchar and "/"
 
 
@@ -264,16 +269,40 @@ def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_a
         url = _target(base, proxied_path(request.path), request.query)
         # The bot's own header of that name is dropped: only the connection's token is sent in it.
         headers = forwarded_headers(request.headers, also_dropped=provider.api_token_header)
-        upstream = _send(request.method, url, {**headers, **_token_header(provider, checked.token)}, request.body)
+        token = checked.token
+        upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
         if upstream.status_code == 401 and request.body.replayable:
             # The token was refused (revoked, or expired early): one forced refresh, one retry.
             upstream.close()
             token = issuing.token_forced(checked)
             upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
+        for attempt in range(_retries_allowed(request)):
+            wait = _retry_wait(upstream, attempt)
+            if wait is None:
+                break
+            upstream.close()
+            time.sleep(wait)
+            upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
     except TokenRequestError as exc:
         call.recorded(exc.status, 0, f" ({exc.error})")
         raise
     return ProxyAnswer(upstream.status_code, returned_headers(upstream), Relay(upstream, call))
+
+
+def _retries_allowed(request: ProxyRequest) -> int:
+    """PROXY_RETRIES for a call that may be sent again: an idempotent method (RFC 9110 9.2.2) with a body kept."""
+    return settings.PROXY_RETRIES if request.method in IDEMPOTENT and request.body.replayable else 0
+
+
+def _retry_wait(upstream: requests.Response, attempt: int) -> float | None:
+    """Seconds to wait before sending a call the API could not serve for now again; None: no retry (it was
+    served, or asks for a longer wait than PROXY_RETRY_WAIT_MAX: its answer goes back to the bot, Retry-After
+    with it, rather than holding a request thread)."""
+    if upstream.status_code not in RETRIED_STATUSES:
+        return None
+    asked = upstream.headers.get("Retry-After", "")
+    wait = retry_after_seconds(asked) if asked else RETRY_BACKOFF * 2**attempt
+    return wait if wait <= settings.PROXY_RETRY_WAIT_MAX else None
 
 
 def _token_header(provider: Provider, token: Any) -> dict[str, str]:

@@ -34,6 +34,7 @@ class ResourceServer:
     url: str = ""
     received: list[Received] = field(default_factory=list)
     answers: dict[str, Answer] = field(default_factory=dict)  # by path without query; others get Answer()
+    queued: dict[str, list[Answer]] = field(default_factory=dict)  # by path: given first, one a request, in order
 
 
 PIECE = 64 * 1024
@@ -78,7 +79,9 @@ def resource_server() -> Iterator[ResourceServer]:
         def _answer(self) -> None:
             size, sha = _read_body(self)
             state.received.append(Received(self.command, self.path, list(self.headers.items()), size, sha))
-            answer = state.answers.get(self.path.split("?")[0], Answer())
+            path = self.path.split("?")[0]
+            queued = state.queued.get(path)
+            answer = queued.pop(0) if queued else state.answers.get(path, Answer())
             self.send_response(answer.status)
             for name, value in answer.headers:
                 self.send_header(name, value)

@@ -183,6 +183,44 @@ def test_the_apis_429_and_retry_after_pass_back(proxied, bot, api):
     assert len(api.received) == 1  # not retried
 
 
+UNAVAILABLE = Answer(503, [("Content-Type", "application/json")], b'{"error": "busy"}')
+
+
+def test_a_5xx_is_passed_back_without_a_retry_by_default(proxied, bot, api):
+    api.queued["/base/flaky"] = [UNAVAILABLE]
+    response = call(bot.raw_key, proxied.slug, "flaky")
+    assert (response.status_code, body_of(response)) == (503, b'{"error": "busy"}')
+    assert len(api.received) == 1
+
+
+def test_an_idempotent_call_is_retried_on_a_5xx_when_retries_are_on(proxied, bot, api, settings):
+    settings.PROXY_RETRIES, settings.PROXY_RETRY_WAIT_MAX = 2, 2
+    api.queued["/base/flaky"] = [UNAVAILABLE, Answer(502, body=b"{}")]  # then the default 200
+    response = call(bot.raw_key, proxied.slug, "flaky")
+    assert (response.status_code, body_of(response)) == (200, b'{"ok": true}')
+    assert [received.method for received in api.received] == ["GET", "GET", "GET"]
+
+
+def test_retries_stop_at_their_number_and_the_last_answer_goes_back(proxied, bot, api, settings):
+    settings.PROXY_RETRIES = 1
+    api.queued["/base/flaky"] = [UNAVAILABLE, Answer(504, body=b'{"error": "gateway"}')]
+    response = call(bot.raw_key, proxied.slug, "flaky")
+    assert (response.status_code, body_of(response)) == (504, b'{"error": "gateway"}')
+    assert len(api.received) == 2
+
+
+def test_a_post_or_a_longer_retry_after_than_the_cap_is_not_retried(proxied, bot, api, settings):
+    settings.PROXY_RETRIES, settings.PROXY_RETRY_WAIT_MAX = 3, 2
+    api.queued["/base/flaky"] = [UNAVAILABLE]
+    assert (
+        call(bot.raw_key, proxied.slug, "flaky", "POST", data=b"{}", content_type="application/json").status_code == 503
+    )
+    api.queued["/base/flaky"] = [Answer(503, [("Retry-After", "120")], b"{}")]
+    response = call(bot.raw_key, proxied.slug, "flaky")
+    assert (response.status_code, response["Retry-After"]) == (503, "120")  # the bot's to wait, not a thread's
+    assert len(api.received) == 2
+
+
 def test_a_large_answer_streams_in_pieces(proxied, bot, api):
     api.answers["/base/big"] = Answer(200, [("Content-Type", "application/octet-stream")], generated_size=BIG)
     response = call(bot.raw_key, proxied.slug, "big")
