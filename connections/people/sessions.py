@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import auth, messages
+from django.contrib.auth.signals import user_logged_in
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from mozilla_django_oidc.middleware import SessionRefresh
@@ -20,6 +21,15 @@ from connections.people.identity_provider import SignInRefused
 logger = logging.getLogger(__name__)
 
 SIGNED_IN_AT = "people_signed_in_at"
+
+
+def _signed_in(sender: Any, request: HttpRequest, **kwargs: Any) -> None:
+    # Every sign-in starts the clock again (a silent renewal is no sign-in: mozilla-django-oidc does not log the
+    # same person in again).
+    request.session[SIGNED_IN_AT] = time.time()
+
+
+user_logged_in.connect(_signed_in, dispatch_uid="connections.people.sessions")
 
 
 class SessionLimits:
