@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 from controlroom.env import broker_transport_options, logging_settings, number, valid_port
+from controlroom.people_settings import *  # noqa: F403 - People: OIDC_*, PASSWORD_SIGN_IN, ... (docs/sso.md)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -396,60 +397,4 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
 if LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
 LOGGING = logging_settings(LOG_LEVEL, LOG_FORMAT)
-
-# --- People: sign-in with the company's identity provider (connections.people; docs/sso.md) ------------------------
-# OpenID Connect (mozilla-django-oidc, with the endpoints read from the issuer's discovery document): people are
-# created on first sign-in, matched by the ID token's `sub`, and their roles set from their groups at every sign-in.
-OIDC_ISSUER = env.str("OIDC_ISSUER", default="").strip()
-OIDC_ENABLED = bool(OIDC_ISSUER)
-OIDC_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="")
-OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
-OIDC_CLIENT_AUTH_METHOD = env.str("OIDC_CLIENT_AUTH_METHOD", default="client_secret_basic")
-if OIDC_CLIENT_AUTH_METHOD not in ("client_secret_basic", "client_secret_post"):
-    raise ImproperlyConfigured("OIDC_CLIENT_AUTH_METHOD must be client_secret_basic or client_secret_post.")
-if OIDC_ENABLED and not (OIDC_CLIENT_ID and OIDC_CLIENT_SECRET):
-    raise ImproperlyConfigured("OIDC_ISSUER is set: set OIDC_CLIENT_ID and OIDC_CLIENT_SECRET too (docs/sso.md).")
-if OIDC_ENABLED and urlsplit(OIDC_ISSUER).scheme not in ("http", "https"):
-    raise ImproperlyConfigured(
-        f"OIDC_ISSUER must be an https URL, such as https://login.example.com, not {OIDC_ISSUER!r}."
-    )
-OIDC_SCOPES = " ".join(dict.fromkeys(["openid", *env.str("OIDC_SCOPES", default="openid email profile").split()]))
-OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups")
-# group=Role name;other-group=Other role (a group may be named more than once, for several roles).
-OIDC_ROLE_MAP: dict[str, list[str]] = {}
-for _entry in filter(None, (part.strip() for part in env.str("OIDC_ROLE_MAP", default="").split(";"))):
-    _group, _equals, _role = (text.strip() for text in _entry.partition("="))
-    if not (_group and _equals and _role):
-        raise ImproperlyConfigured(f"OIDC_ROLE_MAP: {_entry!r} is not group=Role name (entries separated by ;).")
-    OIDC_ROLE_MAP.setdefault(_group, []).append(_role)
-# Groups whose members may open the admin (staff), and are superusers: never from a claim unless listed here.
-OIDC_STAFF_GROUPS = [group.strip() for group in env.list("OIDC_STAFF_GROUPS", default=[]) if group.strip()]
-OIDC_SUPERUSER_GROUPS = [group.strip() for group in env.list("OIDC_SUPERUSER_GROUPS", default=[]) if group.strip()]
-OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="single sign-on")
-# on | off | break-glass:<username> (password sign-in for that one account only).
-PASSWORD_SIGN_IN = env.str("PASSWORD_SIGN_IN", default="on").strip()
-_sign_in_mode, _, BREAK_GLASS_USERNAME = PASSWORD_SIGN_IN.partition(":")
-if _sign_in_mode not in ("on", "off", "break-glass") or (_sign_in_mode == "break-glass") != bool(BREAK_GLASS_USERNAME):
-    raise ImproperlyConfigured(f"PASSWORD_SIGN_IN must be on, off or break-glass:<username>, not {PASSWORD_SIGN_IN!r}.")
-if _sign_in_mode != "on" and not OIDC_ENABLED:
-    raise ImproperlyConfigured("PASSWORD_SIGN_IN is not on, but OIDC_ISSUER is not set: nobody could sign in.")
-PASSWORD_SIGN_IN_ALLOWS = {"on": "everyone", "off": "nobody"}.get(_sign_in_mode, "break-glass")
-# How often a signed-in person's session is checked at the identity provider (a silent prompt=none sign-in: it
-# ends the session when the provider's has ended), and the longest any session lasts, whatever it is renewed.
-OIDC_RENEW_SECONDS = int(number("OIDC_RENEW_SECONDS", 900, minimum=60))
-SESSION_MAX_HOURS = number("SESSION_MAX_HOURS", 12, whole=False, unit="hours")
-# mozilla-django-oidc's own settings, from the ones above (connections.people fills in the provider's endpoints).
-OIDC_RP_CLIENT_ID = OIDC_CLIENT_ID
-OIDC_RP_CLIENT_SECRET = OIDC_CLIENT_SECRET
-OIDC_RP_SCOPES = OIDC_SCOPES
-OIDC_USE_NONCE = True
-OIDC_USE_PKCE = True
-OIDC_REDIRECT_URI = f"{PUBLIC_URL}/oidc/callback/"  # to register at the identity provider
-# The redirect URI from PUBLIC_URL, not from the request's Host (which a proxy in front may change).
-OIDC_AUTH_REQUEST_EXTRA_PARAMS = {"redirect_uri": OIDC_REDIRECT_URI}
-OIDC_RENEW_ID_TOKEN_EXPIRY_SECONDS = OIDC_RENEW_SECONDS
-OIDC_EXEMPT_URLS = ["logout", "login", "admin:login", "admin:logout", "livez", "readyz", "healthz", "metrics"]
-AUTHENTICATION_BACKENDS.append("connections.people.backend.IdentityProviderSignIn")
-MIDDLEWARE.insert(MIDDLEWARE.index("axes.middleware.AxesMiddleware"), "connections.people.sessions.SessionLimits")
-TEMPLATES[0]["OPTIONS"]["context_processors"].append("connections.people.pages.sign_in_options")
-# --- end of People ------------------------------------------------------------------------------------------------
+people_settings_apply(AUTHENTICATION_BACKENDS, MIDDLEWARE, TEMPLATES)  # noqa: F405 - its backend, middleware, page context

@@ -3,7 +3,7 @@ at each sign-in exactly the roles their groups map to (OIDC_ROLE_MAP), staff and
 OIDC_STAFF_GROUPS / OIDC_SUPERUSER_GROUPS say so. Role joins and leaves are audited as the admin's are."""
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -32,7 +32,7 @@ def mapped_roles(groups: set[str]) -> list[Role]:
     """The roles these groups map to. A role named in OIDC_ROLE_MAP that does not exist is left out, and logged:
     roles (and what they may do) are made by the administrators or apply_config, never by a claim."""
     names = {name for group in groups for name in settings.OIDC_ROLE_MAP.get(group, [])}
-    roles = list(Role.objects.filter(name__in=names))
+    roles = cast(list[Role], list(Role.objects.filter(name__in=names)))  # the proxy's manager is typed as Group's
     if missing := names - {role.name for role in roles}:
         logger.warning("OIDC_ROLE_MAP names roles that do not exist: %s", ", ".join(sorted(missing)))
     return roles

@@ -38,7 +38,7 @@ class IdentityProviderSignIn(OIDCAuthenticationBackend):
         self.OIDC_RP_CLIENT_ID = settings.OIDC_CLIENT_ID
         self.OIDC_RP_CLIENT_SECRET = settings.OIDC_CLIENT_SECRET
 
-    def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> User | None:  # type: ignore[override]
+    def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> User | None:
         """Only the callback's call (it gives the nonce) is ours; a refusal is kept on the request for its page."""
         if request is None or not settings.OIDC_ENABLED or "nonce" not in kwargs:
             return None
@@ -50,7 +50,7 @@ class IdentityProviderSignIn(OIDCAuthenticationBackend):
             return None
 
     def get_token(self, payload: dict[str, str]) -> dict[str, Any]:
-        return identity_provider.code_exchange({**payload, "redirect_uri": settings.OIDC_REDIRECT_URI})
+        return identity_provider.code_exchange({**payload, "redirect_uri": identity_provider.redirect_uri()})
 
     def verify_token(self, token: str, **kwargs: Any) -> dict[str, Any]:
         return identity_provider.id_token_verify(token, nonce=kwargs.get("nonce"))

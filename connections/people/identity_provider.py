@@ -34,6 +34,12 @@ class SignInRefused(Exception):
         self.reason = reason
 
 
+def redirect_uri() -> str:
+    """Where the identity provider sends people back: from PUBLIC_URL, not from the request's Host (which a proxy in
+    front may change). The one to register at the provider."""
+    return f"{settings.PUBLIC_URL}/oidc/callback/"
+
+
 def _cache_key(what: str) -> str:
     return f"people:{what}:{hashlib.sha256(settings.OIDC_ISSUER.encode()).hexdigest()[:16]}"
 

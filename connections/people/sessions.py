@@ -54,7 +54,10 @@ class SessionLimits:
 class SessionRenewal(SessionRefresh):
     @staticmethod
     def get_settings(attr: str, *args: Any) -> Any:
-        # The provider's endpoint is not a setting here: it is read from the discovery document when needed.
+        # The provider's endpoint is not a setting here (it is read from the discovery document when needed), and
+        # the redirect URI comes from PUBLIC_URL.
+        if attr == "OIDC_AUTH_REQUEST_EXTRA_PARAMS":
+            return {"redirect_uri": identity_provider.redirect_uri()}
         return import_from_settings(attr, *args) if args or hasattr(settings, attr) else ""
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:

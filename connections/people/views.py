@@ -49,6 +49,9 @@ class SignInStart(OIDCAuthenticationRequestView):
             return sign_in_refused_page(request, exc.reason)
         return super().get(request)
 
+    def get_extra_params(self, request: HttpRequest) -> dict[str, str]:
+        return {"redirect_uri": identity_provider.redirect_uri()}
+
 
 class SignInCallback(OIDCAuthenticationCallbackView):
     """/oidc/callback/: the redirect URI registered at the identity provider."""

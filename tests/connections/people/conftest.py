@@ -35,8 +35,6 @@ def identity_provider(authserver: AuthServer, settings, db) -> IdentityProvider:
     settings.OIDC_ISSUER, settings.OIDC_ENABLED = authserver.issuer, True
     settings.OIDC_CLIENT_ID, settings.OIDC_CLIENT_SECRET = CLIENT_ID, CLIENT_SECRET
     settings.OIDC_RP_CLIENT_ID, settings.OIDC_RP_CLIENT_SECRET = CLIENT_ID, CLIENT_SECRET
-    settings.OIDC_REDIRECT_URI = redirect_uri
-    settings.OIDC_AUTH_REQUEST_EXTRA_PARAMS = {"redirect_uri": redirect_uri}
     settings.OIDC_PROVIDER_NAME = "Loopback IdP"
     settings.OIDC_ROLE_MAP = {}
     cache.clear()  # the provider's discovery document and keys, as another test's server had them

@@ -135,3 +135,15 @@ def test_a_session_ends_after_session_max_hours(identity_provider, settings, tim
 def test_a_sign_in_setting_that_cannot_work_stops_start_up(tmp_path: Path, variables, sentence):
     result = manage("check", env=minimal_env(tmp_path, DEBUG="true", **variables))
     assert result.returncode != 0 and sentence in result.stderr, result.stderr
+
+
+def test_the_sign_in_settings_are_read_from_the_env_file_too(tmp_path: Path):
+    # given a .env file that switches password sign-in off, with no issuer
+    env_file = tmp_path / "people.env"
+    env_file.write_text("PASSWORD_SIGN_IN=off\n")
+
+    # when the settings are loaded
+    result = manage("check", env={**minimal_env(tmp_path, DEBUG="true"), "ENV_FILE": str(env_file)})
+
+    # then the file's value was read (and refused: nobody could sign in)
+    assert result.returncode != 0 and "PASSWORD_SIGN_IN is not on" in result.stderr, result.stderr

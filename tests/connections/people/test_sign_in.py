@@ -52,7 +52,7 @@ def test_the_authorization_request_uses_pkce_nonce_and_the_registered_redirect_u
     assert started["Location"].startswith(identity_provider.server.authorize_url)
     assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
     assert query["nonce"][0] and query["state"][0]
-    assert query["redirect_uri"] == [settings.OIDC_REDIRECT_URI]
+    assert query["redirect_uri"] == [f"{settings.PUBLIC_URL}/oidc/callback/"]
     assert query["scope"] == ["openid email profile"]
 
 
