@@ -1,6 +1,7 @@
 """A person signed in by the identity provider: found by the ID token's `sub` (created on first sign-in), and given
-at each sign-in exactly the roles their groups map to (OIDC_ROLE_MAP), staff and superuser status only where
-OIDC_STAFF_GROUPS / OIDC_SUPERUSER_GROUPS say so. Role joins and leaves are audited as the admin's are."""
+at each sign-in exactly the roles their groups map to (when OIDC_ROLE_MAP is set; without it roles are given in
+Control Room), staff and superuser status only where OIDC_STAFF_GROUPS / OIDC_SUPERUSER_GROUPS say so. Role joins
+and leaves are audited as the admin's are."""
 
 import logging
 from typing import Any, cast
@@ -90,7 +91,8 @@ def person_sign_in_apply(*, user: User, claims: dict[str, Any]) -> User:
                 setattr(user, flag, wanted)
                 changed.append(f"{flag.removeprefix('is_')} {'granted' if wanted else 'removed'}")
         user.save()
-        user_roles_set(user=user, roles=mapped_roles(groups), actor=None, actor_label=ACTOR_LABEL)
+        if settings.OIDC_ROLE_MAP:  # else roles are given in Control Room (Google sends no groups, for one)
+            user_roles_set(user=user, roles=mapped_roles(groups), actor=None, actor_label=ACTOR_LABEL)
         PersonIdentity.objects.filter(user=user).update(last_signed_in_at=timezone.now())
         audit_record(
             action=Action.SIGN_IN,

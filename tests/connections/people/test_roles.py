@@ -58,6 +58,20 @@ def test_a_person_whose_groups_map_to_no_role_keeps_none(identity_provider, sett
     assert not Group.objects.filter(name="Finance").exists()
 
 
+def test_without_a_role_map_roles_are_given_in_control_room(identity_provider):
+    # given a person an administrator put in a role, and no OIDC_ROLE_MAP (Google sends no groups)
+    support = Group.objects.create(name="Support")
+    username, password = identity_provider.person("ola", groups=["support"])
+    sign_in(Client(), identity_provider, username, password)
+    signed_in_user().groups.add(support)
+
+    # when they sign in again
+    sign_in(Client(), identity_provider, username, password)
+
+    # then the role stays
+    assert list(signed_in_user().groups.all()) == [support]
+
+
 def test_staff_and_superuser_never_come_from_a_claim_unless_mapped(identity_provider, settings):
     # given a person in groups named "admins" and "staff", and nothing mapped to staff or superuser
     username, password = identity_provider.person("jo", groups=["admins", "staff", "is_staff"])
