@@ -47,3 +47,18 @@ class AuthorizationAsk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id} asked to authorize {self.connection_id}"
+
+
+class IdentityProviderGroup(models.Model):
+    """A group of the identity provider whose members get this role at sign-in: apply_config's
+    identity_provider_groups (OIDC_ROLE_MAP is the other place such a mapping is written)."""
+
+    role = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="identity_provider_groups")
+    group = models.CharField(max_length=255, help_text="The value of the groups claim, as the provider sends it.")
+
+    class Meta:
+        verbose_name = "identity provider group"
+        constraints = [models.UniqueConstraint(fields=["role", "group"], name="identity_provider_group_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.group} → {self.role_id}"

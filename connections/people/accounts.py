@@ -7,12 +7,13 @@ import logging
 from typing import Any, cast
 
 from django.conf import settings
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record, failed_authentication_count
-from connections.models import PersonIdentity, Role
+from connections.models import IdentityProviderGroup, PersonIdentity, Role
 from connections.services import user_roles_set
 
 logger = logging.getLogger(__name__)
@@ -29,14 +30,43 @@ def claimed_groups(claims: dict[str, Any]) -> set[str]:
     return groups | {group.rsplit("/", 1)[-1] for group in groups if group.startswith("/")}
 
 
+def roles_are_mapped() -> bool:
+    """Whether roles come from groups at all (OIDC_ROLE_MAP, or apply_config's identity_provider_groups)."""
+    return bool(settings.OIDC_ROLE_MAP) or IdentityProviderGroup.objects.exists()
+
+
 def mapped_roles(groups: set[str]) -> list[Role]:
-    """The roles these groups map to. A role named in OIDC_ROLE_MAP that does not exist is left out, and logged:
-    roles (and what they may do) are made by the administrators or apply_config, never by a claim."""
+    """The roles these groups map to, by OIDC_ROLE_MAP and by apply_config's identity_provider_groups. A role named
+    in OIDC_ROLE_MAP that does not exist is left out, and logged: roles (and what they may do) are made by the
+    administrators or apply_config, never by a claim."""
     names = {name for group in groups for name in settings.OIDC_ROLE_MAP.get(group, [])}
-    roles = cast(list[Role], list(Role.objects.filter(name__in=names)))  # the proxy's manager is typed as Group's
+    stored = IdentityProviderGroup.objects.filter(group__in=groups).values_list("role", flat=True)
+    # the proxy's manager is typed as Group's
+    roles = cast(list[Role], list(Role.objects.filter(Q(name__in=names) | Q(pk__in=stored)).order_by("name")))
     if missing := names - {role.name for role in roles}:
         logger.warning("OIDC_ROLE_MAP names roles that do not exist: %s", ", ".join(sorted(missing)))
     return roles
+
+
+def role_identity_provider_groups_set(*, role: Group, groups: list[str], actor: User | None, actor_label: str) -> None:
+    """The identity provider's groups whose members get this role at sign-in (apply_config), audited when they
+    change."""
+    with transaction.atomic():
+        before = sorted(IdentityProviderGroup.objects.filter(role=role).values_list("group", flat=True))
+        wanted = sorted(set(groups))
+        if before == wanted:
+            return
+        IdentityProviderGroup.objects.filter(role=role).exclude(group__in=wanted).delete()
+        for group in set(wanted) - set(before):
+            IdentityProviderGroup.objects.create(role=role, group=group)
+        audit_record(
+            action=Action.ROLE_UPDATE,
+            outcome=Outcome.SUCCESS,
+            actor=actor,
+            actor_label=actor_label,
+            detail=f"Role {role.name}: identity provider groups now {', '.join(wanted) or 'none'} "
+            f"(were {', '.join(before) or 'none'}).",
+        )
 
 
 def _new_username(claims: dict[str, Any]) -> str:
@@ -91,7 +121,7 @@ def person_sign_in_apply(*, user: User, claims: dict[str, Any]) -> User:
                 setattr(user, flag, wanted)
                 changed.append(f"{flag.removeprefix('is_')} {'granted' if wanted else 'removed'}")
         user.save()
-        if settings.OIDC_ROLE_MAP:  # else roles are given in Control Room (Google sends no groups, for one)
+        if roles_are_mapped():  # else roles are given in Control Room (Google sends no groups, for one)
             user_roles_set(user=user, roles=mapped_roles(groups), actor=None, actor_label=ACTOR_LABEL)
         PersonIdentity.objects.filter(user=user).update(last_signed_in_at=timezone.now())
         audit_record(

@@ -5,6 +5,8 @@ where OIDC_STAFF_GROUPS / OIDC_SUPERUSER_GROUPS say so."""
 from django.contrib.auth.models import Group, User
 from django.test import Client
 
+from connections.config.apply import config_apply, config_plan
+from connections.config.export import config_export
 from connections.models import AuditEvent, PersonIdentity
 from tests.connections.people.conftest import sign_in
 
@@ -113,3 +115,31 @@ def test_a_deactivated_person_is_refused(identity_provider):
 
     assert answer.status_code == 403 and "deactivated" in answer.content.decode()
     assert "_auth_user_id" not in client.session
+
+
+def test_apply_config_maps_groups_to_a_role(identity_provider, tmp_path):
+    # given a role whose identity provider groups come from apply_config, with no OIDC_ROLE_MAP
+    document = """
+roles:
+  - name: Payables
+    permissions: [view_connections]
+    identity_provider_groups: [finance-payables, /finance/payables]
+"""
+    config_apply(config_plan(document, base_dir=tmp_path))
+    username, password = identity_provider.person("pat", groups=["finance-payables"])
+
+    # when a person in one of the groups signs in
+    sign_in(Client(), identity_provider, username, password)
+
+    # then they get the role, and the mapping is exported and audited
+    assert list(signed_in_user().groups.values_list("name", flat=True)) == ["Payables"]
+    (role,) = config_export()["roles"]
+    assert role["identity_provider_groups"] == ["/finance/payables", "finance-payables"]
+    assert "identity provider groups now /finance/payables, finance-payables (were none)" in " ".join(role_events())
+
+    # when the file no longer maps the group, and the person signs in again
+    config_apply(config_plan(document.replace("finance-payables, ", ""), base_dir=tmp_path))
+    sign_in(Client(), identity_provider, username, password)
+
+    # then the role is gone
+    assert list(signed_in_user().groups.all()) == []
