@@ -63,6 +63,8 @@ class SessionRenewal(SessionRefresh):
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
         if not self.is_refreshable_url(request) or request.session.get("oidc_id_token_expiration", 0) > time.time():
             return None
+        # Read now, not when the middleware was made: the settings are read at each request, like the views'.
+        self.OIDC_RP_CLIENT_ID, self.OIDC_RP_SCOPES = settings.OIDC_CLIENT_ID, settings.OIDC_SCOPES
         try:
             self.OIDC_OP_AUTHORIZATION_ENDPOINT = identity_provider.endpoint("authorization_endpoint")
         except SignInRefused as exc:  # the provider cannot be asked now: the session lasts until it can be

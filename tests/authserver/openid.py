@@ -117,7 +117,8 @@ def user_groups(body: dict) -> dict:
     user = get_user_model().objects.filter(username=str(body["username"])).first()
     if user is None:
         raise KeyError("no such user: create it first")
-    user.email = str(body.get("email") or "")
-    user.save(update_fields=["email"])
+    if "email" in body:
+        user.email = str(body["email"] or "")
+        user.save(update_fields=["email"])
     user.groups.set([Group.objects.get_or_create(name=str(name))[0] for name in body.get("groups") or []])
     return {"username": user.get_username(), "groups": sorted(user.groups.values_list("name", flat=True))}

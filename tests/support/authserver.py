@@ -373,11 +373,15 @@ class AuthServer:
         body = {"client_id": client_id, "post_logout_redirect_uris": list(post_logout_redirect_uris)}
         self._control("POST", "openid_client", body)
 
-    def set_person(self, username: str, password: str, *, email: str = "", groups: list[str] | None = None) -> None:
-        """A person at the identity provider, with the e-mail and groups its ID tokens carry (created or
-        changed)."""
-        self.create_user(username, password)
-        self._control("POST", "user_groups", {"username": username, "email": email, "groups": list(groups or [])})
+    def set_person(
+        self, username: str, password: str = "", *, email: str | None = None, groups: list[str] | None = None
+    ) -> None:
+        """A person at the identity provider, with the e-mail and groups its ID tokens carry: created, or changed
+        (a new password also ends their sessions there, as Django does; without one they last)."""
+        if password:
+            self.create_user(username, password)
+        body = {"username": username, "groups": list(groups or []), **({"email": email} if email is not None else {})}
+        self._control("POST", "user_groups", body)
 
     def spoil_next_id_token(self, mode: str) -> None:
         """The next ID token issued is spoilt: "audience" (issued to another client), "nonce" (another nonce),

@@ -97,6 +97,7 @@ def test_a_session_is_renewed_silently_and_ends_with_the_providers(identity_prov
     # then the page first asks the provider, silently, whether the person is still signed in there
     query = parse_qs(urlsplit(renewing["Location"]).query)
     assert renewing["Location"].startswith(identity_provider.server.authorize_url) and query["prompt"] == ["none"]
+    assert query["client_id"] == [CLIENT_ID] and query["code_challenge_method"] == ["S256"]
 
     # when the provider's session has ended (a browser without it: login_required)
     answer = requests.get(renewing["Location"], allow_redirects=False, timeout=10)
