@@ -21,6 +21,7 @@ if _ENV_FILE and Path(_ENV_FILE).is_file():
     environ.Env.read_env(_ENV_FILE)
 
 __all__ = [
+    "AXES_SENSITIVE_PARAMETERS",
     "BREAK_GLASS_USERNAME",
     "OIDC_CLIENT_AUTH_METHOD",
     "OIDC_CLIENT_ID",
@@ -109,6 +110,10 @@ OIDC_USE_NONCE = True
 OIDC_USE_PKCE = True
 OIDC_RENEW_ID_TOKEN_EXPIRY_SECONDS = OIDC_RENEW_SECONDS
 OIDC_EXEMPT_URLS = ["logout", "login", "admin:login", "admin:logout", "livez", "readyz", "healthz", "metrics"]
+
+# django-axes records a refused sign-in's callback like a failed login, with its query: the authorization code and
+# state are masked there (a code is short-lived and single-use, but no credential belongs in a record).
+AXES_SENSITIVE_PARAMETERS = ["code", "state", "code_verifier", "nonce", "session_state"]
 
 
 def people_settings_apply(backends: list[str], middleware: list[str], templates: list[dict[str, Any]]) -> None:

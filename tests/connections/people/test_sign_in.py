@@ -5,6 +5,7 @@ says why."""
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from axes.models import AccessAttempt
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -93,3 +94,16 @@ def test_without_an_issuer_there_is_no_single_sign_on(settings, db):
     settings.OIDC_ENABLED = False
     assert Client().get("/oidc/authenticate/").status_code == 404
     assert "Sign in with" not in Client().get("/accounts/login/").content.decode()
+
+
+def test_a_refused_sign_in_leaves_no_authorization_code_in_the_login_records(identity_provider):
+    # given a refused sign-in (django-axes records it as a failed login, with the callback's query)
+    username, password = identity_provider.person("quinn")
+    identity_provider.server.spoil_next_id_token("audience")
+    answer = sign_in(Client(), identity_provider, username, password)
+    code = parse_qs(urlsplit(answer.wsgi_request.get_full_path()).query)["code"][0]
+
+    # then the authorization code and the state are masked there
+    recorded = " ".join(f"{attempt.get_data} {attempt.post_data}" for attempt in AccessAttempt.objects.all())
+    assert AccessAttempt.objects.exists() and code not in recorded
+    assert answer.wsgi_request.GET["state"] not in recorded
