@@ -16,6 +16,7 @@ class ControlRoomAdminSite(admin.AdminSite):
     site_title = "Control Room"
     index_title = "Administration"
     index_template = "admin/connections/index.html"  # getting started, the dashboard and Outbound pages
+    login_template = "connections/login.html"  # the same page as /accounts/login/: Sign in with <provider> too
     # Resolved when a page is drawn (the URLs are not loaded yet here). django-stubs types site_url as str | None,
     # but Django only compares it with "/" and hands it to the templates, where a lazy string is text.
     site_url = reverse_lazy("my_connections")  # type: ignore[assignment]

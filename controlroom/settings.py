@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 from controlroom.env import broker_transport_options, logging_settings, number, valid_port
+from controlroom.people_settings import *  # noqa: F403 - People: OIDC_*, PASSWORD_SIGN_IN, ... (docs/sso.md)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -400,3 +401,4 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="text").lower()
 if LOG_FORMAT not in ("text", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}.")
 LOGGING = logging_settings(LOG_LEVEL, LOG_FORMAT)
+people_settings_apply(AUTHENTICATION_BACKENDS, MIDDLEWARE, TEMPLATES)  # noqa: F405 - its backend, middleware, page context

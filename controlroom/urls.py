@@ -4,6 +4,7 @@ from django.urls import path
 
 from connections.endpoint import views as endpoint_views
 from connections.ops import views as ops_views
+from connections.people import views as people_views
 from connections.web import views
 
 # admin.site is Control Room's (controlroom.admin: titles, home page, app order).
@@ -11,6 +12,12 @@ urlpatterns = [
     path("", views.home, name="home"),
     # Admin pages that belong to no model, before the admin's own URLs (which would answer 404 for them).
     path("admin/outbound/", admin.site.admin_view(views.outbound_page), name="outbound"),
+    # People (connections.people): signing in with the identity provider, and out (of the admin too, so that the
+    # provider's session ends with it).
+    path("admin/logout/", people_views.sign_out),
+    path("oidc/authenticate/", people_views.SignInStart.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", people_views.SignInCallback.as_view(), name="oidc_authentication_callback"),
+    path("oidc/logout/", people_views.sign_out, name="oidc_logout"),
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",
@@ -20,7 +27,7 @@ urlpatterns = [
         ),
         name="login",
     ),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", people_views.sign_out, name="logout"),
     path("oauth/connect/<slug:slug>/", views.oauth_connect, name="oauth_connect"),
     path("oauth/callback/", views.oauth_callback, name="oauth_callback"),
     path("oauth/device/<int:pk>/", views.device_authorization_page, name="device_authorization"),

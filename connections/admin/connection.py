@@ -17,6 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from connections import selectors, services
+from connections.admin.authorization_asks import AuthorizationAskViews
 from connections.admin.connection_status import ConnectionStatusColumns, StatusListFilter
 from connections.admin.connection_views import ConnectionPageViews
 from connections.admin.permissions import PermissionMixin
@@ -83,7 +84,9 @@ class TokenInline(PermissionMixin, admin.TabularInline):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageViews, admin.ModelAdmin):
+class ConnectionAdmin(
+    PermissionMixin, ConnectionStatusColumns, ConnectionPageViews, AuthorizationAskViews, admin.ModelAdmin
+):
     form = ConnectionForm
     change_form_template = "admin/connections/connection/change_form.html"
     list_display = (

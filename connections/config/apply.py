@@ -19,12 +19,13 @@ from connections.audit.events import Action, Outcome, audit_record
 from connections.config.connection_entries import PlannedConnection, connection_planned
 from connections.config.document import config_parse, entries, unknown_keys, where
 from connections.errors import ConfigError
-from connections.models import FEATURE_PERMISSIONS, Connection
+from connections.models import FEATURE_PERMISSIONS, Connection, IdentityProviderGroup
+from connections.people.accounts import role_identity_provider_groups_set
 from connections.services import connection_save, role_update
 from providers.models import Provider
 
 USER_KEYS = {"username", "email", "first_name", "last_name"}
-ROLE_KEYS = {"name", "permissions", "users", "connections"}
+ROLE_KEYS = {"name", "permissions", "users", "connections", "identity_provider_groups"}
 
 
 @dataclass
@@ -140,6 +141,8 @@ def _plan_roles(
             "permissions": sorted(set(permissions)),
             "users": sorted(set(members)),
             "connections": sorted(set(connection_slugs)),
+            # People signing in with the identity provider get the role while in one of these groups (docs/sso.md).
+            "identity_provider_groups": sorted({str(value) for value in item.get("identity_provider_groups") or []}),
         }
         if role is None:
             plan.changes.append(Change("role", name, "create"))
@@ -150,6 +153,9 @@ def _plan_roles(
                 ),
                 "users": sorted(role.user_set.values_list("username", flat=True)),
                 "connections": sorted(role.connections.values_list("slug", flat=True)),
+                "identity_provider_groups": sorted(
+                    IdentityProviderGroup.objects.filter(role=role).values_list("group", flat=True)
+                ),
             }
             changed = [key for key in wanted if wanted[key] != current[key]]
             plan.changes.append(Change("role", name, "update" if changed else "unchanged", changed))
@@ -196,6 +202,12 @@ def config_apply(plan: Plan, *, actor: User | None = None) -> None:
                 actor=actor,
                 actor_label="" if actor else "apply_config",
                 created=created,
+            )
+            role_identity_provider_groups_set(
+                role=role,
+                groups=role_values["identity_provider_groups"],
+                actor=actor,
+                actor_label="" if actor else "apply_config",
             )
         for change in actions.values():
             if change.action == "unchanged" or change.kind == "role":  # role_update recorded those

@@ -12,7 +12,11 @@ from providers.models import CLIENT_AUTH_METHOD_NAMES
 
 def config_export() -> dict[str, Any]:
     """The same YAML structure for what exists, with secrets as references for the operator to fill in."""
-    roles = list(Group.objects.prefetch_related("permissions", "user_set", "connections").order_by("name"))
+    roles = list(
+        Group.objects.prefetch_related("permissions", "user_set", "connections", "identity_provider_groups").order_by(
+            "name"
+        )
+    )
     members = sorted({user for role in roles for user in role.user_set.all()}, key=lambda user: user.username)
     return {
         "users": [{"username": user.username, **({"email": user.email} if user.email else {})} for user in members],
@@ -22,11 +26,17 @@ def config_export() -> dict[str, Any]:
                 "permissions": sorted(p.codename for p in role.permissions.all() if p.codename in FEATURE_PERMISSIONS),
                 "users": sorted(user.username for user in role.user_set.all()),
                 "connections": sorted(connection.slug for connection in role.connections.all()),
+                **_identity_provider_groups(role),
             }
             for role in roles
         ],
         "connections": [_export_connection(connection) for connection in Connection.objects.select_related("provider")],
     }
+
+
+def _identity_provider_groups(role: Group) -> dict[str, list[str]]:
+    groups = sorted(mapping.group for mapping in role.identity_provider_groups.all())
+    return {"identity_provider_groups": groups} if groups else {}
 
 
 def _export_connection(connection: Connection) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from connections.models.access import BotAccount, BotKey, Role, sha256_digest
 from connections.models.connection import FEATURE_PERMISSIONS, Connection, ConnectionStatus, TokenAccess, TokenType
 from connections.models.flows import AuthorizationRequest, DeviceAuthorization
+from connections.models.people import AuthorizationAsk, IdentityProviderGroup, PersonIdentity
 from connections.models.records import (
     AnswerVersion,
     AuditEvent,
@@ -16,6 +17,7 @@ __all__ = [
     "FEATURE_PERMISSIONS",
     "AnswerVersion",
     "AuditEvent",
+    "AuthorizationAsk",
     "AuthorizationRequest",
     "BeatHeartbeat",
     "BotAccount",
@@ -24,7 +26,9 @@ __all__ = [
     "ConnectionStatus",
     "DeviceAuthorization",
     "FailedAuthenticationWindow",
+    "IdentityProviderGroup",
     "OAuthToken",
+    "PersonIdentity",
     "Role",
     "TokenAccess",
     "TokenState",

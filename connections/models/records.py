@@ -37,6 +37,8 @@ class AuditEvent(models.Model):
         CONFIG_UPDATE = "config_update", "Changed by apply_config"
         AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
         PROXY_REQUEST = "proxy_request", "API called through the proxy by a bot"
+        SIGN_IN = "sign_in", "Signed in with the identity provider"
+        AUTHORIZATION_ASK = "authorization_ask", "Members asked to authorize"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(

@@ -39,6 +39,7 @@ EVENTS = {
     "token.refresh_failing": "Refreshing a token keeps failing",
     "token.refresh_recovered": "Refreshing a token works again",
     "token.reauthorization_required": "A token needs to be authorized again",
+    "authorization.requested": "A member was asked to authorize a connection",  # connections.people.asks
 }
 TEST_EVENT = "test"
 DELIVER_TASK = "connections.tasks.webhook_deliver"

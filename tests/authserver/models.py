@@ -105,3 +105,16 @@ class ServerState(models.Model):
     def reset(cls) -> None:
         fields = {f.name: f.get_default() for f in cls._meta.concrete_fields if not f.primary_key}
         cls.objects.filter(pk=1).update(**fields)
+
+
+# --- OpenID Provider (tests.authserver.openid) ---------------------------------------------------------------
+
+
+class OpenIdFault(models.Model):
+    """An ID token fault for the next token answer that carries an ID token (used up by it): the claim or the
+    signature a relying party must refuse."""
+
+    mode = models.CharField(max_length=20)
+
+    def __str__(self) -> str:
+        return f"ID token fault {self.mode}"

@@ -117,6 +117,23 @@ OAUTH2_PROVIDER = {
     "DEVICE_FLOW_INTERVAL": 1,
 }
 
+# --- OpenID Provider (tests.authserver.openid) ---------------------------------------------------------------
+# OpenID Connect on top of OAuth 2.0: ID tokens signed with a key made when the server starts, the issuer
+# <url>/o (as its discovery document says), the claims of OpenIdValidator, and RP-initiated logout at /o/logout/.
+from tests.authserver.openid_keys import new_rsa_key  # noqa: E402 - this block stays in one piece
+
+OAUTH2_PROVIDER.update(
+    {
+        "OIDC_ENABLED": True,
+        "OIDC_RSA_PRIVATE_KEY": new_rsa_key(),
+        "OIDC_ISS_ENDPOINT": f"{PUBLIC_URL}/o",
+        "OAUTH2_VALIDATOR_CLASS": "tests.authserver.openid.OpenIdValidator",
+        "OIDC_RP_INITIATED_LOGOUT_ENABLED": True,
+        "OIDC_RP_INITIATED_LOGOUT_ALWAYS_PROMPT": False,
+    }
+)
+# --- end of the OpenID Provider block -------------------------------------------------------------------------
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -25,4 +25,8 @@ urlpatterns = [
     path("_control/stats", views.stats),
     path("_control/grants", views.grants),
     path("_control/reset", views.reset),
+    # OpenID Provider (tests.authserver.openid)
+    path("_control/id_token_fault", views.openid_id_token_fault),
+    path("_control/openid_client", views.openid_client),
+    path("_control/user_groups", views.openid_user_groups),
 ]

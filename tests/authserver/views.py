@@ -27,6 +27,7 @@ from oauth2_provider.views import (
     TokenView,
 )
 
+from tests.authserver import openid
 from tests.authserver.assertions import JWT_BEARER_GRANT, client_assertion_read, jwt_bearer_answer
 from tests.authserver.models import ClientFlags, ServerState, UsedAssertion, UsedRefreshToken
 
@@ -150,6 +151,7 @@ def token(request: HttpRequest, at_refresh_url: bool = False) -> HttpResponse:
     if grant_type == JWT_BEARER_GRANT:
         return jwt_bearer_answer(request)
     response = _answer_later(state, grant_type, _dot_answer(request, state, grant_type))
+    response = openid.id_token_fault_apply(response)
     presented = request.POST.get("refresh_token", "")
     if grant_type == "refresh_token" and json.loads(response.content).get("refresh_token", presented) != presented:
         UsedRefreshToken.objects.get_or_create(token=presented)  # rotated: the presented one is used up
@@ -304,6 +306,7 @@ def discovery(request: HttpRequest, kind: str = "openid") -> HttpResponse:
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        **openid.provider_metadata(issuer),
     }
     return JsonResponse({**document, **changes.get("document", {})})
 
@@ -494,3 +497,10 @@ def reset(body: dict) -> dict:
     UsedRefreshToken.objects.all().delete()
     UsedAssertion.objects.all().delete()
     return {"ok": True}
+
+
+# --- OpenID Provider (tests.authserver.openid) ---------------------------------------------------------------
+
+openid_id_token_fault = control("POST")(openid.id_token_fault)
+openid_client = control("POST")(openid.openid_client)
+openid_user_groups = control("POST")(openid.user_groups)

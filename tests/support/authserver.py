@@ -357,6 +357,37 @@ class AuthServer:
     def reset(self) -> None:
         self._control("POST", "reset")
 
+    # --- OpenID Provider (tests.authserver.openid) -------------------------------------------------------------
+
+    @property
+    def end_session_url(self) -> str:
+        return f"{self.url}/o/logout/"
+
+    def create_openid_client(
+        self, client_id: str, client_secret: str, redirect_uris: list[str], post_logout_redirect_uris: list[str]
+    ) -> None:
+        """A relying party that signs people in: an authorization-code client whose ID tokens are signed with
+        RS256, consented for everyone (no consent page, so prompt=none can renew a session), which RP-initiated
+        logout may send back to post_logout_redirect_uris."""
+        self.create_client(client_id, client_secret, redirect_uris)
+        body = {"client_id": client_id, "post_logout_redirect_uris": list(post_logout_redirect_uris)}
+        self._control("POST", "openid_client", body)
+
+    def set_person(
+        self, username: str, password: str = "", *, email: str | None = None, groups: list[str] | None = None
+    ) -> None:
+        """A person at the identity provider, with the e-mail and groups its ID tokens carry: created, or changed
+        (a new password also ends their sessions there, as Django does; without one they last)."""
+        if password:
+            self.create_user(username, password)
+        body = {"username": username, "groups": list(groups or []), **({"email": email} if email is not None else {})}
+        self._control("POST", "user_groups", body)
+
+    def spoil_next_id_token(self, mode: str) -> None:
+        """The next ID token issued is spoilt: "audience" (issued to another client), "nonce" (another nonce),
+        "expired", or "signature" (signed with a key the server does not publish)."""
+        self._control("POST", "id_token_fault", {"mode": mode})
+
     # --- OAuth helpers -----------------------------------------------------------------------
 
     def whoami(self, access_token: str) -> requests.Response:
