@@ -25,8 +25,8 @@ from providers.models import Provider
 
 KEY_FIELDS = ("id", "key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at", "user_id")
 USER_FIELDS = ("id", "is_active")  # and the username field, whatever the user model calls it
-CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access", "api_base_url")
-CONNECTION_FIELDS += ("placeholders", "provider_id")
+CONNECTION_FIELDS: tuple[str, ...] = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access")
+CONNECTION_FIELDS += ("api_base_url", "placeholders", "provider_id")
 # What the API proxy needs of the provider type (its API base, how it takes the token): read here rather than by a
 # second query per proxied call.
 PROVIDER_FIELDS = ("id", "slug", "api_base_url", "api_token_header", "api_token_prefix")
