@@ -13,15 +13,21 @@ from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import webhooks
 from connections.ops import health, metrics
+from connections.ops.periods import once_per_period
+
+# Every beat queues each periodic job; of the copies queued for one period, the first to claim it runs
+# (connections.ops.periods), so any number of beats run each job once per period.
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
+@once_per_period(health.BEAT)
 def beat_heartbeat(self: Task) -> None:
     """Scheduled by beat, run by a worker: proves beat, the broker and this worker all work (/healthz)."""
     health.beat_heartbeat_record(worker=self.request.hostname or "")
 
 
 @shared_task(name="connections.tasks.refresh_sweep", ignore_result=True)
+@once_per_period(health.SWEEP)
 def refresh_sweep() -> int:
     """Scheduled by beat: claim every token due before the next sweep and queue them, REFRESH_TASK_SIZE to a
     task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
@@ -84,6 +90,7 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 
 
 @shared_task(name="connections.tasks.audit_failed_authentications_summarize", ignore_result=True)
+@once_per_period("failed-authentications")
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
     return events.audit_failed_authentications_summarize()

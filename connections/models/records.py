@@ -86,6 +86,10 @@ class BeatHeartbeat(models.Model):
     last_error = models.TextField(blank=True, help_text="Its last failure, in words (never a secret).")
     last_error_at = models.DateTimeField(null=True, blank=True)
     failures_in_a_row = models.PositiveIntegerField(default=0)
+    # Any number of beats may queue a job: whoever's copy claims a period first runs it (connections.ops.periods).
+    period_start = models.DateTimeField(
+        null=True, blank=True, help_text="The start of the last period this job was claimed for and run in."
+    )
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}" if self.last_run_at else self.name
