@@ -33,15 +33,21 @@ from providers.models import CLIENT_AUTH_METHOD_NAMES
 if TYPE_CHECKING:  # fieldsets as django-stubs types them (names of its stubs only)
     from django.contrib.admin.options import _FieldOpts, _FieldsetSpec
 
+# The next client credentials of a rollover (connections.engine.rollover), write-only too.
+NEXT_CREDENTIALS = ("next_client_secret", "clear_next_client_secret", "next_private_key", "clear_next_private_key")
 DISCOVERED_LABELS = {**discovery.URL_LABELS, "client_auth_method": "Client authentication"}
 # The form's own fields, which it applies itself (never copied onto the model by the model form factory).
-WRITE_ONLY_FIELDS = ("client_secret", "private_key", "clear_client_secret", "clear_private_key")
+WRITE_ONLY_FIELDS = ("client_secret", "private_key", "clear_client_secret", "clear_private_key", *NEXT_CREDENTIALS)
 # How the audit event names a change of a write-only field (never its value).
 CHANGED_LABELS = {
     "client_secret": "client secret (replaced)",
     "private_key": "private key (replaced)",
     "clear_client_secret": "client secret (removed)",
     "clear_private_key": "private key (removed)",
+    "next_client_secret": "next client secret (set)",
+    "clear_next_client_secret": "next client secret (removed)",
+    "next_private_key": "next private key (set)",
+    "clear_next_private_key": "next private key (removed)",
 }
 SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
@@ -80,6 +86,19 @@ class TokenInline(PermissionMixin, admin.TabularInline):
     @admin.display(description="Status")
     def status(self, token: OAuthToken) -> str:
         return str(selectors.token_status(token))
+
+
+def _rollover_fields(stored: Connection | None, can_change: bool) -> tuple[str, ...]:
+    """The rows of the credentials' expiry and rollover: the next ones write-only, each Remove box shown while one
+    is stored."""
+    next_secret, next_key = (stored.next_client_secret, stored.next_private_key) if stored else ("", "")
+    fields: tuple[str, ...] = ("client_secret_expires_at",)
+    if can_change:
+        fields += ("next_client_secret", *(("clear_next_client_secret",) if next_secret else ()))
+    fields += ("next_client_secret_expires_at",)
+    if can_change:
+        fields += ("next_private_key", *(("clear_next_private_key",) if next_key else ()))
+    return fields
 
 
 @admin.register(Connection)
@@ -139,7 +158,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         credentials += ("clear_client_secret",) if stored and stored.client_secret else ()
         credentials += ("client_auth_method", *(("private_key",) if can_change else ()))
         credentials += ("clear_private_key",) if stored and stored.private_key else ()
-        credentials += ("private_key_id", "jwt_subject")
+        credentials += ("private_key_id", "jwt_subject", *_rollover_fields(stored, can_change))
         status: list[tuple[str | None, _FieldOpts]] = [
             (
                 "Status",

@@ -7,6 +7,7 @@ from connections.models.records import (
     AnswerVersion,
     AuditEvent,
     BeatHeartbeat,
+    CredentialWarning,
     FailedAuthenticationWindow,
     WebhookEndpoint,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "BotKey",
     "Connection",
     "ConnectionStatus",
+    "CredentialWarning",
     "DeviceAuthorization",
     "FailedAuthenticationWindow",
     "OAuthToken",

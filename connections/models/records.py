@@ -37,6 +37,10 @@ class AuditEvent(models.Model):
         CONFIG_UPDATE = "config_update", "Changed by apply_config"
         AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
         PROXY_REQUEST = "proxy_request", "API called through the proxy by a bot"
+        # Credentials that expire, and their rollover (connections.engine.rollover, connections.notify.expiry).
+        CREDENTIAL_PROMOTE = "credential_promote", "Next client credential promoted"
+        CREDENTIAL_PREVIOUS_DROP = "credential_previous_drop", "Previous client credential dropped"
+        CREDENTIAL_EXPIRING = "credential_expiring", "Credential expiry warned"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -128,3 +132,25 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class CredentialWarning(models.Model):
+    """One warning sent (e-mail and webhook credential.expiring) that a connection's credential expires: a row per
+    credential, expiry date and days-ahead mark (30, 7, 1), whose unique constraint makes each sent once however
+    many workers look at once. A credential renewed has a new expiry date, and so its own warnings."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="credential_warnings")
+    credential = models.CharField(max_length=40)  # client_secret, signing_certificate, refresh_token
+    expires_at = models.DateTimeField()
+    days_ahead = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "credential", "expires_at", "days_ahead"], name="one_warning_per_mark"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.credential} of {self.connection} expires {self.expires_at:%Y-%m-%d} ({self.days_ahead} d)"

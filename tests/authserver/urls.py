@@ -25,4 +25,5 @@ urlpatterns = [
     path("_control/stats", views.stats),
     path("_control/grants", views.grants),
     path("_control/reset", views.reset),
+    path("_control/client_secret", views.client_secret),
 ]
