@@ -11,7 +11,7 @@ from connections import errors
 from connections.audit import events
 from connections.engine import batch, sweep
 from connections.flows import device
-from connections.notify import webhooks
+from connections.notify import expiry, webhooks
 from connections.ops import health, metrics
 from connections.ops.periods import once_per_period
 
@@ -131,3 +131,15 @@ def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
         if failure.retry and self.request.retries < len(webhooks.RETRY_DELAYS):
             raise self.retry(countdown=webhooks.retry_delay(self.request.retries)) from None
         webhooks.delivery_given_up(endpoint_id, body, failure)
+
+
+# Credentials that expire are looked at hourly: beat queues the check every interval, and the first copy of each
+# hour runs it (the warnings themselves are sent once each whatever runs them: connections.notify.expiry).
+CREDENTIAL_EXPIRY_PERIOD = 3600
+
+
+@shared_task(name="connections.tasks.credential_expiry_warn", ignore_result=True)
+@once_per_period("credential-expiry", seconds=CREDENTIAL_EXPIRY_PERIOD)
+def credential_expiry_warn() -> int:
+    """Scheduled by beat: warn the managers of credentials expiring in 30, 7 and 1 day(s), once each."""
+    return expiry.credential_expiry_warnings_send()

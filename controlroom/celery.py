@@ -32,6 +32,11 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
         sender.signature("connections.tasks.audit_failed_authentications_summarize"),
         name="failed authentications summary",
     )
+    sender.add_periodic_task(
+        settings.BEAT_INTERVAL,
+        sender.signature("connections.tasks.credential_expiry_warn"),
+        name="credential expiry warnings",  # run hourly: the task claims an hour's period
+    )
 
 
 @setup_logging.connect

@@ -55,6 +55,7 @@ class ProviderForm(forms.ModelForm):
             "token_response_fields",
             "tokens_never_expire",
             "refresh_token_max_idle",
+            "refresh_token_max_lifetime",
             "revoke_replaced_grant",
         )
 
@@ -112,6 +113,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "token_response_fields",
                     "tokens_never_expire",
                     "refresh_token_max_idle",
+                    "refresh_token_max_lifetime",
                     "revoke_replaced_grant",
                 )
             },

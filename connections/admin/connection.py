@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from connections import selectors, services
-from connections.admin.connection_status import ConnectionStatusColumns, StatusListFilter
+from connections.admin.connection_status import ConnectionStatusColumns, CredentialsExpiringFilter, StatusListFilter
 from connections.admin.connection_views import ConnectionPageViews
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ProviderError
@@ -49,6 +49,16 @@ CHANGED_LABELS = {
     "next_private_key": "next private key (set)",
     "clear_next_private_key": "next private key (removed)",
 }
+STATUS_FIELDS = (
+    "status_display",
+    "last_refresh_display",
+    "next_refresh_display",
+    "last_error_display",
+    "credentials_expiry_display",
+    "last_token_issued_display",
+    "roles_display",
+    "bot_call_display",
+)
 SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
 
@@ -113,7 +123,13 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         "activity_column",
     )
     # Only the provider types in use (the catalog has 50+); "Disabled" is a status.
-    list_filter = (StatusListFilter, ("provider", admin.RelatedOnlyFieldListFilter), "grant_type", "token_type")
+    list_filter = (
+        StatusListFilter,
+        CredentialsExpiringFilter,
+        ("provider", admin.RelatedOnlyFieldListFilter),
+        "grant_type",
+        "token_type",
+    )
     search_fields = ("name", "slug", "description", "client_id")
     filter_horizontal = ("roles",)
     inlines = [TokenInline]
@@ -124,6 +140,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         "last_refresh_display",
         "next_refresh_display",
         "last_error_display",
+        "credentials_expiry_display",
         "last_token_issued_display",
         "roles_display",
         "bot_call_display",
@@ -159,22 +176,7 @@ class ConnectionAdmin(PermissionMixin, ConnectionStatusColumns, ConnectionPageVi
         credentials += ("client_auth_method", *(("private_key",) if can_change else ()))
         credentials += ("clear_private_key",) if stored and stored.private_key else ()
         credentials += ("private_key_id", "jwt_subject", *_rollover_fields(stored, can_change))
-        status: list[tuple[str | None, _FieldOpts]] = [
-            (
-                "Status",
-                {
-                    "fields": (
-                        "status_display",
-                        "last_refresh_display",
-                        "next_refresh_display",
-                        "last_error_display",
-                        "last_token_issued_display",
-                        "roles_display",
-                        "bot_call_display",
-                    )
-                },
-            )
-        ]
+        status: list[tuple[str | None, _FieldOpts]] = [("Status", {"fields": STATUS_FIELDS})]
         return [
             *(status if obj else []),
             (None, {"fields": ("name", "slug", "description", "is_enabled")}),

@@ -39,6 +39,7 @@ EVENTS = {
     "token.refresh_failing": "Refreshing a token keeps failing",
     "token.refresh_recovered": "Refreshing a token works again",
     "token.reauthorization_required": "A token needs to be authorized again",
+    "credential.expiring": "A client secret, signing certificate or refresh token expires in 30, 7 or 1 day(s)",
 }
 TEST_EVENT = "test"
 DELIVER_TASK = "connections.tasks.webhook_deliver"
