@@ -27,23 +27,30 @@ def beat_heartbeat(self: Task) -> None:
 
 
 @shared_task(name="connections.tasks.refresh_sweep", ignore_result=True)
-@once_per_period(health.SWEEP)
-def refresh_sweep() -> int:
+def refresh_sweep() -> int | None:
     """Scheduled by beat: claim every token due before the next sweep and queue them, REFRESH_TASK_SIZE to a
-    task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
-    queued_at = timezone.now().isoformat()
-    claimed = 0
+    task. Each task expires before its tokens can be claimed again, so a token is never queued twice. A failure
+    (the database, the broker), claiming the period included, is said on /healthz and /metrics."""
     try:
-        for claimed_batch in sweep.token_refresh_claims():
-            for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
-                pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
-                refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
-            claimed += len(claimed_batch)
-    except Exception as exc:  # the database, the broker: said on /healthz and /metrics, then Celery logs it
+        claimed = _sweep_this_period()
+    except Exception as exc:  # then Celery logs it
         metrics.task_failure_counted("refresh_sweep")
         health.periodic_failure_record(health.SWEEP, exc)
         raise
-    health.periodic_success_record(health.SWEEP)
+    if claimed is not None:  # None: another beat's copy swept this period
+        health.periodic_success_record(health.SWEEP)
+    return claimed
+
+
+@once_per_period(health.SWEEP)
+def _sweep_this_period() -> int:
+    queued_at = timezone.now().isoformat()
+    claimed = 0
+    for claimed_batch in sweep.token_refresh_claims():
+        for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
+            pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
+            refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
+        claimed += len(claimed_batch)
     return claimed
 
 
