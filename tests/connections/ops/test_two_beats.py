@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from connections.engine.refresh import app_token_obtain
 from connections.models import OAuthToken, TokenState
+from connections.ops import health
 from tests.conftest import PROVIDER_USER, authorize
 from tests.support.authserver import AuthServer
 from tests.support.stack import every
@@ -76,6 +77,8 @@ def test_two_beats_one_killed_every_job_once_a_period_and_no_token_late(
         claims_at_kill = len(CLAIMED.findall(stack.log("worker")))
         time.sleep(ONE_SECONDS)
         stack.check_alive("one beat ran")
+        # /healthz judges beat by the periods being run: one beat of two is enough
+        beat = stack.wait_until(lambda: (check := health.check_beat())["ok"] and check, 10, "beat to be healthy")
     finally:
         stop.set()
         watcher.join()
@@ -88,6 +91,8 @@ def test_two_beats_one_killed_every_job_once_a_period_and_no_token_late(
     # and the periods went on after the kill: the sweep, at least every other second
     sweeps_after_kill = [start for job, start in claims[claims_at_kill:] if job == "sweep"]
     assert len(sweeps_after_kill) >= ONE_SECONDS // 2, stack.logs()
+    # and each job's last period was reported there
+    assert set(beat["last_periods"]) >= {"beat", "sweep", "failed-authentications", "credential-expiry"}, beat
     # and no token was late: each was refreshed with at least one beat interval of validity left, over and over
     assert least_left and min(least_left) > BEAT_INTERVAL, (min(least_left), stack.logs())
     generations = dict(OAuthToken.objects.values_list("pk", "generation"))
