@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus, OAuthToken, TokenState, TokenType
@@ -296,16 +296,20 @@ def _grants_with_lifetime() -> QuerySet[OAuthToken]:
     ).exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
 
 
-def credential_expiries(*, until: datetime | None = None) -> list[CredentialExpiry]:
-    """Every credential of an enabled connection that expires (before `until`, if given), soonest first: a query
-    for the client secrets, one for the certificates, one per provider type with a refresh token lifetime."""
+def credential_expiries(
+    *, until: datetime | None = None, connection: Connection | None = None
+) -> list[CredentialExpiry]:
+    """Every credential of an enabled connection (or of `connection`) that expires, before `until` if given, soonest
+    first: a query for the client secrets, one for the certificates, one per provider type with a refresh token
+    lifetime."""
     found: list[CredentialExpiry] = []
-    connections = Connection.objects.filter(is_enabled=True)
+    connections = Connection.objects.filter(is_enabled=True, **({"pk": connection.pk} if connection else {}))
     for credential in ("client_secret", "signing_certificate"):
         column = f"{credential}_expires_at"
         rows = connections.filter(**{f"{column}__isnull": False, **({f"{column}__lt": until} if until else {})})
         found += [CredentialExpiry(row, credential, getattr(row, column)) for row in rows]
     tokens = _grants_with_lifetime().select_related("connection__provider", "user")
+    tokens = tokens.filter(connection=connection) if connection else tokens
     for lifetime in _lifetimes(tokens):
         window = timedelta(seconds=lifetime)
         chosen = tokens.filter(connection__provider__refresh_token_max_lifetime=lifetime)
@@ -317,7 +321,32 @@ def credential_expiries(*, until: datetime | None = None) -> list[CredentialExpi
 
 def connection_credential_expiries(connection: Connection) -> list[CredentialExpiry]:
     """The connection's own credentials that expire, soonest first (its page)."""
-    return [expiry for expiry in credential_expiries() if expiry.connection.pk == connection.pk]
+    return credential_expiries(connection=connection)
+
+
+def earliest_credential_expiry_by_connection() -> dict[str, datetime]:
+    """{slug: when its earliest credential expires} of the enabled connections with one (/metrics): aggregated in
+    the database, a connection's many refresh tokens (user-specific) as one row."""
+    earliest: dict[str, datetime] = {}
+
+    def keep(slug: str, moment: datetime) -> None:
+        earliest[slug] = min(moment, earliest.get(slug, moment))
+
+    connections = Connection.objects.filter(is_enabled=True)
+    for column in ("client_secret_expires_at", "signing_certificate_expires_at"):
+        for slug, moment in connections.filter(**{f"{column}__isnull": False}).values_list("slug", column):
+            keep(slug, moment)
+    grants = _grants_with_lifetime()
+    for lifetime in _lifetimes(grants):
+        first = (
+            grants.filter(connection__provider__refresh_token_max_lifetime=lifetime)
+            .values("connection__slug")
+            .annotate(first=Min("authorized_at"))
+            .order_by()
+        )
+        for row in first:
+            keep(row["connection__slug"], row["first"] + timedelta(seconds=lifetime))
+    return earliest
 
 
 def connections_with_credentials_expiring(connections: QuerySet[Connection], until: datetime) -> QuerySet[Connection]:

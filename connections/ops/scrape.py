@@ -4,7 +4,6 @@ connections by status, the refresh backlog, the seconds until the earliest expir
 
 import os
 from collections.abc import Iterator
-from datetime import datetime
 
 from django.db.models import Min
 from django.utils import timezone
@@ -72,9 +71,7 @@ def _credential_expiries() -> Metric:
         "refresh token lifetime (negative: expired).",
         labels=["connection"],
     )
-    now, earliest = timezone.now(), dict[str, datetime]()
-    for expiry in selectors.credential_expiries():  # soonest first
-        earliest.setdefault(expiry.connection.slug, expiry.expires_at)
-    for slug, expires_at in earliest.items():
+    now = timezone.now()
+    for slug, expires_at in selectors.earliest_credential_expiry_by_connection().items():
         family.add_metric([slug], (expires_at - now).total_seconds())
     return family

@@ -102,6 +102,7 @@ def test_a_refresh_tokens_absolute_lifetime_runs_from_its_grants_authorization(m
         hour=0))  # fmt: skip
     OAuthToken.objects.filter(connection=connection).update(refreshed_at=timezone.now(), generation=5)
     assert selectors.credential_expiries()[0].expires_at == found.expires_at
+    assert selectors.earliest_credential_expiry_by_connection() == {connection.slug: found.expires_at}  # /metrics
     # and it is in the list's filter from 30 days before, not earlier
     expiring = selectors.connections_with_credentials_expiring
     assert list(expiring(Connection.objects.all(), found.expires_at - timedelta(days=31))) == []
