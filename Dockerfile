@@ -2,14 +2,14 @@
 #
 #   docker build -t controlroom:1.4.0 .       # tag each build with its release, to roll back to the previous one
 #
-# docker-compose.yml runs it scaled out (PostgreSQL, Redis, web, N workers, one beat); README.md, "Production",
+# docker-compose.yml runs it scaled out (PostgreSQL, Redis, web, N workers, two beats); README.md, "Production",
 # explains it. Without compose, the same containers by hand, all with the same environment file:
 #   docker run --env-file .env --rm controlroom python manage.py migrate --no-input   # once per release, first
 #   docker run --env-file .env --rm controlroom python manage.py ensure_admin         # the first administrator
 #   docker run --env-file .env -p 8000:8000 controlroom                               # web (the default command)
 #   docker run --env-file .env --no-healthcheck controlroom celery --app controlroom worker --loglevel INFO
 #   docker run --env-file .env --no-healthcheck controlroom celery --app controlroom beat --loglevel INFO
-# Workers: as many as you like. Beat: exactly one.
+# Workers: as many as you like. Beats: two (or more), on different machines; each periodic job runs once a period.
 #
 # .env needs at least SECRET_KEY, CRYPTOGRAPHY_KEY, PUBLIC_URL, and — because every container has its own
 # VAR_DIR — DATABASE_URL (PostgreSQL) and REDIS_URL, so that web, workers and beat share one database and one

@@ -1,13 +1,14 @@
 """Reads: who may do what with which connection, and the status of connections and tokens in words."""
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Case, CharField, Count, Exists, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, CharField, Count, Exists, Min, OuterRef, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from connections.models import Connection, ConnectionStatus, OAuthToken, TokenState, TokenType
+from providers.models import GrantType
 
 AnyUser = User | AnonymousUser
 
@@ -252,3 +253,111 @@ def connection_status_counts() -> dict[ConnectionStatus, int]:
         .annotate(count=Count("id"))
     )
     return dict.fromkeys(ConnectionStatus, 0) | {ConnectionStatus(row["status"]): row["count"] for row in counted}
+
+
+# --- Credentials that expire: client secrets, signing certificates, refresh tokens' absolute lifetimes ----------
+
+CREDENTIAL_LABELS = {
+    "client_secret": "Client secret",
+    "signing_certificate": "Signing certificate",
+    "refresh_token": "Refresh token",
+}
+# Only these grants hold refresh tokens (client credentials and JWT bearer obtain a new token instead).
+REFRESH_TOKEN_GRANTS = (GrantType.AUTHORIZATION_CODE, GrantType.AUTHORIZATION_CODE_PKCE, GrantType.DEVICE_CODE)
+
+
+@dataclass(frozen=True)
+class CredentialExpiry:
+    """One credential of a connection and when the provider stops taking it."""
+
+    connection: Connection
+    credential: str  # a key of CREDENTIAL_LABELS
+    expires_at: datetime
+    whose: str = ""  # a user-specific connection's refresh token: its user
+
+    @property
+    def label(self) -> str:
+        return CREDENTIAL_LABELS[self.credential] + (f" ({self.whose})" if self.whose else "")
+
+
+def _lifetimes(grants: QuerySet[OAuthToken]) -> set[int]:
+    """The refresh token lifetimes of these grants' provider types (a few at most)."""
+    found = grants.values_list("connection__provider__refresh_token_max_lifetime", flat=True).distinct()
+    return {lifetime for lifetime in found.order_by() if lifetime}
+
+
+def _grants_with_lifetime() -> QuerySet[OAuthToken]:
+    """The tokens of enabled connections whose refresh tokens have an absolute lifetime (the provider type's
+    refresh_token_max_lifetime), counted from their grant's authorization; not those already waiting for a person."""
+    return OAuthToken.objects.filter(
+        connection__is_enabled=True,
+        connection__grant_type__in=REFRESH_TOKEN_GRANTS,
+        connection__provider__refresh_token_max_lifetime__isnull=False,
+    ).exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
+
+
+def credential_expiries(
+    *, until: datetime | None = None, connection: Connection | None = None
+) -> list[CredentialExpiry]:
+    """Every credential of an enabled connection (or of `connection`) that expires, before `until` if given, soonest
+    first: a query for the client secrets, one for the certificates, one per provider type with a refresh token
+    lifetime."""
+    found: list[CredentialExpiry] = []
+    connections = Connection.objects.filter(is_enabled=True, **({"pk": connection.pk} if connection else {}))
+    for credential in ("client_secret", "signing_certificate"):
+        column = f"{credential}_expires_at"
+        rows = connections.filter(**{f"{column}__isnull": False, **({f"{column}__lt": until} if until else {})})
+        found += [CredentialExpiry(row, credential, getattr(row, column)) for row in rows]
+    tokens = _grants_with_lifetime().select_related("connection__provider", "user")
+    tokens = tokens.filter(connection=connection) if connection else tokens
+    for lifetime in _lifetimes(tokens):
+        window = timedelta(seconds=lifetime)
+        chosen = tokens.filter(connection__provider__refresh_token_max_lifetime=lifetime)
+        for token in chosen.filter(authorized_at__lt=until - window) if until else chosen:
+            whose = token.user.get_username() if token.user else ""
+            found.append(CredentialExpiry(token.connection, "refresh_token", token.authorized_at + window, whose))
+    return sorted(found, key=lambda expiry: (expiry.expires_at, expiry.connection.name))
+
+
+def connection_credential_expiries(connection: Connection) -> list[CredentialExpiry]:
+    """The connection's own credentials that expire, soonest first (its page)."""
+    return credential_expiries(connection=connection)
+
+
+def earliest_credential_expiry_by_connection() -> dict[str, datetime]:
+    """{slug: when its earliest credential expires} of the enabled connections with one (/metrics): aggregated in
+    the database, a connection's many refresh tokens (user-specific) as one row."""
+    earliest: dict[str, datetime] = {}
+
+    def keep(slug: str, moment: datetime) -> None:
+        earliest[slug] = min(moment, earliest.get(slug, moment))
+
+    connections = Connection.objects.filter(is_enabled=True)
+    for column in ("client_secret_expires_at", "signing_certificate_expires_at"):
+        for slug, moment in connections.filter(**{f"{column}__isnull": False}).values_list("slug", column):
+            keep(slug, moment)
+    grants = _grants_with_lifetime()
+    for lifetime in _lifetimes(grants):
+        first = (
+            grants.filter(connection__provider__refresh_token_max_lifetime=lifetime)
+            .values("connection__slug")
+            .annotate(first=Min("authorized_at"))
+            .order_by()
+        )
+        for row in first:
+            keep(row["connection__slug"], row["first"] + timedelta(seconds=lifetime))
+    return earliest
+
+
+def connections_with_credentials_expiring(connections: QuerySet[Connection], until: datetime) -> QuerySet[Connection]:
+    """The list's filter: connections with a client secret, certificate or refresh token expiring before `until`."""
+    expiring = Q(client_secret_expires_at__lt=until) | Q(signing_certificate_expires_at__lt=until)
+    grants = _grants_with_lifetime()
+    for lifetime in _lifetimes(grants):
+        ending = grants.filter(
+            connection=OuterRef("pk"),
+            connection__provider__refresh_token_max_lifetime=lifetime,
+            authorized_at__lt=until - timedelta(seconds=lifetime),
+        )
+        expiring |= Q(Exists(ending))
+    return connections.filter(expiring, is_enabled=True)

@@ -11,33 +11,46 @@ from connections import errors
 from connections.audit import events
 from connections.engine import batch, sweep
 from connections.flows import device
-from connections.notify import webhooks
+from connections.notify import expiry, webhooks
 from connections.ops import health, metrics
+from connections.ops.periods import once_per_period
+
+# Every beat queues each periodic job; of the copies queued for one period, the first to claim it runs
+# (connections.ops.periods), so any number of beats run each job once per period.
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
+@once_per_period(health.BEAT)
 def beat_heartbeat(self: Task) -> None:
     """Scheduled by beat, run by a worker: proves beat, the broker and this worker all work (/healthz)."""
     health.beat_heartbeat_record(worker=self.request.hostname or "")
 
 
 @shared_task(name="connections.tasks.refresh_sweep", ignore_result=True)
-def refresh_sweep() -> int:
+def refresh_sweep() -> int | None:
     """Scheduled by beat: claim every token due before the next sweep and queue them, REFRESH_TASK_SIZE to a
-    task. Each task expires before its tokens can be claimed again, so a token is never queued twice."""
-    queued_at = timezone.now().isoformat()
-    claimed = 0
+    task. Each task expires before its tokens can be claimed again, so a token is never queued twice. A failure
+    (the database, the broker), claiming the period included, is said on /healthz and /metrics."""
     try:
-        for claimed_batch in sweep.token_refresh_claims():
-            for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
-                pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
-                refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
-            claimed += len(claimed_batch)
-    except Exception as exc:  # the database, the broker: said on /healthz and /metrics, then Celery logs it
+        claimed = _sweep_this_period()
+    except Exception as exc:  # then Celery logs it
         metrics.task_failure_counted("refresh_sweep")
         health.periodic_failure_record(health.SWEEP, exc)
         raise
-    health.periodic_success_record(health.SWEEP)
+    if claimed is not None:  # None: another beat's copy swept this period
+        health.periodic_success_record(health.SWEEP)
+    return claimed
+
+
+@once_per_period(health.SWEEP)
+def _sweep_this_period() -> int:
+    queued_at = timezone.now().isoformat()
+    claimed = 0
+    for claimed_batch in sweep.token_refresh_claims():
+        for start in range(0, len(claimed_batch), settings.REFRESH_TASK_SIZE):
+            pairs = claimed_batch[start : start + settings.REFRESH_TASK_SIZE]
+            refresh_tokens.apply_async((pairs, queued_at), expires=sweep.claim_expiry_seconds())
+        claimed += len(claimed_batch)
     return claimed
 
 
@@ -84,6 +97,7 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 
 
 @shared_task(name="connections.tasks.audit_failed_authentications_summarize", ignore_result=True)
+@once_per_period("failed-authentications")
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
     return events.audit_failed_authentications_summarize()
@@ -124,3 +138,15 @@ def webhook_deliver(self: Task, endpoint_id: int, body: str) -> None:
         if failure.retry and self.request.retries < len(webhooks.RETRY_DELAYS):
             raise self.retry(countdown=webhooks.retry_delay(self.request.retries)) from None
         webhooks.delivery_given_up(endpoint_id, body, failure)
+
+
+# Credentials that expire are looked at hourly: beat queues the check every interval, and the first copy of each
+# hour runs it (the warnings themselves are sent once each whatever runs them: connections.notify.expiry).
+CREDENTIAL_EXPIRY_PERIOD = 3600
+
+
+@shared_task(name="connections.tasks.credential_expiry_warn", ignore_result=True)
+@once_per_period("credential-expiry", seconds=CREDENTIAL_EXPIRY_PERIOD)
+def credential_expiry_warn() -> int:
+    """Scheduled by beat: warn the managers of credentials expiring in 30, 7 and 1 day(s), once each."""
+    return expiry.credential_expiry_warnings_send()

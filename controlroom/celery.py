@@ -17,6 +17,9 @@ app.autodiscover_tasks()
 def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
     from django.conf import settings
 
+    # Any number of beats may run this schedule: each job claims its period before it does anything, so one copy a
+    # period runs (connections.ops.periods). A job here with an interval other than BEAT_INTERVAL gives it to its
+    # @once_per_period too.
     sender.add_periodic_task(
         settings.BEAT_INTERVAL, sender.signature("connections.tasks.beat_heartbeat"), name="beat heartbeat"
     )
@@ -28,6 +31,11 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
         settings.BEAT_INTERVAL,
         sender.signature("connections.tasks.audit_failed_authentications_summarize"),
         name="failed authentications summary",
+    )
+    sender.add_periodic_task(
+        settings.BEAT_INTERVAL,
+        sender.signature("connections.tasks.credential_expiry_warn"),
+        name="credential expiry warnings",  # run hourly: the task claims an hour's period
     )
 
 

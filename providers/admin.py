@@ -63,6 +63,7 @@ class ProviderForm(forms.ModelForm):
             "token_response_fields",
             "tokens_never_expire",
             "refresh_token_max_idle",
+            "refresh_token_max_lifetime",
             "revoke_replaced_grant",
         )
 
@@ -125,6 +126,7 @@ class ProviderAdmin(admin.ModelAdmin):
                     "token_response_fields",
                     "tokens_never_expire",
                     "refresh_token_max_idle",
+                    "refresh_token_max_lifetime",
                     "revoke_replaced_grant",
                 )
             },

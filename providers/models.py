@@ -152,6 +152,13 @@ class Provider(models.Model):
         help_text="Seconds after which an unused refresh token dies: a token is refreshed at least this often "
         "(within the refresh margin), however long its access token lives.",
     )
+    refresh_token_max_lifetime = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds after the grant's first authorization at which its refresh token dies however often it "
+        "is used (an absolute lifetime): the connection needs a person to authorize it again by then, and "
+        "managers are warned 30, 7 and 1 day(s) ahead. Blank: no such limit is documented.",
+    )
     api_base_url = models.CharField(
         "API base URL",
         max_length=500,

@@ -18,7 +18,7 @@ from django.utils.html import format_html, format_html_join
 
 from connections import selectors, services
 from connections.admin.authorization_asks import AuthorizationAskViews
-from connections.admin.connection_status import ConnectionStatusColumns, StatusListFilter
+from connections.admin.connection_status import ConnectionStatusColumns, CredentialsExpiringFilter, StatusListFilter
 from connections.admin.connection_views import ConnectionPageViews
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ProviderError
@@ -34,16 +34,32 @@ from providers.models import CLIENT_AUTH_METHOD_NAMES
 if TYPE_CHECKING:  # fieldsets as django-stubs types them (names of its stubs only)
     from django.contrib.admin.options import _FieldOpts, _FieldsetSpec
 
+# The next client credentials of a rollover (connections.engine.rollover), write-only too.
+NEXT_CREDENTIALS = ("next_client_secret", "clear_next_client_secret", "next_private_key", "clear_next_private_key")
 DISCOVERED_LABELS = {**discovery.URL_LABELS, "client_auth_method": "Client authentication"}
 # The form's own fields, which it applies itself (never copied onto the model by the model form factory).
-WRITE_ONLY_FIELDS = ("client_secret", "private_key", "clear_client_secret", "clear_private_key")
+WRITE_ONLY_FIELDS = ("client_secret", "private_key", "clear_client_secret", "clear_private_key", *NEXT_CREDENTIALS)
 # How the audit event names a change of a write-only field (never its value).
 CHANGED_LABELS = {
     "client_secret": "client secret (replaced)",
     "private_key": "private key (replaced)",
     "clear_client_secret": "client secret (removed)",
     "clear_private_key": "private key (removed)",
+    "next_client_secret": "next client secret (set)",
+    "clear_next_client_secret": "next client secret (removed)",
+    "next_private_key": "next private key (set)",
+    "clear_next_private_key": "next private key (removed)",
 }
+STATUS_FIELDS = (
+    "status_display",
+    "last_refresh_display",
+    "next_refresh_display",
+    "last_error_display",
+    "credentials_expiry_display",
+    "last_token_issued_display",
+    "roles_display",
+    "bot_call_display",
+)
 SET_LABELS = {"client_secret": "client secret (set)", "private_key": "private key (set)"}  # on creation
 
 
@@ -83,6 +99,19 @@ class TokenInline(PermissionMixin, admin.TabularInline):
         return str(selectors.token_status(token))
 
 
+def _rollover_fields(stored: Connection | None, can_change: bool) -> tuple[str, ...]:
+    """The rows of the credentials' expiry and rollover: the next ones write-only, each Remove box shown while one
+    is stored."""
+    next_secret, next_key = (stored.next_client_secret, stored.next_private_key) if stored else ("", "")
+    fields: tuple[str, ...] = ("client_secret_expires_at",)
+    if can_change:
+        fields += ("next_client_secret", *(("clear_next_client_secret",) if next_secret else ()))
+    fields += ("next_client_secret_expires_at",)
+    if can_change:
+        fields += ("next_private_key", *(("clear_next_private_key",) if next_key else ()))
+    return fields
+
+
 @admin.register(Connection)
 class ConnectionAdmin(
     PermissionMixin, ConnectionStatusColumns, ConnectionPageViews, AuthorizationAskViews, admin.ModelAdmin
@@ -97,7 +126,13 @@ class ConnectionAdmin(
         "activity_column",
     )
     # Only the provider types in use (the catalog has 50+); "Disabled" is a status.
-    list_filter = (StatusListFilter, ("provider", admin.RelatedOnlyFieldListFilter), "grant_type", "token_type")
+    list_filter = (
+        StatusListFilter,
+        CredentialsExpiringFilter,
+        ("provider", admin.RelatedOnlyFieldListFilter),
+        "grant_type",
+        "token_type",
+    )
     search_fields = ("name", "slug", "description", "client_id")
     filter_horizontal = ("roles",)
     inlines = [TokenInline]
@@ -108,6 +143,7 @@ class ConnectionAdmin(
         "last_refresh_display",
         "next_refresh_display",
         "last_error_display",
+        "credentials_expiry_display",
         "last_token_issued_display",
         "roles_display",
         "bot_call_display",
@@ -142,23 +178,8 @@ class ConnectionAdmin(
         credentials += ("clear_client_secret",) if stored and stored.client_secret else ()
         credentials += ("client_auth_method", *(("private_key",) if can_change else ()))
         credentials += ("clear_private_key",) if stored and stored.private_key else ()
-        credentials += ("private_key_id", "jwt_subject")
-        status: list[tuple[str | None, _FieldOpts]] = [
-            (
-                "Status",
-                {
-                    "fields": (
-                        "status_display",
-                        "last_refresh_display",
-                        "next_refresh_display",
-                        "last_error_display",
-                        "last_token_issued_display",
-                        "roles_display",
-                        "bot_call_display",
-                    )
-                },
-            )
-        ]
+        credentials += ("private_key_id", "jwt_subject", *_rollover_fields(stored, can_change))
+        status: list[tuple[str | None, _FieldOpts]] = [("Status", {"fields": STATUS_FIELDS})]
         return [
             *(status if obj else []),
             (None, {"fields": ("name", "slug", "description", "is_enabled")}),

@@ -3,7 +3,7 @@ status, who uses it, when a bot last got a token, refreshes, the last error (a t
 connect's: selectors.token_summary) and the call a bot makes. Each column reads what ConnectionAdmin.get_queryset
 prefetched, never a query per row."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib import admin
@@ -36,6 +36,25 @@ class StatusListFilter(admin.SimpleListFilter):
         if code not in ConnectionStatus.values:
             raise IncorrectLookupParameters(f"No status is called {code!r}.")
         return selectors.connections_with_status(queryset, ConnectionStatus(code))
+
+
+class CredentialsExpiringFilter(admin.SimpleListFilter):
+    """Connections with a client secret, signing certificate or refresh token expiring soon (selectors)."""
+
+    title = "Credentials"
+    parameter_name = "credentials"
+    WITHIN_DAYS = 30
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("expiring", f"Expiring within {self.WITHIN_DAYS} days")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
+        if self.value() is None:
+            return queryset
+        if self.value() != "expiring":
+            raise IncorrectLookupParameters(f"No credentials filter is called {self.value()!r}.")
+        until = timezone.now() + timedelta(days=self.WITHIN_DAYS)
+        return selectors.connections_with_credentials_expiring(queryset, until)
 
 
 FAILURE_CLASS = "connection-failed"  # one colour for every failure, list and page (connection_admin.css)
@@ -118,6 +137,26 @@ class ConnectionStatusColumns:
     @admin.display(description="Next refresh")
     def next_refresh_display(self, connection: Connection) -> str:
         return selectors.token_summary(connection).next_refresh_text
+
+    @admin.display(description="Credentials expire")
+    def credentials_expiry_display(self, connection: Connection) -> str:
+        """What expires next: the client secret, the signing certificate, a refresh token's absolute lifetime."""
+        expiries = selectors.connection_credential_expiries(connection)
+        if not expiries:
+            return "Nothing known to expire (enter the client secret's expiry date below if it has one)."
+        soon = timezone.now() + timedelta(days=CredentialsExpiringFilter.WITHIN_DAYS)
+        return format_html_join(
+            mark_safe("<br>"),
+            '<span class="{}">{}: {}</span>',
+            (
+                (
+                    FAILURE_CLASS if expiry.expires_at < soon else "",
+                    expiry.label,
+                    selectors.moment_text(expiry.expires_at),
+                )
+                for expiry in expiries[:5]
+            ),
+        )
 
     @admin.display(description="Last error")
     def last_error_display(self, connection: Connection) -> str:

@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
 from connections import services
+from connections.engine import rollover
 from connections.errors import ConnectionActionError, ProviderError
 from connections.http import signed_in_user
 from connections.models import Connection
@@ -37,6 +38,11 @@ class ConnectionPageViews(admin.ModelAdmin):
             path("<int:object_id>/refresh/", wrap(self.refresh_view), name="connections_connection_refresh"),
             path("<int:object_id>/disconnect/", wrap(self.disconnect_view), name="connections_connection_disconnect"),
             path("discover/", wrap(self.discover_view), name="connections_connection_discover"),
+            path(
+                "<int:object_id>/drop-previous/",
+                wrap(self.drop_previous_view),
+                name="connections_connection_drop_previous",
+            ),
             path("dashboard/", wrap(self.dashboard_view), name="connections_dashboard"),
             *super().get_urls(),
         ]
@@ -91,6 +97,17 @@ class ConnectionPageViews(admin.ModelAdmin):
             return connection
         actor = signed_in_user(request)
         self._report(request, lambda: services.connection_refresh_now(connection=connection, actor=actor))
+        return redirect("admin:connections_connection_change", object_id)
+
+    def drop_previous_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        """Confirm a rollover: the client secret (or signing key) a promoted next one replaced is dropped."""
+        connection = self._post_only(request, object_id)
+        if isinstance(connection, HttpResponse):
+            return connection
+        if rollover.previous_credentials_drop(connection=connection, actor=signed_in_user(request)):
+            self.message_user(request, "Rollover confirmed: the previous client credential was dropped.")
+        else:
+            self.message_user(request, "There was no previous client credential to drop.", messages.WARNING)
         return redirect("admin:connections_connection_change", object_id)
 
     def disconnect_view(self, request: HttpRequest, object_id: int) -> HttpResponse:

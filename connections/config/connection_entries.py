@@ -23,6 +23,7 @@ CONNECTION_KEYS = {
     "issuer", "grant_type", "token_type", "client_id", "client_secret_env", "client_secret_file", "scopes",
     "extra_authorization_params", "default_token_lifetime", "enabled", "client_auth_method", "private_key_env",
     "private_key_file", "private_key_id", "jwt_subject", "device_authorization_url", "api_base_url", "token_access",
+    "next_client_secret_env", "next_client_secret_file",
 }  # fmt: skip
 TEXT_FIELDS = (
     "description", "client_id", "private_key_id", "jwt_subject", "authorization_url", "token_url", "revocation_url",
@@ -31,6 +32,7 @@ TEXT_FIELDS = (
 # A problem's field, as the file names it.
 FILE_KEYS = {
     "client_secret": "client_secret_env",
+    "next_client_secret": "next_client_secret_env",
     "private_key": "private_key_env",
     "is_enabled": "enabled",
     validation.NON_FIELD: "connection",
@@ -80,7 +82,7 @@ def connection_planned(
     """The connection an entry describes (the one with its slug, or a new one), checked; None when the entry has
     a problem (each added to `problems` with its place)."""
     found: validation.Problems = {}
-    unknown_keys(item, CONNECTION_KEYS | {"client_secret"}, place, problems)
+    unknown_keys(item, CONNECTION_KEYS | {"client_secret", "next_client_secret"}, place, problems)
     if "placeholders" in item and not isinstance(item["placeholders"], dict):
         problems.append(f"{place}: placeholders must be a mapping, e.g. {{yourinstance: acme}}.")
     if "extra_authorization_params" in item and not isinstance(item["extra_authorization_params"], dict):
@@ -89,6 +91,7 @@ def connection_planned(
         problems.append(f"{place}: client_auth_method must be one of {', '.join(CLIENT_AUTH_METHOD_VALUES)}.")
     secret = reference_read(item, "client_secret", place, base_dir, problems)
     private_key = reference_read(item, "private_key", place, base_dir, problems)
+    next_secret = reference_read(item, "next_client_secret", place, base_dir, problems)
     existing = Connection.objects.filter(slug=str(item.get("slug") or slugify(str(item.get("name") or "")))).first()
     slug, slug_problem = validation.slug_for(
         str(item.get("slug") or ""), str(item.get("name") or ""), pk=existing.pk if existing else None
@@ -120,11 +123,20 @@ def connection_planned(
         placeholders = {str(name): str(value) for name, value in (plain(item.get("placeholders")) or {}).items()}
         changes, found = validation.connection_check(connection, credentials=credentials, placeholders=placeholders)
         changes.apply_to(connection)
+        _next_secret_apply(connection, next_secret)
     for name, messages in found.items():
         problems.extend(f"{place}: {FILE_KEYS.get(name, name)}: {message}" for message in messages)
     if found:
         return None
     return PlannedConnection(connection, existing is None, _changed(existing, connection) if existing else [])
+
+
+def _next_secret_apply(connection: Connection, next_secret: str | None) -> None:
+    """A next client secret by reference (rollover without an outage, connections.engine.rollover); none given keeps
+    the stored one. One that is already the current secret was promoted since: applying the same file again leaves
+    it current, not next as well."""
+    if next_secret is not None and next_secret != connection.client_secret:
+        connection.next_client_secret = next_secret
 
 
 def _model_check(connection: Connection, found: validation.Problems) -> None:
@@ -139,8 +151,16 @@ def _model_check(connection: Connection, found: validation.Problems) -> None:
 def _changed(before: Connection, after: Connection) -> list[str]:
     """What a file can say about a connection that differs from the stored one, in words (never a value)."""
     names = ["name", "description", "provider_id", "placeholders", "grant_type", "token_type", "client_id"]
-    names += ["client_secret", "client_auth_method", "private_key", "private_key_id", "jwt_subject", "issuer"]
+    names += [
+        "client_secret",
+        "next_client_secret",
+        "client_auth_method",
+        "private_key",
+        "private_key_id",
+        "jwt_subject",
+        "issuer",
+    ]
     names += ["authorization_url", "token_url", "revocation_url", "device_authorization_url", "scopes"]
     names += ["extra_authorization_params", "api_base_url", "token_access", "default_token_lifetime", "is_enabled"]
-    words = {"client_secret": "client secret", "provider_id": "provider"}
+    words = {"client_secret": "client secret", "next_client_secret": "next client secret", "provider_id": "provider"}
     return [words.get(name, name) for name in names if getattr(before, name) != getattr(after, name)]

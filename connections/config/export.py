@@ -63,6 +63,8 @@ def _export_connection(connection: Connection) -> dict[str, Any]:
         item["client_auth_method"] = CLIENT_AUTH_METHOD_NAMES[connection.client_auth_method]
     if connection.client_secret:
         item["client_secret_env"] = variable_name(connection.slug, "client_secret")
+    if connection.next_client_secret:
+        item["next_client_secret_env"] = variable_name(connection.slug, "next_client_secret")
     if connection.private_key:
         item["private_key_env"] = variable_name(connection.slug, "private_key")
     for key in ("private_key_id", "jwt_subject"):

@@ -21,13 +21,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record
+from connections.engine import rollover
 from connections.engine.lease import lease_give_back, token_lease_take, token_rows
 from connections.engine.outcomes import token_refresh_complete, token_refresh_fail
-from connections.engine.store import (
-    Fence,
-    connection_client_config,
-    token_store,
-)
+from connections.engine.store import Fence, token_store
 from connections.errors import ProviderError, TokenGone
 from connections.models import Connection, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
@@ -45,16 +42,17 @@ def _current(token: OAuthToken) -> OAuthToken:
 
 
 def _fetch_new_token(connection: Connection, token: OAuthToken) -> TokenResponse:
-    config = connection_client_config(connection)
+    # With the next client secret or signing key when the current one is refused (connections.engine.rollover).
     if not connection.uses_authorization_code:
-        return oauth_client.app_token(config)
+        return rollover.provider_call(connection, oauth_client.app_token)
     if not token.refresh_token:
         raise ProviderError(
             "The provider gave no refresh token, so this token cannot be renewed: authorize again.",
             error="no_refresh_token",
             permanent=True,
         )
-    return oauth_client.refresh(config, refresh_token=token.refresh_token)
+    refresh_token = token.refresh_token
+    return rollover.provider_call(connection, lambda config: oauth_client.refresh(config, refresh_token=refresh_token))
 
 
 def _failed_since(token: OAuthToken, started: datetime) -> bool:
@@ -175,7 +173,7 @@ def token_refresh_wanted(token: OAuthToken, *, generation: int | None, queued_at
 
 def app_token_obtain(*, connection: Connection, authorized_by: User | None = None) -> OAuthToken:
     """A client-credentials or JWT bearer connection needs no person to authorize it: fetch and store a token now."""
-    response = oauth_client.app_token(connection_client_config(connection))
+    response = rollover.provider_call(connection, oauth_client.app_token)
     with transaction.atomic():
         token = token_store(connection=connection, user=None, response=response, authorized_by=authorized_by)
         audit_record(

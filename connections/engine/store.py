@@ -52,6 +52,8 @@ def connection_client_config(connection: Connection) -> ClientConfig:
         assertion_audience=connection.effective_assertion_audience,
         jwt_subject=connection.jwt_subject,
         token_response_fields=connection.provider.token_response_fields,
+        next_client_secret=connection.next_client_secret,
+        next_private_key=connection.next_private_key,
     )
 
 

@@ -17,6 +17,7 @@ from connections.audit.events import (
     audit_record,
     failed_authentication_count,
 )
+from connections.engine import rollover
 from connections.engine.store import (
     connection_client_config,
     token_replaced_revoke,
@@ -251,8 +252,9 @@ def connection_authorize_complete(
     connection = request.connection
     started_at = timezone.now()
     try:
-        response = oauth_client.exchange_code(
-            connection_client_config(connection), code=params["code"], code_verifier=request.code_verifier
+        response = rollover.provider_call(  # with the next client secret if the current one is refused
+            connection,
+            lambda config: oauth_client.exchange_code(config, code=params["code"], code_verifier=request.code_verifier),
         )
     except ProviderError as exc:
         shown = f"Could not connect {connection}: {exc.message} Nothing stored was changed."

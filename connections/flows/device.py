@@ -9,6 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record
+from connections.engine import rollover
 from connections.engine.store import (
     connection_client_config,
     token_replaced_revoke,
@@ -88,8 +89,9 @@ def device_authorization_poll(authorization_id: int) -> int | None:
         return None
     connection = authorization.connection
     try:
-        response = oauth_client.device_token(
-            connection_client_config(connection), device_code=authorization.device_code
+        device_code = authorization.device_code  # with the next client secret if the current one is refused
+        response = rollover.provider_call(
+            connection, lambda config: oauth_client.device_token(config, device_code=device_code)
         )
     except ProviderError as exc:
         return _poll_failed(authorization, exc)

@@ -8,6 +8,7 @@ from connections.models.records import (
     AnswerVersion,
     AuditEvent,
     BeatHeartbeat,
+    CredentialWarning,
     FailedAuthenticationWindow,
     WebhookEndpoint,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "BotKey",
     "Connection",
     "ConnectionStatus",
+    "CredentialWarning",
     "DeviceAuthorization",
     "FailedAuthenticationWindow",
     "IdentityProviderGroup",

@@ -1,10 +1,13 @@
 """Connections: what an administrator creates, its token type and its derived status."""
 
+from typing import Any
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django_cryptography.fields import encrypt
 
+from connections.oauth import assertions
 from providers.models import (
     APP_GRANTS,
     PLACEHOLDER_PATTERN,
@@ -74,6 +77,33 @@ class Connection(models.Model):
         help_text="How the client authenticates at the token URL. Blank: as the provider type does.",
     )
     private_key = encrypt(models.TextField(blank=True))  # PEM, for signed assertions; write-only like the secret
+    # Rollover without an outage (connections.engine.rollover): entered ahead, used when the current one is refused
+    # as invalid_client, promoted to current on its first success; the one it replaced is kept until an
+    # administrator confirms the rollover. Write-only and encrypted, like the current ones.
+    next_client_secret = encrypt(models.TextField(blank=True))
+    previous_client_secret = encrypt(models.TextField(blank=True))
+    next_private_key = encrypt(models.TextField(blank=True))
+    previous_private_key = encrypt(models.TextField(blank=True))
+    client_secret_expires_at = models.DateTimeField(
+        "client secret expires",
+        null=True,
+        blank=True,
+        help_text="When the provider stops taking the client secret (e.g. Microsoft Entra's, at most 24 months "
+        "after it was made). Managers are warned 30, 7 and 1 day(s) ahead.",
+    )
+    next_client_secret_expires_at = models.DateTimeField(
+        "next client secret expires",
+        null=True,
+        blank=True,
+        help_text="When the next client secret expires: it becomes the client secret's expiry when promoted.",
+    )
+    signing_certificate_expires_at = models.DateTimeField(
+        "signing certificate expires",
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Read from the certificate stored with the private key (its notAfter).",
+    )
     private_key_id = models.CharField(
         "key ID",
         max_length=200,
@@ -150,6 +180,15 @@ class Connection(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The signing certificate's expiry is read from the certificate stored with the key, whenever the key is.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None or "private_key" in update_fields:
+            self.signing_certificate_expires_at = assertions.certificate_expiry(self.private_key)
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "signing_certificate_expires_at"}
+        super().save(*args, **kwargs)
+
     def _fill(self, template: str) -> str:
         return PLACEHOLDER_PATTERN.sub(lambda match: self.placeholders.get(match.group(1), match.group(0)), template)
 
@@ -190,6 +229,11 @@ class Connection(models.Model):
         filled = TOKEN_FIELD_PATTERN.sub(lambda match: fields.get(match.group(1), match.group(0)), template)
         filled = self._fill(filled)
         return "" if TOKEN_FIELD_PATTERN.search(filled) else filled.rstrip("/")
+
+    @property
+    def rollover_to_confirm(self) -> bool:
+        """A next credential was promoted, and the one it replaced is kept until an administrator drops it."""
+        return bool(self.previous_client_secret or self.previous_private_key)
 
     @property
     def effective_client_auth_method(self) -> str:

@@ -39,6 +39,10 @@ class AuditEvent(models.Model):
         PROXY_REQUEST = "proxy_request", "API called through the proxy by a bot"
         SIGN_IN = "sign_in", "Signed in with the identity provider"
         AUTHORIZATION_ASK = "authorization_ask", "Members asked to authorize"
+        # Credentials that expire, and their rollover (connections.engine.rollover, connections.notify.expiry).
+        CREDENTIAL_PROMOTE = "credential_promote", "Next client credential promoted"
+        CREDENTIAL_PREVIOUS_DROP = "credential_previous_drop", "Previous client credential dropped"
+        CREDENTIAL_EXPIRING = "credential_expiring", "Credential expiry warned"
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
@@ -88,6 +92,10 @@ class BeatHeartbeat(models.Model):
     last_error = models.TextField(blank=True, help_text="Its last failure, in words (never a secret).")
     last_error_at = models.DateTimeField(null=True, blank=True)
     failures_in_a_row = models.PositiveIntegerField(default=0)
+    # Any number of beats may queue a job: whoever's copy claims a period first runs it (connections.ops.periods).
+    period_start = models.DateTimeField(
+        null=True, blank=True, help_text="The start of the last period this job was claimed for and run in."
+    )
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_run_at:%Y-%m-%d %H:%M:%S}" if self.last_run_at else self.name
@@ -126,3 +134,25 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class CredentialWarning(models.Model):
+    """One warning sent (e-mail and webhook credential.expiring) that a connection's credential expires: a row per
+    credential, expiry date and days-ahead mark (30, 7, 1), whose unique constraint makes each sent once however
+    many workers look at once. A credential renewed has a new expiry date, and so its own warnings."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="credential_warnings")
+    credential = models.CharField(max_length=40)  # client_secret, signing_certificate, refresh_token
+    expires_at = models.DateTimeField()
+    days_ahead = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "credential", "expires_at", "days_ahead"], name="one_warning_per_mark"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.credential} of {self.connection} expires {self.expires_at:%Y-%m-%d} ({self.days_ahead} d)"

@@ -40,6 +40,7 @@ EVENTS = {
     "token.refresh_recovered": "Refreshing a token works again",
     "token.reauthorization_required": "A token needs to be authorized again",
     "authorization.requested": "A member was asked to authorize a connection",  # connections.people.asks
+    "credential.expiring": "A client secret, signing certificate or refresh token expires in 30, 7 or 1 day(s)",
 }
 TEST_EVENT = "test"
 DELIVER_TASK = "connections.tasks.webhook_deliver"

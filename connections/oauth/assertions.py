@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -37,6 +38,7 @@ class SigningKey:
     key: SignableKey = field(repr=False)
     algorithm: str  # RS256 or ES256
     thumbprint: str  # the x5t of the certificate given with the key, or ""
+    not_after: datetime | None = None  # when that certificate expires (the provider refuses the key after it)
 
 
 def key_file_read(text: str) -> dict[str, str] | None:
@@ -73,8 +75,19 @@ def signing_key_load(pem: str) -> SigningKey:
     if not isinstance(key, SignableKey):
         raise KeyProblem("Only RSA (RS256) and P-256 EC (ES256) private keys can sign assertions.")
     algorithm = _algorithm(key)
-    thumbprint = _thumbprint(certificates, key) if certificates else ""
-    return SigningKey(key=key, algorithm=algorithm, thumbprint=thumbprint)
+    certificate = _own_certificate(certificates, key) if certificates else None
+    thumbprint = _thumbprint(certificate) if certificate else ""
+    not_after = certificate.not_valid_after_utc if certificate else None
+    return SigningKey(key=key, algorithm=algorithm, thumbprint=thumbprint, not_after=not_after)
+
+
+def certificate_expiry(pem: str) -> datetime | None:
+    """When the certificate stored with a private key expires (its notAfter): None without a certificate, or for
+    text that is no key Control Room can sign with (the form says why)."""
+    try:
+        return signing_key_load(pem).not_after if pem else None
+    except KeyProblem:
+        return None
 
 
 def _algorithm(key: SignableKey) -> str:
@@ -87,8 +100,8 @@ def _algorithm(key: SignableKey) -> str:
     return "ES256"
 
 
-def _thumbprint(certificates_pem: list[bytes], key: SignableKey) -> str:
-    """The x5t of the key's own certificate among those given (a chain may follow it, intermediates too)."""
+def _own_certificate(certificates_pem: list[bytes], key: SignableKey) -> x509.Certificate:
+    """The key's own certificate among those given (a chain may follow it, intermediates too)."""
     public, encoding = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
     own = key.public_key().public_bytes(encoding, public)
     try:
@@ -98,6 +111,11 @@ def _thumbprint(certificates_pem: list[bytes], key: SignableKey) -> str:
     certificate = next((c for c in certificates if c.public_key().public_bytes(encoding, public) == own), None)
     if certificate is None:
         raise KeyProblem("No certificate given is the private key's: their public keys differ.")
+    return certificate
+
+
+def _thumbprint(certificate: x509.Certificate) -> str:
+    """The certificate's x5t."""
     digest = certificate.fingerprint(hashes.SHA1())  # noqa: S303 - x5t is defined as the SHA-1 thumbprint (RFC 7515)
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 

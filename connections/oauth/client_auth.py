@@ -2,6 +2,7 @@
 client authenticates at the token URL: HTTP Basic, the form body, a signed assertion (private_key_jwt), or as a public
 client; with the provider's own headers, parameters and body format."""
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,30 @@ class ClientConfig:
     token_request_params: dict[str, str] = field(default_factory=dict)
     token_request_headers: dict[str, str] = field(default_factory=dict)
     token_response_fields: dict[str, str] = field(default_factory=dict)
+    # Rollover without an outage: what to authenticate with once the provider refuses the current ones as
+    # invalid_client (next_credentials_config).
+    next_client_secret: str = field(default="", repr=False)
+    next_private_key: str = field(default="", repr=False)
+
+
+INVALID_CLIENT = "invalid_client"  # RFC 6749 5.2: the client's authentication failed
+
+
+def next_credentials_config(config: ClientConfig) -> ClientConfig | None:
+    """The same call authenticated with the next client credential of the method in use (the next signing key for
+    private_key_jwt, else the next secret), or None when none is stored: what to try once the provider refused the
+    current one as invalid_client (the secret was changed at the provider, or the key's certificate replaced)."""
+    if config.client_auth_method == "private_key_jwt":
+        if not config.next_private_key:
+            return None
+        return dataclasses.replace(
+            config, private_key=config.next_private_key, next_private_key="", next_client_secret=""
+        )
+    if not config.next_client_secret:
+        return None
+    return dataclasses.replace(
+        config, client_secret=config.next_client_secret, next_private_key="", next_client_secret=""
+    )
 
 
 def request_quirks(config: ClientConfig) -> dict[str, Any]:

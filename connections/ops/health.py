@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 READINESS_SECONDS = 3  # how long a readiness answer is reused: a busy balancer's probes cost one check
 WORKER_PREFIX = "worker:"  # heartbeat rows of the workers that ran beat's heartbeat, by their host name
+BEAT = "beat"  # beat's heartbeat's row: when a worker last ran it, and the last period it was claimed for
 SWEEP = "sweep"  # the refresh sweep's row: its last success and its last failure
 REFRESH_TASKS = "refresh-tasks"  # the refresh tasks' row: their last failure (a success writes nothing)
 
@@ -69,7 +70,7 @@ def check_broker(app: Celery) -> dict[str, Any]:
 def beat_heartbeat_record(*, worker: str = "") -> None:
     """Run by a worker for each beat heartbeat: proves beat, the broker and that worker all work."""
     now = timezone.now()
-    BeatHeartbeat.objects.update_or_create(name="beat", defaults={"last_run_at": now})
+    BeatHeartbeat.objects.update_or_create(name=BEAT, defaults={"last_run_at": now})
     if worker:
         BeatHeartbeat.objects.update_or_create(name=f"{WORKER_PREFIX}{worker}"[:40], defaults={"last_run_at": now})
 
@@ -121,14 +122,27 @@ def _fresh(moment: Any) -> tuple[bool, int]:
 
 
 def check_beat() -> dict[str, Any]:
-    # Beat is healthy when its heartbeat task ran within three intervals (it also needs the broker and a worker).
-    heartbeat = BeatHeartbeat.objects.filter(name="beat").first()
+    """Beat, however many run, judged by the periods being run: beat's heartbeat is claimed once per period by
+    whichever beat's copy comes first (connections.ops.periods), so it is healthy while the heartbeat ran within
+    three intervals (which also needs the broker and a worker). One beat of two gone changes nothing here; all
+    gone, the periods stop being run. Each periodic job's last period is reported beside it."""
+    jobs = BeatHeartbeat.objects.filter(period_start__isnull=False).order_by("name")
+    last_periods = {row.name: row.period_start.isoformat() for row in jobs if row.period_start}
+    heartbeat = BeatHeartbeat.objects.filter(name=BEAT).first()
     if heartbeat is None or heartbeat.last_run_at is None:
-        return {"ok": False, "error": "beat has not run yet", "last_run": None}
+        return {"ok": False, "error": "beat has not run yet", "last_run": None, "last_periods": last_periods}
     ok, age = _fresh(heartbeat.last_run_at)
-    result: dict[str, Any] = {"ok": ok, "last_run": heartbeat.last_run_at.isoformat(), "age_seconds": age}
+    result: dict[str, Any] = {
+        "ok": ok,
+        "last_run": heartbeat.last_run_at.isoformat(),
+        "age_seconds": age,
+        "periods_missed": max(0, age // settings.BEAT_INTERVAL - 1),
+        "last_periods": last_periods,
+    }
     if not ok:
-        result["error"] = f"beat last ran {age} seconds ago (interval {settings.BEAT_INTERVAL} s)"
+        result["error"] = (
+            f"beat last ran {age} seconds ago (interval {settings.BEAT_INTERVAL} s): no beat queues the periodic jobs"
+        )
     return result
 
 

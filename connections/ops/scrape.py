@@ -48,6 +48,7 @@ class _Database:
             "How long the most overdue token has waited for its refresh (0: none).",
             value=backlog.oldest_overdue_seconds,
         )
+        yield _credential_expiries()
         earliest = (
             OAuthToken.objects.filter(connection__is_enabled=True, state=TokenState.ACTIVE, expires_at__isnull=False)
             .aggregate(earliest=Min("expires_at"))
@@ -59,3 +60,18 @@ class _Database:
                 "Seconds until the earliest expiry of a connected token (negative: one has expired).",
                 value=(earliest - timezone.now()).total_seconds(),
             )
+
+
+def _credential_expiries() -> Metric:
+    """Per connection with a credential that expires (a client secret, a signing certificate, a refresh token's
+    absolute lifetime): the seconds until the earliest. One series per such connection, none for the others."""
+    family = GaugeMetricFamily(
+        "controlroom_credential_expiry_seconds",
+        "Seconds until the earliest credential of a connection expires: client secret, signing certificate or "
+        "refresh token lifetime (negative: expired).",
+        labels=["connection"],
+    )
+    now = timezone.now()
+    for slug, expires_at in selectors.earliest_credential_expiry_by_connection().items():
+        family.add_metric([slug], (expires_at - now).total_seconds())
+    return family

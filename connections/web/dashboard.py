@@ -15,6 +15,7 @@ from connections import selectors
 from connections.models import AuditEvent, Connection, ConnectionStatus, OAuthToken, TokenState
 from connections.ops import health
 
+CREDENTIALS_WITHIN_DAYS = 30  # credentials (client secrets, certificates, refresh tokens) expiring this soon are shown
 HOURS_BACK = 24
 HOURS_AHEAD = 12
 STATUS_COLOURS = {
@@ -46,6 +47,7 @@ def dashboard_context(now: datetime | None = None) -> dict:
         "refresh_chart": _refresh_chart(now),
         "expiry_chart": _expiry_chart(now),
         "attention": _attention(),
+        "credentials_expiring": selectors.credential_expiries(until=now + timedelta(days=CREDENTIALS_WITHIN_DAYS))[:10],
         "backlog": health.refresh_backlog(),
     }
 

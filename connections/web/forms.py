@@ -15,7 +15,9 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
 
 from connections import validation
+from connections.errors import KeyProblem
 from connections.models import FEATURE_PERMISSIONS, BotKey, Connection, Role, TokenAccess
+from connections.oauth import assertions
 from connections.web.connection_page import (
     adapt_to_provider_and_grant,
     grant_layout,
@@ -51,6 +53,24 @@ class ConnectionForm(forms.ModelForm):
         help_text="For a client that no longer has one: a public client, or one that now signs with a private key.",
     )
     clear_private_key = forms.BooleanField(required=False, label="Remove the stored private key")
+    # Rollover without an outage (connections.engine.rollover): write-only like the current ones.
+    next_client_secret = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The secret the provider will take next, entered before it is changed there: used once the "
+        "current one is refused, and then made the current one. Stored encrypted and never shown again.",
+    )
+    clear_next_client_secret = forms.BooleanField(required=False, label="Remove the stored next secret")
+    next_private_key = forms.CharField(
+        required=False,
+        strip=True,
+        max_length=20_000,
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "cols": 60, "autocomplete": "off", "spellcheck": "false"}),
+        help_text="The key (and certificate) the provider will take next, as for the private key: used once the "
+        "current one is refused, and then made the current one. Stored encrypted and never shown again.",
+    )
+    clear_next_private_key = forms.BooleanField(required=False, label="Remove the stored next private key")
     extra_authorization_params = AuthorizationParamsField(
         required=False,
         initial=dict,
@@ -69,6 +89,8 @@ class ConnectionForm(forms.ModelForm):
             "token_type",
             "client_id",
             "client_auth_method",
+            "client_secret_expires_at",
+            "next_client_secret_expires_at",
             "private_key_id",
             "jwt_subject",
             "authorization_url",
@@ -163,6 +185,15 @@ class ConnectionForm(forms.ModelForm):
             raise forms.ValidationError(problem)
         return params
 
+    def clean_next_private_key(self) -> str:
+        key = self.cleaned_data.get("next_private_key") or ""
+        if key:
+            try:
+                assertions.signing_key_load(key)
+            except KeyProblem as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return key
+
     def clean(self) -> dict[str, Any]:
         """The rules between fields (connections.validation), on the connection as this form would leave it."""
         super().clean()
@@ -199,6 +230,16 @@ class ConnectionForm(forms.ModelForm):
         super().full_clean()
         if self.changes is not None and not self.errors:
             self.changes.apply_to(self.instance)
+            next_credentials_apply(self.cleaned_data, self.instance)
+
+
+def next_credentials_apply(cleaned: dict[str, Any], connection: Connection) -> None:
+    """The write-only next credentials: one given replaces what is stored, Remove clears it, else it is kept."""
+    for name in ("next_client_secret", "next_private_key"):
+        if cleaned.get(name):
+            setattr(connection, name, cleaned[name])
+        elif cleaned.get(f"clear_{name}"):
+            setattr(connection, name, "")
 
 
 class WrappedFilteredSelectMultiple(FilteredSelectMultiple):

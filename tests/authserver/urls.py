@@ -29,4 +29,5 @@ urlpatterns = [
     path("_control/id_token_fault", views.openid_id_token_fault),
     path("_control/openid_client", views.openid_client),
     path("_control/user_groups", views.openid_user_groups),
+    path("_control/client_secret", views.client_secret),
 ]

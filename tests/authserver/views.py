@@ -504,3 +504,16 @@ def reset(body: dict) -> dict:
 openid_id_token_fault = control("POST")(openid.id_token_fault)
 openid_client = control("POST")(openid.openid_client)
 openid_user_groups = control("POST")(openid.user_groups)
+
+
+@control("POST")
+def client_secret(body: dict) -> dict:
+    """The client's secret changed at the provider, as an administrator rotates it there: its grants and tokens
+    stay (unlike replacing the client), and only the new secret authenticates it from now on."""
+    client_id = str(body["client_id"])
+    with transaction.atomic():
+        application = get_application_model().objects.select_for_update().get(client_id=client_id)
+        application.client_secret = str(body["client_secret"])  # plaintext in: DOT hashes it on save
+        application.save(update_fields=["client_secret"])
+        ClientFlags.objects.filter(client_id=client_id).update(secret=str(body["client_secret"]))
+    return {"client_id": client_id}

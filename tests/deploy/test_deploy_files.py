@@ -195,7 +195,7 @@ def check_celery(arguments: list[str]) -> None:
 # --- tests ----------------------------------------------------------------------------------------------------
 
 
-def test_compose_runs_postgres_redis_migrate_web_workers_and_one_beat():
+def test_compose_runs_postgres_redis_migrate_web_workers_and_two_beats():
     assert set(services()) == SERVICES
     for name in APP_SERVICES:
         assert services()[name]["build"] == ".", name
@@ -207,10 +207,10 @@ def test_compose_runs_postgres_redis_migrate_web_workers_and_one_beat():
         "worker"
     ]
     assert [name for name, argv in runs.items() if argv[:4] == ["celery", "--app", "controlroom", "beat"]] == ["beat"]
-    # workers scale (--scale worker=N needs no fixed name or host port); beat is exactly one
+    # workers scale (--scale worker=N needs no fixed name or host port); two beats, each job once per period
     assert not {"container_name", "ports"} & set(services()["worker"])
     assert services()["worker"].get("deploy", {}).get("replicas", 1) >= 1
-    assert services()["beat"]["deploy"]["replicas"] == 1
+    assert services()["beat"]["deploy"]["replicas"] == 2
     assert not {"container_name", "ports"} & set(services()["beat"])
     # web, worker and beat wait for the migrations, which wait for healthy servers
     for name in ("web", "worker", "beat"):

@@ -278,6 +278,10 @@ class AuthServer:
             },
         )
 
+    def change_client_secret(self, client_id: str, client_secret: str) -> None:
+        """Rotate a client's secret at the server, keeping its grants: the old secret is refused from now on."""
+        self._control("POST", "client_secret", {"client_id": client_id, "client_secret": client_secret})
+
     def approve_device(self, user_code: str, username: str, password: str, approve: bool = True) -> None:
         """Approve (or deny) a device authorization as a person at the verification page would: sign in, enter
         the user code, press Accept (or Deny). Raises AuthorizeError if a page is not what it should be."""

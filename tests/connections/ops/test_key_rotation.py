@@ -35,8 +35,9 @@ KEY_A = "old-key-A-0123456789abcdefghijklmnopqrstuvwxyz"
 KEY_C = "unknown-key-C-zyxwvutsrqponmlkjihgfedcba9876543210"
 MARKER = "PLAINTEXT-MARKER"  # in every secret, so the raw bytes can be searched for any plaintext
 
+ROLLOVER_FIELDS = ("next_client_secret", "previous_client_secret", "next_private_key", "previous_private_key")
 FIELDS = {
-    Connection: ("client_secret", "private_key"),
+    Connection: ("client_secret", "private_key", *ROLLOVER_FIELDS),
     OAuthToken: ("access_token", "refresh_token", "id_token", "extra"),
     AuthorizationRequest: ("code_verifier",),
     DeviceAuthorization: ("device_code",),
@@ -74,6 +75,7 @@ def make_rows(count: int, *, start: int = 0, requests: int = 0) -> dict[tuple, s
             client_id=f"client-{n}",
             client_secret=secret("client", n),
             private_key=secret("key", n),
+            **{name: secret(name, n) for name in ROLLOVER_FIELDS},
         )
         for n in numbers
     )
@@ -91,6 +93,7 @@ def make_rows(count: int, *, start: int = 0, requests: int = 0) -> dict[tuple, s
     for n, connection, token in zip(numbers, connections, tokens, strict=True):
         expected[(Connection, connection.pk, "client_secret")] = secret("client", n)
         expected[(Connection, connection.pk, "private_key")] = secret("key", n)
+        expected.update({(Connection, connection.pk, name): secret(name, n) for name in ROLLOVER_FIELDS})
         expected[(OAuthToken, token.pk, "access_token")] = secret("access", n)
         expected[(OAuthToken, token.pk, "refresh_token")] = secret("refresh", n)
         expected[(OAuthToken, token.pk, "id_token")] = secret("id", n) if n % 3 else ""
@@ -178,7 +181,8 @@ def test_rotation_from_a_previous_key_loses_nothing(monkeypatch, settings):
     assert_no_plaintext(before)
     old = fernet_for(KEY_A)
     under_a = {key for key, raw in before.items() if decrypts_under(old, raw, expected[key])}
-    assert len(under_a) == 600 * 6 + 30  # per row: client secret, private key, access, refresh, id token, extra
+    # per row: client secret, private key, the four of a rollover, access, refresh, id token, extra
+    assert len(under_a) == 600 * (6 + len(ROLLOVER_FIELDS)) + 30
 
     settings.CRYPTOGRAPHY_KEY_PREVIOUS = [KEY_A]
     output = run()
