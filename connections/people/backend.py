@@ -14,6 +14,7 @@ from django_cryptography.utils.crypto import FernetBytes, InvalidToken
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from connections.http import client_address
+from connections.models import BotAccount
 from connections.people import accounts, identity_provider
 from connections.people.identity_provider import SignInRefused
 
@@ -48,6 +49,15 @@ class IdentityProviderSignIn(OIDCAuthenticationBackend):
             request.sign_in_refused = exc.reason  # type: ignore[attr-defined]
             accounts.sign_in_refusal_record(reason=exc.reason, remote_addr=client_address(request))
             return None
+
+    def get_user(self, user_id: Any) -> User | None:
+        """The session's person while they may still sign in: Django asks at every request, and a person deactivated
+        (or made a bot account) since signing in is signed out at once, as the password backend does."""
+        user = super().get_user(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
+    def user_can_authenticate(self, user: Any) -> bool:
+        return super().user_can_authenticate(user) and not BotAccount.objects.filter(user_id=user.pk).exists()
 
     def get_token(self, payload: dict[str, str]) -> dict[str, Any]:
         return identity_provider.code_exchange({**payload, "redirect_uri": identity_provider.redirect_uri()})

@@ -4,14 +4,14 @@ SESSION_MAX_HOURS."""
 
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
 from django.contrib.auth.models import User
 from django.test import Client
 
-from connections.models import PersonIdentity
+from connections.models import BotAccount, PersonIdentity
 from tests.connections.people.conftest import CLIENT_ID, sign_in
 from tests.controlroom.helpers import manage, minimal_env
 
@@ -110,6 +110,48 @@ def test_a_session_is_renewed_silently_and_ends_with_the_providers(identity_prov
     assert ended.status_code == 403 and "Your session at Loopback IdP has ended" in ended.content.decode()
     assert client.get("/connections/mine/").status_code == 302
     assert PersonIdentity.objects.count() == 1
+
+
+@pytest.mark.parametrize("change", ["deactivated", "made a bot account"])
+def test_a_session_ends_when_the_person_may_no_longer_sign_in(identity_provider, change):
+    # given a person signed in with the identity provider
+    username, password = identity_provider.person("omar")
+    client = Client()
+    sign_in(client, identity_provider, username, password)
+    assert client.get("/connections/mine/").status_code == 200
+
+    # when an administrator deactivates them, or makes their account a bot's
+    user = PersonIdentity.objects.get().user
+    if change == "deactivated":
+        User.objects.filter(pk=user.pk).update(is_active=False)
+    else:
+        BotAccount.objects.create(user=user)
+
+    # then their next request finds them signed out
+    answer = client.get("/connections/mine/")
+    assert answer.status_code == 302 and answer["Location"].startswith("/accounts/login/")
+
+
+def test_a_refused_renewal_ends_the_session(identity_provider, settings, time_machine):
+    # given a person signed in with the identity provider, whose session is due for renewal
+    username, password = identity_provider.person("pia")
+    client = Client()
+    sign_in(client, identity_provider, username, password)
+    time_machine.move_to(timedelta(seconds=settings.OIDC_RENEW_SECONDS + 5), tick=True)
+    renewing = urlsplit(client.get("/connections/mine/")["Location"])
+
+    # when the provider answers with a code, but its ID token is spoilt (prompt=none dropped: the test's browser
+    # holds no session at the provider, where the person's would)
+    identity_provider.server.spoil_next_id_token("audience")
+    query = {name: values for name, values in parse_qs(renewing.query).items() if name != "prompt"}
+    asking = renewing._replace(query=urlencode(query, doseq=True)).geturl()
+    back = urlsplit(identity_provider.server.authorize_with_requests(asking, username, password))
+    refused = client.get(f"{back.path}?{back.query}")
+
+    # then the renewal is refused, and the session has ended
+    assert refused.status_code == 403 and "issued to another application" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert client.get("/connections/mine/").status_code == 302
 
 
 def test_a_session_ends_after_session_max_hours(identity_provider, settings, time_machine, root):
