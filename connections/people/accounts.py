@@ -22,12 +22,13 @@ ACTOR_LABEL = "identity provider"
 
 
 def claimed_groups(claims: dict[str, Any]) -> set[str]:
-    """The group claim's values (a list, or one string; Keycloak may send paths such as /finance: both the path
-    and its last part count)."""
+    """The group claim's values (a list, or one string). Keycloak may send full paths: a top-level group's /finance
+    counts as finance too, but a nested group only by its full path (/partners/acme/admins is not "admins", which
+    could be a group OIDC_SUPERUSER_GROUPS names)."""
     raw = claims.get(settings.OIDC_GROUPS_CLAIM)
     values = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
     groups = {str(value) for value in values if isinstance(value, str | int)}
-    return groups | {group.rsplit("/", 1)[-1] for group in groups if group.startswith("/")}
+    return groups | {group[1:] for group in groups if group.startswith("/") and group.count("/") == 1}
 
 
 def roles_are_mapped() -> bool:

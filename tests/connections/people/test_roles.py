@@ -95,6 +95,19 @@ def test_staff_and_superuser_never_come_from_a_claim_unless_mapped(identity_prov
     assert "superuser removed by the groups" in AuditEvent.objects.filter(action="sign_in").latest("id").detail
 
 
+def test_a_nested_keycloak_group_counts_only_by_its_full_path(identity_provider, settings):
+    # given staff and superuser mapped from top-level groups, and a person in a partner's nested "admins" group
+    settings.OIDC_STAFF_GROUPS, settings.OIDC_SUPERUSER_GROUPS = ["staff"], ["admins"]
+    username, password = identity_provider.person("rae", groups=["/partners/acme/admins", "/staff"])
+
+    # when they sign in
+    sign_in(Client(), identity_provider, username, password)
+
+    # then the top-level /staff counts as staff, but the nested group is not "admins"
+    user = signed_in_user()
+    assert user.is_staff and not user.is_superuser
+
+
 def test_staff_status_an_administrator_gave_stays_while_staff_is_not_mapped(identity_provider):
     username, password = identity_provider.person("kim")
     sign_in(Client(), identity_provider, username, password)
