@@ -2,6 +2,7 @@
 sign-in and found again by `sub`, and a sign-in whose ID token is not what it must be is refused with a page that
 says why."""
 
+import html
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -64,6 +65,9 @@ def test_the_authorization_request_uses_pkce_nonce_and_the_registered_redirect_u
         ("nonce", "another nonce"),
         ("expired", "has expired"),
         ("signature", "signature does not verify"),
+        ("issuer", "issued by another issuer"),
+        ("algorithm-none", "signed with 'none', an algorithm not accepted"),
+        ("algorithm-hs256", "signed with 'HS256', an algorithm not accepted"),
     ],
 )
 def test_a_spoilt_id_token_is_refused_with_a_page_that_says_why(identity_provider, fault, said):
@@ -77,7 +81,7 @@ def test_a_spoilt_id_token_is_refused_with_a_page_that_says_why(identity_provide
 
     # then nobody is signed in, the page says why, and the refusal is audited
     assert answer.status_code == 403
-    assert said in answer.content.decode()
+    assert said in html.unescape(answer.content.decode())
     assert "_auth_user_id" not in client.session
     assert not User.objects.filter(username="frank").exists()
     refused = AuditEvent.objects.get(action="sign_in", outcome="failure")
