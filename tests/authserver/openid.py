@@ -20,7 +20,7 @@ from tests.authserver.models import OpenIdFault
 from tests.authserver.oauth import Validator
 from tests.authserver.openid_keys import new_rsa_key
 
-ID_TOKEN_FAULTS = ("audience", "nonce", "expired", "signature", "issuer", "algorithm-none", "algorithm-hs256")
+ID_TOKEN_FAULTS = ("audience", "nonce", "expired", "signature", "issuer", "algorithm-none", "algorithm-hs256", "azp")
 
 
 class OpenIdValidator(Validator):
@@ -97,6 +97,8 @@ def id_token_fault_apply(response: HttpResponse, request: HttpRequest) -> HttpRe
         claims["iat"], claims["exp"] = int(time.time()) - 7200, int(time.time()) - 3600
     elif fault.mode == "signature":
         key = new_rsa_key()  # the same kid: only the signature gives it away
+    elif fault.mode == "azp":
+        claims["azp"] = "another-relying-party"  # the audience is still this one
     elif fault.mode == "issuer":
         claims["iss"] = "https://another-issuer.example"
     elif fault.mode == "algorithm-none":

@@ -66,6 +66,7 @@ def test_the_authorization_request_uses_pkce_nonce_and_the_registered_redirect_u
         ("expired", "has expired"),
         ("signature", "signature does not verify"),
         ("issuer", "issued by another issuer"),
+        ("azp", "its azp is not OIDC_CLIENT_ID"),
         ("algorithm-none", "signed with 'none', an algorithm not accepted"),
         ("algorithm-hs256", "signed with 'HS256', an algorithm not accepted"),
     ],
