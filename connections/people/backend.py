@@ -86,4 +86,6 @@ class IdentityProviderSignIn(OIDCAuthenticationBackend):
     def update_user(self, user: User, claims: dict[str, Any]) -> User:
         if not user.is_active:
             raise SignInRefused("This account is deactivated in Control Room.")
-        return accounts.person_sign_in_apply(user=user, claims=claims)
+        signed_in = getattr(self.request, "user", None)
+        renewal = signed_in is not None and signed_in.is_authenticated and signed_in.pk == user.pk
+        return accounts.person_sign_in_apply(user=user, claims=claims, renewal=renewal)

@@ -8,10 +8,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from connections.models import BotAccount, PersonIdentity
+from connections.models import AuditEvent, BotAccount, PersonIdentity
 from tests.connections.people.conftest import CLIENT_ID, sign_in
 from tests.controlroom.helpers import manage, minimal_env
 
@@ -132,21 +132,48 @@ def test_a_session_ends_when_the_person_may_no_longer_sign_in(identity_provider,
     assert answer.status_code == 302 and answer["Location"].startswith("/accounts/login/")
 
 
+def renew(client: Client, provider, username: str, password: str, settings, time_machine):
+    """Let the session come due for renewal, and answer the silent sign-in at the provider (prompt=none dropped:
+    the test's browser holds no session at the provider, where the person's would): the callback's response."""
+    time_machine.move_to(timedelta(seconds=settings.OIDC_RENEW_SECONDS + 5), tick=True)
+    renewing = urlsplit(client.get("/connections/mine/")["Location"])
+    query = {name: values for name, values in parse_qs(renewing.query).items() if name != "prompt"}
+    asking = renewing._replace(query=urlencode(query, doseq=True)).geturl()
+    back = urlsplit(provider.server.authorize_with_requests(asking, username, password))
+    return client.get(f"{back.path}?{back.query}")
+
+
+def test_a_silent_renewal_is_audited_only_when_it_changes_something(identity_provider, settings, time_machine):
+    # given a person signed in with the identity provider, whose groups map to roles
+    support = Group.objects.create(name="Support")
+    settings.OIDC_ROLE_MAP = {"help": ["Support"]}
+    username, password = identity_provider.person("ruth")
+    client = Client()
+    sign_in(client, identity_provider, username, password)
+    signed_in = AuditEvent.objects.filter(action="sign_in", outcome="success").count()
+
+    # when the session is renewed with nothing changed, then nothing more is audited
+    assert renew(client, identity_provider, username, password, settings, time_machine).status_code == 302
+    assert AuditEvent.objects.filter(action="sign_in", outcome="success").count() == signed_in
+
+    # when it is renewed after the person joined a mapped group, then the renewal is audited, with the role's join
+    identity_provider.server.set_person(username, password, groups=["help"])
+    assert renew(client, identity_provider, username, password, settings, time_machine).status_code == 302
+    assert list(PersonIdentity.objects.get().user.groups.all()) == [support]
+    renewed = AuditEvent.objects.filter(action="sign_in", outcome="success").latest("id")
+    assert renewed.detail == "Session renewed with Loopback IdP."
+    assert "_auth_user_id" in client.session
+
+
 def test_a_refused_renewal_ends_the_session(identity_provider, settings, time_machine):
     # given a person signed in with the identity provider, whose session is due for renewal
     username, password = identity_provider.person("pia")
     client = Client()
     sign_in(client, identity_provider, username, password)
-    time_machine.move_to(timedelta(seconds=settings.OIDC_RENEW_SECONDS + 5), tick=True)
-    renewing = urlsplit(client.get("/connections/mine/")["Location"])
 
-    # when the provider answers with a code, but its ID token is spoilt (prompt=none dropped: the test's browser
-    # holds no session at the provider, where the person's would)
+    # when the provider answers with a code, but its ID token is spoilt
     identity_provider.server.spoil_next_id_token("audience")
-    query = {name: values for name, values in parse_qs(renewing.query).items() if name != "prompt"}
-    asking = renewing._replace(query=urlencode(query, doseq=True)).geturl()
-    back = urlsplit(identity_provider.server.authorize_with_requests(asking, username, password))
-    refused = client.get(f"{back.path}?{back.query}")
+    refused = renew(client, identity_provider, username, password, settings, time_machine)
 
     # then the renewal is refused, and the session has ended
     assert refused.status_code == 403 and "issued to another application" in refused.content.decode()

@@ -48,6 +48,22 @@ def test_a_local_user_with_the_same_name_or_e_mail_is_not_taken_over(identity_pr
     assert PersonIdentity.objects.get().user.username == "erin-2"
 
 
+@pytest.mark.parametrize("reserved", ["admin", "ops-admin", "break-glass"])
+def test_a_person_never_gets_the_administrators_or_the_break_glass_username(
+    identity_provider, settings, monkeypatch, reserved
+):
+    # given the administrator's and the break-glass account's names, neither account made yet
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "ops-admin")
+    settings.BREAK_GLASS_USERNAME = "break-glass"
+    username, password = identity_provider.person(reserved)
+
+    # when a person with one of those names at the identity provider signs in for the first time
+    sign_in(Client(), identity_provider, username, password)
+
+    # then they get another name
+    assert PersonIdentity.objects.get().user.username == f"{reserved}-2"
+
+
 def test_the_authorization_request_uses_pkce_nonce_and_the_registered_redirect_uri(identity_provider, settings):
     started = Client().get("/oidc/authenticate/")
     query = parse_qs(urlsplit(started["Location"]).query)
