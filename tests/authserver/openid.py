@@ -1,6 +1,7 @@
 """The loopback server as an OpenID Provider (django-oauth-toolkit's OIDC support): the claims a company's identity
 provider sends (e-mail, name, groups), its metadata, and ID tokens a relying party must refuse (another audience,
-another nonce, expired, signed with another key, from another issuer, unsigned or signed with the client secret), driven from the tests through /_control/."""
+another nonce, expired, signed with another key, from another issuer, unsigned or signed with the client secret,
+authorized for another party), driven from the tests through /_control/."""
 
 import base64
 import json
