@@ -22,6 +22,7 @@ if _ENV_FILE and Path(_ENV_FILE).is_file():
 
 __all__ = [
     "AXES_SENSITIVE_PARAMETERS",
+    "AXES_WHITELIST_CALLABLE",
     "BREAK_GLASS_USERNAME",
     "OIDC_CLIENT_AUTH_METHOD",
     "OIDC_CLIENT_ID",
@@ -114,6 +115,10 @@ OIDC_EXEMPT_URLS = ["logout", "login", "admin:login", "admin:logout", "livez", "
 # django-axes records a refused sign-in's callback like a failed login, with its query: the authorization code and
 # state are masked there (a code is short-lived and single-use, but no credential belongs in a record).
 AXES_SENSITIVE_PARAMETERS = ["code", "state", "code_verifier", "nonce", "session_state"]
+# ... but a refused callback is not counted by django-axes at all: it has no username, so axes would lock out every
+# person signing in from the same address after a few refusals of anyone's; connections.people counts and audits
+# those refusals itself.
+AXES_WHITELIST_CALLABLE = "connections.people.views.sign_in_callback_not_counted"
 
 
 def people_settings_apply(backends: list[str], middleware: list[str], templates: list[dict[str, Any]]) -> None:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import transaction
+from django.db.models import Q
 from django.utils.text import slugify
 
 from connections.audit.events import Action, Outcome, audit_record
@@ -144,22 +146,43 @@ def _plan_roles(
             # People signing in with the identity provider get the role while in one of these groups (docs/sso.md).
             "identity_provider_groups": sorted({str(value) for value in item.get("identity_provider_groups") or []}),
         }
+        filled = _filled_by_identity_provider(name, role, wanted["identity_provider_groups"])
         if role is None:
             plan.changes.append(Change("role", name, "create"))
         else:
-            current = {
-                "permissions": sorted(
-                    role.permissions.filter(codename__in=FEATURE_PERMISSIONS).values_list("codename", flat=True)
-                ),
-                "users": sorted(role.user_set.values_list("username", flat=True)),
-                "connections": sorted(role.connections.values_list("slug", flat=True)),
-                "identity_provider_groups": sorted(
-                    IdentityProviderGroup.objects.filter(role=role).values_list("group", flat=True)
-                ),
-            }
-            changed = [key for key in wanted if wanted[key] != current[key]]
+            compared = {**wanted, "users": _not_signed_in_by_provider(wanted["users"])} if filled else wanted
+            current = _role_current(role, filled=filled)
+            changed = [key for key in wanted if compared[key] != current[key]]
             plan.changes.append(Change("role", name, "update" if changed else "unchanged", changed))
-        plan.roles.append({"name": name, **wanted})
+        plan.roles.append({"name": name, **wanted, "filled_by_identity_provider": filled})
+
+
+def _filled_by_identity_provider(name: str, role: Group | None, groups: list[str]) -> bool:
+    """Whether the identity provider gives the role to the people it signs in (identity_provider_groups, in the file
+    or still in the database, or OIDC_ROLE_MAP): their membership is then the sign-in's to set, not the file's."""
+    mapped = any(name in roles for roles in settings.OIDC_ROLE_MAP.values())
+    return bool(groups) or mapped or (role is not None and IdentityProviderGroup.objects.filter(role=role).exists())
+
+
+def _not_signed_in_by_provider(usernames: list[str]) -> list[str]:
+    provided = get_user_model().objects.filter(username__in=usernames, identity__isnull=False)
+    return sorted(set(usernames) - set(provided.values_list("username", flat=True)))
+
+
+def _role_current(role: Group, *, filled: bool) -> dict[str, list[str]]:
+    """What the database holds of the role, as the file says it (without the members the identity provider gave it
+    the role to, when it fills the role)."""
+    members = role.user_set.filter(identity__isnull=True) if filled else role.user_set.all()
+    return {
+        "permissions": sorted(
+            role.permissions.filter(codename__in=FEATURE_PERMISSIONS).values_list("codename", flat=True)
+        ),
+        "users": sorted(members.values_list("username", flat=True)),
+        "connections": sorted(role.connections.values_list("slug", flat=True)),
+        "identity_provider_groups": sorted(
+            IdentityProviderGroup.objects.filter(role=role).values_list("group", flat=True)
+        ),
+    }
 
 
 def config_plan(text: str, *, base_dir: Path) -> Plan:
@@ -194,10 +217,16 @@ def config_apply(plan: Plan, *, actor: User | None = None) -> None:
             if actions[("role", role_values["name"])].action == "unchanged":
                 continue
             role, created = Group.objects.get_or_create(name=role_values["name"])
+            members = user_model.objects.filter(username__in=role_values["users"])
+            if role_values["filled_by_identity_provider"]:  # its people signed in by the provider stay as they are
+                provided = role.user_set.filter(identity__isnull=False).values("pk")
+                members = user_model.objects.filter(
+                    Q(username__in=role_values["users"], identity__isnull=True) | Q(pk__in=provided)
+                )
             role_update(
                 role=role,
                 feature_permissions=role_values["permissions"],
-                members=list(user_model.objects.filter(username__in=role_values["users"])),
+                members=list(members),
                 connections=list(Connection.objects.filter(slug__in=role_values["connections"])),
                 actor=actor,
                 actor_label="" if actor else "apply_config",

@@ -4,6 +4,7 @@ Control Room), staff and superuser status only where OIDC_STAFF_GROUPS / OIDC_SU
 and leaves are audited as the admin's are."""
 
 import logging
+import os
 from typing import Any, cast
 
 from django.conf import settings
@@ -22,12 +23,13 @@ ACTOR_LABEL = "identity provider"
 
 
 def claimed_groups(claims: dict[str, Any]) -> set[str]:
-    """The group claim's values (a list, or one string; Keycloak may send paths such as /finance: both the path
-    and its last part count)."""
+    """The group claim's values (a list, or one string). Keycloak may send full paths: a top-level group's /finance
+    counts as finance too, but a nested group only by its full path (/partners/acme/admins is not "admins", which
+    could be a group OIDC_SUPERUSER_GROUPS names)."""
     raw = claims.get(settings.OIDC_GROUPS_CLAIM)
     values = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
     groups = {str(value) for value in values if isinstance(value, str | int)}
-    return groups | {group.rsplit("/", 1)[-1] for group in groups if group.startswith("/")}
+    return groups | {group[1:] for group in groups if group.startswith("/") and group.count("/") == 1}
 
 
 def roles_are_mapped() -> bool:
@@ -70,10 +72,14 @@ def role_identity_provider_groups_set(*, role: Group, groups: list[str], actor: 
 
 
 def _new_username(claims: dict[str, Any]) -> str:
-    """A readable, unused username: preferred_username, else the e-mail, else the subject (made unique)."""
+    """A readable, unused username: preferred_username, else the e-mail, else the subject (made unique). Never the
+    administrator's or the break-glass account's name, even before that account exists: the identity provider's
+    preferred_username is the person's choice at some providers, and whoever holds such a name gets its powers when
+    that account is made (ensure_admin) or its password sign-in (PASSWORD_SIGN_IN=break-glass:<username>)."""
+    reserved = {"admin", os.environ.get("DJANGO_SUPERUSER_USERNAME", "admin"), settings.BREAK_GLASS_USERNAME} - {""}
     wanted = str(claims.get("preferred_username") or claims.get("email") or claims["sub"])[:140]
     username, number = wanted, 1
-    while User.objects.filter(username=username).exists():
+    while username in reserved or User.objects.filter(username=username).exists():
         number += 1
         username = f"{wanted}-{number}"
     return username
@@ -102,10 +108,13 @@ def person_create(claims: dict[str, Any]) -> User:
     return user
 
 
-def person_sign_in_apply(*, user: User, claims: dict[str, Any]) -> User:
-    """What the identity provider says of the person now: name, e-mail, roles, staff and superuser status."""
+def person_sign_in_apply(*, user: User, claims: dict[str, Any], renewal: bool = False) -> User:
+    """What the identity provider says of the person now: name, e-mail, roles, staff and superuser status. A silent
+    renewal of a session is audited only when it changed the person's status or roles (it happens every
+    OIDC_RENEW_SECONDS)."""
     groups = claimed_groups(claims)
     with transaction.atomic():
+        roles_before = set(user.groups.values_list("pk", flat=True))
         user.email = str(claims.get("email") or user.email)
         user.first_name = str(claims.get("given_name") or user.first_name)[:150]
         user.last_name = str(claims.get("family_name") or user.last_name)[:150]
@@ -124,12 +133,14 @@ def person_sign_in_apply(*, user: User, claims: dict[str, Any]) -> User:
         if roles_are_mapped():  # else roles are given in Control Room (Google sends no groups, for one)
             user_roles_set(user=user, roles=mapped_roles(groups), actor=None, actor_label=ACTOR_LABEL)
         PersonIdentity.objects.filter(user=user).update(last_signed_in_at=timezone.now())
+        if renewal and not changed and set(user.groups.values_list("pk", flat=True)) == roles_before:
+            return user
         audit_record(
             action=Action.SIGN_IN,
             outcome=Outcome.SUCCESS,
             actor=user,
             actor_label=user.get_username(),
-            detail=f"Signed in with {settings.OIDC_PROVIDER_NAME}"
+            detail=f"{'Session renewed' if renewal else 'Signed in'} with {settings.OIDC_PROVIDER_NAME}"
             + (f" ({'; '.join(changed)} by the groups)" if changed else "")
             + ".",
         )

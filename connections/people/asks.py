@@ -29,7 +29,7 @@ REMINDER_INTERVAL = timedelta(days=1)  # a member is asked again at most once a 
 
 def authorize_link(connection: Connection) -> str:
     """My connections, showing only this connection and its Authorize button."""
-    return f"{settings.PUBLIC_URL}{reverse('my_connections')}?{urlencode({'q': connection.slug})}"
+    return f"{settings.PUBLIC_URL}{reverse('my_connections')}?{urlencode({'connection': connection.slug})}"
 
 
 def _members(role: Group) -> list[User]:

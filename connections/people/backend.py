@@ -14,6 +14,7 @@ from django_cryptography.utils.crypto import FernetBytes, InvalidToken
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from connections.http import client_address
+from connections.models import BotAccount
 from connections.people import accounts, identity_provider
 from connections.people.identity_provider import SignInRefused
 
@@ -49,6 +50,15 @@ class IdentityProviderSignIn(OIDCAuthenticationBackend):
             accounts.sign_in_refusal_record(reason=exc.reason, remote_addr=client_address(request))
             return None
 
+    def get_user(self, user_id: Any) -> User | None:
+        """The session's person while they may still sign in: Django asks at every request, and a person deactivated
+        (or made a bot account) since signing in is signed out at once, as the password backend does."""
+        user = super().get_user(user_id)
+        return user if user is not None and self.user_can_authenticate(user) else None
+
+    def user_can_authenticate(self, user: Any) -> bool:
+        return super().user_can_authenticate(user) and not BotAccount.objects.filter(user_id=user.pk).exists()
+
     def get_token(self, payload: dict[str, str]) -> dict[str, Any]:
         return identity_provider.code_exchange({**payload, "redirect_uri": identity_provider.redirect_uri()})
 
@@ -76,4 +86,6 @@ class IdentityProviderSignIn(OIDCAuthenticationBackend):
     def update_user(self, user: User, claims: dict[str, Any]) -> User:
         if not user.is_active:
             raise SignInRefused("This account is deactivated in Control Room.")
-        return accounts.person_sign_in_apply(user=user, claims=claims)
+        signed_in = getattr(self.request, "user", None)
+        renewal = signed_in is not None and signed_in.is_authenticated and signed_in.pk == user.pk
+        return accounts.person_sign_in_apply(user=user, claims=claims, renewal=renewal)

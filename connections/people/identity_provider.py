@@ -169,8 +169,9 @@ def id_token_verify(id_token: str, *, nonce: str | None) -> dict[str, Any]:
     except jwt.PyJWTError as exc:
         raise SignInRefused(f"The ID token was refused ({exc}).") from None
     audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-    if len(audiences) > 1 and claims.get("azp") != settings.OIDC_CLIENT_ID:  # Core 1.0 section 3.1.3.7, 4-5
-        raise SignInRefused("The ID token was issued for several applications, and not authorized for this one.")
+    # Core 1.0 section 3.1.3.7, 4-5: an azp must name this application, and one is needed for several audiences.
+    if ("azp" in claims or len(audiences) > 1) and claims.get("azp") != settings.OIDC_CLIENT_ID:
+        raise SignInRefused("The ID token was issued for another application (its azp is not OIDC_CLIENT_ID).")
     if nonce is None or not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
         raise SignInRefused("The ID token does not answer this sign-in (another nonce): it may be a replay.")
     return claims

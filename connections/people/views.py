@@ -26,6 +26,22 @@ PROVIDER_ERRORS = {
     "consent_required": "{name} needs your consent before you can sign in: sign in again.",
     "interaction_required": "{name} needs you to sign in again.",
 }
+# The other error codes a provider may send back (RFC 6749 section 4.1.2.1, OpenID Connect Core 1.0 section 3.1.2.6):
+# only these are named on the page, never whatever text the query carries (anyone can make that link).
+KNOWN_ERRORS = {
+    "invalid_request",
+    "unauthorized_client",
+    "unsupported_response_type",
+    "invalid_scope",
+    "server_error",
+    "temporarily_unavailable",
+    "account_selection_required",
+    "invalid_request_uri",
+    "invalid_request_object",
+    "request_not_supported",
+    "request_uri_not_supported",
+    "registration_not_supported",
+}
 
 
 def sign_in_refused_page(request: HttpRequest, reason: str) -> HttpResponse:
@@ -66,11 +82,21 @@ class SignInCallback(OIDCAuthenticationCallbackView):
         return super().get(request)
 
     def login_failure(self) -> HttpResponse:
+        # A refused silent renewal (the account deactivated, a spoilt ID token, ...) ends the session it was renewing.
+        if self.request.user.is_authenticated:
+            auth.logout(self.request)
         reason = getattr(self.request, "sign_in_refused", "")
         if not reason and (error := self.request.GET.get("error", "")):
-            template = PROVIDER_ERRORS.get(error, "{name} refused the sign-in ({error}).")
-            reason = template.format(name=settings.OIDC_PROVIDER_NAME, error=error[:60])
+            known = "{name} refused the sign-in ({error})." if error in KNOWN_ERRORS else "{name} refused the sign-in."
+            reason = PROVIDER_ERRORS.get(error, known).format(name=settings.OIDC_PROVIDER_NAME, error=error)
         return sign_in_refused_page(self.request, reason or "The sign-in did not complete: start it again.")
+
+
+def sign_in_callback_not_counted(request: HttpRequest, credentials: dict[str, Any] | None = None) -> bool:
+    """django-axes' AXES_WHITELIST_CALLABLE: a refused callback is no password guess (it has no username, so axes
+    would count it against the address alone and lock out everyone signing in from behind it); its refusals are
+    audited and counted by accounts.sign_in_refusal_record."""
+    return request.path_info == reverse("oidc_authentication_callback")
 
 
 @require_POST

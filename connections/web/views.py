@@ -151,14 +151,17 @@ DISABLED = selectors.Status(ConnectionStatus.DISABLED, "Disabled by an administr
 @login_required
 def my_connections(request: HttpRequest) -> HttpResponse:
     """The user-specific connections the user may authorize, with their own token's status; searched (name,
-    slug, provider, description) and filtered by status with GET parameters, so a filtered list has a URL."""
+    slug, provider, description) and filtered by status with GET parameters, so a filtered list has a URL;
+    ?connection=<slug> shows that one connection only (the link asking a member to authorize it)."""
     search = request.GET.get("q", "").strip()[:200]
     status = request.GET.get("status", "")
     status = status if status in ConnectionStatus.values else ""
+    only = request.GET.get("connection", "").strip()[:200]
     context = {
-        "rows": _my_connection_rows(signed_in_user(request), search, status),
+        "rows": _my_connection_rows(signed_in_user(request), search, status, only),
         "search": search,
         "status": status,
+        "only": only,
         "statuses": ConnectionStatus.choices,
         "title": "My OAuth connections",
         "site_header": "Control Room",
@@ -166,8 +169,10 @@ def my_connections(request: HttpRequest) -> HttpResponse:
     return render(request, "connections/my_connections.html", context)
 
 
-def _my_connection_rows(user: User, search: str, status: str) -> list[dict]:
+def _my_connection_rows(user: User, search: str, status: str, only: str = "") -> list[dict]:
     found = selectors.user_specific_connections_for(user)
+    if only:
+        found = found.filter(slug=only)
     if search:
         found = found.filter(
             Q(name__icontains=search)

@@ -1,16 +1,19 @@
 """The loopback server as an OpenID Provider (django-oauth-toolkit's OIDC support): the claims a company's identity
 provider sends (e-mail, name, groups), its metadata, and ID tokens a relying party must refuse (another audience,
-another nonce, expired, signed with another key), driven from the tests through /_control/."""
+another nonce, expired, signed with another key, from another issuer, unsigned or signed with the client secret,
+authorized for another party), driven from the tests through /_control/."""
 
+import base64
 import json
 import time
 from typing import Any
+from urllib.parse import unquote_plus
 
 import jwt
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
 from oauth2_provider.models import get_application_model
 from oauth2_provider.settings import oauth2_settings
 
@@ -18,7 +21,7 @@ from tests.authserver.models import OpenIdFault
 from tests.authserver.oauth import Validator
 from tests.authserver.openid_keys import new_rsa_key
 
-ID_TOKEN_FAULTS = ("audience", "nonce", "expired", "signature")
+ID_TOKEN_FAULTS = ("audience", "nonce", "expired", "signature", "issuer", "algorithm-none", "algorithm-hs256", "azp")
 
 
 class OpenIdValidator(Validator):
@@ -64,7 +67,15 @@ def provider_metadata(issuer: str) -> dict[str, Any]:
     }
 
 
-def id_token_fault_apply(response: HttpResponse) -> HttpResponse:
+def _client_secret(request: HttpRequest) -> str:
+    """The secret the client authenticated with at the token endpoint (HTTP Basic or the form, RFC 6749 2.3.1)."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        return unquote_plus(base64.b64decode(credentials).decode().partition(":")[2])
+    return request.POST.get("client_secret", "")
+
+
+def id_token_fault_apply(response: HttpResponse, request: HttpRequest) -> HttpResponse:
     """The token answer, its ID token spoilt as the waiting fault says (the fault is then used up)."""
     if response.status_code != 200 or not OpenIdFault.objects.exists():
         return response
@@ -78,7 +89,7 @@ def id_token_fault_apply(response: HttpResponse) -> HttpResponse:
         fault.delete()
     header = jwt.get_unverified_header(answer["id_token"])
     claims = jwt.decode(answer["id_token"], options={"verify_signature": False})
-    key = oauth2_settings.OIDC_RSA_PRIVATE_KEY
+    key, algorithm = oauth2_settings.OIDC_RSA_PRIVATE_KEY, "RS256"
     if fault.mode == "audience":
         claims["aud"] = "another-relying-party"
     elif fault.mode == "nonce":
@@ -87,7 +98,15 @@ def id_token_fault_apply(response: HttpResponse) -> HttpResponse:
         claims["iat"], claims["exp"] = int(time.time()) - 7200, int(time.time()) - 3600
     elif fault.mode == "signature":
         key = new_rsa_key()  # the same kid: only the signature gives it away
-    answer["id_token"] = jwt.encode(claims, key, algorithm="RS256", headers={"kid": header.get("kid")})
+    elif fault.mode == "azp":
+        claims["azp"] = "another-relying-party"  # the audience is still this one
+    elif fault.mode == "issuer":
+        claims["iss"] = "https://another-issuer.example"
+    elif fault.mode == "algorithm-none":
+        key, algorithm = None, "none"  # unsigned: anyone could have written it
+    elif fault.mode == "algorithm-hs256":
+        key, algorithm = _client_secret(request), "HS256"  # a secret the relying party holds, not the provider's key
+    answer["id_token"] = jwt.encode(claims, key, algorithm=algorithm, headers={"kid": header.get("kid")})
     response.content = json.dumps(answer).encode()
     return response
 

@@ -151,7 +151,7 @@ def token(request: HttpRequest, at_refresh_url: bool = False) -> HttpResponse:
     if grant_type == JWT_BEARER_GRANT:
         return jwt_bearer_answer(request)
     response = _answer_later(state, grant_type, _dot_answer(request, state, grant_type))
-    response = openid.id_token_fault_apply(response)
+    response = openid.id_token_fault_apply(response, request)
     presented = request.POST.get("refresh_token", "")
     if grant_type == "refresh_token" and json.loads(response.content).get("refresh_token", presented) != presented:
         UsedRefreshToken.objects.get_or_create(token=presented)  # rotated: the presented one is used up

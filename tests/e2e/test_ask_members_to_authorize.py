@@ -19,10 +19,11 @@ def test_the_emailed_link_leads_to_the_connections_authorize_button(
 ):
     settings.PUBLIC_URL = live_server.url
     settings.OAUTH_REDIRECT_URI = f"{live_server.url}/oauth/callback/"
-    # given two user-specific connections invited to the Support role, whose member ben has authorized neither
+    # given two user-specific connections invited to the Support role, one's slug within the other's, whose member
+    # ben has authorized neither
     support = Group.objects.create(name="Support")
-    crm = make_connection(token_type="user_specific", name="Helpdesk CRM", slug="helpdesk-crm")
-    other = make_connection(token_type="user_specific", name="Helpdesk archive", slug="helpdesk-archive")
+    crm = make_connection(token_type="user_specific", name="CRM", slug="crm")
+    other = make_connection(token_type="user_specific", name="CRM Europe", slug="crm-eu")
     for connection in (crm, other):
         connection.roles.add(support)
     User.objects.create_user("ben", email="ben@corp.example", password="ben-password-1").groups.add(support)
@@ -36,7 +37,8 @@ def test_the_emailed_link_leads_to_the_connections_authorize_button(
     expect(page.locator(".messagelist")).to_contain_text("Asked 1 member(s) of Support to authorize: ben.")
     expect(page.locator("tr.member-authorization[data-username=ben]")).not_to_contain_text("—")
 
-    # then ben's e-mail holds a link, which leads him, once signed in, to the CRM and its Authorize button only
+    # then ben's e-mail holds a link, which leads him, once signed in, to the CRM and its Authorize button only (not
+    # to CRM Europe, whose slug contains the CRM's)
     (mail,) = mailoutbox
     link = re.search(r"http://\S+", mail.body).group(0)
     member = browser.new_context().new_page()
@@ -46,7 +48,7 @@ def test_the_emailed_link_leads_to_the_connections_authorize_button(
     member.click("#login-form input[type=submit]")
     rows = member.locator("tr.connection-row")
     expect(rows).to_have_count(1)
-    expect(rows.first).to_have_attribute("data-slug", "helpdesk-crm")
+    expect(rows.first).to_have_attribute("data-slug", "crm")
 
     # and the button sends him to the provider to authorize the CRM's client
     rows.first.get_by_role("button", name="Authorize").click()

@@ -389,7 +389,9 @@ class AuthServer:
 
     def spoil_next_id_token(self, mode: str) -> None:
         """The next ID token issued is spoilt: "audience" (issued to another client), "nonce" (another nonce),
-        "expired", or "signature" (signed with a key the server does not publish)."""
+        "expired", "signature" (signed with a key the server does not publish), "issuer" (another issuer's),
+        "algorithm-none" (unsigned), "algorithm-hs256" (signed with HS256 and the client's own secret) or "azp"
+        (authorized for another party)."""
         self._control("POST", "id_token_fault", {"mode": mode})
 
     # --- OAuth helpers -----------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_members_without_a_token_are_emailed_a_link_to_the_authorize_button(
 
     # then ben and cy (no token, people, active) are e-mailed the link to the connection on My connections
     assert sorted(mail.to[0] for mail in mailoutbox) == ["ben@corp.example", "cy@corp.example"]
-    link = f"{settings.PUBLIC_URL}/connections/mine/?q=helpdesk-crm"
+    link = f"{settings.PUBLIC_URL}/connections/mine/?connection=helpdesk-crm"
     assert all(
         link in mail.body and mail.subject == "[Control Room] Please authorize Helpdesk CRM" for mail in mailoutbox
     )

@@ -95,6 +95,19 @@ def test_staff_and_superuser_never_come_from_a_claim_unless_mapped(identity_prov
     assert "superuser removed by the groups" in AuditEvent.objects.filter(action="sign_in").latest("id").detail
 
 
+def test_a_nested_keycloak_group_counts_only_by_its_full_path(identity_provider, settings):
+    # given staff and superuser mapped from top-level groups, and a person in a partner's nested "admins" group
+    settings.OIDC_STAFF_GROUPS, settings.OIDC_SUPERUSER_GROUPS = ["staff"], ["admins"]
+    username, password = identity_provider.person("rae", groups=["/partners/acme/admins", "/staff"])
+
+    # when they sign in
+    sign_in(Client(), identity_provider, username, password)
+
+    # then the top-level /staff counts as staff, but the nested group is not "admins"
+    user = signed_in_user()
+    assert user.is_staff and not user.is_superuser
+
+
 def test_staff_status_an_administrator_gave_stays_while_staff_is_not_mapped(identity_provider):
     username, password = identity_provider.person("kim")
     sign_in(Client(), identity_provider, username, password)
@@ -118,11 +131,15 @@ def test_a_deactivated_person_is_refused(identity_provider):
 
 
 def test_apply_config_maps_groups_to_a_role(identity_provider, tmp_path):
-    # given a role whose identity provider groups come from apply_config, with no OIDC_ROLE_MAP
+    # given a role whose identity provider groups come from apply_config, with no OIDC_ROLE_MAP, and a member of
+    # its own in the file
     document = """
+users:
+  - username: ops
 roles:
   - name: Payables
     permissions: [view_connections]
+    users: [ops]
     identity_provider_groups: [finance-payables, /finance/payables]
 """
     config_apply(config_plan(document, base_dir=tmp_path))
@@ -137,9 +154,36 @@ roles:
     assert role["identity_provider_groups"] == ["/finance/payables", "finance-payables"]
     assert "identity provider groups now /finance/payables, finance-payables (were none)" in " ".join(role_events())
 
-    # when the file no longer maps the group, and the person signs in again
-    config_apply(config_plan(document.replace("finance-payables, ", ""), base_dir=tmp_path))
+    # when the same file is applied again
+    again = config_plan(document, base_dir=tmp_path)
+    config_apply(again)
+
+    # then it changes nothing: the person the identity provider gave the role to keeps it, beside the file's member
+    assert [(change.kind, change.name, change.action) for change in again.changes] == [
+        ("user", "ops", "unchanged"),
+        ("role", "Payables", "unchanged"),
+    ]
+    assert set(Group.objects.get(name="Payables").user_set.values_list("username", flat=True)) == {"ops", "pat"}
+
+    # when the person leaves the group at the identity provider and signs in again (the file not applied again)
+    identity_provider.server.set_person(username, password, groups=["other"])
     sign_in(Client(), identity_provider, username, password)
 
-    # then the role is gone
+    # then the role is gone, and the file's member keeps it
     assert list(signed_in_user().groups.all()) == []
+    assert list(Group.objects.get(name="Payables").user_set.values_list("username", flat=True)) == ["ops"]
+
+
+def test_apply_config_keeps_the_members_oidc_role_map_gave_a_role(identity_provider, settings, tmp_path):
+    # given a role OIDC_ROLE_MAP fills, which a person got at sign-in
+    settings.OIDC_ROLE_MAP = {"help": ["Support"]}
+    document = "roles:\n  - name: Support\n    permissions: [view_connections]\n"
+    config_apply(config_plan(document, base_dir=tmp_path))
+    username, password = identity_provider.person("uma", groups=["help"])
+    sign_in(Client(), identity_provider, username, password)
+
+    # when the file is applied again, then nothing changes and the person keeps the role
+    again = config_plan(document, base_dir=tmp_path)
+    config_apply(again)
+    assert [change.action for change in again.changes] == ["unchanged"]
+    assert list(signed_in_user().groups.values_list("name", flat=True)) == ["Support"]

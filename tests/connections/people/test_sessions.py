@@ -4,14 +4,14 @@ SESSION_MAX_HOURS."""
 
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 import requests
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 
-from connections.models import PersonIdentity
+from connections.models import AuditEvent, BotAccount, PersonIdentity
 from tests.connections.people.conftest import CLIENT_ID, sign_in
 from tests.controlroom.helpers import manage, minimal_env
 
@@ -110,6 +110,75 @@ def test_a_session_is_renewed_silently_and_ends_with_the_providers(identity_prov
     assert ended.status_code == 403 and "Your session at Loopback IdP has ended" in ended.content.decode()
     assert client.get("/connections/mine/").status_code == 302
     assert PersonIdentity.objects.count() == 1
+
+
+@pytest.mark.parametrize("change", ["deactivated", "made a bot account"])
+def test_a_session_ends_when_the_person_may_no_longer_sign_in(identity_provider, change):
+    # given a person signed in with the identity provider
+    username, password = identity_provider.person("omar")
+    client = Client()
+    sign_in(client, identity_provider, username, password)
+    assert client.get("/connections/mine/").status_code == 200
+
+    # when an administrator deactivates them, or makes their account a bot's
+    user = PersonIdentity.objects.get().user
+    if change == "deactivated":
+        User.objects.filter(pk=user.pk).update(is_active=False)
+    else:
+        BotAccount.objects.create(user=user)
+
+    # then their next request finds them signed out
+    answer = client.get("/connections/mine/")
+    assert answer.status_code == 302 and answer["Location"].startswith("/accounts/login/")
+
+
+def renew(client: Client, provider, username: str, password: str, settings, time_machine):
+    """Let the session come due for renewal, and answer the silent sign-in at the provider (prompt=none dropped:
+    the test's browser holds no session at the provider, where the person's would): the callback's response."""
+    time_machine.move_to(timedelta(seconds=settings.OIDC_RENEW_SECONDS + 5), tick=True)
+    renewing = urlsplit(client.get("/connections/mine/")["Location"])
+    query = {name: values for name, values in parse_qs(renewing.query).items() if name != "prompt"}
+    asking = renewing._replace(query=urlencode(query, doseq=True)).geturl()
+    back = urlsplit(provider.server.authorize_with_requests(asking, username, password))
+    return client.get(f"{back.path}?{back.query}")
+
+
+def test_a_silent_renewal_is_audited_only_when_it_changes_something(identity_provider, settings, time_machine):
+    # given a person signed in with the identity provider, whose groups map to roles
+    support = Group.objects.create(name="Support")
+    settings.OIDC_ROLE_MAP = {"help": ["Support"]}
+    username, password = identity_provider.person("ruth")
+    client = Client()
+    sign_in(client, identity_provider, username, password)
+    signed_in = AuditEvent.objects.filter(action="sign_in", outcome="success").count()
+
+    # when the session is renewed with nothing changed, then nothing more is audited
+    assert renew(client, identity_provider, username, password, settings, time_machine).status_code == 302
+    assert AuditEvent.objects.filter(action="sign_in", outcome="success").count() == signed_in
+
+    # when it is renewed after the person joined a mapped group, then the renewal is audited, with the role's join
+    identity_provider.server.set_person(username, password, groups=["help"])
+    assert renew(client, identity_provider, username, password, settings, time_machine).status_code == 302
+    assert list(PersonIdentity.objects.get().user.groups.all()) == [support]
+    renewed = AuditEvent.objects.filter(action="sign_in", outcome="success").latest("id")
+    assert renewed.detail == "Session renewed with Loopback IdP."
+    assert "_auth_user_id" in client.session
+
+
+def test_a_refused_renewal_ends_the_session(identity_provider, settings, time_machine):
+    # given a person signed in with the identity provider, whose session is due for renewal
+    username, password = identity_provider.person("pia")
+    client = Client()
+    sign_in(client, identity_provider, username, password)
+
+    # when the provider answers with a code, but its ID token is spoilt
+    identity_provider.server.spoil_next_id_token("audience")
+    refused = renew(client, identity_provider, username, password, settings, time_machine)
+
+    # then the renewal is refused, and the session has ended
+    assert refused.status_code == 403 and "issued to another application" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert client.get("/connections/mine/").status_code == 302
 
 
 def test_a_session_ends_after_session_max_hours(identity_provider, settings, time_machine, root):

@@ -2,6 +2,7 @@
 sign-in and found again by `sub`, and a sign-in whose ID token is not what it must be is refused with a page that
 says why."""
 
+import html
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -47,6 +48,22 @@ def test_a_local_user_with_the_same_name_or_e_mail_is_not_taken_over(identity_pr
     assert PersonIdentity.objects.get().user.username == "erin-2"
 
 
+@pytest.mark.parametrize("reserved", ["admin", "ops-admin", "break-glass"])
+def test_a_person_never_gets_the_administrators_or_the_break_glass_username(
+    identity_provider, settings, monkeypatch, reserved
+):
+    # given the administrator's and the break-glass account's names, neither account made yet
+    monkeypatch.setenv("DJANGO_SUPERUSER_USERNAME", "ops-admin")
+    settings.BREAK_GLASS_USERNAME = "break-glass"
+    username, password = identity_provider.person(reserved)
+
+    # when a person with one of those names at the identity provider signs in for the first time
+    sign_in(Client(), identity_provider, username, password)
+
+    # then they get another name
+    assert PersonIdentity.objects.get().user.username == f"{reserved}-2"
+
+
 def test_the_authorization_request_uses_pkce_nonce_and_the_registered_redirect_uri(identity_provider, settings):
     started = Client().get("/oidc/authenticate/")
     query = parse_qs(urlsplit(started["Location"]).query)
@@ -64,6 +81,10 @@ def test_the_authorization_request_uses_pkce_nonce_and_the_registered_redirect_u
         ("nonce", "another nonce"),
         ("expired", "has expired"),
         ("signature", "signature does not verify"),
+        ("issuer", "issued by another issuer"),
+        ("azp", "its azp is not OIDC_CLIENT_ID"),
+        ("algorithm-none", "signed with 'none', an algorithm not accepted"),
+        ("algorithm-hs256", "signed with 'HS256', an algorithm not accepted"),
     ],
 )
 def test_a_spoilt_id_token_is_refused_with_a_page_that_says_why(identity_provider, fault, said):
@@ -77,7 +98,7 @@ def test_a_spoilt_id_token_is_refused_with_a_page_that_says_why(identity_provide
 
     # then nobody is signed in, the page says why, and the refusal is audited
     assert answer.status_code == 403
-    assert said in answer.content.decode()
+    assert said in html.unescape(answer.content.decode())
     assert "_auth_user_id" not in client.session
     assert not User.objects.filter(username="frank").exists()
     refused = AuditEvent.objects.get(action="sign_in", outcome="failure")
@@ -96,14 +117,27 @@ def test_without_an_issuer_there_is_no_single_sign_on(settings, db):
     assert "Sign in with" not in Client().get("/accounts/login/").content.decode()
 
 
-def test_a_refused_sign_in_leaves_no_authorization_code_in_the_login_records(identity_provider):
-    # given a refused sign-in (django-axes records it as a failed login, with the callback's query)
-    username, password = identity_provider.person("quinn")
-    identity_provider.server.spoil_next_id_token("audience")
-    answer = sign_in(Client(), identity_provider, username, password)
-    code = parse_qs(urlsplit(answer.wsgi_request.get_full_path()).query)["code"][0]
+def test_refused_sign_ins_are_not_counted_by_django_axes_against_the_address(identity_provider, settings):
+    # given as many refused sign-ins from one address as django-axes allows failed logins (several people's)
+    for number in range(settings.AXES_FAILURE_LIMIT + 1):
+        username, password = identity_provider.person(f"refused{number}")
+        identity_provider.server.spoil_next_id_token("audience")
+        assert sign_in(Client(), identity_provider, username, password).status_code == 403
 
-    # then the authorization code and the state are masked there
-    recorded = " ".join(f"{attempt.get_data} {attempt.post_data}" for attempt in AccessAttempt.objects.all())
-    assert AccessAttempt.objects.exists() and code not in recorded
-    assert answer.wsgi_request.GET["state"] not in recorded
+    # when someone else signs in from the same address
+    username, password = identity_provider.person("quinn")
+    client = Client()
+    answer = sign_in(client, identity_provider, username, password)
+
+    # then they are signed in (not locked out with 429), and the refusals were audited by Control Room instead
+    assert answer.status_code == 302 and "_auth_user_id" in client.session
+    assert not AccessAttempt.objects.exists()
+    assert AuditEvent.objects.filter(action="sign_in", outcome="failure").exists()
+
+
+def test_the_refusal_page_names_only_known_provider_errors(identity_provider):
+    client = Client()
+    known = client.get("/oidc/callback/", {"error": "temporarily_unavailable", "state": "s"}).content.decode()
+    made_up = client.get("/oidc/callback/", {"error": "Call +1 555 0100 to unlock your account"}).content.decode()
+    assert "Loopback IdP refused the sign-in (temporarily_unavailable)." in known
+    assert "Loopback IdP refused the sign-in." in made_up and "555" not in made_up
