@@ -375,6 +375,11 @@ class AuthServer:
         held."""
         return self._control("POST", "release", {}).json()["released"]
 
+    def requests_logged(self, method: str, path: str) -> int:
+        """How many `method` requests of `path` its access log holds so far (a line is written once the request
+        was answered): what no counter of its own counts, e.g. discovery document fetches."""
+        return self._log_tail(chars=10**9).count(f'"{method} {path} HTTP/')
+
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats").json()
 
