@@ -184,6 +184,12 @@ class Stack:
         gunicorn += ["--no-control-socket", "--access-logfile=-", "--error-logfile=-"]
         return {name: start_gunicorn(self.processes, name, gunicorn, self.env) for name in names}
 
+    def web_as_make_run_starts_it(self, name: str = "web") -> int:
+        """gunicorn as the Procfile (make run) starts it: gunicorn.conf.py (no access log: a callback's URL
+        carries the authorization code), two workers; its port."""
+        gunicorn = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "2"]
+        return start_gunicorn(self.processes, name, gunicorn, self.env)
+
     def kill(self, name: str) -> None:
         self.expected_dead.add(name)
         self.processes.kill_group(name)
