@@ -122,8 +122,7 @@ def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorde
 
     # when they ask
     threads = [
-        threading.Thread(target=lambda: tokens.append(control_room.token(connected.slug)))
-        for _ in range(threads_count)
+        threading.Thread(target=lambda: tokens.append(control_room.token(connected.slug))) for _ in range(threads_count)
     ]
     for thread in threads:
         thread.start()
