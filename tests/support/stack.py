@@ -32,8 +32,8 @@ from celery import Celery
 from django.db import connection as db_connection
 from django.db import connections
 
-from tests.controlroom.helpers import REPO_ROOT, Processes, log_tail, start_gunicorn
 from tests.support.authserver import AuthServer
+from tests.support.processes import REPO_ROOT, Processes, log_tail, start_gunicorn
 
 T = TypeVar("T")
 MAIL_SEPARATOR = "-" * 79  # what Django's file email backend writes after each message
@@ -69,7 +69,7 @@ class RedisDatabases:
 
 
 class ProcessGroups(Processes):
-    """tests.controlroom.helpers.Processes, each process the leader of its own process group, so a worker can
+    """tests.support.processes.Processes, each process the leader of its own process group, so a worker can
     be SIGKILLed with its pool children (a real crash), and stop_all() reaches every child."""
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
