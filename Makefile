@@ -1,5 +1,5 @@
 # make run  - fresh machine to running app (web + Celery worker + beat) on 127.0.0.1:$(PORT)
-# make test - the whole test suite (starts its own PostgreSQL, Redis and OAuth servers)
+# make test - the whole test suite (installs PostgreSQL, Redis and Chromium when missing; starts its own servers)
 # make lint - ruff, mypy and the import contracts (CI runs it before the tests)
 PYTHON ?= python3
 VENV := .venv
@@ -54,7 +54,9 @@ run: $(VENV)/.run-installed .env
 
 # Two workers (pytest-xdist), each with its own PostgreSQL, Redis and authorization server; the tests that start
 # processes of their own all run on one of them (tests/conftest.py). PYTEST_ARGS="-n 0" runs all in this process.
+# First the servers they start: installed when missing (as root, with apt), or the exact command to install them.
 test: $(VENV)/.test-installed
+	tests/support/install-servers
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 # Style (ruff), types (mypy with django-stubs, which reads the settings: DEBUG=true gives it a development

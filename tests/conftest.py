@@ -148,7 +148,7 @@ def make_stack(
         redis_databases.give_back(redis_db)  # only now: nothing of this stack can reach the next one
     # PostgreSQL ends a dead process's sessions a moment after it died; the test database is dropped at the end
     # of the run only when no session is left on it.
-    poll_until(lambda: database_sessions() <= sessions_before, 10, interval=0.05)
+    wait_for(lambda: database_sessions() <= sessions_before, 30, "the stopped processes' database sessions to end")
 
 
 def database_sessions() -> int:

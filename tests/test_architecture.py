@@ -53,3 +53,21 @@ def test_no_function_is_over_60_lines():
                 if lines > MAX_FUNCTION_LINES:
                     too_long[f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name}"] = lines
     assert too_long == {}
+
+
+def test_the_test_support_imports_nothing_from_test_packages():
+    # tests/support is what tests, benches and tools build on: a test package it imported would drag that package's
+    # fixtures and settings along, and a change there would break everything else.
+    wrong = {}
+    for path in _python_files(REPO_ROOT / "tests" / "support"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("tests.") and not name.startswith("tests.support"):
+                    wrong[f"{path.name}:{node.lineno}"] = name
+    assert wrong == {}, wrong

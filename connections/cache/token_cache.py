@@ -54,6 +54,7 @@ MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afre
 MAX_UNWRITTEN_EVENTS = 1_000
 MAX_ANSWER_AGE = 60.0  # seconds (monotonic): an answer is read from the database again at least this often
 RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then the cache drops it
+clock = time.monotonic  # what answer and report ages are measured by (a test gives its own clock)
 
 TokenVersion = tuple[int, str]  # a token row's (generation, state)
 
@@ -70,10 +71,10 @@ class CachedAnswer:
     answer: Any = field(repr=False)  # issuing.IssuedToken
     audit: dict[str, Any]  # connections.audit.rows.EVENT_FIELDS of an answer from memory
     identity: int  # the identity version, read with the rows the answer came from
-    read_at: float  # time.monotonic() no later than that read
+    read_at: float  # clock() no later than that read
     token_id: int
     token_version: TokenVersion
-    stored_at: float = field(default_factory=time.monotonic)
+    stored_at: float = field(default_factory=lambda: clock())
 
 
 def identity_changed() -> None:
@@ -140,7 +141,7 @@ class _Process:
         self.answers: dict[tuple[str, str], CachedAnswer] = {}
         self.identity = -1  # the identity version as last read (-1: never)
         self.tokens: dict[int, TokenVersion] = {}  # the versions of the tokens answers are kept for, as last read
-        self.reported_at = float("-inf")  # time.monotonic() when the versions were last read
+        self.reported_at = float("-inf")  # clock() when the versions were last read
         self.events: list[tuple[dict, datetime, str | None]] = []  # not yet written: EVENT_FIELDS, time, address
         self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet counted
         self.totals: dict[tuple[str, int], int] = {}  # (key id, minute) -> the count when last reported
@@ -156,7 +157,7 @@ class _Process:
         with self.report_lock:
             if self.closed and threading.current_thread() is self.thread:
                 return True
-            started = time.monotonic()
+            started = clock()
             with self.lock:
                 events, self.events = self.events, []
                 unreported, self.unreported = self.unreported, {}
@@ -289,7 +290,7 @@ def find(key_id: str, slug: str) -> CachedAnswer | None:
     state = _process()
     with state.lock:
         cached = state.answers.get((key_id, slug))
-        if cached is not None and time.monotonic() - cached.stored_at > MAX_ANSWER_AGE:
+        if cached is not None and clock() - cached.stored_at > MAX_ANSWER_AGE:
             state.answers.pop((key_id, slug), None)
             return None
     return cached
@@ -299,7 +300,7 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
     """Count the request and keep it to be audited, if the answer still holds and the key is under its limit."""
     state = _process()
     heard = max(state.reported_at, cached.read_at)
-    if time.monotonic() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
+    if clock() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
         return False
     if len(state.events) >= MAX_UNWRITTEN_EVENTS and not state.report():
         return False  # the full path answers, and writes its own event before answering

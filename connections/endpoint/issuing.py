@@ -261,7 +261,7 @@ def token_request(
 ) -> IssuedToken:
     """Answer one bot's request for a token through the database (token_from_memory first, for a request like one
     just answered). Raises TokenRequestError for every refusal."""
-    read_at = time.monotonic()  # no later than the read the answer may be kept under
+    read_at = token_cache.clock()  # no later than the read the answer may be kept under
     checked = token_checked(authorization=authorization, slug=slug, params=params, remote_addr=remote_addr)
     read, connection, token = checked.read, checked.connection, checked.token
     detail = f"Token expiring {token.expires_at:%Y-%m-%d %H:%M:%S}" if token.expires_at else ""

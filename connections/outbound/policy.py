@@ -205,6 +205,7 @@ class _AddressGuard(deadline.DeadlineConnection):
 
 
 KEEP_ALIVE_IDLE = 1.0  # seconds a kept-alive connection may have been idle and still be reused
+idle_clock = time.monotonic  # what idle time is measured by (a test gives its own clock)
 
 
 class _RecentConnections:
@@ -215,13 +216,13 @@ class _RecentConnections:
 
     def _get_conn(self, timeout: float | None = None) -> HTTPConnection:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
-        if not conn.is_closed and time.monotonic() - getattr(conn, "pooled_at", 0.0) > KEEP_ALIVE_IDLE:
+        if not conn.is_closed and idle_clock() - getattr(conn, "pooled_at", 0.0) > KEEP_ALIVE_IDLE:
             conn.close()
         return conn
 
     def _put_conn(self, conn: HTTPConnection | None) -> None:
         if conn is not None:
-            conn.pooled_at = time.monotonic()  # type: ignore[attr-defined]
+            conn.pooled_at = idle_clock()  # type: ignore[attr-defined]
         super()._put_conn(conn)  # type: ignore[misc]
 
 

@@ -1,7 +1,7 @@
 from django.contrib.auth.views import LoginView
 from django.urls import include, path
 
-from tests.authserver import views
+from tests.authserver import holds, views
 
 urlpatterns = [
     # Our wrappers come before DOT's include so they win for these three paths.
@@ -30,4 +30,8 @@ urlpatterns = [
     path("_control/openid_client", views.openid_client),
     path("_control/user_groups", views.openid_user_groups),
     path("_control/client_secret", views.client_secret),
+    # Hold-until-released (tests/authserver/holds.py)
+    path("_control/hold", views.control("POST")(holds.hold_view)),
+    path("_control/held", views.control("POST")(holds.held_view)),
+    path("_control/release", views.control("POST")(holds.release_view)),
 ]

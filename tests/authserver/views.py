@@ -27,7 +27,7 @@ from oauth2_provider.views import (
     TokenView,
 )
 
-from tests.authserver import openid
+from tests.authserver import holds, openid
 from tests.authserver.assertions import JWT_BEARER_GRANT, client_assertion_read, jwt_bearer_answer
 from tests.authserver.models import ClientFlags, ServerState, UsedAssertion, UsedRefreshToken
 
@@ -129,7 +129,14 @@ def _drip(content: bytes, delay: float):
 
 @csrf_exempt
 def token(request: HttpRequest, at_refresh_url: bool = False) -> HttpResponse:
-    """DOT's TokenView, wrapped with counters, latency, injected faults and response options."""
+    """DOT's TokenView, wrapped with counters, latency, holds (tests.authserver.holds), injected faults and
+    response options."""
+    response = _token_answer(request, at_refresh_url)
+    holds.hold_here("answer", request.POST.get("grant_type", ""))
+    return response
+
+
+def _token_answer(request: HttpRequest, at_refresh_url: bool) -> HttpResponse:
     state = ServerState.get()
     if refused := _refused_request(request, state, at_refresh_url):
         return refused
@@ -137,6 +144,7 @@ def token(request: HttpRequest, at_refresh_url: bool = False) -> HttpResponse:
     ServerState.bump(GRANT_COUNTERS.get(grant_type, "token_other"))
     if grant_type == "refresh_token" and _is_reuse(request):
         ServerState.bump("refresh_token_reuses")
+    holds.hold_here("arrival", grant_type)
     if state.latency > 0:
         time.sleep(state.latency)
     missing = [name for name, value in state.require_params.items() if request.POST.get(name) != value]
@@ -493,6 +501,7 @@ def grants(body: dict) -> dict:
 
 @control("POST")
 def reset(body: dict) -> dict:
+    holds.hold_release()
     ServerState.reset()
     UsedRefreshToken.objects.all().delete()
     UsedAssertion.objects.all().delete()

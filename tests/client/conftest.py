@@ -14,9 +14,8 @@ import requests
 from controlroom_client import ControlRoom
 from requests.adapters import HTTPAdapter
 
-from tests.conftest import database_sessions
+from tests.conftest import database_sessions, wait_for
 from tests.support.authserver import AuthServer
-from tests.support.stack import poll_until
 
 TOKEN_PATH = "/api/v1/connections/"
 
@@ -59,7 +58,7 @@ def server_threads_done(transactional_db) -> Iterator[None]:
     before = database_sessions()
     yield
     gc.collect()
-    poll_until(lambda: database_sessions() <= before, 5, interval=0.02)
+    wait_for(lambda: database_sessions() <= before, 30, "the live server's request threads to close their sessions")
 
 
 @pytest.fixture

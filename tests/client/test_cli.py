@@ -11,7 +11,7 @@ import pytest
 from controlroom_client import __version__
 
 from tests.conftest import shared_token
-from tests.controlroom.helpers import closed_port
+from tests.support.processes import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -29,7 +29,7 @@ from connections.models import OAuthToken
 from tests.client.conftest import StubAnswer
 from tests.conftest import shared_token
 from tests.connections.endpoint.test_token_endpoint_schema import SPEC
-from tests.controlroom.helpers import closed_port
+from tests.support.processes import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -90,39 +90,47 @@ def test_forget_drops_the_kept_token(control_room, recorder, connected):
     assert len(recorder.token_requests()) == 2
 
 
-def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorder, connected):
-    # given eight threads about to ask at once; the first request is held until all of them have started
+class WatchedLock:
+    """The client's lock of one slug, counting the threads that found it taken and waited for it."""
+
+    def __init__(self) -> None:
+        self.lock, self.guard, self.waited = threading.Lock(), threading.Lock(), 0
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(blocking=False):
+            with self.guard:
+                self.waited += 1
+            self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorder, connected, monkeypatch):
+    # given eight threads about to ask at once; the first request is held until the seven others wait for it
     threads_count = 8
-    started = threading.Semaphore(0)
-    all_started = threading.Event()
+    slug_lock = WatchedLock()
+    monkeypatch.setattr(control_room, "_lock_for", lambda slug: slug_lock)
+    others_waiting = threading.Event()
 
-    first_request = threading.Lock()
+    def hold_until_the_others_wait(request) -> None:
+        wait_for(lambda: slug_lock.waited == threads_count - 1, 30, "the seven others to wait for the request")
+        others_waiting.set()
 
-    def hold_until_all_started(request) -> None:
-        if not first_request.acquire(blocking=False):
-            return  # only a client without its lock sends more than one
-        for _ in range(threads_count):
-            assert started.acquire(timeout=10)
-        all_started.set()
-        # Give the others the moment to reach the client's lock: without it each would send its own request.
-        threading.Event().wait(0.2)
-
-    recorder.before_send = hold_until_all_started
+    recorder.before_send = hold_until_the_others_wait
     tokens: list[str] = []
 
-    def ask() -> None:
-        started.release()
-        tokens.append(control_room.token(connected.slug))
-
     # when they ask
-    threads = [threading.Thread(target=ask) for _ in range(threads_count)]
+    threads = [
+        threading.Thread(target=lambda: tokens.append(control_room.token(connected.slug))) for _ in range(threads_count)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=30)
+        thread.join(timeout=60)
 
-    # then all got the same token from one request
-    assert all_started.is_set()
+    # then the seven others waited while the first request was out, and all got the same token from it
+    assert others_waiting.is_set(), f"{slug_lock.waited} threads waited for the first request"
     assert len(tokens) == threads_count
     assert set(tokens) == {shared_token(connected).access_token}
     assert len(recorder.token_requests()) == 1

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlroom.helpers import Processes
+from tests.support.processes import Processes
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from django.utils import timezone
 from connections.models import BeatHeartbeat, OAuthToken
 from connections.ops import health
 from connections.ops.health import beat_heartbeat_record
-from tests.controlroom.helpers import Answer, Processes, closed_port, http_get, minimal_env, start_gunicorn
+from tests.support.processes import Answer, Processes, closed_port, http_get, minimal_env, start_gunicorn
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlroom.helpers import manage, minimal_env
+from tests.support.processes import manage, minimal_env
 
 PRODUCTION_KEYS = {"SECRET_KEY": secrets.token_urlsafe(50), "CRYPTOGRAPHY_KEY": secrets.token_urlsafe(50)}
 SAME_KEY = secrets.token_urlsafe(50)

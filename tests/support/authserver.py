@@ -73,8 +73,10 @@ class _Forms(HTMLParser):
 
 
 def _gunicorn_command(port: int) -> list[str]:
+    # One worker process: holds (tests/authserver/holds.py) live in its memory. Threads enough for the requests a
+    # test holds at once besides the ones it still sends.
     options = (
-        "--workers 1 --threads 8 --timeout 120 --graceful-timeout 3"
+        "--workers 1 --threads 16 --timeout 120 --graceful-timeout 3"
         # gunicorn 27 otherwise opens ~/.gunicorn/gunicorn.ctl, shared by every instance.
         " --no-control-socket"
         " --access-logfile - --error-logfile - --log-level info"
@@ -238,13 +240,13 @@ class AuthServer:
 
     # --- control API -------------------------------------------------------------------------
 
-    def _control(self, method: str, name: str, body: dict | None = None, check: bool = True):
+    def _control(self, method: str, name: str, body: dict | None = None, check: bool = True, timeout: float = 10):
         response = requests.request(
             method,
             f"{self.url}/_control/{name}",
             json=body,
             headers={"X-Control-Key": self.control_key},
-            timeout=10,
+            timeout=timeout,
         )
         if check and response.status_code != 200:
             raise RuntimeError(f"auth server control {name} failed: HTTP {response.status_code} {response.text}")
@@ -350,6 +352,37 @@ class AuthServer:
         """The discovery document answers 404 at both its addresses (missing) or at OpenID Connect's only
         (openid_missing: RFC 8414's still answers), or with these fields replacing its own."""
         self._control("POST", "discovery", {"missing": missing, "openid_missing": openid_missing, "document": fields})
+
+    # --- hold-until-released (tests/authserver/holds.py) --------------------------------------
+
+    def hold(self, grant_types: list[str] | None = None, *, stage: str = "arrival") -> None:
+        """From now on every token request of `grant_types` (None = any) waits at `stage` until release():
+        "arrival" (counted, not processed: nothing rotated yet) or "answer" (processed, a refresh token already
+        rotated, the answer not sent yet)."""
+        self._control("POST", "hold", {"stage": stage, "grant_types": grant_types})
+
+    def wait_held(self, count: int = 1, timeout: float = 30) -> int:
+        """Wait until at least `count` token requests are held now; returns how many have been held since the
+        hold was armed. Fails after `timeout` seconds (only a hang comes near it)."""
+        answer = self._control("POST", "held", {"count": count, "timeout": timeout}, timeout=timeout + 10).json()
+        if not answer["reached"]:
+            raise AssertionError(f"{count} token requests were not held within {timeout} s: {answer}")
+        return answer["held_since_armed"]
+
+    def held(self) -> dict[str, int]:
+        """{"held_now": n, "held_since_armed": n}, without waiting."""
+        answer = self._control("POST", "held", {"count": 0, "timeout": 0}).json()
+        return {"held_now": answer["held_now"], "held_since_armed": answer["held_since_armed"]}
+
+    def release(self) -> int:
+        """Let every held request go on and disarm the hold (later requests are not held); returns how many were
+        held."""
+        return self._control("POST", "release", {}).json()["released"]
+
+    def requests_logged(self, method: str, path: str) -> int:
+        """How many `method` requests of `path` its access log holds so far (a line is written once the request
+        was answered): what no counter of its own counts, e.g. discovery document fetches."""
+        return self._log_tail(chars=10**9).count(f'"{method} {path} HTTP/')
 
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats").json()

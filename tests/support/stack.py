@@ -32,8 +32,8 @@ from celery import Celery
 from django.db import connection as db_connection
 from django.db import connections
 
-from tests.controlroom.helpers import REPO_ROOT, Processes, log_tail, start_gunicorn
 from tests.support.authserver import AuthServer
+from tests.support.processes import REPO_ROOT, Processes, log_tail, start_gunicorn
 
 T = TypeVar("T")
 MAIL_SEPARATOR = "-" * 79  # what Django's file email backend writes after each message
@@ -69,7 +69,7 @@ class RedisDatabases:
 
 
 class ProcessGroups(Processes):
-    """tests.controlroom.helpers.Processes, each process the leader of its own process group, so a worker can
+    """tests.support.processes.Processes, each process the leader of its own process group, so a worker can
     be SIGKILLed with its pool children (a real crash), and stop_all() reaches every child."""
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -183,6 +183,12 @@ class Stack:
         # gunicorn 27 otherwise opens ~/.gunicorn/gunicorn.ctl, shared by every instance.
         gunicorn += ["--no-control-socket", "--access-logfile=-", "--error-logfile=-"]
         return {name: start_gunicorn(self.processes, name, gunicorn, self.env) for name in names}
+
+    def web_as_make_run_starts_it(self, name: str = "web") -> int:
+        """gunicorn as the Procfile (make run) starts it: gunicorn.conf.py (no access log: a callback's URL
+        carries the authorization code), two workers; its port."""
+        gunicorn = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", "2"]
+        return start_gunicorn(self.processes, name, gunicorn, self.env)
 
     def kill(self, name: str) -> None:
         self.expected_dead.add(name)

@@ -1,12 +1,13 @@
 """The token endpoint's answers from memory (connections.cache.token_cache) across real gunicorn processes.
 
 A change an administrator makes (a key revoked, the bot taken out of its role, the connection disabled or
-disconnected) reaches every web process through its background report, within two report intervals: far sooner
-than the ten intervals after which a process checks on the request itself. Every answer gets its audit event, also
-those a process still held when it was stopped; and a Redis restart brings no answer back that a change ended.
+disconnected) reaches every web process with its first report after the change (every TOKEN_CACHE_SYNC_SECONDS,
+as the README says): far sooner than the ten intervals after which a process checks on the request itself. The
+tests wait for that report (the audit event of an answer given after the change, which the report writes) rather
+than for a number of seconds. Every answer gets its audit event, also those a process still held when it was
+stopped; and a Redis restart brings no answer back that a change ended.
 """
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -24,10 +25,8 @@ from tests.support.stack import Stack, in_threads
 pytestmark = pytest.mark.django_db(transaction=True)
 
 WEB_PROCESSES = ("web-1", "web-2", "web-3")
-# TOKEN_CACHE_SYNC_SECONDS. A change must reach every process within two of them, which stay far below the ten
-# (token_cache.STALE_INTERVALS) after which a process would check on the request itself; two seconds leave a busy
-# machine room for the requests that look.
-SYNC = 2.0
+SYNC = 0.05  # TOKEN_CACHE_SYNC_SECONDS: the setting's default, the README's figure
+EVENT_WAIT = 60  # seconds: only a hang comes near it (a report comes every SYNC)
 
 
 def audited(outcome: str) -> int:
@@ -56,22 +55,24 @@ def answering_from_memory(stack: Stack, urls: dict[str, str], raw_key: str) -> N
     audit event written by the process's next report, which says so)."""
     for answered, (name, url) in enumerate(urls.items(), start=1):
         assert [ask_once(url, raw_key).status_code for _ in range(2)] == [200, 200], stack.logs()
-        stack.wait_until(lambda n=answered: audited_from_memory() == n, 2 * SYNC, f"{name} to answer from memory")
+        stack.wait_until(lambda n=answered: audited_from_memory() == n, EVENT_WAIT, f"{name} to answer from memory")
 
 
-def refusals(stack: Stack, urls: dict[str, str], raw_key: str, seconds: float) -> dict[str, tuple[int, str, float]]:
-    """Ask each web process until it refuses the key, for `seconds` from now: {name: (status, error, seconds
-    after now that the refusal came)}. Fails if a process has not refused by then."""
-    started = time.monotonic()
-    refused: dict[str, tuple[int, str, float]] = {}
-
-    def every_process_refused() -> bool:
-        for name, url in urls.items():
-            if name not in refused and (answer := ask_once(url, raw_key)).status_code != 200:
-                refused[name] = (answer.status_code, answer.json()["error"], time.monotonic() - started)
-        return len(refused) == len(urls)
-
-    stack.wait_until(every_process_refused, seconds, "every web process to refuse the bot", interval=0.02)
+def refusals(stack: Stack, urls: dict[str, str], raw_key: str) -> dict[str, tuple[int, str, int]]:
+    """Ask each web process, after a change, until it refuses the key: {name: (status, error, answers from memory
+    it gave first)}. Before each new question the process's report of the previous answer is awaited (its audit
+    event written): that report read the versions after the change, so the process knows of it. A process may
+    still answer once more from memory in the moment between that report's write and its taking the versions in;
+    more than that, and the report did not carry the change."""
+    refused: dict[str, tuple[int, str, int]] = {}
+    for name, url in urls.items():
+        from_memory = 0
+        while (answer := ask_once(url, raw_key)).status_code == 200:
+            from_memory += 1
+            assert from_memory <= 2, f"{name} still answers from memory after its report\n{stack.logs()}"
+            seen = audited_from_memory()
+            stack.wait_until(lambda seen=seen: audited_from_memory() > seen, EVENT_WAIT, f"{name}'s next report")
+        refused[name] = (answer.status_code, answer.json()["error"], from_memory)
     return refused
 
 
@@ -112,10 +113,11 @@ CHANGES = [  # and what the bot is told afterwards
 
 
 @pytest.mark.parametrize(("change", "refusal"), CHANGES, ids=[change.__name__ for change, _ in CHANGES])
-def test_a_change_reaches_every_web_process_within_two_report_intervals(
+def test_a_change_reaches_every_web_process_with_its_next_report(
     change: Callable[[Connection, Bot, User], None], refusal: tuple[int, str], make_stack, connected, bot, manager
 ):
-    # given three single-worker web processes, each on its own port, each answering the bot from memory
+    # given three single-worker web processes, each on its own port, each answering the bot from memory, and
+    # checking on a request itself only after ten report intervals without a report (a minute here: never)
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
     urls = {name: token_url(port, connected) for name, port in stack.webs(WEB_PROCESSES).items()}
     answering_from_memory(stack, urls, bot.raw_key)
@@ -123,10 +125,9 @@ def test_a_change_reaches_every_web_process_within_two_report_intervals(
     # when an administrator makes the change, here in another process
     change(connected, bot, manager)
 
-    # then every web process refuses the bot, each within two report intervals
-    refused = refusals(stack, urls, bot.raw_key, 2 * SYNC)
+    # then every web process refuses the bot once its next report has been made
+    refused = refusals(stack, urls, bot.raw_key)
     assert {name: (status, error) for name, (status, error, _) in refused.items()} == dict.fromkeys(urls, refusal)
-    assert max(after for _, _, after in refused.values()) <= 2 * SYNC, refused
 
 
 def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, connected, bot):
@@ -155,7 +156,7 @@ def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_s
     # when the key is revoked, and Redis restarts again before the web process has heard of it
     revoke_the_key(connected, bot, manager)
     redis_server.flushdb()
-    # then the revoked key is refused within two report intervals: the old answer is not good again because the
+    # then the revoked key is refused once the process has reported: the old answer is not good again because the
     # counters were reset
-    refused = refusals(stack, urls, bot.raw_key, 2 * SYNC)
+    refused = refusals(stack, urls, bot.raw_key)
     assert refused["web"][:2] == (401, "invalid_key"), refused

@@ -234,7 +234,7 @@ def test_when_reports_fail_an_answer_is_not_given_from_memory_once_it_is_ten_int
     # the database stops answering the reports (not the requests), and each request comes a second after the last
     monkeypatch.setattr(token_cache, "_versions_read", refused_by_the_database)
     now = [time.monotonic()]
-    monkeypatch.setattr(token_cache.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(token_cache, "clock", lambda: now[0])
     for _ in range(3):
         now[0] += 1
         assert get_token(bot.raw_key, connected.slug).status_code == 200
@@ -325,7 +325,7 @@ def test_a_cached_answer_is_read_again_after_a_minute_by_the_monotonic_clock(
     # a minute passes, while the wall clock is set back by as much (NTP, a VM resumed): only the monotonic
     # clock says how old the answer is
     moved = time.monotonic() + 61
-    monkeypatch.setattr(token_cache.time, "monotonic", lambda: moved)
+    monkeypatch.setattr(token_cache, "clock", lambda: moved)
     response = get_token(bot.raw_key, connected.slug)
     assert response.status_code == 200
     assert answered_by() == ["full path", "memory", "full path"]

@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from connections import errors
+from connections.cache import token_cache
 from connections.endpoint import issuing
 from connections.endpoint.bot_keys import bot_key_create, bot_key_revoke
 from connections.engine import store as tokens
@@ -40,6 +41,7 @@ from connections.oauth import client as oauth_client
 from connections.outbound import policy as outbound
 from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider
 from tests.conftest import authorize, connect, shared_token
+from tests.support.authserver import AuthServer
 
 pytestmark = pytest.mark.django_db
 
@@ -391,6 +393,7 @@ class EndpointWorld:
     working: dict[str, User]  # raw key -> its user
     key_pks: dict[str, int]
     client_secrets: set[str]
+    authserver: AuthServer
     statuses: dict[int, int] = field(default_factory=dict)
 
 
@@ -412,6 +415,8 @@ def _endpoint_world(make_connection, make_user, manager_client, authserver) -> E
         "mine": invited(register=False, token_type="user_specific"),
         "disabled": invited(register=False, is_enabled=False),
         "private": make_connection(register=False),
+        # client credentials, no token yet: the first request that passes every check fetches it, a refusal never
+        "app": invited(grant_type="client_credentials"),
     }
     _, valid = bot_key_create(user=bot, name="valid")
     _, other = bot_key_create(user=outsider, name="outsider")
@@ -431,6 +436,7 @@ def _endpoint_world(make_connection, make_user, manager_client, authserver) -> E
         working=working,
         key_pks={raw: BotKey.objects.get(key_id=raw.split("_")[1]).pk for raw in working},
         client_secrets={connection.client_secret for connection in by_name.values()},
+        authserver=authserver,
     )
 
 
@@ -535,6 +541,7 @@ def _assert_the_contracts_answer(world: EndpointWorld, response, body: dict, own
         expected = {
             None: "not_found",
             "ready": None,
+            "app": None,
             "pending": "not_connected",
             "mine": "not_connected",
             "disabled": "forbidden",
@@ -550,7 +557,7 @@ def _assert_only_allowed_writes(world, response, body, slug, tokens, key_rows, u
     last use, and only when it authenticated."""
     if response.status_code == 200:
         assert body["connection"] == slug and "refresh_token" not in body
-        assert body["access_token"] == shared_token(world.by_name["ready"]).access_token
+        assert body["access_token"] == shared_token(world.by_name[world.slugs[slug]]).access_token
         assert not any(row[4] and row[4] in response.content.decode() for row in _token_rows())
     if response.status_code != 200 and body.get("error") not in REFRESH_OUTCOMES:
         assert _token_rows() == tokens, body
@@ -570,6 +577,8 @@ def _ask_token_endpoint(world: EndpointWorld, path: str, header: str | None, que
     # Not inside a transaction: a refresh the request makes calls the provider, never done inside one.
     tokens, key_rows = _token_rows(), _key_rows()
     stored_secrets = {value for row in tokens for value in row[3:5] if value}
+    token_cache.report()  # the events of earlier answers from memory written now, not in this request
+    calls, events = _provider_calls(world), AuditEvent.objects.count()
     response = _send(_quiet_client(), "get", path, **extra)
     assert response.status_code != 500, (path, header, query)
     world.statuses[response.status_code] = world.statuses.get(response.status_code, 0) + 1
@@ -591,6 +600,26 @@ def _ask_token_endpoint(world: EndpointWorld, path: str, header: str | None, que
     _assert_the_contracts_answer(world, response, body, owner, match.kwargs["slug"])
     used = world.key_pks[raw_key.strip()] if owner is not None else None
     _assert_only_allowed_writes(world, response, body, match.kwargs["slug"], tokens, key_rows, used)
+    _assert_calls_and_events(world, response, body, owner, calls, events)
+
+
+def _provider_calls(world: EndpointWorld) -> int:
+    return sum(world.authserver.stats()["token_requests"].values())
+
+
+def _assert_calls_and_events(world, response, body, owner: User | None, calls: int, events: int) -> None:
+    """A refusal calls no provider (no refresh, no first client-credentials token) and writes at most one audit
+    event, exactly one when the key authenticated (a failed authentication may be counted with others); an
+    answer writes at most two (its own, and the first token it fetched), one from memory at the next report."""
+    refused = response.status_code != 200 and body.get("error") not in REFRESH_OUTCOMES
+    if refused:
+        assert _provider_calls(world) == calls, body
+    token_cache.report()
+    written = AuditEvent.objects.count() - events
+    if refused:
+        assert written == 1 if owner is not None else written in (0, 1), (written, body)
+    else:
+        assert written in (1, 2), (written, body)
 
 
 # A wrong key gets 401 every time here, however often (the per-address limit is tested in tests/connections).

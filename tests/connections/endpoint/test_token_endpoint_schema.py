@@ -25,7 +25,7 @@ from connections.cache import token_cache
 from connections.endpoint.bot_keys import bot_key_create, bot_key_revoke
 from connections.models import BotKey, Connection, OAuthToken, TokenState
 from tests.conftest import authorize
-from tests.controlroom.helpers import closed_port
+from tests.support.processes import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

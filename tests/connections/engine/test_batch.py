@@ -244,7 +244,7 @@ def test_at_most_the_provider_limit_of_calls_are_in_flight_to_one_host(make_conn
 
 
 def test_a_providers_429_slows_its_refreshes_without_counting_against_the_token(
-    connected, bot, authserver, settings, mailoutbox, manager
+    connected, bot, authserver, settings, mailoutbox, manager, time_machine
 ):
     # given a provider that answers every refresh 429 with Retry-After: 1, and a manager to notify
     manager.email = "ops@example.com"
@@ -270,7 +270,9 @@ def test_a_providers_429_slows_its_refreshes_without_counting_against_the_token(
     assert after.next_refresh_at - after.last_error_at == timedelta(seconds=1)
     details = AuditEvent.objects.filter(action="token_refresh").values_list("detail", flat=True)
     assert all(detail.startswith("Rate limited: ") and "HTTP 429" in detail for detail in details), details
-    # and once the token has expired, a bot is told to come back when the provider said, without a call to it
+    # and once the token has expired, a bot is told to come back when the provider said, without a call to it (this
+    # process's clock stopped at the last 429, so the second the provider asked for lasts as long as the test needs)
+    time_machine.move_to(after.last_error_at, tick=False)
     OAuthToken.objects.filter(pk=after.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     calls = authserver.stats()["token_requests"]["refresh_token"]
     response = get_token(bot.raw_key, connected.slug)

@@ -7,7 +7,7 @@ recovers once the provider does. A rejected grant (invalid_grant) is permanent: 
 one notification, no more calls to the provider.
 """
 
-import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -86,11 +86,13 @@ def assert_sweeps_back_off(stack, authserver, token: OAuthToken) -> None:
 def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, stack, connected, authserver, bot):
     # given a valid token due for refresh, and a provider failing every refresh with `mode`
     if mode == "timeout":
-        # The fault sleeps, then the server still processes the refresh, after the client gave up. With
-        # rotation that would spend the stored refresh token (the rotation hazard, not this test's subject):
-        # the provider here keeps refresh tokens, as Google does.
+        # The provider processes the refresh and holds its answer until the test releases it: the client gives up
+        # first. With rotation that would spend the stored refresh token (the rotation hazard, not this test's
+        # subject): the provider here keeps refresh tokens, as Google does.
         authserver.set_token_options(omit_refresh_token_on_refresh=True)
-    authserver.set_fault(mode, delay=OUTBOUND_TIMEOUT + 2, grant_types=["refresh_token"])
+        authserver.hold(["refresh_token"], stage="answer")
+    else:
+        authserver.set_fault(mode, grant_types=["refresh_token"])
     before = shared_token(connected)
     make_due(before)
 
@@ -118,12 +120,9 @@ def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, s
     assert fetch(before).state == "refresh_failing"
 
     # when the provider heals and the backoff time comes
-    if mode == "timeout":
-        # The provider still processes the refresh the client gave up on, 2 s after that (its delay is
-        # OUTBOUND_TIMEOUT + 2), and this one (DOT) then revokes the grant's access tokens: landing after the
-        # recovery, it would revoke the recovered token. Let it land first.
-        landed = failing.last_error_at + timedelta(seconds=3)
-        time.sleep(max(0.0, (landed - timezone.now()).total_seconds()))
+    # (the refreshes the client gave up on were processed before they were held: released, nothing of them lands
+    # later to revoke the recovered token)
+    authserver.release()
     authserver.clear_fault()
     requests_before = refresh_requests(authserver)
     skip_backoff(before)
@@ -189,16 +188,21 @@ def test_concurrent_callers_share_one_failed_refresh(mode, make_stack, connected
     port = stack.web(workers=2, threads=8)
     url = f"http://127.0.0.1:{port}/api/v1/connections/{connected.slug}/token"
     assert requests.get(url, timeout=30).status_code == 401  # warm up
-    authserver.set_token_options(latency=0.5)  # a real race window
+    authserver.hold(["refresh_token"])  # the first refresh waits at the provider while the other bots ask
     authserver.set_fault(mode, grant_types=["refresh_token"])
     before = shared_token(connected)
     make_due(before)
 
     # when bots ask at once (the token expires within their min_validity, so each wants a refresh)
-    answers = in_threads(
-        [lambda: requests.get(url, headers={"Authorization": f"Bearer {bot.raw_key}"}, timeout=60)] * CALLERS,
-        workers=CALLERS,
-    )
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(
+            in_threads,
+            [lambda: requests.get(url, headers={"Authorization": f"Bearer {bot.raw_key}"}, timeout=60)] * CALLERS,
+            CALLERS,
+        )
+        authserver.wait_held(1)
+        authserver.release()
+        answers = asked.result(timeout=90)
 
     # then single flight holds for failures too: one refresh request; the others wait and read its result
     statuses = sorted(answer.status_code for answer in answers)

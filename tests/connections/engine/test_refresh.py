@@ -15,7 +15,11 @@ from connections import tasks
 from connections.engine import lease, outcomes, refresh, sweep
 from connections.errors import ProviderError
 from connections.models import OAuthToken
-from tests.conftest import authorize, refresh_shared_token, shared_token
+from tests.conftest import authorize, refresh_shared_token, shared_token, wait_for
+
+CALLERS = 10
+# The failed call's ProviderError.error, by the fault that failed it.
+FAILED_AS = {"status_500": "temporarily_unavailable", "invalid_grant": "invalid_grant"}
 
 pytestmark = pytest.mark.django_db
 
@@ -55,8 +59,9 @@ def test_a_queued_refresh_that_someone_else_already_did_calls_nobody(connected, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_refreshes_in_one_process_call_the_provider_once(connected, authserver):
-    authserver.set_token_options(latency=1)
+def test_concurrent_refreshes_in_one_process_call_the_provider_once(connected, authserver, waiting_callers):
+    # given a provider that holds every refresh request until the test lets it go
+    authserver.hold(["refresh_token"])
     token = shared_token(connected)
 
     def refresh_in_a_thread(_: int) -> str:
@@ -66,9 +71,17 @@ def test_concurrent_refreshes_in_one_process_call_the_provider_once(connected, a
         finally:
             db_connections.close_all()
 
-    with ThreadPoolExecutor(10) as pool:
-        results = set(pool.map(refresh_in_a_thread, range(10)))
-    assert len(results) == 1
+    # when ten threads refresh the token at once
+    with ThreadPoolExecutor(CALLERS) as pool:
+        results = pool.map(refresh_in_a_thread, range(CALLERS))
+        # then one call reaches the provider, and the nine others wait for it (they found the lease taken)
+        authserver.wait_held(1)
+        wait_for(lambda: waiting_callers.count() == CALLERS - 1, 30, "nine callers waiting for the one refresh")
+        assert authserver.held() == {"held_now": 1, "held_since_armed": 1}
+        authserver.release()
+        results = set(results)
+    # and everyone gets the token that one call returned
+    assert results == {shared_token(connected).access_token}
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
 
@@ -117,8 +130,9 @@ def test_backoff_grows_with_jitter():
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("fault", ["status_500", "invalid_grant"])
-def test_concurrent_callers_share_a_failed_refresh(connected, authserver, fault):
-    authserver.set_token_options(latency=1)
+def test_concurrent_callers_share_a_failed_refresh(connected, authserver, fault, waiting_callers):
+    # given a provider that fails the refresh, and holds it until the test lets it go
+    authserver.hold(["refresh_token"])
     authserver.set_fault(fault, grant_types=["refresh_token"])
     token = shared_token(connected)
 
@@ -127,15 +141,20 @@ def test_concurrent_callers_share_a_failed_refresh(connected, authserver, fault)
             mine = OAuthToken.objects.select_related("connection__provider").get(pk=token.pk)
             refresh.token_refresh(token=mine, actor_label="thread", min_generation=token.generation)
         except ProviderError as exc:
-            return exc.message
+            return exc.error
         finally:
             db_connections.close_all()
         return "refreshed"
 
+    # when eight threads refresh the token at once, and the one call that went out fails
     with ThreadPoolExecutor(8) as pool:
-        outcomes = list(pool.map(refresh_in_a_thread, range(8)))
-    assert "refreshed" not in outcomes
-    # One call reached the provider; everyone else read its result instead of presenting the token again.
+        results = pool.map(refresh_in_a_thread, range(8))
+        authserver.wait_held(1)
+        wait_for(lambda: waiting_callers.count() == 7, 30, "seven callers waiting for the one refresh")
+        authserver.release()
+        outcomes = sorted(results)
+    # then everyone else read its result instead of presenting the token again
+    assert outcomes == sorted([FAILED_AS[fault]] + ["shared_failure"] * 7), str(outcomes)
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
     assert shared_token(connected).consecutive_failures == 1
 

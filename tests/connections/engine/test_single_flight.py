@@ -16,14 +16,14 @@ from tests.support.stack import in_threads, refresh_requests
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CALLERS = 50
-LATENCY = 1  # seconds the authorization server takes per token request: a real race window
 
 
 def test_fifty_callers_two_workers_and_beat_cost_one_refresh(make_stack, connected, authserver, bot):
     # given one connected token, and the whole deployment: beat sweeping every second, two worker processes,
     # gunicorn with 3 processes x 8 threads, all on the test database
     connection, before = connected, shared_token(connected)
-    stack = make_stack(BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
+    # (a held refresh must not run into the callers' deadlines: those are what a hang would run into)
+    stack = make_stack(BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=60, REFRESH_WAIT_SECONDS=60)
     port = stack.web(workers=3, threads=8)
     stack.worker("worker-1")
     stack.worker("worker-2")
@@ -34,8 +34,9 @@ def test_fifty_callers_two_workers_and_beat_cost_one_refresh(make_stack, connect
     warm = in_threads([lambda: requests.get(url, timeout=30) for _ in range(24)], workers=24)
     assert {answer.status_code for answer in warm} <= {401, 429}, stack.logs()
 
-    # when the token is expired and due, the provider is slow, and everyone asks at the same moment
-    authserver.set_token_options(latency=LATENCY)
+    # when the token is expired and due, the provider holds every refresh until the test lets it go, and everyone
+    # asks at the same moment
+    authserver.hold(["refresh_token"])
     past = timezone.now() - timedelta(minutes=5)
     OAuthToken.objects.filter(pk=before.pk).update(expires_at=past, next_refresh_at=past)
     start = threading.Barrier(CALLERS + 1)
@@ -50,6 +51,12 @@ def test_fifty_callers_two_workers_and_beat_cost_one_refresh(make_stack, connect
         stack.send_task("connections.tasks.refresh_token", before.pk, before.generation)
         stack.send_task("connections.tasks.refresh_token", before.pk, before.generation)
         start.wait(timeout=30)
+        # then one refresh reaches the provider, and while it is held, a worker's task for the token ends: it found
+        # the token leased by that refresh and left it to it (a worker does not wait for another's refresh)
+        authserver.wait_held(1)
+        stack.wait_until(lambda: stack.tasks("refresh_token") >= 1, 30, "a worker to leave the token to the refresh")
+        assert authserver.held() == {"held_now": 1, "held_since_armed": 1}
+        authserver.release()
         answers = [future.result(timeout=60) for future in futures]
     # Let the queued refresh tasks (the two sent, and any a sweep queued) end, and two more sweeps run: none of
     # them may refresh again.

@@ -19,7 +19,7 @@ from connections.errors import ProviderError
 from connections.notify import webhooks
 from connections.notify.managers import manager_emails, notify_managers
 from tests.conftest import refresh_shared_token
-from tests.controlroom.helpers import closed_port
+from tests.support.processes import closed_port
 from tests.support.receiver import WebhookReceiver
 
 

@@ -12,7 +12,7 @@ from connections.errors import ProviderError
 from connections.models import Connection
 from connections.oauth import client as oauth_client
 from providers.models import Provider
-from tests.conftest import authorize, messages_of, refresh_shared_token
+from tests.conftest import authorize, messages_of, refresh_shared_token, wait_for
 from tests.support.authserver import AuthServer
 
 pytestmark = pytest.mark.django_db
@@ -106,11 +106,22 @@ def test_a_document_that_cannot_be_trusted_is_refused_clearly_and_nothing_is_sav
     assert not Connection.objects.exists()
 
 
-def test_an_issuer_on_a_host_the_outbound_policy_refuses_is_not_fetched(manager_client, registered):
-    response = manager_client.post("/admin/connections/connection/add/", issuer_only_form("http://idp.example.com"))
+def test_an_issuer_on_a_host_the_outbound_policy_refuses_is_not_fetched(manager_client, registered, settings):
+    # given the loopback server's issuer, over plain http to a host the outbound policy does not allow it for
+    settings.OUTBOUND_HTTP_ALLOWED_HOSTS, settings.OUTBOUND_ALLOWED_PRIVATE = [], []
+    document = "/o/.well-known/openid-configuration"
+    fetched_before = registered.requests_logged("GET", document)
+    # when an administrator saves a connection that gives only that issuer
+    response = manager_client.post("/admin/connections/connection/add/", issuer_only_form(registered.issuer))
+    # then the form says why, and nothing is saved
     assert response.status_code == 200 and not Connection.objects.exists()
-    assert "https" in " ".join(messages_of(response)).lower()
-    assert registered.stats()["token_requests"]["authorization_code"] == 0
+    said = " ".join(messages_of(response))
+    assert "Refused to call http://127.0.0.1: provider URLs must use https" in said, said
+    # and the document was not fetched: once the host is allowed, the one fetch the server logs is the allowed one
+    settings.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
+    assert discover(manager_client, registered.issuer).status_code == 200
+    wait_for(lambda: registered.requests_logged("GET", document) > fetched_before, 30, "the allowed fetch logged")
+    assert registered.requests_logged("GET", document) == fetched_before + 1
 
 
 def test_a_viewer_cannot_make_the_server_fetch_a_document(make_user, registered):
@@ -223,7 +234,8 @@ def test_the_discover_button_says_why_nothing_was_found(manager_client, register
     registered.set_discovery(missing=True)
     answer = discover(manager_client, registered.issuer)
     assert answer.status_code == 400 and "publishes no discovery document" in answer.json()["detail"]
-    assert "https" in discover(manager_client, "http://idp.example.com").json()["detail"]
+    refused = discover(manager_client, "http://idp.example.com").json()["detail"]
+    assert refused.startswith("Nothing discovered: Refused to call http://idp.example.com: provider URLs must"), refused
     assert "Enter the issuer first" in discover(manager_client, " ").json()["detail"]
 
 

@@ -14,7 +14,7 @@ from connections import tasks
 from connections.engine import batch, sweep
 from connections.models import BeatHeartbeat, OAuthToken, TokenState
 from connections.ops import health, metrics
-from tests.controlroom.helpers import closed_port
+from tests.support.processes import closed_port
 
 pytestmark = pytest.mark.django_db
 
