@@ -1,4 +1,5 @@
-"""The Dockerfile, docker-compose.yml and docs/operations.md's Production section agree with each other and with the project.
+"""The Dockerfile, docker-compose.yml and docs/operations.md's Production section agree with each other and with the
+project.
 
 No container engine runs here, so the files are read: every command they run is parsed by the program that would
 run it (manage.py's own parsers, gunicorn's, Celery's CLI), and every environment variable they set is one that
