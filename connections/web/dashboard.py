@@ -13,6 +13,7 @@ from django.utils.safestring import SafeString
 
 from connections import selectors
 from connections.models import AuditEvent, Connection, ConnectionStatus, OAuthToken, TokenState
+from connections.notify import managers
 from connections.ops import health
 
 HOURS_BACK = 24
@@ -47,6 +48,7 @@ def dashboard_context(now: datetime | None = None) -> dict:
         "expiry_chart": _expiry_chart(now),
         "attention": _attention(),
         "backlog": health.refresh_backlog(),
+        "nobody_told": managers.nobody_told(),
     }
 
 
