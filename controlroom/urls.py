@@ -11,6 +11,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     # Admin pages that belong to no model, before the admin's own URLs (which would answer 404 for them).
     path("admin/outbound/", admin.site.admin_view(views.outbound_page), name="outbound"),
+    path("admin/bots/", admin.site.admin_view(views.bots_page), name="bots_guide"),
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",

@@ -101,3 +101,11 @@ def test_the_readme_stays_short_and_keeps_the_commands_ci_runs():
     assert "make test" in readme and "make test" in (ROOT / ".ci" / "run").read_text()
     for section in ("Run it", "Test it", "Try it without a real provider", "A bot's first token", "Where to go next"):
         assert section in headings(ROOT / "README.md"), section
+
+
+def test_the_salesforce_examples_name_hosts_salesforce_has():
+    # <yourinstance> is login, test or a My Domain (acme.my): acme.salesforce.com is no Salesforce host
+    for page in PAGES:
+        text = page.read_text()
+        assert "acme.salesforce.com" not in text and "yourinstance: acme}" not in text, page.name
+    assert "`acme.my`" in (ROOT / "README.md").read_text()

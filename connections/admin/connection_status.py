@@ -174,8 +174,16 @@ class ConnectionStatusColumns:
     @admin.display(description="Roles that may use it")
     def roles_display(self, connection: Connection) -> str:
         roles = list(connection.roles.all())
-        if not roles:
+        if not roles and connection.pk is None:
             return "No role is invited yet."
+        if not roles:
+            # the next step: a new role, this connection invited already (or roles chosen under Who may use it)
+            return format_html(
+                'No role is invited yet: <a href="{}?invited_connections={}" id="invite-role-link">'
+                "invite a new role</a> or choose roles under <em>Who may use it</em>.",
+                reverse("admin:connections_role_add"),
+                connection.pk,
+            )
         return format_html_join(
             ", ",
             "<a href='{}'>{}</a>",

@@ -108,8 +108,8 @@ def _status_chart(statuses: dict[ConnectionStatus, int]) -> SafeString:
         ((y + 13, label, y, width, colour, 196 + width, y + 13, count) for y, label, width, colour, count in rows),
     )
     return format_html(
-        '<svg id="status-chart" viewBox="0 0 {} {}" width="{}" height="{}" role="img" aria-label="Connections by status">'
-        "{}</svg>",
+        '<svg id="status-chart" viewBox="0 0 {} {}" width="{}" height="{}" role="img" '
+        'aria-label="Connections by status">{}</svg>',
         STATUS_WIDTH,
         22 * len(rows),
         STATUS_WIDTH,

@@ -55,7 +55,7 @@ def test_every_link_of_getting_started_answers_whoever_sees_it(request, who):
     page = client.get("/admin/").content.decode()
     started = page[page.index('id="getting-started"') : page.index("</ol>")]
     links = re.findall(r'href="(/[^"]+)"', started)
-    assert len(links) == (4 if who == "root_client" else 2)  # a manager may not add roles or users
+    assert len(links) == (5 if who == "root_client" else 3)  # a manager may not add roles or users; + the bots page
     for link in [*links, "/admin/outbound/", "/admin/connections/connection/dashboard/"]:
         assert client.get(link).status_code == 200, link
     if who == "manager_client":
