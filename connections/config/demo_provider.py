@@ -7,6 +7,7 @@ Its data stays between runs: the applications are registered once (registering o
 issued, and Control Room's connections would need authorizing again), and again only when the redirect URI they
 were registered with changed."""
 
+import contextlib
 import json
 import os
 import secrets
@@ -32,7 +33,10 @@ CLIENT_CREDENTIALS_CLIENT = "demo-client-credentials"
 AUTHORIZATION_CODE_CLIENT = "demo-authorization-code"
 START_SECONDS = 60
 # gunicorn 27 otherwise opens ~/.gunicorn/gunicorn.ctl, shared by every instance (tests/support/authserver.py too)
-SERVER_OPTIONS = "--workers 1 --threads 4 --no-control-socket --access-logfile - --error-logfile -".split()
+# --graceful-timeout: stopped, it ends its workers within 3 s (gunicorn waits 30 s by default).
+SERVER_OPTIONS = (
+    "--workers 1 --threads 4 --graceful-timeout 3 --no-control-socket --access-logfile - --error-logfile -".split()
+)
 
 
 @dataclass
@@ -104,6 +108,9 @@ class DemoProvider:
                 env=environment,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # A session of its own: Ctrl-C reaches this command, which stops the server and its workers
+                # together (stop), rather than each of them on its own, which could leave a worker behind.
+                start_new_session=True,
             )
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline and self.process.poll() is None:
@@ -186,11 +193,14 @@ class DemoProvider:
     def stop(self) -> None:
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
-            process.terminate()
+            process.terminate()  # gunicorn stops its workers, within --graceful-timeout
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                # its workers too, not the master alone (its own session: the group is the master's process id,
+                # still alive here, so the group is surely this server's)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
 
 
