@@ -34,7 +34,7 @@ class Command(BaseCommand):
             self.stdout.write("An administrator already exists.")
             return
         username = os.environ.get("DJANGO_SUPERUSER_USERNAME", "admin")
-        email = self._email(options.get("email") or os.environ.get("DJANGO_SUPERUSER_EMAIL", ""), options)
+        email = self._email(str(options.get("email") or os.environ.get("DJANGO_SUPERUSER_EMAIL", "")), options)
         password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", "")
         generated = not password
         password = password or secrets.token_urlsafe(12)
