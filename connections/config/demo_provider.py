@@ -1,7 +1,8 @@
-"""The demo provider of `make demo`: the loopback OAuth 2.0 / OpenID Connect server the tests use (tests/authserver,
-django-oauth-toolkit, a test requirement), started as a process of its own on 127.0.0.1 with its own SQLite
-database under var/demo-provider/, holding a client-credentials application, an authorization-code application
-and a user. Development only: the caller refuses it with DEBUG off (connections.config.demo).
+"""The demo provider of `make demo`: the loopback OAuth 2.0 server the tests use (tests/authserver, with its OpenID
+Connect discovery document; django-oauth-toolkit, a test requirement), started as a process of its own on
+127.0.0.1 with its own SQLite database under var/demo-provider/, holding a client-credentials application, an
+authorization-code application and a user. Development only: the caller refuses it with DEBUG off
+(connections.config.demo).
 
 Its data stays between runs: the applications are registered once (registering one again would drop the tokens it
 issued, and Control Room's connections would need authorizing again), and again only when the redirect URI they

@@ -8,7 +8,7 @@ from connections.errors import DemoProviderError
 
 class Command(BaseCommand):
     help = (
-        "make demo: start a local OAuth 2.0 / OpenID Connect provider on 127.0.0.1 (development only) with a "
+        "make demo: start a local OAuth 2.0 provider on 127.0.0.1 (development only) with a "
         "client-credentials application, an authorization-code application and a user, create the two matching "
         "connections, and say what to click. Runs until Ctrl-C."
     )
