@@ -2,7 +2,7 @@
 #
 #   docker build -t controlroom:1.4.0 .       # tag each build with its release, to roll back to the previous one
 #
-# docker-compose.yml runs it scaled out (PostgreSQL, Redis, web, N workers, two beats); README.md, "Production",
+# docker-compose.yml runs it scaled out (PostgreSQL, Redis, web, N workers, two beats); docs/operations.md, "Production",
 # explains it. Without compose, the same containers by hand, all with the same environment file:
 #   docker run --env-file .env --rm controlroom python manage.py migrate --no-input   # once per release, first
 #   docker run --env-file .env --rm controlroom python manage.py ensure_admin         # the first administrator

@@ -1,12 +1,13 @@
 # make run  - fresh machine to running app (web + Celery worker + beat) on 127.0.0.1:$(PORT)
 # make test - the whole test suite (installs PostgreSQL, Redis and Chromium when missing; starts its own servers)
+# make demo - a local OAuth provider to try it with, and its two connections (beside make run; Ctrl-C stops it)
 # make lint - ruff, mypy and the import contracts (CI runs it before the tests)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 PORT ?= 8000
 
-.PHONY: run test lint lock clean
+.PHONY: run demo test lint lock clean
 
 # Installs come from the lock files: every package, the transitive ones too, pinned with its hashes.
 $(VENV)/.run-installed: requirements.lock
@@ -51,6 +52,15 @@ run: $(VENV)/.run-installed .env
 	@echo "Control Room: http://127.0.0.1:$(PORT)/admin/  (health: http://127.0.0.1:$(PORT)/healthz). Ctrl-C stops everything."
 	@$(BIN)/python manage.py ensure_admin
 	@PATH="$(BIN):$$PATH" CONTROLROOM_PORT=$(PORT) $(BIN)/python -c "$(HONCHO)" --procfile Procfile start || test $$? -eq 130
+
+# The loopback provider the tests use (tests/authserver: django-oauth-toolkit, a test requirement), on
+# 127.0.0.1:$(DEMO_PROVIDER_PORT), and the connections that match it in Control Room (README, "Try it without a real
+# provider"). Run beside `make run`, with the same PORT.
+DEMO_PROVIDER_PORT ?= 9100
+demo: $(VENV)/.test-installed .env
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py sync_providers
+	@PORT=$(PORT) $(BIN)/python manage.py demo_provider --port $(DEMO_PROVIDER_PORT) || test $$? -eq 130
 
 # Two workers (pytest-xdist), each with its own PostgreSQL, Redis and authorization server; the tests that start
 # processes of their own all run on one of them (tests/conftest.py). PYTEST_ARGS="-n 0" runs all in this process.

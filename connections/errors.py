@@ -110,6 +110,10 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+class DemoProviderError(Exception):
+    """`make demo` could not start its provider or set up its connections; the message says why and what to do."""
+
+
 class RotationError(Exception):
     """A problem the operator must fix; its text is one complete sentence (or two) without secrets."""
 

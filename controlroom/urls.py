@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     # Admin pages that belong to no model, before the admin's own URLs (which would answer 404 for them).
     path("admin/outbound/", admin.site.admin_view(views.outbound_page), name="outbound"),
+    path("admin/bots/", admin.site.admin_view(views.bots_page), name="bots_guide"),
     # People (connections.people): signing in with the identity provider, and out (of the admin too, so that the
     # provider's session ends with it).
     path("admin/logout/", people_views.sign_out),

@@ -198,7 +198,7 @@ def provider_catalog_sync(*, path: Path = CATALOG_PATH, using: str = "default") 
 
 
 def provider_catalog_table(*, path: Path = CATALOG_PATH) -> str:
-    """The catalog as the README's Markdown table: name, slug, group, grant types, placeholders."""
+    """The catalog as docs/providers.md's Markdown table: name, slug, group, grant types, placeholders."""
     labels, categories = dict(GrantType.choices), dict(ProviderCategory.choices)
     lines = ["| provider type | slug | group | grant types | placeholders |", "| --- | --- | --- | --- | --- |"]
     for preset in provider_catalog_read(path=path):

@@ -1,4 +1,4 @@
-"""The architecture stays as the README's Architecture section describes it: layered imports with no cycle (the
+"""The architecture stays as docs/architecture.md describes it: layered imports with no cycle (the
 contracts in pyproject.toml, checked by import-linter), and modules and functions small enough to read."""
 
 import ast

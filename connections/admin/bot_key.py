@@ -4,6 +4,7 @@ shows which connections it reaches and revokes it."""
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -71,7 +72,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
     """
 
     change_form_template = "admin/connections/botkey/change_form.html"
-    list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used_at", "last_used_from")
+    list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used", "last_used_from")
     list_filter = ("revoked_at", ExpiryFilter)
     search_fields = ("name", "key_id", "user__username")
     list_select_related = ("user",)
@@ -104,6 +105,10 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # a key is never edited; it is revoked and replaced
 
+    @admin.display(description="Last used (to the minute)", ordering="last_used_at")
+    def last_used(self, key: BotKey) -> object:
+        return key.last_used_at  # written at most once a minute (LAST_USED_RESOLUTION)
+
     @admin.display(description="State")
     def state(self, key: BotKey) -> str:
         return bot_key_state(key)
@@ -124,6 +129,7 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             expires_days=form.cleaned_data["expires_days"],
             created_by=signed_in_user(request),
         )
+        reach = [] if bot_key_unusable_because(key) else connection_reach_for(key.user)
         # Rendered, not redirected: the raw key must not travel through the session or a messages cookie.
         context = {
             **self.admin_site.each_context(request),
@@ -131,6 +137,9 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
             "key": key,
             "raw_key": raw,
             "reach": reach_html(key),
+            "public_url": settings.PUBLIC_URL,
+            # the ready-to-run curl: the first connection that gives a token now, else the first reached
+            "first_call": next((item for item in reach if item.gets_token), reach[0] if reach else None),
             "title": "Bot key created",
         }
         response = TemplateResponse(request, "admin/connections/botkey/created.html", context)

@@ -10,6 +10,7 @@ from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -18,6 +19,7 @@ from django.utils.text import Truncator
 
 from connections import selectors
 from connections.models import Connection, ConnectionStatus, TokenAccess
+from connections.notify import managers
 
 
 class StatusListFilter(admin.SimpleListFilter):
@@ -163,7 +165,11 @@ class ConnectionStatusColumns:
         failure = selectors.token_summary(connection).last_error
         if failure is None:
             return "—"
-        return format_html('<span class="{}">{}</span>', FAILURE_CLASS, failure.text)
+        error = format_html('<span class="{}">{}</span>', FAILURE_CLASS, failure.text)
+        nobody = managers.nobody_told()  # said where it matters: on a failing connection's page
+        if not nobody:
+            return error
+        return error + render_to_string("admin/connections/nobody_told.html", {"nobody_told": nobody})
 
     @admin.display(description="Bot call")
     def bot_call_display(self, connection: Connection) -> str:
@@ -207,8 +213,16 @@ class ConnectionStatusColumns:
     @admin.display(description="Roles that may use it")
     def roles_display(self, connection: Connection) -> str:
         roles = list(connection.roles.all())
-        if not roles:
+        if not roles and connection.pk is None:
             return "No role is invited yet."
+        if not roles:
+            # the next step: a new role, this connection invited already (or roles chosen under Who may use it)
+            return format_html(
+                'No role is invited yet: <a href="{}?invited_connections={}" id="invite-role-link">'
+                "invite a new role</a> or choose roles under <em>Who may use it</em>.",
+                reverse("admin:connections_role_add"),
+                connection.pk,
+            )
         return format_html_join(
             ", ",
             "<a href='{}'>{}</a>",

@@ -1,4 +1,5 @@
-"""Configuration as code: users, roles and connections from a YAML file (README "Configuration as code"), and back.
+"""Configuration as code: users, roles and connections from a YAML file, and back (docs/operations.md,
+"Configuration as code").
 
 Apply checks the whole file first and writes nothing when anything is wrong, naming every problem with its
 place in the file (line and path). Connections are held to the rules the admin's form applies

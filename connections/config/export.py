@@ -1,5 +1,5 @@
 """export_config: the YAML of apply_config for what exists, with every secret as a reference for the operator to
-fill in (README "Configuration as code")."""
+fill in (docs/operations.md, "Configuration as code")."""
 
 from typing import Any
 

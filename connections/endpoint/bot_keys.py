@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from django.contrib.auth.models import Group, User
 from django.db import transaction
-from django.db.models import OuterRef, Prefetch, Subquery
+from django.db.models import Exists, OuterRef, Prefetch, Subquery
 from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_record
@@ -199,6 +199,7 @@ def connection_reach_for(user: User) -> list[ConnectionReach]:
         .annotate(
             own_token_state=Subquery(tokens.filter(user=user).values("state")[:1]),
             shared_token_state=Subquery(tokens.filter(user__isnull=True).values("state")[:1]),
+            owner_is_bot=Exists(BotAccount.objects.filter(user_id=user.pk)),  # in the same statement
         )
         .prefetch_related(Prefetch("roles", Group.objects.filter(user=user).order_by("name"), to_attr="user_roles"))
     )
@@ -214,12 +215,19 @@ class _TokenStates(TypedDict):
 
     own_token_state: str | None
     shared_token_state: str | None
+    owner_is_bot: bool
 
 
 def _reach_status(connection: "WithAnnotations[Connection, _TokenStates]", user: User) -> tuple[bool, str]:
     if not connection.is_enabled:
         return False, "Disabled by an administrator: no token for anyone."
     username = user.get_username()
+    if connection.is_user_specific and connection.owner_is_bot:
+        # A bot account cannot sign in, so it can never authorize a token of its own.
+        return False, (
+            f"{username} is a bot account: it gets tokens of shared connections only. A user-specific connection "
+            "gives each person's key that person's own token, once they have authorized it."
+        )
     if connection.is_user_specific:
         state = connection.own_token_state
         missing = f"Not authorized by {username} yet: they authorize it on My OAuth connections."

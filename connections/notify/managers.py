@@ -3,12 +3,13 @@
 
 import logging
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.core.mail import send_mail
 from django.db.models import Q
 
-from connections.models import Connection
+from connections.models import Connection, WebhookEndpoint
 from connections.notify import webhooks
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,23 @@ def manager_emails() -> list[str]:
         is_active=True,
     )
     return sorted(set(users.exclude(email="").values_list("email", flat=True)))
+
+
+FAILURE_EVENTS = {"token.refresh_failing", "token.reauthorization_required"}
+
+
+def nobody_told() -> str:
+    """A sentence when a failing connection would reach nobody: no active manager with an e-mail address and no
+    webhook that gets the failure events; "" when someone will be told."""
+    if manager_emails() or settings.NOTIFY_WEBHOOK_URL:
+        return ""
+    for endpoint in WebhookEndpoint.objects.filter(is_enabled=True).only("events"):
+        if not endpoint.events or FAILURE_EVENTS & set(endpoint.events):
+            return ""
+    return (
+        "Nobody will be told when a connection fails: no user who manages connections has an e-mail address, "
+        "and no webhook endpoint gets the failure events."
+    )
 
 
 def notify_managers(*, event: str, connection: Connection, subject: str, message: str) -> None:

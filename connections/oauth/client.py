@@ -111,7 +111,7 @@ def _call(what: str, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
             ) from None
         description = f" ({provider_text(exc.description)})" if exc.description else ""
         raise ProviderError(
-            f"The provider refused the {what}: {provider_text(exc.error)[:50]}{description}.",
+            f"The provider refused the {what}: {provider_text(exc.error)[:50]}{description}.{_hint(exc.error)}",
             error=exc.error,
             permanent=exc.error in PERMANENT_ERRORS,
             status=exc.status_code,
@@ -138,6 +138,19 @@ def _call(what: str, func: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs
             error="invalid_response",
             permanent=False,
         ) from None
+
+
+# What to check when the provider names this error: the usual causes, in the words of the connection's page.
+ERROR_HINTS = {
+    "invalid_client": (
+        "Check the client ID, the client secret, the client authentication method (HTTP Basic or form body), and "
+        "that the token URL is of the environment (production or sandbox) the application is registered in."
+    ),
+}
+
+
+def _hint(error: str) -> str:
+    return f" {ERROR_HINTS[error]}" if error in ERROR_HINTS else ""
 
 
 def _tls_error(what: str, exc: requests.exceptions.SSLError) -> ProviderError:
@@ -273,7 +286,7 @@ def device_authorization(config: ClientConfig) -> dict[str, Any]:
         error = str(body.get("error") or f"http_{response.status_code}")
         description = f" ({provider_text(body['error_description'])})" if body.get("error_description") else ""
         raise ProviderError(
-            f"The provider refused the {what}: {provider_text(error)[:50]}{description}.",
+            f"The provider refused the {what}: {provider_text(error)[:50]}{description}.{_hint(error)}",
             error=error,
             permanent=error in PERMANENT_ERRORS,
             status=response.status_code,

@@ -250,7 +250,7 @@ def check_refresh_backlog() -> dict[str, Any]:
 def refresh_backlog_warning(backlog: RefreshBacklog) -> str:
     return (
         f"{backlog.overdue} token(s) are past their refresh time, the oldest by {backlog.oldest_overdue_seconds} s: "
-        "the refresh workers do not keep up (README: Scaling web and workers)."
+        'the refresh workers do not keep up (docs/operations.md, "Scaling web and workers").'
     )
 
 

@@ -13,6 +13,7 @@ from django.utils.safestring import SafeString
 
 from connections import selectors
 from connections.models import AuditEvent, Connection, ConnectionStatus, OAuthToken, TokenState
+from connections.notify import managers
 from connections.ops import health
 
 CREDENTIALS_WITHIN_DAYS = 30  # credentials (client secrets, certificates, refresh tokens) expiring this soon are shown
@@ -26,6 +27,7 @@ STATUS_COLOURS = {
     ConnectionStatus.DISABLED: "#bdbdbd",
 }
 SUCCESS, FAILURE = "#2e7d32", "#c62828"
+STATUS_WIDTH = 460
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ def dashboard_context(now: datetime | None = None) -> dict:
         "attention": _attention(),
         "credentials_expiring": selectors.credential_expiries(until=now + timedelta(days=CREDENTIALS_WITHIN_DAYS))[:10],
         "backlog": health.refresh_backlog(),
+        "nobody_told": managers.nobody_told(),
     }
 
 
@@ -65,6 +68,10 @@ def _refresh_chart(now: datetime) -> SafeString:
     by_hour = {row["hour"]: (row["ok"], row["failed"]) for row in rows}
     hours = [since + timedelta(hours=n) for n in range(HOURS_BACK)]
     bars = [(f"{hour:%H}h", by_hour.get(hour, (0, 0))) for hour in hours]
+    if not by_hour:
+        return _empty(
+            "refresh-chart", "No refresh in the last 24 hours yet: tokens are refreshed shortly before they expire."
+        )
     return _stacked_bars(bars, "Refreshes per hour, last 24 hours", "refresh-chart", (SUCCESS, FAILURE))
 
 
@@ -82,24 +89,32 @@ def _expiry_chart(now: datetime) -> SafeString:
             continue
         counts[min(int((expires_at - now).total_seconds() // 3600), HOURS_AHEAD - 1)] += 1
     bars = [(f"+{n}h", (count, 0)) for n, count in enumerate(counts)]
+    if not any(counts):
+        return _empty("expiry-chart", "No connected token expires in the next 12 hours.")
     return _stacked_bars(bars, "Token expiries, next 12 hours", "expiry-chart", ("#1565c0", FAILURE))
 
 
 def _status_chart(statuses: dict[ConnectionStatus, int]) -> SafeString:
     """One horizontal bar a status, its length the number of connections."""
-    top = max(statuses.values(), default=0) or 1
+    if not any(statuses.values()):
+        return _empty("status-chart", "No connection yet: add one under Connections.")
+    top = max(statuses.values())
     rows = [
-        (22 * n, status.replace("_", " "), 200 * count / top, STATUS_COLOURS[status], count)
+        (22 * n, status.replace("_", " "), 220 * count / top, STATUS_COLOURS[status], count)
         for n, (status, count) in enumerate(statuses.items())
     ]
     bars = format_html_join(
         "",
-        '<text x="0" y="{}" class="label">{}</text><rect x="170" y="{}" width="{}" height="16" fill="{}"></rect>'
+        '<text x="0" y="{}" class="label">{}</text><rect x="190" y="{}" width="{}" height="16" fill="{}"></rect>'
         '<text x="{}" y="{}" class="value">{}</text>',
-        ((y + 13, label, y, width, colour, 176 + width, y + 13, count) for y, label, width, colour, count in rows),
+        ((y + 13, label, y, width, colour, 196 + width, y + 13, count) for y, label, width, colour, count in rows),
     )
     return format_html(
-        '<svg id="status-chart" viewBox="0 0 420 {}" role="img" aria-label="Connections by status">{}</svg>',
+        '<svg id="status-chart" viewBox="0 0 {} {}" width="{}" height="{}" role="img" '
+        'aria-label="Connections by status">{}</svg>',
+        STATUS_WIDTH,
+        22 * len(rows),
+        STATUS_WIDTH,
         22 * len(rows),
         bars,
     )
@@ -107,10 +122,10 @@ def _status_chart(statuses: dict[ConnectionStatus, int]) -> SafeString:
 
 def _stacked_bars(bars: list[tuple[str, tuple[int, int]]], title: str, svg_id: str, colours: tuple) -> SafeString:
     """Vertical bars, each of two stacked parts, with its label under it and its total over it."""
-    width, height, top = 20, 120, max((a + b for _, (a, b) in bars), default=0) or 1
+    width, height, top = 24, 120, max((a + b for _, (a, b) in bars), default=0) or 1
     parts = []
     for n, (label, (first, second)) in enumerate(bars):
-        x, h1, h2 = 30 + n * (width + 4), height * first / top, height * second / top
+        x, h1, h2 = 40 + n * (width + 4), height * first / top, height * second / top
         template = (
             '<g><title>{}: {} / {}</title><rect x="{}" y="{}" width="{}" height="{}" fill="{}"></rect>'
             '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"></rect><text x="{}" y="{}" class="axis">{}</text></g>'
@@ -120,19 +135,30 @@ def _stacked_bars(bars: list[tuple[str, tuple[int, int]]], title: str, svg_id: s
         parts.append(
             format_html(template, label, first, second, *first_bar, *second_bar, x + width / 2, height + 26, label)
         )
+    # Drawn at its natural size (width and height as the viewBox's): a label's 11 units are 11 px on the screen,
+    # not shrunk to fit a narrow card.
+    full_width, full_height = 50 + len(bars) * (width + 4), height + 34
     return format_html(
-        '<svg id="{}" viewBox="0 0 {} {}" role="img" aria-label="{}"><text x="0" y="10" class="axis">{}</text>'
-        '<line x1="28" y1="{}" x2="{}" y2="{}" class="base"></line>{}</svg>',
+        '<svg id="{}" viewBox="0 0 {} {}" width="{}" height="{}" role="img" aria-label="{}">'
+        '<text x="0" y="16" class="axis scale">{}</text>'
+        '<line x1="38" y1="{}" x2="{}" y2="{}" class="base"></line>{}</svg>',
         svg_id,
-        40 + len(bars) * (width + 4),
-        height + 34,
+        full_width,
+        full_height,
+        full_width,
+        full_height,
         title,
         top,
         height + 10,
-        32 + len(bars) * (width + 4),
+        42 + len(bars) * (width + 4),
         height + 10,
         format_html_join("", "{}", ((part,) for part in parts)),
     )
+
+
+def _empty(chart_id: str, words: str) -> SafeString:
+    """An empty chart says so in words, not with an axis scaled to 1."""
+    return format_html('<p id="{}" class="chart-empty">{}</p>', chart_id, words)
 
 
 def _attention() -> list[Attention]:

@@ -3,6 +3,7 @@ and the site's root."""
 
 import segno
 from celery import current_app
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -235,3 +236,11 @@ def outbound_page(request: HttpRequest) -> HttpResponse:
         "verdict": facts.url_verdict(url) if url else None,
     }
     return TemplateResponse(request, "admin/connections/outbound.html", context)
+
+
+@require_GET
+def bots_page(request: HttpRequest) -> HttpResponse:
+    """The admin's "Bots: getting a token" (behind admin_view, in controlroom.urls): what a deployed instance's
+    people need to give a bot its token, with this site's address, where no README is at hand."""
+    context = {**admin.site.each_context(request), "title": "Bots: getting a token", "public_url": settings.PUBLIC_URL}
+    return TemplateResponse(request, "admin/connections/bots.html", context)

@@ -1,4 +1,5 @@
-"""The Dockerfile, docker-compose.yml and the README's Production section agree with each other and with the project.
+"""The Dockerfile, docker-compose.yml and docs/operations.md's Production section agree with each other and with the
+project.
 
 No container engine runs here, so the files are read: every command they run is parsed by the program that would
 run it (manage.py's own parsers, gunicorn's, Celery's CLI), and every environment variable they set is one that
@@ -109,9 +110,12 @@ def service_environment(name: str) -> dict[str, str]:
     return environment
 
 
+OPERATIONS_PAGE = ROOT / "docs" / "operations.md"
+
+
 @cache
-def readme_production() -> str:
-    text = (ROOT / "README.md").read_text()
+def production_section() -> str:
+    text = OPERATIONS_PAGE.read_text()
     start = text.index("\n## Production\n")
     end = text.index("\n## ", start + 1)
     return text[start:end]
@@ -243,7 +247,7 @@ def test_every_environment_variable_set_is_read_by_the_project_and_listed_in_env
             continue
         assert name in variables_read(), f"{name} is set but neither settings.py nor a management command reads it"
         assert name in variables_listed(), f"{name} is set but .env.example does not list it"
-    # Compose's own ${...} values are the ones the README explains.
+    # Compose's own ${...} values are the ones docs/operations.md explains.
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / "docker-compose.yml").read_text()))
     assert interpolated == COMPOSE_VARIABLES
     # The container settings point at the compose services.
@@ -379,18 +383,20 @@ def test_the_build_context_leaves_out_secrets_and_local_state():
     assert "!.env.example" in ignored
 
 
-def test_the_readme_production_section_matches_compose():
-    section = readme_production()
-    readme = (ROOT / "README.md").read_text()
-    assert readme.index("\n## Production\n") < readme.index("\n## Architecture\n")
+def test_the_production_section_section_matches_compose():
+    section = production_section()
+    page = OPERATIONS_PAGE.read_text()
+    assert page.index("\n## Production\n") < page.index("\n### Upgrading\n")
     spans = re.findall(r"`([^`]+)`", section)
     for name in SERVICES:
         assert f"`{name}`" in section, f"the Production section does not mention the {name} service"
-    # the command each service runs, as the README shows it, is what compose runs
+    # the command each service runs, as the page shows it, is what compose runs
     for name in APP_SERVICES:
         argv = service_command(name)
         runs = argv[2] if argv[:2] == ["sh", "-c"] else " ".join(argv)
-        assert any(runs.startswith(span) and len(span) > 20 for span in spans), f"{name}: {runs!r} not in README"
+        assert any(runs.startswith(span) and len(span) > 20 for span in spans), (
+            f"{name}: {runs!r} not in docs/operations.md"
+        )
     # every variable it names exists; the important ones are there
     variable = r"[A-Z][A-Z0-9]*_[A-Z0-9_]+|DEBUG"  # not values such as `INFO`
     named = {span for span in spans if re.fullmatch(variable, span)}
@@ -401,5 +407,5 @@ def test_the_readme_production_section_matches_compose():
     # every manage.py command it gives exists
     for command in re.findall(r"manage\.py (\w+)", section):
         assert command in get_commands(), command
-    for topic in ("--scale worker=", "rotate_encryption_key", "pg_dump", "While beat is down", "A standby beat"):
+    for topic in ("--scale worker=", "rotate_encryption_key", "pg_dump", "While every beat is down", "Running two beats"):
         assert topic in section, topic

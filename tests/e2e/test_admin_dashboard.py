@@ -17,6 +17,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
 
 
+# The size a text of an SVG is drawn at on the screen: its font size times the scale from the SVG to the screen.
+RENDERED_FONT_SIZES = """(selector) => Array.from(document.querySelectorAll(selector)).map(
+    (text) => parseFloat(getComputedStyle(text).fontSize) * text.getScreenCTM().a)"""
+
+
 def _history(connection, hours_ago: int, successes: int, failures: int) -> None:
     at = timezone.now() - timedelta(hours=hours_ago)
     for outcome, count in (("success", successes), ("failure", failures)):
@@ -58,6 +63,9 @@ def test_the_dashboard_draws_statuses_history_expiries_and_what_needs_someone(
         assert label in status_text
     assert page.locator("#refresh-chart rect").count() == 2 * 24
     assert page.locator("#expiry-chart g").count() == 12
+    # every label of the charts reads at 11 px or more on the screen, as drawn (after any scaling of the SVG)
+    sizes = page.evaluate(RENDERED_FONT_SIZES, ".dashboard-card svg text")
+    assert len(sizes) > 40 and min(sizes) >= 11, sizes
     attention = page.locator("#attention li")
     expect(attention).to_have_count(2)
     expect(attention.first).to_contain_text("Lost ERP: Reauthorization required")
@@ -67,6 +75,17 @@ def test_the_dashboard_draws_statuses_history_expiries_and_what_needs_someone(
     shot = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert errors == []
+
+
+def test_an_empty_dashboard_says_so_in_words(laptop_page, live_server):
+    sign_in_as_root(laptop_page, live_server.url)  # at 1366x768, nothing there yet
+    laptop_page.goto(f"{live_server.url}/admin/connections/connection/dashboard/")
+    expect(laptop_page.locator("#status-chart")).to_have_text("No connection yet: add one under Connections.")
+    expect(laptop_page.locator("#refresh-chart")).to_contain_text("No refresh in the last 24 hours yet")
+    expect(laptop_page.locator("#expiry-chart")).to_have_text("No connected token expires in the next 12 hours.")
+    assert laptop_page.locator(".dashboard-card svg").count() == 0  # no axis scaled to a bare "1"
+    font = laptop_page.evaluate("parseFloat(getComputedStyle(document.querySelector('.chart-empty')).fontSize)")
+    assert font >= 11
 
 
 def test_someone_without_view_permission_is_refused(client, make_user):

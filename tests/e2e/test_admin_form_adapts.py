@@ -33,7 +33,8 @@ def expect_connect_grant(page) -> None:
     expect(page.locator(".field-device_authorization_url")).to_be_hidden()
     expect(page.locator("#save-and-connect")).to_be_visible()
     expect(page.locator("#save-and-connect")).to_have_class("default")
-    expect(page.locator("#save-and-test")).not_to_have_class("default")
+    expect(page.locator("#save-and-test")).to_be_hidden()  # nothing to test before it is connected
+    assert primary_buttons(page) == ["Save and connect"]
 
 
 def expect_app_grant(page) -> None:
@@ -43,6 +44,23 @@ def expect_app_grant(page) -> None:
     expect(page.locator("#save-and-test")).to_be_visible()
     expect(page.locator("#save-and-test")).to_have_value("Save and test connection")
     expect(page.locator("#save-and-test")).to_have_class("default")
+    assert primary_buttons(page) == ["Save and test connection"]
+
+
+# The visible submit buttons drawn as the main one (the colour of the admin's "default" button).
+PRIMARY_BUTTONS = """() => {
+  const probe = Object.assign(document.createElement("input"), {type: "submit", className: "default"});
+  document.querySelector(".submit-row").append(probe);
+  const primary = getComputedStyle(probe).backgroundColor;
+  probe.remove();
+  return [...document.querySelectorAll(".submit-row input[type=submit]")]
+    .filter((button) => button.offsetParent !== null && getComputedStyle(button).backgroundColor === primary)
+    .map((button) => button.value);
+}"""
+
+
+def primary_buttons(page) -> list[str]:
+    return page.evaluate(PRIMARY_BUTTONS)
 
 
 def required_urls(page) -> list[str]:

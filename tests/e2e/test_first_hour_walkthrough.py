@@ -1,4 +1,4 @@
-"""The administrator's first hour, as the README walks it, in a real browser at 1366x768 against the loopback
+"""The administrator's first hour, as docs/providers.md walks it, in a real browser at 1366x768 against the loopback
 authorization server: a client-credentials connection (only its fields shown; a wrong secret first, which stays
 on the page and in the list, then Save and test), an authorization-code connection (Save and connect), a role
 made on the role page with a member and an invitation, a bot key and its reach, and the first token fetched with

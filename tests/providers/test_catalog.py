@@ -247,18 +247,20 @@ def test_every_preset_says_whether_a_replaced_grant_is_revoked_citing_its_docume
     assert set(rows.values_list("slug", flat=True)) == revoking and revoking
 
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PROVIDERS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
 TABLE = re.compile(r"(<!-- provider-types:[^\n]*-->\n)(.*?)(<!-- /provider-types -->)", re.DOTALL)
 
 
-def test_the_readmes_table_of_provider_types_is_the_catalogs():
+def test_the_provider_pages_table_of_provider_types_is_the_catalogs():
     from providers.services import provider_catalog_table
 
-    text = README.read_text()
+    text = PROVIDERS_PAGE.read_text()
     match = TABLE.search(text)
-    assert match, "README.md lost its provider-types markers"
+    assert match, "docs/providers.md lost its provider-types markers"
     table = provider_catalog_table()
     if os.environ.get("UPDATE_README"):
-        README.write_text(text[: match.start(2)] + table + text[match.end(2) :])
+        PROVIDERS_PAGE.write_text(text[: match.start(2)] + table + text[match.end(2) :])
     else:
-        assert match.group(2) == table, "README.md's table of provider types is stale: UPDATE_README=1 make test"
+        assert match.group(2) == table, (
+            "docs/providers.md's table of provider types is stale: UPDATE_README=1 make test"
+        )

@@ -14,7 +14,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
-        parser.add_argument("file", help="The YAML file (see README, Configuration as code).")
+        parser.add_argument("file", help='The YAML file (see docs/operations.md, "Configuration as code").')
         parser.add_argument("--dry-run", action="store_true", help="Print the plan and write nothing.")
 
     def handle(self, *args: object, **options: object) -> None:

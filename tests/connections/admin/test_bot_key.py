@@ -308,3 +308,51 @@ def test_deleting_webhook_endpoints_is_audited_without_their_secret(admin_client
     assert not WebhookEndpoint.objects.exists()
     details = list(AuditEvent.objects.filter(action="webhook_delete").order_by("id").values_list("detail", flat=True))
     assert details == ["Webhook endpoint Ops 0 (hooks0.example)", "Webhook endpoint Ops 1 (hooks1.example)"]
+
+
+def test_created_page_gives_a_ready_to_run_curl_at_the_public_url(admin_client, make_user, make_connection, settings):
+    settings.PUBLIC_URL = "https://controlroom.example"
+    role = Role.objects.create(name="Finance bots")
+    alice = make_user("alice", roles=(role,))
+    waiting = make_connection(register=False, name="A waiting")  # reached, but gives no token yet
+    ready = make_connection(register=False, name="B ready")
+    for connection in (waiting, ready):
+        connection.roles.add(role)
+    _issue(ready, None)
+
+    page = admin_client.post(
+        "/admin/connections/botkey/add/", {"user": alice.pk, "name": "nightly", "submission": uuid4().hex}
+    ).content.decode()
+
+    raw = re.search(r'<code id="raw-key" class="raw-key">(crk_\S+)</code>', page).group(1)
+    curl = re.search(r'<code id="bot-key-curl" class="raw-key">([^<]+)</code>', page).group(1)
+    assert curl == (
+        f'curl -H "Authorization: Bearer {raw}" https://controlroom.example/api/v1/connections/{ready.slug}/token'
+    )
+    assert 'data-copy-from="bot-key-curl"' in page
+
+
+def test_key_page_says_how_often_last_used_moves_and_revoke_from_delete(admin_client, make_user):
+    key, _ = bot_key_create(user=make_user("alice"), name="nightly")
+    page = admin_client.get(f"/admin/connections/botkey/{key.pk}/change/").content.decode()
+    assert "written at most once a minute" in page
+    assert "<strong>Delete</strong> revokes it too, then removes it from this list" in page
+    listing = admin_client.get("/admin/connections/botkey/").content.decode()
+    assert "Last used (to the minute)" in listing
+
+
+def test_a_bot_accounts_reach_says_it_gets_shared_connections_only(make_user, make_connection):
+    from connections.endpoint.bot_keys import bot_account_create
+
+    role = Role.objects.create(name="Bots")
+    robot = bot_account_create(username="robot")
+    robot.groups.add(role)
+    person = make_user("alice", roles=(role,))
+    mine = make_connection(register=False, name="Mine", token_type="user_specific")
+    mine.roles.add(role)
+
+    [robot_reach] = connection_reach_for(robot)
+    assert not robot_reach.gets_token
+    assert robot_reach.status.startswith("robot is a bot account: it gets tokens of shared connections only.")
+    [person_reach] = connection_reach_for(person)
+    assert person_reach.status == "Not authorized by alice yet: they authorize it on My OAuth connections."

@@ -55,7 +55,7 @@ def test_every_link_of_getting_started_answers_whoever_sees_it(request, who):
     page = client.get("/admin/").content.decode()
     started = page[page.index('id="getting-started"') : page.index("</ol>")]
     links = re.findall(r'href="(/[^"]+)"', started)
-    assert len(links) == (4 if who == "root_client" else 2)  # a manager may not add roles or users
+    assert len(links) == (5 if who == "root_client" else 3)  # a manager may not add roles or users; + the bots page
     for link in [*links, "/admin/outbound/", "/admin/connections/connection/dashboard/"]:
         assert client.get(link).status_code == 200, link
     if who == "manager_client":
@@ -250,3 +250,31 @@ def test_the_cookies_have_names_of_their_own():
     User.objects.create_user("alice", password="alice-password-1")
     client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"})
     assert "controlroom_sessionid" in client.cookies and "sessionid" not in client.cookies
+
+
+def test_ensure_admin_takes_an_email_from_the_environment_or_asks_for_one(monkeypatch):
+    for name in ("DJANGO_SUPERUSER_USERNAME", "DJANGO_SUPERUSER_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DJANGO_SUPERUSER_EMAIL", "ops@example.com")
+    out = StringIO()
+    call_command("ensure_admin", stdout=out, no_color=True)
+    assert User.objects.get(username="admin").email == "ops@example.com"
+    assert "Failure notices are e-mailed to ops@example.com." in out.getvalue()
+
+    # in a terminal, without the variable: asked, a mistyped address asked again
+    User.objects.all().delete()
+    monkeypatch.delenv("DJANGO_SUPERUSER_EMAIL")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    answers = iter(["not-an-address", "admin@example.com"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    errors = StringIO()
+    call_command("ensure_admin", stdout=StringIO(), stderr=errors, no_color=True)
+    assert User.objects.get(username="admin").email == "admin@example.com"
+    assert "'not-an-address' is not an e-mail address" in errors.getvalue()
+
+    # with none (Enter), the banner says that nobody will be told
+    User.objects.all().delete()
+    monkeypatch.setattr("builtins.input", lambda prompt: "")
+    out = StringIO()
+    call_command("ensure_admin", stdout=out, no_color=True)
+    assert "No e-mail address: nobody is told when a connection fails" in out.getvalue()

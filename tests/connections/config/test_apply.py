@@ -1,4 +1,4 @@
-"""apply_config / export_config: the YAML of the README's "Configuration as code", idempotent, all-or-nothing,
+"""apply_config / export_config: the YAML of docs/operations.md's "Configuration as code", idempotent, all-or-nothing,
 secrets by reference only."""
 
 from io import StringIO

@@ -49,6 +49,9 @@ def test_a_failed_save_and_test_stays_on_the_page_and_in_the_list_until_a_test_p
     response = _save_and_test(manager_client, connection)
     # then no token is stored, and the connection keeps the failure: in words, when, how often; never the secret
     assert any("Test failed" in text and "invalid_client" in text for text in messages_of(response))
+    # with what to check for that error
+    hint = "Check the client ID, the client secret, the client authentication method (HTTP Basic or form body)"
+    assert any(hint in text and "(production or sandbox)" in text for text in messages_of(response))
     assert not OAuthToken.objects.filter(connection=connection).exists()
     connection.refresh_from_db()
     assert connection.last_failure.startswith("Save and test: ") and "invalid_client" in connection.last_failure

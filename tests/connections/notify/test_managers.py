@@ -151,3 +151,48 @@ def test_a_notification_that_cannot_be_delivered_is_logged_and_never_raises(
     messages = [record.getMessage() for record in caplog.records if record.name.startswith("connections.")]
     assert f"Could not email the notification 'token.refresh_failing' for {connection.slug}" in messages
     assert logged in messages
+
+
+def test_nobody_told_until_a_manager_has_an_email_or_a_webhook_gets_the_failures(
+    make_user, make_connection, admin_client, settings
+):
+    from connections.models import OAuthToken, TokenState, WebhookEndpoint
+    from connections.notify.managers import nobody_told
+
+    settings.NOTIFY_WEBHOOK_URL = ""
+    admin_client.get("/admin/")  # admin_client's superuser has an e-mail address: take it away
+    from django.contrib.auth.models import User
+
+    User.objects.update(email="")
+    failing = make_connection(register=False, name="Failing CRM")
+    OAuthToken.objects.create(
+        connection=failing,
+        access_token="a",
+        state=TokenState.REFRESH_FAILING,
+        last_error="HTTP 503 from the token URL",
+        last_error_at=timezone.now(),
+    )
+
+    # given nobody: the dashboard and the failing connection's page say so
+    assert nobody_told().startswith("Nobody will be told when a connection fails")
+    dashboard = admin_client.get("/admin/connections/connection/dashboard/").content.decode()
+    page = admin_client.get(f"/admin/connections/connection/{failing.pk}/change/").content.decode()
+    for shown in (dashboard, page):
+        assert 'class="errornote nobody-told"' in shown and "no webhook endpoint gets the failure events" in shown
+
+    # a webhook that gets only other events does not count; one that gets the failures does
+    endpoint = WebhookEndpoint.objects.create(
+        name="ops", url="https://hooks.example/x", events=["connection.connected"]
+    )
+    assert nobody_told()
+    endpoint.events = ["token.reauthorization_required"]
+    endpoint.save()
+    assert nobody_told() == ""
+    endpoint.delete()
+
+    # so does a manager with an e-mail address (not one without the permission)
+    User.objects.filter(pk=make_user("viewer", perms=("view_connections",)).pk).update(email="viewer@example.com")
+    assert nobody_told()
+    User.objects.filter(is_superuser=True).update(email="admin@example.com")
+    assert nobody_told() == ""
+    assert "nobody-told" not in admin_client.get("/admin/connections/connection/dashboard/").content.decode()
