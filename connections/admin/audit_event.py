@@ -5,7 +5,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html
 
 from connections.admin.permissions import PermissionMixin
@@ -45,12 +45,29 @@ class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
 
     # Five columns, so that the detail keeps a readable width beside both sidebars on a laptop's screen: who with
     # their address, what with its outcome.
-    list_display = ("created_at", "who", "connection_column", "what", "detail")
-    list_filter = ("outcome", "action", ConnectionLabelFilter, ("actor", admin.RelatedOnlyFieldListFilter))
+    list_display = ("when", "who", "connection_column", "what", "detail")
+    list_filter = ("outcome", "action", "kind", ConnectionLabelFilter, ("actor", admin.RelatedOnlyFieldListFilter))
     search_fields = ("actor_label", "connection_label", "detail")
     date_hierarchy = "created_at"
     change_list_template = "admin/connections/auditevent/change_list.html"
-    csv_fields = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
+    # A rolled-up row (connections.audit.rows): `count` answers from created_at to last_at. Its columns come last,
+    # so that an existing reader of the export finds the others where they were.
+    csv_fields = (
+        *("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr"),
+        *("kind", "count", "last_at"),
+    )
+
+    @admin.display(description="When", ordering="created_at")
+    def when(self, event: AuditEvent) -> str:
+        first = timezone.localtime(event.created_at)
+        if event.last_at is None or event.last_at == event.created_at:
+            return format_html("{}", formats.date_format(first, "DATETIME_FORMAT"))
+        last = timezone.localtime(event.last_at)
+        return format_html(
+            '{}<br><span class="audit-address">to {}</span>',
+            formats.date_format(first, "DATETIME_FORMAT"),
+            formats.time_format(last, "H:i:s"),
+        )
 
     @admin.display(description="Who", ordering="actor_label")
     def who(self, event: AuditEvent) -> str:
@@ -60,9 +77,12 @@ class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
 
     @admin.display(description="Action", ordering="action")
     def what(self, event: AuditEvent) -> str:
+        # A rolled-up row says how many and how they were given: ", 1,204 times (Token answers from memory)".
+        times = f", {event.count:,} times ({event.get_kind_display()})" if event.kind else ""
         return format_html(
-            '{}<br><span class="audit-outcome audit-{}">{}</span>',
+            '{}{}<br><span class="audit-outcome audit-{}">{}</span>',
             event.get_action_display(),
+            times,
             event.outcome,
             event.get_outcome_display(),
         )

@@ -38,6 +38,14 @@ class AuditEvent(models.Model):
         AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
         PROXY_REQUEST = "proxy_request", "API called through the proxy by a bot"
 
+    class Kind(models.TextChoices):
+        """How the answers a rolled-up row accounts for were given (connections.audit.rows); blank: one event."""
+
+        ONE = "", "One event"
+        MEMORY = "memory", "Token answers from memory"
+        FULL = "full", "Token answers through the database"
+        PROXY = "proxy", "Calls through the API proxy"
+
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -51,6 +59,13 @@ class AuditEvent(models.Model):
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
     detail = models.TextField(blank=True)
     remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    # A token answer or proxied call is rolled up with those of the same key, connection, kind, outcome, address and
+    # minute into one row (per web process): created_at is the first, last_at the last, count how many.
+    # Defaults of the database's own, for the inserts written by hand (connections.audit.rows); no CHECK on the count
+    # (a positive integer field's), which adding to a big table would validate row by row under its lock.
+    kind = models.CharField(max_length=10, choices=Kind.choices, blank=True, db_default=Kind.ONE)
+    count = models.IntegerField(db_default=1, help_text="How many answers or calls this row accounts for.")
+    last_at = models.DateTimeField(null=True, blank=True, help_text="The last of them (the first: created_at).")
 
     class Meta:
         ordering = ["-created_at", "-id"]
