@@ -8,7 +8,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from connections import errors
-from connections.audit import events
+from connections.audit import events, retention
 from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import webhooks
@@ -87,6 +87,13 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
     return events.audit_failed_authentications_summarize()
+
+
+@shared_task(name="connections.tasks.audit_prune", ignore_result=True)
+def audit_prune() -> int:
+    """Scheduled by beat: delete the audit events older than AUDIT_RETENTION_DAYS, in small batches (one audit
+    event says how many and which range). Returns how many."""
+    return retention.audit_prune().count
 
 
 @shared_task(

@@ -29,6 +29,9 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
         sender.signature("connections.tasks.audit_failed_authentications_summarize"),
         name="failed authentications summary",
     )
+    # Every 10 minutes: small batches for 4 minutes at most a run (connections.audit.retention); when nothing is
+    # due, one indexed query.
+    sender.add_periodic_task(600.0, sender.signature("connections.tasks.audit_prune"), name="audit retention pruning")
 
 
 @setup_logging.connect

@@ -37,6 +37,7 @@ class AuditEvent(models.Model):
         CONFIG_UPDATE = "config_update", "Changed by apply_config"
         AUTHENTICATION_FAILURES = "authentication_failures", "Failed authentications (counted)"
         PROXY_REQUEST = "proxy_request", "API called through the proxy by a bot"
+        AUDIT_PRUNE = "audit_prune", "Audit events pruned (retention)"
 
     class Kind(models.TextChoices):
         """How the answers a rolled-up row accounts for were given (connections.audit.rows); blank: one event."""
