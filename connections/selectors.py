@@ -239,7 +239,21 @@ def connection_status_expression() -> Case:
 
 
 def connections_with_status(connections: QuerySet[Connection], code: ConnectionStatus) -> QuerySet[Connection]:
-    """The connections whose status (connection_status().code) is `code`, filtered by the database."""
+    """The connections whose status (connection_status().code) is `code`, filtered by the database. The statuses
+    of a minority (disabled, a shared token needing reauthorization or failing) are found from their own indexes
+    (a partial index each), so that counting them reads only them; the others through the status expression."""
+    enabled_shared = Q(is_enabled=True) & ~Q(token_type=TokenType.USER_SPECIFIC)
+    shared = OAuthToken.objects.filter(user__isnull=True)
+    if code == ConnectionStatus.DISABLED:
+        return connections.filter(is_enabled=False)
+    if code == ConnectionStatus.REAUTHORIZATION_REQUIRED:
+        reauthorize = shared.filter(state=TokenState.REAUTHORIZATION_REQUIRED)
+        return connections.filter(enabled_shared, pk__in=reauthorize.values("connection_id"))
+    if code == ConnectionStatus.REFRESH_FAILING:
+        # One shared token a connection (a constraint): its state is the connection's.
+        return connections.filter(
+            enabled_shared, pk__in=shared.filter(state=TokenState.REFRESH_FAILING).values("connection_id")
+        )
     return connections.alias(status_code=connection_status_expression()).filter(status_code=code)
 
 

@@ -13,6 +13,7 @@ from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import webhooks
 from connections.ops import health, metrics
+from connections.web import dashboard
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -94,6 +95,12 @@ def audit_prune() -> int:
     """Scheduled by beat: delete the audit events older than AUDIT_RETENTION_DAYS, in small batches (one audit
     event says how many and which range). Returns how many."""
     return retention.audit_prune().count
+
+
+@shared_task(name="connections.tasks.dashboard_summarize", ignore_result=True)
+def dashboard_summarize() -> None:
+    """Scheduled by beat: the dashboard's figures that read many rows, kept in the cache for its page loads."""
+    dashboard.dashboard_summarize()
 
 
 @shared_task(

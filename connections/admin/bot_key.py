@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from connections import selectors
+from connections.admin.paging import BigListMixin
 from connections.admin.permissions import PermissionMixin
 from connections.endpoint.bot_keys import (
     bot_key_create,
@@ -64,7 +65,7 @@ def reach_html(key: BotKey) -> str:
 
 
 @admin.register(BotKey)
-class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
+class BotKeyAdmin(BigListMixin, PermissionMixin, admin.ModelAdmin):
     """Keys are created here or with `manage.py botkey create`; the raw key is shown once, then only its id.
 
     Those who manage connections create and revoke keys; those who view connections see them (never the secret).
