@@ -273,6 +273,7 @@ def main() -> int:
             workdir=workdir,
             LOG_LEVEL="ERROR",
             SECURE_SSL_REDIRECT="false",
+            DATABASE_STATEMENT_TIMEOUT="0",  # seeding statements run for minutes; a slow page is timed anyway
         )
         run_step("migrate", [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], env)
         run_step("collectstatic", [sys.executable, "manage.py", "collectstatic", "--no-input", "-v", "0"], env)
