@@ -162,6 +162,8 @@ def seed(volumes: Volumes) -> dict[str, float]:
 def _audit(volumes: Volumes) -> None:
     """Rows spread evenly over AUDIT_DAYS, newest first by id: mostly rolled-up token answers (their counts vary),
     proxied calls, refreshes and their failures, and a few of every other kind of event."""
+    from django.db import connection
+
     from connections.models import AuditEvent
 
     step = timedelta(days=AUDIT_DAYS) / volumes.audit_rows
@@ -196,7 +198,22 @@ def _audit(volumes: Volumes) -> None:
         rate = done / (time.monotonic() - started)
         print(f"  audit rows: {done:,} / {volumes.audit_rows:,} ({rate:,.0f} a second)", flush=True)
 
+    # Faster without the indexes, which are built again afterwards (sorting once, as a restore does).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname NOT LIKE %s",
+            [AuditEvent._meta.db_table, "%pkey"],
+        )
+        indexes = cursor.fetchall()
+        for name, _ in indexes:
+            cursor.execute(f'DROP INDEX "{name}"')
     insert.run(1, volumes.audit_rows, chunk=2_000_000, progress=progress)
+    with connection.cursor() as cursor:
+        cursor.execute("SET maintenance_work_mem = '1GB'")
+        for name, definition in indexes:
+            started = time.monotonic()
+            cursor.execute(definition)
+            print(f"  index {name}: {time.monotonic() - started:.0f} s", flush=True)
 
 
 def _sequence_after(table: str, last: int) -> None:
