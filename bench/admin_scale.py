@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--invited", type=int, default=10_000)
     parser.add_argument("--loads", type=int, default=5, help="timed loads of each page, after one to warm it")
     parser.add_argument("--answers", type=int, default=1_000_000, help="answers written through the rollup")
+    parser.add_argument("--show-queries", type=float, default=0, help="a page slower than this (ms): its slowest SQL")
     return parser.parse_args()
 
 
@@ -61,6 +62,7 @@ class Timing:
     times_ms: list[float]
     queries: int
     status: int
+    slowest: list[tuple[float, str]]  # the warm-up load's slowest queries: (ms, SQL)
 
     @property
     def p50(self) -> float:
@@ -108,11 +110,14 @@ def pages(volumes: Volumes) -> list[tuple[str, str, str]]:
 def time_page(client, name: str, url: str, loads: int) -> Timing:
     from django.db import connection
 
-    queries = []
+    queries: list[tuple[float, str]] = []
 
     def counted(execute, sql, params, many, context):
-        queries.append(sql)
-        return execute(sql, params, many, context)
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            queries.append(((time.perf_counter() - started) * 1000, sql))
 
     with connection.execute_wrapper(counted):  # Django resets its own query log at each request
         warm = client.get(url)  # the warm-up load, its queries counted
@@ -123,7 +128,7 @@ def time_page(client, name: str, url: str, loads: int) -> Timing:
         response = client.get(url)
         _read(response)
         times.append((time.perf_counter() - started) * 1000)
-    return Timing(name, url, times, len(queries), warm.status_code)
+    return Timing(name, url, times, len(queries), warm.status_code, sorted(queries, reverse=True)[:2])
 
 
 def _read(response) -> int:
@@ -295,6 +300,9 @@ def main() -> int:
         for name, url, who in pages(volumes):
             timings.append(time_page(clients[who], name, url, args.loads))
             print(f"  {name}: {timings[-1].p50:.0f} ms", flush=True)
+            if args.show_queries and timings[-1].p50 > args.show_queries:
+                for took, sql in timings[-1].slowest:
+                    print(f"      {took:.0f} ms: {sql[:600]}", flush=True)
         exports = time_exports(clients["admin"], volumes, workdir)
         with connection.cursor() as cursor:
             cursor.execute(

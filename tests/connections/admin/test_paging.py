@@ -81,3 +81,11 @@ def test_the_audit_search_is_by_prefix_of_who_and_of_the_connection(admin_client
     found = {event.actor_label for event in admin_client.get(LIST, {"q": "wik"}).context["cl"].result_list}
     assert found == {"alice"}
     assert not admin_client.get(LIST, {"q": "bot"}).context["cl"].result_list  # a prefix, not anywhere
+
+
+def test_the_bot_key_search_is_by_prefix_of_the_name_the_key_id_or_the_user(admin_client, bot):
+    keys = "/admin/connections/botkey/"
+    assert list(admin_client.get(keys, {"q": "finance"}).context["cl"].result_list) == [bot.key]  # the name
+    assert list(admin_client.get(keys, {"q": bot.key.key_id[:6]}).context["cl"].result_list) == [bot.key]
+    assert list(admin_client.get(keys, {"q": "finance-b"}).context["cl"].result_list) == [bot.key]  # the user
+    assert not admin_client.get(keys, {"q": "runner"}).context["cl"].result_list  # inside the name: not a prefix
