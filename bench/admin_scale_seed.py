@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 AUDIT_DAYS = 400  # the audit rows are spread over the default retention
 BOTS = 1_000  # bot users holding the keys
 KEY_IDS = "scalekey"  # prefix of the seeded keys' ids (16 characters with their number)
-NOW_AT = datetime.now().astimezone()  # what the rows' times are relative to ({NOW} in an expression)
+NOW_AT = datetime.now().astimezone()  # what the audit rows' times are relative to
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ class SeriesInsert:
                 columns.append(field.column)
                 expressions.append("%s")
                 self.parameters.append(field.get_db_prep_save(value, connection))
-        # The run's one moment, written into the text (a value of ours, never a user's).
-        now = f"'{NOW_AT.isoformat()}'::timestamptz"
+        # The moment the table is filled, written into the text (a value of ours, never a user's): the tokens'
+        # times are relative to it, so that they are as fresh as a running installation's when the pages are timed.
+        now = f"'{datetime.now().astimezone().isoformat()}'::timestamptz"
         expressions = [expression.replace("{NOW}", now) for expression in expressions]
         table = quote(model._meta.db_table)
         self.sql = (
@@ -71,7 +72,10 @@ def seed(volumes: Volumes) -> dict[str, float]:
     from providers.models import Provider
 
     took: dict[str, float] = {}
-    now = NOW_AT
+    started = time.monotonic()
+    _audit(volumes)  # first: the longest, and the tokens written after it are the fresher
+    took["audit rows"] = time.monotonic() - started
+    now = datetime.now().astimezone()
     provider = Provider.objects.get(slug="custom")
     started = time.monotonic()
     users_first = User.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -115,7 +119,7 @@ def seed(volumes: Volumes) -> dict[str, float]:
 
     started = time.monotonic()
     # A healthy installation: every token's refresh is due in the next hour, none is late.
-    expires = "{NOW} + (300 + n % 3300) * interval '1 second'"
+    expires = "{NOW} + (1200 + n % 2400) * interval '1 second'"  # due 15 to 55 minutes from now
     token_columns = {
         "connection_id": "n",
         "expires_at": expires,
@@ -151,9 +155,6 @@ def seed(volumes: Volumes) -> dict[str, float]:
     keys.run(1, volumes.keys)
     took["bot keys"] = time.monotonic() - started
 
-    started = time.monotonic()
-    _audit(volumes)
-    took["audit rows"] = time.monotonic() - started
     with connection.cursor() as cursor:
         for model in (User, Connection, OAuthToken, BotKey, AuditEvent):
             cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
