@@ -196,7 +196,7 @@ def main() -> int:
             stats = stub_stats(stub_port)
             stop(web)  # its workers write the audit events of their last calls as they exit
             calls = warm_up[1].requests + results["proxied"].requests + len(streams)
-            audited = wait_for_audit_events(app.env["DATABASE_URL"], at_least=calls, action="proxy_request")
+            audited, _ = wait_for_audit_events(app.env["DATABASE_URL"], at_least=calls, action="proxy_request")
         finally:
             stop(web)
             stop(stub)

@@ -150,29 +150,30 @@ def start_gunicorn(*, env: dict, port: int, workers: int, log: Path) -> subproce
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, start_new_session=True)
 
 
-def audit_events(database_url: str, action: str = "token_request") -> int:
-    """The number of audit events of that action (token_request, or proxy_request)."""
-    query = f"SELECT count(*) FROM connections_auditevent WHERE action = '{action}'"  # noqa: S608 - ours, not input
+def audit_events(database_url: str, action: str = "token_request") -> tuple[int, int]:
+    """The answers of that action (token_request, or proxy_request) the audit table accounts for (its rows roll
+    answers up: the sum of their counts), and its rows."""
+    query = f"SELECT coalesce(sum(count), 0), count(*) FROM connections_auditevent WHERE action = '{action}'"  # noqa: S608
     if database_url.startswith("sqlite:"):
         with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=20)) as connection:
-            return connection.execute(query).fetchone()[0]
+            return tuple(connection.execute(query).fetchone())
     import psycopg
 
     with psycopg.connect(database_url, autocommit=True) as connection:
-        return connection.execute(query).fetchone()[0]
+        return tuple(connection.execute(query).fetchone())
 
 
 def wait_for_audit_events(
     database_url: str, *, at_least: int, seconds: float = 60, action: str = "token_request"
-) -> int:
-    """The number of audit events of that action, once it reaches at_least or stops growing for 5 s."""
+) -> tuple[int, int]:
+    """audit_events(), once the answers accounted reach at_least or stop growing for 5 s."""
     deadline, last, unchanged_since = time.monotonic() + seconds, -1, time.monotonic()
     while True:
-        count = audit_events(database_url, action)
+        count, rows = audit_events(database_url, action)
         if count != last:
             last, unchanged_since = count, time.monotonic()
         if count >= at_least or time.monotonic() - unchanged_since > 5 or time.monotonic() > deadline:
-            return count
+            return count, rows
         time.sleep(0.5)
 
 
@@ -469,13 +470,16 @@ def main() -> int:
             # its last requests unanswered.
             answered = len(ports) + sum(runs[name].requests for runs in (warm_up, results) for name in urls)
             answered -= warm_up["bare"].requests + results["bare"].requests
-            audited = wait_for_audit_events(app.env["DATABASE_URL"], at_least=answered)
+            audited, audit_rows = wait_for_audit_events(app.env["DATABASE_URL"], at_least=answered)
         finally:
             for web in webs.values():
                 stop(web)
 
     print_results(args, results, load_average)
-    print(f"Audit: {audited} token_request events in the audit table for {answered} answers counted by the client.")
+    print(
+        f"Audit: {audited} token answers accounted for by {audit_rows} token_request rows in the audit table (rolled "
+        f"up per key, connection, kind and minute) for {answered} answers counted by the client."
+    )
     failures = sum(result.failures for result in [*warm_up.values(), *results.values()])
     if failures:
         print(f"FAILED: {failures} responses were not 200 (warm-up included); these figures mean nothing.")

@@ -39,8 +39,10 @@ def user_specific_connections_for(user: User) -> QuerySet[Connection]:
     """The user-specific connections the user may authorize a token for (My connections)."""
     connections = Connection.objects.filter(token_type=TokenType.USER_SPECIFIC).select_related("provider")
     if not user_can_manage_connections(user):
-        connections = connections.filter(roles__user=user)
-    return connections.distinct().order_by("name")
+        # A semi-join on the user's roles' invitations, not a join made distinct again (which sorts every row).
+        invited = Connection.roles.through.objects.filter(group__user=user).values("connection_id")
+        connections = connections.filter(pk__in=invited)
+    return connections.order_by("name")
 
 
 def token_for(connection: Connection, user: AnyUser | None) -> OAuthToken | None:
@@ -240,7 +242,21 @@ def connection_status_expression() -> Case:
 
 
 def connections_with_status(connections: QuerySet[Connection], code: ConnectionStatus) -> QuerySet[Connection]:
-    """The connections whose status (connection_status().code) is `code`, filtered by the database."""
+    """The connections whose status (connection_status().code) is `code`, filtered by the database. The statuses
+    of a minority (disabled, a shared token needing reauthorization or failing) are found from their own indexes
+    (a partial index each), so that counting them reads only them; the others through the status expression."""
+    enabled_shared = Q(is_enabled=True) & ~Q(token_type=TokenType.USER_SPECIFIC)
+    shared = OAuthToken.objects.filter(user__isnull=True)
+    if code == ConnectionStatus.DISABLED:
+        return connections.filter(is_enabled=False)
+    if code == ConnectionStatus.REAUTHORIZATION_REQUIRED:
+        reauthorize = shared.filter(state=TokenState.REAUTHORIZATION_REQUIRED)
+        return connections.filter(enabled_shared, pk__in=reauthorize.values("connection_id"))
+    if code == ConnectionStatus.REFRESH_FAILING:
+        # One shared token a connection (a constraint): its state is the connection's.
+        return connections.filter(
+            enabled_shared, pk__in=shared.filter(state=TokenState.REFRESH_FAILING).values("connection_id")
+        )
     return connections.alias(status_code=connection_status_expression()).filter(status_code=code)
 
 

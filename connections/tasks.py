@@ -8,7 +8,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from connections import errors
-from connections.audit import events
+from connections.audit import events, retention
 from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import expiry, webhooks
@@ -17,6 +17,7 @@ from connections.ops.periods import once_per_period
 
 # Every beat queues each periodic job; of the copies queued for one period, the first to claim it runs
 # (connections.ops.periods), so any number of beats run each job once per period.
+from connections.web import dashboard
 
 
 @shared_task(name="connections.tasks.beat_heartbeat", ignore_result=True, bind=True)
@@ -101,6 +102,25 @@ def refresh_token(token_id: int, generation: int, queued_at: str | None = None) 
 def audit_failed_authentications_summarize() -> int:
     """Scheduled by beat: one audit event with the count for each address and minute with many failures."""
     return events.audit_failed_authentications_summarize()
+
+
+# Beat queues pruning every 10 minutes (controlroom/celery.py); with two beats, the first copy of each 10 minutes runs.
+AUDIT_PRUNE_PERIOD = 600
+
+
+@shared_task(name="connections.tasks.audit_prune", ignore_result=True)
+@once_per_period("audit-prune", seconds=AUDIT_PRUNE_PERIOD)
+def audit_prune() -> int | None:
+    """Scheduled by beat: delete the audit events older than AUDIT_RETENTION_DAYS, in small batches (one audit
+    event says how many and which range). Returns how many (None: another beat's copy ran this period)."""
+    return retention.audit_prune().count
+
+
+@shared_task(name="connections.tasks.dashboard_summarize", ignore_result=True)
+@once_per_period("dashboard-summary", seconds=dashboard.SUMMARY_EVERY)
+def dashboard_summarize() -> None:
+    """Scheduled by beat: the dashboard's figures that read many rows, kept in the cache for its page loads."""
+    dashboard.dashboard_summarize()
 
 
 @shared_task(

@@ -37,6 +37,11 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
         sender.signature("connections.tasks.credential_expiry_warn"),
         name="credential expiry warnings",  # run hourly: the task claims an hour's period
     )
+    # Every 10 minutes: small batches for 4 minutes at most a run (connections.audit.retention); when nothing is
+    # due, one indexed query.
+    sender.add_periodic_task(600.0, sender.signature("connections.tasks.audit_prune"), name="audit retention pruning")
+    # The dashboard's figures over every connection and a day of refreshes (connections.web.dashboard.SUMMARY_EVERY).
+    sender.add_periodic_task(120.0, sender.signature("connections.tasks.dashboard_summarize"), name="dashboard summary")
 
 
 @setup_logging.connect

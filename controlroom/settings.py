@@ -280,6 +280,8 @@ AUTH_FAILURES_AUDITED_PER_MINUTE = int(number("AUTH_FAILURES_AUDITED_PER_MINUTE"
 # or to rule the memory out when looking for a fault).
 TOKEN_CACHE_SYNC_SECONDS = number("TOKEN_CACHE_SYNC_SECONDS", 0.05, minimum=0.001, whole=False)
 TOKEN_CACHE_ENABLED = env.bool("TOKEN_CACHE_ENABLED", default=True)
+# Days audit events are kept (0: all), then pruned by a scheduled task (docs/audit.md; audit_export archives first).
+AUDIT_RETENTION_DAYS = int(number("AUDIT_RETENTION_DAYS", 400, unit="days"))
 
 # How long an authorization started with Connect stays valid (state and PKCE verifier).
 OAUTH_STATE_TTL = int(number("OAUTH_STATE_TTL", 600))

@@ -2,18 +2,22 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html
 
+from connections.admin.paging import BigListMixin
 from connections.admin.permissions import PermissionMixin
 from connections.audit.events import audit_csv_lines
 from connections.models import AuditEvent, Connection
 
 # Not a slug (a slug has no "~"), so no connection can be named so.
 NAMES_NO_CONNECTION = "~none"
+# Up to this many connections are offered in the connection filter; with more, a label's link in the list (or
+# the search) chooses one.
+CONNECTIONS_LISTED = 100
 
 
 class ConnectionLabelFilter(admin.SimpleListFilter):
@@ -24,8 +28,10 @@ class ConnectionLabelFilter(admin.SimpleListFilter):
     parameter_name = "connection_label"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        # The connections that exist (a cheap table), not the distinct labels of the whole log (a scan of it).
-        choices = [(slug, f"{name} ({slug})") for slug, name in Connection.objects.values_list("slug", "name")]
+        # The connections that exist (a smaller table), not the distinct labels of the whole log (a scan of it).
+        listed = Connection.objects.order_by("name").values_list("slug", "name")[: CONNECTIONS_LISTED + 1]
+        choices = [(slug, f"{name} ({slug})") for slug, name in listed]
+        choices = choices if len(choices) <= CONNECTIONS_LISTED else []
         chosen = self.value()
         if chosen and chosen != NAMES_NO_CONNECTION and chosen not in dict(choices):
             choices.append((chosen, chosen))  # followed from a label in the list: shown as chosen
@@ -39,30 +45,82 @@ class ConnectionLabelFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ActorLabelFilter(admin.SimpleListFilter):
+    """By who (the label kept with each event: a user's name, a bot key's user and key id), chosen by following
+    the label's link in the list: no list of every actor, which would read the whole log."""
+
+    title = "who"
+    parameter_name = "actor_label"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        chosen = self.value()
+        return [(chosen, chosen)] if chosen else []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> QuerySet[AuditEvent]:
+        return queryset.filter(actor_label=self.value()) if self.value() else queryset
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(PermissionMixin, admin.ModelAdmin):
+class AuditEventAdmin(BigListMixin, PermissionMixin, admin.ModelAdmin):
     """Append-only: nobody adds, edits or deletes audit events here. Export CSV downloads the filtered list."""
 
     # Five columns, so that the detail keeps a readable width beside both sidebars on a laptop's screen: who with
     # their address, what with its outcome.
-    list_display = ("created_at", "who", "connection_column", "what", "detail")
-    list_filter = ("outcome", "action", ConnectionLabelFilter, ("actor", admin.RelatedOnlyFieldListFilter))
-    search_fields = ("actor_label", "connection_label", "detail")
+    list_display = ("when", "who", "connection_column", "what", "detail")
+    list_filter = ("outcome", "action", "kind", ConnectionLabelFilter, ActorLabelFilter)
+    # By prefix of who and of the connection (each an index: see AuditEvent.Meta), not anywhere in the detail:
+    # that would read every row (get_search_results).
+    search_fields = ("actor_label", "connection_label")
+    search_help_text = "Finds events whose connection or whose actor (user, or bot key's user) starts with the text."
     date_hierarchy = "created_at"
     change_list_template = "admin/connections/auditevent/change_list.html"
-    csv_fields = ("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr")
+    # A rolled-up row (connections.audit.rows): `count` answers from created_at to last_at. Its columns come last,
+    # so that an existing reader of the export finds the others where they were.
+    csv_fields = (
+        *("created_at", "actor_label", "connection_label", "action", "outcome", "detail", "remote_addr"),
+        *("kind", "count", "last_at"),
+    )
+
+    @admin.display(description="When", ordering="created_at")
+    def when(self, event: AuditEvent) -> str:
+        first = timezone.localtime(event.created_at)
+        if event.last_at is None or event.last_at == event.created_at:
+            return format_html("{}", formats.date_format(first, "DATETIME_FORMAT"))
+        last = timezone.localtime(event.last_at)
+        return format_html(
+            '{}<br><span class="audit-address">to {}</span>',
+            formats.date_format(first, "DATETIME_FORMAT"),
+            formats.time_format(last, "H:i:s"),
+        )
 
     @admin.display(description="Who", ordering="actor_label")
     def who(self, event: AuditEvent) -> str:
+        """The label, linked to the list of every event of that actor (a bot key's: which connections it got)."""
+        query = urlencode({ActorLabelFilter.parameter_name: event.actor_label})
+        label = format_html(
+            '<a href="?{}" title="Every event of {}">{}</a>', query, event.actor_label, event.actor_label
+        )
         if not event.remote_addr:
-            return event.actor_label
-        return format_html('{}<br><span class="audit-address">from {}</span>', event.actor_label, event.remote_addr)
+            return label
+        return format_html('{}<br><span class="audit-address">from {}</span>', label, event.remote_addr)
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[AuditEvent], search_term: str
+    ) -> tuple[QuerySet[AuditEvent], bool]:
+        """A prefix of the connection's or the actor's label, as typed (labels are slugs and user names)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(connection_label__startswith=term) | Q(actor_label__startswith=term)), False
 
     @admin.display(description="Action", ordering="action")
     def what(self, event: AuditEvent) -> str:
+        # A rolled-up row says how many and how they were given: ", 1,204 times (Token answers from memory)".
+        times = f", {event.count:,} times ({event.get_kind_display()})" if event.kind else ""
         return format_html(
-            '{}<br><span class="audit-outcome audit-{}">{}</span>',
+            '{}{}<br><span class="audit-outcome audit-{}">{}</span>',
             event.get_action_display(),
+            times,
             event.outcome,
             event.get_outcome_display(),
         )

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.loader import render_to_string
@@ -16,6 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from connections import selectors
+from connections.admin.paging import BigListMixin
 from connections.admin.permissions import PermissionMixin
 from connections.endpoint.bot_keys import (
     bot_key_create,
@@ -65,7 +66,7 @@ def reach_html(key: BotKey) -> str:
 
 
 @admin.register(BotKey)
-class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
+class BotKeyAdmin(BigListMixin, PermissionMixin, admin.ModelAdmin):
     """Keys are created here or with `manage.py botkey create`; the raw key is shown once, then only its id.
 
     Those who manage connections create and revoke keys; those who view connections see them (never the secret).
@@ -74,7 +75,8 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
     change_form_template = "admin/connections/botkey/change_form.html"
     list_display = ("name", "user", "key_id", "state", "created_at", "expires_at", "last_used", "last_used_from")
     list_filter = ("revoked_at", ExpiryFilter)
-    search_fields = ("name", "key_id", "user__username")
+    search_fields = ("name", "key_id", "user__username")  # by prefix: get_search_results
+    search_help_text = "Finds keys whose name, key id or user's name starts with the text."
     list_select_related = ("user",)
     actions = ["revoke_selected"]
     readonly_fields = (
@@ -90,6 +92,17 @@ class BotKeyAdmin(PermissionMixin, admin.ModelAdmin):
         "last_used_from",
         "reach",
     )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[BotKey], search_term: str
+    ) -> tuple[QuerySet[BotKey], bool]:
+        """A prefix, each read from an index (the key id's and the user name's unique ones, the name's own): a
+        substring would read every key."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        found = Q(name__startswith=term) | Q(key_id__startswith=term) | Q(user__username__startswith=term)
+        return queryset.filter(found), False
 
     def get_form(self, request: HttpRequest, obj: BotKey | None = None, change: bool = False, **kwargs: Any):
         if obj is None:

@@ -9,17 +9,19 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import slugify
 
 from connections import selectors, services
 from connections.admin.authorization_asks import AuthorizationAskViews
 from connections.admin.connection_status import ConnectionStatusColumns, CredentialsExpiringFilter, StatusListFilter
 from connections.admin.connection_views import ConnectionPageViews
+from connections.admin.paging import BigListMixin
 from connections.admin.permissions import PermissionMixin
 from connections.errors import ProviderError
 from connections.http import signed_in_user
@@ -29,7 +31,7 @@ from connections.ops import health
 from connections.web.connection_page import grant_layout
 from connections.web.forms import PLACEHOLDER_PREFIX, ConnectionForm
 from connections.web.views import start_authorization
-from providers.models import CLIENT_AUTH_METHOD_NAMES
+from providers.models import CLIENT_AUTH_METHOD_NAMES, Provider
 
 if TYPE_CHECKING:  # fieldsets as django-stubs types them (names of its stubs only)
     from django.contrib.admin.options import _FieldOpts, _FieldsetSpec
@@ -99,6 +101,15 @@ class TokenInline(PermissionMixin, admin.TabularInline):
         return str(selectors.token_status(token))
 
 
+class ProviderInUseFilter(admin.RelatedFieldListFilter):
+    """The provider types some connection uses (the catalog has 50+): one probe of the connections' provider index
+    per type, not a DISTINCT over every connection (what RelatedOnlyFieldListFilter reads)."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        in_use = Provider.objects.filter(Exists(Connection.objects.filter(provider=OuterRef("pk"))))
+        return [(provider.pk, str(provider)) for provider in in_use.order_by("name")]
+
+
 def _rollover_fields(stored: Connection | None, can_change: bool) -> tuple[str, ...]:
     """The rows of the credentials' expiry and rollover: the next ones write-only, each Remove box shown while one
     is stored."""
@@ -114,7 +125,7 @@ def _rollover_fields(stored: Connection | None, can_change: bool) -> tuple[str, 
 
 @admin.register(Connection)
 class ConnectionAdmin(
-    PermissionMixin, ConnectionStatusColumns, ConnectionPageViews, AuthorizationAskViews, admin.ModelAdmin
+    BigListMixin, PermissionMixin, ConnectionStatusColumns, ConnectionPageViews, AuthorizationAskViews, admin.ModelAdmin
 ):
     form = ConnectionForm
     change_form_template = "admin/connections/connection/change_form.html"
@@ -129,11 +140,12 @@ class ConnectionAdmin(
     list_filter = (
         StatusListFilter,
         CredentialsExpiringFilter,
-        ("provider", admin.RelatedOnlyFieldListFilter),
+        ("provider", ProviderInUseFilter),
         "grant_type",
         "token_type",
     )
-    search_fields = ("name", "slug", "description", "client_id")
+    search_fields = ("name", "slug")  # by prefix: get_search_results
+    search_help_text = "Finds connections whose name starts with the text, or whose slug starts with it as a slug."
     filter_horizontal = ("roles",)
     inlines = [TokenInline]
     actions = ["refresh_selected"]
@@ -161,6 +173,16 @@ class ConnectionAdmin(
         # The status columns read the tokens' state and times, never their values: those stay encrypted, unread.
         tokens = Prefetch("tokens", queryset=OAuthToken.objects.defer("access_token", "refresh_token", "id_token"))
         return super().get_queryset(request).select_related("provider").prefetch_related(tokens, "roles")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Connection], search_term: str
+    ) -> tuple[QuerySet[Connection], bool]:
+        """A prefix of the name (as typed) or of the slug ("Sales" finds salesforce-prod): each read from its
+        unique index, never a scan of every connection."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(name__startswith=term) | Q(slug__startswith=slugify(term))), False
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # The list is where an administrator looks first: say so there when the workers fall behind.

@@ -40,7 +40,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import F
 
-from connections.audit.rows import audit_rows_insert
+from connections.audit.rows import audit_rows_insert, rollups_forget
 from connections.models import AnswerVersion, OAuthToken
 from connections.ops import metrics
 
@@ -69,7 +69,7 @@ class CachedAnswer:
     last_used_at: datetime
     token_expires_at: datetime | None
     answer: Any = field(repr=False)  # issuing.IssuedToken
-    audit: dict[str, Any]  # connections.audit.rows.EVENT_FIELDS of an answer from memory
+    audit: dict[str, Any]  # connections.audit.rows.EVENT_FIELDS and kind of an answer from memory
     identity: int  # the identity version, read with the rows the answer came from
     read_at: float  # clock() no later than that read
     token_id: int
@@ -258,6 +258,7 @@ def reset() -> None:
             state.events.clear()
             state.unreported.clear()
             _state = None
+    rollups_forget()
 
 
 def _forget(*, slug: str | None) -> None:
@@ -334,9 +335,6 @@ def audit_later(event: dict[str, Any], created_at: datetime, remote_addr: str | 
 
 def _audit_row(event: dict[str, Any], created_at: datetime, remote_addr: str | None) -> dict[str, Any]:
     return {**event, "created_at": created_at, "remote_addr": remote_addr}
-
-
-FROM_MEMORY = "(answered from memory)"  # how the audit log tells these answers from the full path's
 
 
 def rate_take(key_id: str, window: int, limit: int) -> bool:

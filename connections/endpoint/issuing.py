@@ -28,7 +28,7 @@ from connections.endpoint import freshness
 from connections.endpoint.bot_keys import LAST_USED_RESOLUTION, NOT_VALID, bot_key_check, presented_key
 from connections.endpoint.read import TokenRequestRead, token_request_read
 from connections.errors import BotKeyRejected, TokenRequestError
-from connections.models import BotKey, Connection, OAuthToken, TokenAccess, TokenState, token_valid_for
+from connections.models import AuditEvent, BotKey, Connection, OAuthToken, TokenAccess, TokenState, token_valid_for
 
 MAX_MIN_VALIDITY = 24 * 3600
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
@@ -283,9 +283,10 @@ def token_request(
         "action": Action.TOKEN_REQUEST.value,
         "outcome": Outcome.SUCCESS.value,
         "detail": detail,
+        "kind": AuditEvent.Kind.FULL.value,  # rolled up with the key's other answers (connections.audit.rows)
     }
     token_cache.audit_later(event, timezone.now(), remote_addr)
-    from_memory = {**event, "detail": f"{detail} {token_cache.FROM_MEMORY}".lstrip()}
+    from_memory = {**event, "kind": AuditEvent.Kind.MEMORY.value}
     _answer_remember(read, read_at, token, answer, from_memory)
     return answer
 

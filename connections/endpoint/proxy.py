@@ -26,6 +26,7 @@ from connections.audit.events import Action, Outcome
 from connections.cache import token_cache
 from connections.endpoint import issuing
 from connections.errors import OutboundError, TokenRequestError
+from connections.models import AuditEvent
 from connections.oauth.answers import retry_after_seconds
 from connections.ops import metrics
 from connections.outbound import policy
@@ -217,6 +218,7 @@ class Call:
             "outcome": (Outcome.SUCCESS if status < 400 else Outcome.FAILURE).value,
             "detail": f"{self.request.method[:10]} {shown} → {status} in {took} ms, {sent} bytes sent, {received} "
             f"bytes received{detail}",
+            "kind": AuditEvent.Kind.PROXY.value,  # rolled up: the row's detail is its latest call's
         }
         token_cache.audit_later(event, timezone.now(), self.remote_addr)
         metrics.proxy_request_counted(self.provider, status)

@@ -174,6 +174,9 @@ class Connection(models.Model):
 
     class Meta:
         ordering = ["name"]
+        # The admin list's filter of disabled connections (a minority). Its search by prefix of the name or the
+        # slug uses their unique indexes (on PostgreSQL each has a twin of the pattern operator class, for LIKE).
+        indexes = [models.Index(fields=["name"], name="connection_disabled", condition=models.Q(is_enabled=False))]
         default_permissions = ()
         permissions = list(FEATURE_PERMISSIONS.items())
 

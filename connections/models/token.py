@@ -63,6 +63,13 @@ class OAuthToken(models.Model):
             ),
             models.UniqueConstraint(fields=["connection", "user"], name="one_token_per_connection_user"),
         ]
+        # For the admin at a million tokens: the tokens in trouble (a minority: the status filter, the
+        # dashboard's attention list), and those about to expire or past their refresh time (the backlog).
+        indexes = [
+            models.Index(fields=["state", "connection"], name="token_trouble", condition=~Q(state="active")),
+            models.Index(fields=["expires_at"], name="token_expiry"),
+            models.Index(fields=["refresh_due_at"], name="token_refresh_due"),
+        ]
 
     def __str__(self) -> str:
         owner = self.user.get_username() if self.user_id and self.user else "shared"

@@ -4,6 +4,7 @@
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.core.cache import cache
 from django.db.models import Count, Q
 from django.db.models.functions import TruncHour
 from django.urls import reverse
@@ -41,13 +42,15 @@ class Attention:
 
 
 def dashboard_context(now: datetime | None = None) -> dict:
+    summary = dashboard_summary(now)
+    statuses = {ConnectionStatus(code): count for code, count in summary["statuses"].items()}
     now = now or timezone.now()
-    statuses = selectors.connection_status_counts()
     return {
         "statuses": statuses,
         "status_chart": _status_chart(statuses),
-        "refresh_chart": _refresh_chart(now),
-        "expiry_chart": _expiry_chart(now),
+        "refresh_chart": _refresh_chart(summary["refreshes"]),
+        "expiry_chart": _expiry_chart(summary["expiries"]),
+        "summarized_at": summary["at"],
         "attention": _attention(),
         "credentials_expiring": selectors.credential_expiries(until=now + timedelta(days=CREDENTIALS_WITHIN_DAYS))[:10],
         "backlog": health.refresh_backlog(),
@@ -55,7 +58,35 @@ def dashboard_context(now: datetime | None = None) -> dict:
     }
 
 
-def _refresh_chart(now: datetime) -> SafeString:
+# The figures that read many rows (every connection's status, a day of refreshes, the next hours' expiries) are
+# summarized by a scheduled task (dashboard_summarize) into Django's cache, shared by every process; a page load
+# reads the summary, and makes it only when there is none (a fresh installation, a cache restarted).
+SUMMARY_KEY = "dashboard-summary"
+SUMMARY_EVERY = 120  # seconds between summaries (controlroom/celery.py)
+SUMMARY_KEPT = 15 * 60  # an older summary (beat or workers down) is not shown: the page makes its own
+
+
+def dashboard_summary(now: datetime | None = None) -> dict:
+    summary = cache.get(SUMMARY_KEY)
+    if summary is None or now is not None:
+        summary = dashboard_summarize(now)
+    return summary
+
+
+def dashboard_summarize(now: datetime | None = None) -> dict:
+    """Read the figures and keep them in the cache for the next page loads."""
+    now = now or timezone.now()
+    summary = {
+        "at": now,
+        "statuses": {str(status): count for status, count in selectors.connection_status_counts().items()},
+        "refreshes": _refresh_bars(now),
+        "expiries": _expiry_bars(now),
+    }
+    cache.set(SUMMARY_KEY, summary, timeout=SUMMARY_KEPT)
+    return summary
+
+
+def _refresh_bars(now: datetime) -> list[tuple[str, tuple[int, int]]]:
     """Refreshes per hour over the last day, successes and failures stacked (from the audit log)."""
     since = (now - timedelta(hours=HOURS_BACK - 1)).replace(minute=0, second=0, microsecond=0)
     rows = (
@@ -67,29 +98,30 @@ def _refresh_chart(now: datetime) -> SafeString:
     )
     by_hour = {row["hour"]: (row["ok"], row["failed"]) for row in rows}
     hours = [since + timedelta(hours=n) for n in range(HOURS_BACK)]
-    bars = [(f"{hour:%H}h", by_hour.get(hour, (0, 0))) for hour in hours]
-    if not by_hour:
+    return [(f"{hour:%H}h", by_hour.get(hour, (0, 0))) for hour in hours]
+
+
+def _expiry_bars(now: datetime) -> list[tuple[str, tuple[int, int]]]:
+    """Connected tokens expiring in each of the next hours: what the refresh workers have ahead of them. Counted
+    by the database, an hour a query through the index on the expiry (not every expiry read into Python)."""
+    tokens = OAuthToken.objects.filter(connection__is_enabled=True).exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
+    counts = []
+    for n in range(HOURS_AHEAD):
+        start, end = now + timedelta(hours=n), now + timedelta(hours=n + 1)
+        counts.append(tokens.filter(expires_at__gte=start, expires_at__lt=end).count())
+    return [(f"+{n}h", (count, 0)) for n, count in enumerate(counts)]
+
+
+def _refresh_chart(bars: list[tuple[str, tuple[int, int]]]) -> SafeString:
+    if not any(ok or failed for _, (ok, failed) in bars):
         return _empty(
             "refresh-chart", "No refresh in the last 24 hours yet: tokens are refreshed shortly before they expire."
         )
     return _stacked_bars(bars, "Refreshes per hour, last 24 hours", "refresh-chart", (SUCCESS, FAILURE))
 
 
-def _expiry_chart(now: datetime) -> SafeString:
-    """Connected tokens expiring in each of the next hours: what the refresh workers have ahead of them."""
-    until = now + timedelta(hours=HOURS_AHEAD)
-    rows = (
-        OAuthToken.objects.filter(connection__is_enabled=True, expires_at__gte=now, expires_at__lt=until)
-        .exclude(state=TokenState.REAUTHORIZATION_REQUIRED)
-        .values_list("expires_at", flat=True)
-    )
-    counts = [0] * HOURS_AHEAD
-    for expires_at in rows:
-        if expires_at is None:  # none: expires_at__gte leaves out the tokens without an expiry
-            continue
-        counts[min(int((expires_at - now).total_seconds() // 3600), HOURS_AHEAD - 1)] += 1
-    bars = [(f"+{n}h", (count, 0)) for n, count in enumerate(counts)]
-    if not any(counts):
+def _expiry_chart(bars: list[tuple[str, tuple[int, int]]]) -> SafeString:
+    if not any(count for _, (count, _) in bars):
         return _empty("expiry-chart", "No connected token expires in the next 12 hours.")
     return _stacked_bars(bars, "Token expiries, next 12 hours", "expiry-chart", ("#1565c0", FAILURE))
 

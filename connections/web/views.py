@@ -1,6 +1,8 @@
 """Pages for people: Connect and the OAuth callback, the device code page, My connections, the admin's Outbound page
 and the site's root."""
 
+from urllib.parse import urlencode
+
 import segno
 from celery import current_app
 from django.conf import settings
@@ -8,7 +10,8 @@ from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.core.paginator import Page, Paginator
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
@@ -22,7 +25,7 @@ from connections import selectors, services
 from connections.errors import ConnectionActionError
 from connections.flows import authorization, device
 from connections.http import client_address, signed_in_user
-from connections.models import Connection, ConnectionStatus, DeviceAuthorization, OAuthToken
+from connections.models import Connection, ConnectionStatus, DeviceAuthorization, OAuthToken, TokenState
 from connections.outbound import facts
 
 DEVICE_POLL_TASK = "connections.tasks.device_authorization_poll"
@@ -152,14 +155,19 @@ DISABLED = selectors.Status(ConnectionStatus.DISABLED, "Disabled by an administr
 @login_required
 def my_connections(request: HttpRequest) -> HttpResponse:
     """The user-specific connections the user may authorize, with their own token's status; searched (name,
-    slug, provider, description) and filtered by status with GET parameters, so a filtered list has a URL;
-    ?connection=<slug> shows that one connection only (the link asking a member to authorize it)."""
+    slug, provider, description) and filtered by status with GET parameters, so a filtered list has a URL; a
+    page of MY_CONNECTIONS_PER_PAGE at a time (a person may be invited to thousands); ?connection=<slug> shows that
+    one connection only (the link asking a member to authorize it)."""
     search = request.GET.get("q", "").strip()[:200]
     status = request.GET.get("status", "")
     status = status if status in ConnectionStatus.values else ""
     only = request.GET.get("connection", "").strip()[:200]
+    page, rows = _my_connection_rows(signed_in_user(request), search, status, only, request.GET.get("p"))
+    filters = (("q", search), ("status", status), ("connection", only))
     context = {
-        "rows": _my_connection_rows(signed_in_user(request), search, status, only),
+        "rows": rows,
+        "page": page,
+        "other_pages": urlencode({name: value for name, value in filters if value}),
         "search": search,
         "status": status,
         "only": only,
@@ -170,7 +178,12 @@ def my_connections(request: HttpRequest) -> HttpResponse:
     return render(request, "connections/my_connections.html", context)
 
 
-def _my_connection_rows(user: User, search: str, status: str, only: str = "") -> list[dict]:
+MY_CONNECTIONS_PER_PAGE = 100
+
+
+def _my_connection_rows(
+    user: User, search: str, status: str, only: str, page_number: str | None
+) -> tuple[Page, list[dict]]:
     found = selectors.user_specific_connections_for(user)
     if only:
         found = found.filter(slug=only)
@@ -181,16 +194,34 @@ def _my_connection_rows(user: User, search: str, status: str, only: str = "") ->
             | Q(provider__name__icontains=search)
             | Q(description__icontains=search)
         )
-    connections = list(found)
+    if status:
+        found = _with_my_status(found, user, ConnectionStatus(status))
+    page = Paginator(found, MY_CONNECTIONS_PER_PAGE).get_page(page_number)
+    connections = list(page.object_list)
     mine = OAuthToken.objects.filter(user=user, connection__in=[connection.pk for connection in connections])
     tokens = {token.connection_id: token for token in mine}
     rows = []
     for connection in connections:
         token = tokens.get(connection.pk)
         row_status = selectors.token_status(token) if connection.is_enabled else DISABLED
-        if not status or row_status.code == status:
-            rows.append({"connection": connection, "status": row_status, "token": token})
-    return rows
+        rows.append({"connection": connection, "status": row_status, "token": token})
+    return page, rows
+
+
+def _with_my_status(connections: QuerySet[Connection], user: User, code: ConnectionStatus) -> QuerySet[Connection]:
+    """The connections on which the user's own token has this status (selectors.token_status), in the database:
+    only the page's rows are read."""
+    if code == ConnectionStatus.DISABLED:
+        return connections.filter(is_enabled=False)
+    mine = OAuthToken.objects.filter(user=user, connection=OuterRef("pk"))
+    if code == ConnectionStatus.NOT_CONNECTED:
+        return connections.filter(~Exists(mine), is_enabled=True)
+    state = {
+        ConnectionStatus.CONNECTED: TokenState.ACTIVE,
+        ConnectionStatus.REFRESH_FAILING: TokenState.REFRESH_FAILING,
+        ConnectionStatus.REAUTHORIZATION_REQUIRED: TokenState.REAUTHORIZATION_REQUIRED,
+    }[code]
+    return connections.filter(Exists(mine.filter(state=state)), is_enabled=True)
 
 
 @require_http_methods(["GET", "POST"])

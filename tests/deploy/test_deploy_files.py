@@ -407,5 +407,6 @@ def test_the_production_section_section_matches_compose():
     # every manage.py command it gives exists
     for command in re.findall(r"manage\.py (\w+)", section):
         assert command in get_commands(), command
-    for topic in ("--scale worker=", "rotate_encryption_key", "pg_dump", "While every beat is down", "Running two beats"):
+    topics = ("--scale worker=", "rotate_encryption_key", "pg_dump", "While every beat is down", "Running two beats")
+    for topic in topics:
         assert topic in section, topic

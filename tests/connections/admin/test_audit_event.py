@@ -10,6 +10,7 @@ import pytest
 from django.contrib.staticfiles import finders
 
 from connections.audit.events import Action, Outcome, audit_record
+from connections.cache import token_cache
 from connections.models import AuditEvent
 from tests.conftest import get_token
 
@@ -90,3 +91,22 @@ def test_an_unknown_key_asking_for_a_slug_is_labelled_too(bot):
     assert get_token("crk_000000000000_wrong", "some-connection").status_code == 401
     event = AuditEvent.objects.get(action="token_request")
     assert (event.actor_label, event.connection_label, event.connection) == ("unknown key", "some-connection", None)
+
+
+def test_rolled_up_answers_say_which_key_got_which_token_when_and_how_often(admin_client, connected, bot):
+    # given a bot answered four times (once through the database, three times from memory), reported
+    for _ in range(4):
+        assert get_token(bot.raw_key, connected.slug).status_code == 200
+    assert token_cache.report()
+    # then the list says how many each row accounts for, and how they were given
+    page = admin_client.get("/admin/connections/auditevent/", {"kind": "memory"}).content.decode()
+    assert "Token requested by a bot, 3 times (Token answers from memory)" in page
+    # and the CSV export has the key, the connection, the first and last time and the count of each row
+    export = admin_client.get("/admin/connections/auditevent/export.csv", {"action__exact": "token_request"})
+    rows = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
+    assert sorted((row["actor_label"], row["connection_label"], row["kind"], row["count"]) for row in rows) == [
+        (f"finance-bot (key {bot.key.key_id})", connected.slug, "full", "1"),
+        (f"finance-bot (key {bot.key.key_id})", connected.slug, "memory", "3"),
+    ]
+    memory = next(row for row in rows if row["kind"] == "memory")
+    assert memory["created_at"] < memory["last_at"]

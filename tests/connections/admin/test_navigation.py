@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from connections.endpoint.bot_keys import bot_key_create
 from connections.models import OAuthToken, TokenState
+from connections.web import views as web_views
 from tests.conftest import authorize, get_token, messages_of
 
 pytestmark = pytest.mark.django_db
@@ -151,6 +152,16 @@ def test_my_connections_are_filtered_by_status(agent_setup, status, which):
     assert listed(client, status=status) == [made[which].slug]
     page = client.get("/connections/mine/", {"status": status}).content.decode()
     assert f'<option value="{status}" selected>' in page
+
+
+def test_my_connections_come_a_page_at_a_time_with_the_search_and_filter_kept(agent_setup, monkeypatch):
+    client, made = agent_setup
+    monkeypatch.setattr(web_views, "MY_CONNECTIONS_PER_PAGE", 2)
+    first, second = listed(client), listed(client, p="2")
+    assert len(first) == len(second) == 2 and set(first) | set(second) == {c.slug for c in made.values()}
+    page = client.get("/connections/mine/", {"q": "custom", "p": "1"}).content.decode()  # the provider type's name
+    assert "Page 1 of 2 (4 connections)" in page and 'href="?q=custom&amp;p=2" rel="next"' in page
+    assert listed(client, status="connected", p="1") == [made["connected"].slug]  # filtered before paging
 
 
 def test_search_and_filter_combine_and_an_unknown_status_is_ignored(agent_setup):

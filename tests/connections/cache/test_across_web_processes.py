@@ -14,8 +14,8 @@ import pytest
 import redis
 import requests
 from django.contrib.auth.models import User
+from django.db.models import Sum
 
-from connections.cache import token_cache
 from connections.endpoint.bot_keys import bot_key_revoke
 from connections.models import AuditEvent, Connection, Role
 from connections.services import connection_disconnect, connection_save_audit, role_update
@@ -29,12 +29,14 @@ SYNC = 0.05  # TOKEN_CACHE_SYNC_SECONDS: the setting's default, the README's fig
 EVENT_WAIT = 60  # seconds: only a hang comes near it (a report comes every SYNC)
 
 
-def audited(outcome: str) -> int:
-    return AuditEvent.objects.filter(action="token_request", outcome=outcome).count()
+def audited(outcome: str, **lookups: object) -> int:
+    """How many token answers the audit log accounts for (its rows roll answers up: their counts)."""
+    events = AuditEvent.objects.filter(action="token_request", outcome=outcome, **lookups)
+    return events.aggregate(answers=Sum("count"))["answers"] or 0
 
 
 def audited_from_memory() -> int:
-    return AuditEvent.objects.filter(action="token_request", detail__endswith=token_cache.FROM_MEMORY).count()
+    return audited("success", kind=AuditEvent.Kind.MEMORY)
 
 
 def token_url(port: int, connection: Connection) -> str:
@@ -142,6 +144,22 @@ def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_sta
     stack.stop("web")
     # then they reported every answer on their way out
     stack.wait_until(lambda: audited("success") == 100, 30, f"the {held} events the web processes held")
+
+
+def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_stack, connected, bot):
+    # given three web processes reporting at the default interval (no rate limit), answering 600 requests at once
+    stack = make_stack(TOKEN_RATE_LIMIT_PER_MINUTE=0)
+    port = stack.web(workers=3, threads=2)
+    url = token_url(port, connected)
+    assert set(ask(url, bot.raw_key, 600)) == {200}, stack.logs()
+    # when they have reported (on their way out, for what they still held)
+    stack.stop("web")
+    # then the rows' counts add up to the answers given, exactly
+    stack.wait_until(lambda: audited("success") == 600, 30, "the answers to be reported")
+    assert audited("success") == 600
+    # in at most one row per process, kind (full path, memory) and minute: the test may span two minutes
+    rows = AuditEvent.objects.filter(action="token_request")
+    assert rows.count() <= 3 * 2 * 2, list(rows.values("kind", "count", "created_at"))
 
 
 def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_stack, connected, bot, manager):

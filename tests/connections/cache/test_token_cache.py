@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth.models import Group
 from django.db import OperationalError, transaction
+from django.db.models import Sum
 from django.test import Client
 from django.utils import timezone
 
@@ -51,15 +52,37 @@ def test_answers_from_memory_are_audited_like_the_others(connected, bot):
     assert AuditEvent.objects.filter(action="token_request").count() == 0
     # when
     assert token_cache.report()
-    # then: four identical events but for their time, in order, and the words that say which came from memory
+    # then: two rows alike but for their kind, the full path's answer and the three from memory rolled up
     events = list(AuditEvent.objects.filter(action="token_request").order_by("created_at", "id"))
-    fields = ("actor_id", "actor_label", "connection_id", "connection_label", "outcome", "remote_addr")
+    fields = ("actor_id", "actor_label", "connection_id", "connection_label", "outcome", "remote_addr", "detail")
     assert len({tuple(getattr(event, name) for name in fields) for event in events}) == 1
-    assert [event.detail for event in events[1:]] == [f"{events[0].detail} (answered from memory)"] * 3
+    assert [(event.kind, event.count) for event in events] == [("full", 1), ("memory", 3)]
     assert events[0].actor == bot.user and events[0].connection == connected and events[0].remote_addr == "127.0.0.1"
-    assert [event.created_at for event in events] == sorted(event.created_at for event in events)
+    assert events[0].created_at == events[0].last_at <= events[1].created_at < events[1].last_at
     assert token_cache.report()  # written once
-    assert AuditEvent.objects.filter(action="token_request").count() == 4
+    assert answers_audited() == 4
+
+
+def test_answers_of_the_same_minute_are_added_to_their_row(connected, bot, one_rate_window):
+    # given one report's answers written
+    warm(bot, connected)
+    assert token_cache.report()
+    first = AuditEvent.objects.get(action="token_request", kind="memory")
+    # when more answers from memory are reported within the same minute
+    for _ in range(5):
+        assert get_token(bot.raw_key, connected.slug).status_code == 200
+    assert token_cache.report()
+    # then they are added to the same row: its count, its last time moved on
+    again = AuditEvent.objects.get(action="token_request", kind="memory")
+    assert (again.pk, again.count, again.created_at) == (first.pk, 6, first.created_at)
+    assert again.last_at > first.last_at
+    assert answers_audited() == 7
+
+
+def answers_audited(**lookups: object) -> int:
+    """How many token answers the audit log accounts for: its rows' counts."""
+    events = AuditEvent.objects.filter(action="token_request", outcome="success", **lookups)
+    return events.aggregate(answers=Sum("count"))["answers"] or 0
 
 
 def test_unreported_events_outlive_a_deleted_user_and_connection(connected, bot):
@@ -250,7 +273,7 @@ def test_when_reports_fail_an_answer_is_not_given_from_memory_once_it_is_ten_int
     # and once the database answers the reports again, every event is written
     monkeypatch.undo()
     assert token_cache.report()
-    assert AuditEvent.objects.filter(action="token_request").count() == 6
+    assert answers_audited() == 6
 
 
 def test_while_reports_fail_a_process_holds_a_bounded_number_of_unwritten_events(connected, bot, monkeypatch):
@@ -264,7 +287,7 @@ def test_while_reports_fail_a_process_holds_a_bounded_number_of_unwritten_events
         # then the process never holds more than the bound
         assert len(token_cache._process().events) <= 3
     # and what it could not hold was written before its answer: every answer is accounted for
-    written = AuditEvent.objects.filter(action="token_request").count()
+    written = answers_audited()
     assert written + len(token_cache._process().events) == 8
     assert written >= 5
 
@@ -345,8 +368,8 @@ def test_the_identity_version_moves_with_the_change_or_not_at_all(connected, bot
 
 def answered_by() -> list[str]:
     """How each answer this process has not reported yet was given, in order (from its audit event)."""
-    details = [event["detail"] for event, _, _ in token_cache._process().events]
-    return ["memory" if detail.endswith(token_cache.FROM_MEMORY) else "full path" for detail in details]
+    kinds = [event["kind"] for event, _, _ in token_cache._process().events]
+    return ["memory" if kind == AuditEvent.Kind.MEMORY else "full path" for kind in kinds]
 
 
 def identity_version() -> int:
