@@ -38,7 +38,9 @@ class SessionLimits:
         self.renewal = SessionRenewal(get_response)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.user.is_authenticated:
+        # Without a session cookie nobody is signed in: the session is not read (a bot's request, whose answer must
+        # not vary by cookie, and which should not pay for a session lookup).
+        if settings.SESSION_COOKIE_NAME in request.COOKIES and request.user.is_authenticated:
             started = request.session.get(SIGNED_IN_AT)
             if started is None:
                 request.session[SIGNED_IN_AT] = time.time()

@@ -380,7 +380,9 @@ def clients(body: dict) -> dict:
             redirect_uris=" ".join(body.get("redirect_uris") or []),
             client_type=Application.CLIENT_CONFIDENTIAL,
             authorization_grant_type=grant_type,
-            algorithm="",
+            # Any client asking for the openid scope gets an ID token, as from a real OpenID Provider (without an
+            # algorithm DOT fails such a request with a server error).
+            algorithm="RS256",
         )
         ClientFlags.objects.update_or_create(
             client_id=client_id,

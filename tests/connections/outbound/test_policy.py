@@ -902,6 +902,7 @@ def notify_managers_by_webhook_only() -> None:
 def test_private_addresses_are_refused_by_default_without_debug_but_for_those_listed(monkeypatch):
     import importlib
 
+    import controlroom.outbound_settings as real_outbound
     import controlroom.settings as real_settings
 
     # given the settings as production reads them: DEBUG off
@@ -911,11 +912,13 @@ def test_private_addresses_are_refused_by_default_without_debug_but_for_those_li
     monkeypatch.delenv("OUTBOUND_BLOCK_PRIVATE_ADDRESSES", raising=False)
     monkeypatch.setenv("OUTBOUND_ALLOWED_PRIVATE", "idp.corp.example, 10.20.0.0/16")
     try:
+        importlib.reload(real_outbound)  # read by controlroom.settings, once, from the environment
         production = importlib.reload(real_settings)
         assert production.OUTBOUND_BLOCK_PRIVATE_ADDRESSES is True
         assert production.OUTBOUND_ALLOWED_PRIVATE == ["idp.corp.example", "10.20.0.0/16"]
     finally:
         monkeypatch.undo()
+        importlib.reload(real_outbound)
         importlib.reload(real_settings)
 
 
