@@ -80,7 +80,8 @@ def run_test_for_figures(test_file: str, variables: dict[str, str], figures_vari
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         figures = Path(workdir) / "figures.txt"
         env = {**os.environ, **variables, figures_variable: str(figures)}
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file]
+        # -m '': the long runs make test deselects (pyproject.toml's addopts) are run here.
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "", test_file]
         result = subprocess.run(command, cwd=REPO_ROOT, env=env, check=False)
         print(figures.read_text() if figures.exists() else "\nThe run stopped before its figures were made.")
     return result.returncode
