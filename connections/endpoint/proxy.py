@@ -230,12 +230,14 @@ class Relay:
 
     def __init__(self, upstream: requests.Response, call: Call) -> None:
         self.upstream, self.call, self.received, self.closed, self.note = upstream, call, 0, False, ""
+        self.finished = False  # the whole body relayed: its connection may serve the next call
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             for chunk in self.upstream.raw.stream(CHUNK, decode_content=False):
                 self.received += len(chunk)
                 yield chunk
+            self.finished = True
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # Headers are sent: the bot sees a body shorter than its Content-Length (or no last chunk).
             self.note = f" (cut short: {type(exc).__name__})"
@@ -244,7 +246,12 @@ class Relay:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.upstream.close()
+            if self.finished:
+                # Back to the pool, kept alive (requests' Response.close() would close the connection of a body it
+                # did not read itself: a new TCP and TLS handshake for every call).
+                self.upstream.raw.release_conn()
+            else:
+                self.upstream.close()  # a body left half read: the connection cannot serve another call
             self.call.recorded(self.upstream.status_code, self.received, self.note)
 
 
