@@ -2,6 +2,7 @@
 (connections.engine.refresh), or the refusal that says why there is none (connections/openapi.yaml's codes)."""
 
 import math
+from datetime import datetime
 
 from django.utils import timezone
 
@@ -36,7 +37,9 @@ def _retry_after(token: OAuthToken) -> int:
     return max(1, math.ceil((token.next_refresh_at - timezone.now()).total_seconds()))
 
 
-def token_fresh(connection: Connection, token: OAuthToken, min_validity: int, force_refresh: bool) -> OAuthToken:
+def token_fresh(
+    connection: Connection, token: OAuthToken, min_validity: int, force_refresh: bool, read_at: datetime | None = None
+) -> OAuthToken:
     if token.state == TokenState.REAUTHORIZATION_REQUIRED:
         raise TokenRequestError(
             409, "reauthorization_required", f"{connection.slug} must be authorized again: {token.last_error}"
@@ -58,8 +61,11 @@ def token_fresh(connection: Connection, token: OAuthToken, min_validity: int, fo
         )
     gone = TokenRequestError(409, "not_connected", f"{connection.slug} was disconnected meanwhile.")
     try:
-        # The generation read at the start of this request: a refresh that finished since then is ours to take.
-        return token_refresh(token=token, actor_label="token endpoint", min_generation=token.generation)
+        # The generation read at the start of this request: a refresh that finished since then is ours to take,
+        # and one that failed since `read_at` ours to share.
+        return token_refresh(
+            token=token, actor_label="token endpoint", min_generation=token.generation, failed_since=read_at
+        )
     except TokenGone:
         raise gone from None
     except ProviderError as exc:
@@ -99,4 +105,4 @@ def token_to_give(connection: Connection, read: TokenRequestRead, min_validity: 
     if token is None:
         who = f"{read.key.user.get_username()} has not" if connection.is_user_specific else "nobody has"
         raise TokenRequestError(409, "not_connected", f"{connection.slug} is not connected: {who} authorized it yet.")
-    return token_fresh(connection, token, min_validity, force_refresh)
+    return token_fresh(connection, token, min_validity, force_refresh, read.read_at)

@@ -253,7 +253,7 @@ def token_checked(
 def token_forced(checked: CheckedToken) -> OAuthToken:
     """A token the API refused (401): refreshed as force_refresh=true does, through the single flight, so that
     a refresh finished since this request read its token is taken instead of another."""
-    return freshness.token_fresh(checked.connection, checked.token, 0, True)
+    return freshness.token_fresh(checked.connection, checked.token, 0, True, checked.read.read_at)
 
 
 def token_request(

@@ -12,12 +12,14 @@ QuerySet would pass them, and the instances hold only these fields, as with Quer
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
+from django.utils import timezone
 
 from connections.models import AnswerVersion, BotKey, Connection, OAuthToken, TokenType
 from connections.models.columns import column_name, concrete_field
@@ -43,11 +45,14 @@ class TokenRequestRead:
     invited: bool  # one of the key's user's roles is invited to the connection
     token: OAuthToken | None  # None: not connected (for this user, if user-specific)
     identity: int
+    # When the rows were read: a refresh that failed since then is this request's to share, not to repeat.
+    read_at: datetime | None = None
 
 
 def token_request_read(key_id: str, slug: str | None) -> TokenRequestRead | None:
     """None when no key has this id. A slug of None (not a slug's shape) finds no connection."""
     db = connections[router.db_for_read(BotKey)]
+    read_at = timezone.now()
     with db.cursor() as cursor:
         user_specific = TokenType.USER_SPECIFIC.value
         cursor.execute(_sql(db.alias), [AnswerVersion.IDENTITY, slug or "", user_specific, user_specific, key_id])
@@ -63,7 +68,7 @@ def token_request_read(key_id: str, slug: str | None) -> TokenRequestRead | None
         connection.provider = provider
     invited = bool(next(values))
     token = _instance(db, OAuthToken, TOKEN_FIELDS, values)
-    return TokenRequestRead(key, connection, invited, token, next(values) or 0)
+    return TokenRequestRead(key, connection, invited, token, next(values) or 0, read_at)
 
 
 def _user_fields() -> tuple[str, ...]:

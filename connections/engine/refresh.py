@@ -68,10 +68,11 @@ def _shared_failure(token: OAuthToken) -> ProviderError:
 
 
 def _lease_or_settled(
-    token: OAuthToken, seen_generation: int, owner: str, wait_seconds: float
+    token: OAuthToken, seen_generation: int, owner: str, wait_seconds: float, failed_since: datetime | None = None
 ) -> tuple[Fence, OAuthToken] | OAuthToken:
-    """The lease and the row as leased, or the token someone else refreshed meanwhile (their failure is raised)."""
-    started = timezone.now()
+    """The lease and the row as leased, or the token someone else refreshed meanwhile (their failure is raised:
+    one recorded since `failed_since`, the caller's read of the row, or since now)."""
+    started = failed_since or timezone.now()
     deadline = time.monotonic() + wait_seconds
     while (leased := token_lease_take(token, owner)) is None:
         current = _current(token)
@@ -96,19 +97,25 @@ def _lease_or_settled(
 
 
 def token_refresh(
-    *, token: OAuthToken, actor_label: str, min_generation: int | None = None, wait_seconds: float | None = None
+    *,
+    token: OAuthToken,
+    actor_label: str,
+    min_generation: int | None = None,
+    wait_seconds: float | None = None,
+    failed_since: datetime | None = None,
 ) -> OAuthToken:
     """Get a new access token for `token`, with a lease so only one process calls the provider at a time.
 
     A caller that finds someone else refreshing waits for them and takes their result. When `min_generation`
-    is given, a token already newer than it counts as fresh (the caller's request began before that refresh).
+    is given, a token already newer than it counts as fresh (the caller's request began before that refresh); a
+    failure recorded since `failed_since` (when the caller read the row) is shared rather than asked again.
     Raises ProviderError when the provider call fails (TokenGone when the token was disconnected meanwhile);
     the stored token is kept either way. `wait_seconds` (default REFRESH_WAIT_SECONDS): how long to wait for
     another process's refresh before giving up with error "refresh_in_progress".
     """
     seen_generation = token.generation if min_generation is None else min_generation
     wait = settings.REFRESH_WAIT_SECONDS if wait_seconds is None else wait_seconds
-    leased = _lease_or_settled(token, seen_generation, uuid.uuid4().hex, wait)
+    leased = _lease_or_settled(token, seen_generation, uuid.uuid4().hex, wait, failed_since)
     if isinstance(leased, OAuthToken):
         return leased
     fence, token = leased
