@@ -1,9 +1,8 @@
-"""The People settings of controlroom.settings (star-imported by it, people_settings_apply called at its end):
-sign-in with the company's identity provider (OpenID Connect with mozilla-django-oidc; connections.people,
-docs/sso.md), password sign-in, sessions. From the environment, like every setting; a value that cannot work stops
+"""The People settings of controlroom.settings (star-imported by it once the .env file is read, people_settings_apply
+called at its end): sign-in with the company's identity provider (OpenID Connect with mozilla-django-oidc;
+connections.people, docs/sso.md), password sign-in, sessions. From the environment, like every setting; a value that cannot work stops
 start-up with one sentence."""
 
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,11 +13,6 @@ from controlroom.env import number
 
 env = environ.Env()
 
-# This module is imported before controlroom.settings reads the .env file: it reads it itself, the same way (a
-# variable already set is never overridden, so reading it twice changes nothing).
-_ENV_FILE = env.str("ENV_FILE", default=str(Path(__file__).resolve().parent.parent / ".env"))
-if _ENV_FILE and Path(_ENV_FILE).is_file():
-    environ.Env.read_env(_ENV_FILE)
 
 __all__ = [
     "AXES_SENSITIVE_PARAMETERS",

@@ -13,7 +13,6 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 from controlroom.env import broker_transport_options, logging_settings, number, valid_port
-from controlroom.people_settings import *  # noqa: F403 - People: OIDC_*, PASSWORD_SIGN_IN, ... (docs/sso.md)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -23,6 +22,9 @@ env = environ.Env()
 ENV_FILE = env.str("ENV_FILE", default=str(BASE_DIR / ".env"))
 if ENV_FILE and Path(ENV_FILE).is_file():
     environ.Env.read_env(ENV_FILE)
+
+# People: OIDC_*, PASSWORD_SIGN_IN, ... (docs/sso.md), read once the .env file is.
+from controlroom.people_settings import *  # noqa: E402, F403
 
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)

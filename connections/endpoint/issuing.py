@@ -75,13 +75,13 @@ def _seconds_left_in_this_minute() -> int:
     return max(1, math.ceil(60 - time.time() % 60))
 
 
-def _read(authorization: str, slug: str | None, remote_addr: str | None) -> TokenRequestRead:
+def _read(authorization: str, slug: str | None, remote_addr: str | None, for_proxy: bool) -> TokenRequestRead:
     """Everything the answer needs, with the presented key checked; or a TokenRequestError: 401, or 429 once this
     address has failed too often this minute (counted before the answer, so a flood costs one cache increment
     each; a working key is never refused)."""
     try:
         presented = presented_key(authorization)
-        read = token_request_read(presented.key_id, slug)
+        read = token_request_read(presented.key_id, slug, for_proxy=for_proxy)
         if read is None:  # no key has this id
             raise BotKeyRejected(NOT_VALID)
         bot_key_check(presented, read.key, remote_addr=remote_addr)
@@ -232,7 +232,7 @@ def token_checked(
     checked: CheckedToken | None = None
     detail, audited = "", True
     try:
-        read = _read(authorization, possible_slug, remote_addr)
+        read = _read(authorization, possible_slug, remote_addr, for_proxy=action == Action.PROXY_REQUEST)
         key = read.key
         _check_rate(key)
         min_validity, force_refresh = _parse_params(params)

@@ -146,10 +146,9 @@ def _target(base: str, path: str, query: str) -> str:
     return url
 
 
-def _api_base(checked: issuing.CheckedToken, call: "Call") -> tuple[str, Provider]:
+def _api_base(checked: issuing.CheckedToken) -> tuple[str, Provider]:
     """The API base with the token's fields filled in, and the provider type (how its API takes the token)."""
-    connection = checked.connection  # read with what this needs (connections.endpoint.read)
-    call.provider = connection.provider.slug  # the metrics' label
+    connection = checked.connection  # read with what this needs (connections.endpoint.read, for_proxy)
     base = connection.effective_api_base_url(checked.token.extra)
     if not base:
         raise TokenRequestError(
@@ -174,6 +173,8 @@ def returned_headers(upstream: requests.Response) -> list[tuple[str, str]]:
 
 
 def _send(method: str, url: str, headers: dict[str, str], body: Body) -> requests.Response:
+    # The session is never closed: closing it would close the adapter's pools, which are the whole process's
+    # (policy._shared_adapter), and every kept-alive connection to every API and token URL with them.
     session = policy.streaming_session(settings.PROXY_TIMEOUT)
     try:
         # Prepared here: requests' own default headers (Accept-Encoding ...) are not the bot's.
@@ -189,8 +190,6 @@ def _send(method: str, url: str, headers: dict[str, str], body: Body) -> request
             raise TokenRequestError(400, "bad_request", "The request body ended before its Content-Length.") from None
         logger.warning("The API proxy could not reach %s: %s", urlsplit(url).netloc, type(exc).__name__)
         raise TokenRequestError(502, "api_unreachable", "The API could not be reached (connection failed).") from None
-    # Not session.close(): that would close the adapter's pools, which are the whole process's
-    # (policy._shared_adapter), and every kept-alive connection to every API and token URL with them.
 
 
 @dataclass
@@ -201,7 +200,7 @@ class Call:
     request: ProxyRequest
     remote_addr: str | None
     started: float = field(default_factory=time.monotonic)
-    provider: str = ""  # its connection's provider type, once read
+    provider: str = ""  # its connection's provider type
 
     def recorded(self, status: int, received: int, detail: str = "") -> None:
         connection, key = self.checked.connection, self.checked.read.key
@@ -272,26 +271,30 @@ def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_a
     except TokenRequestError as exc:
         metrics.proxy_request_counted("", exc.status)
         raise
-    call = Call(checked, request, remote_addr)
+    call = Call(checked, request, remote_addr, provider=checked.connection.provider.slug)  # the metrics' label
     try:
-        base, provider = _api_base(checked, call)
+        base, provider = _api_base(checked)
         url = _target(base, proxied_path(request.path), request.query)
         # The bot's own header of that name is dropped: only the connection's token is sent in it.
         headers = forwarded_headers(request.headers, also_dropped=provider.api_token_header)
+
+        def sent(token: Any) -> requests.Response:
+            return _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
+
         token = checked.token
-        upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
+        upstream = sent(token)
         if upstream.status_code == 401 and request.body.replayable:
             # The token was refused (revoked, or expired early): one forced refresh, one retry.
             upstream.close()
             token = issuing.token_forced(checked)
-            upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
+            upstream = sent(token)
         for attempt in range(_retries_allowed(request)):
             wait = _retry_wait(upstream, attempt)
             if wait is None:
                 break
             upstream.close()
             time.sleep(wait)
-            upstream = _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
+            upstream = sent(token)
     except TokenRequestError as exc:
         call.recorded(exc.status, 0, f" ({exc.error})")
         raise

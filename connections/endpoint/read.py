@@ -27,10 +27,10 @@ from providers.models import Provider
 
 KEY_FIELDS = ("id", "key_id", "name", "digest", "revoked_at", "expires_at", "last_used_at", "user_id")
 USER_FIELDS = ("id", "is_active")  # and the username field, whatever the user model calls it
-CONNECTION_FIELDS: tuple[str, ...] = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access")
-CONNECTION_FIELDS += ("api_base_url", "placeholders", "provider_id")
-# What the API proxy needs of the provider type (its API base, how it takes the token): read here rather than by a
-# second query per proxied call.
+CONNECTION_FIELDS = ("id", "slug", "is_enabled", "token_type", "grant_type", "token_access")
+# What the API proxy needs besides (its API base, how the provider type's API takes the token): read with the rest
+# for a proxied call (for_proxy) rather than by a second query, and not at all for a token request.
+PROXY_CONNECTION_FIELDS = (*CONNECTION_FIELDS, "api_base_url", "placeholders", "provider_id")
 PROVIDER_FIELDS = ("id", "slug", "api_base_url", "api_token_header", "api_token_prefix")
 TOKEN_FIELDS = (
     "id", "connection_id", "user_id", "access_token", "token_type", "scope", "extra", "expires_at", "state",
@@ -49,23 +49,27 @@ class TokenRequestRead:
     read_at: datetime | None = None
 
 
-def token_request_read(key_id: str, slug: str | None) -> TokenRequestRead | None:
-    """None when no key has this id. A slug of None (not a slug's shape) finds no connection."""
+def token_request_read(key_id: str, slug: str | None, *, for_proxy: bool = False) -> TokenRequestRead | None:
+    """None when no key has this id. A slug of None (not a slug's shape) finds no connection. for_proxy: the
+    connection's provider type comes with it, and what the API proxy needs of both."""
     db = connections[router.db_for_read(BotKey)]
     read_at = timezone.now()
     with db.cursor() as cursor:
         user_specific = TokenType.USER_SPECIFIC.value
-        cursor.execute(_sql(db.alias), [AnswerVersion.IDENTITY, slug or "", user_specific, user_specific, key_id])
+        cursor.execute(
+            _sql(db.alias, for_proxy), [AnswerVersion.IDENTITY, slug or "", user_specific, user_specific, key_id]
+        )
         row = cursor.fetchone()
     if row is None:
         return None
     values = iter(row)
     key = _instance(db, BotKey, KEY_FIELDS, values)
     key.user = _instance(db, get_user_model(), _user_fields(), values)
-    connection = _instance(db, Connection, CONNECTION_FIELDS, values)
-    provider = _instance(db, Provider, PROVIDER_FIELDS, values)
-    if connection is not None:
-        connection.provider = provider
+    connection = _instance(db, Connection, PROXY_CONNECTION_FIELDS if for_proxy else CONNECTION_FIELDS, values)
+    if for_proxy:
+        provider = _instance(db, Provider, PROVIDER_FIELDS, values)
+        if connection is not None:
+            connection.provider = provider
     invited = bool(next(values))
     token = _instance(db, OAuthToken, TOKEN_FIELDS, values)
     return TokenRequestRead(key, connection, invited, token, next(values) or 0, read_at)
@@ -110,7 +114,7 @@ def _converters(alias: str, model: type[Model], names: tuple[str, ...]) -> list[
 
 
 @functools.cache
-def _sql(alias: str) -> str:
+def _sql(alias: str, for_proxy: bool) -> str:
     quote = connections[alias].ops.quote_name
 
     def columns(model: type[Model], table: str, names: tuple[str, ...]) -> str:
@@ -124,18 +128,24 @@ def _sql(alias: str) -> str:
 
     user_model = get_user_model()
     invitations, memberships = Connection.roles.through, user_model.groups.through
+    connection_columns, provider_join = columns(Connection, "c", CONNECTION_FIELDS), ""
+    if for_proxy:
+        connection_columns = (
+            f"{columns(Connection, 'c', PROXY_CONNECTION_FIELDS)}, {columns(Provider, 'p', PROVIDER_FIELDS)}"
+        )
+        provider_column = quote(column_name(Connection, "provider_id"))
+        provider_join = f"LEFT JOIN {table(Provider)} p ON {pk(Provider, 'p')} = c.{provider_column} "
     # Only the models' own table and column names go into the text; every value is a parameter.
     return (
         f"SELECT {columns(BotKey, 'k', KEY_FIELDS)}, {columns(user_model, 'u', _user_fields())}, "  # noqa: S608
-        f"{columns(Connection, 'c', CONNECTION_FIELDS)}, {columns(Provider, 'p', PROVIDER_FIELDS)}, "
+        f"{connection_columns}, "
         f"EXISTS (SELECT 1 FROM {table(invitations)} i JOIN {table(memberships)} m ON m.{quote('group_id')} = "
         f"i.{quote('group_id')} WHERE i.{quote('connection_id')} = {pk(Connection, 'c')} "
         f"AND m.{quote('user_id')} = {pk(user_model, 'u')}), "
         f"{columns(OAuthToken, 't', TOKEN_FIELDS)}, "
         f"(SELECT v.{quote('value')} FROM {table(AnswerVersion)} v WHERE v.{quote('name')} = %s) "
         f"FROM {table(BotKey)} k JOIN {table(user_model)} u ON {pk(user_model, 'u')} = k.{quote('user_id')} "
-        f"LEFT JOIN {table(Connection)} c ON c.{quote('slug')} = %s "
-        f"LEFT JOIN {table(Provider)} p ON {pk(Provider, 'p')} = c.{quote(column_name(Connection, 'provider_id'))} "
+        f"LEFT JOIN {table(Connection)} c ON c.{quote('slug')} = %s {provider_join}"
         f"LEFT JOIN {table(OAuthToken)} t ON t.{quote('connection_id')} = {pk(Connection, 'c')} AND ("
         f"(c.{quote('token_type')} = %s AND t.{quote('user_id')} = {pk(user_model, 'u')}) "
         f"OR (c.{quote('token_type')} <> %s AND t.{quote('user_id')} IS NULL)) "
