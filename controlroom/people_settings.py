@@ -1,7 +1,7 @@
 """The People settings of controlroom.settings (star-imported by it once the .env file is read, people_settings_apply
 called at its end): sign-in with the company's identity provider (OpenID Connect with mozilla-django-oidc;
-connections.people, docs/sso.md), password sign-in, sessions. From the environment, like every setting; a value that cannot work stops
-start-up with one sentence."""
+connections.people, docs/sso.md), password sign-in, sessions. From the environment, like every setting; a value
+that cannot work stops start-up with one sentence."""
 
 from typing import Any
 from urllib.parse import urlsplit
