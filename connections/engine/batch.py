@@ -57,8 +57,9 @@ def _provider_slot(token_url: str) -> Iterator[None]:
 
 def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -> None:
     """Refresh the (token id, generation) pairs a sweep claimed, several at once. The batch's leases are taken,
-    and its audit events written, with one statement each; each token's outcome is its own UPDATE, written as
-    soon as its provider answers (a worker killed mid-batch loses the batch's audit events, never a token). A
+    and its audit events written, with one statement each; each token's new tokens are written as soon as its
+    provider answers, together with the results that came in meanwhile (one statement: outcomes.ResultBatch), a
+    failure with an UPDATE of its own (a worker killed mid-batch loses the batch's audit events, never a token). A
     token someone else holds the lease of is left to them. Nothing raises here: each outcome is recorded on its
     token (connections.engine.refresh)."""
     outcomes.unstored_results_record()  # an earlier batch's result the database would not take, said now
@@ -71,7 +72,8 @@ def tokens_refresh(pairs: Sequence[Sequence[int]], queued_at: datetime | None) -
         (wanted if keep else settled).append((fence, token))
     lease.tokens_lease_give_back(owner, [fence.token_id for fence, _ in settled])
     audit: list[dict] = []
-    submitted = {_threads().submit(_refresh_one, fence, token, taken_at, audit): fence for fence, token in wanted}
+    results = outcomes.ResultBatch("refresh worker", audit)
+    submitted = {_threads().submit(_refresh_one, fence, token, taken_at, results): fence for fence, token in wanted}
     try:
         # One wake-up of this thread when all are done, rather than one per token: the refresh threads contend
         # for the interpreter less.
@@ -95,12 +97,14 @@ def _connection_checked(batch: str) -> None:
         _checked.batch = batch
 
 
-def _refresh_one(fence: Fence, token: OAuthToken, taken_at: float, audit: list[dict]) -> None:
+def _refresh_one(fence: Fence, token: OAuthToken, taken_at: float, results: outcomes.ResultBatch) -> None:
     _connection_checked(fence.lease_owner)
     try:
         with _provider_slot(token.connection.effective_refresh_url):
             if lease.token_lease_keep(fence, taken_at):
-                refresh.token_refresh_leased(fence=fence, token=token, actor_label="refresh worker", audit=audit)
+                refresh.token_refresh_leased(
+                    fence=fence, token=token, actor_label=results.actor_label, audit=results.audit, results=results
+                )
     except ProviderError as exc:
         with log_context.about_connection(token.connection.slug):
             logger.warning("Refresh of %s failed: %s", token.connection.slug, exc.message)

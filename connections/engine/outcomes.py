@@ -3,8 +3,10 @@ classified (transient with backoff, rate limited, permanent), its audit event, a
 
 import logging
 import random
+import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +18,13 @@ from django.utils import timezone
 
 from connections.audit.events import Action, Outcome, audit_event_row, audit_record
 from connections.cache import invalidation
-from connections.engine.store import Fence, token_store_refreshed, token_values_drop
+from connections.engine.store import (
+    Fence,
+    fenced_updates,
+    token_refreshed_row,
+    token_store_refreshed,
+    token_values_drop,
+)
 from connections.errors import ProviderError
 from connections.models import Connection, OAuthToken, TokenState
 from connections.notify.managers import notify_managers
@@ -112,35 +120,120 @@ def unstored_results_record() -> None:
 def _result_write(
     fence: Fence, token: OAuthToken, response: TokenResponse, actor_label: str, audit: list[dict] | None
 ) -> OAuthToken | None:
-    connection, failures = token.connection, token.consecutive_failures
     # With its audit event alongside, an outcome is one transaction; with the event left to the batch, one UPDATE.
     with transaction.atomic() if audit is None else nullcontext():
         stored = token_store_refreshed(fence=fence, token=token, response=response)
         if stored is not None:
-            _audit(
-                audit,
-                action=Action.TOKEN_REFRESH,
-                outcome=Outcome.SUCCESS,
-                connection=connection,
-                actor_label=actor_label,
-                detail=f"Recovered after {failures} failure(s)." if failures else "",
-            )
-            if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
-                _notify_on_commit(
-                    "token.refresh_recovered",
-                    connection,
-                    f"Refreshing {connection} works again",
-                    f"{connection} was refreshed successfully after {failures} failures in a row.",
-                )
+            _result_said(token, actor_label, audit)
     if stored is None:
-        logger.warning(
-            "A refresh of %s finished after the token was disconnected, authorized again or refreshed by another "
-            "process; its result is dropped (revoked at the provider where that ends it alone).",
-            connection.slug,
-        )
-        dropped = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
-        token_values_drop(token.connection, dropped, f"The dropped result of a refresh of {token.connection.slug}")
+        _result_dropped(token, response)
     return stored
+
+
+def _result_said(token: OAuthToken, actor_label: str, audit: list[dict] | None) -> None:
+    """A stored result's audit event, and the managers told when it ends a run of failures they were told of."""
+    connection, failures = token.connection, token.consecutive_failures
+    _audit(
+        audit,
+        action=Action.TOKEN_REFRESH,
+        outcome=Outcome.SUCCESS,
+        connection=connection,
+        actor_label=actor_label,
+        detail=f"Recovered after {failures} failure(s)." if failures else "",
+    )
+    if failures >= settings.REFRESH_FAILURE_NOTIFY_THRESHOLD:
+        _notify_on_commit(
+            "token.refresh_recovered",
+            connection,
+            f"Refreshing {connection} works again",
+            f"{connection} was refreshed successfully after {failures} failures in a row.",
+        )
+
+
+def _result_dropped(token: OAuthToken, response: TokenResponse) -> None:
+    """A result whose fence was lost: nobody will hold its tokens (revoked where that ends them alone)."""
+    logger.warning(
+        "A refresh of %s finished after the token was disconnected, authorized again or refreshed by another "
+        "process; its result is dropped (revoked at the provider where that ends it alone).",
+        token.connection.slug,
+    )
+    dropped = [(response.refresh_token, "refresh_token"), (response.access_token, "access_token")]
+    token_values_drop(token.connection, dropped, f"The dropped result of a refresh of {token.connection.slug}")
+
+
+@dataclass
+class _Result:
+    fence: Fence
+    token: OAuthToken
+    response: TokenResponse
+    refreshed: OAuthToken
+    changes: dict[str, Any]
+    written: bool | None = None  # None: not yet known
+    error: DatabaseError | None = None
+
+
+class ResultBatch:
+    """A worker batch's refresh results, written several to a statement (store.fenced_updates: still fenced row by
+    row) as a group commit: a thread whose provider answered adds its result, and whichever thread gets to write
+    next writes every result added by then, while the others wait for that write rather than make their own. So
+    no result waits for the rest of the batch (a worker killed mid-batch loses no more than today), and the busier
+    the batch, the fewer the statements and commits. A write the database fails is asked again, as
+    token_refresh_complete asks it, for the results it did not take."""
+
+    def __init__(self, actor_label: str, audit: list[dict]) -> None:
+        self.actor_label, self.audit = actor_label, audit
+        self._added: list[_Result] = []
+        self._lock = threading.Lock()  # guards _added
+        self._writing = threading.Lock()  # one write at a time
+
+    def store(self, fence: Fence, token: OAuthToken, response: TokenResponse) -> OAuthToken | None:
+        """Store this result under its fence, with those of the batch added meanwhile; as token_refresh_complete:
+        the row as stored, or None when the fence was lost (the result is then dropped)."""
+        result = _Result(fence, token, response, *token_refreshed_row(token, response))
+        with self._lock:
+            self._added.append(result)
+        with self._writing:
+            if result.written is None and result.error is None:
+                with self._lock:
+                    group, self._added = self._added, []
+                _results_write(group)
+        if result.error is not None:
+            raise result.error
+        if not result.written:
+            _result_dropped(token, response)
+            return None
+        invalidation.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
+        _result_said(token, self.actor_label, self.audit)
+        return result.refreshed
+
+
+def _results_write(group: list[_Result]) -> None:
+    """Write `group` (one statement per set of columns), marking each result written or not; on a database
+    error, again on a fresh connection for those not written meanwhile, until OUTBOUND_TIMEOUT, then the loss of
+    each is said and its error set."""
+    give_up_at, waiting = time.monotonic() + settings.OUTBOUND_TIMEOUT, group
+    while True:
+        try:
+            written = fenced_updates([(result.fence, result.changes) for result in waiting])
+        except DatabaseError as exc:
+            if not db_connection.in_atomic_block:
+                close_old_connections()  # a connection the failure broke is opened afresh
+            for result in waiting:
+                if _written_meanwhile(result.fence, result.response) is not None:
+                    result.written = True  # the write went through; its answer was what got lost
+            waiting = [result for result in waiting if not result.written]
+            if not waiting:
+                return
+            if time.monotonic() >= give_up_at:
+                for result in waiting:
+                    _result_lost(result.token)
+                    result.error = exc
+                return
+            time.sleep(0.5)
+            continue
+        for result in waiting:
+            result.written = result.fence.token_id in written
+        return
 
 
 def token_refresh_fail(

@@ -23,7 +23,7 @@ from django.utils import timezone
 from connections.audit.events import Action, Outcome, audit_record
 from connections.engine import rollover
 from connections.engine.lease import lease_give_back, token_lease_take, token_rows
-from connections.engine.outcomes import token_refresh_complete, token_refresh_fail
+from connections.engine.outcomes import ResultBatch, token_refresh_complete, token_refresh_fail
 from connections.engine.store import Fence, token_store
 from connections.errors import ProviderError, TokenGone
 from connections.models import Connection, OAuthToken, TokenState
@@ -123,10 +123,16 @@ def token_refresh(
 
 
 def token_refresh_leased(
-    *, fence: Fence, token: OAuthToken, actor_label: str, audit: list[dict] | None = None
+    *,
+    fence: Fence,
+    token: OAuthToken,
+    actor_label: str,
+    audit: list[dict] | None = None,
+    results: ResultBatch | None = None,
 ) -> OAuthToken:
     """Call the provider for a token whose lease is held, and write the outcome under the fence (its audit
-    event recorded with it, or added to `audit`). Raises ProviderError when the call fails."""
+    event recorded with it, or added to `audit`; a new token written with the other results of a worker's batch
+    when `results` is given). Raises ProviderError when the call fails."""
     provider, started = token.connection.provider.slug, time.monotonic()
     try:
         with log_context.about_connection(token.connection.slug):
@@ -142,7 +148,12 @@ def token_refresh_leased(
         lease_give_back(fence)  # nothing known about the outcome: the next caller tries
         raise
     metrics.refresh_counted(provider, "success", time.monotonic() - started)
-    stored = token_refresh_complete(fence=fence, token=token, response=response, actor_label=actor_label, audit=audit)
+    if results is not None:
+        stored = results.store(fence, token, response)
+    else:
+        stored = token_refresh_complete(
+            fence=fence, token=token, response=response, actor_label=actor_label, audit=audit
+        )
     return stored if stored is not None else _current(token)
 
 

@@ -5,6 +5,7 @@ import copy
 import functools
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -131,6 +132,57 @@ def _fenced_update_sql(alias: str, names: tuple[str, ...]) -> str:
 FENCE_COLUMNS = ("id", "lease_owner", "generation")  # in the order Fence.update passes them
 
 
+def fenced_updates(rows: Sequence[tuple[Fence, dict[str, Any]]], using: str | None = None) -> set[int]:
+    """Write each row's values where the row is still as its fence says (id, lease owner, generation), several
+    rows a statement: the ids written; a row whose fence was lost is left as it is and absent from them. One
+    UPDATE ... FROM (VALUES ...) RETURNING for each set of columns written (a batch's results mostly share one),
+    so each row still gets exactly the columns Fence.update would write. Values are converted as Fence.update
+    converts them (encrypted where the field is)."""
+    connection = connections[using or router.db_for_write(OAuthToken)]
+    shapes: dict[tuple[str, ...], list[tuple[Fence, dict[str, Any]]]] = {}
+    for fence, values in rows:
+        shapes.setdefault(tuple(values), []).append((fence, values))
+    written: set[int] = set()
+    for names, group in shapes.items():
+        fields = [concrete_field(OAuthToken, name) for name in names]
+        params: list[Any] = []
+        for fence, values in group:
+            params += (fence.token_id, fence.lease_owner, fence.generation)
+            params += (field.get_db_prep_save(values[field.name], connection) for field in fields)
+        with connection.cursor() as cursor:
+            cursor.execute(_fenced_updates_sql(connection.alias, names, len(group)), params)
+            written.update(token_id for (token_id,) in cursor.fetchall())
+    return written
+
+
+@functools.cache
+def _fenced_updates_sql(alias: str, names: tuple[str, ...], rows: int) -> str:
+    """WITH v (the fence's columns, then the values') AS (VALUES ...) UPDATE the table FROM v WHERE it matches the
+    fence RETURNING the ids written: PostgreSQL, and SQLite from 3.35 (UPDATE ... FROM and RETURNING). PostgreSQL
+    reads a VALUES list's parameters as text unless told their types, so each is cast to its column's; SQLite
+    needs no casts (and would give a date the wrong affinity with one)."""
+    connection = connections[alias]
+    quote, table = connection.ops.quote_name, connection.ops.quote_name(OAuthToken._meta.db_table)
+    fenced, written = (
+        [column_name(OAuthToken, name) for name in FENCE_COLUMNS],
+        [column_name(OAuthToken, name) for name in names],
+    )
+    if connection.vendor == "postgresql":
+        casts = [f"::{concrete_field(OAuthToken, name).cast_db_type(connection)}" for name in (*FENCE_COLUMNS, *names)]
+    else:
+        casts = [""] * (len(fenced) + len(written))
+    row = "(" + ", ".join(f"%s{cast}" for cast in casts) + ")"
+    # v's columns: the fence's as "fence_<column>" (a refresh writes lease_owner and generation too), then the values'.
+    columns = [quote(f"fence_{column}") for column in fenced] + [quote(column) for column in written]
+    assignments = ", ".join(f"{quote(column)} = v.{quote(column)}" for column in written)
+    fence = " AND ".join(f"{table}.{quote(column)} = v.{quote(f'fence_{column}')}" for column in fenced)
+    # Only the model's own table and column names go into the text; every value is a parameter.
+    return (
+        f"WITH v ({', '.join(columns)}) AS (VALUES {', '.join([row] * rows)}) "  # noqa: S608
+        f"UPDATE {table} SET {assignments} FROM v WHERE {fence} RETURNING {table}.{quote('id')}"
+    )
+
+
 def token_store(
     *,
     connection: Connection,
@@ -183,6 +235,15 @@ def _grant_write(
 def token_store_refreshed(*, fence: Fence, token: OAuthToken, response: TokenResponse) -> OAuthToken | None:
     """Store a refresh's result if the row is still what the refresher leased; None (nothing written) if not.
     `token` is the row as leased: nobody else writes it while the fence holds, so one conditional UPDATE does."""
+    refreshed, changes = token_refreshed_row(token, response)
+    if not fence.update(**changes):
+        return None
+    invalidation.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
+    return refreshed
+
+
+def token_refreshed_row(token: OAuthToken, response: TokenResponse) -> tuple[OAuthToken, dict[str, Any]]:
+    """The row as a refresh's result makes it, from `token` as leased, and the values to write for that."""
     refreshed = copy.copy(token)
     _response_apply(refreshed, token.connection, response)
     refreshed.refreshed_at = refreshed.updated_at = refreshed.obtained_at
@@ -192,10 +253,7 @@ def token_store_refreshed(*, fence: Fence, token: OAuthToken, response: TokenRes
     changes = {
         name: getattr(refreshed, name) for name in REFRESH_WRITES if getattr(refreshed, name) != getattr(token, name)
     }
-    if not fence.update(**changes):
-        return None
-    invalidation.token_rows_changed(token.connection.slug)  # an UPDATE sends no signal
-    return refreshed
+    return refreshed, changes
 
 
 # What a refresh's result changes in the row (_response_apply), and when.
