@@ -95,11 +95,10 @@ def test_a_row_whose_fence_was_lost_is_reported_and_left_while_the_others_of_the
     # given four tokens leased by one batch
     ids = [make_connection(register=False).pk for _ in range(4)] if database == "default" else [1, 2, 3, 4]
     kept, taken_over, reauthorized, kept_too = leased_rows(database, ids, "batch")
-    # and, meanwhile, one's lease was taken by someone else and another was authorized again (a new generation)
+    # and, meanwhile, one's lease was taken by someone else, and another got a new generation (the lease owner
+    # left as it was: the generation alone must hold the fence)
     OAuthToken.objects.using(database).filter(pk=taken_over.pk).update(lease_owner="a-bot")
-    OAuthToken.objects.using(database).filter(pk=reauthorized.pk).update(
-        generation=2, access_token="reauthorized", lease_owner=""
-    )
+    OAuthToken.objects.using(database).filter(pk=reauthorized.pk).update(generation=2, access_token="reauthorized")
     # when the batch's four results are written, in one statement (they share their columns)
     rows = [
         (store.Fence(token.pk, "batch", 1), new_values(token.pk))
