@@ -63,17 +63,27 @@ BEAT_INTERVAL = 30  # the production default
 MARGIN = 300  # TOKEN_REFRESH_MARGIN's default
 JITTER = 0.1  # REFRESH_JITTER's default
 TICK = os.sysconf("SC_CLK_TCK")
+OUT_OF_THE_WAY = 2 * 86400  # seconds ahead: where the ceiling search keeps the tokens no step needs
+CEILING_LIFETIME = 86400  # the stub's token lifetime in the ceiling search: a token refreshed is not due again
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", type=int, default=200_000)
+    parser.add_argument("--connections", type=int, help="default 200,000; 1,000,000 with --find-ceiling")
+    parser.add_argument("--find-ceiling", action="store_true", help="raise the demand until tokens go late")
+    parser.add_argument("--start-rate", type=float, default=300.0, help="--find-ceiling: the first step's demand")
+    parser.add_argument("--rate-step", type=float, default=150.0, help="--find-ceiling: the demand added a step")
+    parser.add_argument("--max-rate", type=float, default=1500.0, help="--find-ceiling: the last step's at most")
+    parser.add_argument("--step-minutes", type=float, default=2.0, help="--find-ceiling: a step, after warm-up")
     parser.add_argument("--rate", type=float, default=300.0, help="refreshes a second the lifetimes require")
     parser.add_argument("--minutes", type=float, default=10.0, help="the current engine's phase")
     parser.add_argument("--baseline-minutes", type=float, default=2.0, help="the one-at-a-time phase (0: none)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (--concurrency of the worker)")
     parser.add_argument("--batch", type=int, default=5000, help="rows a COPY")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.connections is None:
+        args.connections = 1_000_000 if args.find_ceiling else 200_000
+    return args
 
 
 # --- processes and their CPU --------------------------------------------------------------------------------------
@@ -151,7 +161,12 @@ def lifetime_for(connections: int, rate: float) -> int:
     return math.ceil(connections / rate + MARGIN * (1 - JITTER / 2))
 
 
-def seed(count: int, stub_url: str, lifetime: int, batch: int) -> None:
+def seed(count: int, stub_url: str, lifetime: int, batch: int, out_of_the_way: bool = False) -> None:
+    """`count` connections with a token each, written with COPY. Only each token's refresh token is encrypted row by
+    row (it must be unique: the stub counts one presented twice); the client secret and the access token, which no
+    refresh reads back as a value to check, are one ciphertext for every row, so a million rows take minutes, not
+    tens. The first refreshes are spread over one cycle, or, with `out_of_the_way`, all put days ahead (the ceiling
+    search brings forward the ones each step needs)."""
     from django.db import connection as db
     from django.utils import timezone
 
@@ -162,26 +177,28 @@ def seed(count: int, stub_url: str, lifetime: int, batch: int) -> None:
     cycle = lifetime - MARGIN
     fixed = {"provider_id": Provider.objects.get(slug="custom").pk, "grant_type": GrantType.AUTHORIZATION_CODE}
     fixed |= {"authorization_url": f"{stub_url}/authorize", "token_url": f"{stub_url}/token", "scopes": "api"}
-    fixed |= {"created_at": now, "updated_at": now}
-    connections = Copier(Connection, ["id", "name", "slug", "client_id", "client_secret"], fixed)
+    fixed |= {"created_at": now, "updated_at": now, "client_secret": secrets.token_urlsafe(32)}
+    connections = Copier(Connection, ["id", "name", "slug", "client_id"], fixed)
     tokens = Copier(
         OAuthToken,
-        ["connection_id", "access_token", "refresh_token", "expires_at", "next_refresh_at", "obtained_at"],
-        {"scope": "api", "extra": {}, "authorized_at": now - timedelta(days=1), "generation": 1, "updated_at": now},
+        ["connection_id", "refresh_token", "expires_at", "next_refresh_at", "obtained_at"],
+        {"scope": "api", "extra": {}, "authorized_at": now - timedelta(days=1), "generation": 1, "updated_at": now}
+        | {"access_token": "at-" + secrets.token_urlsafe(24)},
     )
     for first in range(1, count + 1, batch):
         numbers = range(first, min(first + batch, count + 1))
-        connections.write(
-            [(n, f"Capacity {n:07d}", f"capacity-{n:07d}", f"client-{n}", secrets.token_urlsafe(32)) for n in numbers]
-        )
+        connections.write([(n, f"Capacity {n:07d}", f"capacity-{n:07d}", f"client-{n}") for n in numbers])
         token_rows = []
         for n in numbers:
-            refresh_at = now + timedelta(seconds=rng.uniform(5, cycle))  # one cycle's refreshes, evenly spread
+            if out_of_the_way:
+                refresh_at = now + timedelta(seconds=OUT_OF_THE_WAY + rng.uniform(0, 3600))
+            else:
+                refresh_at = now + timedelta(seconds=rng.uniform(5, cycle))  # one cycle's refreshes, evenly spread
             expires_at = refresh_at + timedelta(seconds=MARGIN)
             obtained = expires_at - timedelta(seconds=lifetime)
-            token_rows.append((n, "at-" + secrets.token_urlsafe(24), f"seed-{n}", expires_at, refresh_at, obtained))
+            token_rows.append((n, f"seed-{n}", expires_at, refresh_at, obtained))
         tokens.write(token_rows)
-        if numbers[-1] % 50_000 == 0 or numbers[-1] == count:
+        if numbers[-1] % 100_000 == 0 or numbers[-1] == count:
             print(f"  {numbers[-1]:,} / {count:,}", flush=True)
     with db.cursor() as cursor:
         for model in (Connection, OAuthToken):
@@ -281,6 +298,87 @@ def report(phase: Phase, required: float) -> None:
     print(f"  most late: {worst[1]:,} at {worst[0]:.0f} s, the oldest {worst[2]:.0f} s past its latest refresh time")
 
 
+# --- the ceiling ----------------------------------------------------------------------------------------------------
+
+
+def schedule_step(rate: float, seconds: float) -> int:
+    """Make the next `seconds` need `rate` refreshes a second: that many tokens never refreshed yet fall due evenly
+    over them (each expiring MARGIN after its refresh time), and whatever the step before left unrefreshed goes
+    back out of the way. The rest of the table stays days ahead: it is the size the engine works in, not demand."""
+    from django.db import connection as db
+
+    count = round(rate * seconds)
+    table = "connections_oauthtoken"
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET next_refresh_at = now() + %s * interval '1 second', "  # noqa: S608 - our own table
+            "expires_at = now() + %s * interval '1 second', lease_owner = '', lease_expires_at = NULL "
+            "WHERE next_refresh_at < now() + interval '1 hour' OR expires_at < now() + interval '1 hour'",
+            [OUT_OF_THE_WAY, OUT_OF_THE_WAY + MARGIN],
+        )
+        cursor.execute(
+            f"UPDATE {table} t SET next_refresh_at = due.at, refresh_due_at = due.at, "  # noqa: S608 - our own table
+            "expires_at = due.at + %s * interval '1 second' "
+            f"FROM (SELECT id, now() + (5 + random() * %s) * interval '1 second' AS at FROM {table} "
+            "WHERE generation = 1 AND next_refresh_at > now() + interval '1 day' LIMIT %s) due WHERE t.id = due.id",
+            [MARGIN, seconds - 5, count],
+        )
+        scheduled = cursor.rowcount
+        cursor.execute(f"VACUUM ANALYZE {table}")
+    return scheduled
+
+
+def holds(phase: Phase, rate: float) -> bool:
+    """A step holds when no token expired, none is late at its end, and the refreshes kept up with the demand."""
+    late_at_end = phase.backlog[-1][1] if phase.backlog else 0
+    return not phase.expired and late_at_end == 0 and phase.rate >= 0.95 * rate
+
+
+def find_ceiling(args, env, processes, postmaster: int, redis: int, stub_url: str) -> int:
+    """Raise the demand step by step (--start-rate, + --rate-step, up to --max-rate) until tokens go late; each
+    step from no backlog (a fresh worker, empty queues), measured for --step-minutes after the warm-up."""
+    celery = [sys.executable, "-m", "celery", "--app", "controlroom"]
+    worker = [*celery, "worker", "--pool", "prefork", "--concurrency", str(args.workers), "-Q", "refresh,celery"]
+    worker_env = {**env, "REFRESH_PROVIDER_CONCURRENCY": "1000"}
+    best: Phase | None = None
+    steps: list[tuple[float, Phase]] = []
+    rate = args.start_rate
+    while rate <= args.max_rate:
+        run_step("purge the queues", [*celery, "purge", "-f", "-Q", "refresh,celery"], env)
+        seconds = WARM_UP_SECONDS + args.step_minutes * 60 + 2 * BEAT_INTERVAL  # demand to the step's end and beyond
+        scheduled = schedule_step(rate, seconds)
+        print(f"Step {rate:g} refreshes/s: {scheduled:,} tokens due over {seconds:.0f} s ...", flush=True)
+        processes["worker"] = start(worker, worker_env, Path(env["VAR_DIR"]).parent / "worker.log")
+        pids = {"worker": processes["worker"].pid, "PostgreSQL": postmaster, "Redis": redis}
+        roles = Roles(pids | {"beat": processes["beat"].pid})
+        phase = run_phase(Phase(f"step {rate:g}/s", args.step_minutes * 60), roles, processes["stub"], stub_url)
+        stop(processes.pop("worker"))
+        steps.append((rate, phase))
+        held = holds(phase, rate)
+        late = phase.backlog[-1][1] if phase.backlog else 0
+        print(
+            f"  {phase.rate:.1f} refreshes/s, {len(phase.expired)} expired, {late:,} late at the end, "
+            f"{phase.reuses} presented twice, {phase.cpu_ms:.2f} ms CPU a refresh: "
+            f"{'held' if held else 'did not hold'}",
+            flush=True,
+        )
+        if not held:
+            break
+        best, rate = phase, rate + args.rate_step
+    for rate, phase in steps:
+        report(phase, rate)
+    reuses = sum(phase.reuses for _, phase in steps)
+    print(f"\nrefresh tokens presented twice, all steps: {reuses}")
+    shown = best or steps[0][1]
+    if best is None:
+        print(f"No step held: the line below is the first step's ({args.start_rate:g} refreshes/s).")
+    print(
+        f"ceiling: {shown.rate:.0f} refreshes/s sustained at {args.connections:,} connections, "
+        f"{len(shown.expired)} expired, {shown.cpu_ms:.2f} ms CPU per refresh"
+    )
+    return 0 if best is not None and not reuses else 1
+
+
 # --- the run ------------------------------------------------------------------------------------------------------
 
 
@@ -323,7 +421,8 @@ def main() -> int:
         postgres_dir = postgres_directory(postgres_url)
         database_url, redis_url = create_database(postgres_url, DATABASE_NAME), servers.start_redis()
         stub_port = servers.free_port()
-        lifetime = args.lifetime = lifetime_for(args.connections, args.rate)
+        started = time.monotonic()
+        lifetime = args.lifetime = CEILING_LIFETIME if args.find_ceiling else lifetime_for(args.connections, args.rate)
         stub_url = f"http://127.0.0.1:{stub_port}"
         stub_command = [sys.executable, "bench/provider_stub.py", str(stub_port), str(lifetime)]
         processes["stub"] = start(stub_command, dict(os.environ), workdir / "stub.log")
@@ -341,11 +440,16 @@ def main() -> int:
 
         django.setup()
         print(f"Writing {args.connections:,} connections and tokens (lifetime {lifetime} s) ...", flush=True)
-        seed(args.connections, stub_url, lifetime, args.batch)
-        required = args.connections / (lifetime - MARGIN * (1 - JITTER / 2))
+        seed(args.connections, stub_url, lifetime, args.batch, out_of_the_way=args.find_ceiling)
+        print(f"  written in {(time.monotonic() - started) / 60:.1f} min from the start", flush=True)
         postmaster = int((postgres_dir / "data" / "postmaster.pid").read_text().split()[0]) if postgres_dir else 0
         beat = [sys.executable, "-m", "celery", "--app", "controlroom", "beat", "-s", str(workdir / "schedule")]
         processes["beat"] = start(beat, env, workdir / "beat.log")
+        if args.find_ceiling:
+            found = find_ceiling(args, env, processes, postmaster, redis_pid(redis_url), stub_url)
+            print(f"(the whole run took {(time.monotonic() - started) / 60:.1f} min)")
+            return found
+        required = args.connections / (lifetime - MARGIN * (1 - JITTER / 2))
         results = run_phases(args, env, processes, postmaster, redis_pid(redis_url), stub_url)
         for phase in results:
             report(phase, required)

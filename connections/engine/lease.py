@@ -65,8 +65,10 @@ def token_lease_keep(fence: Fence, taken_at: float) -> bool:
 
 
 def token_rows() -> QuerySet[OAuthToken]:
-    """Tokens with what a refresh reads of them: the connection, its provider type and the owner."""
-    return OAuthToken.objects.select_related("connection__provider", "user")
+    """Tokens with what a refresh reads of them: the connection, its provider type and the owner. The credentials
+    a rollover replaced are left unread (each encrypted value read is a decryption; no refresh uses those)."""
+    previous = ("connection__previous_client_secret", "connection__previous_private_key")
+    return OAuthToken.objects.select_related("connection__provider", "user").defer(*previous)
 
 
 def lease_give_back(fence: Fence) -> None:
