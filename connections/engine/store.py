@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connections, router, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -102,13 +103,13 @@ class Fence:
     def rows(self) -> QuerySet[OAuthToken]:
         return OAuthToken.objects.filter(pk=self.token_id, lease_owner=self.lease_owner, generation=self.generation)
 
-    def update(self, **values: Any) -> bool:
+    def update(self, using: str | None = None, **values: Any) -> bool:
         """Write `values` to the row if it is still as leased (its id, lease owner and generation); whether it was.
         Plain SQL rather than QuerySet.update(): a refresh's cost is mostly its HTTP call and this write, and
         update() spends more CPU building the statement than PostgreSQL spends running it
         (bench/profile_refresh.py). The values are converted as update() converts them: each field's
         get_db_prep_save, which encrypts the encrypted ones; values only, no expressions (rows() takes those)."""
-        connection = connections[router.db_for_write(OAuthToken)]
+        connection = connections[using or router.db_for_write(OAuthToken)]
         fields = [concrete_field(OAuthToken, name) for name in values]
         params = [field.get_db_prep_save(values[field.name], connection) for field in fields]
         with connection.cursor() as cursor:
@@ -139,6 +140,8 @@ def fenced_updates(rows: Sequence[tuple[Fence, dict[str, Any]]], using: str | No
     so each row still gets exactly the columns Fence.update would write. Values are converted as Fence.update
     converts them (encrypted where the field is)."""
     connection = connections[using or router.db_for_write(OAuthToken)]
+    if not many_rows_a_statement(connection):
+        return {fence.token_id for fence, values in rows if fence.update(using=connection.alias, **values)}
     shapes: dict[tuple[str, ...], list[tuple[Fence, dict[str, Any]]]] = {}
     for fence, values in rows:
         shapes.setdefault(tuple(values), []).append((fence, values))
@@ -153,6 +156,12 @@ def fenced_updates(rows: Sequence[tuple[Fence, dict[str, Any]]], using: str | No
             cursor.execute(_fenced_updates_sql(connection.alias, names, len(group)), params)
             written.update(token_id for (token_id,) in cursor.fetchall())
     return written
+
+
+def many_rows_a_statement(connection: BaseDatabaseWrapper) -> bool:
+    """UPDATE ... FROM with RETURNING: PostgreSQL's, and SQLite's from 3.35 (Django supports 3.31 up; an older
+    SQLite writes row by row)."""
+    return connection.vendor != "sqlite" or connection.Database.sqlite_version_info >= (3, 35)
 
 
 @functools.cache
