@@ -23,10 +23,11 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from connections.errors import CallInTransaction, DeadlinePassed, OutboundError
-from connections.outbound import deadline
+from connections.outbound import deadline, requests_checks
 from connections.outbound.forward_proxy import proxies_for, proxy_auth_error
 
 logger = logging.getLogger(__name__)
+requests_checks.install()  # every session is made here
 
 # A token, revocation or discovery answer is a few kilobytes; anything this large is not one.
 MAX_RESPONSE_BYTES = 1024 * 1024
