@@ -2,6 +2,8 @@
 costs, against a provider stub that answers as fast as a Python server can.
 
     .venv/bin/python bench/capacity.py [--connections 200000] [--rate 300] [--minutes 10] [--baseline-minutes 2]
+    .venv/bin/python bench/capacity.py --find-ceiling [--connections 1000000] [--start-rate 300] [--rate-step 150]
+        [--max-rate 1500] [--step-minutes 2]
 
 What it runs, all thrown away afterwards:
 - PostgreSQL and Redis (tests/support/servers.py), a fresh database, `manage.py migrate`;
@@ -21,6 +23,16 @@ than a beat interval) and those expired. At the end of each phase: the sustained
 tokens seen expired (must be 0), refresh tokens presented twice (must be 0), and the CPU of each process
 (worker, PostgreSQL, Redis, beat; the stub apart) per refresh. The last line reads
 `capacity: <R> refreshes/s sustained, <E> expired, <C> ms CPU per refresh` for the current engine.
+
+--find-ceiling looks for the highest rate the machine sustains instead, in a table of --connections tokens (a
+million by default) whose refreshes the stub makes last a day. All tokens start days ahead; each step brings
+forward just enough never-refreshed ones to need its rate (--start-rate, then --rate-step more each step) for the
+warm-up, --step-minutes and a minute beyond, on a fresh worker with empty queues. A step holds when no token
+expired, none is late at its end and the refreshes kept up (95 % of the demand); the search stops at the first
+step that does not. The last line reads
+`ceiling: <R> refreshes/s sustained at <N> connections, <E> expired, <C> ms CPU per refresh`: the last step that
+held, its CPU (worker, PostgreSQL, Redis, beat) per refresh. Exit status 1 when no step held or a refresh token
+was presented twice.
 """
 
 import argparse
