@@ -28,8 +28,8 @@ tokens seen expired (must be 0), refresh tokens presented twice (must be 0), and
 million by default) whose refreshes the stub makes last a day. All tokens start days ahead; each step brings
 forward just enough never-refreshed ones to need its rate (--start-rate, then --rate-step more each step) for the
 warm-up, --step-minutes and a minute beyond, on a fresh worker with empty queues. A step holds when no token
-expired, none is late at its end and the refreshes kept up (95 % of the demand); the search stops at the first
-step that does not. The last line reads
+expired, none is late (past its latest refresh time) or overdue (a beat interval past its refresh time) at its end
+and the refreshes kept up (90 % of the demand); the search stops at the first step that does not. The last line reads
 `ceiling: <R> refreshes/s sustained at <N> connections, <E> expired, <C> ms CPU per refresh`: the last step that
 held, its CPU (worker, PostgreSQL, Redis, beat) per refresh. Exit status 1 when no step held or a refresh token
 was presented twice.
@@ -280,8 +280,10 @@ def spread_the_schedule(lifetime: int) -> None:
         cursor.execute("VACUUM ANALYZE connections_oauthtoken")
 
 
-def run_phase(phase: Phase, roles: Roles, stub: subprocess.Popen, stub_url: str) -> Phase:
-    time.sleep(WARM_UP_SECONDS)
+def run_phase(
+    phase: Phase, roles: Roles, stub: subprocess.Popen, stub_url: str, warm_up: float = WARM_UP_SECONDS
+) -> Phase:
+    time.sleep(warm_up)
     cpu_before, stub_before, stats_before = roles.cpu(), cpu_seconds(stub.pid), stub_stats(stub_url)
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < phase.seconds:
@@ -324,7 +326,8 @@ def schedule_step(rate: float, seconds: float) -> int:
     with db.cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} SET next_refresh_at = now() + %s * interval '1 second', "  # noqa: S608 - our own table
-            "expires_at = now() + %s * interval '1 second', lease_owner = '', lease_expires_at = NULL "
+            "expires_at = now() + %s * interval '1 second', refresh_due_at = NULL, lease_owner = '', "
+            "lease_expires_at = NULL "
             "WHERE next_refresh_at < now() + interval '1 hour' OR expires_at < now() + interval '1 hour'",
             [OUT_OF_THE_WAY, OUT_OF_THE_WAY + MARGIN],
         )
@@ -340,10 +343,24 @@ def schedule_step(rate: float, seconds: float) -> int:
     return scheduled
 
 
-def holds(phase: Phase, rate: float) -> bool:
-    """A step holds when no token expired, none is late at its end, and the refreshes kept up with the demand."""
+def overdue() -> int:
+    """Tokens more than a beat interval past the refresh time the engine set them (the claim does not move it): a
+    backlog that grows long before tokens are late by the margin's measure."""
+    from django.db import connection as db
+
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM connections_oauthtoken WHERE refresh_due_at < now() - %s * interval '1 second'",
+            [BEAT_INTERVAL],
+        )
+        return cursor.fetchone()[0]
+
+
+def holds(phase: Phase, rate: float, overdue_at_end: int) -> bool:
+    """A step holds when no token expired, none is late or overdue at its end, and the refreshes kept up with the
+    demand (90 %: the sweep hands work out a beat interval at a time, so a window's count is lumpy)."""
     late_at_end = phase.backlog[-1][1] if phase.backlog else 0
-    return not phase.expired and late_at_end == 0 and phase.rate >= 0.95 * rate
+    return not phase.expired and late_at_end == 0 and overdue_at_end == 0 and phase.rate >= 0.9 * rate
 
 
 def find_ceiling(args, env, processes, postmaster: int, redis: int, stub_url: str) -> int:
@@ -357,19 +374,25 @@ def find_ceiling(args, env, processes, postmaster: int, redis: int, stub_url: st
     rate = args.start_rate
     while rate <= args.max_rate:
         run_step("purge the queues", [*celery, "purge", "-f", "-Q", "refresh,celery"], env)
-        seconds = WARM_UP_SECONDS + args.step_minutes * 60 + 2 * BEAT_INTERVAL  # demand to the step's end and beyond
+        # Warm-up: two sweeps, so the first one's catching up (it claims what is due a whole interval ahead) is
+        # over; demand runs to the step's end and an interval beyond.
+        warm_up = 2 * BEAT_INTERVAL
+        seconds = warm_up + args.step_minutes * 60 + 2 * BEAT_INTERVAL
         scheduled = schedule_step(rate, seconds)
         print(f"Step {rate:g} refreshes/s: {scheduled:,} tokens due over {seconds:.0f} s ...", flush=True)
         processes["worker"] = start(worker, worker_env, Path(env["VAR_DIR"]).parent / "worker.log")
         pids = {"worker": processes["worker"].pid, "PostgreSQL": postmaster, "Redis": redis}
         roles = Roles(pids | {"beat": processes["beat"].pid})
-        phase = run_phase(Phase(f"step {rate:g}/s", args.step_minutes * 60), roles, processes["stub"], stub_url)
+        step = Phase(f"step {rate:g}/s", args.step_minutes * 60)
+        phase = run_phase(step, roles, processes["stub"], stub_url, warm_up)
+        behind = overdue()
         stop(processes.pop("worker"))
         steps.append((rate, phase))
-        held = holds(phase, rate)
+        held = holds(phase, rate, behind)
         late = phase.backlog[-1][1] if phase.backlog else 0
         print(
-            f"  {phase.rate:.1f} refreshes/s, {len(phase.expired)} expired, {late:,} late at the end, "
+            f"  {phase.rate:.1f} refreshes/s, {len(phase.expired)} expired, {late:,} late and {behind:,} overdue "
+            "at the end, "
             f"{phase.reuses} presented twice, {phase.cpu_ms:.2f} ms CPU a refresh: "
             f"{'held' if held else 'did not hold'}",
             flush=True,
