@@ -169,7 +169,7 @@ class _Result:
     refreshed: OAuthToken
     changes: dict[str, Any]
     written: bool | None = None  # None: not yet known
-    error: DatabaseError | None = None
+    error: Exception | None = None
 
 
 class ResultBatch:
@@ -196,7 +196,13 @@ class ResultBatch:
             if result.written is None and result.error is None:
                 with self._lock:
                     group, self._added = self._added, []
-                _results_write(group)
+                try:
+                    _results_write(group)  # holds this result: it was added and not yet written
+                except Exception as exc:  # unexpected (a bug): each result of the group raises it, none is dropped
+                    for each in group:
+                        if each.written is None:
+                            each.error = each.error or exc
+                    raise
         if result.error is not None:
             raise result.error
         if not result.written:

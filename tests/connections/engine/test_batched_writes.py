@@ -258,3 +258,38 @@ def test_a_batch_write_whose_answer_was_lost_counts_the_rows_it_wrote(make_conne
     assert [after[token.pk].access_token for token in tokens] == [f"new-access-{token.pk}" for token in tokens]
     assert AuditEvent.objects.filter(action="token_refresh", outcome="success").count() == 2
     assert lease.token_rows().filter(lease_owner="").count() == 2
+
+
+def test_an_unexpected_error_in_a_batch_write_drops_no_result_of_its_statement(make_connection, settings, monkeypatch):
+    # given a batch of three due tokens: the first result is written alone while the two others come in, and the
+    # write of those two meets an unexpected error (a bug, not the database)
+    settings.REFRESH_CONCURRENCY = 3
+    tokens = due(make_connection, 3)
+    monkeypatch.setattr(refresh, "_fetch_new_token", lambda connection, token: answer(token))
+    dropped: list[object] = []
+    monkeypatch.setattr(outcomes, "token_values_drop", lambda *args: dropped.append(args))
+    real, statements, batches = store.fenced_updates, [], []
+
+    class Recorded(outcomes.ResultBatch):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            batches.append(self)
+
+    def write_then_break(rows, using=None):
+        statements.append(len(rows))
+        if len(statements) == 1:
+            wait_for(lambda: len(batches[0]._added) == 2, 10, "the two other results to come in")
+            return real(rows, using)
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(outcomes, "ResultBatch", Recorded)
+    monkeypatch.setattr(outcomes, "fenced_updates", write_then_break)
+    # when the worker refreshes the batch (each token's unexpected error is logged, not raised)
+    refresh_batch.tokens_refresh([(token.pk, token.generation) for token in tokens], None)
+    # then the first is stored, and neither result the error met is taken for one whose fence was lost: none is
+    # dropped, both tokens keep what they held
+    assert statements == [1, 2] and dropped == []
+    after = OAuthToken.objects.in_bulk()
+    assert [after[token.pk].access_token for token in tokens].count("old-access") == 2
+    assert sum(after[token.pk].generation for token in tokens) == 4
+    assert AuditEvent.objects.filter(action="token_refresh").count() == 1
