@@ -5,6 +5,7 @@ import copy
 import functools
 import logging
 import random
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -161,7 +162,7 @@ def fenced_updates(rows: Sequence[tuple[Fence, dict[str, Any]]], using: str | No
 def many_rows_a_statement(connection: BaseDatabaseWrapper) -> bool:
     """UPDATE ... FROM with RETURNING: PostgreSQL's, and SQLite's from 3.35 (Django supports 3.31 up; an older
     SQLite writes row by row)."""
-    return connection.vendor != "sqlite" or connection.Database.sqlite_version_info >= (3, 35)
+    return connection.vendor != "sqlite" or sqlite3.sqlite_version_info >= (3, 35)  # the library Django's SQLite uses
 
 
 @functools.cache

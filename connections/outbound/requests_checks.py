@@ -31,6 +31,6 @@ class HasRead(metaclass=_MethodCheck):
 def install() -> None:
     """Only where requests has these names (the versions that check against protocols)."""
     if hasattr(requests.utils, "_SupportsItems"):
-        requests.utils._SupportsItems = HasItems  # type: ignore[attr-defined]
+        requests.utils._SupportsItems = HasItems
     if hasattr(requests.models, "_SupportsRead"):
-        requests.models._SupportsRead = HasRead  # type: ignore[attr-defined]
+        requests.models._SupportsRead = HasRead
