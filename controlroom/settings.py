@@ -83,9 +83,9 @@ MIDDLEWARE = [
     # Gives each request an id (X-Request-ID, the caller's if it sends a sane one) for its log lines.
     "connections.endpoint.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # A bot's repeated token request, answered from memory without the middleware below
+    # A bot's repeated token request answered from memory, and its API proxy calls, without the middleware below
     # (connections.endpoint.middleware).
-    "connections.endpoint.middleware.TokenFromMemoryMiddleware",
+    "connections.endpoint.middleware.BotRequestMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -75,6 +75,16 @@ class CachedAnswer:
     token_id: int
     token_version: TokenVersion
     stored_at: float = field(default_factory=lambda: clock())
+    for_proxy: bool = False  # what the API proxy calls with (connections.endpoint.proxy), not a token answer
+
+    @property
+    def answer_key(self) -> tuple[str, ...]:
+        """(key id, slug) for the token endpoint; the API proxy's answer for the same pair is kept beside it."""
+        return answer_key(self.key_id, self.answer.connection, self.for_proxy)
+
+
+def answer_key(key_id: str, slug: str, for_proxy: bool = False) -> tuple[str, ...]:
+    return (key_id, slug, "proxy") if for_proxy else (key_id, slug)
 
 
 def identity_changed() -> None:
@@ -138,7 +148,7 @@ class _Process:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.answers: dict[tuple[str, str], CachedAnswer] = {}
+        self.answers: dict[tuple[str, ...], CachedAnswer] = {}  # CachedAnswer.answer_key
         self.identity = -1  # the identity version as last read (-1: never)
         self.tokens: dict[int, TokenVersion] = {}  # the versions of the tokens answers are kept for, as last read
         self.reported_at = float("-inf")  # clock() when the versions were last read
@@ -266,8 +276,8 @@ def _forget(*, slug: str | None) -> None:
     if _state is None or _state.pid != os.getpid():
         return
     with _state.lock:  # other threads of this process add and drop answers meanwhile
-        for answer_key in [answer_key for answer_key in _state.answers if slug is None or answer_key[1] == slug]:
-            del _state.answers[answer_key]
+        for kept in [kept for kept in _state.answers if slug is None or kept[1] == slug]:
+            del _state.answers[kept]
 
 
 def remember(cached: CachedAnswer) -> None:
@@ -281,24 +291,25 @@ def remember(cached: CachedAnswer) -> None:
         known = state.tokens.get(cached.token_id)
         if known is None or known[0] < cached.token_version[0]:
             state.tokens[cached.token_id] = cached.token_version
-        state.answers[(cached.key_id, cached.answer.connection)] = cached
+        state.answers[cached.answer_key] = cached
     state.start_reporting()
 
 
-def find(key_id: str, slug: str) -> CachedAnswer | None:
+def find(key_id: str, slug: str, *, for_proxy: bool = False) -> CachedAnswer | None:
     if _state is None:
         return None
     state = _process()
     with state.lock:
-        cached = state.answers.get((key_id, slug))
+        cached = state.answers.get(answer_key(key_id, slug, for_proxy))
         if cached is not None and clock() - cached.stored_at > MAX_ANSWER_AGE:
-            state.answers.pop((key_id, slug), None)
+            state.answers.pop(cached.answer_key, None)
             return None
     return cached
 
 
 def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool:
-    """Count the request and keep it to be audited, if the answer still holds and the key is under its limit."""
+    """Count the request and keep it to be audited, if the answer still holds and the key is under its limit (an
+    answer for the API proxy is audited once its call is over, by the proxy)."""
     state = _process()
     heard = max(state.reported_at, cached.read_at)
     if clock() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
@@ -308,7 +319,7 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
         if state.identity != cached.identity or state.tokens.get(cached.token_id) != cached.token_version:
-            state.answers.pop((cached.key_id, cached.answer.connection), None)
+            state.answers.pop(cached.answer_key, None)
             return False
         if limit:
             window_key = (cached.key_id, int(now.timestamp() // 60))
@@ -316,7 +327,8 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
             if state.totals.get(window_key, 0) + unreported >= limit:
                 return False  # the full path counts it and answers 429 if it is over
             state.unreported[window_key] = unreported + 1
-        state.events.append((cached.audit, now, remote_addr))  # made into a row by the report
+        if not cached.for_proxy:
+            state.events.append((cached.audit, now, remote_addr))  # made into a row by the report
     return True
 
 

@@ -1,10 +1,11 @@
-"""The token endpoint's answers from memory, given before the middleware a bot's request has no use for.
+"""A bot's requests, answered before the middleware they have no use for.
 
 A bot authenticates with its key in a header: sessions, CSRF, the logged-in user, messages, clickjacking
-headers, django-axes's login lockout and static files play no part in its request. A request this process can
-answer from memory (connections.endpoint.issuing.token_from_memory) is answered here, right after SecurityMiddleware
-(whose HTTPS redirect and headers still apply), with the same response as the view's; any other request goes
-on through the whole stack to the view.
+headers, django-axes's login lockout and static files play no part in its request. Right after SecurityMiddleware
+(whose HTTPS redirect and headers still apply), a token request this process can answer from memory
+(connections.endpoint.issuing.token_from_memory) is answered with the same response as the view's, and every call
+of the API proxy goes straight to its view (what the URL configuration would route it to); any other request goes on
+through the whole stack to its view.
 """
 
 import re
@@ -12,14 +13,17 @@ import uuid
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from connections.endpoint import issuing
-from connections.endpoint.views import issued_token_response
+from connections.endpoint.views import connection_proxy, issued_token_response
 from connections.http import client_address
 from connections.ops import log_context, metrics
 
 # controlroom/urls.py's "api/v1/connections/<str:slug>/token": <str:...> is anything but a slash.
 TOKEN_PATH = re.compile(r"/api/v1/connections/(?P<slug>[^/]+)/token")
+# Its "api/v1/connections/<str:slug>/proxy/" and ".../proxy/<path:path>".
+PROXY_PATH = re.compile(r"/api/v1/connections/(?P<slug>[^/]+)/proxy/(?P<path>.*)")
 
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -43,11 +47,14 @@ class RequestIdMiddleware:
         return response
 
 
-class TokenFromMemoryMiddleware:
+class BotRequestMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        proxied = PROXY_PATH.fullmatch(request.path_info)
+        if proxied is not None:
+            return connection_proxy(request, proxied["slug"], proxied["path"])
         match = TOKEN_PATH.fullmatch(request.path_info) if request.method == "GET" else None
         if match is not None:
             issued = issuing.token_from_memory(

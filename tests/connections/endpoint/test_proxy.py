@@ -6,46 +6,19 @@ import io
 from urllib.parse import urlsplit
 
 import pytest
-from django.test import Client
 
 from connections.cache import token_cache
 from connections.endpoint import proxy
-from connections.models import AuditEvent, Connection, OAuthToken
+from connections.models import AuditEvent, OAuthToken
 from connections.outbound import policy
 from providers.models import Provider
 from tests.conftest import get_token, shared_token
-from tests.support.resource import Answer, generated, resource_server
+from tests.connections.endpoint.conftest import body_of, call
+from tests.support.resource import Answer, generated
 
 pytestmark = pytest.mark.django_db
 
 BIG = 20 * 1024 * 1024
-
-
-@pytest.fixture
-def api():
-    with resource_server() as server:
-        yield server
-
-
-@pytest.fixture
-def proxied(connected, api) -> Connection:
-    """The `connected` connection, with the loopback API as its API base."""
-    connected.api_base_url = api.url + "/base"
-    connected.save()
-    return connected
-
-
-def call(key: str | None, slug: str, path: str, method: str = "GET", raw: bool = True, **extra):
-    """A proxied call as gunicorn hands it to Django: RAW_URI holds the request line's path as sent."""
-    url = f"/api/v1/connections/{slug}/proxy/{path}"
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
-    if raw:
-        headers["RAW_URI"] = url
-    return Client().generic(method, url, **headers, **extra)
-
-
-def body_of(response) -> bytes:
-    return b"".join(response.streaming_content) if response.streaming else response.content
 
 
 def test_the_token_is_added_and_the_bot_key_never_forwarded(proxied, bot, api):
