@@ -43,7 +43,7 @@ def _request_id_new() -> str:
     pid, prefix = _request_id_prefix
     if pid != os.getpid():  # a forked child makes its own
         pid, prefix = _request_id_prefix = (os.getpid(), uuid.uuid4().hex[:16])
-    return f"{prefix}{next(_request_ids):08x}"
+    return f"{prefix}{next(_request_ids):016x}"  # 32 hex digits, as a uuid4 gave
 
 
 class RequestIdMiddleware:
