@@ -9,6 +9,7 @@ from django.test.utils import CaptureQueriesContext
 
 from connections.cache import token_cache
 from connections.models import AuditEvent, Connection
+from connections.outbound import policy
 from providers.models import Provider
 from tests.conftest import get_token, shared_token
 from tests.connections.endpoint.conftest import body_of, call
@@ -123,3 +124,14 @@ def test_a_proxied_call_skips_the_browsers_middleware_but_not_the_security_heade
     assert "Vary" not in response and "X-Frame-Options" not in response and not response.cookies
     assert response["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware's, before it
     assert response["X-Request-ID"]
+
+
+def test_the_proxys_kept_session_keeps_no_cookie_of_the_api(proxied, bot, api):
+    # The proxy's session is kept from call to call (policy.streaming_session, one a thread: the test client calls
+    # in this one): it must keep nothing one bot's call was told, which another bot's call could carry or which
+    # would pile up.
+    api.queued["/base/login"] = [Answer(200, [("Set-Cookie", "session=first-bots; Path=/")], b"in")]
+    assert body_of(call(bot.raw_key, proxied.slug, "login")) == b"in"
+    assert list(policy.streaming_session(1).cookies) == []
+    assert call(bot.raw_key, proxied.slug, "v1/next").status_code == 200
+    assert api.received[-1].header("Cookie") is None
