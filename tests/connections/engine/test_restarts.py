@@ -15,7 +15,7 @@ from django.utils import timezone
 from connections.engine.refresh import app_token_obtain
 from connections.models import Connection, OAuthToken, TokenState
 from connections.ops import health
-from tests.conftest import authorize, refresh_shared_token
+from tests.conftest import authorize_and_store_token, refresh_shared_token
 from tests.support.servers import server_control
 from tests.support.stack import Stack
 
@@ -33,7 +33,7 @@ def fleet(make_connection, manager_client, authserver) -> list[Connection]:
         app_token_obtain(connection=connection)
     code = [make_connection() for _ in range(3)]
     for connection in code:
-        authorize(manager_client, connection, authserver)
+        authorize_and_store_token(manager_client, connection, authserver)
     return app + code
 
 

@@ -16,7 +16,8 @@ from connections.models import Connection, DeviceAuthorization
 from connections.oauth import client as oauth_client
 from connections.web import views
 from providers.models import Provider
-from tests.conftest import PROVIDER_USER, messages_of, shared_token, wait_for
+from tests.conftest import PROVIDER_USER, messages_of, shared_token
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 
