@@ -11,8 +11,10 @@ Nothing is decided by how fast the machine is. The soak ends on events: REFRESH_
 refreshed REQUIRED times (what a correct engine does in that time on an idle machine); one generous TIMEOUT only
 turns a hang into a failure. That no token expired is read from the refreshes themselves: the server issues tokens
 of exactly LIFETIME seconds (checked on the first ones), so a token expired unless the next refresh came less than
-LIFETIME after the one that obtained it. A provider's refusal during a check must be explained by a refresh, seen in
-the row (its lease held by the refresher, or its generation moved on), not by how recent a refresh was.
+LIFETIME after the one that obtained it; that the engine keeps its margin (it refreshes when a token falls due, not
+when it is about to expire) is read from the sweeps: a token seen past its due time is refreshed by the time two more
+sweeps and their refresh tasks have ended. A provider's refusal during a check must be explained by a refresh, seen
+in the row (its lease held by the refresher, or its generation moved on), not by how recent a refresh was.
 """
 
 import itertools
@@ -89,9 +91,32 @@ def check_token(stack: Stack, server: AuthServer, connection: Connection, raw_ke
     pytest.fail(f"the token of {connection.slug} kept changing under the check\n{stack.logs()}")
 
 
+def check_none_left_due(stack: Stack, connections: tuple[Connection, ...], overdue: dict[int, tuple[int, int]]) -> None:
+    """A token past its due time is refreshed by the sweeps, counted, not by a time: once two more sweeps have run
+    after it was seen due (the second began after it fell due: the worker runs its tasks one at a time) and every
+    refresh task queued by then has ended, it must have been refreshed. `overdue` holds, for each token seen past
+    its due time and not refreshed since, its generation and the sweeps run when it was first seen so."""
+    sweeps = stack.sweeps_run()
+    idle = stack.refreshes_idle()  # read after the sweeps: a task queued by one of them has ended
+    for connection in connections:
+        token = shared_token(connection)
+        seen = overdue.get(connection.pk)
+        if seen is not None and seen[0] != token.generation:
+            del overdue[connection.pk]  # refreshed
+            seen = None
+        if seen is None and token.refresh_due_at is not None and token.refresh_due_at <= timezone.now():
+            overdue[connection.pk] = (token.generation, sweeps)
+        elif seen is not None and idle and sweeps >= seen[1] + 2:
+            pytest.fail(
+                f"the token of {connection.slug}, due at {token.refresh_due_at}, was left by {sweeps - seen[1]} "
+                f"sweeps\n{stack.logs()}"
+            )
+
+
 @dataclass
 class Watched:
     least_left: float = float("inf")  # the least time a token had left when checked
+    overdue: dict[int, tuple[int, int]] = field(default_factory=dict)  # check_none_left_due's record
     checked_at: list[float] = field(default_factory=lambda: [time.monotonic()])
 
     def unwatched(self) -> float:
@@ -115,6 +140,7 @@ def watch(
         for connection in connections:
             watched.least_left = min(watched.least_left, check_token(stack, server, connection, raw_key))
         watched.checked_at.append(time.monotonic())
+        check_none_left_due(stack, connections, watched.overdue)
         if refreshed_enough():
             ended.set()
 
