@@ -1,6 +1,7 @@
 """Launcher and client for the loopback OAuth 2.0 authorization server in tests/authserver.
 
-Importable without Django settings (stdlib + requests only). Typical use::
+Importable without Django settings (stdlib, requests, and tests/support/processes.py, which runs its gunicorn).
+Typical use::
 
     server = AuthServer()
     server.start()
