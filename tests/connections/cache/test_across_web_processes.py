@@ -116,27 +116,27 @@ CHANGES = [  # and what the bot is told afterwards
 
 @pytest.mark.parametrize(("change", "refusal"), CHANGES, ids=[change.__name__ for change, _ in CHANGES])
 def test_a_change_reaches_every_web_process_with_its_next_report(
-    change: Callable[[Connection, Bot, User], None], refusal: tuple[int, str], make_stack, connected, bot, manager
+    change: Callable[[Connection, Bot, User], None], refusal: tuple[int, str], make_stack, bot_connection, bot, manager
 ):
     # given three single-worker web processes, each on its own port, each answering the bot from memory, and
     # checking on a request itself only after ten report intervals without a report (a minute here: never)
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
-    urls = {name: token_url(port, connected) for name, port in stack.webs(WEB_PROCESSES).items()}
+    urls = {name: token_url(port, bot_connection) for name, port in stack.webs(WEB_PROCESSES).items()}
     answering_from_memory(stack, urls, bot.raw_key)
 
     # when an administrator makes the change, here in another process
-    change(connected, bot, manager)
+    change(bot_connection, bot, manager)
 
     # then every web process refuses the bot once its next report has been made
     refused = refusals(stack, urls, bot.raw_key)
     assert {name: (status, error) for name, (status, error, _) in refused.items()} == dict.fromkeys(urls, refusal)
 
 
-def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, connected, bot):
+def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, bot_connection, bot):
     # given web processes reporting every 30 s only, which have answered 100 requests just now
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=30)
     port = stack.web(workers=3, threads=1)
-    url = token_url(port, connected)
+    url = token_url(port, bot_connection)
     assert set(ask(url, bot.raw_key, 100)) == {200}, stack.logs()
     held = 100 - audited("success")
     assert held > 50  # most answers were from memory, their events not reported yet
@@ -146,11 +146,11 @@ def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_sta
     stack.wait_until(lambda: audited("success") == 100, 30, f"the {held} events the web processes held")
 
 
-def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_stack, connected, bot):
+def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_stack, bot_connection, bot):
     # given three web processes reporting at the default interval (no rate limit), answering 600 requests at once
     stack = make_stack(TOKEN_RATE_LIMIT_PER_MINUTE=0)
     port = stack.web(workers=3, threads=2)
-    url = token_url(port, connected)
+    url = token_url(port, bot_connection)
     assert set(ask(url, bot.raw_key, 600)) == {200}, stack.logs()
     # when they have reported (on their way out, for what they still held)
     stack.stop("web")
@@ -162,17 +162,17 @@ def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_sta
     assert rows.count() <= 3 * 2 * 2, list(rows.values("kind", "count", "created_at"))
 
 
-def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_stack, connected, bot, manager):
+def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_stack, bot_connection, bot, manager):
     # given one web process, and a Redis that has just restarted without persistence (as the compose file runs
     # it): no counter holds a value yet
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
-    urls = {"web": token_url(stack.web(workers=1, threads=1), connected)}
+    urls = {"web": token_url(stack.web(workers=1, threads=1), bot_connection)}
     redis_server = redis.Redis.from_url(stack.broker_url)
     redis_server.flushdb()
     # and an answer that process keeps in memory
     answering_from_memory(stack, urls, bot.raw_key)
     # when the key is revoked, and Redis restarts again before the web process has heard of it
-    revoke_the_key(connected, bot, manager)
+    revoke_the_key(bot_connection, bot, manager)
     redis_server.flushdb()
     # then the revoked key is refused once the process has reported: the old answer is not good again because the
     # counters were reset

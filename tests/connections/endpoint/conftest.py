@@ -14,11 +14,11 @@ def api():
 
 
 @pytest.fixture
-def proxied(connected, api) -> Connection:
-    """The `connected` connection, with the loopback API as its API base."""
-    connected.api_base_url = api.url + "/base"
-    connected.save()
-    return connected
+def proxied(bot_connection, api) -> Connection:
+    """The `bot_connection`, with the loopback API as its API base."""
+    bot_connection.api_base_url = api.url + "/base"
+    bot_connection.save()
+    return bot_connection
 
 
 def call(key: str | None, slug: str, path: str, method: str = "GET", raw: bool = True, **extra):
