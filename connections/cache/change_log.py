@@ -207,9 +207,11 @@ class LogPosition:
         """Take in one report's read: the ids of the tokens that changed, and whether to start afresh (a change may
         have been missed)."""
         if self.after is None:
-            if read.highest is not None:  # an empty log (never written, or a test's flush): wait for a row
-                self.after, self.settle_at = read.highest, read.xmax
-                self._settle(read)
+            # An empty log was never written (pruning keeps its newest row): every row to come is past 0. (A test's
+            # flush empties it without resetting the numbers: the first row then looks pruned, and the process
+            # starts afresh once more.)
+            self.after, self.settle_at = read.highest or 0, read.xmax
+            self._settle(read)
             return set(), False
         if read.lowest is not None and read.lowest > self.after + 1:
             return set(), True  # rows past the position were pruned before this process read them

@@ -150,6 +150,8 @@ class _Process(AnswerStore):
             if self.closed and threading.current_thread() is self.thread:
                 return True
             started = clock()
+            if self.log_enabled is None and not self._log_check():
+                return False
             with self.lock:
                 events, self.events = self.events, []
                 unreported, self.unreported = self.unreported, {}
@@ -158,10 +160,6 @@ class _Process(AnswerStore):
                 self.pending = set()
                 wanted = self.log.wanted() if self.log_enabled else None
             try:
-                if self.log_enabled is None:
-                    self.log_enabled = change_log.triggers_present()
-                    if not self.log_enabled:
-                        logger.error("The token change log's triggers are missing: every report reads every version.")
                 read = _versions_read(watched, wanted)
                 audit_rows_insert([_audit_row(*event) for event in events])
             except DatabaseError:
@@ -177,6 +175,17 @@ class _Process(AnswerStore):
             self.failing = False
             self._count(unreported)
             metrics.AUDIT_EVENTS_QUEUED.set(len(self.events))
+        return True
+
+    def _log_check(self) -> bool:
+        """Whether the change log's triggers exist, once per process; False if the database failed."""
+        try:
+            self.log_enabled = change_log.triggers_present()
+        except DatabaseError:
+            self._failed("The database does not answer the token cache's reports; the full path answers.")
+            return False
+        if not self.log_enabled:
+            logger.error("The token change log's triggers are missing: each report reads every version it depends on.")
         return True
 
     def _learn(self, read: ReportRead, watched: set[int], started: float) -> None:
