@@ -134,7 +134,7 @@ def report_read(token_ids: set[int], wanted: tuple[int | None, list[int]] | None
     versions, changes = quote(AnswerVersion._meta.db_table), quote(TokenChange._meta.db_table)
     # Only the models' own table and column names go into the text; every value is a parameter.
     parts = [f"SELECT 0, {quote('value')}, NULL, NULL FROM {versions} WHERE {quote('name')} = %s"]  # noqa: S608
-    params: list[object] = [AnswerVersion.IDENTITY]
+    params: list[int | str] = [AnswerVersion.IDENTITY]
     if ids:
         columns = ", ".join(quote(name) for name in ("id", "generation", "state"))
         placeholders = ", ".join(["%s"] * len(ids))
