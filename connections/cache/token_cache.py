@@ -10,8 +10,15 @@ token moves its row's generation, every failure its state, and a disconnect both
 cached answer is good while its versions are still the database's; nothing outside the database (a Redis
 restart) can bring an old answer back.
 
-Each web process reads those versions every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with
-one SELECT for the identity version and the tokens it holds answers of. The same report writes the audit events
+Each web process learns what changed every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with one
+SELECT (connections.cache.change_log): the identity version; the rows database triggers appended to the token
+change log (models.TokenChange) past this process's position, in the writer's own transaction, for every token
+row whose answer may change (a new access token, generation or state; a deletion), whatever wrote it; and the
+versions of the tokens of answers kept since the last report. Its cost follows the changes and the new answers,
+not the answers held. A token the log names loses its answers; a number the log skipped (a writer not committed
+yet) is read again until it appears or PostgreSQL says its writer rolled back; a process starting, or whose
+position the log's pruning passed, reads the versions of every token it holds an answer of until the log alone
+can be trusted (change_log says when), as it did before the log. The same report writes the audit events
 of the requests it answered, from memory or by the full path, with one statement, and adds the requests it
 counted itself to each key's rate counter (Django's cache). So a change made in one process reaches the others
 within that interval; a key's rate limit may be overshot by what the other processes answered in it; and a
@@ -19,7 +26,8 @@ process killed with SIGKILL loses the audit events it had not written yet (a nor
 its last interval, and never more than MAX_UNWRITTEN_EVENTS even while the database fails its reports, for past
 that bound each request writes its own event before it is answered. An answer
 whose versions nobody has read for ten intervals (the database did not answer) is not given until they have
-been. An answer is read from the database again at least once a minute, by the monotonic clock.
+been. An answer is read from the database again at least once a minute, by the monotonic clock. A process holds
+at most MAX_ANSWERS answers: past that, the one used longest ago goes (connections.cache.answers).
 
 Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. The
 embedded SQLite default and PostgreSQL work alike: Redis plays no part (but for the rate counters, when it is
