@@ -7,10 +7,14 @@ from the change log) drops them without a look at the others, and a token's vers
 answer of it is held: the store's memory stays bounded however many tokens pass through it.
 """
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Protocol
 
 TokenVersion = tuple[int, str]  # a token row's (generation, state)
+# How long a change read from the log is remembered, so that an answer read before it and kept only after it is not
+# kept (its token's versions might not tell: a write that changed the access token alone). An answer whose read is
+# older than this when it is kept is not kept either.
+RECENT_SECONDS = 10.0
 AnswerKey = tuple[str, str]  # (bot key id, connection slug)
 
 
@@ -25,6 +29,8 @@ class Held(Protocol):
     def token_id(self) -> int: ...
     @property
     def token_version(self) -> TokenVersion: ...
+    @property
+    def read_at(self) -> float: ...  # clock() no later than the read the answer came from
 
 
 class AnswerStore:
@@ -36,13 +42,22 @@ class AnswerStore:
         self.by_token: dict[int, set[AnswerKey]] = {}  # the answers held of each token
         self.tokens: dict[int, TokenVersion] = {}  # the versions of the tokens answers are held of, as last known
         self.pending: set[int] = set()  # tokens of answers kept since the last report: their versions to read
+        self.changed: dict[int, float] = {}  # token id -> clock() once a report had read its latest change
+        self.changes: deque[tuple[float, int]] = deque()  # the same, oldest first, to forget them after a while
+        self.read_after = float("-inf")  # an answer read before this clock() is not kept (a change may be missed)
 
-    def keep(self, cached: Held, *, limit: int) -> None:
-        """Hold one more answer, dropping those used longest ago past `limit`. Until a report reads them, its
-        token's versions are taken as it read them, if its generation is newer than the one known (a generation
-        only grows); the next report reads them."""
+    def keep(self, cached: Held, *, limit: int, now: float) -> bool:
+        """Hold one more answer, dropping those used longest ago past `limit`; False if it may be older than a change
+        already read from the log (then it is not held). Until a report reads them, its token's versions are taken
+        as it read them, if its generation is newer than the one known (a generation only grows)."""
         answer_key = (cached.key_id, cached.answer.connection)
         self.drop(answer_key)
+        if (
+            now - cached.read_at > RECENT_SECONDS
+            or cached.read_at < self.read_after
+            or self.changed.get(cached.token_id, float("-inf")) >= cached.read_at
+        ):
+            return False
         while self.answers and len(self.answers) >= limit:
             self.drop(next(iter(self.answers)))
         self.answers[answer_key] = cached
@@ -51,6 +66,17 @@ class AnswerStore:
         if known is None or known[0] < cached.token_version[0]:
             self.tokens[cached.token_id] = cached.token_version
         self.pending.add(cached.token_id)
+        return True
+
+    def changes_note(self, token_ids: set[int], now: float) -> None:
+        """These tokens' changes were read by a report that ended at `now`: an answer read before is not kept."""
+        for token_id in token_ids:
+            self.changed[token_id] = now
+            self.changes.append((now, token_id))
+        while self.changes and now - self.changes[0][0] > RECENT_SECONDS:
+            seen, token_id = self.changes.popleft()
+            if self.changed.get(token_id) == seen:
+                del self.changed[token_id]
 
     def hit(self, answer_key: AnswerKey) -> None:
         self.answers.move_to_end(answer_key)  # used most recently: dropped last

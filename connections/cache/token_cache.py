@@ -205,8 +205,9 @@ class _Process(AnswerStore):
             if afresh:
                 logger.warning("The token cache may have missed a change in the log: it starts afresh.")
                 self.forget(slug=None)
-                self.log, self.pending = LogPosition(), set()
+                self.log, self.pending, self.read_after = LogPosition(), set(), clock()
                 return
+        self.changes_note(changed, clock())  # after the read: no later than any answer it could make stale
         for token_id in changed | (watched - read.tokens.keys()):  # changed, or deleted
             self.token_forget(token_id)
         self.versions_take(read.tokens)
@@ -307,7 +308,7 @@ def remember(cached: CachedAnswer) -> None:
         # Until the next report reads them, take the versions as this answer read them a moment ago, if they are
         # newer: the identity version only grows, and so does a token's generation.
         state.identity = max(state.identity, cached.identity)
-        state.keep(cached, limit=MAX_ANSWERS)
+        state.keep(cached, limit=MAX_ANSWERS, now=clock())
     state.start_reporting()
 
 

@@ -179,6 +179,25 @@ def test_a_process_whose_position_was_pruned_starts_afresh(connected, authorized
     assert get_token(bot.raw_key, connected.slug).status_code == 200 and answered_by()[-1] == "memory"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_an_answer_read_before_a_change_the_log_has_delivered_is_not_kept(connected, authorized, bot):
+    # given a process that trusts the log, and a slow request that has read the token and not kept its answer yet
+    token, other = shared_token(connected), shared_token(authorized)
+    warm(bot, connected)
+    reported_until_the_log_is_trusted(other)
+    process = token_cache._process()
+    slow = dataclasses.replace(process.answers[key_of(bot, connected)], read_at=token_cache.clock())
+    process.drop(key_of(bot, connected))
+    # when another process writes a new access token alone (the generation as it was), and a report reads it
+    OAuthToken.objects.filter(pk=token.pk).update(access_token="rotated-meanwhile")
+    assert token_cache.report()
+    # and only then the slow request keeps its answer
+    token_cache.remember(slow)
+    # then it is not kept (its token's versions would not tell), and the next request has the new token
+    assert not held(bot, connected)
+    assert get_token(bot.raw_key, connected.slug).json()["access_token"] == "rotated-meanwhile"
+
+
 # --- the bounded store ----------------------------------------------------------------------------------------------
 
 
@@ -214,9 +233,10 @@ def test_a_tokens_versions_are_kept_only_while_an_answer_of_it_is():
         answer: Answer
         token_id: int
         token_version: tuple[int, str]
+        read_at: float = 0.0
 
     for number in range(5):
-        store.keep(Held(f"key-{number}", Answer(f"connection-{number}"), number, (1, "active")), limit=2)
+        assert store.keep(Held(f"key-{number}", Answer(f"connection-{number}"), number, (1, "active")), limit=2, now=1)
     assert list(store.answers) == [("key-3", "connection-3"), ("key-4", "connection-4")]
     assert set(store.tokens) == {3, 4} and set(store.by_token) == {3, 4}
     store.token_forget(3)
