@@ -27,13 +27,14 @@ import random
 import shutil
 import subprocess
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import SetupError
 from bench.token_endpoint import (
     BARE_PATH,
     UNREACHABLE_RATE_LIMIT,
+    cpu_snapshot,
     prepared_app,
     start_gunicorn,
     stop,
@@ -87,6 +88,8 @@ class Measured:
     p99_ms: float
     p999_ms: float
     failures: int
+    cpu_ms: float = 0.0  # CPU of gunicorn and the database (and Redis) per request: what other jobs do not change
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def per_second(self) -> float:
@@ -150,8 +153,14 @@ def run(args: argparse.Namespace) -> int:
                 web = "uncached" if name == "token-full-path" else "cached"
                 url = f"http://127.0.0.1:{ports[web]}{BARE_PATH if name == 'bare' else '/'}"
                 pairs_file = "" if name == "bare" else str(app.workdir / "pairs.txt")
-                return wrk(url, seconds=seconds, concurrency=concurrency, script=script, pairs_file=pairs_file,
-                           authorization=app.authorization)  # fmt: skip
+                roots = {"app": webs[web].pid, **app.pids}
+                before = cpu_snapshot(roots)
+                measured = wrk(url, seconds=seconds, concurrency=concurrency, script=script, pairs_file=pairs_file,
+                               authorization=app.authorization)  # fmt: skip
+                after = cpu_snapshot(roots)
+                spent = sum(after[part] - before[part] for part in ("app", "database", "redis") if part in after)
+                measured.cpu_ms = spent / max(1, measured.requests) * 1e3
+                return measured
 
             load_average = os.getloadavg()[0]
             print(f"Warm-up: {args.warm_up:g} s of the {args.pairs} pairs, 3 s of the others; then ", end="")
@@ -184,13 +193,20 @@ def report(
     print(f"\nMachine: {os.cpu_count()} cores, load average {load_average:.2f} before the runs (above 0: another job")
     print("disturbed these figures); wrk and the servers share the cores.")
     print(f"Database: {args.database}; Redis: {args.redis}; {args.workers} gunicorn sync workers; {args.pairs} pairs.")
-    print(f"{'':16}{'conns':>6}{'req/s':>9}{'of bare':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'not 200':>9}")
+    print(
+        f"{'':16}{'conns':>6}{'req/s':>9}{'of bare':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'not 200':>9}"
+        f"{'CPU ms':>9}{'by CPU':>8}"
+    )
     for (name, level), result in results.items():
-        bare = results[("bare", level)].per_second
+        bare = results[("bare", level)]
+        of_bare = result.per_second / bare.per_second if bare.per_second else 0
         print(
-            f"{name:16}{level:6d}{result.per_second:9.0f}{result.per_second / bare if bare else 0:9.2f}"
+            f"{name:16}{level:6d}{result.per_second:9.0f}{of_bare:9.2f}"
             f"{result.p50_ms:9.2f}{result.p99_ms:9.2f}{result.p999_ms:10.2f}{result.failures:9d}"
+            f"{result.cpu_ms:9.3f}{bare.cpu_ms / result.cpu_ms if result.cpu_ms else 0:8.2f}"
         )
+    print("CPU ms: gunicorn, the database and Redis per request; by CPU: bare's CPU per request over this one's")
+    print("(a ratio that another job on the machine does not lower).")
     print(f"Audit: {audited} token answers accounted for, {answered} counted by the client.")
     failures = sum(result.failures for result in [*warm_up, *results.values()])
     level = args.concurrency if ("bare", args.concurrency) in results else LEVELS[0]
