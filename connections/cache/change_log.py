@@ -9,9 +9,11 @@ The classic gap: PostgreSQL hands out sequence numbers when a transaction writes
 reader may see 12 before 11 commits (SQLite writes one transaction at a time: its numbers are committed in
 order). A number below the highest seen and not yet seen is a gap, read again at every report until it appears.
 A gap is closed without its row once PostgreSQL says that every transaction that could hold it has ended: the
-gap was noticed in a snapshot whose xmax (the next transaction id) bounds its writer's id, and a later
-snapshot's xmin (the oldest transaction still running) passing that bound means the writer rolled back. No
-time bound guesses how long a writer may take. Where the database cannot say (SQLite, where no gap should
+gap was noticed in a snapshot whose xmax (the next transaction id) bounds its writer's id (the writer had its id
+from the UPDATE or DELETE that fired the trigger, before it took its number; numbers are taken in time order, the
+identity column's sequence caching one at a time, PostgreSQL's default), and a later snapshot's xmin (the oldest
+transaction still running) passing that bound means the writer rolled back. No time bound guesses how long a
+writer may take. Where the database cannot say (SQLite, where no gap should
 ever appear), a gap older than GAP_WAIT makes the process start afresh.
 
 A process starting (or starting afresh) does not know which numbers below the highest were still being
