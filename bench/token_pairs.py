@@ -176,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
             answered = 2 + sum(result.requests for (name, _), result in results.items() if name != "bare")
             answered += warm_up[1].requests + warm_up[2].requests
             audited, _ = wait_for_audit_events(app.env["DATABASE_URL"], at_least=answered)
+            if audited < answered:  # say why before the logs go with the run's directory
+                for name in ports:
+                    print(f"--- {name}.log (last lines) ---\n{(app.workdir / f'{name}.log').read_text()[-3000:]}")
         finally:
             for web in webs.values():
                 stop(web)
