@@ -11,6 +11,7 @@ import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from django.db import connections
@@ -18,6 +19,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
 from django.utils import timezone
 
+from connections import tasks
 from connections.cache import answers, change_log, token_cache
 from connections.models import Connection, OAuthToken, TokenChange, TokenState
 from tests.conftest import get_token, shared_token
@@ -109,6 +111,21 @@ def test_the_sqlite_triggers_log_what_the_postgresql_ones_do():
     rows = database.execute("SELECT seq, token_id, changed_at FROM connections_tokenchange ORDER BY seq").fetchall()
     assert [(seq, token_id) for seq, token_id, _ in rows] == [(1, 2), (2, 1), (3, 2), (4, 1)]
     assert all(changed_at.startswith(timezone.now().strftime("%Y-%m-%d")) for _, _, changed_at in rows)
+
+
+@pytest.mark.django_db
+def test_beat_prunes_the_rows_past_a_minute_but_the_newest(connected):
+    # given three changes two minutes old, and one just now
+    token = shared_token(connected)
+    for _ in range(3):
+        bump(token)
+    TokenChange.objects.update(changed_at=timezone.now() - timedelta(minutes=2))
+    old = len(logged())
+    bump(token)
+    # when beat's job runs
+    assert tasks.token_changes_prune() == old - 1
+    # then the newest old row is left (a process finds its position by it), and the new one
+    assert logged() == [token.pk, token.pk]
 
 
 # --- a process reading the log --------------------------------------------------------------------------------------
