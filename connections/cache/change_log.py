@@ -221,6 +221,8 @@ class LogPosition:
         for seq in seen:
             self.gaps.pop(seq, None)
         top = max(seen, default=self.after)
+        if top - self.after - len(seen) > MAX_GAPS:
+            return set(), True  # numbers skipped by the thousand (a sequence moved by hand): not worth a gap each
         for missing in range(self.after + 1, top + 1):
             if missing not in seen:
                 self.gaps[missing] = (read.xmax, now)
