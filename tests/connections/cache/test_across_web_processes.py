@@ -14,11 +14,12 @@ import pytest
 import redis
 import requests
 from django.contrib.auth.models import User
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from connections.endpoint.bot_keys import bot_key_revoke
-from connections.models import AuditEvent, Connection, Role
+from connections.models import AuditEvent, Connection, OAuthToken, Role
 from connections.services import connection_disconnect, connection_save_audit, role_update
+from tests.conftest import shared_token
 from tests.support.bots import Bot
 from tests.support.stack import Stack, in_threads
 
@@ -130,6 +131,43 @@ def test_a_change_reaches_every_web_process_with_its_next_report(
     # then every web process refuses the bot once its next report has been made
     refused = refusals(stack, urls, bot.raw_key)
     assert {name: (status, error) for name, (status, error, _) in refused.items()} == dict.fromkeys(urls, refusal)
+
+
+def new_token_served(stack: Stack, urls: dict[str, str], raw_key: str, new: str) -> dict[str, int]:
+    """Ask each web process until it answers with the new token, awaiting its report before each new question as
+    refusals() does: {name: answers with the old token it gave first}."""
+    old_answers: dict[str, int] = {}
+    for name, url in urls.items():
+        old = 0
+        while ask_once(url, raw_key).json()["access_token"] != new:
+            old += 1
+            assert old <= 2, f"{name} still answers with the old token after its report\n{stack.logs()}"
+            seen = audited("success")
+            stack.wait_until(lambda seen=seen: audited("success") > seen, EVENT_WAIT, f"{name}'s next report")
+        old_answers[name] = old
+    return old_answers
+
+
+def test_a_token_row_written_without_a_signal_reaches_every_web_process_through_the_change_log(
+    make_stack, bot_connection, bot
+):
+    # given three web processes answering the bot from memory, which have each reported since (so each has found
+    # its position in the change log, which a refresh has written to)
+    token = shared_token(bot_connection)
+    OAuthToken.objects.filter(pk=token.pk).update(generation=F("generation") + 1)
+    stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
+    urls = {name: token_url(port, bot_connection) for name, port in stack.webs(WEB_PROCESSES).items()}
+    answering_from_memory(stack, urls, bot.raw_key)
+    for name, url in urls.items():
+        seen = audited("success")
+        assert ask_once(url, bot.raw_key).status_code == 200
+        stack.wait_until(lambda seen=seen: audited("success") > seen, EVENT_WAIT, f"{name}'s next report")
+    # when another process writes the token row with QuerySet.update (no signal, no call to the cache), and even
+    # leaves its generation as it was: only the database's trigger can tell the web processes
+    new = "rotated-elsewhere-" + "x" * 40
+    assert OAuthToken.objects.filter(pk=token.pk).update(access_token=new) == 1
+    # then each web process answers with the new token once its next report has read the log
+    assert set(new_token_served(stack, urls, bot.raw_key, new)) == set(urls)
 
 
 def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, bot_connection, bot):

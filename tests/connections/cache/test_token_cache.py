@@ -296,7 +296,7 @@ def test_while_reports_fail_a_process_holds_a_bounded_number_of_unwritten_events
     assert written >= 5
 
 
-def refused_by_the_database(token_ids):
+def refused_by_the_database(*read):
     raise OperationalError("connection refused")
 
 
