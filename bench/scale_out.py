@@ -23,10 +23,12 @@ from bench.common import run_test_for_figures
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=180, help="how long beat runs (default 180)")
+    parser.add_argument("--seconds", type=int, default=180, help="how long beat runs at least (default 180)")
     args = parser.parse_args()
     return run_test_for_figures(
-        "tests/deploy/test_scale_out.py", {"SCALE_OUT_SECONDS": str(args.seconds)}, "SCALE_OUT_FIGURES"
+        "tests/deploy/test_scale_out.py",
+        {"SCALE_OUT_SECONDS": str(args.seconds), "SCALE_OUT_LIFETIME": "60"},
+        "SCALE_OUT_FIGURES",
     )
 
 

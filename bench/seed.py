@@ -1,10 +1,14 @@
 """Data for the token endpoint benchmark: `python -m bench.seed` with the benchmark's environment.
 
 Prints one JSON line: the connection slug, the raw bot key (shown once, as `manage.py botkey create` does)
-and the access token the endpoint must answer with.
+and the access token the endpoint must answer with. With BENCH_PAIRS=N in the environment (bench/token_pairs.py)
+also at least N (key, connection) pairs: up to PAIR_KEYS bots in one role invited to as many connections as N
+needs, each with its own token; their keys, slugs and tokens under "pairs".
 """
 
 import json
+import math
+import os
 import secrets
 
 import django
@@ -25,6 +29,7 @@ from providers.services import provider_catalog_sync  # noqa: E402
 OTHER_CONNECTIONS = 30
 OTHER_BOTS = 50
 THIRTY_DAYS = 30 * 24 * 3600  # far beyond the run: the endpoint must never refresh while it is measured
+PAIR_KEYS = 100  # the bots of the pairs; the connections are as many as the pairs need
 
 
 def _connection(name: str, provider: Provider, role: Group) -> Connection:
@@ -65,6 +70,15 @@ def _bot(username: str, role: Group) -> tuple[User, str]:
     return user, raw_key
 
 
+def _pairs(count: int, provider: Provider, view: Permission) -> dict[str, list[str]]:
+    role = Group.objects.create(name="Pair bots")
+    role.permissions.add(view)
+    keys = [_bot(f"pair-bot-{number}", role)[1] for number in range(min(PAIR_KEYS, count))]
+    connections = [_connection(f"Pair org {number}", provider, role) for number in range(math.ceil(count / len(keys)))]
+    tokens = [_token(connection) for connection in connections]
+    return {"keys": keys, "slugs": [connection.slug for connection in connections], "tokens": tokens}
+
+
 def main() -> None:
     provider_catalog_sync()
     salesforce = Provider.objects.get(slug="salesforce")
@@ -81,7 +95,11 @@ def main() -> None:
         connection = _connection("Salesforce prod", salesforce, role)
         access_token = _token(connection)
         _, raw_key = _bot("finance-bot", role)
-    print(json.dumps({"slug": connection.slug, "key": raw_key, "access_token": access_token}))
+        pairs = int(os.environ.get("BENCH_PAIRS") or 0)
+        seeded = {"slug": connection.slug, "key": raw_key, "access_token": access_token}
+        if pairs:
+            seeded["pairs"] = _pairs(pairs, salesforce, view)
+    print(json.dumps(seeded))
 
 
 if __name__ == "__main__":

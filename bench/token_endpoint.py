@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/token_endpoint.py [--database postgresql|sqlite] [--redis on|off] [--seconds 15]
         [--workers 4] [--concurrency 8] [--database-options JSON] [--rate-limit N] [--client auto|wrk|python]
+        [--pairs N [--warm-up 65]]
+
+--pairs N cycles N (key, connection) pairs instead of one, at 8 and 64 connections: bench/token_pairs.py.
 
 What it runs, all thrown away afterwards (also on Ctrl-C):
 - the database: PostgreSQL from tests/support/servers.py, as the scaled-out deployment uses, or a SQLite file,
@@ -128,6 +131,8 @@ def parse_args() -> argparse.Namespace:
         help='JSON merged into the database OPTIONS, e.g. \'{"server_side_binding": true, "prepare_threshold": 5}\'',
     )
     parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto", help="load generator")
+    parser.add_argument("--pairs", type=int, default=0, help="cycle N (key, connection) pairs: bench/token_pairs.py")
+    parser.add_argument("--warm-up", type=float, default=65, help="--pairs: seconds before measuring (default 65)")
     return parser.parse_args()
 
 
@@ -339,11 +344,12 @@ class PreparedApp:
     access_token: str  # what the token endpoint must answer
     workdir: Path
     pids: dict[str, int]  # "database" (PostgreSQL's), "redis": the servers' main processes
+    seed: dict = field(default_factory=dict)  # what bench/seed.py printed (with --pairs: the pairs' keys and slugs)
 
 
 @contextmanager
 def prepared_app(
-    *, rate_limit: int, database_options: str = "", database: str = "postgresql", redis: bool = True
+    *, rate_limit: int, database_options: str = "", database: str = "postgresql", redis: bool = True, pairs: int = 0
 ) -> Iterator[PreparedApp]:
     """The database (and Redis) running, migrated and seeded; all of it gone on leaving."""
     workdir = Path(tempfile.mkdtemp(prefix="controlroom-bench-"))
@@ -368,12 +374,13 @@ def prepared_app(
             PUBLIC_URL=f"http://127.0.0.1:{port}",
             TOKEN_RATE_LIMIT_PER_MINUTE=str(rate_limit),
             BENCH_DATABASE_OPTIONS=database_options,
+            BENCH_PAIRS=str(pairs),
         )
         print("Migrating and seeding ...", flush=True)
         run_step("migrate", [sys.executable, "manage.py", "migrate", "--no-input", "-v", "0"], env)
         seed = json.loads(run_step("seeding", [sys.executable, "-m", "bench.seed"], env).strip().splitlines()[-1])
         pids = server_pids(database_url, redis_url)
-        yield PreparedApp(env, port, seed["slug"], f"Bearer {seed['key']}", seed["access_token"], workdir, pids)
+        yield PreparedApp(env, port, seed["slug"], f"Bearer {seed['key']}", seed["access_token"], workdir, pids, seed)
     finally:
         servers._stop_all()  # the servers start_postgres()/start_redis() registered; no public stop exists
         # start_postgres() leaves its data directory behind; the socket is gone once the server stopped,
@@ -407,6 +414,10 @@ def print_cpu(results: dict[str, Result], cores: int, load_average: float) -> No
 
 def main() -> int:
     args = parse_args()
+    if args.pairs:
+        from bench import token_pairs  # it builds on this module
+
+        return token_pairs.run(args)
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"

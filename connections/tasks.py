@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from connections import errors
 from connections.audit import events, retention
+from connections.cache import change_log
 from connections.engine import batch, sweep
 from connections.flows import device
 from connections.notify import expiry, webhooks
@@ -114,6 +115,13 @@ def audit_prune() -> int | None:
     """Scheduled by beat: delete the audit events older than AUDIT_RETENTION_DAYS, in small batches (one audit
     event says how many and which range). Returns how many (None: another beat's copy ran this period)."""
     return retention.audit_prune().count
+
+
+@shared_task(name="connections.tasks.token_changes_prune", ignore_result=True)
+@once_per_period("token-changes-prune")
+def token_changes_prune() -> int:
+    """Scheduled by beat: the token change log's rows older than a minute (connections.cache.change_log); how many."""
+    return change_log.token_changes_prune()
 
 
 @shared_task(name="connections.tasks.dashboard_summarize", ignore_result=True)

@@ -37,6 +37,10 @@ def add_beat_schedule(sender: Celery, **kwargs: object) -> None:
         sender.signature("connections.tasks.credential_expiry_warn"),
         name="credential expiry warnings",  # run hourly: the task claims an hour's period
     )
+    # The token change log the web processes read: rows past a minute old go (connections.cache.change_log).
+    sender.add_periodic_task(
+        settings.BEAT_INTERVAL, sender.signature("connections.tasks.token_changes_prune"), name="token change log prune"
+    )
     # Every 10 minutes: small batches for 4 minutes at most a run (connections.audit.retention); when nothing is
     # due, one indexed query.
     sender.add_periodic_task(600.0, sender.signature("connections.tasks.audit_prune"), name="audit retention pruning")

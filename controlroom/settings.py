@@ -83,9 +83,9 @@ MIDDLEWARE = [
     # Gives each request an id (X-Request-ID, the caller's if it sends a sane one) for its log lines.
     "connections.endpoint.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # A bot's repeated token request, answered from memory without the middleware below
+    # A bot's repeated token request answered from memory, and its API proxy calls, without the middleware below
     # (connections.endpoint.middleware).
-    "connections.endpoint.middleware.TokenFromMemoryMiddleware",
+    "connections.endpoint.middleware.BotRequestMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -244,6 +244,10 @@ from controlroom.outbound_settings import *  # noqa: E402, F403
 TOKEN_REFRESH_MARGIN = int(number("TOKEN_REFRESH_MARGIN", 300))
 # How long a caller waits for another process's refresh of the same token before giving up.
 REFRESH_WAIT_SECONDS = number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
+# The most request threads of a web process in a refresh of one connection's tokens (calling its provider or waiting
+# for it); past it a request is answered at once (connections.endpoint.freshness): a slow provider cannot take every
+# thread from the bots of other connections. gunicorn.conf.py gives each process 4 threads.
+REFRESH_WAITERS_PER_CONNECTION = int(number("REFRESH_WAITERS_PER_CONNECTION", 2, minimum=1, unit="requests"))
 
 # After this many refresh failures in a row the managers are told (a recovery notice follows when it heals).
 REFRESH_FAILURE_NOTIFY_THRESHOLD = int(number("REFRESH_FAILURE_NOTIFY_THRESHOLD", 3, minimum=1, unit="failures"))

@@ -23,14 +23,9 @@ from connections.models import AuditEvent, BotKey, Connection, OAuthToken
 from providers.models import Provider
 from tests.support.authserver import AuthServer
 from tests.support.bots import Bot, make_bot
-from tests.support.stack import (
-    ProcessGroups,
-    RedisDatabases,
-    Stack,
-    database_url_for_processes,
-    poll_until,
-    redis_database,
-)
+from tests.support.processes import Processes
+from tests.support.stack import RedisDatabases, Stack, database_url_for_processes, redis_database
+from tests.support.waiting import wait_for
 
 _counter = itertools.count(1)
 PROCESS_FIXTURES = {"make_stack", "processes"}  # tests that start server processes of their own
@@ -86,6 +81,25 @@ def authserver(authserver_process: AuthServer) -> AuthServer:
 
 
 @pytest.fixture(scope="session")
+def short_lived_authserver() -> Iterator[Callable[[int], AuthServer]]:
+    """short_lived_authserver(seconds) -> a loopback authorization server, like `authserver`, whose access tokens
+    live `seconds` instead of an hour, with the provider user. One server per lifetime for the whole run (started
+    on first use), its faults, options and counters reset each time it is handed out."""
+    servers: dict[int, AuthServer] = {}
+
+    def short_lived(seconds: int) -> AuthServer:
+        if seconds not in servers:
+            servers[seconds] = AuthServer(access_token_lifetime=seconds).start()
+            servers[seconds].create_user(*PROVIDER_USER)
+        servers[seconds].reset()
+        return servers[seconds]
+
+    yield short_lived
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def redis_databases() -> RedisDatabases:
     """The Redis database numbers of this test run's process stacks, handed out one per stack."""
     return RedisDatabases()
@@ -136,7 +150,7 @@ def make_stack(
         settings.EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
         settings.EMAIL_FILE_PATH = str(mail_dir)
         stack = Stack(
-            processes=ProcessGroups(log_dir=tmp_path), env=env, tmp=tmp_path, mail_dir=mail_dir, broker_url=broker_url
+            processes=Processes(log_dir=tmp_path), env=env, tmp=tmp_path, mail_dir=mail_dir, broker_url=broker_url
         )
         stacks.append((stack, redis_db))
         return stack
@@ -245,26 +259,28 @@ def bot(db) -> Bot:
 
 
 @pytest.fixture
-def authorized(make_connection, manager_client, authserver) -> Connection:
+def authorized_connection(make_connection, manager_client, authserver) -> Connection:
     """A shared authorization-code connection, authorized at the loopback server (its token: shared_token())."""
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     return connection
 
 
 @pytest.fixture
-def connected(make_connection, manager_client, authserver, bot) -> Connection:
+def bot_connection(make_connection, manager_client, authserver, bot) -> Connection:
     """A shared authorization-code connection, authorized, and invited to the bot's role. Its token answer
     carries an extra field, as Salesforce's carries instance_url."""
     connection = make_connection()
     authserver.set_token_extra({"instance_url": "https://acme.my.example"})
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     authserver.set_token_extra({})
     bot.invite(connection)
     return connection
 
 
-def connect(client: Client, connection: Connection, authserver: AuthServer, *, approve: bool = True) -> str:
+def callback_after_consent(
+    client: Client, connection: Connection, authserver: AuthServer, *, approve: bool = True
+) -> str:
     """Drive Connect through the real server: returns the callback path+query the provider redirected to."""
     response = client.post(f"/oauth/connect/{connection.slug}/")
     assert response.status_code == 302, response
@@ -273,11 +289,11 @@ def connect(client: Client, connection: Connection, authserver: AuthServer, *, a
     return f"{parts.path}?{parts.query}"
 
 
-def authorize(client: Client, connection: Connection, authserver: AuthServer) -> OAuthToken:
+def authorize_and_store_token(client: Client, connection: Connection, authserver: AuthServer) -> OAuthToken:
     """Connect through the real server and follow its callback; the token stored (the test fails if Connect did
     not work: a fixture that goes on without a token proves nothing)."""
     started = timezone.now()
-    response = client.get(connect(client, connection, authserver))
+    response = client.get(callback_after_consent(client, connection, authserver))
     assert response.status_code == 302, response
     owner = {"user__isnull": True} if connection.token_type == "shared" else {"user": response.wsgi_request.user}
     token = OAuthToken.objects.filter(connection=connection, authorized_at__gte=started, **owner).first()
@@ -313,13 +329,6 @@ def refresh_shared_token(connection: Connection) -> OAuthToken:
 def get_token(raw_key: str | None, slug: str, **params: str):
     headers = {"HTTP_AUTHORIZATION": f"Bearer {raw_key}"} if raw_key else {}
     return Client().get(f"/api/v1/connections/{slug}/token", params, **headers)
-
-
-def wait_for(condition, seconds: float, what: str):
-    """Poll `condition` until it returns something true (returned), or fail after `seconds`."""
-    if result := poll_until(condition, seconds, interval=0.02):
-        return result
-    raise AssertionError(f"waited {seconds} s for {what}")
 
 
 @pytest.fixture

@@ -12,10 +12,12 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from connections.cache import token_cache
 from connections.models import BotKey, Connection, OAuthToken, Role
+from providers.models import Provider
 
 
 def identity_rows_changed() -> None:
-    """Keys, users, roles, invitations or connection settings changed: every cached answer may be wrong."""
+    """Keys, users, roles, invitations, connection settings or provider types changed: every cached answer may be
+    wrong."""
     token_cache.identity_changed()
 
 
@@ -45,7 +47,8 @@ def _token_deleted(**kwargs: Any) -> None:
 
 def connect() -> None:
     user_model = get_user_model()
-    for sender in (BotKey, Connection, user_model):
+    # A provider type's API base and token header are kept with the API proxy's answers.
+    for sender in (BotKey, Connection, Provider, user_model):
         receiver = _user_changed if sender is user_model else _identity_changed
         post_save.connect(receiver, sender=sender, dispatch_uid=f"token_cache.{sender.__name__}.save")
         post_delete.connect(receiver, sender=sender, dispatch_uid=f"token_cache.{sender.__name__}.delete")

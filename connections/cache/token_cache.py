@@ -10,8 +10,15 @@ token moves its row's generation, every failure its state, and a disconnect both
 cached answer is good while its versions are still the database's; nothing outside the database (a Redis
 restart) can bring an old answer back.
 
-Each web process reads those versions every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with
-one SELECT for the identity version and the tokens it holds answers of. The same report writes the audit events
+Each web process learns what changed every TOKEN_CACHE_SYNC_SECONDS (0.05 s by default), from a thread, with one
+SELECT (connections.cache.change_log): the identity version; the rows database triggers appended to the token
+change log (models.TokenChange) past this process's position, in the writer's own transaction, for every token
+row whose answer may change (a new access token, generation or state; a deletion), whatever wrote it; and the
+versions of the tokens of answers kept since the last report. Its cost follows the changes and the new answers,
+not the answers held. A token the log names loses its answers; a number the log skipped (a writer not committed
+yet) is read again until it appears or PostgreSQL says its writer rolled back; a process starting, or whose
+position the log's pruning passed, reads the versions of every token it holds an answer of until the log alone
+can be trusted (change_log says when), as it did before the log. The same report writes the audit events
 of the requests it answered, from memory or by the full path, with one statement, and adds the requests it
 counted itself to each key's rate counter (Django's cache). So a change made in one process reaches the others
 within that interval; a key's rate limit may be overshot by what the other processes answered in it; and a
@@ -19,7 +26,8 @@ process killed with SIGKILL loses the audit events it had not written yet (a nor
 its last interval, and never more than MAX_UNWRITTEN_EVENTS even while the database fails its reports, for past
 that bound each request writes its own event before it is answered. An answer
 whose versions nobody has read for ten intervals (the database did not answer) is not given until they have
-been. An answer is read from the database again at least once a minute, by the monotonic clock.
+been. An answer is read from the database again at least once a minute, by the monotonic clock. A process holds
+at most MAX_ANSWERS answers: past that, the one used longest ago goes (connections.cache.answers).
 
 Anything else (a first request, refusals, refreshes, a key at its limit) is answered by the full path. The
 embedded SQLite default and PostgreSQL work alike: Redis plays no part (but for the rate counters, when it is
@@ -41,13 +49,16 @@ from django.db import DatabaseError, close_old_connections, connection, transact
 from django.db.models import F
 
 from connections.audit.rows import audit_rows_insert, rollups_forget
-from connections.models import AnswerVersion, OAuthToken
+from connections.cache import change_log
+from connections.cache.answers import AnswerStore, TokenVersion
+from connections.cache.change_log import LogPosition, ReportRead
+from connections.models import AnswerVersion
 from connections.ops import metrics
 
 logger = logging.getLogger(__name__)
 
 STALE_INTERVALS = 10  # intervals without a report before a process checks on the request itself
-MAX_ANSWERS = 10_000  # about 2 kB each; a process that reaches this starts afresh
+MAX_ANSWERS = 10_000  # about 2 kB each; past this, the answer used longest ago is dropped
 # The most audit events of answers a process holds unwritten: while its reports fail (the database is down), past
 # this many a request waits for its own report instead (an answer from memory is then not given), so a process
 # killed with SIGKILL loses at most this many, and never holds more.
@@ -55,8 +66,6 @@ MAX_UNWRITTEN_EVENTS = 1_000
 MAX_ANSWER_AGE = 60.0  # seconds (monotonic): an answer is read from the database again at least this often
 RATE_COUNTER_SECONDS = 120  # a minute's rate counter outlives its minute, then the cache drops it
 clock = time.monotonic  # what answer and report ages are measured by (a test gives its own clock)
-
-TokenVersion = tuple[int, str]  # a token row's (generation, state)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,16 @@ class CachedAnswer:
     token_id: int
     token_version: TokenVersion
     stored_at: float = field(default_factory=lambda: clock())
+    for_proxy: bool = False  # what the API proxy calls with (connections.endpoint.proxy), not a token answer
+
+    @property
+    def answer_key(self) -> tuple[str, ...]:
+        """(key id, slug) for the token endpoint; the API proxy's answer for the same pair is kept beside it."""
+        return answer_key(self.key_id, self.answer.connection, self.for_proxy)
+
+
+def answer_key(key_id: str, slug: str, for_proxy: bool = False) -> tuple[str, ...]:
+    return (key_id, slug, "proxy") if for_proxy else (key_id, slug)
 
 
 def identity_changed() -> None:
@@ -116,31 +135,22 @@ def rate_count(key_id: str, window: int, requests: int) -> int:
         return cache.incr(counter, requests)
 
 
-def _versions_read(token_ids: set[int]) -> tuple[int, dict[int, TokenVersion]]:
-    """The identity version and these tokens' versions, with one SELECT (a token deleted is left out)."""
-    quote, ids = connection.ops.quote_name, sorted(token_ids)
-    # Only the models' own table and column names go into the text; every value is a parameter.
-    sql = f"SELECT 0, {quote('value')}, '' FROM {quote(AnswerVersion._meta.db_table)} WHERE {quote('name')} = %s"  # noqa: S608
-    if ids:
-        columns = ", ".join(quote(name) for name in ("id", "generation", "state"))
-        placeholders = ", ".join(["%s"] * len(ids))
-        sql += f" UNION ALL SELECT {columns} FROM {quote(OAuthToken._meta.db_table)} WHERE id IN ({placeholders})"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [AnswerVersion.IDENTITY, *ids])
-        rows = cursor.fetchall()
-    identity = next((value for row_id, value, _ in rows if row_id == 0), 0)
-    return identity, {row_id: (generation, state) for row_id, generation, state in rows if row_id != 0}
+def _versions_read(token_ids: set[int], wanted: tuple[int | None, list[int]] | None = None) -> ReportRead:
+    """The identity version, these tokens' versions and what the log holds past a position, with one SELECT
+    (connections.cache.change_log.report_read)."""
+    return change_log.report_read(token_ids, wanted)
 
 
-class _Process:
-    """What one process keeps. A forked child starts afresh: a thread and unreported events must not be shared
-    with its parent."""
+class _Process(AnswerStore):
+    """What one process keeps: its answers (AnswerStore), its position in the change log, its unreported events.
+    A forked child starts afresh: a thread and unreported events must not be shared with its parent."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.pid = os.getpid()
-        self.answers: dict[tuple[str, str], CachedAnswer] = {}
         self.identity = -1  # the identity version as last read (-1: never)
-        self.tokens: dict[int, TokenVersion] = {}  # the versions of the tokens answers are kept for, as last read
+        self.log = LogPosition()
+        self.log_enabled: bool | None = None  # the change log's triggers exist (None: not checked yet)
         self.reported_at = float("-inf")  # clock() when the versions were last read
         self.events: list[tuple[dict, datetime, str | None]] = []  # not yet written: EVENT_FIELDS, time, address
         self.unreported: dict[tuple[str, int], int] = {}  # (key id, minute) -> requests not yet counted
@@ -152,33 +162,66 @@ class _Process:
         self.failing = False  # the last report failed: say so once, not every interval
 
     def report(self) -> bool:
-        """Learn the versions, write the audit events, count the requests; False if the database failed (what
+        """Learn what changed, write the audit events, count the requests; False if the database failed (what
         could not be written is kept for next time)."""
         with self.report_lock:
             if self.closed and threading.current_thread() is self.thread:
                 return True
             started = clock()
+            if self.log_enabled is None and not self._log_check():
+                return False
             with self.lock:
                 events, self.events = self.events, []
                 unreported, self.unreported = self.unreported, {}
-                watched = {cached.token_id for cached in self.answers.values()}
+                # Until the log alone can be trusted (a start), the versions of every token held, as before it.
+                watched = self.pending if self.log.settled else self.pending | set(self.by_token)
+                self.pending = set()
+                wanted = self.log.wanted() if self.log_enabled else None
             try:
-                identity, tokens = _versions_read(watched)
+                read = _versions_read(watched, wanted)
                 audit_rows_insert([_audit_row(*event) for event in events])
             except DatabaseError:
+                with self.lock:
+                    self.pending |= watched
                 self._keep(events, unreported)
                 self._failed("The database does not answer the token cache's reports; the full path answers.")
                 return False
             with self.lock:
-                self.identity = max(self.identity, identity)  # an answer stored meanwhile may have read a newer one
-                self.tokens = {**{key: value for key, value in self.tokens.items() if key not in watched}, **tokens}
-                self.reported_at = started
+                self._learn(read, watched, started)
             if self.failing:
                 logger.warning("The token cache's reports reach the database again.")
             self.failing = False
             self._count(unreported)
             metrics.AUDIT_EVENTS_QUEUED.set(len(self.events))
         return True
+
+    def _log_check(self) -> bool:
+        """Whether the change log's triggers exist, once per process; False if the database failed."""
+        try:
+            self.log_enabled = change_log.triggers_present()
+        except DatabaseError:
+            self._failed("The database does not answer the token cache's reports; the full path answers.")
+            return False
+        if not self.log_enabled:
+            logger.error("The token change log's triggers are missing: each report reads every version it depends on.")
+        return True
+
+    def _learn(self, read: ReportRead, watched: set[int], started: float) -> None:
+        """Take in one report's read (the lock held)."""
+        self.identity = max(self.identity, read.identity)  # an answer stored meanwhile may have read a newer one
+        changed: set[int] = set()
+        if read.log is not None:
+            changed, afresh = self.log.advance(read.log, started)
+            if afresh:
+                logger.warning("The token cache may have missed a change in the log: it starts afresh.")
+                self.forget(slug=None)
+                self.log, self.pending, self.read_after = LogPosition(), set(), clock()
+                return
+        self.changes_note(changed, clock())  # after the read: no later than any answer it could make stale
+        for token_id in changed | (watched - read.tokens.keys()):  # changed, or deleted
+            self.token_forget(token_id)
+        self.versions_take(read.tokens)
+        self.reported_at = started
 
     def _count(self, unreported: dict[tuple[str, int], int]) -> None:
         current, counted, left = int(time.time() // 60), {}, {}
@@ -266,39 +309,37 @@ def _forget(*, slug: str | None) -> None:
     if _state is None or _state.pid != os.getpid():
         return
     with _state.lock:  # other threads of this process add and drop answers meanwhile
-        for answer_key in [answer_key for answer_key in _state.answers if slug is None or answer_key[1] == slug]:
-            del _state.answers[answer_key]
+        _state.forget(slug=slug)
 
 
 def remember(cached: CachedAnswer) -> None:
     state = _process()
     with state.lock:
-        if len(state.answers) >= MAX_ANSWERS:
-            state.answers.clear()
-        # Until the next report, take the versions as this answer read them a moment ago, if they are newer: the
-        # identity version only grows, and so does a token's generation.
+        # Until the next report reads them, take the versions as this answer read them a moment ago, if they are
+        # newer: the identity version only grows, and so does a token's generation.
         state.identity = max(state.identity, cached.identity)
-        known = state.tokens.get(cached.token_id)
-        if known is None or known[0] < cached.token_version[0]:
-            state.tokens[cached.token_id] = cached.token_version
-        state.answers[(cached.key_id, cached.answer.connection)] = cached
+        state.keep(cached, limit=MAX_ANSWERS, now=clock())
     state.start_reporting()
 
 
-def find(key_id: str, slug: str) -> CachedAnswer | None:
+def find(key_id: str, slug: str, *, for_proxy: bool = False) -> CachedAnswer | None:
     if _state is None:
         return None
     state = _process()
     with state.lock:
-        cached = state.answers.get((key_id, slug))
-        if cached is not None and clock() - cached.stored_at > MAX_ANSWER_AGE:
-            state.answers.pop((key_id, slug), None)
+        cached = state.answers.get(answer_key(key_id, slug, for_proxy))
+        if cached is None:
             return None
+        if clock() - cached.stored_at > MAX_ANSWER_AGE:
+            state.drop(cached.answer_key)
+            return None
+        state.hit(cached.answer_key)
     return cached
 
 
 def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool:
-    """Count the request and keep it to be audited, if the answer still holds and the key is under its limit."""
+    """Count the request and keep it to be audited, if the answer still holds and the key is under its limit (an
+    answer for the API proxy is audited once its call is over, by the proxy)."""
     state = _process()
     heard = max(state.reported_at, cached.read_at)
     if clock() - heard > STALE_INTERVALS * settings.TOKEN_CACHE_SYNC_SECONDS and not state.report():
@@ -308,7 +349,7 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
     limit = settings.TOKEN_RATE_LIMIT_PER_MINUTE
     with state.lock:
         if state.identity != cached.identity or state.tokens.get(cached.token_id) != cached.token_version:
-            state.answers.pop((cached.key_id, cached.answer.connection), None)
+            state.drop(cached.answer_key)
             return False
         if limit:
             window_key = (cached.key_id, int(now.timestamp() // 60))
@@ -316,7 +357,8 @@ def use(cached: CachedAnswer, *, now: datetime, remote_addr: str | None) -> bool
             if state.totals.get(window_key, 0) + unreported >= limit:
                 return False  # the full path counts it and answers 429 if it is over
             state.unreported[window_key] = unreported + 1
-        state.events.append((cached.audit, now, remote_addr))  # made into a row by the report
+        if not cached.for_proxy:
+            state.events.append((cached.audit, now, remote_addr))  # made into a row by the report
     return True
 
 

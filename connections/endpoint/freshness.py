@@ -2,8 +2,12 @@
 (connections.engine.refresh), or the refusal that says why there is none (connections/openapi.yaml's codes)."""
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
+from django.conf import settings
 from django.utils import timezone
 
 from connections.endpoint.read import TokenRequestRead
@@ -37,6 +41,44 @@ def _retry_after(token: OAuthToken) -> int:
     return max(1, math.ceil((token.next_refresh_at - timezone.now()).total_seconds()))
 
 
+BUSY_RETRY_AFTER = 2  # seconds: what a request turned away from a busy refresh is told to wait
+_refreshing: dict[int, int] = {}  # connection id -> this process's request threads in a refresh of its tokens
+_refreshing_lock = threading.Lock()
+
+
+def requests_refreshing(connection_id: int) -> int:
+    """How many of this process's request threads are in a refresh of this connection's tokens (calling its
+    provider, or waiting for whoever does)."""
+    with _refreshing_lock:
+        return _refreshing.get(connection_id, 0)
+
+
+@contextmanager
+def _refresh_slot(connection: Connection) -> Iterator[None]:
+    """A request thread's place in a refresh of this connection's tokens: at most REFRESH_WAITERS_PER_CONNECTION
+    at once in a process, so that a provider slow to answer holds no more of its threads, and bots of every other
+    connection still find one free. Past the bound the request does as when a wait for another's refresh runs out
+    (ProviderError "refresh_in_progress"): a still-valid token, or 503 with Retry-After."""
+    with _refreshing_lock:
+        busy = _refreshing.get(connection.pk, 0)
+        if busy >= settings.REFRESH_WAITERS_PER_CONNECTION:
+            raise ProviderError(
+                f"{busy} requests already wait for a refresh of {connection.slug}; try again shortly.",
+                error="refresh_in_progress",
+                permanent=False,
+                retry_after=BUSY_RETRY_AFTER,
+            )
+        _refreshing[connection.pk] = busy + 1
+    try:
+        yield
+    finally:
+        with _refreshing_lock:
+            if _refreshing[connection.pk] <= 1:
+                del _refreshing[connection.pk]
+            else:
+                _refreshing[connection.pk] -= 1
+
+
 def token_fresh(
     connection: Connection, token: OAuthToken, min_validity: int, force_refresh: bool, read_at: datetime | None = None
 ) -> OAuthToken:
@@ -63,9 +105,10 @@ def token_fresh(
     try:
         # The generation read at the start of this request: a refresh that finished since then is ours to take,
         # and one that failed since `read_at` ours to share.
-        return token_refresh(
-            token=token, actor_label="token endpoint", min_generation=token.generation, failed_since=read_at
-        )
+        with _refresh_slot(connection):
+            return token_refresh(
+                token=token, actor_label="token endpoint", min_generation=token.generation, failed_since=read_at
+            )
     except TokenGone:
         raise gone from None
     except ProviderError as exc:

@@ -31,6 +31,7 @@ from connections.errors import BotKeyRejected, TokenRequestError
 from connections.models import AuditEvent, BotKey, Connection, OAuthToken, TokenAccess, TokenState, token_valid_for
 
 MAX_MIN_VALIDITY = 24 * 3600
+DEFAULT_MIN_VALIDITY = 60  # seconds a token given must still be valid for, unless the request says otherwise
 SLUG_PATTERN = re.compile(r"[-a-zA-Z0-9_]{1,120}")
 TRUE_VALUES, FALSE_VALUES = {"true", "1", "yes"}, {"false", "0", "no", ""}
 
@@ -58,7 +59,7 @@ class IssuedToken:
 
 
 def _parse_params(params: Mapping[str, str]) -> tuple[int, bool]:
-    raw_validity = params.get("min_validity", "60")
+    raw_validity = params.get("min_validity", str(DEFAULT_MIN_VALIDITY))
     try:
         min_validity = int(raw_validity)
     except ValueError:
@@ -143,32 +144,43 @@ def token_from_memory(
     """The answer kept from an earlier request (counted and audited like any answer), or None when the full path
     (token_request) must answer this one."""
     try:
-        presented = presented_key(authorization)
-    except BotKeyRejected:
-        return None
-    now = timezone.now()
-    cached = token_cache.find(presented.key_id, slug)
-    if cached is None:
-        return None
-    try:
         min_validity, force_refresh = _parse_params(params)
     except TokenRequestError:
         return None
+    if force_refresh:
+        return None
+    cached = answer_from_memory(authorization, slug, min_validity, remote_addr=remote_addr)
+    return cached.answer if cached is not None else None
+
+
+def answer_from_memory(
+    authorization: str, slug: str, min_validity: int, *, remote_addr: str | None, for_proxy: bool = False
+) -> token_cache.CachedAnswer | None:
+    """What this process kept from the full path's answer to the same key for the same connection, while it still
+    holds and the key is under its limit (the request is then counted, and a token answer audited); else None."""
+    try:
+        presented = presented_key(authorization)
+    except BotKeyRejected:
+        return None
+    cached = token_cache.find(presented.key_id, slug, for_proxy=for_proxy)
+    if cached is None:
+        return None
+    now = timezone.now()
     usable = (
-        not force_refresh
-        and presented.matches(cached.digest)
+        presented.matches(cached.digest)
         and (cached.key_expires_at is None or cached.key_expires_at > now)
         and now - cached.last_used_at <= LAST_USED_RESOLUTION  # else the full path writes last-used
         and token_valid_for(cached.token_expires_at, now, min_validity)
     )
     if not usable:
         return None
-    return cached.answer if token_cache.use(cached, now=now, remote_addr=remote_addr) else None
+    return cached if token_cache.use(cached, now=now, remote_addr=remote_addr) else None
 
 
-def _answer_remember(
-    read: TokenRequestRead, read_at: float, token: OAuthToken, answer: IssuedToken, audit: dict[str, Any]
+def answer_remember(
+    read: TokenRequestRead, read_at: float, token: OAuthToken, answer: Any, audit: dict[str, Any], for_proxy: bool
 ) -> None:
+    """Keep the full path's answer (an IssuedToken, or what the API proxy calls with) for the key's next request."""
     key = read.key
     # bot_key_check noted the key's use: an answer from memory is given only while that is recent.
     if token.state != TokenState.ACTIVE or not settings.TOKEN_CACHE_ENABLED or key.last_used_at is None:
@@ -185,6 +197,7 @@ def _answer_remember(
         read_at=read_at,
         token_id=token.pk,
         token_version=(token.generation, token.state),
+        for_proxy=for_proxy,
     )
     token_cache.remember(cached)
 
@@ -223,9 +236,11 @@ def token_checked(
     params: Mapping[str, str],
     remote_addr: str | None = None,
     action: Action = Action.TOKEN_REQUEST,
+    counted: bool = False,
 ) -> CheckedToken:
     """The token endpoint's checks and its token, shared with the API proxy (action: whose refusals these are, and
-    which token access refuses it). A refusal is audited here, under `action`; a success is the caller's to audit."""
+    which token access refuses it; counted: the request was counted against the key's rate limit already). A
+    refusal is audited here, under `action`; a success is the caller's to audit."""
     possible_slug = slug if SLUG_PATTERN.fullmatch(slug) else None
     key: BotKey | None = None
     connection: Connection | None = None
@@ -234,7 +249,8 @@ def token_checked(
     try:
         read = _read(authorization, possible_slug, remote_addr, for_proxy=action == Action.PROXY_REQUEST)
         key = read.key
-        _check_rate(key)
+        if not counted:
+            _check_rate(key)
         min_validity, force_refresh = _parse_params(params)
         connection = _connection_for(read, possible_slug)
         _check_access(connection, action)
@@ -276,10 +292,7 @@ def token_request(
     # An answer is written by this process's next report, with those it gives from memory
     # (connections.cache.token_cache).
     event = {
-        "actor_id": read.key.user.pk,
-        "actor_label": actor_label(read.key),
-        "connection_id": connection.pk,
-        "connection_label": connection.slug,
+        **audit_subject(checked),
         "action": Action.TOKEN_REQUEST.value,
         "outcome": Outcome.SUCCESS.value,
         "detail": detail,
@@ -287,7 +300,7 @@ def token_request(
     }
     token_cache.audit_later(event, timezone.now(), remote_addr)
     from_memory = {**event, "kind": AuditEvent.Kind.MEMORY.value}
-    _answer_remember(read, read_at, token, answer, from_memory)
+    answer_remember(read, read_at, token, answer, from_memory, for_proxy=False)
     return answer
 
 
@@ -314,6 +327,17 @@ def _refusal_record(
         detail=detail if connection or possible_slug or not slug else f"{detail} [{slug[:60]!r}]",
         remote_addr=remote_addr,
     )
+
+
+def audit_subject(checked: CheckedToken) -> dict[str, Any]:
+    """Who asked for what: the fields of an answer's audit event that a request's outcome does not change."""
+    key, connection = checked.read.key, checked.connection
+    return {
+        "actor_id": key.user.pk,
+        "actor_label": actor_label(key),
+        "connection_id": connection.pk,
+        "connection_label": connection.slug,
+    }
 
 
 def actor_label(key: BotKey | None) -> str:

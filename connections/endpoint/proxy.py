@@ -137,7 +137,7 @@ def proxied_path(raw: str) -> str:
     return quote(raw, safe=PATH_SAFE)
 
 
-def _target(base: str, path: str, query: str) -> str:
+def _url(base: str, path: str, query: str) -> str:
     url = f"{base}/{path}" + (f"?{query}" if query else "")
     # Belt and braces: what is called is on the base's scheme, host and port, under its path.
     got, want = urlsplit(url), urlsplit(base)
@@ -146,10 +146,29 @@ def _target(base: str, path: str, query: str) -> str:
     return url
 
 
-def _api_base(checked: issuing.CheckedToken) -> tuple[str, Provider]:
+@dataclass(frozen=True)
+class ProxyTarget:
+    """What calling a connection's API needs, as the full path found it (the token, the API base its fields filled
+    in, how the provider type's API takes the token): kept as the answer from memory for the key's next calls to
+    that connection (issuing.answer_remember), so that they read nothing from the database."""
+
+    connection: str  # its slug
+    base: str
+    token_header: str  # the provider type's api_token_header
+    token_prefix: str
+    provider: str  # the provider type's slug: the metrics' label
+    access_token: str = field(repr=False)
+
+    def headers_with_token(self, headers: dict[str, str]) -> dict[str, str]:
+        """The token as the provider type's API takes it: "Authorization: Bearer <token>" unless it says otherwise."""
+        prefix = self.token_prefix
+        return {**headers, self.token_header: f"{prefix} {self.access_token}" if prefix else self.access_token}
+
+
+def _target_of(checked: issuing.CheckedToken, token: Any) -> ProxyTarget:
     """The API base with the token's fields filled in, and the provider type (how its API takes the token)."""
     connection = checked.connection  # read with what this needs (connections.endpoint.read, for_proxy)
-    base = connection.effective_api_base_url(checked.token.extra)
+    base = connection.effective_api_base_url(token.extra)
     if not base:
         raise TokenRequestError(
             409,
@@ -157,7 +176,15 @@ def _api_base(checked: issuing.CheckedToken) -> tuple[str, Provider]:
             f"{connection.slug} has no API base URL (or its token lacks what fills it in): an administrator sets "
             "one on the connection.",
         )
-    return base, connection.provider
+    provider: Provider = connection.provider
+    return ProxyTarget(
+        connection.slug,
+        base,
+        provider.api_token_header,
+        provider.api_token_prefix,
+        provider.slug,
+        token.access_token,
+    )
 
 
 def forwarded_headers(headers: dict[str, str], also_dropped: str = "") -> dict[str, str]:
@@ -196,23 +223,19 @@ def _send(method: str, url: str, headers: dict[str, str], body: Body) -> request
 class Call:
     """One proxied call, for its audit event and its count."""
 
-    checked: issuing.CheckedToken
+    subject: dict[str, Any]  # issuing.audit_subject: the key and the connection
+    provider: str  # its connection's provider type
     request: ProxyRequest
     remote_addr: str | None
     started: float = field(default_factory=time.monotonic)
-    provider: str = ""  # its connection's provider type
 
     def recorded(self, status: int, received: int, detail: str = "") -> None:
-        connection, key = self.checked.connection, self.checked.read.key
         query = "&".join(f"{name}=…" for name, _ in parse_qsl(self.request.query, keep_blank_values=True))
         shown = f"/{self.request.path[:300]}" + (f"?{query[:200]}" if query else "")  # names, never values
         took = round((time.monotonic() - self.started) * 1000)
         sent = self.request.body.data.sent if isinstance(self.request.body.data, Upload) else self.request.body.size
         event = {
-            "actor_id": key.user.pk,
-            "actor_label": issuing.actor_label(key),
-            "connection_id": connection.pk,
-            "connection_label": connection.slug,
+            **self.subject,
             "action": Action.PROXY_REQUEST.value,
             "outcome": (Outcome.SUCCESS if status < 400 else Outcome.FAILURE).value,
             "detail": f"{self.request.method[:10]} {shown} → {status} in {took} ms, {sent} bytes sent, {received} "
@@ -263,42 +286,79 @@ class ProxyAnswer:
 
 def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_addr: str | None) -> ProxyAnswer:
     """Call the connection's API for a bot; raises TokenRequestError for every refusal (audited and counted)."""
+    checks = Checks(authorization, slug, remote_addr)
+    cached = issuing.answer_from_memory(
+        authorization, slug, issuing.DEFAULT_MIN_VALIDITY, remote_addr=remote_addr, for_proxy=True
+    )
+    if cached is not None:
+        target, call = cached.answer, Call(cached.audit, cached.answer.provider, request, remote_addr)
+    else:
+        read_at = token_cache.clock()  # no later than the read the target may be kept under
+        checked = checks.full_path(counted=False)
+        call = Call(issuing.audit_subject(checked), checked.connection.provider.slug, request, remote_addr)
     try:
-        # No parameters: the query string is the API's, not Control Room's.
-        checked = issuing.token_checked(
-            authorization=authorization, slug=slug, params={}, remote_addr=remote_addr, action=Action.PROXY_REQUEST
-        )
-    except TokenRequestError as exc:
-        metrics.proxy_request_counted("", exc.status)
-        raise
-    call = Call(checked, request, remote_addr, provider=checked.connection.provider.slug)  # the metrics' label
-    try:
-        base, provider = _api_base(checked)
-        url = _target(base, proxied_path(request.path), request.query)
+        if cached is None:
+            target = _target_of(checked, checked.token)
+            issuing.answer_remember(checked.read, read_at, checked.token, target, call.subject, for_proxy=True)
+        path = proxied_path(request.path)
         # The bot's own header of that name is dropped: only the connection's token is sent in it.
-        headers = forwarded_headers(request.headers, also_dropped=provider.api_token_header)
+        headers = forwarded_headers(request.headers, also_dropped=target.token_header)
 
-        def sent(token: Any) -> requests.Response:
-            return _send(request.method, url, {**headers, **_token_header(provider, token)}, request.body)
+        def sent(target: ProxyTarget) -> requests.Response:
+            url = _url(target.base, path, request.query)
+            return _send(request.method, url, target.headers_with_token(headers), request.body)
 
-        token = checked.token
-        upstream = sent(token)
+        upstream = sent(target)
         if upstream.status_code == 401 and request.body.replayable:
             # The token was refused (revoked, or expired early): one forced refresh, one retry.
             upstream.close()
-            token = issuing.token_forced(checked)
-            upstream = sent(token)
+            target = checks.refreshed(target)
+            upstream = sent(target)
         for attempt in range(_retries_allowed(request)):
             wait = _retry_wait(upstream, attempt)
             if wait is None:
                 break
             upstream.close()
             time.sleep(wait)
-            upstream = sent(token)
+            upstream = sent(target)
     except TokenRequestError as exc:
         call.recorded(exc.status, 0, f" ({exc.error})")
         raise
     return ProxyAnswer(upstream.status_code, returned_headers(upstream), Relay(upstream, call))
+
+
+@dataclass
+class Checks:
+    """The token endpoint's checks for one proxied call, made when its answer from memory would not do."""
+
+    authorization: str
+    slug: str
+    remote_addr: str | None
+    checked: issuing.CheckedToken | None = None
+
+    def full_path(self, *, counted: bool) -> issuing.CheckedToken:
+        try:
+            # No parameters: the query string is the API's, not Control Room's.
+            self.checked = issuing.token_checked(
+                authorization=self.authorization,
+                slug=self.slug,
+                params={},
+                remote_addr=self.remote_addr,
+                action=Action.PROXY_REQUEST,
+                counted=counted,
+            )
+        except TokenRequestError as exc:
+            metrics.proxy_request_counted("", exc.status)
+            raise
+        return self.checked
+
+    def refreshed(self, refused: ProxyTarget) -> ProxyTarget:
+        """The target with a token other than the one the API refused: one another request's refresh stored since,
+        or one forced refresh through the single flight (a call answered from memory reads its rows first)."""
+        checked = self.checked or self.full_path(counted=True)
+        if checked.token.access_token != refused.access_token:
+            return _target_of(checked, checked.token)
+        return _target_of(checked, issuing.token_forced(checked))
 
 
 def _retries_allowed(request: ProxyRequest) -> int:
@@ -315,9 +375,3 @@ def _retry_wait(upstream: requests.Response, attempt: int) -> float | None:
     asked = upstream.headers.get("Retry-After", "")
     wait = retry_after_seconds(asked) if asked else RETRY_BACKOFF * 2**attempt
     return wait if wait <= settings.PROXY_RETRY_WAIT_MAX else None
-
-
-def _token_header(provider: Provider, token: Any) -> dict[str, str]:
-    """The token as the provider type's API takes it: "Authorization: Bearer <token>" unless it says otherwise."""
-    prefix = provider.api_token_prefix
-    return {provider.api_token_header: f"{prefix} {token.access_token}" if prefix else token.access_token}

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import connections, router
+from django.db import InterfaceError, OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 from django.utils import timezone
@@ -54,12 +54,10 @@ def token_request_read(key_id: str, slug: str | None, *, for_proxy: bool = False
     connection's provider type comes with it, and what the API proxy needs of both."""
     db = connections[router.db_for_read(BotKey)]
     read_at = timezone.now()
-    with db.cursor() as cursor:
-        user_specific = TokenType.USER_SPECIFIC.value
-        cursor.execute(
-            _sql(db.alias, for_proxy), [AnswerVersion.IDENTITY, slug or "", user_specific, user_specific, key_id]
-        )
-        row = cursor.fetchone()
+    user_specific = TokenType.USER_SPECIFIC.value
+    row = _row_read(
+        db, _sql(db.alias, for_proxy), [AnswerVersion.IDENTITY, slug or "", user_specific, user_specific, key_id]
+    )
     if row is None:
         return None
     values = iter(row)
@@ -73,6 +71,27 @@ def token_request_read(key_id: str, slug: str | None, *, for_proxy: bool = False
     invited = bool(next(values))
     token = _instance(db, OAuthToken, TOKEN_FIELDS, values)
     return TokenRequestRead(key, connection, invited, token, next(values) or 0, read_at)
+
+
+def _row_read(db: BaseDatabaseWrapper, sql: str, params: list[Any]) -> tuple[Any, ...] | None:
+    """The statement's one row. It is its own connection health check (CONN_HEALTH_CHECKS would add a SELECT 1 round
+    trip to every request first): on a connection that broke since its last use (the database restarted), the
+    SELECT, which changes nothing, is sent once more on a new connection."""
+    # Django's own flags for that check (BaseDatabaseWrapper.close_if_health_check_failed; not in django-stubs).
+    retry = db.health_check_enabled and not db.health_check_done and not db.in_atomic_block  # type: ignore[attr-defined]
+    if retry:
+        db.health_check_done = True  # type: ignore[attr-defined]
+    try:
+        with db.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    except (OperationalError, InterfaceError):
+        if not retry:
+            raise
+        db.close()
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _user_fields() -> tuple[str, ...]:

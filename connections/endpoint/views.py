@@ -39,17 +39,16 @@ def connection_token(request: HttpRequest, slug: str) -> JsonResponse:
 
 
 def issued_token_response(issued: issuing.IssuedToken) -> JsonResponse:
-    response = JsonResponse(issued.as_json(timezone.now()))
-    # As CommonMiddleware sets it, which an answer from memory does not pass through: without it the server
-    # would send the body chunked, or close the connection after it.
-    response["Content-Length"] = str(len(response.content))
-    return _not_cached(response)
+    return _not_cached(JsonResponse(issued.as_json(timezone.now())))
 
 
 def _not_cached(response: JsonResponse) -> JsonResponse:
     # The body may hold an access token: no cache, browser or proxy, may keep it (RFC 6749 5.1).
     response["Cache-Control"] = "no-store"
     response["Pragma"] = "no-cache"
+    # As CommonMiddleware sets it, which a bot's request does not pass through (connections.endpoint.middleware):
+    # without it the server would send the body chunked, or close the connection after it.
+    response["Content-Length"] = str(len(response.content))
     return response
 
 

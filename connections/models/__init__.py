@@ -10,6 +10,7 @@ from connections.models.records import (
     BeatHeartbeat,
     CredentialWarning,
     FailedAuthenticationWindow,
+    TokenChange,
     WebhookEndpoint,
 )
 from connections.models.token import OAuthToken, TokenState, token_valid_for
@@ -33,6 +34,7 @@ __all__ = [
     "PersonIdentity",
     "Role",
     "TokenAccess",
+    "TokenChange",
     "TokenState",
     "TokenType",
     "WebhookEndpoint",

@@ -194,6 +194,21 @@ class AnswerVersion(models.Model):
         return f"{self.name} {self.value}"
 
 
+class TokenChange(models.Model):
+    """One change to a token row that an answer from memory may depend on (a new access token, generation or
+    state; a deleted row), appended by database triggers in the writer's own transaction (migration 0022; the SQL
+    is in connections.cache.change_log), so no write path can forget it. Every web process reads the rows past
+    its position at each report, instead of the versions of every token it holds an answer of; rows older than
+    a minute are pruned (connections.tasks.token_changes_prune)."""
+
+    seq = models.BigAutoField(primary_key=True)  # SQLite: AUTOINCREMENT, so a number is never given twice
+    token_id = models.BigIntegerField()  # no foreign key: the row outlives a deleted token
+    changed_at = models.DateTimeField()  # the database's clock when the trigger ran
+
+    def __str__(self) -> str:
+        return f"{self.seq}: token {self.token_id}"
+
+
 class WebhookEndpoint(models.Model):
     """Where lifecycle events are posted (connections.notify.webhooks): each with the events it wants and its own
     secret."""

@@ -4,6 +4,7 @@ database transaction is open. connections.oauth.client builds its sessions here;
 calls out on an operator's behalf (the notification webhook).
 """
 
+import http.cookiejar
 import ipaddress
 import logging
 import os
@@ -367,7 +368,18 @@ def policy_session(**oauth2_session_options: Any) -> PolicySession:
 
 def streaming_session(seconds: float) -> PolicySession:
     """A session for the API proxy: the same policy, but the answer's body is the caller's to stream (never held
-    whole), and `seconds` bounds connecting, sending the request and the answer's headers."""
-    session = policy_session()
-    session.streaming, session.seconds = True, seconds
+    whole), and `seconds` bounds connecting, sending the request and the answer's headers. One a thread, kept:
+    making a session (requests makes two adapters with their pools, which the shared one replaces) costs more than
+    a proxied call's own work. It keeps no cookie, the API's cookies being no bot's, and nothing else between calls
+    (the proxy sends prepared requests: no session defaults are merged into them)."""
+    session = getattr(_streaming_sessions, "session", None)
+    if session is None or _streaming_sessions.pid != os.getpid():
+        session = policy_session()
+        session.streaming = True
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))  # no domain: none kept
+        _streaming_sessions.session, _streaming_sessions.pid = session, os.getpid()
+    session.seconds = seconds
     return session
+
+
+_streaming_sessions = threading.local()

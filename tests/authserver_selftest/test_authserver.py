@@ -54,14 +54,14 @@ def new_client(server: AuthServer, **kwargs) -> tuple[str, str]:
     return client_id, secret
 
 
-def authorize(server: AuthServer, oauth: OAuth2Session, **params) -> str:
+def callback_after_consent(server: AuthServer, oauth: OAuth2Session, **params) -> str:
     url, _state = oauth.authorization_url(server.authorize_url, **params)
     return server.authorize_with_requests(url, USER, PASSWORD)
 
 
 def code_flow(server: AuthServer, client_id: str, secret: str, pkce: str | None = None):
     oauth = OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read", "api"], pkce=pkce)
-    location = authorize(server, oauth)
+    location = callback_after_consent(server, oauth)
     token = oauth.fetch_token(server.token_url, authorization_response=location, client_secret=secret)
     return oauth, token
 
@@ -111,7 +111,7 @@ def test_arbitrary_scopes_are_granted(server: AuthServer) -> None:
     client_id, secret = new_client(server)
     scope = ["openid", "offline_access", "refresh_token", "write"]
     oauth = OAuth2Session(client_id, redirect_uri=REDIRECT, scope=scope)
-    location = authorize(server, oauth)
+    location = callback_after_consent(server, oauth)
     token = oauth.fetch_token(server.token_url, authorization_response=location, client_secret=secret)
     assert token["scope"] == scope
     assert server.whoami(token["access_token"]).json()["scope"] == " ".join(scope)
@@ -139,7 +139,7 @@ def test_wrong_password_does_not_get_past_login(server: AuthServer) -> None:
 def test_wrong_client_secret_is_invalid_client(server: AuthServer) -> None:
     client_id, _secret = new_client(server)
     oauth = OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"])
-    location = authorize(server, oauth)
+    location = callback_after_consent(server, oauth)
     with pytest.raises(InvalidClientError):
         oauth.fetch_token(server.token_url, authorization_response=location, client_secret="nope")
     raw = cc_request(server, client_id, "nope")
@@ -159,7 +159,7 @@ def test_token_request_must_repeat_the_authorize_redirect_uri(
     server: AuthServer,
 ) -> None:
     client_id, secret = new_client(server)
-    location = authorize(server, OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"]))
+    location = callback_after_consent(server, OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"]))
     other = OAuth2Session(client_id, redirect_uri=OTHER_REDIRECT, scope=["read"])
     with pytest.raises(OAuth2Error) as excinfo:
         other.fetch_token(server.token_url, code=query(location)["code"], client_secret=secret)
@@ -169,7 +169,7 @@ def test_token_request_must_repeat_the_authorize_redirect_uri(
 def test_code_cannot_be_used_twice(server: AuthServer) -> None:
     client_id, secret = new_client(server)
     oauth = OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"])
-    location = authorize(server, oauth)
+    location = callback_after_consent(server, oauth)
     assert oauth.fetch_token(server.token_url, authorization_response=location, client_secret=secret)
     with pytest.raises(InvalidGrantError):
         oauth.fetch_token(server.token_url, authorization_response=location, client_secret=secret)
@@ -182,7 +182,7 @@ def test_pkce_required_client_refuses_flow_without_challenge(
     server: AuthServer,
 ) -> None:
     client_id, _ = new_client(server, pkce_required=True)
-    location = authorize(server, OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"]))
+    location = callback_after_consent(server, OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"]))
     assert query(location)["error"] == "invalid_request" and "code" not in query(location)
 
 
@@ -198,7 +198,7 @@ def test_pkce_wrong_or_missing_verifier_is_refused(server: AuthServer, pkce_requ
     client_id, secret = new_client(server, pkce_required=pkce_required)
     verifier = secrets.token_urlsafe(48)
     oauth = OAuth2Session(client_id, redirect_uri=REDIRECT, scope=["read"])
-    location = authorize(server, oauth, code_challenge=s256(verifier), code_challenge_method="S256")
+    location = callback_after_consent(server, oauth, code_challenge=s256(verifier), code_challenge_method="S256")
     code = query(location)["code"]
     with pytest.raises(InvalidGrantError):
         oauth.fetch_token(

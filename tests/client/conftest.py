@@ -14,8 +14,9 @@ import requests
 from controlroom_client import ControlRoom
 from requests.adapters import HTTPAdapter
 
-from tests.conftest import database_sessions, wait_for
+from tests.conftest import database_sessions
 from tests.support.authserver import AuthServer
+from tests.support.waiting import wait_for
 
 TOKEN_PATH = "/api/v1/connections/"
 

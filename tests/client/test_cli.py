@@ -40,35 +40,35 @@ def bot_env(live_server, bot) -> dict[str, str]:
     return cli_env(CONTROLROOM_URL=live_server.url, CONTROLROOM_KEY=bot.raw_key)
 
 
-def test_prints_the_token_alone(bot_env, connected, authserver):
-    result = run_cli(connected.slug, env=bot_env)
+def test_prints_the_token_alone(bot_env, bot_connection, authserver):
+    result = run_cli(bot_connection.slug, env=bot_env)
 
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == shared_token(connected).access_token + "\n"
+    assert result.stdout == shared_token(bot_connection).access_token + "\n"
     assert authserver.whoami(result.stdout.strip()).status_code == 200
 
 
-def test_json_prints_the_whole_answer(bot_env, connected):
-    result = run_cli(connected.slug, "--json", "--min-validity", "120", env=bot_env)
+def test_json_prints_the_whole_answer(bot_env, bot_connection):
+    result = run_cli(bot_connection.slug, "--json", "--min-validity", "120", env=bot_env)
 
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
-    stored = shared_token(connected)
+    stored = shared_token(bot_connection)
     assert set(answer) == {"connection", "access_token", "token_type", "expires_at", "expires_in", "scope", "extra"}
-    assert answer["connection"] == connected.slug
+    assert answer["connection"] == bot_connection.slug
     assert answer["access_token"] == stored.access_token
     assert answer["expires_at"] == stored.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert 3500 < answer["expires_in"] <= 3600
     assert answer["extra"] == {"instance_url": "https://acme.my.example"}
 
 
-def test_force_refresh_gets_a_new_token(bot_env, connected, authserver):
-    before = shared_token(connected).access_token
+def test_force_refresh_gets_a_new_token(bot_env, bot_connection, authserver):
+    before = shared_token(bot_connection).access_token
 
-    result = run_cli(connected.slug, "--force-refresh", env=bot_env)
+    result = run_cli(bot_connection.slug, "--force-refresh", env=bot_env)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == shared_token(connected).access_token != before
+    assert result.stdout.strip() == shared_token(bot_connection).access_token != before
     assert authserver.whoami(result.stdout.strip()).status_code == 200
 
 
@@ -79,8 +79,8 @@ def test_force_refresh_gets_a_new_token(bot_env, connected, authserver):
         (["{slug}", "--min-validity", "86401"], 10, "bad_request (HTTP 400): min_validity must be whole seconds"),
     ],
 )
-def test_an_error_is_one_line_on_stderr_with_its_exit_code(bot_env, connected, bot, args, exit_code, message):
-    result = run_cli(*[arg.format(slug=connected.slug) for arg in args], env=bot_env)
+def test_an_error_is_one_line_on_stderr_with_its_exit_code(bot_env, bot_connection, bot, args, exit_code, message):
+    result = run_cli(*[arg.format(slug=bot_connection.slug) for arg in args], env=bot_env)
 
     assert result.returncode == exit_code
     assert result.stdout == ""
@@ -89,20 +89,20 @@ def test_an_error_is_one_line_on_stderr_with_its_exit_code(bot_env, connected, b
     assert bot.raw_key not in result.stderr
 
 
-def test_a_wrong_key_is_exit_code_11_without_the_key(live_server, connected):
+def test_a_wrong_key_is_exit_code_11_without_the_key(live_server, bot_connection):
     wrong_key = "crk_0123456789ab_" + "s3cr3t" * 8
-    result = run_cli(connected.slug, env=cli_env(CONTROLROOM_URL=live_server.url, CONTROLROOM_KEY=wrong_key))
+    result = run_cli(bot_connection.slug, env=cli_env(CONTROLROOM_URL=live_server.url, CONTROLROOM_KEY=wrong_key))
 
     assert result.returncode == 11
     assert result.stderr.startswith("controlroom-token: invalid_key (HTTP 401): ")
     assert "s3cr3t" not in result.stderr
 
 
-def test_a_rate_limit_says_when_to_retry(bot_env, connected, settings, one_rate_window):
+def test_a_rate_limit_says_when_to_retry(bot_env, bot_connection, settings, one_rate_window):
     settings.TOKEN_RATE_LIMIT_PER_MINUTE = 1
-    assert run_cli(connected.slug, env=bot_env).returncode == 0
+    assert run_cli(bot_connection.slug, env=bot_env).returncode == 0
 
-    result = run_cli(connected.slug, env=bot_env)
+    result = run_cli(bot_connection.slug, env=bot_env)
 
     assert result.returncode == 21
     assert result.stderr.startswith("controlroom-token: rate_limited (HTTP 429): This key may ask for 1 tokens")

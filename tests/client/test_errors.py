@@ -58,9 +58,9 @@ def test_every_code_of_the_contract_has_its_class():
     assert len({cls.exit_code for cls in ERRORS_BY_CODE.values()}) == len(codes)
 
 
-def test_a_wrong_key_is_invalid_key(live_server, connected):
+def test_a_wrong_key_is_invalid_key(live_server, bot_connection):
     wrong_key = "crk_0123456789ab_" + "x" * 40
-    error = raised_by_new_client(live_server.url, wrong_key, connected.slug)
+    error = raised_by_new_client(live_server.url, wrong_key, bot_connection.slug)
     assert type(error) is InvalidKey
     assert (error.status, error.code, error.retry_after) == (401, "invalid_key", None)
     assert error.detail
@@ -93,35 +93,35 @@ def test_a_connection_nobody_authorized_is_not_connected(control_room, make_conn
     assert error.detail.startswith(f"{pending.slug} is not connected: nobody has")
 
 
-def test_a_grant_the_provider_rejects_is_reauthorization_required(control_room, connected, authserver, bot):
+def test_a_grant_the_provider_rejects_is_reauthorization_required(control_room, bot_connection, authserver, bot):
     # given a provider that now rejects the refresh token
     authserver.set_fault("invalid_grant", description="Token has been expired or revoked.")
 
     # when the bot forces a refresh, and asks again
-    refused = raised_by(control_room, connected.slug, force_refresh=True)
-    again = raised_by(control_room, connected.slug)
+    refused = raised_by(control_room, bot_connection.slug, force_refresh=True)
+    again = raised_by(control_room, bot_connection.slug)
 
     # then both say someone must authorize again
     assert type(refused) is type(again) is ReauthorizationRequired
     assert (refused.status, refused.code, refused.retry_after) == (409, "reauthorization_required", None)
     assert refused.detail.startswith("The provider rejected the grant (invalid_grant)")
-    assert again.detail.startswith(f"{connected.slug} must be authorized again")
+    assert again.detail.startswith(f"{bot_connection.slug} must be authorized again")
     assert not isinstance(refused, TemporaryError)
     assert_no_key_in(refused, bot.raw_key)
 
 
 def test_a_failing_provider_with_an_expired_token_is_unavailable_then_in_backoff(
-    control_room, recorder, connected, authserver
+    control_room, recorder, bot_connection, authserver
 ):
     # given an expired token and a provider that answers 500
-    OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() - timedelta(minutes=1))
+    OAuthToken.objects.filter(connection=bot_connection).update(expires_at=timezone.now() - timedelta(minutes=1))
     authserver.set_fault("status_500")
 
     # when the bot asks: Control Room tries the provider, which fails, and no valid token is left
-    unavailable = raised_by(control_room, connected.slug)
+    unavailable = raised_by(control_room, bot_connection.slug)
 
     # then it is told to come back when the next refresh is due (Retry-After, in seconds)
-    next_refresh_in = (shared_token(connected).next_refresh_at - timezone.now()).total_seconds()
+    next_refresh_in = (shared_token(bot_connection).next_refresh_at - timezone.now()).total_seconds()
     assert type(unavailable) is ProviderUnavailable
     assert (unavailable.status, unavailable.code) == (503, "provider_unavailable")
     assert unavailable.detail.startswith("The provider is unavailable and no valid token is left")
@@ -131,10 +131,10 @@ def test_a_failing_provider_with_an_expired_token_is_unavailable_then_in_backoff
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
 
     # and when it asks again before then, the provider is not asked: the refresh is in backoff
-    backoff = raised_by(control_room, connected.slug)
+    backoff = raised_by(control_room, bot_connection.slug)
     assert type(backoff) is RefreshBackoff
     assert (backoff.status, backoff.code) == (424, "refresh_backoff")
-    assert backoff.detail.startswith(f"Recent refreshes of {connected.slug} failed")
+    assert backoff.detail.startswith(f"Recent refreshes of {bot_connection.slug} failed")
     assert backoff.retry_after == int(recorder.last_retry_after())
     assert 1 <= backoff.retry_after <= next_refresh_in + 2
     assert authserver.stats()["token_requests"]["refresh_token"] == 1
@@ -155,14 +155,14 @@ def test_a_token_url_that_refuses_connections_is_provider_unavailable(control_ro
     assert error.detail.startswith("The provider is unavailable and no valid token is left")
 
 
-def test_too_many_requests_are_rate_limited(control_room, recorder, connected, settings, one_rate_window, bot):
+def test_too_many_requests_are_rate_limited(control_room, recorder, bot_connection, settings, one_rate_window, bot):
     # given a limit of one token a minute per key, and the one taken
     settings.TOKEN_RATE_LIMIT_PER_MINUTE = 1
-    control_room.token(connected.slug)
+    control_room.token(bot_connection.slug)
     control_room.forget()
 
     # when the bot asks again this minute
-    error = raised_by(control_room, connected.slug)
+    error = raised_by(control_room, bot_connection.slug)
 
     # then it is told how long until the next minute
     assert type(error) is RateLimited
@@ -174,10 +174,10 @@ def test_too_many_requests_are_rate_limited(control_room, recorder, connected, s
     assert_no_key_in(error, bot.raw_key)
 
 
-def test_a_min_validity_out_of_range_is_bad_request(control_room, connected):
+def test_a_min_validity_out_of_range_is_bad_request(control_room, bot_connection):
     # given a token kept in memory: a day of validity is more than it has, so Control Room is asked
-    control_room.token(connected.slug)
-    error = raised_by(control_room, connected.slug, min_validity=86401)
+    control_room.token(bot_connection.slug)
+    error = raised_by(control_room, bot_connection.slug, min_validity=86401)
     assert type(error) is BadRequest
     assert (error.status, error.code, error.retry_after) == (400, "bad_request", None)
     assert error.detail == "min_validity must be whole seconds from 0 to 86400."
@@ -194,9 +194,9 @@ def test_no_answer_is_unreachable(bot):
     assert_no_key_in(error, bot.raw_key)
 
 
-def test_a_wrong_path_is_an_invalid_response(live_server, bot, connected):
+def test_a_wrong_path_is_an_invalid_response(live_server, bot, bot_connection):
     # given a URL under which Django answers its HTML 404 page
-    error = raised_by_new_client(live_server.url + "/not-here", bot.raw_key, connected.slug)
+    error = raised_by_new_client(live_server.url + "/not-here", bot.raw_key, bot_connection.slug)
     assert type(error) is InvalidResponse
     assert (error.status, error.code) == (404, "invalid_response")
     assert "text/html" in error.detail

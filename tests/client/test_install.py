@@ -36,7 +36,7 @@ def run(command: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Com
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
-def test_pip_installs_the_client_and_its_command_works(tmp_path, live_server, bot, connected):
+def test_pip_installs_the_client_and_its_command_works(tmp_path, live_server, bot, bot_connection):
     # given a copy of client/ (pip builds in the source tree: the checkout stays clean)
     source = tmp_path / "source"
     shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
@@ -57,6 +57,6 @@ def test_pip_installs_the_client_and_its_command_works(tmp_path, live_server, bo
     assert (target / "controlroom_client" / "py.typed").exists()
 
     # and its command prints the connection's token
-    command = run([str(target / "bin" / "controlroom-token"), connected.slug], cwd=tmp_path, env=env)
+    command = run([str(target / "bin" / "controlroom-token"), bot_connection.slug], cwd=tmp_path, env=env)
     assert command.returncode == 0, command.stderr
-    assert command.stdout == shared_token(connected).access_token + "\n"
+    assert command.stdout == shared_token(bot_connection).access_token + "\n"

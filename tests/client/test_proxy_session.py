@@ -21,10 +21,10 @@ def api():
 
 
 @pytest.fixture
-def proxied(connected, api):
-    connected.api_base_url = api.url + "/base"
-    connected.save()
-    return connected
+def proxied(bot_connection, api):
+    bot_connection.api_base_url = api.url + "/base"
+    bot_connection.save()
+    return bot_connection
 
 
 def test_a_session_sends_relative_urls_through_the_proxy(live_server, bot, proxied, api):

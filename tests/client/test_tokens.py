@@ -9,31 +9,32 @@ from controlroom_client import ConfigurationError, ControlRoom, Token
 from django.utils import timezone
 
 from connections.models import OAuthToken
-from tests.conftest import authorize, shared_token, wait_for
+from tests.conftest import authorize_and_store_token, shared_token
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_a_token_is_asked_once_while_it_stays_valid(control_room, recorder, connected, authserver):
+def test_a_token_is_asked_once_while_it_stays_valid(control_room, recorder, bot_connection, authserver):
     # when the bot asks three times for the same connection
-    first = control_room.token(connected.slug)
-    second = control_room.token(connected.slug)
-    third = control_room.token(connected.slug, min_validity=600)
+    first = control_room.token(bot_connection.slug)
+    second = control_room.token(bot_connection.slug)
+    third = control_room.token(bot_connection.slug, min_validity=600)
 
     # then Control Room was asked once, and the token is the one the provider accepts
     assert len(recorder.token_requests()) == 1
-    assert first == second == third == shared_token(connected).access_token
+    assert first == second == third == shared_token(bot_connection).access_token
     assert authserver.whoami(first).json()["username"] == "alice"
 
 
-def test_the_whole_answer_follows_the_endpoint(control_room, recorder, connected):
+def test_the_whole_answer_follows_the_endpoint(control_room, recorder, bot_connection):
     # when the bot asks for the whole answer
-    token = control_room.get_token(connected.slug)
+    token = control_room.get_token(bot_connection.slug)
 
     # then every field of the endpoint's JSON is there, read as what it means
-    stored = shared_token(connected)
+    stored = shared_token(bot_connection)
     assert isinstance(token, Token)
-    assert token.connection == connected.slug
+    assert token.connection == bot_connection.slug
     assert token.access_token == stored.access_token
     assert token.token_type == "Bearer"
     assert token.expires_at == stored.expires_at.replace(microsecond=0)
@@ -46,15 +47,15 @@ def test_the_whole_answer_follows_the_endpoint(control_room, recorder, connected
     assert token.as_dict()["expires_at"] == stored.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_a_token_within_min_validity_of_expiry_is_asked_again(control_room, recorder, connected, authserver):
+def test_a_token_within_min_validity_of_expiry_is_asked_again(control_room, recorder, bot_connection, authserver):
     # given a stored token that expires in 90 seconds
-    OAuthToken.objects.filter(connection=connected).update(expires_at=timezone.now() + timedelta(seconds=90))
-    old = control_room.get_token(connected.slug)
+    OAuthToken.objects.filter(connection=bot_connection).update(expires_at=timezone.now() + timedelta(seconds=90))
+    old = control_room.get_token(bot_connection.slug)
     assert 80 < old.expires_in <= 90
 
     # when the bot needs it for 60 seconds, then for 120
-    kept = control_room.token(connected.slug, min_validity=60)
-    renewed = control_room.get_token(connected.slug, min_validity=120)
+    kept = control_room.token(bot_connection.slug, min_validity=60)
+    renewed = control_room.get_token(bot_connection.slug, min_validity=120)
 
     # then the first is answered from memory; the second asks Control Room with min_validity=120, which
     # refreshed at the provider first: a new token, good for an hour, that the provider accepts
@@ -64,29 +65,29 @@ def test_a_token_within_min_validity_of_expiry_is_asked_again(control_room, reco
     assert renewed.expires_in > 3500
     assert authserver.whoami(renewed.access_token).status_code == 200
     # and the new one is kept in its turn
-    assert control_room.token(connected.slug, min_validity=120) == renewed.access_token
+    assert control_room.token(bot_connection.slug, min_validity=120) == renewed.access_token
     assert len(recorder.token_requests()) == 2
 
 
-def test_force_refresh_asks_even_while_the_token_is_valid(control_room, recorder, connected, authserver):
+def test_force_refresh_asks_even_while_the_token_is_valid(control_room, recorder, bot_connection, authserver):
     # given a token kept in memory
-    old = control_room.token(connected.slug)
+    old = control_room.token(bot_connection.slug)
 
     # when the bot forces a refresh
-    new = control_room.token(connected.slug, force_refresh=True)
+    new = control_room.token(bot_connection.slug, force_refresh=True)
 
     # then Control Room was asked with force_refresh=true and refreshed at the provider
     assert recorder.token_requests()[1] == {"min_validity": ["60"], "force_refresh": ["true"]}
     assert new != old
     assert authserver.whoami(new).status_code == 200
-    assert control_room.token(connected.slug) == new
+    assert control_room.token(bot_connection.slug) == new
     assert len(recorder.token_requests()) == 2
 
 
-def test_forget_drops_the_kept_token(control_room, recorder, connected):
-    control_room.token(connected.slug)
-    control_room.forget(connected.slug)
-    control_room.token(connected.slug)
+def test_forget_drops_the_kept_token(control_room, recorder, bot_connection):
+    control_room.token(bot_connection.slug)
+    control_room.forget(bot_connection.slug)
+    control_room.token(bot_connection.slug)
     assert len(recorder.token_requests()) == 2
 
 
@@ -106,7 +107,7 @@ class WatchedLock:
         self.lock.release()
 
 
-def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorder, connected, monkeypatch):
+def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorder, bot_connection, monkeypatch):
     # given eight threads about to ask at once; the first request is held until the seven others wait for it
     threads_count = 8
     slug_lock = WatchedLock()
@@ -122,7 +123,8 @@ def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorde
 
     # when they ask
     threads = [
-        threading.Thread(target=lambda: tokens.append(control_room.token(connected.slug))) for _ in range(threads_count)
+        threading.Thread(target=lambda: tokens.append(control_room.token(bot_connection.slug)))
+        for _ in range(threads_count)
     ]
     for thread in threads:
         thread.start()
@@ -132,28 +134,28 @@ def test_threads_asking_for_the_same_slug_make_one_request(control_room, recorde
     # then the seven others waited while the first request was out, and all got the same token from it
     assert others_waiting.is_set(), f"{slug_lock.waited} threads waited for the first request"
     assert len(tokens) == threads_count
-    assert set(tokens) == {shared_token(connected).access_token}
+    assert set(tokens) == {shared_token(bot_connection).access_token}
     assert len(recorder.token_requests()) == 1
 
 
 def test_threads_asking_for_different_slugs_do_not_wait_for_each_other(
-    control_room, recorder, connected, make_connection, manager_client, authserver, bot
+    control_room, recorder, bot_connection, make_connection, manager_client, authserver, bot
 ):
     # given a second connection, and the first one's request held until the second one's has been sent
     other = make_connection()
-    authorize(manager_client, other, authserver)
+    authorize_and_store_token(manager_client, other, authserver)
     bot.invite(other)
     other_sent = threading.Event()
 
     def hold_the_first(request) -> None:
-        if f"/{connected.slug}/" in request.url:
+        if f"/{bot_connection.slug}/" in request.url:
             assert other_sent.wait(timeout=10), "the second slug waited for the first one's request"
         else:
             other_sent.set()
 
     recorder.before_send = hold_the_first
     results: dict[str, str] = {}
-    first = threading.Thread(target=lambda: results.update(a=control_room.token(connected.slug)))
+    first = threading.Thread(target=lambda: results.update(a=control_room.token(bot_connection.slug)))
 
     # when both are asked for at once
     first.start()
@@ -162,17 +164,17 @@ def test_threads_asking_for_different_slugs_do_not_wait_for_each_other(
     first.join(timeout=30)
 
     # then each got its own token
-    assert results == {"a": shared_token(connected).access_token, "b": shared_token(other).access_token}
+    assert results == {"a": shared_token(bot_connection).access_token, "b": shared_token(other).access_token}
 
 
-def test_settings_come_from_the_environment(monkeypatch, live_server, bot, connected):
+def test_settings_come_from_the_environment(monkeypatch, live_server, bot, bot_connection):
     # given only the environment, as a bot runner sets it
     monkeypatch.setenv("CONTROLROOM_URL", live_server.url + "/")
     monkeypatch.setenv("CONTROLROOM_KEY", bot.raw_key)
 
     # when / then
     with ControlRoom() as client:
-        assert client.token(connected.slug) == shared_token(connected).access_token
+        assert client.token(bot_connection.slug) == shared_token(bot_connection).access_token
         assert bot.raw_key not in repr(client)
 
 

@@ -34,7 +34,7 @@ def test_role_admin_sets_permissions_members_and_connections(admin_client, make_
     assert AuditEvent.objects.filter(action="role_update", detail__contains="view_connections").exists()
 
 
-def test_a_re_authorization_landing_during_a_disconnect_is_kept_and_said(authorized, manager, monkeypatch):
+def test_a_re_authorization_landing_during_a_disconnect_is_kept_and_said(authorized_connection, manager, monkeypatch):
     # given a connected connection, and a new authorization stored while the disconnect's revocation calls run
     from connections import services
     from connections.engine.store import token_store
@@ -50,9 +50,9 @@ def test_a_re_authorization_landing_during_a_disconnect_is_kept_and_said(authori
 
     monkeypatch.setattr(services, "token_values_revoke", revoke_while_someone_reauthorizes)
     # when the administrator disconnects
-    message = services.connection_disconnect(connection=authorized, actor=manager)
+    message = services.connection_disconnect(connection=authorized_connection, actor=manager)
     # then the new grant is not deleted unrevoked: it is kept, and the message and the audit say so
-    kept = OAuthToken.objects.get(connection=authorized)
+    kept = OAuthToken.objects.get(connection=authorized_connection)
     assert (kept.access_token, kept.refresh_token) == ("new-access", "new-refresh")
     assert "1 token(s) authorized again meanwhile are kept, not revoked." in message
     event = AuditEvent.objects.filter(action="disconnect").latest("id")

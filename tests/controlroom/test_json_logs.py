@@ -31,11 +31,11 @@ def json_logs():
     logging.config.dictConfig(settings.LOGGING)
 
 
-def test_each_line_is_an_object_with_the_request_and_the_connection(json_logs, authorized, authserver):
+def test_each_line_is_an_object_with_the_request_and_the_connection(json_logs, authorized_connection, authserver):
     # a request with its own id that logs (Django's 404 warning), and a refresh that fails and logs
     response = Client().get("/no-such-page/", HTTP_X_REQUEST_ID="bot-run-42")
     assert response["X-Request-ID"] == "bot-run-42"
-    token = shared_token(authorized)
+    token = shared_token(authorized_connection)
     authserver.set_fault("status_500")
     with pytest.raises(ProviderError):
         token_refresh(token=token, actor_label="test")
@@ -43,10 +43,10 @@ def test_each_line_is_an_object_with_the_request_and_the_connection(json_logs, a
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     not_found = next(line for line in lines if line["logger"] == "django.request")
     assert (not_found["level"], not_found["request_id"]) == ("WARNING", "bot-run-42")
-    about = [line for line in lines if line.get("connection") == authorized.slug]
+    about = [line for line in lines if line.get("connection") == authorized_connection.slug]
     assert about and any(line["logger"].startswith("requests_oauthlib") for line in about)
     text = json_logs.getvalue()
-    assert token.refresh_token not in text and authorized.client_secret not in text
+    assert token.refresh_token not in text and authorized_connection.client_secret not in text
 
 
 def test_a_request_without_a_usable_id_gets_one(json_logs):

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connections.engine import refresh
 from connections.models import Connection, OAuthToken
-from tests.conftest import get_token, shared_token, wait_for
+from tests.conftest import get_token, shared_token
+from tests.support.waiting import wait_for
 
 METRICS_TOKEN = "metrics-t0ken-for-tests"
 
@@ -45,7 +46,7 @@ def test_metrics_are_off_without_a_token_and_need_its_bearer(settings):
 
 @pytest.mark.django_db
 def test_a_scrape_counts_token_requests_refreshes_and_connections_and_shows_no_secret(
-    settings, connected, bot, make_connection, authserver
+    settings, bot_connection, bot, make_connection, authserver
 ):
     settings.METRICS_TOKEN = METRICS_TOKEN
     before = samples(scrape().content.decode())
@@ -53,10 +54,10 @@ def test_a_scrape_counts_token_requests_refreshes_and_connections_and_shows_no_s
     refused = ("controlroom_token_requests_total", (("from_memory", "false"), ("outcome", "invalid_key")))
     refreshed = ("controlroom_token_refreshes_total", (("outcome", "success"), ("provider", "custom")))
     # when a bot gets a token, another presents a wrong key, and the token is refreshed
-    answer = get_token(bot.raw_key, connected.slug)
+    answer = get_token(bot.raw_key, bot_connection.slug)
     assert answer.status_code == 200
-    assert get_token("crk_000000000000_wrong", connected.slug).status_code == 401
-    refresh.token_refresh(token=shared_token(connected), actor_label="test")
+    assert get_token("crk_000000000000_wrong", bot_connection.slug).status_code == 401
+    refresh.token_refresh(token=shared_token(bot_connection), actor_label="test")
     # and the connections are in each status
     make_connection(is_enabled=False)
     make_connection()  # never connected
@@ -77,19 +78,19 @@ def test_a_scrape_counts_token_requests_refreshes_and_connections_and_shows_no_s
     assert 3000 < after[("controlroom_earliest_expiry_seconds", ())] <= 3600
     assert ("controlroom_refresh_backlog_tokens", ()) in after
     # and nothing secret: no token, key, secret or address
-    token = shared_token(connected)
-    for secret in (token.access_token, token.refresh_token, bot.raw_key, connected.client_secret, METRICS_TOKEN):
+    token = shared_token(bot_connection)
+    for secret in (token.access_token, token.refresh_token, bot.raw_key, bot_connection.client_secret, METRICS_TOKEN):
         assert secret not in text
     assert not re.search(r"127\.0\.0\.1|loopback-\d", text)  # no URL or connection name in a label
 
 
 @pytest.mark.django_db(transaction=True)
-def test_one_scrape_sums_the_counts_of_every_web_and_worker_process(make_stack, connected, bot, tmp_path):
+def test_one_scrape_sums_the_counts_of_every_web_and_worker_process(make_stack, bot_connection, bot, tmp_path):
     # given two gunicorn web processes with two workers each and a Celery worker, counting into one directory
     stack = make_stack(METRICS_TOKEN=METRICS_TOKEN, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     ports = stack.webs(["web-1", "web-2"], workers=2, threads=2)
     stack.worker()
-    token_url = "http://127.0.0.1:{port}/api/v1/connections/" + connected.slug + "/token"
+    token_url = "http://127.0.0.1:{port}/api/v1/connections/" + bot_connection.slug + "/token"
     # when bots ask each process for the token (some answered from memory), and the worker refreshes it
     answers = [
         requests.get(token_url.format(port=port), headers={"Authorization": f"Bearer {bot.raw_key}"}, timeout=30)
@@ -97,10 +98,10 @@ def test_one_scrape_sums_the_counts_of_every_web_and_worker_process(make_stack, 
         for _ in range(10)
     ]
     assert {answer.status_code for answer in answers} == {200}, stack.logs()
-    token = shared_token(connected)
+    token = shared_token(bot_connection)
     OAuthToken.objects.filter(pk=token.pk).update(next_refresh_at=timezone.now() - timedelta(seconds=1))
     stack.send_task("connections.tasks.refresh_token", token.pk, token.generation)
-    wait_for(lambda: shared_token(connected).generation > token.generation, 30, "the worker's refresh")
+    wait_for(lambda: shared_token(bot_connection).generation > token.generation, 30, "the worker's refresh")
 
     # then a scrape of either web process sums every process's counts
     def counted() -> dict:
@@ -127,7 +128,7 @@ def test_one_scrape_sums_the_counts_of_every_web_and_worker_process(make_stack, 
 
 
 @pytest.mark.django_db
-def test_the_grafana_dashboard_asks_only_for_metrics_control_room_exposes(settings, connected):
+def test_the_grafana_dashboard_asks_only_for_metrics_control_room_exposes(settings, bot_connection):
     import json
     from pathlib import Path
 

@@ -21,7 +21,7 @@ from connections.engine.refresh import token_refresh
 from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken
 from controlroom.logging import redact
-from tests.conftest import PROVIDER_USER, authorize
+from tests.conftest import PROVIDER_USER, authorize_and_store_token
 
 pytestmark = pytest.mark.django_db
 
@@ -116,7 +116,7 @@ def test_signing_with_a_private_key_leaks_neither_the_key_nor_an_assertion(
         public_key=public.decode(), client_auth_method="private_key_jwt", private_key=pem, client_secret=""
     )
     pages: list[str] = []
-    token = authorize(manager_client, connection, authserver)
+    token = authorize_and_store_token(manager_client, connection, authserver)
     token_refresh(token=token, actor_label="test")
     authserver.set_fault("invalid_grant")
     with pytest.raises(ProviderError):
@@ -180,7 +180,7 @@ def test_a_worker_and_beat_log_no_secret_with_every_logger_at_debug(
     stack = make_stack(BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=5)
     stack.env.update(DJANGO_SETTINGS_MODULE="tests.debug_logging_settings", LOG_LEVEL="DEBUG")
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     secrets = {connection.client_secret, *_token_values(connection)}
     stack.worker(loglevel="DEBUG")
     stack.beat(loglevel="DEBUG")

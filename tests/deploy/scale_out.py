@@ -2,25 +2,32 @@
 
 2 gunicorn web processes (each its own master on its own port, 1 worker x 4 threads), 3 Celery worker processes
 (solo pool, each with its own --hostname), 1 Celery beat, all on the test run's real PostgreSQL and Redis, with
-1,000 client-credentials connections whose tokens live 60 seconds at the loopback authorization server. For the
-run's length a load thread asks both web processes for random connections' tokens every ~100 ms while the tokens
-table is read every 2 s. tests/deploy/test_scale_out.py checks what must hold however busy the machine is;
-bench/scale_out.py prints the figures (rates, spread over the workers, latencies, CPU).
+1,000 client-credentials connections holding real tokens of the loopback authorization server. A load thread asks
+both web processes for random connections' tokens every ~100 ms while the tokens table is read every 2 s, until the
+run's events have happened: every token refreshed REQUIRED_REFRESHES times (and, for the bench, at least
+`min_seconds` gone by), then LOOP_SWEEPS more sweeps and every refresh task queued by then ended. Nothing is decided
+by how fast that goes: one generous TIMEOUT only turns a hang into a failure. tests/deploy/test_scale_out.py checks
+the correctness promises; bench/scale_out.py prints the figures (rates, spread over the workers, latencies, CPU).
 
-The bounds. A 60-second token gets a margin of min(TOKEN_REFRESH_MARGIN, 60 // 2) = 30 s: the refresh stores
-next_refresh_at = expires_at - 30 s. A sweep at time s claims the tokens due before s + BEAT_INTERVAL (5 s), moving
-their next refresh time past the next sweeps, and a queued refresh of a token renewed since does nothing. So two
-refreshes of one token are at least 30 - 5 = 25 s apart (MIN_GAP).
-Over a window of T seconds that allows at most floor(T / 25) + 1 refreshes per token (3 for the test's 60 s, 8 for
-the bench's 180 s). The other way, the seeded tokens are all due within the first 30 + 5 s, and a refresh that runs
-at most one beat interval after it is due comes at most 30 + 5 = 35 s after the previous one: the first by 40 s,
-then one per 35 s at the latest, so at least 1 + floor((T - 40) / 35) refreshes happen (1 for 60 s, 5 for 180 s;
-refresh_count_bounds in tests/support/stack.py). A refresh loop would show up as dozens per token, a stalled worker
-as expired tokens.
+Lifetimes. A token of LIFETIME seconds gets a margin of min(TOKEN_REFRESH_MARGIN, LIFETIME // 2) = MARGIN: it is due
+MARGIN before it expires (a little later with REFRESH_JITTER, at most a tenth of the margin), so a token due has
+most of MARGIN left to be refreshed in. The seeded tokens are made due over the first SPREAD seconds, so the engine
+must refresh a thousand tokens within about SPREAD + MARGIN: with the test's 240-second tokens (MARGIN 120 s) that
+is 1,000 in 150 s, under 7 a second, a fifth of what two cores did with 60-second tokens (33 a second, 0.89 of the
+cores: docs/performance.md), so a busy machine is slower without a token expiring. The bench sets 60-second tokens
+and a long run (SCALE_OUT_LIFETIME, SCALE_OUT_SECONDS) for the steady state's figures.
 
-The seeded tokens are real: one client-credentials request each, made before the run. To spread the load as a
-running deployment has it (tokens obtained at all sorts of times), their stored expiry is moved earlier, by up to
-30 s, never later than the server's: the checks below judge the tokens by that stricter expiry.
+The bounds. A refresh stores next_refresh_at = expires_at - MARGIN (+ jitter). A sweep at time s claims the tokens
+due before s + BEAT_INTERVAL, moving their next refresh time past the next sweeps, and a queued refresh of a token
+renewed since does nothing. So two refreshes of one token are at least LIFETIME - MARGIN - BEAT_INTERVAL apart
+(MIN_GAP) however slow the machine (slowness only moves refreshes later), and a window of T seconds allows at most
+floor(T / MIN_GAP) + 1 refreshes per token (refresh_count_bounds in tests/support/stack.py): 1 for the test, whose
+window is shorter than MIN_GAP (115 s), so each token is refreshed exactly once and the sweeps that run after the
+last first refresh prove none is refreshed in a loop. A stalled worker shows as expired tokens.
+
+The seeded tokens are real: one client-credentials request each, made before the run. Their stored expiry is moved
+earlier (never later than the server's) to spread their due times: the checks judge the tokens by that stricter
+expiry.
 """
 
 import itertools
@@ -54,10 +61,14 @@ from tests.support.authserver import AuthServer
 from tests.support.stack import Stack, every, refresh_count_bounds
 
 CONNECTIONS = 1000
-LIFETIME = 60
+LIFETIME = int(os.environ.get("SCALE_OUT_LIFETIME", "240"))  # seconds the server's access tokens live
 MARGIN = LIFETIME // 2  # TOKEN_REFRESH_MARGIN (300) is capped at half the lifetime
+SPREAD = min(MARGIN, 30)  # the seeded tokens fall due over this many seconds
 BEAT_INTERVAL = 5
-MIN_GAP = MARGIN - BEAT_INTERVAL
+MIN_GAP = LIFETIME - MARGIN - BEAT_INTERVAL
+REQUIRED_REFRESHES = 1  # per token, before the run ends
+LOOP_SWEEPS = 2  # sweeps after that, each of which would refresh again a token refreshed in a loop
+TIMEOUT = 600  # seconds, on top of the run's minimum: only turns a hang into a failure
 GAP_TOLERANCE = 0.5  # seconds between a refresh computing its expiry and writing its audit event, and clock reads
 WORKERS = ("worker-1", "worker-2", "worker-3")
 WEBS = ("web-1", "web-2")
@@ -65,7 +76,8 @@ POLL = 2.0
 LOAD_INTERVAL = 0.1
 WHOAMI_EVERY = 10  # every 10th token served is shown to the provider's protected resource
 CLIENT_ID, CLIENT_SECRET = "scale-out-client", "scale-out-secret-s3cr3t"
-TASK_SUCCEEDED = re.compile(r"Task connections\.tasks\.refresh_token\[[0-9a-f-]+\] succeeded in ([0-9.e-]+)s")
+# A refresh task (one token) or a batch of them (refresh_tokens, what the sweep queues today).
+TASK_SUCCEEDED = re.compile(r"Task connections\.tasks\.refresh_tokens?\[[0-9a-f-]+\] succeeded in ([0-9.e-]+)s")
 TASK_RAISED = re.compile(r"Task connections\.tasks\.\w+\[[0-9a-f-]+\] raised")
 SWEEP_SUCCEEDED = re.compile(r"Task connections\.tasks\.refresh_sweep\[[0-9a-f-]+\] succeeded in [0-9.e-]+s: (\d+)")
 
@@ -186,13 +198,13 @@ def seed_tokens(connections: list[Connection]) -> None:
 
 
 def spread_due_times(connections: list[Connection]) -> dict[int, datetime]:
-    """Due times spread over one margin, starting one beat interval from now, never later than each token's own
-    (its stored expiry only moves earlier). Returns each connection's stored expiry."""
+    """Due times spread over SPREAD seconds, starting one beat interval from now, never later than each token's
+    own (its stored expiry only moves earlier). Returns each connection's stored expiry."""
     rng = random.Random(20261128)  # noqa: S311 - a spread, not a secret
     base = timezone.now() + timedelta(seconds=BEAT_INTERVAL)
     tokens = list(OAuthToken.objects.filter(connection__in=connections).only("id", "expires_at", "next_refresh_at"))
     for token in tokens:
-        token.next_refresh_at = min(token.next_refresh_at, base + timedelta(seconds=rng.uniform(0, MARGIN)))
+        token.next_refresh_at = min(token.next_refresh_at, base + timedelta(seconds=rng.uniform(0, SPREAD)))
         token.expires_at = token.next_refresh_at + timedelta(seconds=MARGIN)
     OAuthToken.objects.bulk_update(tokens, ["expires_at", "next_refresh_at"], batch_size=250)
     return dict(OAuthToken.objects.filter(connection__in=connections).values_list("connection_id", "expires_at"))
@@ -281,7 +293,7 @@ def refreshes_allowed(seconds: float) -> tuple[int, int]:
     """(fewest, most) refreshes of one token that a correct engine makes in a window of `seconds` of this run (the
     bounds in this module's docstring). Too many is a refresh loop; too few, on a busy machine, is only slowness."""
     return refresh_count_bounds(
-        seconds, cycle=LIFETIME - MARGIN, beat_interval=BEAT_INTERVAL, first_due_within=MARGIN + BEAT_INTERVAL
+        seconds, cycle=LIFETIME - MARGIN, beat_interval=BEAT_INTERVAL, first_due_within=SPREAD + BEAT_INTERVAL
     )
 
 
@@ -293,6 +305,7 @@ class Run:
     server: AuthServer
     connections: list[Connection]
     seeded_expiry: dict[int, datetime]
+    seeded_generation: dict[int, int]
     set_up_seconds: float
     started_at: datetime
     ended_at: datetime | None = None
@@ -300,6 +313,8 @@ class Run:
     polls: int = 0
     least_left: float = float("inf")  # over every poll and every token: seconds until expiry (negative: expired)
     expired: set[int] = field(default_factory=set)
+    not_yet_refreshed: int = CONNECTIONS  # tokens refreshed fewer than REQUIRED_REFRESHES times, at the last poll
+    generations_gained: int = 0  # new tokens stored over the run, all tokens together (read after the stop)
     stats_before: dict[str, int] = field(default_factory=dict)
     stats_after: dict[str, int] = field(default_factory=dict)
     cpu_used: dict[str, float] = field(default_factory=dict)
@@ -323,31 +338,53 @@ def set_up(make_stack: Callable[..., Stack], server: AuthServer) -> tuple[Run, d
     connections, keys = seed_connections(server)
     seed_tokens(connections)
     seeded_expiry = spread_due_times(connections)
-    run = Run(stack, server, connections, seeded_expiry, time.monotonic() - started, timezone.now())
+    seeded_generation = dict(OAuthToken.objects.values_list("connection_id", "generation"))
+    run = Run(stack, server, connections, seeded_expiry, seeded_generation, time.monotonic() - started, timezone.now())
     return run, ports, keys
 
 
-def _poll_tokens(run: Run, seconds: float, load_thread: threading.Thread) -> None:
-    """Read every token's expiry each POLL seconds for `seconds`, noting the least time left and the expired."""
+def _watch_tokens(run: Run, min_seconds: float, load_thread: threading.Thread) -> None:
+    """Read every token each POLL seconds, noting the least time left and the expired, until the run's events:
+    every token refreshed REQUIRED_REFRESHES times and `min_seconds` gone by, then LOOP_SWEEPS more sweeps and
+    every refresh task queued by then ended. Fails after TIMEOUT more seconds (a hang), saying what was awaited."""
+    began, ended = time.monotonic(), threading.Event()
+    sweeps_at_last_refresh: list[int] = []  # the sweeps run when the last token got its required refreshes
 
     def poll() -> None:
         run.stack.check_alive("the scale-out run ran")
         assert load_thread.is_alive(), "the load thread died"
-        rows = list(OAuthToken.objects.values_list("connection_id", "expires_at"))  # one query, every token
+        rows = list(OAuthToken.objects.values_list("connection_id", "expires_at", "generation"))  # one query
         now = timezone.now()
         assert len(rows) == CONNECTIONS
         run.polls += 1
-        for connection_id, expires_at in rows:
+        for connection_id, expires_at, _ in rows:
             left = (expires_at - now).total_seconds()
             run.least_left = min(run.least_left, left)
             if left <= 0:
                 run.expired.add(connection_id)
+        run.not_yet_refreshed = sum(
+            generation - run.seeded_generation[connection_id] < REQUIRED_REFRESHES
+            for connection_id, _, generation in rows
+        )
+        if not sweeps_at_last_refresh:
+            if run.not_yet_refreshed == 0 and time.monotonic() - began >= min_seconds:
+                sweeps_at_last_refresh.append(run.stack.sweeps_run())
+        elif run.stack.sweeps_run() >= sweeps_at_last_refresh[0] + LOOP_SWEEPS and run.stack.refreshes_idle():
+            ended.set()
 
-    every(POLL, seconds, poll)
+    every(POLL, min_seconds + TIMEOUT, poll, stop=ended)
+    if not ended.is_set():
+        awaited = (
+            f"{LOOP_SWEEPS} sweeps after the last required refresh"
+            if sweeps_at_last_refresh
+            else f"{run.not_yet_refreshed} tokens to be refreshed {REQUIRED_REFRESHES} time(s)"
+        )
+        raise AssertionError(f"Waited {min_seconds + TIMEOUT:g} s for {awaited}.\n{run.stack.logs()}")
 
 
-def run(make_stack: Callable[..., Stack], server: AuthServer, seconds: float) -> Run:
-    """Set up, start beat, load the token endpoint and poll the tokens for `seconds`, then stop everything."""
+def run(make_stack: Callable[..., Stack], server: AuthServer, min_seconds: float = 0) -> Run:
+    """Set up, start beat, load the token endpoint and watch the tokens until the run's events (_watch_tokens),
+    then stop everything."""
     scenario, ports, keys = set_up(make_stack, server)
     stack = scenario.stack
     scenario.stats_before = server.stats()["token_requests"]
@@ -357,14 +394,14 @@ def run(make_stack: Callable[..., Stack], server: AuthServer, seconds: float) ->
         "web (2 gunicorn)": [stack.processes.started[web][0].pid for web in WEBS],
         "workers (3 Celery)": [stack.processes.started[worker][0].pid for worker in WORKERS],
         "beat": [stack.processes.started["beat"][0].pid],
-        "authorization server": [server._proc.pid],
+        "authorization server": [server.pid],
     }
     cpu_before, machine_before = cpu_by_role(roots), machine_busy_seconds()
     load = Load(ports, dict(zip(WEBS, keys, strict=True)), [c.slug for c in scenario.connections], server)
     load_thread = threading.Thread(target=load.run, name="token endpoint load", daemon=True)
     load_thread.start()
     try:
-        _poll_tokens(scenario, seconds, load_thread)
+        _watch_tokens(scenario, min_seconds, load_thread)
     finally:
         load.stop.set()
         load_thread.join(timeout=30)
@@ -372,6 +409,10 @@ def run(make_stack: Callable[..., Stack], server: AuthServer, seconds: float) ->
     cpu_after, machine_after = cpu_by_role(roots), machine_busy_seconds()
     stack.processes.stop_all()  # warm shutdown: tasks in progress finish and are counted
     scenario.stats_after = server.stats()["token_requests"]
+    scenario.generations_gained = sum(
+        generation - scenario.seeded_generation[connection_id]
+        for connection_id, generation in OAuthToken.objects.values_list("connection_id", "generation")
+    )
     scenario.cpu_used = {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after}
     busy, total = machine_after[0] - machine_before[0], machine_after[1] - machine_before[1]
     scenario.machine_cores = busy / total * os.cpu_count()
@@ -473,7 +514,8 @@ def _refresh_figures(run: Run, result: Outcome) -> list[str]:
     return [
         f"Topology: {len(WEBS)} gunicorn web processes (1 worker x 4 threads each), {len(WORKERS)} Celery workers "
         f"(solo pool), 1 beat (every {BEAT_INTERVAL} s); PostgreSQL and Redis; {os.cpu_count()} CPU cores.",
-        f"Load: {CONNECTIONS} client-credentials connections, {LIFETIME} s tokens (refresh margin {MARGIN} s); "
+        f"Load: {CONNECTIONS} client-credentials connections, {LIFETIME} s tokens (refresh margin {MARGIN} s, first "
+        f"due over {SPREAD} s); "
         f"run {seconds:.0f} s; set-up {run.set_up_seconds:.0f} s.",
         f"Refreshes: {result.total_refreshes} in total ({result.total_refreshes / seconds:.1f}/s), {sum(counts)} "
         f"inside the window; provider token calls {result.provider_calls} (other grants: {result.other_grants}); "
@@ -489,7 +531,7 @@ def _refresh_figures(run: Run, result: Outcome) -> list[str]:
         f"{MIN_GAP} s), max {max(result.gaps, default=float('nan')):.1f} s (lifetime {LIFETIME} s); lateness after "
         f"the due time: p50 {percentile(result.lateness, 0.5):.1f} s, max {max(result.lateness, default=0):.1f} s.",
         f"Token table polls: {run.polls} (all {CONNECTIONS} rows each); least time left on any token "
-        f"{run.least_left:.1f} s; expired seen: {len(run.expired)}.",
+        f"{run.least_left:.1f} s; expired seen: {len(run.expired)}; new tokens stored {run.generations_gained}.",
     ]
 
 

@@ -36,7 +36,7 @@ def signed_in(base: str) -> requests.Session:
     return session
 
 
-def connect(session: requests.Session, base: str, slug: str, authserver) -> dict[str, str]:
+def callback_through_the_web_process(session: requests.Session, base: str, slug: str, authserver) -> dict[str, str]:
     """Connect through the web process and the real server: the callback's query (code, state), once followed."""
     csrf = {"X-CSRFToken": session.cookies["controlroom_csrftoken"]}
     started = session.post(f"{base}/oauth/connect/{slug}/", headers=csrf, allow_redirects=False, timeout=30)
@@ -62,7 +62,7 @@ def test_no_secret_reaches_the_web_or_worker_output(make_stack, make_connection,
     # when the administrator signs in and connects, the bot gets its token and forces a refresh, and a worker
     # refreshes it once more
     session = signed_in(base)
-    callback = connect(session, base, connection.slug, authserver)
+    callback = callback_through_the_web_process(session, base, connection.slug, authserver)
     first = shared_token(connection)
     assert first is not None, stack.logs()
     asked = f"{base}/api/v1/connections/{connection.slug}/token"

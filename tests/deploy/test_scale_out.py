@@ -1,15 +1,20 @@
 """The scaled-out deployment without containers (tests/deploy/scale_out.py): 2 web processes, 3 workers and beat
-keep 1,000 sixty-second tokens fresh. What is checked must hold however busy the machine is:
+keep 1,000 tokens fresh while bots ask for them. The run ends on events, not after a time: every token refreshed
+(scale_out.REQUIRED_REFRESHES times), then two more sweeps and every refresh task ended; how fast that goes is the
+machine's business (bench/scale_out.py prints it). What is checked is what the engine promises:
 
-- every token refreshed before it expired (no poll saw an expired token; no answer without time left);
-- no token refreshed twice in one cycle (the gap between two refreshes of one token is at least margin - beat
-  interval, so at most refreshes_allowed() per token: more would be a refresh loop), and the provider called
-  exactly once per refresh, by a worker, with no failure;
+- every token refreshed before it expired (no poll saw an expired token; no answer without time left; the first
+  refresh before the seeded expiry), each one the required number of times;
+- no token refreshed twice in one cycle (the gap between two refreshes of one token is at least MIN_GAP, so at most
+  refreshes_allowed() per token: exactly once in the test's run; more would be a refresh loop, which the sweeps run
+  after the last refresh would show), and the provider called exactly once per refresh, by a worker, with no failure;
+- nothing lost: every provider call is one new token stored and one refresh audited;
 - every token-endpoint call answered 200 with a token the provider accepts.
 
-SCALE_OUT_SECONDS sets how long beat runs: 60 s by default, two refresh cycles of the tokens, enough for all of the
-above; bench/scale_out.py runs the long form. Rates, the spread over the workers, latencies and CPU are machine-speed
-figures: bench/scale_out.py prints them (set SCALE_OUT_FIGURES to a file path and this test writes them there too).
+The scenario's tokens live scale_out.LIFETIME (240 s): long enough that a busy machine refreshing the thousand
+tokens at a fifth of an idle one's speed still does it before any expires (the module's docstring). bench/scale_out.py
+runs the long form (60-second tokens, SCALE_OUT_LIFETIME, for at least SCALE_OUT_SECONDS) and prints the figures
+(set SCALE_OUT_FIGURES to a file path and this test writes them there too).
 """
 
 import os
@@ -18,25 +23,14 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import scale_out
-from tests.support.authserver import AuthServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-SECONDS = int(os.environ.get("SCALE_OUT_SECONDS", "60"))
+MIN_SECONDS = int(os.environ.get("SCALE_OUT_SECONDS", "0"))  # the bench's run length; the test ends on events
 
 
-@pytest.fixture
-def sixty_second_server(tmp_path):
-    (tmp_path / "authserver").mkdir()
-    server = AuthServer(access_token_lifetime=scale_out.LIFETIME, log_dir=str(tmp_path / "authserver")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def test_two_web_three_workers_one_beat_keep_a_thousand_sixty_second_tokens_fresh(make_stack, sixty_second_server):
-    run = scale_out.run(make_stack, sixty_second_server, SECONDS)
+def test_two_web_three_workers_one_beat_keep_a_thousand_tokens_fresh(make_stack, short_lived_authserver):
+    run = scale_out.run(make_stack, short_lived_authserver(scale_out.LIFETIME), MIN_SECONDS)
     result = scale_out.outcome_of(run)
     figures = scale_out.figures(run, result)
     if os.environ.get("SCALE_OUT_FIGURES"):
@@ -48,6 +42,10 @@ def test_two_web_three_workers_one_beat_keep_a_thousand_sixty_second_tokens_fres
     assert run.least_left > 0, report
     assert not result.late_first, f"first refresh after the seeded expiry: {result.late_first[:10]}{report}"
     assert max(result.gaps, default=0.0) < scale_out.LIFETIME - scale_out.GAP_TOLERANCE, report
+    # each token refreshed as often as the run waited for, and nothing lost: one token stored per provider call
+    assert run.not_yet_refreshed == 0, report
+    assert min(result.refresh_counts) >= scale_out.REQUIRED_REFRESHES, report
+    assert run.generations_gained == result.total_refreshes == result.provider_calls, report
     # no token refreshed twice in one cycle, and one provider call per refresh (single flight), all by workers
     assert min(result.gaps, default=scale_out.MIN_GAP) >= scale_out.MIN_GAP - scale_out.GAP_TOLERANCE, report
     assert max(result.refresh_counts) <= scale_out.refreshes_allowed(result.window_seconds)[1], report

@@ -5,7 +5,7 @@ import requests
 from django.contrib.auth.models import Group
 
 from connections.endpoint.bot_keys import bot_key_create
-from tests.conftest import authorize
+from tests.conftest import authorize_and_store_token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def test_bot_key_fetches_a_token_that_the_provider_accepts(live_server, make_connection, manager_client, authserver):
     # given a connection authorized at the loopback server and a bot whose role is invited to it
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     role = Group.objects.create(name="Reporting bots")
     connection.roles.add(role)
     bot = role.user_set.create(username="reporting-bot")

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import threading
-import time
 
 import pytest
 import requests
@@ -21,6 +20,7 @@ from playwright.sync_api import expect
 from connections.config.demo_provider import DEMO_PASSWORD, DEMO_USER
 from connections.models import OAuthToken
 from tests.support.servers import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -48,9 +48,12 @@ def make_demo(settings, live_server, tmp_path):
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 90
-    while "Ctrl-C stops it" not in output.getvalue() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(
+        lambda: "Ctrl-C stops it" in output.getvalue() or not thread.is_alive(),
+        90,
+        "the demo provider to say it runs",
+        interval=0.2,
+    )
     assert "Ctrl-C stops it" in output.getvalue(), (failures, output.getvalue())
     yield f"http://127.0.0.1:{port}", output.getvalue()
     stop.set()

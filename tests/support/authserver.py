@@ -1,6 +1,7 @@
 """Launcher and client for the loopback OAuth 2.0 authorization server in tests/authserver.
 
-Importable without Django settings (stdlib + requests only). Typical use::
+Importable without Django settings (stdlib, requests, and tests/support/processes.py, which runs its gunicorn).
+Typical use::
 
     server = AuthServer()
     server.start()
@@ -17,7 +18,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Self
@@ -25,10 +25,13 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from tests.support.processes import Processes
 from tests.support.servers import free_port, gunicorn_bind_state
+from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_MODULE = "tests.authserver.settings"
+_NAME = "authserver"
 
 
 class AuthorizeError(RuntimeError):
@@ -101,7 +104,7 @@ class AuthServer:
         self.db_path = self.workdir / "authserver.sqlite3"
         self.control_key = secrets.token_urlsafe(24)
         self.port: int | None = None
-        self._proc: subprocess.Popen | None = None
+        self._processes = Processes(log_dir=self.workdir)  # its one process, named authserver: authserver.log
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -118,7 +121,7 @@ class AuthServer:
         return env
 
     def start(self) -> Self:
-        if self._proc is not None:
+        if self.running:
             raise RuntimeError("auth server already started")
         env = self._env()
         migrate = subprocess.run(
@@ -136,37 +139,42 @@ class AuthServer:
             )
         for attempt in range(3):
             self.port = free_port()  # may race with another process: retried below
-            # The child keeps its own copy of the log fd; ours can close right away.
-            with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    _gunicorn_command(self.port),
-                    cwd=REPO_ROOT,
-                    env={**env, "AUTHSERVER_PUBLIC_URL": self.url},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if self._wait_healthy(deadline=time.monotonic() + 60):
+            process = self._processes.start(
+                _NAME, _gunicorn_command(self.port), {**env, "AUTHSERVER_PUBLIC_URL": self.url}
+            )
+            said = wait_for(
+                lambda process=process: "exited" if process.poll() is not None else self._healthy(),
+                60,
+                f"the authorization server to answer on {self.url}",
+                interval=0.1,
+                details=self._log_tail,
+            )
+            if said == "healthy":
                 return self
-            exit_code = self._proc.poll()
+            exit_code = process.poll()
             self._terminate()  # keeps the migrated DB for the next attempt
             if attempt < 2 and gunicorn_bind_state(self._log_tail(), self.port) == "taken":
                 continue
             raise RuntimeError(
-                f"auth server did not come up on {self.url} within 60 s (exit code {exit_code}); "
+                f"auth server exited with code {exit_code} before answering on {self.url}; "
                 f"log {self.log_path}:\n{self._log_tail()}"
             )
         raise AssertionError("unreachable")
 
-    def _wait_healthy(self, deadline: float) -> bool:
-        assert self._proc is not None
-        while time.monotonic() < deadline and self._proc.poll() is None:
-            try:
-                if self._control("GET", "health", check=False).status_code == 200:
-                    return True
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        return False
+    @property
+    def running(self) -> bool:
+        return _NAME in self._processes.started
+
+    @property
+    def pid(self) -> int:
+        """The gunicorn master's process id (its worker is its child)."""
+        return self._processes.started[_NAME][0].pid
+
+    def _healthy(self) -> str:
+        try:
+            return "healthy" if self._control("GET", "health", check=False).status_code == 200 else ""
+        except requests.RequestException:
+            return ""
 
     def _log_tail(self, chars: int = 4000) -> str:
         try:
@@ -182,14 +190,8 @@ class AuthServer:
             Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
 
     def _terminate(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if self.running:
+            self._processes.stop(_NAME)  # SIGTERM; SIGKILL after 10 s
 
     def __enter__(self) -> Self:
         return self.start()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.servers import PortTaken, gunicorn_bind_state, on_a_free_port
+from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,45 +61,71 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 @dataclass
 class Processes:
-    """Server processes started by one test; stop_all() always runs (fixture finalizer)."""
+    """The one manager of the server processes a test starts (gunicorn, Celery, the authorization server). Each
+    process leads its own process group, so a worker can be SIGKILLed with its pool children (a real crash) and
+    stopping reaches every child; its output goes to <log_dir>/<name>.log. stop_all() always runs (a fixture's
+    finalizer): SIGTERM to every group, SIGKILL to what is left after 10 s."""
 
     log_dir: Path
     started: dict[str, tuple[subprocess.Popen[bytes], Path]] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        if name in self.started:
+            raise ValueError(f"a process named {name} was already started")
         log_path = self.log_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with log_path.open("ab") as log:  # a process started again under its name keeps the earlier lines
+            process = subprocess.Popen(
+                argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         self.started[name] = (process, log_path)
         return process
 
     def log(self, name: str) -> str:
-        return self.started[name][1].read_text(errors="replace")
+        path = self.started[name][1]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def signal(self, name: str, signum: int) -> None:
+        """Send `signum` to the process group of `name`."""
+        _signal_group(self.started[name][0], signum)
+
+    def kill_group(self, name: str) -> None:
+        process, _ = self.started[name]
+        _signal_group(process, signal.SIGKILL)
+        process.wait(timeout=10)
 
     def stop(self, name: str) -> None:
-        """Stop `name` (killed if it will not stop) and forget it: the name may be started again."""
+        """Stop `name` and its children (killed if they will not stop) and forget it: the name may be started
+        again."""
         process, _ = self.started.pop(name)
-        _stop(process)
+        _stop_groups([process])
 
-    def logs(self) -> str:
-        return "\n".join(log_tail(log_path) for _, log_path in self.started.values())
+    def logs(self, lines: int = 40) -> str:
+        return "\n".join(log_tail(log_path, lines) for _, log_path in self.started.values())
 
     def stop_all(self) -> None:
-        for process, _ in self.started.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process, _ in self.started.values():
-            _stop(process)
+        _stop_groups([process for process, _ in self.started.values()])
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _stop_groups(processes: list[subprocess.Popen[bytes]], seconds: float = 10) -> None:
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)
+    deadline = time.monotonic() + seconds
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in processes:
+        _signal_group(process, signal.SIGKILL)  # stragglers, and children whose parent is gone
+        if process.poll() is None:
+            process.wait(timeout=10)
 
 
 def start_gunicorn(processes: Processes, name: str, argv: list[str], env: dict[str, str], seconds: float = 60) -> int:
@@ -107,11 +134,12 @@ def start_gunicorn(processes: Processes, name: str, argv: list[str], env: dict[s
 
     def start(port: int) -> int:
         process = processes.start(name, [*argv, f"--bind=127.0.0.1:{port}"], env)
-        deadline = time.monotonic() + seconds
-        while not (state := gunicorn_bind_state(processes.log(name), port)) and process.poll() is None:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name} did not listen on port {port} within {seconds:g} s.\n{processes.logs()}")
-            time.sleep(0.05)
+        state = wait_for(
+            lambda: gunicorn_bind_state(processes.log(name), port) or ("exited" if process.poll() is not None else ""),
+            seconds,
+            f"{name} to listen on port {port}",
+            details=processes.logs,
+        )
         if state == "listening":
             return port
         processes.stop(name)

@@ -13,12 +13,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
+from tests.support.waiting import wait_for
 
 _stops: list = []
 T = TypeVar("T")
@@ -70,13 +71,14 @@ def _text_since(path: Path, offset: int) -> str:
 
 
 def _wait_for_port(port: int, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def accepts() -> bool:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise pytest.UsageError(f"{what} did not accept connections on 127.0.0.1:{port} within {seconds:g} s.")
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(accepts, seconds, f"{what} to accept connections on 127.0.0.1:{port}", interval=0.1)
+    except AssertionError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _as_postgres_user(command: list[str]) -> list[str]:
@@ -166,11 +168,14 @@ def start_redis() -> str:
             )
         running[:] = [process]
         # Its own word, not an open port: another process's server could be the one listening there.
-        deadline = time.monotonic() + 30
-        while process.poll() is None and "Ready to accept connections" not in _text_since(log_path, logged):
-            if time.monotonic() > deadline:
-                raise pytest.UsageError(f"Redis did not start on 127.0.0.1:{port} within 30 s.")
-            time.sleep(0.05)
+        try:
+            wait_for(
+                lambda: process.poll() is not None or "Ready to accept connections" in _text_since(log_path, logged),
+                30,
+                f"Redis to start on 127.0.0.1:{port}",
+            )
+        except AssertionError as exc:
+            raise pytest.UsageError(str(exc)) from None
         if process.poll() is not None:
             if "Address already in use" in _text_since(log_path, logged):
                 raise PortTaken()

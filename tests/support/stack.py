@@ -6,8 +6,9 @@ committed rows) and a Redis database number of its own stack (RedisDatabases), f
 task queued by another test runs here. Processes start in their own process group; they are always stopped after
 the test (SIGTERM, SIGKILL after 10 s), before the test database is flushed.
 
-Nothing here waits for a fixed time: every wait polls a condition until a deadline (wait_until, poll_until), and a
-run that checks something regularly does it with every().
+Nothing here waits for a fixed time: every wait polls a condition (wait_until: tests/support/waiting.py's wait_for)
+until a generous deadline that only turns a hang into a failure, and a run that checks something regularly does it
+with every().
 """
 
 import email
@@ -33,7 +34,8 @@ from django.db import connection as db_connection
 from django.db import connections
 
 from tests.support.authserver import AuthServer
-from tests.support.processes import REPO_ROOT, Processes, log_tail, start_gunicorn
+from tests.support.processes import Processes, start_gunicorn
+from tests.support.waiting import wait_for
 
 T = TypeVar("T")
 MAIL_SEPARATOR = "-" * 79  # what Django's file email backend writes after each message
@@ -68,56 +70,11 @@ class RedisDatabases:
         self.free.append(number)
 
 
-class ProcessGroups(Processes):
-    """tests.support.processes.Processes, each process the leader of its own process group, so a worker can
-    be SIGKILLed with its pool children (a real crash), and stop_all() reaches every child."""
-
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        if name in self.started:
-            raise ValueError(f"a process named {name} was already started")
-        log_path = self.log_dir / f"{name}.log"
-        with log_path.open("ab") as log:  # a process started again under its name keeps the earlier lines
-            process = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.started[name] = (process, log_path)
-        return process
-
-    def kill_group(self, name: str) -> None:
-        process, _ = self.started[name]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for process, _ in self.started.values():
-            _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for process, _ in self.started.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for process, _ in self.started.values():
-            _signal_group(process, signal.SIGKILL)  # stragglers, and pool children whose parent is gone
-            if process.poll() is None:
-                process.wait(timeout=10)
-
-    def logs(self, lines: int = 40) -> str:
-        return "\n".join(log_tail(log_path, lines) for _, log_path in self.started.values())
-
-
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
-
-
 @dataclass
 class Stack:
     """Processes of one test, all configured alike (env), plus ways to look at them."""
 
-    processes: ProcessGroups
+    processes: Processes
     env: dict[str, str]
     tmp: Path
     mail_dir: Path
@@ -197,15 +154,13 @@ class Stack:
     def stop(self, name: str, seconds: float = 15) -> None:
         """SIGTERM, as a deployment stops a process, and wait for it to exit."""
         self.expected_dead.add(name)
-        process, _ = self.processes.started[name]
-        _signal_group(process, signal.SIGTERM)
-        process.wait(timeout=seconds)
+        self.processes.signal(name, signal.SIGTERM)
+        self.processes.started[name][0].wait(timeout=seconds)
 
     # --- looking -----------------------------------------------------------------------------
 
     def log(self, name: str) -> str:
-        _, path = self.processes.started[name]
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.processes.log(name)
 
     def count_in_log(self, name: str, text: str) -> int:
         return self.log(name).count(text)
@@ -226,9 +181,10 @@ class Stack:
         seen, beat_interval = self.sweeps_run(), float(self.env.get("BEAT_INTERVAL", 30))  # 30: the setting's default
         generous = 30 + 5 * count * beat_interval  # on an idle machine: count x beat_interval
         self.wait_until(lambda: self.sweeps_run() >= seen + count, generous, f"{count} more sweeps")
-        self.wait_until(self._refreshes_idle, generous, "the refresh tasks queued so far to end")
+        self.wait_until(self.refreshes_idle, generous, "the refresh tasks queued so far to end")
 
-    def _refreshes_idle(self) -> bool:
+    def refreshes_idle(self) -> bool:
+        """The refresh queue is empty and every refresh task taken from it has ended."""
         queued = redis.Redis.from_url(self.broker_url).llen("refresh")
         logs = "".join(self.log(worker) for worker in self.workers)
         task = r"connections\.tasks\.refresh_tokens?\[[0-9a-f-]+\]"
@@ -246,8 +202,8 @@ class Stack:
                 pytest.fail(f"{name} exited with code {process.returncode} while {what}.\n{self.logs()}")
 
     def wait_until(self, condition: Callable[[], T], seconds: float, what: str, interval: float = 0.2) -> T:
-        """Poll `condition` until it returns something true (returned); fail after `seconds`, or as soon as a
-        process dies."""
+        """wait_for (tests/support/waiting.py) with this stack's logs in its failure, failing at once when one of
+        its processes dies meanwhile."""
 
         def met() -> T:
             value = condition()
@@ -255,10 +211,7 @@ class Stack:
                 self.check_alive(f"waiting for {what}")
             return value
 
-        value = poll_until(met, seconds, interval)
-        if not value:
-            pytest.fail(f"Waited {seconds:g} s for {what}.\n{self.logs()}")
-        return value
+        return wait_for(met, seconds, what, interval=interval, details=self.logs)
 
     def wait_for_log(self, name: str, text: str, seconds: float) -> None:
         self.wait_until(lambda: text in self.log(name), seconds, f"{name} to log {text!r}", interval=0.1)
@@ -286,17 +239,6 @@ class Stack:
                 client.send_task(name, args=list(args), connection=conn)
         finally:
             client.close()
-
-
-def poll_until(condition: Callable[[], T], seconds: float, interval: float = 0.2) -> T:
-    """Call `condition` every `interval` until it returns something true, or `seconds` have passed; returns its
-    last value (false if time ran out)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def every(interval: float, seconds: float, check: Callable[[], object], stop: threading.Event | None = None) -> int:

@@ -93,10 +93,10 @@ def test_an_unknown_key_asking_for_a_slug_is_labelled_too(bot):
     assert (event.actor_label, event.connection_label, event.connection) == ("unknown key", "some-connection", None)
 
 
-def test_rolled_up_answers_say_which_key_got_which_token_when_and_how_often(admin_client, connected, bot):
+def test_rolled_up_answers_say_which_key_got_which_token_when_and_how_often(admin_client, bot_connection, bot):
     # given a bot answered four times (once through the database, three times from memory), reported
     for _ in range(4):
-        assert get_token(bot.raw_key, connected.slug).status_code == 200
+        assert get_token(bot.raw_key, bot_connection.slug).status_code == 200
     assert token_cache.report()
     # then the list says how many each row accounts for, and how they were given
     page = admin_client.get("/admin/connections/auditevent/", {"kind": "memory"}).content.decode()
@@ -105,8 +105,8 @@ def test_rolled_up_answers_say_which_key_got_which_token_when_and_how_often(admi
     export = admin_client.get("/admin/connections/auditevent/export.csv", {"action__exact": "token_request"})
     rows = list(csv.DictReader(io.StringIO(b"".join(export.streaming_content).decode())))
     assert sorted((row["actor_label"], row["connection_label"], row["kind"], row["count"]) for row in rows) == [
-        (f"finance-bot (key {bot.key.key_id})", connected.slug, "full", "1"),
-        (f"finance-bot (key {bot.key.key_id})", connected.slug, "memory", "3"),
+        (f"finance-bot (key {bot.key.key_id})", bot_connection.slug, "full", "1"),
+        (f"finance-bot (key {bot.key.key_id})", bot_connection.slug, "memory", "3"),
     ]
     memory = next(row for row in rows if row["kind"] == "memory")
     assert memory["created_at"] < memory["last_at"]

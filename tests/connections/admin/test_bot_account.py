@@ -56,11 +56,11 @@ def test_a_bot_account_never_signs_in_even_with_a_password(manager_client):
     assert response.status_code == 200 and "_auth_user_id" not in response.wsgi_request.session
 
 
-def test_a_persons_key_made_before_keeps_working(connected, bot, make_user):
+def test_a_persons_key_made_before_keeps_working(bot_connection, bot, make_user):
     # given a person's key made before the rule (say, by a manager), the person in a role invited to the connection
     person = make_user("legacy-person", roles=(bot.role,))
     _, raw = bot_key_create(user=person, name="legacy")
     BotKey.objects.filter(user=person).update(created_by=bot.user)
     # then it still gets the connection's token
-    response = get_token(raw, connected.slug)
+    response = get_token(raw, bot_connection.slug)
     assert response.status_code == 200, response.content

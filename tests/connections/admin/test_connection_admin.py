@@ -17,7 +17,8 @@ from django.utils import timezone
 
 from connections.models import AuditEvent, Connection, OAuthToken
 from providers.models import Provider
-from tests.conftest import authorize, get_token, messages_of, shared_token, stored_rows, wait_for
+from tests.conftest import authorize_and_store_token, get_token, messages_of, shared_token, stored_rows
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 # Save and test calls the provider once the admin's transaction has committed: these tests commit theirs.
@@ -149,7 +150,7 @@ def test_change_page_shows_redirect_uri_status_and_roles(manager_client, make_co
 
     connection = make_connection()
     connection.roles.add(Group.objects.create(name="Finance bots"))
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     page = manager_client.get(f"/admin/connections/connection/{connection.pk}/change/").content.decode()
     assert settings.OAUTH_REDIRECT_URI in page
     assert "Connected, expires in" in page
@@ -189,7 +190,7 @@ def test_save_and_test_on_an_unauthorized_code_connection_says_to_connect(manage
 
 def test_refresh_now_rotates_the_refresh_token(manager_client, make_connection, authserver):
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     before = shared_token(connection)
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/refresh/")
     assert any("Refreshed 1 token" in text for text in messages_of(response))
@@ -200,7 +201,7 @@ def test_refresh_now_rotates_the_refresh_token(manager_client, make_connection, 
 
 def test_refresh_now_failure_keeps_the_token(manager_client, make_connection, authserver):
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     before = shared_token(connection)
     authserver.set_fault("status_500")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/refresh/")
@@ -214,7 +215,7 @@ def test_refresh_now_failure_keeps_the_token(manager_client, make_connection, au
 
 def test_disconnect_revokes_at_the_provider_and_removes_tokens(manager_client, make_connection, authserver):
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     token = shared_token(connection)
     confirm = manager_client.get(f"/admin/connections/connection/{connection.pk}/disconnect/")
     assert "revoked at the provider" in confirm.content.decode()
@@ -292,7 +293,7 @@ ADMIN_REQUESTS = {
     ],
 )
 def test_a_refused_admin_request_changes_nothing(
-    who, request_name, status, connected, bot, authserver, make_user, manager_client
+    who, request_name, status, bot_connection, bot, authserver, make_user, manager_client
 ):
     # given a connected token (stored, valid at the provider, used by a bot) and a staff user who may not do this
     user = (
@@ -306,7 +307,7 @@ def test_a_refused_admin_request_changes_nothing(
     before, provider_before = stored_rows(), authserver.stats()
 
     # when they send the request the admin's page would send
-    response = send(client, connected, bot)
+    response = send(client, bot_connection, bot)
 
     # then it is refused, and nothing stored, audited or at the provider changed
     assert response.status_code == status, response
@@ -315,16 +316,18 @@ def test_a_refused_admin_request_changes_nothing(
     )
     assert stored_rows() == before
     assert authserver.stats() == provider_before
-    answer = get_token(bot.raw_key, connected.slug)
-    assert answer.status_code == 200 and answer.json()["access_token"] == shared_token(connected).access_token
+    answer = get_token(bot.raw_key, bot_connection.slug)
+    assert answer.status_code == 200 and answer.json()["access_token"] == shared_token(bot_connection).access_token
 
     # and the very same request from an administrator does change them: the permission check is what refused it
     before = stored_rows()
-    assert send(manager_client, connected, bot).status_code in (200, 302)
+    assert send(manager_client, bot_connection, bot).status_code in (200, 302)
     assert stored_rows() != before
 
 
-def test_the_audit_export_is_refused_to_those_who_may_not_view_the_audit_log(connected, bot, make_user, manager_client):
+def test_the_audit_export_is_refused_to_those_who_may_not_view_the_audit_log(
+    bot_connection, bot, make_user, manager_client
+):
     # given an audit log that holds the connection's history, and a staff user whose role may use the connection
     # but who may not view connections (and so not their audit log)
     outsider = make_user(roles=(bot.role,), staff=True)
@@ -337,17 +340,17 @@ def test_the_audit_export_is_refused_to_those_who_may_not_view_the_audit_log(con
 
     # then they are refused, and get none of it
     assert response.status_code == 403
-    assert not response.streaming and connected.slug.encode() not in response.content
+    assert not response.streaming and bot_connection.slug.encode() not in response.content
     assert stored_rows() == before
     # and the same link gives an administrator the log (the refusal is the permission's, not a broken link)
     allowed = manager_client.get("/admin/connections/auditevent/export.csv")
     assert allowed.status_code == 200 and allowed["Content-Type"].startswith("text/csv")
-    assert connected.slug.encode() in b"".join(allowed.streaming_content)
+    assert bot_connection.slug.encode() in b"".join(allowed.streaming_content)
 
 
 def test_secrets_are_encrypted_at_rest(manager_client, make_connection, authserver):
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     token = shared_token(connection)
     with db.cursor() as cursor:
         cursor.execute("SELECT client_secret FROM connections_connection WHERE id = %s", [connection.pk])
@@ -409,7 +412,7 @@ def test_deleting_a_connection_revokes_its_tokens_and_is_audited(
 ):
     # given a connected connection
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     token = shared_token(connection)
     # when the administrator deletes it, told what that does, and confirms
     confirm = manager_client.get(f"/admin/connections/connection/{connection.pk}/delete/").content.decode()
@@ -427,13 +430,13 @@ def test_deleting_a_connection_revokes_its_tokens_and_is_audited(
     assert "revoked" in event.detail
 
 
-def test_the_connection_list_warns_when_refreshes_fall_behind(manager_client, connected, settings):
+def test_the_connection_list_warns_when_refreshes_fall_behind(manager_client, bot_connection, settings):
     # given a token whose refresh time passed ten minutes ago
     settings.BEAT_INTERVAL = 30
     url = "/admin/connections/connection/"
     assert not [text for text in messages_of(manager_client.get(url)) if "past their refresh time" in text]
     due_at = timezone.now() - timedelta(minutes=10)
-    OAuthToken.objects.filter(connection=connected).update(refresh_due_at=due_at)
+    OAuthToken.objects.filter(connection=bot_connection).update(refresh_due_at=due_at)
     # when an administrator opens the list, then it says so, with the age and where to read what to do
     (warning,) = [text for text in messages_of(manager_client.get(url)) if "past their refresh time" in text]
     assert re.match(r"1 token\(s\) are past their refresh time, the oldest by 60\d s", warning)

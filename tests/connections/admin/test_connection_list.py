@@ -105,65 +105,65 @@ def test_the_list_shows_who_uses_it_and_short_token_types(manager_client, make_c
     assert "one token, authorized by an administrator, for unattended bots" in form
 
 
-def test_last_token_issued_follows_the_batched_audit_of_real_token_requests(manager_client, connected, bot):
+def test_last_token_issued_follows_the_batched_audit_of_real_token_requests(manager_client, bot_connection, bot):
     # given a connection no bot has asked for yet
-    assert connected.last_token_issued_at is None
-    assert "never" in _issued_cell(manager_client, connected)
+    assert bot_connection.last_token_issued_at is None
+    assert "never" in _issued_cell(manager_client, bot_connection)
     # when a bot gets a token, then nothing is written in its request: the answer's audit is batched
-    assert get_token(bot.raw_key, connected.slug).status_code == 200
-    connected.refresh_from_db()
-    assert connected.last_token_issued_at is None
+    assert get_token(bot.raw_key, bot_connection.slug).status_code == 200
+    bot_connection.refresh_from_db()
+    assert bot_connection.last_token_issued_at is None
     # and when the batch is written, the connection says when
     assert token_cache.report()
     event = AuditEvent.objects.get(action="token_request", outcome="success")
-    connected.refresh_from_db()
-    assert connected.last_token_issued_at == event.created_at
-    assert selectors.moment_text(event.created_at) in _issued_cell(manager_client, connected)
+    bot_connection.refresh_from_db()
+    assert bot_connection.last_token_issued_at == event.created_at
+    assert selectors.moment_text(event.created_at) in _issued_cell(manager_client, bot_connection)
 
 
-def test_last_token_issued_moves_forward_only_and_only_for_successes(connected, make_connection):
+def test_last_token_issued_moves_forward_only_and_only_for_successes(bot_connection, make_connection):
     # given a connection a bot got a token of a minute ago
     other = make_connection(register=False)
     now = timezone.now()
     minute_ago = now - timedelta(minutes=1)
-    audit.audit_events_write([_token_request(connected, minute_ago)])
-    connected.refresh_from_db()
-    assert connected.last_token_issued_at == minute_ago
+    audit.audit_events_write([_token_request(bot_connection, minute_ago)])
+    bot_connection.refresh_from_db()
+    assert bot_connection.last_token_issued_at == minute_ago
     # when a batch brings an older success (another process's, written late), a newer refusal, and successes of
     # another connection
     audit.audit_events_write(
         [
-            _token_request(connected, now - timedelta(minutes=5)),
-            _token_request(connected, now, outcome=AuditEvent.Outcome.FAILURE),
+            _token_request(bot_connection, now - timedelta(minutes=5)),
+            _token_request(bot_connection, now, outcome=AuditEvent.Outcome.FAILURE),
             _token_request(other, now - timedelta(seconds=30)),
             _token_request(other, now - timedelta(seconds=10)),
             _token_request(other, now - timedelta(seconds=20)),
         ]
     )
     # then the first keeps its newer time, the other takes the newest of its batch
-    connected.refresh_from_db()
+    bot_connection.refresh_from_db()
     other.refresh_from_db()
-    assert connected.last_token_issued_at == minute_ago
+    assert bot_connection.last_token_issued_at == minute_ago
     assert other.last_token_issued_at == now - timedelta(seconds=10)
     # and a newer success moves it on
-    audit.audit_events_write([_token_request(connected, now)])
-    connected.refresh_from_db()
-    assert connected.last_token_issued_at == now
+    audit.audit_events_write([_token_request(bot_connection, now)])
+    bot_connection.refresh_from_db()
+    assert bot_connection.last_token_issued_at == now
 
 
-def test_a_busy_connection_is_written_at_most_every_ten_seconds_by_a_process(connected, django_assert_num_queries):
+def test_a_busy_connection_is_written_at_most_every_ten_seconds_by_a_process(bot_connection, django_assert_num_queries):
     # given a connection whose last token this process wrote a moment ago
     now = timezone.now()
-    audit.audit_events_write([_token_request(connected, now)])
+    audit.audit_events_write([_token_request(bot_connection, now)])
     # when the next batches bring tokens issued 3 s, then 11 s later
     with django_assert_num_queries(3):  # the batch's INSERT in its transaction: no UPDATE of the connection
-        audit.audit_events_write([_token_request(connected, now + timedelta(seconds=3))])
-    connected.refresh_from_db()
-    assert connected.last_token_issued_at == now
-    audit.audit_events_write([_token_request(connected, now + timedelta(seconds=11))])
+        audit.audit_events_write([_token_request(bot_connection, now + timedelta(seconds=3))])
+    bot_connection.refresh_from_db()
+    assert bot_connection.last_token_issued_at == now
+    audit.audit_events_write([_token_request(bot_connection, now + timedelta(seconds=11))])
     # then the time moved on the second only (the first is at most ten seconds behind)
-    connected.refresh_from_db()
-    assert connected.last_token_issued_at == now + timedelta(seconds=11)
+    bot_connection.refresh_from_db()
+    assert bot_connection.last_token_issued_at == now + timedelta(seconds=11)
 
 
 def _token_request(connection: Connection, at, outcome=AuditEvent.Outcome.SUCCESS) -> dict:
@@ -177,20 +177,22 @@ def _issued_cell(client, connection: Connection) -> str:
     return re.search(r'<span class="last-token-issued">(.*?)</span><br>', row, re.S).group(1)
 
 
-def test_an_admin_save_does_not_put_back_what_the_engine_wrote_meanwhile(manager_client, connected, monkeypatch):
+def test_an_admin_save_does_not_put_back_what_the_engine_wrote_meanwhile(manager_client, bot_connection, monkeypatch):
     # given a bot's token audited in a batch while an administrator's save is on its way (after the page read the
     # connection, before it writes it)
     issued_at = timezone.now()
     clean = ConnectionForm.clean
 
     def clean_while_a_batch_lands(form):
-        audit.audit_events_write([_token_request(connected, issued_at)])
+        audit.audit_events_write([_token_request(bot_connection, issued_at)])
         return clean(form)
 
     monkeypatch.setattr(ConnectionForm, "clean", clean_while_a_batch_lands)
     # when the administrator saves a change of its description
-    response = manager_client.post(f"{LIST}{connected.pk}/change/", _edit_form(connected, description="Renamed"))
+    response = manager_client.post(
+        f"{LIST}{bot_connection.pk}/change/", _edit_form(bot_connection, description="Renamed")
+    )
     assert response.status_code == 302, response.context["adminform"].form.errors
     # then the description changed, and the time written meanwhile stays
-    connected.refresh_from_db()
-    assert connected.description == "Renamed" and connected.last_token_issued_at == issued_at
+    bot_connection.refresh_from_db()
+    assert bot_connection.description == "Renamed" and bot_connection.last_token_issued_at == issued_at

@@ -14,7 +14,7 @@ from django.utils import timezone
 from connections.endpoint.bot_keys import bot_key_create
 from connections.models import OAuthToken, TokenState
 from connections.web import views as web_views
-from tests.conftest import authorize, get_token, messages_of
+from tests.conftest import authorize_and_store_token, get_token, messages_of
 
 pytestmark = pytest.mark.django_db
 
@@ -114,8 +114,8 @@ def agent_setup(make_connection, make_user, authserver):
     agent = make_user("agent", roles=(role,))
     client = Client()
     client.force_login(agent)
-    authorize(client, connected, authserver)
-    authorize(client, failing, authserver)
+    authorize_and_store_token(client, connected, authserver)
+    authorize_and_store_token(client, failing, authserver)
     OAuthToken.objects.filter(connection=failing).update(state=TokenState.REFRESH_FAILING)
     return client, {"connected": connected, "failing": failing, "untouched": untouched, "disabled": disabled}
 

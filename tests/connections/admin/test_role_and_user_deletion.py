@@ -6,7 +6,7 @@ from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 
 from connections.models import AuditEvent, BotKey, OAuthToken, Role
-from tests.conftest import authorize
+from tests.conftest import authorize_and_store_token
 from tests.support.bots import make_bot
 
 pytestmark = pytest.mark.django_db
@@ -54,7 +54,7 @@ def test_deleting_a_user_revokes_their_own_tokens_and_records_the_roles_they_lea
     BotKey.objects.create(user=bob, name="bob's key", key_id="0123456789ab", digest="x" * 64)
     bob_client = Client()
     bob_client.force_login(bob)
-    authorize(bob_client, connection, authserver)
+    authorize_and_store_token(bob_client, connection, authserver)
     token = OAuthToken.objects.get(user=bob)
     assert authserver.whoami(token.access_token).status_code == 200
     # when an administrator sees the confirmation and deletes the user

@@ -14,11 +14,12 @@ import pytest
 import redis
 import requests
 from django.contrib.auth.models import User
-from django.db.models import Sum
+from django.db.models import F, Sum
 
 from connections.endpoint.bot_keys import bot_key_revoke
-from connections.models import AuditEvent, Connection, Role
+from connections.models import AuditEvent, Connection, OAuthToken, Role
 from connections.services import connection_disconnect, connection_save_audit, role_update
+from tests.conftest import shared_token
 from tests.support.bots import Bot
 from tests.support.stack import Stack, in_threads
 
@@ -116,27 +117,64 @@ CHANGES = [  # and what the bot is told afterwards
 
 @pytest.mark.parametrize(("change", "refusal"), CHANGES, ids=[change.__name__ for change, _ in CHANGES])
 def test_a_change_reaches_every_web_process_with_its_next_report(
-    change: Callable[[Connection, Bot, User], None], refusal: tuple[int, str], make_stack, connected, bot, manager
+    change: Callable[[Connection, Bot, User], None], refusal: tuple[int, str], make_stack, bot_connection, bot, manager
 ):
     # given three single-worker web processes, each on its own port, each answering the bot from memory, and
     # checking on a request itself only after ten report intervals without a report (a minute here: never)
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
-    urls = {name: token_url(port, connected) for name, port in stack.webs(WEB_PROCESSES).items()}
+    urls = {name: token_url(port, bot_connection) for name, port in stack.webs(WEB_PROCESSES).items()}
     answering_from_memory(stack, urls, bot.raw_key)
 
     # when an administrator makes the change, here in another process
-    change(connected, bot, manager)
+    change(bot_connection, bot, manager)
 
     # then every web process refuses the bot once its next report has been made
     refused = refusals(stack, urls, bot.raw_key)
     assert {name: (status, error) for name, (status, error, _) in refused.items()} == dict.fromkeys(urls, refusal)
 
 
-def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, connected, bot):
+def new_token_served(stack: Stack, urls: dict[str, str], raw_key: str, new: str) -> dict[str, int]:
+    """Ask each web process until it answers with the new token, awaiting its report before each new question as
+    refusals() does: {name: answers with the old token it gave first}."""
+    old_answers: dict[str, int] = {}
+    for name, url in urls.items():
+        old = 0
+        while ask_once(url, raw_key).json()["access_token"] != new:
+            old += 1
+            assert old <= 2, f"{name} still answers with the old token after its report\n{stack.logs()}"
+            seen = audited("success")
+            stack.wait_until(lambda seen=seen: audited("success") > seen, EVENT_WAIT, f"{name}'s next report")
+        old_answers[name] = old
+    return old_answers
+
+
+def test_a_token_row_written_without_a_signal_reaches_every_web_process_through_the_change_log(
+    make_stack, bot_connection, bot
+):
+    # given three web processes answering the bot from memory, which have each reported since (so each has found
+    # its position in the change log, which a refresh has written to)
+    token = shared_token(bot_connection)
+    OAuthToken.objects.filter(pk=token.pk).update(generation=F("generation") + 1)
+    stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
+    urls = {name: token_url(port, bot_connection) for name, port in stack.webs(WEB_PROCESSES).items()}
+    answering_from_memory(stack, urls, bot.raw_key)
+    for name, url in urls.items():
+        seen = audited("success")
+        assert ask_once(url, bot.raw_key).status_code == 200
+        stack.wait_until(lambda seen=seen: audited("success") > seen, EVENT_WAIT, f"{name}'s next report")
+    # when another process writes the token row with QuerySet.update (no signal, no call to the cache), and even
+    # leaves its generation as it was: only the database's trigger can tell the web processes
+    new = "rotated-elsewhere-" + "x" * 40
+    assert OAuthToken.objects.filter(pk=token.pk).update(access_token=new) == 1
+    # then each web process answers with the new token once its next report has read the log
+    assert set(new_token_served(stack, urls, bot.raw_key, new)) == set(urls)
+
+
+def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_stack, bot_connection, bot):
     # given web processes reporting every 30 s only, which have answered 100 requests just now
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=30)
     port = stack.web(workers=3, threads=1)
-    url = token_url(port, connected)
+    url = token_url(port, bot_connection)
     assert set(ask(url, bot.raw_key, 100)) == {200}, stack.logs()
     held = 100 - audited("success")
     assert held > 50  # most answers were from memory, their events not reported yet
@@ -146,11 +184,11 @@ def test_a_stopped_web_process_reports_what_it_answered_before_it_exits(make_sta
     stack.wait_until(lambda: audited("success") == 100, 30, f"the {held} events the web processes held")
 
 
-def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_stack, connected, bot):
+def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_stack, bot_connection, bot):
     # given three web processes reporting at the default interval (no rate limit), answering 600 requests at once
     stack = make_stack(TOKEN_RATE_LIMIT_PER_MINUTE=0)
     port = stack.web(workers=3, threads=2)
-    url = token_url(port, connected)
+    url = token_url(port, bot_connection)
     assert set(ask(url, bot.raw_key, 600)) == {200}, stack.logs()
     # when they have reported (on their way out, for what they still held)
     stack.stop("web")
@@ -162,17 +200,17 @@ def test_every_answer_of_several_web_processes_is_counted_in_a_few_rows(make_sta
     assert rows.count() <= 3 * 2 * 2, list(rows.values("kind", "count", "created_at"))
 
 
-def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_stack, connected, bot, manager):
+def test_a_redis_restart_does_not_bring_back_an_answer_a_revocation_ended(make_stack, bot_connection, bot, manager):
     # given one web process, and a Redis that has just restarted without persistence (as the compose file runs
     # it): no counter holds a value yet
     stack = make_stack(TOKEN_CACHE_SYNC_SECONDS=SYNC)
-    urls = {"web": token_url(stack.web(workers=1, threads=1), connected)}
+    urls = {"web": token_url(stack.web(workers=1, threads=1), bot_connection)}
     redis_server = redis.Redis.from_url(stack.broker_url)
     redis_server.flushdb()
     # and an answer that process keeps in memory
     answering_from_memory(stack, urls, bot.raw_key)
     # when the key is revoked, and Redis restarts again before the web process has heard of it
-    revoke_the_key(connected, bot, manager)
+    revoke_the_key(bot_connection, bot, manager)
     redis_server.flushdb()
     # then the revoked key is refused once the process has reported: the old answer is not good again because the
     # counters were reset

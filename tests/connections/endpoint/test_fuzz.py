@@ -41,7 +41,7 @@ from connections.models import AuditEvent, AuthorizationRequest, BotKey, Connect
 from connections.oauth import client as oauth_client
 from connections.outbound import policy as outbound
 from providers.models import PLACEHOLDER_PATTERN, GrantType, Provider
-from tests.conftest import authorize, connect, shared_token
+from tests.conftest import authorize_and_store_token, callback_after_consent, shared_token
 from tests.support.authserver import AuthServer
 
 pytestmark = pytest.mark.django_db
@@ -247,7 +247,7 @@ def test_oauth_callback_never_crashes_and_a_rejected_answer_changes_nothing(
 ):
     # given a connected connection, so a rejected answer has a token it could damage
     connection = make_connection()
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     used_state = parse_qs(urlsplit(callback).query)["state"][0]
     assert manager_client.get(callback).status_code == 302
     assert shared_token(connection) is not None
@@ -409,7 +409,7 @@ def _endpoint_world(make_connection, make_user, manager_client, authserver) -> E
         return connection
 
     ready = invited()
-    authorize(manager_client, ready, authserver)
+    authorize_and_store_token(manager_client, ready, authserver)
     by_name = {
         "ready": ready,
         "pending": invited(register=False),

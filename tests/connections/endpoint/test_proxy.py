@@ -6,46 +6,19 @@ import io
 from urllib.parse import urlsplit
 
 import pytest
-from django.test import Client
 
 from connections.cache import token_cache
 from connections.endpoint import proxy
-from connections.models import AuditEvent, Connection, OAuthToken
+from connections.models import AuditEvent, OAuthToken
 from connections.outbound import policy
 from providers.models import Provider
 from tests.conftest import get_token, shared_token
-from tests.support.resource import Answer, generated, resource_server
+from tests.connections.endpoint.conftest import body_of, call
+from tests.support.resource import Answer, generated
 
 pytestmark = pytest.mark.django_db
 
 BIG = 20 * 1024 * 1024
-
-
-@pytest.fixture
-def api():
-    with resource_server() as server:
-        yield server
-
-
-@pytest.fixture
-def proxied(connected, api) -> Connection:
-    """The `connected` connection, with the loopback API as its API base."""
-    connected.api_base_url = api.url + "/base"
-    connected.save()
-    return connected
-
-
-def call(key: str | None, slug: str, path: str, method: str = "GET", raw: bool = True, **extra):
-    """A proxied call as gunicorn hands it to Django: RAW_URI holds the request line's path as sent."""
-    url = f"/api/v1/connections/{slug}/proxy/{path}"
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
-    if raw:
-        headers["RAW_URI"] = url
-    return Client().generic(method, url, **headers, **extra)
-
-
-def body_of(response) -> bytes:
-    return b"".join(response.streaming_content) if response.streaming else response.content
 
 
 def test_the_token_is_added_and_the_bot_key_never_forwarded(proxied, bot, api):
@@ -150,16 +123,16 @@ def test_a_decoded_path_is_checked_too_without_the_raw_request_line(proxied, bot
     assert api.received == []
 
 
-def test_a_401_gets_one_forced_refresh_and_one_retry(connected, bot, authserver):
+def test_a_401_gets_one_forced_refresh_and_one_retry(bot_connection, bot, authserver):
     # The loopback server's own API (userinfo) is the API. The stored token is one the API no longer accepts (as
     # after a password change at the provider), while the refresh token still works.
-    connected.api_base_url = authserver.url
-    connected.save()
-    OAuthToken.objects.filter(connection=connected).update(access_token="no-longer-accepted")
+    bot_connection.api_base_url = authserver.url
+    bot_connection.save()
+    OAuthToken.objects.filter(connection=bot_connection).update(access_token="no-longer-accepted")
     refreshes = authserver.stats()["token_requests"].get("refresh_token", 0)
-    response = call(bot.raw_key, connected.slug, "api/me")
+    response = call(bot.raw_key, bot_connection.slug, "api/me")
     assert response.status_code == 200, body_of(response)
-    after = shared_token(connected).access_token
+    after = shared_token(bot_connection).access_token
     assert after != "no-longer-accepted"
     assert authserver.whoami(after).status_code == 200
     assert authserver.stats()["token_requests"].get("refresh_token", 0) == refreshes + 1
@@ -292,10 +265,10 @@ def test_a_token_only_connection_is_refused_at_the_proxy(proxied, bot, api):
 
 
 def test_a_key_whose_roles_are_not_invited_is_refused(make_connection, manager_client, authserver, bot, api):
-    from tests.conftest import authorize
+    from tests.conftest import authorize_and_store_token
 
     connection = make_connection(api_base_url=api.url)
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     response = call(bot.raw_key, connection.slug, "x")
     assert response.status_code == 403 and response.json()["error"] == "forbidden"
     event = AuditEvent.objects.filter(action="proxy_request").latest("id")
@@ -304,8 +277,8 @@ def test_a_key_whose_roles_are_not_invited_is_refused(make_connection, manager_c
     assert api.received == []
 
 
-def test_a_connection_without_an_api_base_is_not_configured(connected, bot, api):
-    response = call(bot.raw_key, connected.slug, "x")
+def test_a_connection_without_an_api_base_is_not_configured(bot_connection, bot, api):
+    response = call(bot.raw_key, bot_connection.slug, "x")
     assert response.status_code == 409 and response.json()["error"] == "not_configured"
 
 

@@ -24,7 +24,7 @@ import connections
 from connections.cache import token_cache
 from connections.endpoint.bot_keys import bot_key_create, bot_key_revoke
 from connections.models import BotKey, Connection, OAuthToken, TokenState
-from tests.conftest import authorize
+from tests.conftest import authorize_and_store_token
 from tests.support.processes import closed_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,7 +89,7 @@ def world(make_connection, make_user, manager_client, authserver) -> World:
 
     def connected() -> Connection:
         connection = invited()
-        authorize(manager_client, connection, authserver)
+        authorize_and_store_token(manager_client, connection, authserver)
         return connection
 
     by_state = {

@@ -26,7 +26,8 @@ from connections.errors import ProviderError
 from connections.models import AuditEvent, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
 from connections.ops import health
-from tests.conftest import authorize, get_token, refresh_shared_token, shared_token, wait_for
+from tests.conftest import authorize_and_store_token, get_token, refresh_shared_token, shared_token
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -109,7 +110,7 @@ def test_a_task_refreshes_its_tokens_each_once_at_the_provider(make_connection, 
     settings.REFRESH_CONCURRENCY, settings.REFRESH_PROVIDER_CONCURRENCY = 4, 4
     connections = [make_connection() for _ in range(6)]
     for connection in connections:
-        authorize(manager_client, connection, authserver)
+        authorize_and_store_token(manager_client, connection, authserver)
     before = {connection.pk: shared_token(connection) for connection in connections}
     authserver.set_token_options(latency=0.3)
     # when a worker runs the task (twice, as a redelivered message would be)
@@ -156,18 +157,18 @@ def test_a_lease_held_while_a_batch_waited_is_renewed_before_the_call_or_given_u
     assert len(queries) == 0
 
 
-def test_a_claimed_token_stays_overdue_until_a_worker_refreshes_it(connected, authserver, settings):
+def test_a_claimed_token_stays_overdue_until_a_worker_refreshes_it(bot_connection, authserver, settings):
     # given a token whose refresh time passed ten minutes ago (the workers fell behind)
     settings.BEAT_INTERVAL = 30
     due_at = timezone.now() - timedelta(minutes=10)
-    OAuthToken.objects.filter(connection=connected).update(next_refresh_at=due_at, refresh_due_at=due_at)
+    OAuthToken.objects.filter(connection=bot_connection).update(next_refresh_at=due_at, refresh_due_at=due_at)
     # when the sweep claims it: its schedule moves on, but it is still overdue
     (pairs,) = sweep.token_refresh_claims()
-    assert shared_token(connected).next_refresh_at > timezone.now()
+    assert shared_token(bot_connection).next_refresh_at > timezone.now()
     assert (health.refresh_backlog().overdue, health.refresh_backlog().oldest_overdue_seconds >= 600) == (1, True)
     # and once a worker has refreshed it, it is not
     tasks.refresh_tokens(pairs)
-    token = shared_token(connected)
+    token = shared_token(bot_connection)
     assert token.refresh_due_at == token.next_refresh_at > timezone.now()
     assert health.refresh_backlog().overdue == 0
 
@@ -244,21 +245,21 @@ def test_at_most_the_provider_limit_of_calls_are_in_flight_to_one_host(make_conn
 
 
 def test_a_providers_429_slows_its_refreshes_without_counting_against_the_token(
-    connected, bot, authserver, settings, mailoutbox, manager, time_machine
+    bot_connection, bot, authserver, settings, mailoutbox, manager, time_machine
 ):
     # given a provider that answers every refresh 429 with Retry-After: 1, and a manager to notify
     manager.email = "ops@example.com"
     manager.save()
     settings.REFRESH_FAILURE_NOTIFY_THRESHOLD = 2
     authserver.set_fault("status_429", grant_types=["refresh_token"])
-    before = shared_token(connected)
+    before = shared_token(bot_connection)
     # when it is refreshed, more times than the notification threshold
     for _ in range(3):
         with pytest.raises(ProviderError) as caught:
-            refresh_shared_token(connected)
+            refresh_shared_token(bot_connection)
         assert (caught.value.error, caught.value.retry_after) == (oauth_client.RATE_LIMITED, 1)
     # then the token is kept, no failure is counted and nobody is told it is failing
-    after = shared_token(connected)
+    after = shared_token(bot_connection)
     assert (after.access_token, after.refresh_token, after.generation) == (
         before.access_token,
         before.refresh_token,
@@ -275,12 +276,12 @@ def test_a_providers_429_slows_its_refreshes_without_counting_against_the_token(
     time_machine.move_to(after.last_error_at, tick=False)
     OAuthToken.objects.filter(pk=after.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     calls = authserver.stats()["token_requests"]["refresh_token"]
-    response = get_token(bot.raw_key, connected.slug)
+    response = get_token(bot.raw_key, bot_connection.slug)
     assert (response.status_code, response.json()["error"]) == (424, "refresh_backoff")
     assert int(response["Retry-After"]) <= 1
     assert authserver.stats()["token_requests"]["refresh_token"] == calls
     # and one that insists (force_refresh) gets the provider's own Retry-After
-    response = get_token(bot.raw_key, connected.slug, force_refresh="true")
+    response = get_token(bot.raw_key, bot_connection.slug, force_refresh="true")
     assert (response.status_code, response["Retry-After"]) == (503, "1")
 
 

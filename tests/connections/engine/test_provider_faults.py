@@ -59,10 +59,10 @@ def fetch(token: OAuthToken) -> OAuthToken:
     return OAuthToken.objects.get(pk=token.pk)
 
 
-def assert_serves_without_calling(authserver, bot, connected, before, *, provider_still_accepts: bool) -> None:
+def assert_serves_without_calling(authserver, bot, bot_connection, before, *, provider_still_accepts: bool) -> None:
     seen = refresh_requests(authserver)
     for params in ({}, {"min_validity": "0"}):
-        response = get_token(bot.raw_key, connected.slug, **params)
+        response = get_token(bot.raw_key, bot_connection.slug, **params)
         assert response.status_code == 200, response.content
         assert response.json()["access_token"] == before.access_token
         assert 0 < response.json()["expires_in"] <= 40
@@ -83,7 +83,7 @@ def assert_sweeps_back_off(stack, authserver, token: OAuthToken) -> None:
 
 
 @pytest.mark.parametrize("mode", ["status_500", "timeout", "close", "html"])
-def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, stack, connected, authserver, bot):
+def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, stack, bot_connection, authserver, bot):
     # given a valid token due for refresh, and a provider failing every refresh with `mode`
     if mode == "timeout":
         # The provider processes the refresh and holds its answer until the test releases it: the client gives up
@@ -93,7 +93,7 @@ def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, s
         authserver.hold(["refresh_token"], stage="answer")
     else:
         authserver.set_fault(mode, grant_types=["refresh_token"])
-    before = shared_token(connected)
+    before = shared_token(bot_connection)
     make_due(before)
 
     # when the sweep's refresh fails
@@ -114,7 +114,7 @@ def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, s
     assert failing.lease_owner == ""
 
     # and the token endpoint keeps serving the current token, without calling the provider again
-    assert_serves_without_calling(authserver, bot, connected, before, provider_still_accepts=mode != "timeout")
+    assert_serves_without_calling(authserver, bot, bot_connection, before, provider_still_accepts=mode != "timeout")
     # and the sweeps that follow respect the backoff: no refresh request per sweep
     assert_sweeps_back_off(stack, authserver, before)
     assert fetch(before).state == "refresh_failing"
@@ -136,20 +136,20 @@ def test_a_transient_fault_backs_off_serves_the_valid_token_and_recovers(mode, s
     assert recovered.access_token != before.access_token
     assert recovered.expires_at > timezone.now() + timedelta(minutes=50)
     assert authserver.whoami(recovered.access_token).json()["username"] == "alice"
-    response = get_token(bot.raw_key, connected.slug)
+    response = get_token(bot.raw_key, bot_connection.slug)
     assert response.status_code == 200 and response.json()["access_token"] == recovered.access_token
     # one or two failures are not a sustained failure (threshold 3), so nobody was bothered
     assert stack.mail_subjects() == []
 
 
-def test_invalid_grant_needs_reauthorization_and_notifies_once(stack, connected, authserver, bot):
+def test_invalid_grant_needs_reauthorization_and_notifies_once(stack, bot_connection, authserver, bot):
     # given a due token whose grant the provider now rejects
     authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
-    before = shared_token(connected)
+    before = shared_token(bot_connection)
     make_due(before)
 
     # when the sweep's task and several bots run into the rejection at about the same time
-    answers = in_threads([lambda: get_token(bot.raw_key, connected.slug) for _ in range(5)], workers=5)
+    answers = in_threads([lambda: get_token(bot.raw_key, bot_connection.slug) for _ in range(5)], workers=5)
     rejected = stack.wait_until(
         lambda: (token := fetch(before)).state == "reauthorization_required" and token,
         20,
@@ -167,7 +167,7 @@ def test_invalid_grant_needs_reauthorization_and_notifies_once(stack, connected,
     # and from then on nothing reaches the provider: not the sweeps, not the bots, not even force_refresh
     seen = refresh_requests(authserver)
     for params in ({}, {"min_validity": "0"}, {"force_refresh": "true"}):
-        response = get_token(bot.raw_key, connected.slug, **params)
+        response = get_token(bot.raw_key, bot_connection.slug, **params)
         assert response.status_code == 409, response.content
         assert response.json()["error"] == "reauthorization_required"
     stack.wait_for_sweeps(2)
@@ -176,21 +176,21 @@ def test_invalid_grant_needs_reauthorization_and_notifies_once(stack, connected,
 
     # and the managers got exactly one email about it
     mails = stack.mails()
-    assert [str(mail["Subject"]) for mail in mails] == [f"[Control Room] {connected} needs to be authorized again"]
+    assert [str(mail["Subject"]) for mail in mails] == [f"[Control Room] {bot_connection} needs to be authorized again"]
     assert mails[0]["To"] == "ops@example.com"
     assert "invalid_grant" in mails[0].get_payload()
 
 
 @pytest.mark.parametrize("mode", ["status_500", "invalid_grant"])
-def test_concurrent_callers_share_one_failed_refresh(mode, make_stack, connected, authserver, bot):
+def test_concurrent_callers_share_one_failed_refresh(mode, make_stack, bot_connection, authserver, bot):
     # given a due token, a provider that fails refreshes slowly, and bots going through real web processes
     stack = make_stack(OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT)
     port = stack.web(workers=2, threads=8)
-    url = f"http://127.0.0.1:{port}/api/v1/connections/{connected.slug}/token"
+    url = f"http://127.0.0.1:{port}/api/v1/connections/{bot_connection.slug}/token"
     assert requests.get(url, timeout=30).status_code == 401  # warm up
     authserver.hold(["refresh_token"])  # the first refresh waits at the provider while the other bots ask
     authserver.set_fault(mode, grant_types=["refresh_token"])
-    before = shared_token(connected)
+    before = shared_token(bot_connection)
     make_due(before)
 
     # when bots ask at once (the token expires within their min_validity, so each wants a refresh)
@@ -214,7 +214,7 @@ def test_concurrent_callers_share_one_failed_refresh(mode, make_stack, connected
     )
 
 
-def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_manager, connected, authserver):
+def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_manager, bot_connection, authserver):
     # given notifications after two failures in a row, and a provider failing the next two refreshes
     stack = make_stack(
         BEAT_INTERVAL=BEAT_INTERVAL, OUTBOUND_TIMEOUT=OUTBOUND_TIMEOUT, REFRESH_FAILURE_NOTIFY_THRESHOLD=2
@@ -222,7 +222,7 @@ def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_ma
     stack.worker()
     stack.beat()
     authserver.set_fault("status_500", count=2, grant_types=["refresh_token"])
-    before = shared_token(connected)
+    before = shared_token(bot_connection)
     make_due(before)
 
     # when one refresh fails: not yet a sustained failure
@@ -235,7 +235,7 @@ def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_ma
     skip_backoff(before)
     stack.wait_until(lambda: fetch(before).consecutive_failures == 2, 20, "the second failure")
     stack.wait_until(lambda: stack.mail_subjects(), 10, "the 'keeps failing' email")
-    assert stack.mail_subjects() == [f"[Control Room] Refreshing {connected} keeps failing"]
+    assert stack.mail_subjects() == [f"[Control Room] Refreshing {bot_connection} keeps failing"]
 
     # when the next refresh succeeds (the fault is used up)
     skip_backoff(before)
@@ -247,8 +247,8 @@ def test_sustained_failure_and_recovery_each_notify_once(make_stack, notified_ma
 
     # then exactly one notice each way, and three refresh requests in all
     assert stack.mail_subjects() == [
-        f"[Control Room] Refreshing {connected} keeps failing",
-        f"[Control Room] Refreshing {connected} works again",
+        f"[Control Room] Refreshing {bot_connection} keeps failing",
+        f"[Control Room] Refreshing {bot_connection} works again",
     ]
     assert all(mail["To"] == "ops@example.com" for mail in stack.mails())
     assert (recovered.state, recovered.consecutive_failures) == ("active", 0)

@@ -23,7 +23,7 @@ from connections.engine import refresh, sweep
 from connections.errors import ProviderError
 from connections.models import Connection
 from providers.models import Provider
-from tests.conftest import authorize, get_token, shared_token
+from tests.conftest import authorize_and_store_token, get_token, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,7 @@ def test_tokens_that_never_expire_are_kept_without_an_expiry_and_never_refreshed
     authserver.set_token_options(omit_expires_in=True)
     connection = make_connection(provider=provider_type(tokens_never_expire=never_expire))
     bot.invite(connection)
-    token = authorize(manager_client, connection, authserver)
+    token = authorize_and_store_token(manager_client, connection, authserver)
     if not never_expire:  # the control: without the quirk, the default lifetime is assumed and refreshed
         assert token.expires_at is not None and token.next_refresh_at is not None
         assert claimed_at(token.expires_at) == [token.pk]
@@ -82,7 +82,7 @@ def test_a_refresh_token_that_dies_when_idle_is_refreshed_before_it_would(
     # after ten minutes unused
     connection = make_connection(provider=provider_type(refresh_token_max_idle=600))
     before = timezone.now()
-    token = authorize(manager_client, connection, authserver)
+    token = authorize_and_store_token(manager_client, connection, authserver)
     # then the refresh is scheduled inside the margin before the ten minutes (at most half of them), not the hour
     assert before + timedelta(seconds=300) <= token.next_refresh_at <= timezone.now() + timedelta(seconds=600)
     assert token.expires_at >= before + timedelta(seconds=3500)
@@ -129,9 +129,9 @@ def test_a_token_request_quirk_is_data_of_the_provider_type(
     connection = make_connection(provider=provider_type(**(fields if as_the_provider_says else {})))
     if not as_the_provider_says:  # the control: without the field, the provider's answer is not a token
         with pytest.raises(AssertionError, match="Connect stored no token"):
-            authorize(manager_client, connection, authserver)
+            authorize_and_store_token(manager_client, connection, authserver)
         return
-    token = authorize(manager_client, connection, authserver)
+    token = authorize_and_store_token(manager_client, connection, authserver)
     assert token.refresh_token and token.expires_at is not None and token.scope == "read write"
     assert authserver.whoami(token.access_token).status_code == 200
     refreshed = refresh.token_refresh(token=shared_token(connection), actor_label="test")
@@ -146,7 +146,7 @@ def test_revocation_is_sent_as_json_where_the_provider_takes_json(
 ):
     authserver.set_token_options(json_body=True)
     connection = make_connection(provider=provider_type(token_request_format="json"))
-    token = authorize(manager_client, connection, authserver)
+    token = authorize_and_store_token(manager_client, connection, authserver)
     if not json_format:  # the control: the same revocation sent as a form is not taken
         Provider.objects.filter(slug="quirky").update(token_request_format="form")
         connection = Connection.objects.select_related("provider").get(pk=connection.pk)
@@ -163,7 +163,7 @@ def test_refreshes_go_to_the_refresh_url_where_the_provider_has_one(
     authserver.set_token_options(refresh_elsewhere=True)
     fields = {"refresh_url": authserver.refresh_url} if with_refresh_url else {}
     connection = make_connection(provider=provider_type(**fields))
-    token = authorize(manager_client, connection, authserver)  # the code exchange, at the token URL
+    token = authorize_and_store_token(manager_client, connection, authserver)  # the code exchange, at the token URL
     if not with_refresh_url:  # the control: a refresh at the token URL is refused
         with pytest.raises(ProviderError, match=r"unsupported_grant_type|refresh at /o/refresh/"):
             refresh.token_refresh(token=shared_token(connection), actor_label="test")

@@ -34,7 +34,7 @@ from connections.models import OAuthToken, TokenState
 from connections.oauth import client as oauth_client
 from connections.oauth.client import TokenResponse
 from providers.models import Provider
-from tests.conftest import authorize, shared_token
+from tests.conftest import authorize_and_store_token, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -69,7 +69,7 @@ class Interleavings(RuleBasedStateMachine):
 
     @rule()
     def reauthorize(self) -> None:
-        authorize(self.manager_client, self.connection, self.authserver)
+        authorize_and_store_token(self.manager_client, self.connection, self.authserver)
         self.grant += 1
         self.newest = shared_token(self.connection).refresh_token
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from connections.engine.refresh import app_token_obtain
 from connections.models import Connection, OAuthToken, TokenState
 from connections.ops import health
-from tests.conftest import authorize, refresh_shared_token
+from tests.conftest import authorize_and_store_token, refresh_shared_token
 from tests.support.servers import server_control
 from tests.support.stack import Stack
 
@@ -33,7 +33,7 @@ def fleet(make_connection, manager_client, authserver) -> list[Connection]:
         app_token_obtain(connection=connection)
     code = [make_connection() for _ in range(3)]
     for connection in code:
-        authorize(manager_client, connection, authserver)
+        authorize_and_store_token(manager_client, connection, authserver)
     return app + code
 
 
@@ -66,7 +66,8 @@ def _each_refreshed_once(stack: Stack, before: dict[int, int], what: str, second
         seconds,
         what,
     )
-    time.sleep(2 * SETTINGS["BEAT_INTERVAL"])  # a second refresh of any of them would have happened by now
+    # Two more sweeps, and every refresh they queued ended: a token refreshed twice would have been by then.
+    stack.wait_for_sweeps(2)
     after = _generations()
     assert after == {pk: generation + 1 for pk, generation in before.items()}, stack.logs()
     tokens = OAuthToken.objects.all()
@@ -100,7 +101,9 @@ def test_after_postgresql_restarts_or_is_down_for_30_s_every_due_token_is_refres
     # when PostgreSQL restarts (its connections are cut), and the tokens fall due
     server_control("postgres", "restart")
     db_connection.close()
-    time.sleep(1.5 * SETTINGS["BEAT_INTERVAL"])  # what the restart itself interrupted has raised and been logged
+    # A sweep ran after the restart (the scheduled worker's tasks run one at a time, so what the restart interrupted
+    # has raised and been logged by then), and every refresh task queued so far ended.
+    stack.wait_for_sweeps(1)
     failed = {task: stack.tasks(task, "raised") for task in ("refresh_sweep", "refresh_tokens")}
     before = _fall_due()
     # then the next sweeps claim them, and each is refreshed once; no task failed once it was back: each worker

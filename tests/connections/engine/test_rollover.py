@@ -21,9 +21,9 @@ def _promotions(connection: Connection) -> list[str]:
 
 
 @pytest.mark.django_db
-def test_a_secret_changed_at_the_provider_mid_run_costs_no_refresh(authorized, authserver):
+def test_a_secret_changed_at_the_provider_mid_run_costs_no_refresh(authorized_connection, authserver):
     # given a connected connection refreshed a few times, and its next secret stored ahead
-    connection, old_secret = authorized, authorized.client_secret
+    connection, old_secret = authorized_connection, authorized_connection.client_secret
     for _ in range(2):
         refresh_shared_token(connection)
     Connection.objects.filter(pk=connection.pk).update(next_client_secret=NEXT_SECRET)
@@ -50,29 +50,29 @@ def test_a_secret_changed_at_the_provider_mid_run_costs_no_refresh(authorized, a
 
 
 @pytest.mark.django_db
-def test_without_a_next_secret_the_refused_secret_needs_a_person(authorized, authserver):
+def test_without_a_next_secret_the_refused_secret_needs_a_person(authorized_connection, authserver):
     # given no next secret, and the secret changed at the provider
-    authserver.change_client_secret(authorized.client_id, NEXT_SECRET)
+    authserver.change_client_secret(authorized_connection.client_id, NEXT_SECRET)
     # when a refresh is tried: refused as invalid_client, a permanent failure
     with pytest.raises(ProviderError) as refused:
-        refresh_shared_token(authorized)
+        refresh_shared_token(authorized_connection)
     assert refused.value.error == "invalid_client"
-    assert shared_token(authorized).state == TokenState.REAUTHORIZATION_REQUIRED
-    assert _promotions(authorized) == []
+    assert shared_token(authorized_connection).state == TokenState.REAUTHORIZATION_REQUIRED
+    assert _promotions(authorized_connection) == []
 
 
 @pytest.mark.django_db
-def test_a_wrong_next_secret_is_not_promoted(authorized, authserver):
+def test_a_wrong_next_secret_is_not_promoted(authorized_connection, authserver):
     # given a next secret that is not the provider's new one either
-    Connection.objects.filter(pk=authorized.pk).update(next_client_secret="not-it")
-    authserver.change_client_secret(authorized.client_id, NEXT_SECRET)
+    Connection.objects.filter(pk=authorized_connection.pk).update(next_client_secret="not-it")
+    authserver.change_client_secret(authorized_connection.client_id, NEXT_SECRET)
     # when a refresh is tried
     with pytest.raises(ProviderError):
-        refresh_shared_token(authorized)
+        refresh_shared_token(authorized_connection)
     # then nothing was promoted, and both stay as they were
-    stored = Connection.objects.get(pk=authorized.pk)
-    assert (stored.client_secret, stored.next_client_secret) == (authorized.client_secret, "not-it")
-    assert _promotions(authorized) == []
+    stored = Connection.objects.get(pk=authorized_connection.pk)
+    assert (stored.client_secret, stored.next_client_secret) == (authorized_connection.client_secret, "not-it")
+    assert _promotions(authorized_connection) == []
 
 
 @pytest.mark.django_db
@@ -91,20 +91,22 @@ def test_a_client_credentials_token_is_obtained_with_the_next_secret(make_connec
 
 
 @pytest.mark.django_db
-def test_a_promotion_made_elsewhere_first_is_not_made_again(authorized, manager):
+def test_a_promotion_made_elsewhere_first_is_not_made_again(authorized_connection, manager):
     # given two processes that both succeeded with the next secret
-    Connection.objects.filter(pk=authorized.pk).update(next_client_secret=NEXT_SECRET)
-    used = next_credentials_config(connection_client_config(Connection.objects.get(pk=authorized.pk)))
+    Connection.objects.filter(pk=authorized_connection.pk).update(next_client_secret=NEXT_SECRET)
+    used = next_credentials_config(connection_client_config(Connection.objects.get(pk=authorized_connection.pk)))
     assert used is not None and used.client_secret == NEXT_SECRET
     # when both promote it: the second finds it done
-    assert rollover.next_credentials_promote(connection=authorized, used=used) is True
-    assert rollover.next_credentials_promote(connection=authorized, used=used) is False
-    assert _promotions(authorized) == ["success"]
+    assert rollover.next_credentials_promote(connection=authorized_connection, used=used) is True
+    assert rollover.next_credentials_promote(connection=authorized_connection, used=used) is False
+    assert _promotions(authorized_connection) == ["success"]
     # and the administrator's confirmation drops the old secret, once, audited
-    assert rollover.previous_credentials_drop(connection=authorized, actor=manager) is True
-    assert rollover.previous_credentials_drop(connection=authorized, actor=manager) is False
-    assert Connection.objects.get(pk=authorized.pk).previous_client_secret == ""
-    drops = AuditEvent.objects.filter(connection=authorized, action=AuditEvent.Action.CREDENTIAL_PREVIOUS_DROP)
+    assert rollover.previous_credentials_drop(connection=authorized_connection, actor=manager) is True
+    assert rollover.previous_credentials_drop(connection=authorized_connection, actor=manager) is False
+    assert Connection.objects.get(pk=authorized_connection.pk).previous_client_secret == ""
+    drops = AuditEvent.objects.filter(
+        connection=authorized_connection, action=AuditEvent.Action.CREDENTIAL_PREVIOUS_DROP
+    )
     assert list(drops.values_list("actor", flat=True)) == [manager.pk]
 
 

@@ -18,10 +18,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CALLERS = 50
 
 
-def test_fifty_callers_two_workers_and_beat_cost_one_refresh(make_stack, connected, authserver, bot):
+def test_fifty_callers_two_workers_and_beat_cost_one_refresh(make_stack, bot_connection, authserver, bot):
     # given one connected token, and the whole deployment: beat sweeping every second, two worker processes,
     # gunicorn with 3 processes x 8 threads, all on the test database
-    connection, before = connected, shared_token(connected)
+    connection, before = bot_connection, shared_token(bot_connection)
     # (a held refresh must not run into the callers' deadlines: those are what a hang would run into)
     stack = make_stack(BEAT_INTERVAL=1, OUTBOUND_TIMEOUT=60, REFRESH_WAIT_SECONDS=60)
     port = stack.web(workers=3, threads=8)

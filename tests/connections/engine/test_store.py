@@ -13,31 +13,31 @@ from tests.conftest import refresh_shared_token, shared_token
 pytestmark = pytest.mark.django_db
 
 
-def test_rotation_stores_the_new_refresh_token_with_the_new_access_token(connected, authserver):
-    before = shared_token(connected)
-    after = refresh_shared_token(connected)
+def test_rotation_stores_the_new_refresh_token_with_the_new_access_token(bot_connection, authserver):
+    before = shared_token(bot_connection)
+    after = refresh_shared_token(bot_connection)
     assert after.refresh_token != before.refresh_token and after.access_token != before.access_token
     assert after.generation == before.generation + 1
     # The old refresh token is spent at the provider; the stored one is the one that works.
     authserver.set_fault("none")
-    assert refresh_shared_token(connected).access_token != after.access_token
+    assert refresh_shared_token(bot_connection).access_token != after.access_token
 
 
-def test_a_response_without_refresh_token_keeps_the_old_one_and_merges_fields(connected, authserver):
+def test_a_response_without_refresh_token_keeps_the_old_one_and_merges_fields(bot_connection, authserver):
     authserver.set_token_extra({"instance_url": "https://acme.example"})
-    first = refresh_shared_token(connected)
+    first = refresh_shared_token(bot_connection)
     authserver.set_token_options(omit_refresh_token_on_refresh=True)
     authserver.set_token_extra({"issued_at": "1700000000"})
-    second = refresh_shared_token(connected)
+    second = refresh_shared_token(bot_connection)
     assert second.refresh_token == first.refresh_token
     assert second.extra == {"instance_url": "https://acme.example", "issued_at": "1700000000"}
 
 
-def test_no_expires_in_uses_the_default_lifetime_so_the_token_is_still_refreshed(connected, authserver, settings):
+def test_no_expires_in_uses_the_default_lifetime_so_the_token_is_still_refreshed(bot_connection, authserver, settings):
     authserver.set_token_options(omit_expires_in=True)
-    connected.default_token_lifetime = 1200
-    connected.save()
-    token = refresh_shared_token(connected)
+    bot_connection.default_token_lifetime = 1200
+    bot_connection.save()
+    token = refresh_shared_token(bot_connection)
     lifetime = (token.expires_at - token.obtained_at).total_seconds()
     assert lifetime == pytest.approx(1200, abs=2)
     margin = timedelta(seconds=settings.TOKEN_REFRESH_MARGIN)

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from connections.models import AuditEvent, OAuthToken
-from tests.conftest import authorize, get_token, shared_token
+from tests.conftest import authorize_and_store_token, get_token, shared_token
 from tests.support.relay import Relay
 from tests.support.stack import refresh_requests
 
@@ -55,7 +55,7 @@ def test_a_killed_workers_lease_expires_and_the_next_attempt_succeeds(
 ):
     # given a connection whose token URL goes through the relay, connected, and one worker and beat
     connection = make_connection(token_url=relay.url("/o/token/"))
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     bot.invite(connection)
     before = shared_token(connection)
     assert before is not None and before.refresh_token

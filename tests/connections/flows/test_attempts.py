@@ -12,7 +12,7 @@ from django.utils import timezone
 from connections import selectors
 from connections.flows.attempts import connection_attempt_failed, connection_attempt_succeeded
 from connections.models import AnswerVersion, AuditEvent, Connection, OAuthToken
-from tests.conftest import authorize, connect, messages_of, shared_token
+from tests.conftest import authorize_and_store_token, callback_after_consent, messages_of, shared_token
 from tests.connections.admin.test_connection_admin import _edit_form
 
 pytestmark = pytest.mark.django_db
@@ -88,7 +88,7 @@ def test_a_failed_save_and_test_stays_on_the_page_and_in_the_list_until_a_test_p
 def test_a_failed_connect_stays_on_the_connection_until_a_connect_succeeds(manager_client, make_connection, authserver):
     # given a connection never connected, whose provider fails the code exchange
     connection = make_connection()
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     authserver.set_fault("status_500", grant_types=["authorization_code"])
     # when the provider redirects back
     response = manager_client.get(callback, follow=True)
@@ -106,12 +106,12 @@ def test_a_failed_connect_stays_on_the_connection_until_a_connect_succeeds(manag
 
     # when the administrator cancels at the provider next: that is a failed attempt too, the second in a row
     authserver.clear_fault()
-    manager_client.get(connect(manager_client, connection, authserver, approve=False))
+    manager_client.get(callback_after_consent(manager_client, connection, authserver, approve=False))
     connection.refresh_from_db()
     assert "access_denied" in connection.last_failure and connection.failures_in_a_row == 2
 
     # and when Connect then works, the failure is over; reloading the used callback does not bring it back
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     assert manager_client.get(callback).status_code == 302
     connection.refresh_from_db()
     assert (connection.last_failure, connection.failures_in_a_row) == ("", 0)
@@ -124,13 +124,13 @@ def test_a_failed_connect_stays_on_the_connection_until_a_connect_succeeds(manag
 def test_a_failed_reconnect_keeps_the_token_and_shows_the_newer_error(manager_client, make_connection, authserver):
     # given a connected connection whose token failed to refresh an hour ago
     connection = make_connection()
-    token = authorize(manager_client, connection, authserver)
+    token = authorize_and_store_token(manager_client, connection, authserver)
     an_hour_ago = timezone.now() - timedelta(hours=1)
     OAuthToken.objects.filter(pk=token.pk).update(
         last_error="The provider's token URL answered HTTP 503.", last_error_at=an_hour_ago, consecutive_failures=3
     )
     # when a Reconnect fails at the exchange
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     authserver.set_fault("invalid_grant", grant_types=["authorization_code"])
     manager_client.get(callback)
     # then the token is as it was and still works: the record touched only the connection

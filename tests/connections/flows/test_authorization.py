@@ -15,7 +15,7 @@ from connections.audit import events as audit
 from connections.models import AuditEvent, AuthorizationRequest, Connection, OAuthToken
 from connections.oauth import client as oauth_client
 from providers.models import Provider
-from tests.conftest import connect, messages_of, shared_token
+from tests.conftest import callback_after_consent, messages_of, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +36,7 @@ def test_connect_stores_a_working_token_and_returns_to_the_change_page(make_conn
     connection = make_connection()
     authserver.set_token_extra({"instance_url": "https://acme.my.example", "id": "https://login.example/id/1"})
     # when
-    response = manager_client.get(connect(manager_client, connection, authserver))
+    response = manager_client.get(callback_after_consent(manager_client, connection, authserver))
     # then
     assert response.status_code == 302
     assert response["Location"] == f"/admin/connections/connection/{connection.pk}/change/"
@@ -84,17 +84,17 @@ def test_a_pkce_required_server_refuses_a_connection_configured_without_pkce(
     assert shared_token(connection) is None
 
 
-def test_user_cancels_at_the_provider(authorized, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
-    response = manager_client.get(connect(manager_client, connection, authserver, approve=False))
+def test_user_cancels_at_the_provider(authorized_connection, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    response = manager_client.get(callback_after_consent(manager_client, connection, authserver, approve=False))
     assert any("cancelled at the provider (access_denied)" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
     assert AuditEvent.objects.filter(connection=connection, outcome="failure", detail__contains="access_denied")
 
 
-def test_provider_returns_another_error(authorized, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
-    callback = connect(manager_client, connection, authserver)
+def test_provider_returns_another_error(authorized_connection, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    callback = callback_after_consent(manager_client, connection, authserver)
     state = parse_qs(urlsplit(callback).query)["state"][0]
     response = manager_client.get(
         "/oauth/callback/", {"state": state, "error": "server_error", "error_description": "Try later"}
@@ -103,8 +103,8 @@ def test_provider_returns_another_error(authorized, manager_client, authserver):
     _assert_token_intact(connection, before, authserver)
 
 
-def test_unknown_state(authorized, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
+def test_unknown_state(authorized_connection, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
     response = manager_client.get("/oauth/callback/", {"state": "forged", "code": "whatever"})
     assert any("unknown" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
@@ -116,9 +116,9 @@ def test_missing_state(manager_client):
     assert any("no state" in text for text in messages_of(response))
 
 
-def test_expired_state(authorized, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
-    callback = connect(manager_client, connection, authserver)
+def test_expired_state(authorized_connection, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    callback = callback_after_consent(manager_client, connection, authserver)
     AuthorizationRequest.objects.filter(used_at__isnull=True).update(expires_at=timezone.now() - timedelta(seconds=1))
     response = manager_client.get(callback)
     assert any("expired" in text for text in messages_of(response))
@@ -127,7 +127,7 @@ def test_expired_state(authorized, manager_client, authserver):
 
 def test_replayed_state(make_connection, manager_client, authserver):
     connection = make_connection()
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     manager_client.get(callback)
     first = shared_token(connection)
     response = manager_client.get(callback)
@@ -135,9 +135,9 @@ def test_replayed_state(make_connection, manager_client, authserver):
     _assert_token_intact(connection, first, authserver)
 
 
-def test_state_from_another_session(authorized, manager, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
-    callback = connect(manager_client, connection, authserver)
+def test_state_from_another_session(authorized_connection, manager, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    callback = callback_after_consent(manager_client, connection, authserver)
     other_browser = Client()
     other_browser.force_login(manager)
     response = other_browser.get(callback)
@@ -148,9 +148,9 @@ def test_state_from_another_session(authorized, manager, manager_client, authser
     assert shared_token(connection).generation == before.generation + 1
 
 
-def test_missing_code(authorized, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
-    callback = connect(manager_client, connection, authserver)
+def test_missing_code(authorized_connection, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    callback = callback_after_consent(manager_client, connection, authserver)
     state = parse_qs(urlsplit(callback).query)["state"][0]
     response = manager_client.get("/oauth/callback/", {"state": state})
     assert any("no authorization code" in text for text in messages_of(response))
@@ -169,9 +169,9 @@ def test_missing_code(authorized, manager_client, authserver):
         ("close", "Could not reach the provider"),
     ],
 )
-def test_token_url_failures_keep_the_stored_token(authorized, manager_client, authserver, fault, expected):
-    connection, before = authorized, shared_token(authorized)
-    callback = connect(manager_client, connection, authserver)
+def test_token_url_failures_keep_the_stored_token(authorized_connection, manager_client, authserver, fault, expected):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    callback = callback_after_consent(manager_client, connection, authserver)
     authserver.set_fault(fault, grant_types=["authorization_code"])
     response = manager_client.get(callback)
     messages = messages_of(response)
@@ -180,19 +180,19 @@ def test_token_url_failures_keep_the_stored_token(authorized, manager_client, au
     assert AuditEvent.objects.filter(connection=connection, action="authorize_callback", outcome="failure").exists()
 
 
-def test_token_url_timeout(authorized, manager_client, authserver, settings):
-    connection, before = authorized, shared_token(authorized)
+def test_token_url_timeout(authorized_connection, manager_client, authserver, settings):
+    connection, before = authorized_connection, shared_token(authorized_connection)
     settings.OUTBOUND_TIMEOUT = 1
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     authserver.set_fault("timeout", delay=3, grant_types=["authorization_code"])
     response = manager_client.get(callback)
     assert any("did not answer" in text and "within 1 seconds" in text for text in messages_of(response))
     _assert_token_intact(connection, before, authserver)
 
 
-def test_wrong_client_secret_is_invalid_client(authorized, manager_client, authserver):
-    connection, before = authorized, shared_token(authorized)
-    callback = connect(manager_client, connection, authserver)
+def test_wrong_client_secret_is_invalid_client(authorized_connection, manager_client, authserver):
+    connection, before = authorized_connection, shared_token(authorized_connection)
+    callback = callback_after_consent(manager_client, connection, authserver)
     connection.client_secret = "not-the-registered-secret"
     connection.save()
     response = manager_client.get(callback)
@@ -200,8 +200,10 @@ def test_wrong_client_secret_is_invalid_client(authorized, manager_client, auths
     _assert_token_intact(connection, before, authserver)
 
 
-def test_http_provider_url_is_refused_where_https_is_required(authorized, manager_client, authserver, settings):
-    connection, before = authorized, shared_token(authorized)
+def test_http_provider_url_is_refused_where_https_is_required(
+    authorized_connection, manager_client, authserver, settings
+):
+    connection, before = authorized_connection, shared_token(authorized_connection)
     settings.OUTBOUND_HTTP_ALLOWED_HOSTS = []
     response = manager_client.post(f"/oauth/connect/{connection.slug}/")
     assert response.status_code == 302 and not response["Location"].startswith(authserver.url)
@@ -243,7 +245,7 @@ def test_the_callback_checks_again_that_the_flow_may_still_complete(make_connect
     # given a user who started authorizing their own token of a user-specific connection
     connection = make_connection(token_type="user_specific")
     client, role = _invited_user_client(make_user, connection)
-    callback = connect(client, connection, authserver)
+    callback = callback_after_consent(client, connection, authserver)
     # when, before the provider sends them back, an administrator changes the connection
     if change == "made_shared":
         connection.token_type = "shared"
@@ -265,13 +267,13 @@ def test_the_callback_checks_again_that_the_flow_may_still_complete(make_connect
 def test_an_iss_other_than_the_connections_issuer_is_refused(make_connection, manager_client, authserver):
     # RFC 9207: with several providers behind one redirect URI, the answer says which one it comes from.
     connection = make_connection(issuer=authserver.url)
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     response = manager_client.get(f"{callback}&iss=https://evil.example")
     assert any("evil.example" in text and "issuer" in text for text in messages_of(response)), messages_of(response)
     assert shared_token(connection) is None
     assert authserver.stats()["token_requests"]["authorization_code"] == 0
     # and the issuer's own answer goes through
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     manager_client.get(f"{callback}&iss={authserver.url}")
     assert shared_token(connection) is not None
 
@@ -312,7 +314,7 @@ def test_a_change_made_while_the_code_is_exchanged_stores_nothing_and_revokes_wh
     # (at a provider whose revocation ends a token alone: what nobody will hold is revoked there)
     connection = make_connection()
     Provider.objects.filter(pk=connection.provider_id).update(revoke_replaced_grant=True)
-    callback = connect(manager_client, connection, authserver)
+    callback = callback_after_consent(manager_client, connection, authserver)
     exchange = oauth_client.exchange_code
     issued = []
 

@@ -16,7 +16,8 @@ from connections.models import Connection, DeviceAuthorization
 from connections.oauth import client as oauth_client
 from connections.web import views
 from providers.models import Provider
-from tests.conftest import PROVIDER_USER, messages_of, shared_token, wait_for
+from tests.conftest import PROVIDER_USER, messages_of, shared_token
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +34,7 @@ def queued(monkeypatch) -> list[tuple]:
     return sent
 
 
-def connect(manager_client, connection) -> DeviceAuthorization:
+def start_device_authorization(manager_client, connection) -> DeviceAuthorization:
     response = manager_client.post(f"/oauth/connect/{connection.slug}/")
     started = DeviceAuthorization.objects.get(connection=connection)
     assert response.status_code == 302 and response["Location"] == f"/oauth/device/{started.pk}/", messages_of(response)
@@ -44,7 +45,7 @@ def test_connect_shows_the_user_code_and_a_worker_completes_it_after_approval(
     make_connection, manager_client, authserver, queued
 ):
     connection = make_connection(grant_type="device_code")
-    started = connect(manager_client, connection)
+    started = start_device_authorization(manager_client, connection)
     # the web request only asked for the codes and queued the first poll, at the provider's interval
     assert queued == [(views.DEVICE_POLL_TASK, (started.pk,), started.interval)]
     assert authserver.stats()["token_requests"]["device_code"] == 0
@@ -69,7 +70,7 @@ def test_connect_shows_the_user_code_and_a_worker_completes_it_after_approval(
 
 
 def test_slow_down_adds_five_seconds_to_the_interval(make_connection, manager_client, authserver, queued):
-    started = connect(manager_client, make_connection(grant_type="device_code"))
+    started = start_device_authorization(manager_client, make_connection(grant_type="device_code"))
     authserver.set_fault("slow_down", count=1)
     assert device.device_authorization_poll(started.pk) == started.interval + 5
     started.refresh_from_db()
@@ -89,7 +90,7 @@ def test_denial_and_expiry_end_it_with_a_clear_message(
     ending, status, said, make_connection, manager_client, authserver, queued
 ):
     connection = make_connection(grant_type="device_code")
-    started = connect(manager_client, connection)
+    started = start_device_authorization(manager_client, connection)
     if ending == "denied":
         authserver.approve_device(started.user_code, *PROVIDER_USER, approve=False)
     elif ending == "expired at the provider":
@@ -115,7 +116,7 @@ def test_denial_and_expiry_end_it_with_a_clear_message(
 def test_someone_else_cannot_see_the_code(make_connection, manager_client, make_user, queued):
     from django.test import Client
 
-    started = connect(manager_client, make_connection(grant_type="device_code"))
+    started = start_device_authorization(manager_client, make_connection(grant_type="device_code"))
     other = Client()
     other.force_login(make_user("curious", perms=(), staff=False))
     assert other.get(f"/oauth/device/{started.pk}/").status_code == 404

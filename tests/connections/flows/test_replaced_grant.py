@@ -14,7 +14,7 @@ from connections.flows import device
 from connections.models import Connection, DeviceAuthorization, OAuthToken, TokenState
 from connections.oauth import client as oauth_client
 from providers.models import Provider
-from tests.conftest import PROVIDER_USER, authorize, refresh_shared_token, shared_token
+from tests.conftest import PROVIDER_USER, authorize_and_store_token, refresh_shared_token, shared_token
 from tests.support.authserver import AuthServer
 
 pytestmark = pytest.mark.django_db
@@ -35,8 +35,8 @@ def provider_type(*, revoke_replaced_grant: bool) -> Provider:
 def reauthorized(make_connection, manager_client, authserver: AuthServer, *, revoke_replaced_grant: bool):
     """A connection authorized twice at the loopback server: (the connection, the first token, the second)."""
     connection = make_connection(provider=provider_type(revoke_replaced_grant=revoke_replaced_grant))
-    first = authorize(manager_client, connection, authserver)
-    second = authorize(manager_client, connection, authserver)
+    first = authorize_and_store_token(manager_client, connection, authserver)
+    second = authorize_and_store_token(manager_client, connection, authserver)
     assert second.refresh_token != first.refresh_token  # a new grant, not the same one handed out again
     return connection, first, second
 

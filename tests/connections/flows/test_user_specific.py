@@ -6,7 +6,7 @@ from django.test import Client
 
 from connections import selectors
 from connections.models import OAuthToken
-from tests.conftest import authorize, connect, messages_of
+from tests.conftest import authorize_and_store_token, callback_after_consent, messages_of
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,7 @@ def test_an_invited_non_staff_user_authorizes_their_own_token(invited, authserve
     page = client.get("/connections/mine/").content.decode()
     assert connection.name in page and "Not connected" in page and "Authorize" in page
 
-    response = client.get(connect(client, connection, authserver))
+    response = client.get(callback_after_consent(client, connection, authserver))
 
     assert response["Location"] == "/connections/mine/"
     token = OAuthToken.objects.get(connection=connection)
@@ -47,13 +47,13 @@ def test_an_invited_non_staff_user_authorizes_their_own_token(invited, authserve
 def test_nobody_sees_or_uses_another_users_token(invited, authserver, make_connection):
     connection, bob, dave = invited
     bob_client, dave_client = _client(bob), _client(dave)
-    authorize(bob_client, connection, authserver)
+    authorize_and_store_token(bob_client, connection, authserver)
 
     dave_page = dave_client.get("/connections/mine/").content.decode()
     assert "Not connected" in dave_page
     assert selectors.token_for(connection, dave) is None
 
-    authorize(dave_client, connection, authserver)
+    authorize_and_store_token(dave_client, connection, authserver)
     bob_token, dave_token = (selectors.token_for(connection, user) for user in (bob, dave))
     assert bob_token.pk != dave_token.pk and bob_token.access_token != dave_token.access_token
     assert selectors.connection_status(connection).label == "2 users connected"

@@ -42,20 +42,20 @@ def _with_email(user, email: str):
 
 # Notifications go out when the failure is committed, so this test commits for real.
 @pytest.mark.django_db(transaction=True)
-def test_the_webhook_is_signed(connected, authserver, hook, settings):
+def test_the_webhook_is_signed(bot_connection, authserver, hook, settings):
     # given a webhook with a secret
     settings.NOTIFY_WEBHOOK_SECRET = "webhook-secret"
     # when the provider rejects a refresh for good
     authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
     with pytest.raises(ProviderError):
-        refresh_shared_token(connected)
+        refresh_shared_token(bot_connection)
 
     # then the event arrives, signed with HMAC-SHA256 of its exact body
     headers, body = hook.received[0]
     expected = "sha256=" + hmac.new(b"webhook-secret", body, hashlib.sha256).hexdigest()
     assert headers["X-ControlRoom-Signature"] == expected
     payload = json.loads(body)
-    assert (payload["event"], payload["connection"]) == ("token.reauthorization_required", connected.slug)
+    assert (payload["event"], payload["connection"]) == ("token.reauthorization_required", bot_connection.slug)
     assert headers["X-ControlRoom-Event"] == "token.reauthorization_required"
 
 

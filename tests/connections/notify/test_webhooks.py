@@ -14,8 +14,9 @@ from connections.engine import refresh
 from connections.errors import ProviderError
 from connections.models import WebhookEndpoint
 from connections.notify import webhooks
-from tests.conftest import authorize, shared_token, wait_for
+from tests.conftest import authorize_and_store_token, shared_token
 from tests.support.receiver import WebhookReceiver
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ def test_connecting_and_disconnecting_send_their_events_to_the_endpoints_that_wa
         for endpoint in (everything, wanted):
             WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url=receivers[endpoint.name].url)
         connection = make_connection()
-        authorize(manager_client, connection, authserver)
+        authorize_and_store_token(manager_client, connection, authserver)
         services.connection_disconnect(connection=connection, actor=manager)
         events = {name: [json.loads(body)["event"] for _, body in r.received] for name, r in receivers.items()}
         assert events == {
@@ -117,7 +118,9 @@ def test_connecting_and_disconnecting_send_their_events_to_the_endpoints_that_wa
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_real_worker_retries_on_its_schedule_until_the_receiver_takes_the_event(make_stack, connected, authserver):
+def test_a_real_worker_retries_on_its_schedule_until_the_receiver_takes_the_event(
+    make_stack, bot_connection, authserver
+):
     # given a receiver that is down (answers 500) for its first two calls, and a worker
     receiver = WebhookReceiver(500, 500, 204).start()
     try:
@@ -126,13 +129,13 @@ def test_a_real_worker_retries_on_its_schedule_until_the_receiver_takes_the_even
         stack.worker()
         # when the worker's refresh is rejected for good
         authserver.set_fault("invalid_grant", grant_types=["refresh_token"])
-        token = shared_token(connected)
+        token = shared_token(bot_connection)
         stack.send_task("connections.tasks.refresh_token", token.pk, token.generation)
         # then the event is retried after about 5 and 10 seconds, and taken once
         wait_for(lambda: receiver.accepted, 60, "the receiver taking the event")
         assert len(receiver.received) == 3 and len(receiver.accepted) == 1, stack.logs()
         assert json.loads(receiver.accepted[0])["event"] == "token.reauthorization_required"
         with pytest.raises(ProviderError):  # and the token does wait for a person now
-            refresh.token_refresh(token=shared_token(connected), actor_label="test")
+            refresh.token_refresh(token=shared_token(bot_connection), actor_label="test")
     finally:
         receiver.stop()

@@ -10,7 +10,7 @@ from django.db import connection as db_connection
 from connections.models import OAuthToken
 from connections.oauth.answers import TokenAnswers, token_response_of, without_secrets
 from providers.models import Provider
-from tests.conftest import authorize, get_token, shared_token
+from tests.conftest import authorize_and_store_token, get_token, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -82,7 +82,7 @@ def test_a_bot_never_gets_a_nested_token_and_the_row_holds_none_in_clear(
     authserver.set_token_extra(extra)
     connection = make_connection()
     bot.invite(connection)
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     # when a bot asks for the token
     body = get_token(bot.raw_key, connection.slug).json()
     # then its JSON holds the token it asked for and the answer's other fields, and no nested secret

@@ -22,7 +22,7 @@ from connections.engine import refresh
 from connections.errors import ProviderError
 from connections.models import AuditEvent, Connection, TokenState
 from connections.oauth import assertions
-from tests.conftest import PROVIDER_USER, authorize, get_token, messages_of, shared_token
+from tests.conftest import PROVIDER_USER, authorize_and_store_token, get_token, messages_of, shared_token
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +56,9 @@ def signing_connection(make_connection, algorithm: str, **fields) -> Connection:
 @pytest.mark.parametrize("algorithm", KEYS)
 def test_private_key_jwt_connects_refreshes_and_revokes(algorithm, make_connection, manager_client, authserver):
     connection = signing_connection(make_connection, algorithm)
-    token = authorize(manager_client, connection, authserver)  # the code exchange, authenticated by an assertion
+    token = authorize_and_store_token(
+        manager_client, connection, authserver
+    )  # the code exchange, authenticated by an assertion
     assert authserver.whoami(token.access_token).status_code == 200
     refreshed = refresh.token_refresh(token=shared_token(connection), actor_label="test")
     refreshed = refresh.token_refresh(token=refreshed, actor_label="test")  # a fresh jti each time

@@ -12,8 +12,9 @@ from connections.errors import ProviderError
 from connections.models import Connection
 from connections.oauth import client as oauth_client
 from providers.models import Provider
-from tests.conftest import authorize, messages_of, refresh_shared_token, wait_for
+from tests.conftest import authorize_and_store_token, messages_of, refresh_shared_token
 from tests.support.authserver import AuthServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -52,7 +53,7 @@ def issuer_only_form(issuer: str) -> dict[str, str]:
 
 
 def connects_and_refreshes(connection: Connection, manager_client, server: AuthServer) -> None:
-    first = authorize(manager_client, connection, server)
+    first = authorize_and_store_token(manager_client, connection, server)
     refreshed = refresh_shared_token(connection)
     assert refreshed.access_token != first.access_token
     assert server.whoami(refreshed.access_token).status_code == 200

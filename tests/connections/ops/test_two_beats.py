@@ -6,7 +6,6 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -17,8 +16,7 @@ from django.utils import timezone
 from connections.engine.refresh import app_token_obtain
 from connections.models import OAuthToken, TokenState
 from connections.ops import health
-from tests.conftest import PROVIDER_USER, authorize
-from tests.support.authserver import AuthServer
+from tests.conftest import authorize_and_store_token
 from tests.support.stack import every
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -28,16 +26,6 @@ BEAT_INTERVAL = 1
 BOTH_SECONDS, ONE_SECONDS = 7, 10
 CLAIMED = re.compile(r"Periodic job (\S+): claimed the period starting (\S+)\.")
 SKIPPED = re.compile(r"Periodic job (\S+): this period was already run, skipped\.")
-
-
-@pytest.fixture
-def short_lived_server() -> Iterator[AuthServer]:
-    server = AuthServer(access_token_lifetime=LIFETIME).start()
-    try:
-        server.create_user(*PROVIDER_USER)
-        yield server
-    finally:
-        server.stop()
 
 
 def _least_validity_left() -> float:
@@ -53,11 +41,12 @@ def _watch(stop: threading.Event, seen: list[float]) -> None:
 
 
 def test_two_beats_one_killed_every_job_once_a_period_and_no_token_late(
-    make_stack, make_connection, manager_client, short_lived_server
+    make_stack, make_connection, manager_client, short_lived_authserver
 ):
     # given short-lived tokens, rotating (authorization code) and not (client credentials)
+    short_lived_server = short_lived_authserver(LIFETIME)
     for _ in range(2):
-        authorize(manager_client, make_connection(server=short_lived_server), short_lived_server)
+        authorize_and_store_token(manager_client, make_connection(server=short_lived_server), short_lived_server)
     for _ in range(3):
         app_token_obtain(connection=make_connection(server=short_lived_server, grant_type="client_credentials"))
     tokens_before = dict(OAuthToken.objects.values_list("pk", "generation"))

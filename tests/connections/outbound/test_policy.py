@@ -38,8 +38,9 @@ from connections.notify.managers import notify_managers
 from connections.oauth import client as oauth_client
 from connections.oauth.client_auth import ClientConfig
 from connections.outbound import policy as outbound_policy
-from tests.conftest import authorize, connect, messages_of, shared_token, wait_for
+from tests.conftest import authorize_and_store_token, callback_after_consent, messages_of, shared_token
 from tests.support.forward_proxy import ForwardProxy, Seen
+from tests.support.waiting import wait_for
 
 PROXY_USER = "egress"
 PROXY_PASSWORD = "pa55@w0rd!-proxy"  # needs URL-encoding in OUTBOUND_PROXY_URL
@@ -270,7 +271,7 @@ def test_a_provider_certificate_nobody_trusts_is_refused_and_nothing_is_stored(
     connection = make_connection(token_url=token_url)
 
     # when the administrator clicks Connect and approves at the provider
-    response = manager_client.get(connect(manager_client, connection, authserver))
+    response = manager_client.get(callback_after_consent(manager_client, connection, authserver))
 
     # then the code exchange is refused with a message for the administrator (its wording: the test below),
     # the failure is audited, and nothing is stored
@@ -312,7 +313,7 @@ def test_the_whole_flow_goes_through_the_proxy_with_its_credentials(
 
     # Connect: the authorization code exchange.
     connection = make_connection()
-    response = manager_client.get(connect(manager_client, connection, authserver))
+    response = manager_client.get(callback_after_consent(manager_client, connection, authserver))
     assert any("is connected" in text for text in messages_of(response))
     token = shared_token(connection)
     assert token is not None
@@ -361,7 +362,7 @@ def test_a_wrong_proxy_password_is_a_clear_error_and_changes_nothing(
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     outbound.OUTBOUND_PROXY_URL = proxy.url()
     connection = make_connection()
-    before = authorize(manager_client, connection, authserver)
+    before = authorize_and_store_token(manager_client, connection, authserver)
     authserver.reset()
     proxy.reset()
     outbound.OUTBOUND_PROXY_URL = proxy.url(password="wrong-" + PROXY_PASSWORD)
@@ -376,7 +377,7 @@ def test_a_wrong_proxy_password_is_a_clear_error_and_changes_nothing(
     )
     assert caught.value.error == "proxy_authentication_failed" and not caught.value.permanent
     # Connect again (the code exchange): the same sentence, and nothing stored changed.
-    response = manager_client.get(connect(manager_client, connection, authserver))
+    response = manager_client.get(callback_after_consent(manager_client, connection, authserver))
     assert any(
         text.startswith(f"Could not connect {connection}: The outbound proxy") and "Nothing stored was changed" in text
         for text in messages_of(response)
@@ -448,7 +449,7 @@ def test_a_bypassed_provider_gets_the_whole_flow_directly(outbound, proxy, make_
     outbound.OUTBOUND_PROXY_BYPASS = ["127.0.0.0/8"]
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     connection = make_connection()
-    refresh.token_refresh(token=authorize(manager_client, connection, authserver), actor_label="test")
+    refresh.token_refresh(token=authorize_and_store_token(manager_client, connection, authserver), actor_label="test")
     response = manager_client.post(f"/admin/connections/connection/{connection.pk}/disconnect/")
     assert any("Tokens revoked at the provider and removed." in text for text in messages_of(response))
     assert authserver.stats()["token_requests"]["authorization_code"] == 1
@@ -524,7 +525,7 @@ def test_block_private_refuses_the_code_exchange_and_stores_nothing(
         authorization_url=authserver.authorize_url.replace("127.0.0.1", "localhost"),
         token_url=f"https://127.0.0.1:{authserver.port}/o/token/",
     )
-    response = manager_client.get(connect(manager_client, connection, authserver))
+    response = manager_client.get(callback_after_consent(manager_client, connection, authserver))
     assert messages_of(response) == [
         f"Could not connect {connection}: Refused to call https://127.0.0.1: it resolves to a loopback address, "
         "which Control Room does not call (OUTBOUND_BLOCK_PRIVATE_ADDRESSES; an operator allows an internal host by "
@@ -541,7 +542,7 @@ def test_block_private_lets_hosts_the_operator_allowed_through(outbound, make_co
     outbound.OUTBOUND_BLOCK_PRIVATE_ADDRESSES = True
     outbound.OUTBOUND_HTTP_ALLOWED_HOSTS = ["127.0.0.1"]
     connection = make_connection()
-    authorize(manager_client, connection, authserver)
+    authorize_and_store_token(manager_client, connection, authserver)
     assert shared_token(connection) is not None
     assert authserver.stats()["token_requests"]["authorization_code"] == 1
 

@@ -13,7 +13,7 @@ from django.test import Client
 
 from connections.models import AuditEvent, BotAccount, PersonIdentity
 from tests.connections.people.conftest import CLIENT_ID, sign_in
-from tests.controlroom.helpers import manage, minimal_env
+from tests.support.processes import manage, minimal_env
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ from connections.outbound.policy import check_url
 pytestmark = pytest.mark.django_db
 
 
-def test_a_post_to_the_token_endpoint_gets_json_not_a_csrf_page(connected, bot):
+def test_a_post_to_the_token_endpoint_gets_json_not_a_csrf_page(bot_connection, bot):
     client = Client(enforce_csrf_checks=True)
-    answer = client.post(f"/api/v1/connections/{connected.slug}/token", HTTP_AUTHORIZATION=f"Bearer {bot.raw_key}")
+    answer = client.post(f"/api/v1/connections/{bot_connection.slug}/token", HTTP_AUTHORIZATION=f"Bearer {bot.raw_key}")
     assert answer.status_code == 405 and answer["Allow"] == "GET" and answer["Content-Type"] == "application/json"
     assert answer.json()["error"] == "method_not_allowed" and "answers GET" in answer.json()["detail"]
     assert answer["Cache-Control"] == "no-store"
-    got = client.get(f"/api/v1/connections/{connected.slug}/token", HTTP_AUTHORIZATION=f"Bearer {bot.raw_key}")
+    got = client.get(f"/api/v1/connections/{bot_connection.slug}/token", HTTP_AUTHORIZATION=f"Bearer {bot.raw_key}")
     assert got.status_code == 200
 
 
