@@ -15,7 +15,7 @@ from connections.engine import batch as refresh_batch
 from connections.engine import lease, outcomes, refresh, store
 from connections.models import AuditEvent, OAuthToken
 from connections.oauth.client import TokenResponse
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
