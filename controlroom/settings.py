@@ -244,9 +244,9 @@ from controlroom.outbound_settings import *  # noqa: E402, F403
 TOKEN_REFRESH_MARGIN = int(number("TOKEN_REFRESH_MARGIN", 300))
 # How long a caller waits for another process's refresh of the same token before giving up.
 REFRESH_WAIT_SECONDS = number("REFRESH_WAIT_SECONDS", 15.0, whole=False)
-# The most request threads of a web process in a refresh of one connection's tokens (calling its provider or waiting
-# for it); past it a request is answered at once (connections.endpoint.freshness): a slow provider cannot take every
-# thread from the bots of other connections. gunicorn.conf.py gives each process 4 threads.
+# The most request threads of a web process in a forced refresh of one connection's tokens (calling its provider or
+# waiting for it); past it a request is answered at once (connections.endpoint.freshness): a storm of forced refreshes
+# at a slow provider cannot take every thread from the bots of other connections. gunicorn.conf.py gives 4 a process.
 REFRESH_WAITERS_PER_CONNECTION = int(number("REFRESH_WAITERS_PER_CONNECTION", 2, minimum=1, unit="requests"))
 
 # After this many refresh failures in a row the managers are told (a recovery notice follows when it heals).

@@ -15,7 +15,12 @@ TokenVersion = tuple[int, str]  # a token row's (generation, state)
 # kept (its token's versions might not tell: a write that changed the access token alone). An answer whose read is
 # older than this when it is kept is not kept either.
 RECENT_SECONDS = 10.0
-AnswerKey = tuple[str, ...]  # (bot key id, connection slug), and "proxy" for the API proxy's (token_cache.answer_key)
+AnswerKey = tuple[str, ...]  # answer_key()
+
+
+def answer_key(key_id: str, slug: str, for_proxy: bool = False) -> AnswerKey:
+    """(bot key id, connection slug) for a token answer; the API proxy's answer for the same pair is kept beside it."""
+    return (key_id, slug, "proxy") if for_proxy else (key_id, slug)
 
 
 class Held(Protocol):

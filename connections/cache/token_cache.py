@@ -50,7 +50,7 @@ from django.db.models import F
 
 from connections.audit.rows import audit_rows_insert, rollups_forget
 from connections.cache import change_log
-from connections.cache.answers import AnswerStore, TokenVersion
+from connections.cache.answers import AnswerKey, AnswerStore, TokenVersion, answer_key
 from connections.cache.change_log import LogPosition, ReportRead
 from connections.models import AnswerVersion
 from connections.ops import metrics
@@ -87,13 +87,8 @@ class CachedAnswer:
     for_proxy: bool = False  # what the API proxy calls with (connections.endpoint.proxy), not a token answer
 
     @property
-    def answer_key(self) -> tuple[str, ...]:
-        """(key id, slug) for the token endpoint; the API proxy's answer for the same pair is kept beside it."""
+    def answer_key(self) -> AnswerKey:
         return answer_key(self.key_id, self.answer.connection, self.for_proxy)
-
-
-def answer_key(key_id: str, slug: str, for_proxy: bool = False) -> tuple[str, ...]:
-    return (key_id, slug, "proxy") if for_proxy else (key_id, slug)
 
 
 def identity_changed() -> None:
@@ -135,10 +130,8 @@ def rate_count(key_id: str, window: int, requests: int) -> int:
         return cache.incr(counter, requests)
 
 
-def _versions_read(token_ids: set[int], wanted: tuple[int | None, list[int]] | None = None) -> ReportRead:
-    """The identity version, these tokens' versions and what the log holds past a position, with one SELECT
-    (connections.cache.change_log.report_read)."""
-    return change_log.report_read(token_ids, wanted)
+# The identity version, these tokens' versions and what the log holds past a position, with one SELECT.
+_versions_read = change_log.report_read  # a test gives a database that refuses
 
 
 class _Process(AnswerStore):

@@ -4,7 +4,7 @@
 import math
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 
 from django.conf import settings
@@ -55,10 +55,12 @@ def requests_refreshing(connection_id: int) -> int:
 
 @contextmanager
 def _refresh_slot(connection: Connection) -> Iterator[None]:
-    """A request thread's place in a refresh of this connection's tokens: at most REFRESH_WAITERS_PER_CONNECTION
-    at once in a process, so that a provider slow to answer holds no more of its threads, and bots of every other
-    connection still find one free. Past the bound the request does as when a wait for another's refresh runs out
-    (ProviderError "refresh_in_progress"): a still-valid token, or 503 with Retry-After."""
+    """A forced refresh's place in a refresh of this connection's tokens: at most REFRESH_WAITERS_PER_CONNECTION
+    request threads at once in a process, so that a storm of forced refreshes at a provider slow to answer holds no
+    more of its threads, and bots of every other connection still find one free. Past the bound the request does as
+    when a wait for another's refresh runs out (ProviderError "refresh_in_progress"): 503 with Retry-After, saying
+    until when the current token is valid. A token that expired is waited for by every caller, bounded in time by
+    REFRESH_WAIT_SECONDS, not in number: single flight promises them the one refresh's result."""
     with _refreshing_lock:
         busy = _refreshing.get(connection.pk, 0)
         if busy >= settings.REFRESH_WAITERS_PER_CONNECTION:
@@ -105,7 +107,7 @@ def token_fresh(
     try:
         # The generation read at the start of this request: a refresh that finished since then is ours to take,
         # and one that failed since `read_at` ours to share.
-        with _refresh_slot(connection):
+        with _refresh_slot(connection) if force_refresh else nullcontext():
             return token_refresh(
                 token=token, actor_label="token endpoint", min_generation=token.generation, failed_since=read_at
             )

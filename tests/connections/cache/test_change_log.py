@@ -252,6 +252,10 @@ def test_a_tokens_versions_are_kept_only_while_an_answer_of_it_is():
         token_version: tuple[int, str]
         read_at: float = 0.0
 
+        @property
+        def answer_key(self) -> tuple[str, ...]:
+            return (self.key_id, self.answer.connection)
+
     for number in range(5):
         assert store.keep(Held(f"key-{number}", Answer(f"connection-{number}"), number, (1, "active")), limit=2, now=1)
     assert list(store.answers) == [("key-3", "connection-3"), ("key-4", "connection-4")]
