@@ -156,9 +156,10 @@ if _database["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-else:
-    _database["CONN_MAX_AGE"] = int(number("DATABASE_CONN_MAX_AGE", 60))
-    _database["CONN_HEALTH_CHECKS"] = True
+# Connections kept between requests: opening one (and, on SQLite, its PRAGMAs) costs more than a token answer.
+_database["CONN_MAX_AGE"] = int(number("DATABASE_CONN_MAX_AGE", 60))
+if _database["ENGINE"] != "django.db.backends.sqlite3":
+    _database["CONN_HEALTH_CHECKS"] = True  # a server's connection can break (a restart); a file's cannot
     # Safety nets (seconds, 0 = none): a statement that runs away, a wait for a lock (a migration waiting behind
     # a long transaction would otherwise stall all traffic behind it), a transaction left open by a stuck process.
     _timeouts = {
