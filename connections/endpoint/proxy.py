@@ -322,7 +322,8 @@ def proxy_call(*, authorization: str, slug: str, request: ProxyRequest, remote_a
             time.sleep(wait)
             upstream = sent(target)
     except TokenRequestError as exc:
-        call.recorded(exc.status, 0, f" ({exc.error})")
+        if exc is not checks.refusal:  # the checks' own refusal is audited and counted already
+            call.recorded(exc.status, 0, f" ({exc.error})")
         raise
     return ProxyAnswer(upstream.status_code, returned_headers(upstream), Relay(upstream, call))
 
@@ -335,6 +336,7 @@ class Checks:
     slug: str
     remote_addr: str | None
     checked: issuing.CheckedToken | None = None
+    refusal: TokenRequestError | None = None  # audited by the checks themselves (issuing.token_checked)
 
     def full_path(self, *, counted: bool) -> issuing.CheckedToken:
         try:
@@ -349,6 +351,7 @@ class Checks:
             )
         except TokenRequestError as exc:
             metrics.proxy_request_counted("", exc.status)
+            self.refusal = exc
             raise
         return self.checked
 
